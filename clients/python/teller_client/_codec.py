@@ -1,0 +1,89 @@
+"""Request building and response parsing shared by the sync and async clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
+from teller_client.types import AuditEvent, Policy, Requirement, SignedPayment, Tenant, Wallet, WindowSpend
+
+HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
+
+
+def _headers(headers: HeadersLike) -> list[common_pb2.Header]:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [common_pb2.Header(name=k, value=v) for k, v in items]
+
+
+def sign_request(
+    *, status: int, headers: HeadersLike, body: bytes, url: str, method: str, wallet_id: str,
+    max_amount: int | None, idempotency_key: str | None,
+) -> payment_pb2.SignRequest:
+    return payment_pb2.SignRequest(
+        challenge=payment_pb2.Challenge(status=status, headers=_headers(headers), body=body, url=url, method=method),
+        wallet_id=wallet_id,
+        max_amount="" if max_amount is None else str(max_amount),
+        idempotency_key=idempotency_key or "",
+    )
+
+
+def signed(r: payment_pb2.SignResponse) -> SignedPayment:
+    q = r.requirement
+    return SignedPayment(
+        header_name=r.header_name, header_value=r.header_value, payment_id=r.payment_id,
+        requirement=Requirement(q.protocol, q.version, q.scheme, q.network, q.asset, int(q.amount or 0), q.pay_to),
+    )
+
+
+def wallet(w: common_pb2.Wallet) -> Wallet:
+    return Wallet(w.id, w.tenant_id, w.label, w.address, w.state, w.created_at_ms)
+
+
+def wallets(r: common_pb2.ListWalletsResponse) -> list[Wallet]:
+    return [wallet(w) for w in r.wallets]
+
+
+def tenant(t: admin_pb2.Tenant) -> Tenant:
+    return Tenant(t.id, t.name, t.state, t.created_at_ms)
+
+
+def _opt(text: str) -> int | None:
+    return int(text) if text else None
+
+
+def spend(r: common_pb2.SpendStatus) -> list[WindowSpend]:
+    return [
+        WindowSpend(w.window, _opt(w.limit), int(w.spent or 0), _opt(w.remaining), w.window_start_ms, w.window_end_ms)
+        for w in r.windows
+    ]
+
+
+def policy(p: admin_pb2.SpendPolicy) -> Policy:
+    return Policy(_opt(p.per_payment_max), _opt(p.daily_budget))
+
+
+def policy_proto(tenant_id: str, p: Policy) -> admin_pb2.SetPolicyRequest:
+    return admin_pb2.SetPolicyRequest(policy=admin_pb2.SpendPolicy(
+        tenant_id=tenant_id,
+        per_payment_max="" if p.per_payment_max is None else str(p.per_payment_max),
+        daily_budget="" if p.daily_budget is None else str(p.daily_budget),
+    ))
+
+
+def audit_request(
+    *, tenant_id: str = "", action: str = "", wallet_id: str = "", outcome: str = "",
+    since_ms: int = 0, until_ms: int = 0, page_size: int = 100, page_token: str = "",
+) -> common_pb2.ListAuditEventsRequest:
+    return common_pb2.ListAuditEventsRequest(
+        filter=common_pb2.AuditFilter(tenant_id=tenant_id, action=action, wallet_id=wallet_id, outcome=outcome,
+                                      since_ms=since_ms, until_ms=until_ms),
+        page_size=page_size, page_token=page_token,
+    )
+
+
+def audit_page(r: common_pb2.ListAuditEventsResponse) -> tuple[list[AuditEvent], str]:
+    return [
+        AuditEvent(e.id, e.tenant_id, e.at_ms, e.actor, e.action, e.outcome, e.reason, e.wallet_id,
+                   e.payment_id, e.amount, e.asset, e.network, e.payee, e.resource_url, e.details_json)
+        for e in r.events
+    ], r.next_page_token

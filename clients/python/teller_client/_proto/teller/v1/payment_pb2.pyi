@@ -1,0 +1,54 @@
+from teller_client._proto.teller.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Challenge(_message.Message):
+    __slots__ = ("status", "headers", "body", "url", "method")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    status: int
+    headers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Header]
+    body: bytes
+    url: str
+    method: str
+    def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[_common_pb2.Header, _Mapping]]] = ..., body: _Optional[bytes] = ..., url: _Optional[str] = ..., method: _Optional[str] = ...) -> None: ...
+
+class SignRequest(_message.Message):
+    __slots__ = ("challenge", "wallet_id", "max_amount", "idempotency_key")
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    WALLET_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    challenge: Challenge
+    wallet_id: str
+    max_amount: str
+    idempotency_key: str
+    def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., wallet_id: _Optional[str] = ..., max_amount: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class SignResponse(_message.Message):
+    __slots__ = ("header_name", "header_value", "requirement", "payment_id")
+    HEADER_NAME_FIELD_NUMBER: _ClassVar[int]
+    HEADER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    REQUIREMENT_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    header_name: str
+    header_value: str
+    requirement: _common_pb2.Requirement
+    payment_id: str
+    def __init__(self, header_name: _Optional[str] = ..., header_value: _Optional[str] = ..., requirement: _Optional[_Union[_common_pb2.Requirement, _Mapping]] = ..., payment_id: _Optional[str] = ...) -> None: ...
+
+class ListWalletsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetSpendRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,163 @@
+"""Sync and asyncio clients for Teller's PaymentService and AdminService."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from teller_client import _codec
+from teller_client._codec import HeadersLike
+from teller_client._proto.teller.v1 import admin_pb2, admin_pb2_grpc, payment_pb2, payment_pb2_grpc
+from teller_client.errors import from_rpc_error
+from teller_client.types import AuditEvent, Policy, SignedPayment, Tenant, Wallet, WindowSpend
+
+T = TypeVar("T")
+
+
+class _Sync:
+    def __init__(self, target: str, token: str, *, credentials: grpc.ChannelCredentials | None = None,
+                 timeout: float = 30.0, channel: grpc.Channel | None = None) -> None:
+        self._channel = channel or (
+            grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+        )
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._timeout = timeout
+
+    def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        try:
+            return method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Async:
+    def __init__(self, target: str, token: str, *, credentials: grpc.ChannelCredentials | None = None,
+                 timeout: float = 30.0, channel: grpc.aio.Channel | None = None) -> None:
+        self._channel = channel or (
+            grpc.aio.secure_channel(target, credentials) if credentials else grpc.aio.insecure_channel(target)
+        )
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._timeout = timeout
+
+    async def _call(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
+        try:
+            return await method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self: T) -> T:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class TellerClient(_Sync):
+    """For backend services, authenticated with a tenant API token."""
+
+    def __init__(self, target: str, token: str, **kw: Any) -> None:
+        super().__init__(target, token, **kw)
+        self._stub = payment_pb2_grpc.PaymentServiceStub(self._channel)
+
+    def sign(self, *, status: int, headers: HeadersLike, body: bytes, url: str, wallet_id: str,
+             method: str = "GET", max_amount: int | None = None, idempotency_key: str | None = None) -> SignedPayment:
+        """Hand Teller the 402 you received; get back the header to retry with."""
+        req = _codec.sign_request(status=status, headers=headers, body=body, url=url, method=method,
+                                  wallet_id=wallet_id, max_amount=max_amount, idempotency_key=idempotency_key)
+        return _codec.signed(self._call(self._stub.Sign, req))
+
+    def list_wallets(self) -> list[Wallet]:
+        return _codec.wallets(self._call(self._stub.ListWallets, payment_pb2.ListWalletsRequest()))
+
+    def spend(self) -> list[WindowSpend]:
+        return _codec.spend(self._call(self._stub.GetSpend, payment_pb2.GetSpendRequest()))
+
+    def audit_events(self, **filters: Any) -> tuple[list[AuditEvent], str]:
+        return _codec.audit_page(self._call(self._stub.ListAuditEvents, _codec.audit_request(**filters)))
+
+
+class AsyncTellerClient(_Async):
+    """asyncio twin of TellerClient."""
+
+    def __init__(self, target: str, token: str, **kw: Any) -> None:
+        super().__init__(target, token, **kw)
+        self._stub = payment_pb2_grpc.PaymentServiceStub(self._channel)
+
+    async def sign(self, *, status: int, headers: HeadersLike, body: bytes, url: str, wallet_id: str,
+                   method: str = "GET", max_amount: int | None = None,
+                   idempotency_key: str | None = None) -> SignedPayment:
+        req = _codec.sign_request(status=status, headers=headers, body=body, url=url, method=method,
+                                  wallet_id=wallet_id, max_amount=max_amount, idempotency_key=idempotency_key)
+        return _codec.signed(await self._call(self._stub.Sign, req))
+
+    async def list_wallets(self) -> list[Wallet]:
+        return _codec.wallets(await self._call(self._stub.ListWallets, payment_pb2.ListWalletsRequest()))
+
+    async def spend(self) -> list[WindowSpend]:
+        return _codec.spend(await self._call(self._stub.GetSpend, payment_pb2.GetSpendRequest()))
+
+    async def audit_events(self, **filters: Any) -> tuple[list[AuditEvent], str]:
+        return _codec.audit_page(await self._call(self._stub.ListAuditEvents, _codec.audit_request(**filters)))
+
+
+class AdminClient(_Sync):
+    """For operators, authenticated with the operator credential."""
+
+    def __init__(self, target: str, token: str, **kw: Any) -> None:
+        super().__init__(target, token, **kw)
+        self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+
+    def create_tenant(self, name: str) -> Tenant:
+        return _codec.tenant(self._call(self._stub.CreateTenant, admin_pb2.CreateTenantRequest(name=name)))
+
+    def disable_tenant(self, tenant_id: str) -> Tenant:
+        return _codec.tenant(self._call(self._stub.DisableTenant, admin_pb2.DisableTenantRequest(tenant_id=tenant_id)))
+
+    def list_tenants(self) -> list[Tenant]:
+        r = self._call(self._stub.ListTenants, admin_pb2.ListTenantsRequest())
+        return [_codec.tenant(t) for t in r.tenants]
+
+    def issue_token(self, tenant_id: str, description: str = "") -> tuple[str, str]:
+        """Returns (token id, bearer token). The token is shown only once."""
+        r = self._call(self._stub.IssueToken, admin_pb2.IssueTokenRequest(tenant_id=tenant_id, description=description))
+        return r.token_id, r.token
+
+    def revoke_token(self, token_id: str) -> None:
+        self._call(self._stub.RevokeToken, admin_pb2.RevokeTokenRequest(token_id=token_id))
+
+    def create_wallet(self, tenant_id: str, label: str = "") -> Wallet:
+        return _codec.wallet(self._call(self._stub.CreateWallet,
+                                        admin_pb2.CreateWalletRequest(tenant_id=tenant_id, label=label)))
+
+    def import_wallet(self, tenant_id: str, private_key: str, label: str = "") -> Wallet:
+        req = admin_pb2.ImportWalletRequest(tenant_id=tenant_id, label=label, private_key=private_key)
+        return _codec.wallet(self._call(self._stub.ImportWallet, req))
+
+    def list_wallets(self, tenant_id: str) -> list[Wallet]:
+        return _codec.wallets(self._call(self._stub.ListWallets, admin_pb2.AdminListWalletsRequest(tenant_id=tenant_id)))
+
+    def set_policy(self, tenant_id: str, policy: Policy) -> Policy:
+        return _codec.policy(self._call(self._stub.SetPolicy, _codec.policy_proto(tenant_id, policy)))
+
+    def get_policy(self, tenant_id: str) -> Policy:
+        return _codec.policy(self._call(self._stub.GetPolicy, admin_pb2.GetPolicyRequest(tenant_id=tenant_id)))
+
+    def spend(self, tenant_id: str) -> list[WindowSpend]:
+        return _codec.spend(self._call(self._stub.GetSpend, admin_pb2.AdminGetSpendRequest(tenant_id=tenant_id)))
+
+    def audit_events(self, **filters: Any) -> tuple[list[AuditEvent], str]:
+        return _codec.audit_page(self._call(self._stub.ListAuditEvents, _codec.audit_request(**filters)))

@@ -1,0 +1,57 @@
+"""Wiring: one object holding the configured database, vault and services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from teller.admin import Admin
+from teller.clock import Clock, system_clock
+from teller.config import Settings
+from teller.db import Database, make_engine
+from teller.db.migrate import pending, upgrade
+from teller.errors import ConfigError
+from teller.payments import Payments
+from teller.vault import LocalKekProvider, Vault
+
+
+@dataclass
+class App:
+    settings: Settings
+    db: Database
+    vault: Vault
+    admin: Admin
+    payments: Payments
+
+    def close(self) -> None:
+        self.vault.forget()
+        self.db.engine.dispose()
+
+
+def kek_provider(settings: Settings) -> LocalKekProvider:
+    if settings.kek_file is not None:
+        return LocalKekProvider.from_file(settings.kek_file)
+    if settings.kek:
+        return LocalKekProvider.parse(settings.kek)
+    raise ConfigError("no KEK configured")
+
+
+def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | None = None) -> App:
+    """Build the app. Migrations run only when asked (dev mode asks by default)."""
+    url = settings.resolved_database_url()
+    if migrate if migrate is not None else settings.dev_mode:
+        upgrade(url)
+    db = Database(make_engine(url, settings.db_pool_size))
+    if pending(db.engine):
+        db.engine.dispose()
+        raise ConfigError(f"database schema is not current: run `teller migrate` against {db.engine.url!r}")
+    vault = Vault(kek_provider(settings), settings.key_cache_seconds)
+    return App(
+        settings=settings,
+        db=db,
+        vault=vault,
+        admin=Admin(db, vault, clock),
+        payments=Payments(
+            db, vault, networks=settings.networks, max_challenge_bytes=settings.max_challenge_bytes,
+            idempotency_ttl_s=settings.idempotency_ttl_seconds, clock=clock,
+        ),
+    )

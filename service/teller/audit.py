@@ -1,0 +1,92 @@
+"""The append-only audit log. Rows are written inside the caller's transaction,
+so an event exists exactly when the action it records was committed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from teller.db.models import AuditEvent
+
+
+def record(
+    session: Session,
+    *,
+    at_ms: int,
+    actor: str,
+    action: str,
+    outcome: str = "ok",
+    tenant_id: str | None = None,
+    reason: str = "",
+    wallet_id: str = "",
+    payment_id: str = "",
+    amount: int | str = "",
+    asset: str = "",
+    network: str = "",
+    payee: str = "",
+    resource_url: str = "",
+    details: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            tenant_id=tenant_id,
+            at_ms=at_ms,
+            actor=actor,
+            action=action,
+            outcome=outcome,
+            reason=reason,
+            wallet_id=wallet_id,
+            payment_id=payment_id,
+            amount=str(amount),
+            asset=asset,
+            network=network,
+            payee=payee,
+            resource_url=resource_url[:2048],
+            details=json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
+        )
+    )
+
+
+def list_events(
+    session: Session,
+    *,
+    tenant_id: str | None,
+    action: str = "",
+    wallet_id: str = "",
+    outcome: str = "",
+    since_ms: int = 0,
+    until_ms: int = 0,
+    page_size: int = 100,
+    page_token: str = "",
+) -> tuple[list[AuditEvent], str]:
+    """Newest first. ``page_token`` is the opaque cursor from the previous page."""
+    from sqlalchemy import select
+
+    from teller.errors import InvalidArgument
+
+    if page_size < 0:
+        raise InvalidArgument("page_size must not be negative")
+    size = min(page_size or 100, 1000)
+    query = select(AuditEvent)
+    if tenant_id is not None:
+        query = query.where(AuditEvent.tenant_id == tenant_id)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    if wallet_id:
+        query = query.where(AuditEvent.wallet_id == wallet_id)
+    if outcome:
+        query = query.where(AuditEvent.outcome == outcome)
+    if since_ms:
+        query = query.where(AuditEvent.at_ms >= since_ms)
+    if until_ms:
+        query = query.where(AuditEvent.at_ms < until_ms)
+    if page_token:
+        if not page_token.isdigit():
+            raise InvalidArgument("page_token is not a token this server issued")
+        query = query.where(AuditEvent.id < int(page_token))
+    rows = list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(size + 1)))
+    more = len(rows) > size
+    rows = rows[:size]
+    return rows, (str(rows[-1].id) if more and rows else "")

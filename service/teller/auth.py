@@ -1,0 +1,75 @@
+"""Caller authentication: tenant API tokens and the operator credential.
+
+Tokens look like ``tlr_<id>.<secret>``; only SHA-256 of the secret is stored.
+The secret has 256 bits of entropy, so a plain hash (no KDF) is safe here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from teller.db.models import ApiToken, Tenant
+from teller.errors import PermissionDenied, Unauthenticated
+
+PREFIX = "tlr_"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    tenant_id: str
+    token_id: str
+
+    @property
+    def actor(self) -> str:
+        return f"token:{self.token_id}"
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_token() -> tuple[str, str, str]:
+    """(token id, bearer token, stored hash)."""
+    token_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    return token_id, f"{PREFIX}{token_id}.{secret}", hash_secret(secret)
+
+
+def bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, cred = text.partition(" ")
+            if scheme.lower() == "bearer" and cred.strip():
+                return cred.strip()
+            raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+    raise Unauthenticated("missing authorization metadata (Bearer token)")
+
+
+def authenticate_tenant(session: Session, token: str) -> Caller:
+    if not token.startswith(PREFIX) or "." not in token:
+        raise Unauthenticated("not a Teller tenant token")
+    token_id, _, secret = token[len(PREFIX) :].partition(".")
+    row = session.execute(
+        select(ApiToken.secret_hash, ApiToken.revoked_ms, Tenant.id, Tenant.state)
+        .join(Tenant, Tenant.id == ApiToken.tenant_id)
+        .where(ApiToken.id == token_id)
+    ).first()
+    if row is None or not hmac.compare_digest(row.secret_hash, hash_secret(secret)):
+        raise Unauthenticated("invalid token")
+    if row.revoked_ms is not None:
+        raise Unauthenticated("token revoked")
+    if row.state != "active":
+        raise PermissionDenied("tenant is disabled", reason="tenant_disabled")
+    return Caller(tenant_id=row.id, token_id=token_id)
+
+
+def check_operator(presented: str, configured: str) -> None:
+    if not configured or not hmac.compare_digest(hash_secret(presented), hash_secret(configured)):
+        raise Unauthenticated("invalid operator credential")

@@ -1,0 +1,170 @@
+"""Teller's configuration: one typed object, loaded in one place.
+
+Sources, later ones winning: defaults, a TOML file (``--config`` or
+``TELLER_CONFIG``), environment variables ``TELLER_*``, command-line flags.
+Outside dev mode a missing KEK or operator credential stops start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from teller.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = "127.0.0.1:7402"
+    """host:port the gRPC server binds."""
+
+    database_url: str = ""
+    """SQLAlchemy URL. Empty means the embedded SQLite file ``<data_dir>/teller.db``;
+    ``postgresql+psycopg://...`` selects PostgreSQL."""
+
+    data_dir: Path = Path(".teller")
+    """Where the embedded database and dev-mode secrets live."""
+
+    dev_mode: bool = False
+    """Dev mode generates a local KEK and operator token when none is given and
+    migrates the embedded database on start. Never use it with real funds."""
+
+    kek: str = ""
+    """Key-encryption keys: ``version:base64key[,version:base64key...]``; the first
+    is current. Secret: prefer ``kek_file``."""
+
+    kek_file: Path | None = None
+    """File with one ``version:base64key`` per line; the first is current."""
+
+    admin_token: str = ""
+    """Operator credential for AdminService (compared in constant time)."""
+
+    networks: dict[str, int] = field(default_factory=dict)
+    """Extra x402 v1 network names mapped to chain ids (e.g. ``{"anvil": 31337}``);
+    CAIP-2 ``eip155:<id>`` names and the x402 SDK's v1 names need no entry."""
+
+    db_pool_size: int = 10
+    """Connections per worker process."""
+
+    key_cache_seconds: float = 300.0
+    """How long a decrypted wallet key may stay in memory after its last use;
+    0 decrypts on every signature."""
+
+    idempotency_ttl_seconds: int = 24 * 3600
+    """How long an idempotency key keeps returning the same proof."""
+
+    max_challenge_bytes: int = 256 * 1024
+    """Largest 402 body or single header Teller will parse."""
+
+    log_level: str = "INFO"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'teller.db').resolve()}"
+
+
+_ENV_FIELDS = {
+    "TELLER_LISTEN": "listen",
+    "TELLER_DATABASE_URL": "database_url",
+    "TELLER_DATA_DIR": "data_dir",
+    "TELLER_DEV_MODE": "dev_mode",
+    "TELLER_KEK": "kek",
+    "TELLER_KEK_FILE": "kek_file",
+    "TELLER_ADMIN_TOKEN": "admin_token",
+    "TELLER_NETWORKS": "networks",
+    "TELLER_DB_POOL_SIZE": "db_pool_size",
+    "TELLER_KEY_CACHE_SECONDS": "key_cache_seconds",
+    "TELLER_IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",
+    "TELLER_MAX_CHALLENGE_BYTES": "max_challenge_bytes",
+    "TELLER_LOG_LEVEL": "log_level",
+}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    types = {f.name: f.type for f in fields(Settings)}
+    kind = str(types[name])
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).strip().lower() in {"1", "true", "yes", "on"}
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+        if kind == "Path | None":
+            return Path(raw) if raw else None
+        if kind == "dict[str, int]":
+            if isinstance(raw, dict):
+                return {str(k): int(v) for k, v in raw.items()}
+            pairs = [p for p in str(raw).split(",") if p.strip()]
+            return {k.strip(): int(v) for k, v in (p.split("=", 1) for p in pairs)}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config field {name!r}: cannot use {raw!r}: {exc}") from exc
+    return str(raw)
+
+
+def load(config_file: Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from file, environment and explicit overrides (``None`` = unset)."""
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    path = config_file or (Path(env["TELLER_CONFIG"]) if env.get("TELLER_CONFIG") else None)
+    if path is not None:
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        known = {f.name for f in fields(Settings)}
+        unknown = set(doc) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys in {path}: {sorted(unknown)}")
+        values.update({k: _coerce(k, v) for k, v in doc.items()})
+    for var, name in _ENV_FIELDS.items():
+        if var in env and env[var] != "":
+            values[name] = _coerce(name, env[var])
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+    return Settings(**values)
+
+
+def _dev_secret(path: Path, make: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(make + "\n")
+    return path.read_text().strip()
+
+
+def finalize_for_serving(settings: Settings) -> Settings:
+    """Check the secrets a serving worker needs; in dev mode, make local ones.
+
+    Raises ConfigError outside dev mode when the KEK or the operator token is missing.
+    """
+    if settings.kek or settings.kek_file:
+        pass
+    elif settings.dev_mode:
+        import base64
+
+        key = base64.b64encode(secrets.token_bytes(32)).decode()
+        settings = replace(settings, kek_file=None, kek=_dev_secret(settings.data_dir / "dev-kek", f"dev1:{key}"))
+    else:
+        raise ConfigError(
+            "no KEK configured: set TELLER_KEK_FILE (or TELLER_KEK), or run with --dev for local use"
+        )
+    if not settings.admin_token:
+        if not settings.dev_mode:
+            raise ConfigError("no operator credential: set TELLER_ADMIN_TOKEN, or run with --dev")
+        settings = replace(
+            settings,
+            admin_token=_dev_secret(settings.data_dir / "admin-token", "op_" + secrets.token_urlsafe(24)),
+        )
+    return settings

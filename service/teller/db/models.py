@@ -1,0 +1,129 @@
+"""SQLAlchemy 2.0 models. Schema changes go through Alembic (``teller migrate``).
+
+Times are integer epoch milliseconds (UTC) so SQLite and PostgreSQL compare
+them identically. Amounts are atomic token units in BIGINT; larger amounts are
+refused at parse time rather than silently rounded.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    # SHA-256 of the token's secret part; the token itself is never stored.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class Wallet(Base):
+    __tablename__ = "wallets"
+    __table_args__ = (UniqueConstraint("tenant_id", "address"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    address: Mapped[str] = mapped_column(String(42))
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    kek_version: Mapped[str] = mapped_column(String(64))
+    wrapped_data_key: Mapped[bytes] = mapped_column(LargeBinary)
+    key_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class SpendPolicy(Base):
+    __tablename__ = "spend_policies"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    per_payment_max: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    daily_budget: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+    __table_args__ = (
+        # One use per authorization nonce, and per idempotency key: the
+        # database refuses a duplicate even if application logic slipped.
+        UniqueConstraint("wallet_id", "nonce"),
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_payments_tenant_created", "tenant_id", "created_ms"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    wallet_id: Mapped[str] = mapped_column(ForeignKey("wallets.id"))
+    protocol: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int] = mapped_column(Integer)
+    scheme: Mapped[str] = mapped_column(String(32))
+    network: Mapped[str] = mapped_column(String(64))
+    asset: Mapped[str] = mapped_column(String(64))
+    pay_to: Mapped[str] = mapped_column(String(64))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    resource_url: Mapped[str] = mapped_column(Text, default="")
+    nonce: Mapped[str] = mapped_column(String(66))
+    valid_before: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16), default="signed")
+    header_name: Mapped[str] = mapped_column(String(64))
+    # The signed proof, kept so an idempotent retry returns it unchanged.
+    # It authorizes only a transfer to pay_to; it is not key material.
+    header_value: Mapped[str] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    idempotency_expires_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_tenant_id", "tenant_id", "id"),)
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(100), default="")
+    wallet_id: Mapped[str] = mapped_column(String(36), default="")
+    payment_id: Mapped[str] = mapped_column(String(36), default="")
+    amount: Mapped[str] = mapped_column(String(80), default="")
+    asset: Mapped[str] = mapped_column(String(64), default="")
+    network: Mapped[str] = mapped_column(String(64), default="")
+    payee: Mapped[str] = mapped_column(String(64), default="")
+    resource_url: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[str] = mapped_column(Text, default="{}")

@@ -1,0 +1,114 @@
+"""EIP-3009 ``TransferWithAuthorization``: the authorization both x402 ``exact``
+and the MPP ``evm`` method ask a wallet to sign. Pure functions only."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import is_address
+
+from teller.errors import FailedPrecondition, InvalidArgument
+from teller.vault.signer import TypedData
+
+#: Largest amount Teller accounts for (BIGINT). Larger requests are refused.
+MAX_AMOUNT = 2**63 - 1
+#: validAfter lies this far in the past to absorb clock skew (x402 reference client).
+VALID_AFTER_SKEW_S = 600
+
+TRANSFER_WITH_AUTHORIZATION_TYPES = {
+    "TransferWithAuthorization": [
+        {"name": "from", "type": "address"},
+        {"name": "to", "type": "address"},
+        {"name": "value", "type": "uint256"},
+        {"name": "validAfter", "type": "uint256"},
+        {"name": "validBefore", "type": "uint256"},
+        {"name": "nonce", "type": "bytes32"},
+    ]
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """The EIP-712 domain of an EIP-3009 token."""
+
+    chain_id: int
+    address: str
+    name: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    from_address: str
+    to: str
+    value: int
+    valid_after: int
+    valid_before: int
+    nonce: bytes
+
+    def to_json(self) -> dict[str, str]:
+        """The wire form x402 and MPP use: every number a decimal string."""
+        return {
+            "from": self.from_address,
+            "to": self.to,
+            "value": str(self.value),
+            "validAfter": str(self.valid_after),
+            "validBefore": str(self.valid_before),
+            "nonce": "0x" + self.nonce.hex(),
+        }
+
+
+def parse_amount(text: object, field: str) -> int:
+    if not isinstance(text, str) or not text.isdigit() or not text.isascii():
+        raise InvalidArgument(f"{field} must be an integer string of atomic units, got {text!r}")
+    value = int(text)
+    if value <= 0:
+        raise InvalidArgument(f"{field} must be positive")
+    if value > MAX_AMOUNT:
+        raise FailedPrecondition(f"{field} {text} exceeds the largest amount Teller accounts ({MAX_AMOUNT})")
+    return value
+
+
+def parse_address(text: object, field: str) -> str:
+    if not isinstance(text, str) or not is_address(text):
+        raise InvalidArgument(f"{field} is not a valid EVM address: {str(text)[:80]!r}")
+    return text
+
+
+def token_from_extra(chain_id: int, asset: str, extra: Mapping[str, Any], where: str) -> Token:
+    name = extra.get("name")
+    version = extra.get("version")
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument(f"{where}.extra.name is missing: the token's EIP-712 domain name is required")
+    if not isinstance(version, str) or not version:
+        raise InvalidArgument(f"{where}.extra.version is missing: the token's EIP-712 domain version is required")
+    return Token(chain_id, parse_address(asset, f"{where}.asset"), name, version)
+
+
+def authorize(payer: str, to: str, value: int, now: int, timeout_s: int, nonce: bytes) -> Authorization:
+    if len(nonce) != 32:
+        raise ValueError("EIP-3009 nonce must be 32 bytes")
+    return Authorization(payer, to, value, now - VALID_AFTER_SKEW_S, now + timeout_s, nonce)
+
+
+def typed_data(token: Token, auth: Authorization) -> TypedData:
+    return TypedData(
+        domain={
+            "name": token.name,
+            "version": token.version,
+            "chainId": token.chain_id,
+            "verifyingContract": token.address,
+        },
+        types=TRANSFER_WITH_AUTHORIZATION_TYPES,
+        primary_type="TransferWithAuthorization",
+        message={
+            "from": auth.from_address,
+            "to": auth.to,
+            "value": auth.value,
+            "validAfter": auth.valid_after,
+            "validBefore": auth.valid_before,
+            "nonce": auth.nonce,
+        },
+    )

@@ -1,0 +1,1 @@
+"""gRPC edge: protobuf conversion, error mapping and the servicers."""

@@ -1,0 +1,97 @@
+"""Protobuf <-> domain conversion, only at the gRPC edge."""
+
+from __future__ import annotations
+
+from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
+
+from teller.admin import WindowSpend
+from teller.db.models import AuditEvent, Tenant, Wallet
+from teller.errors import InvalidArgument
+from teller.payments import SignInput, SignResult, sign_input
+from teller.policy import Policy
+
+
+def sign_input_from_proto(req: payment_pb2.SignRequest) -> SignInput:
+    c = req.challenge
+    return sign_input(
+        status=c.status,
+        headers=tuple((h.name, h.value) for h in c.headers),
+        body=c.body,
+        url=c.url,
+        method=c.method or "GET",
+        wallet_id=req.wallet_id,
+        max_amount=req.max_amount,
+        idempotency_key=req.idempotency_key,
+    )
+
+
+def sign_result_to_proto(r: SignResult) -> payment_pb2.SignResponse:
+    return payment_pb2.SignResponse(
+        header_name=r.header_name,
+        header_value=r.header_value,
+        payment_id=r.payment_id,
+        requirement=common_pb2.Requirement(
+            protocol=r.protocol, version=r.version, scheme=r.scheme, network=r.network,
+            asset=r.asset, amount=str(r.amount), pay_to=r.pay_to,
+        ),
+    )
+
+
+def tenant_to_proto(t: Tenant) -> admin_pb2.Tenant:
+    return admin_pb2.Tenant(id=t.id, name=t.name, state=t.state, created_at_ms=t.created_ms)
+
+
+def wallet_to_proto(w: Wallet) -> common_pb2.Wallet:
+    # Only public fields: the sealed key columns never cross this edge.
+    return common_pb2.Wallet(id=w.id, tenant_id=w.tenant_id, label=w.label, address=w.address,
+                             state=w.state, created_at_ms=w.created_ms)
+
+
+def _amount(text: str, field: str) -> int | None:
+    if text == "":
+        return None
+    if not text.isdigit() or not text.isascii():
+        raise InvalidArgument(f"{field} must be an integer string of atomic units or empty, got {text[:40]!r}")
+    return int(text)
+
+
+def policy_from_proto(p: admin_pb2.SpendPolicy) -> Policy:
+    return Policy(
+        per_payment_max=_amount(p.per_payment_max, "policy.per_payment_max"),
+        daily_budget=_amount(p.daily_budget, "policy.daily_budget"),
+    )
+
+
+def policy_to_proto(tenant_id: str, p: Policy, updated_ms: int) -> admin_pb2.SpendPolicy:
+    return admin_pb2.SpendPolicy(
+        tenant_id=tenant_id,
+        per_payment_max="" if p.per_payment_max is None else str(p.per_payment_max),
+        daily_budget="" if p.daily_budget is None else str(p.daily_budget),
+        updated_at_ms=updated_ms,
+    )
+
+
+def spend_to_proto(tenant_id: str, windows: list[WindowSpend]) -> common_pb2.SpendStatus:
+    return common_pb2.SpendStatus(
+        tenant_id=tenant_id,
+        windows=[
+            common_pb2.WindowSpend(
+                window=w.window,
+                limit="" if w.limit is None else str(w.limit),
+                spent=str(w.spent),
+                remaining="" if w.remaining is None else str(w.remaining),
+                window_start_ms=w.start_ms,
+                window_end_ms=w.end_ms,
+            )
+            for w in windows
+        ],
+    )
+
+
+def audit_to_proto(e: AuditEvent) -> common_pb2.AuditEvent:
+    return common_pb2.AuditEvent(
+        id=e.id, tenant_id=e.tenant_id or "", at_ms=e.at_ms, actor=e.actor, action=e.action,
+        outcome=e.outcome, reason=e.reason, wallet_id=e.wallet_id, payment_id=e.payment_id,
+        amount=e.amount, asset=e.asset, network=e.network, payee=e.payee,
+        resource_url=e.resource_url, details_json=e.details,
+    )

@@ -1,0 +1,72 @@
+"""Building and running the grpc.aio server: services, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from teller_client._proto.teller.v1 import admin_pb2, admin_pb2_grpc, payment_pb2, payment_pb2_grpc
+
+from teller.app import App
+from teller.rpc.interceptors import ErrorInterceptor
+from teller.rpc.services import AdminServicer, PaymentServicer
+
+log = logging.getLogger("teller.server")
+
+SERVICE_NAMES = (
+    payment_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+class Server:
+    """A running Teller gRPC server bound to ``port``."""
+
+    def __init__(self, app: App, listen: str) -> None:
+        self.app = app
+        self.pool = ThreadPoolExecutor(max_workers=max(4, app.settings.db_pool_size), thread_name_prefix="teller-db")
+        self.grpc = grpc.aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+        )
+        payment_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(app, self.pool), self.grpc)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(app, self.pool), self.grpc)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        self.port = self.grpc.add_insecure_port(listen)
+        if self.port == 0:
+            raise OSError(f"cannot bind {listen}")
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("teller listening on port %d", self.port)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc.stop(grace)
+        self.pool.shutdown(wait=True)
+
+    async def wait(self) -> None:
+        await self.grpc.wait_for_termination()
+
+
+async def serve(app: App, listen: str) -> None:
+    server = Server(app, listen)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()

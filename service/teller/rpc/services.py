@@ -1,0 +1,146 @@
+"""The gRPC servicers. They authenticate, convert, and hand blocking database
+work to a thread pool; the domain logic lives in teller.payments / teller.admin."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+from teller_client._proto.teller.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    payment_pb2,
+    payment_pb2_grpc,
+)
+
+from teller import audit as audit_log
+from teller import auth
+from teller.app import App
+from teller.auth import Caller
+from teller.errors import InvalidArgument
+from teller.rpc import convert
+
+T = TypeVar("T")
+
+
+class _Base:
+    def __init__(self, app: App, pool: ThreadPoolExecutor) -> None:
+        self.app = app
+        self.pool = pool
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+
+def _list_audit(app: App, tenant_id: str | None, req: common_pb2.ListAuditEventsRequest) -> common_pb2.ListAuditEventsResponse:
+    f = req.filter
+    with app.db.transaction() as s:
+        rows, token = audit_log.list_events(
+            s, tenant_id=tenant_id, action=f.action, wallet_id=f.wallet_id, outcome=f.outcome,
+            since_ms=f.since_ms, until_ms=f.until_ms, page_size=req.page_size, page_token=req.page_token,
+        )
+        return common_pb2.ListAuditEventsResponse(
+            events=[convert.audit_to_proto(e) for e in rows], next_page_token=token
+        )
+
+
+class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
+    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        token = auth.bearer(context.invocation_metadata())
+
+        def lookup() -> Caller:
+            with self.app.db.transaction() as s:
+                return auth.authenticate_tenant(s, token)
+
+        return await self.run(lookup)
+
+    async def Sign(self, request: payment_pb2.SignRequest, context: grpc.aio.ServicerContext) -> payment_pb2.SignResponse:
+        caller = await self._caller(context)
+        sign_in = convert.sign_input_from_proto(request)
+        result = await self.run(self.app.payments.sign, caller, sign_in)
+        return convert.sign_result_to_proto(result)
+
+    async def ListWallets(self, request: payment_pb2.ListWalletsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListWalletsResponse:
+        caller = await self._caller(context)
+        wallets = await self.run(self.app.admin.list_wallets, caller.tenant_id)
+        return common_pb2.ListWalletsResponse(wallets=[convert.wallet_to_proto(w) for w in wallets])
+
+    async def GetSpend(self, request: payment_pb2.GetSpendRequest, context: grpc.aio.ServicerContext) -> common_pb2.SpendStatus:
+        caller = await self._caller(context)
+        windows = await self.run(self.app.admin.spend, caller.tenant_id)
+        return convert.spend_to_proto(caller.tenant_id, windows)
+
+    async def ListAuditEvents(self, request: common_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListAuditEventsResponse:
+        caller = await self._caller(context)
+        if request.filter.tenant_id and request.filter.tenant_id != caller.tenant_id:
+            raise InvalidArgument("filter.tenant_id must be empty or your own tenant")
+        return await self.run(_list_audit, self.app, caller.tenant_id, request)
+
+
+class AdminServicer(_Base, admin_pb2_grpc.AdminServiceServicer):
+    def _operator(self, context: grpc.aio.ServicerContext) -> None:
+        auth.check_operator(auth.bearer(context.invocation_metadata()), self.app.settings.admin_token)
+
+    async def CreateTenant(self, request: admin_pb2.CreateTenantRequest, context: grpc.aio.ServicerContext) -> admin_pb2.Tenant:
+        self._operator(context)
+        return convert.tenant_to_proto(await self.run(self.app.admin.create_tenant, request.name))
+
+    async def DisableTenant(self, request: admin_pb2.DisableTenantRequest, context: grpc.aio.ServicerContext) -> admin_pb2.Tenant:
+        self._operator(context)
+        return convert.tenant_to_proto(await self.run(self.app.admin.disable_tenant, request.tenant_id))
+
+    async def ListTenants(self, request: admin_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ListTenantsResponse:
+        self._operator(context)
+        tenants = await self.run(self.app.admin.list_tenants)
+        return admin_pb2.ListTenantsResponse(tenants=[convert.tenant_to_proto(t) for t in tenants])
+
+    async def IssueToken(self, request: admin_pb2.IssueTokenRequest, context: grpc.aio.ServicerContext) -> admin_pb2.IssueTokenResponse:
+        self._operator(context)
+        token_id, token = await self.run(self.app.admin.issue_token, request.tenant_id, request.description)
+        return admin_pb2.IssueTokenResponse(token_id=token_id, token=token)
+
+    async def RevokeToken(self, request: admin_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext) -> admin_pb2.RevokeTokenResponse:
+        self._operator(context)
+        await self.run(self.app.admin.revoke_token, request.token_id)
+        return admin_pb2.RevokeTokenResponse()
+
+    async def CreateWallet(self, request: admin_pb2.CreateWalletRequest, context: grpc.aio.ServicerContext) -> common_pb2.Wallet:
+        self._operator(context)
+        return convert.wallet_to_proto(await self.run(self.app.admin.create_wallet, request.tenant_id, request.label))
+
+    async def ImportWallet(self, request: admin_pb2.ImportWalletRequest, context: grpc.aio.ServicerContext) -> common_pb2.Wallet:
+        self._operator(context)
+        wallet = await self.run(self.app.admin.create_wallet, request.tenant_id, request.label, request.private_key)
+        return convert.wallet_to_proto(wallet)
+
+    async def ListWallets(self, request: admin_pb2.AdminListWalletsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListWalletsResponse:
+        self._operator(context)
+        wallets = await self.run(self.app.admin.list_wallets, request.tenant_id)
+        return common_pb2.ListWalletsResponse(wallets=[convert.wallet_to_proto(w) for w in wallets])
+
+    async def SetPolicy(self, request: admin_pb2.SetPolicyRequest, context: grpc.aio.ServicerContext) -> admin_pb2.SpendPolicy:
+        self._operator(context)
+        rules = convert.policy_from_proto(request.policy)
+        updated = await self.run(self.app.admin.set_policy, request.policy.tenant_id, rules)
+        return convert.policy_to_proto(request.policy.tenant_id, rules, updated)
+
+    async def GetPolicy(self, request: admin_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext) -> admin_pb2.SpendPolicy:
+        self._operator(context)
+        rules, updated = await self.run(self.app.admin.get_policy, request.tenant_id)
+        return convert.policy_to_proto(request.tenant_id, rules, updated)
+
+    async def GetSpend(self, request: admin_pb2.AdminGetSpendRequest, context: grpc.aio.ServicerContext) -> common_pb2.SpendStatus:
+        self._operator(context)
+        windows = await self.run(self.app.admin.spend, request.tenant_id)
+        return convert.spend_to_proto(request.tenant_id, windows)
+
+    async def ListAuditEvents(self, request: common_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListAuditEventsResponse:
+        self._operator(context)
+        return await self.run(_list_audit, self.app, request.filter.tenant_id or None, request)
+
+
+__all__ = ["AdminServicer", "PaymentServicer"]

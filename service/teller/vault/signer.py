@@ -1,0 +1,67 @@
+"""The narrow signer: the only object that touches a decrypted private key.
+
+It offers an address and signatures over typed data. It never returns, prints
+or pickles its key; nothing outside ``teller.vault`` constructs one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import coincurve
+from eth_account.messages import encode_typed_data
+from eth_utils import keccak, to_checksum_address
+
+
+@dataclass(frozen=True, slots=True)
+class TypedData:
+    """An EIP-712 message: domain, struct types (without EIP712Domain), primary type, values."""
+
+    domain: dict[str, Any]
+    types: dict[str, list[dict[str, str]]]
+    primary_type: str
+    message: dict[str, Any]
+
+    def digest(self) -> bytes:
+        """The 32-byte EIP-712 hash that gets signed."""
+        signable = encode_typed_data(
+            domain_data=self.domain,
+            message_types=self.types,
+            message_data=self.message,
+        )
+        return keccak(b"\x19" + signable.version + signable.header + signable.body)
+
+
+def address_of(private_key: bytes) -> str:
+    public = coincurve.PrivateKey(private_key).public_key.format(compressed=False)[1:]
+    return to_checksum_address(keccak(public)[-20:])
+
+
+class WalletSigner:
+    """Signs for one wallet. Construct only through ``teller.vault.Vault``."""
+
+    __slots__ = ("_address", "_key")
+
+    def __init__(self, private_key: bytes, address: str) -> None:
+        self._key = coincurve.PrivateKey(private_key)
+        self._address = address
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    def sign_typed_data(self, typed: TypedData) -> bytes:
+        """65-byte r||s||v signature (v = 27/28) over the EIP-712 digest."""
+        return self._sign_digest(typed.digest())
+
+    def _sign_digest(self, digest: bytes) -> bytes:
+        # libsecp256k1 returns low-s signatures, as EIP-2 requires.
+        sig = self._key.sign_recoverable(digest, hasher=None)
+        return sig[:64] + bytes([sig[64] + 27])
+
+    def __repr__(self) -> str:
+        return f"WalletSigner(address={self._address})"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("WalletSigner cannot be pickled")
