@@ -1,0 +1,85 @@
+"""Teller's real gRPC server, in-process on a free port, for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from teller.app import App, build
+from teller.clock import Clock, system_clock
+from teller.config import Settings
+from teller.rpc.server import Server
+from teller_client import AdminClient, Policy, TellerClient
+
+
+def test_settings(database_url: str, data_dir: Path, **kw: object) -> Settings:
+    kek = base64.b64encode(os.urandom(32)).decode()
+    base = Settings(
+        listen="127.0.0.1:0",
+        database_url=database_url,
+        data_dir=data_dir,
+        kek=f"test1:{kek}",
+        admin_token="op_" + secrets.token_urlsafe(16),
+        networks={"anvil": 31337},
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+@dataclass
+class TenantSetup:
+    tenant_id: str
+    token: str
+    token_id: str
+    wallet_id: str
+    address: str
+
+
+class RunningTeller:
+    def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
+        self.settings = settings
+        self.app: App = build(settings, clock, migrate=True)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+        self.target = f"127.0.0.1:{self.server.port}"
+        self._clients: list[AdminClient | TellerClient] = []
+
+    async def _start(self) -> Server:
+        server = Server(self.app, self.settings.listen)
+        await server.start()
+        return server
+
+    def admin(self) -> AdminClient:
+        client = AdminClient(self.target, self.settings.admin_token)
+        self._clients.append(client)
+        return client
+
+    def client(self, token: str) -> TellerClient:
+        client = TellerClient(self.target, token)
+        self._clients.append(client)
+        return client
+
+    def setup_tenant(self, name: str | None = None, policy: Policy | None = None,
+                     private_key: str | None = None) -> TenantSetup:
+        admin = self.admin()
+        tenant = admin.create_tenant(name or f"tenant-{secrets.token_hex(4)}")
+        token_id, token = admin.issue_token(tenant.id, "test")
+        wallet = (admin.import_wallet(tenant.id, private_key, "main") if private_key
+                  else admin.create_wallet(tenant.id, "main"))
+        if policy is not None:
+            admin.set_policy(tenant.id, policy)
+        return TenantSetup(tenant.id, token, token_id, wallet.id, wallet.address)
+
+    def stop(self) -> None:
+        for c in self._clients:
+            c.close()
+        asyncio.run_coroutine_threadsafe(self.server.stop(1.0), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self.app.close()
