@@ -24,7 +24,14 @@ from teller.auth import Caller
 from teller.clock import Clock, system_clock, utc_day_bounds
 from teller.db import Database
 from teller.db.models import Payment, Tenant, Wallet
-from teller.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, TellerError
+from teller.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TellerError,
+)
 from teller.vault import SealedKey, Vault
 from teller.x402 import challenge as x402_challenge
 from teller.x402 import proof as x402_proof

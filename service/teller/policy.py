@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from teller.errors import InvalidArgument, LimitExceeded, TellerError
 from teller.eip3009 import MAX_AMOUNT
+from teller.errors import InvalidArgument, LimitExceeded, TellerError
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import secrets
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from teller.app import App, build
 from teller.clock import Clock, system_clock
 from teller.config import Settings
-from teller.rpc.server import Server
+from teller.rpc.server import BackgroundServer
 from teller_client import AdminClient, Policy, TellerClient
 
 
@@ -43,17 +41,9 @@ class RunningTeller:
     def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
         self.settings = settings
         self.app: App = build(settings, clock, migrate=True)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self.server = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+        self.server = BackgroundServer(self.app, settings.listen)
         self.target = f"127.0.0.1:{self.server.port}"
         self._clients: list[AdminClient | TellerClient] = []
-
-    async def _start(self) -> Server:
-        server = Server(self.app, self.settings.listen)
-        await server.start()
-        return server
 
     def admin(self) -> AdminClient:
         client = AdminClient(self.target, self.settings.admin_token)
@@ -79,7 +69,5 @@ class RunningTeller:
     def stop(self) -> None:
         for c in self._clients:
             c.close()
-        asyncio.run_coroutine_threadsafe(self.server.stop(1.0), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self.server.stop()
         self.app.close()

@@ -16,7 +16,15 @@ from teller_client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from teller_client.types import AuditEvent, Policy, Requirement, SignedPayment, Tenant, Wallet, WindowSpend
+from teller_client.types import (
+    AuditEvent,
+    Policy,
+    Requirement,
+    SignedPayment,
+    Tenant,
+    Wallet,
+    WindowSpend,
+)
 
 __all__ = [
     "AdminClient",

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
-from teller_client.types import AuditEvent, Policy, Requirement, SignedPayment, Tenant, Wallet, WindowSpend
+from teller_client.types import (
+    AuditEvent,
+    Policy,
+    Requirement,
+    SignedPayment,
+    Tenant,
+    Wallet,
+    WindowSpend,
+)
 
 HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
-
 from teller.admin import WindowSpend
 from teller.db.models import AuditEvent, Tenant, Wallet
 from teller.errors import InvalidArgument
 from teller.payments import SignInput, SignResult, sign_input
 from teller.policy import Policy
+from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
 
 
 def sign_input_from_proto(req: payment_pb2.SignRequest) -> SignInput:

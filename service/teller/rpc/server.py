@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from teller_client._proto.teller.v1 import admin_pb2, admin_pb2_grpc, payment_pb2, payment_pb2_grpc
 
 from teller.app import App
 from teller.rpc.interceptors import ErrorInterceptor
 from teller.rpc.services import AdminServicer, PaymentServicer
+from teller_client._proto.teller.v1 import admin_pb2, admin_pb2_grpc, payment_pb2, payment_pb2_grpc
 
 log = logging.getLogger("teller.server")
 
@@ -70,3 +70,28 @@ async def serve(app: App, listen: str) -> None:
     await stop.wait()
     log.info("shutting down")
     await server.stop()
+
+
+class BackgroundServer:
+    """A Server on its own event-loop thread, for the demo and for tests."""
+
+    def __init__(self, app: App, listen: str) -> None:
+        import threading
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="teller-grpc", daemon=True)
+        self._thread.start()
+
+        async def start() -> Server:
+            # grpc.aio servers bind to the loop they are created on.
+            server = Server(app, listen)
+            await server.start()
+            return server
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(30)
+        self.port = self.server.port
+
+    def stop(self, grace: float = 1.0) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop).result(30 + grace)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

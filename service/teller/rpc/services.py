@@ -9,13 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
-from teller_client._proto.teller.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    common_pb2,
-    payment_pb2,
-    payment_pb2_grpc,
-)
 
 from teller import audit as audit_log
 from teller import auth
@@ -23,6 +16,13 @@ from teller.app import App
 from teller.auth import Caller
 from teller.errors import InvalidArgument
 from teller.rpc import convert
+from teller_client._proto.teller.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    payment_pb2,
+    payment_pb2_grpc,
+)
 
 T = TypeVar("T")
 

@@ -12,7 +12,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-
 from teller.errors import InvalidArgument
 from teller.vault.envelope import SealedKey, associated_data, open_sealed, seal
 from teller.vault.kek import KekProvider, KeyUnwrapError

@@ -1,0 +1,212 @@
+"""The `teller` command: serve, migrate, demo, and admin calls for operators."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from teller import config
+from teller.errors import ConfigError
+
+
+def _server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (or TELLER_CONFIG)")
+    p.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
+    p.add_argument("--data-dir", help="data directory for the embedded database (default .teller)")
+
+
+def _settings(ns: argparse.Namespace, **extra: Any) -> config.Settings:
+    return config.load(ns.config, database_url=ns.database_url, data_dir=ns.data_dir, **extra)
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from teller.app import build
+    from teller.rpc.server import serve
+
+    settings = config.finalize_for_serving(
+        _settings(ns, listen=ns.listen, kek_file=ns.kek_file, dev_mode=True if ns.dev else None)
+    )
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.dev_mode:
+        logging.getLogger("teller").warning("dev mode: local KEK and operator token in %s; never use real funds",
+                                            settings.data_dir)
+    app = build(settings)
+    try:
+        asyncio.run(serve(app, settings.listen))
+    finally:
+        app.close()
+    return 0
+
+
+def cmd_migrate(ns: argparse.Namespace) -> int:
+    from teller.db.migrate import upgrade
+
+    settings = _settings(ns)
+    upgrade(settings.resolved_database_url())
+    print("database is at the newest schema")
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from teller.demo import run
+
+    return run(Path(ns.data_dir) if ns.data_dir else None)
+
+
+# --- admin -----------------------------------------------------------------
+
+def _admin_client(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from teller_client import AdminClient
+
+    token = ns.token or os.environ.get("TELLER_ADMIN_TOKEN", "")
+    if not token:
+        dev_token = Path(ns.data_dir or ".teller") / "admin-token"
+        if dev_token.exists():
+            token = dev_token.read_text().strip()
+    if not token:
+        raise ConfigError("no operator credential: pass --token, set TELLER_ADMIN_TOKEN, or use a dev data dir")
+    return AdminClient(ns.target, token)
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    widths = {c: max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def cmd_admin(ns: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from teller_client import Policy
+
+    with _admin_client(ns) as admin:
+        what = (ns.noun, ns.verb)
+        if what == ("tenant", "create"):
+            t = admin.create_tenant(ns.name)
+            print(f"tenant {t.id} {t.name}")
+        elif what == ("tenant", "disable"):
+            t = admin.disable_tenant(ns.tenant_id)
+            print(f"tenant {t.id} is {t.state}")
+        elif what == ("tenant", "list"):
+            _print_table([asdict(t) for t in admin.list_tenants()], ["id", "name", "state"])
+        elif what == ("token", "issue"):
+            token_id, token = admin.issue_token(ns.tenant_id, ns.description)
+            print(f"token id {token_id}\n{token}\n(shown once: Teller keeps only its hash)")
+        elif what == ("token", "revoke"):
+            admin.revoke_token(ns.token_id)
+            print(f"token {ns.token_id} revoked")
+        elif what == ("wallet", "create"):
+            w = admin.create_wallet(ns.tenant_id, ns.label)
+            print(f"wallet {w.id} {w.address}")
+        elif what == ("wallet", "import"):
+            # Keys come from a file or stdin, never argv (visible in ps).
+            key = (sys.stdin.read() if ns.key_file == "-" else Path(ns.key_file).read_text()).strip()
+            w = admin.import_wallet(ns.tenant_id, key, ns.label)
+            print(f"wallet {w.id} {w.address}")
+        elif what == ("wallet", "list"):
+            _print_table([asdict(w) for w in admin.list_wallets(ns.tenant_id)], ["id", "address", "state", "label"])
+        elif what == ("policy", "set"):
+            p = admin.set_policy(ns.tenant_id, Policy(ns.per_payment_max, ns.daily_budget))
+            print(json.dumps(asdict(p)))
+        elif what == ("policy", "get"):
+            print(json.dumps(asdict(admin.get_policy(ns.tenant_id))))
+        elif what == ("spend", "show"):
+            rows = [
+                {**asdict(w), "limit": "-" if w.limit is None else w.limit,
+                 "remaining": "-" if w.remaining is None else w.remaining}
+                for w in admin.spend(ns.tenant_id)
+            ]
+            _print_table(rows, ["window", "limit", "spent", "remaining"])
+        elif what == ("audit", "tail"):
+            events, _ = admin.audit_events(tenant_id=ns.tenant or "", action=ns.action or "", page_size=ns.limit)
+            for e in reversed(events):
+                print(json.dumps(asdict(e), sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="teller", description="Server-wallet worker for HTTP 402 payments")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC worker")
+    _server_flags(serve)
+    serve.add_argument("--listen", help="host:port to bind (default 127.0.0.1:7402)")
+    serve.add_argument("--kek-file", help="file with version:base64key lines (or TELLER_KEK_FILE / TELLER_KEK)")
+    serve.add_argument("--dev", action="store_true", help="dev mode: local KEK/token, auto-migrate")
+    serve.set_defaults(fn=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="bring the database schema up to date")
+    _server_flags(migrate)
+    migrate.set_defaults(fn=cmd_migrate)
+
+    demo = sub.add_parser("demo", help="sign a real x402 challenge end to end on the embedded default")
+    demo.add_argument("--data-dir", help="keep the demo's data here (default: a temporary dir)")
+    demo.set_defaults(fn=cmd_demo)
+
+    admin = sub.add_parser("admin", help="operator calls against a running worker")
+    admin.add_argument("--target", default=os.environ.get("TELLER_TARGET", "127.0.0.1:7402"))
+    admin.add_argument("--token", help="operator credential (or TELLER_ADMIN_TOKEN)")
+    admin.add_argument("--data-dir", help="dev data dir holding admin-token (default .teller)")
+    nouns = admin.add_subparsers(dest="noun", required=True)
+
+    def verb(noun: argparse._SubParsersAction, name: str, *args: str, **opts: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = noun.add_parser(name)
+        for a in args:
+            p.add_argument(a)
+        p.set_defaults(fn=cmd_admin, verb=name, **opts)
+        return p
+
+    tenant = nouns.add_parser("tenant").add_subparsers(dest="verb", required=True)
+    verb(tenant, "create", "name")
+    verb(tenant, "disable", "tenant_id")
+    verb(tenant, "list")
+    token = nouns.add_parser("token").add_subparsers(dest="verb", required=True)
+    verb(token, "issue", "tenant_id").add_argument("--description", default="")
+    verb(token, "revoke", "token_id")
+    wallet = nouns.add_parser("wallet").add_subparsers(dest="verb", required=True)
+    verb(wallet, "create", "tenant_id").add_argument("--label", default="")
+    imp = verb(wallet, "import", "tenant_id")
+    imp.add_argument("--key-file", required=True, help="file holding the 0x hex key, or - for stdin")
+    imp.add_argument("--label", default="")
+    verb(wallet, "list", "tenant_id")
+    pol = nouns.add_parser("policy").add_subparsers(dest="verb", required=True)
+    pset = verb(pol, "set", "tenant_id")
+    pset.add_argument("--per-payment-max", type=int, help="atomic units")
+    pset.add_argument("--daily-budget", type=int, help="atomic units per UTC day")
+    verb(pol, "get", "tenant_id")
+    spend = nouns.add_parser("spend").add_subparsers(dest="verb", required=True)
+    verb(spend, "show", "tenant_id")
+    aud = nouns.add_parser("audit").add_subparsers(dest="verb", required=True)
+    tail = verb(aud, "tail")
+    tail.add_argument("--tenant", help="tenant id")
+    tail.add_argument("--action", help="e.g. payment.sign, payment.deny")
+    tail.add_argument("--limit", type=int, default=20)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return int(ns.fn(ns))
+    except ConfigError as exc:
+        print(f"teller: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from teller_client import TellerError
+
+        if isinstance(exc, TellerError):
+            print(f"teller: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
