@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import pg
-from tests.support.harness import RunningTeller, test_settings
+from tests.support.harness import RunningTeller, make_settings
 
 
 @pytest.fixture(scope="session")
@@ -30,13 +30,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def teller(db_url: str, tmp_path: Path) -> Iterator[RunningTeller]:
-    running = RunningTeller(test_settings(db_url, tmp_path))
+    running = RunningTeller(make_settings(db_url, tmp_path))
     yield running
     running.stop()
 
 
 @pytest.fixture
 def pg_teller(pg_url: str, tmp_path: Path) -> Iterator[RunningTeller]:
-    running = RunningTeller(test_settings(pg_url, tmp_path))
+    running = RunningTeller(make_settings(pg_url, tmp_path))
     yield running
     running.stop()

@@ -15,7 +15,7 @@ from teller.rpc.server import BackgroundServer
 from teller_client import AdminClient, Policy, TellerClient
 
 
-def test_settings(database_url: str, data_dir: Path, **kw: object) -> Settings:
+def make_settings(database_url: str, data_dir: Path, **kw: object) -> Settings:
     kek = base64.b64encode(os.urandom(32)).decode()
     base = Settings(
         listen="127.0.0.1:0",

@@ -14,7 +14,7 @@ from teller import audit as audit_log
 from teller import auth
 from teller.app import App
 from teller.auth import Caller
-from teller.errors import InvalidArgument
+from teller.errors import PermissionDenied
 from teller.rpc import convert
 from teller_client._proto.teller.v1 import (
     admin_pb2,
@@ -77,7 +77,7 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
     async def ListAuditEvents(self, request: common_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListAuditEventsResponse:
         caller = await self._caller(context)
         if request.filter.tenant_id and request.filter.tenant_id != caller.tenant_id:
-            raise InvalidArgument("filter.tenant_id must be empty or your own tenant")
+            raise PermissionDenied("filter.tenant_id must be empty or your own tenant")
         return await self.run(_list_audit, self.app, caller.tenant_id, request)
 
 

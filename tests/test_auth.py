@@ -1,0 +1,96 @@
+"""Tenants see and use only their own things; operators and tenants hold different credentials."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from teller_client import (
+    AdminClient,
+    NotFound,
+    PermissionDenied,
+    TellerClient,
+    Unauthenticated,
+)
+from tests.support.x402_server import sdk_v2_challenge
+
+
+def _sign(client, wallet_id):
+    chall = sdk_v2_challenge()
+    return client.sign(status=402, headers=chall.headers, body=chall.body, url=chall.url, wallet_id=wallet_id)
+
+
+def test_tenant_cannot_use_another_tenants_wallet(teller):
+    a, b = teller.setup_tenant(), teller.setup_tenant()
+    with pytest.raises(NotFound):
+        _sign(teller.client(b.token), a.wallet_id)
+    # The refusal is audited neither as a signature nor against tenant A.
+    events, _ = teller.admin().audit_events(tenant_id=a.tenant_id, action="payment.sign")
+    assert events == []
+
+
+def test_tenant_sees_only_its_own_wallets_spend_and_audit(teller):
+    a, b = teller.setup_tenant(), teller.setup_tenant()
+    _sign(teller.client(a.token), a.wallet_id)
+    client_b = teller.client(b.token)
+    assert [w.id for w in client_b.list_wallets()] == [b.wallet_id]
+    assert client_b.spend()[0].spent == 0
+    events, _ = client_b.audit_events(page_size=1000)
+    assert events and {e.tenant_id for e in events} == {b.tenant_id}
+    with pytest.raises(PermissionDenied):
+        client_b.audit_events(tenant_id=a.tenant_id)
+    mine, _ = teller.client(a.token).audit_events(action="payment.sign")
+    assert len(mine) == 1 and mine[0].wallet_id == a.wallet_id
+
+
+@pytest.mark.parametrize("token", ["", "garbage", "tlr_deadbeef.nope", "Bearer"])
+def test_bad_tokens_are_unauthenticated(teller, token):
+    t = teller.setup_tenant()
+    with pytest.raises(Unauthenticated):
+        _sign(TellerClient(teller.target, token), t.wallet_id)
+
+
+def test_missing_authorization_metadata(teller):
+    from teller_client._proto.teller.v1 import payment_pb2, payment_pb2_grpc
+
+    with grpc.insecure_channel(teller.target) as ch:
+        with pytest.raises(grpc.RpcError) as info:
+            payment_pb2_grpc.PaymentServiceStub(ch).ListWallets(payment_pb2.ListWalletsRequest())
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "missing authorization" in info.value.details()
+
+
+def test_revoked_token_stops_working(teller):
+    t = teller.setup_tenant()
+    client = teller.client(t.token)
+    assert client.list_wallets()
+    teller.admin().revoke_token(t.token_id)
+    with pytest.raises(Unauthenticated) as info:
+        client.list_wallets()
+    assert "revoked" in info.value.message
+
+
+def test_disabled_tenant_cannot_sign(teller):
+    t = teller.setup_tenant()
+    teller.admin().disable_tenant(t.tenant_id)
+    with pytest.raises(PermissionDenied):
+        _sign(teller.client(t.token), t.wallet_id)
+
+
+def test_tenant_token_is_not_an_operator_credential(teller):
+    t = teller.setup_tenant()
+    with pytest.raises(Unauthenticated):
+        AdminClient(teller.target, t.token).list_tenants()
+
+
+def test_operator_credential_is_not_a_tenant_token(teller):
+    with pytest.raises(Unauthenticated):
+        TellerClient(teller.target, teller.settings.admin_token).list_wallets()
+
+
+def test_admin_calls_on_unknown_tenant_are_not_found(teller):
+    admin = teller.admin()
+    with pytest.raises(NotFound):
+        admin.create_wallet("no-such-tenant")
+    with pytest.raises(NotFound):
+        admin.issue_token("no-such-tenant")
