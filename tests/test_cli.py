@@ -75,7 +75,7 @@ def _admin(port: int, data_dir: Path, *args: str, stdin: str | None = None) -> s
 def test_operator_workflow_from_the_shell(dev_server):
     from eth_account import Account
 
-    port, data_dir, proc = dev_server
+    port, data_dir, _proc = dev_server
     tenant_id = _admin(port, data_dir, "tenant", "create", "acme").split()[1]
     out = _admin(port, data_dir, "token", "issue", tenant_id, "--description", "backend")
     token = out.splitlines()[1]
