@@ -29,6 +29,6 @@ def test_async_client_signs_and_maps_errors(teller):
     signed, denial, spend, wallets, events = asyncio.run(scenario())
     assert signed.header_name == "PAYMENT-SIGNATURE" and signed.requirement.amount == 1000
     assert (denial.reason, denial.limit, denial.remaining) == ("budget_exhausted:day", 1000, 0)
-    assert spend[0].spent == 1000
+    assert spend[0].reserved == 1000
     assert [w.id for w in wallets] == [t.wallet_id]
     assert len(events) == 1 and events[0].reason == "budget_exhausted:day"

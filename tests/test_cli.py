@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -86,10 +87,16 @@ def test_operator_workflow_from_the_shell(dev_server):
     assert imported.split()[2] == acct.address
     listing = _admin(port, data_dir, "wallet", "list", tenant_id)
     assert address in listing and acct.address in listing and acct.key.hex()[2:] not in listing
-    _admin(port, data_dir, "policy", "set", tenant_id, "--per-payment-max", "1000", "--daily-budget", "5000")
-    assert '"daily_budget": 5000' in _admin(port, data_dir, "policy", "get", tenant_id)
+    policy_file = data_dir / "policy.json"
+    policy_file.write_text(json.dumps({
+        "per_payment_max": "1000", "allow_unknown_assets": True,
+        "budgets": [{"name": "day", "window": "day", "limit": "5000"},
+                    {"name": "hour", "kind": "rolling", "window": "1h", "limit": "3000"}]}))
+    _admin(port, data_dir, "policy", "set", tenant_id, "--file", str(policy_file))
+    stored = json.loads(_admin(port, data_dir, "policy", "get", tenant_id))
+    assert [b["name"] for b in stored["budgets"]] == ["day", "hour"]
 
-    from teller_client import TellerClient
+    from teller_client import PermissionDenied, TellerClient
     from tests.support.x402_server import sdk_v2_challenge
 
     chall = sdk_v2_challenge(amount="1000")
@@ -97,8 +104,12 @@ def test_operator_workflow_from_the_shell(dev_server):
         wallet_id = client.list_wallets()[0].id
         client.sign(status=402, headers=chall.headers, body=chall.body, url=chall.url, wallet_id=wallet_id)
     table = _admin(port, data_dir, "spend", "show", tenant_id).splitlines()
-    assert table[0].split() == ["WINDOW", "LIMIT", "SPENT", "REMAINING"]
-    assert table[1].split() == ["day", "5000", "1000", "4000"]
+    assert table[0].split() == ["SCOPE", "WINDOW", "KIND", "LIMIT", "SPENT", "RESERVED", "REMAINING"]
+    assert table[1].split() == ["tenant", "day", "calendar", "5000", "0", "1000", "4000"]
+    assert table[2].split() == ["tenant", "hour", "rolling", "3000", "0", "1000", "2000"]
+    assert "frozen" in _admin(port, data_dir, "freeze", tenant_id, "--reason", "incident")
+    with TellerClient(f"127.0.0.1:{port}", token) as client, pytest.raises(PermissionDenied):
+        client.sign(status=402, headers=chall.headers, body=chall.body, url=chall.url, wallet_id=wallet_id)
     tail = _admin(port, data_dir, "audit", "tail", "--tenant", tenant_id)
     assert '"action": "payment.sign"' in tail and '"action": "wallet.import"' in tail
     assert acct.key.hex()[2:] not in tail

@@ -24,10 +24,10 @@ def test_retry_returns_the_same_proof_and_spends_once(teller):
     first = _sign(client, chall, t.wallet_id, "order-1")
     again = _sign(client, chall, t.wallet_id, "order-1")
     assert again == first
-    assert client.spend()[0].spent == 1000
+    assert client.spend()[0].reserved == 1000
     other = _sign(client, chall, t.wallet_id, "order-2")
     assert other.header_value != first.header_value
-    assert client.spend()[0].spent == 2000
+    assert client.spend()[0].reserved == 2000
 
 
 def test_same_key_different_request_is_refused(teller):
@@ -40,7 +40,7 @@ def test_same_key_different_request_is_refused(teller):
 
 
 def test_concurrent_retries_yield_one_signature(teller):
-    t = teller.setup_tenant()
+    t = teller.setup_tenant(policy=Policy(daily_budget=100_000))
     chall = sdk_v2_challenge(amount="1000")
     clients = [teller.client(t.token) for _ in range(5)]
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -49,7 +49,7 @@ def test_concurrent_retries_yield_one_signature(teller):
     assert len({r.payment_id for r in results}) == 1
     signs, _ = teller.admin().audit_events(tenant_id=t.tenant_id, action="payment.sign")
     assert len(signs) == 1
-    assert teller.client(t.token).spend()[0].spent == 1000
+    assert teller.client(t.token).spend()[0].reserved == 1000
 
 
 def test_keys_expire_after_the_configured_time(tmp_path: Path):

@@ -39,7 +39,7 @@ def test_fifty_concurrent_calls_against_a_budget_for_ten(teller):
 
     admin = teller.admin()
     (day,) = admin.spend(t.tenant_id)
-    assert (day.spent, day.remaining, day.limit) == (10_000, 0, 10_000)
+    assert (day.reserved, day.spent, day.remaining, day.limit) == (10_000, 0, 0, 10_000)
     signs, _ = admin.audit_events(tenant_id=t.tenant_id, action="payment.sign", page_size=1000)
     denials, _ = admin.audit_events(tenant_id=t.tenant_id, action="payment.deny", page_size=1000)
     assert len(signs) == 10 and len(denials) == 40
@@ -53,7 +53,7 @@ def test_per_payment_maximum_denies_with_the_limit(teller):
         _sign(teller.client(t.token), sdk_v2_challenge(amount="1000"), t.wallet_id)
     assert info.value.reason == "per_payment_max"
     assert info.value.limit == 999
-    assert "above the per-payment maximum 999" in info.value.message
+    assert "above the tenant per-payment maximum 999" in info.value.message
     events, _ = teller.admin().audit_events(tenant_id=t.tenant_id, action="payment.deny")
     assert events[0].reason == "per_payment_max" and events[0].amount == "1000"
 
@@ -68,7 +68,7 @@ def test_denial_reports_what_is_left(teller):
     assert (info.value.limit, info.value.remaining) == (2500, 500)
     assert info.value.metadata["window"] == "day"
     (day,) = client.spend()
-    assert (day.spent, day.remaining) == (2000, 500)
+    assert (day.reserved, day.remaining) == (2000, 500)
 
 
 def test_caller_cap_is_honoured(teller):
@@ -100,8 +100,8 @@ def test_budget_resets_on_the_next_utc_day(tmp_path):
 @pytest.mark.parametrize(
     ("policy", "needle"),
     [
-        (Policy(per_payment_max=500, daily_budget=100), "daily_budget is smaller than policy.per_payment_max"),
-        (Policy(per_payment_max=2**63), "policy.per_payment_max must be between"),
+        (Policy(per_payment_max=500, daily_budget=100), "policy.budgets[0].limit: 100 is smaller than per_payment_max"),
+        (Policy(per_payment_max=2**63), "policy.per_payment_max: must be at most"),
     ],
 )
 def test_bad_policies_are_refused(teller, policy, needle):
@@ -116,9 +116,10 @@ def test_policy_changes_are_audited_with_old_and_new(teller):
 
     t = teller.setup_tenant(policy=Policy(per_payment_max=10))
     admin = teller.admin()
-    admin.set_policy(t.tenant_id, Policy(per_payment_max=20, daily_budget=100))
-    assert admin.get_policy(t.tenant_id) == Policy(20, 100)
+    stored = admin.set_policy(t.tenant_id, Policy(per_payment_max=20, daily_budget=100))
+    assert admin.get_policy(t.tenant_id) == stored
+    assert stored["per_payment_max"] == "20" and stored["budgets"][0]["limit"] == "100"
     events, _ = admin.audit_events(tenant_id=t.tenant_id, action="policy.set")
     details = json.loads(events[0].details_json)
-    assert details["old"] == {"per_payment_max": "10", "daily_budget": None}
-    assert details["new"] == {"per_payment_max": "20", "daily_budget": "100"}
+    assert details["old"]["per_payment_max"] == "10" and details["old"]["budgets"] == []
+    assert details["new"] == stored

@@ -3,36 +3,22 @@ its audit row in the same transaction as the change it records."""
 
 from __future__ import annotations
 
+import json
 import uuid
-from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from teller import audit, auth
-from teller.clock import Clock, ms, system_clock, utc_day_bounds
+from teller import audit, auth, policy, spend
+from teller.clock import Clock, ms, system_clock
 from teller.db import Database
-from teller.db.models import ApiToken, Payment, SpendPolicy, Tenant, Wallet
+from teller.db.models import ApiToken, SpendPolicy, Tenant, Wallet
 from teller.errors import AlreadyExists, InvalidArgument, NotFound
-from teller.policy import Policy
 from teller.vault import Vault
 
 OPERATOR = "operator"
-SPENDING_STATES = ("signed", "settled")
-
-
-@dataclass(frozen=True, slots=True)
-class WindowSpend:
-    window: str
-    limit: int | None
-    spent: int
-    start_ms: int
-    end_ms: int
-
-    @property
-    def remaining(self) -> int | None:
-        return None if self.limit is None else max(self.limit - self.spent, 0)
 
 
 def _name(value: str, field: str) -> str:
@@ -47,30 +33,6 @@ def get_tenant(session: Session, tenant_id: str) -> Tenant:
     if tenant is None:
         raise NotFound(f"tenant {tenant_id!r} not found")
     return tenant
-
-
-def policy_of(session: Session, tenant_id: str) -> Policy:
-    row = session.get(SpendPolicy, tenant_id)
-    if row is None:
-        return Policy()
-    return Policy(row.per_payment_max, row.daily_budget)
-
-
-def spent_since(session: Session, tenant_id: str, since_ms: int) -> int:
-    total = session.execute(
-        select(func.coalesce(func.sum(Payment.amount), 0)).where(
-            Payment.tenant_id == tenant_id,
-            Payment.created_ms >= since_ms,
-            Payment.state.in_(SPENDING_STATES),
-        )
-    ).scalar_one()
-    return int(total)
-
-
-def spend_status(session: Session, tenant_id: str, now_ms: int) -> list[WindowSpend]:
-    policy = policy_of(session, tenant_id)
-    start, end = utc_day_bounds(now_ms)
-    return [WindowSpend("day", policy.daily_budget, spent_since(session, tenant_id, start), start, end)]
 
 
 class Admin:
@@ -157,36 +119,57 @@ class Admin:
             get_tenant(s, tenant_id)
             return list(s.scalars(select(Wallet).where(Wallet.tenant_id == tenant_id).order_by(Wallet.created_ms)))
 
-    def set_policy(self, tenant_id: str, policy: Policy) -> int:
+    def _scope(self, s: Session, tenant_id: str, wallet_id: str) -> Wallet | None:
+        get_tenant(s, tenant_id)
+        if not wallet_id:
+            return None
+        wallet = s.get(Wallet, wallet_id)
+        if wallet is None or wallet.tenant_id != tenant_id:
+            raise NotFound(f"wallet {wallet_id!r} not found for tenant {tenant_id!r}")
+        return wallet
+
+    def set_policy(self, tenant_id: str, document: str | dict[str, Any], wallet_id: str = "") -> tuple[str, int]:
+        """Validate and store a policy document; returns (canonical document, updated_ms)."""
+        rules = policy.parse(document, wallet=bool(wallet_id))
+        canonical = json.dumps(policy.to_document(rules), sort_keys=True)
         now = ms(self.clock)
         with self.db.transaction() as s:
-            get_tenant(s, tenant_id)
-            old = policy_of(s, tenant_id)
-            row = s.get(SpendPolicy, tenant_id)
+            self._scope(s, tenant_id, wallet_id)
+            row = s.get(SpendPolicy, (tenant_id, wallet_id))
+            old = json.loads(row.document) if row is not None else None
             if row is None:
-                row = SpendPolicy(tenant_id=tenant_id, updated_ms=now)
-                s.add(row)
-            row.per_payment_max = policy.per_payment_max
-            row.daily_budget = policy.daily_budget
-            row.updated_ms = now
-            audit.record(s, at_ms=now, actor=OPERATOR, action="policy.set", tenant_id=tenant_id,
-                         details={"old": _policy_json(old), "new": _policy_json(policy)})
-        return now
+                s.add(SpendPolicy(tenant_id=tenant_id, wallet_id=wallet_id, document=canonical, updated_ms=now))
+            else:
+                row.document, row.updated_ms = canonical, now
+            audit.record(s, at_ms=now, actor=OPERATOR, action="policy.set", tenant_id=tenant_id, wallet_id=wallet_id,
+                         details={"old": old, "new": json.loads(canonical)})
+        return canonical, now
 
-    def get_policy(self, tenant_id: str) -> tuple[Policy, int]:
+    def get_policy(self, tenant_id: str, wallet_id: str = "") -> tuple[str, int]:
+        """The stored document (canonical JSON) and when it was set; the default when none is stored."""
         with self.db.transaction() as s:
-            get_tenant(s, tenant_id)
-            row = s.get(SpendPolicy, tenant_id)
-            return policy_of(s, tenant_id), (row.updated_ms if row else 0)
+            self._scope(s, tenant_id, wallet_id)
+            row = s.get(SpendPolicy, (tenant_id, wallet_id))
+            if row is None:
+                return json.dumps(policy.to_document(policy.DEFAULT), sort_keys=True), 0
+            return row.document, row.updated_ms
 
-    def spend(self, tenant_id: str) -> list[WindowSpend]:
+    def set_frozen(self, tenant_id: str, frozen: bool, wallet_id: str = "", reason: str = "") -> None:
+        """Freeze or unfreeze a tenant or a wallet. Every replica reads the flag in
+        its Sign transaction, under the tenant lock, so it applies to the next call."""
+        now = ms(self.clock)
         with self.db.transaction() as s:
-            get_tenant(s, tenant_id)
-            return spend_status(s, tenant_id, ms(self.clock))
+            wallet = self._scope(s, tenant_id, wallet_id)
+            target: Tenant | Wallet = wallet if wallet is not None else get_tenant(s, tenant_id)
+            old = bool(target.frozen)
+            target.frozen = frozen
+            audit.record(s, at_ms=now, actor=OPERATOR, action="wallet.freeze" if wallet else "tenant.freeze",
+                         tenant_id=tenant_id, wallet_id=wallet_id,
+                         details={"old": old, "new": frozen, "reason": reason[:500]})
 
-
-def _policy_json(p: Policy) -> dict[str, str | None]:
-    return {
-        "per_payment_max": None if p.per_payment_max is None else str(p.per_payment_max),
-        "daily_budget": None if p.daily_budget is None else str(p.daily_budget),
-    }
+    def spend(self, tenant_id: str, wallet_id: str = "") -> list[spend.WindowReport]:
+        with self.db.transaction() as s:
+            self._scope(s, tenant_id, wallet_id)
+            wallets = [wallet_id] if wallet_id else list(
+                s.scalars(select(Wallet.id).where(Wallet.tenant_id == tenant_id).order_by(Wallet.created_ms)))
+            return spend.report(s, tenant_id, wallets, ms(self.clock))

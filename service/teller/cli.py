@@ -114,17 +114,22 @@ def cmd_admin(ns: argparse.Namespace) -> int:
         elif what == ("wallet", "list"):
             _print_table([asdict(w) for w in admin.list_wallets(ns.tenant_id)], ["id", "address", "state", "label"])
         elif what == ("policy", "set"):
-            p = admin.set_policy(ns.tenant_id, Policy(ns.per_payment_max, ns.daily_budget))
-            print(json.dumps(asdict(p)))
+            if ns.file:
+                document: Any = sys.stdin.read() if ns.file == "-" else Path(ns.file).read_text()
+            else:
+                document = Policy(per_payment_max=ns.per_payment_max, daily_budget=ns.daily_budget,
+                                  allow_unknown_assets=ns.allow_unknown_assets)
+            print(json.dumps(admin.set_policy(ns.tenant_id, document, wallet_id=ns.wallet or ""), indent=2))
         elif what == ("policy", "get"):
-            print(json.dumps(asdict(admin.get_policy(ns.tenant_id))))
+            print(json.dumps(admin.get_policy(ns.tenant_id, wallet_id=ns.wallet or ""), indent=2))
+        elif what in (("freeze", "set"), ("unfreeze", "set")):
+            frozen = ns.noun == "freeze"
+            admin.set_frozen(ns.tenant_id, frozen, wallet_id=ns.wallet or "", reason=ns.reason)
+            target = f"wallet {ns.wallet}" if ns.wallet else f"tenant {ns.tenant_id}"
+            print(f"{target} {'frozen' if frozen else 'unfrozen'}")
         elif what == ("spend", "show"):
-            rows = [
-                {**asdict(w), "limit": "-" if w.limit is None else w.limit,
-                 "remaining": "-" if w.remaining is None else w.remaining}
-                for w in admin.spend(ns.tenant_id)
-            ]
-            _print_table(rows, ["window", "limit", "spent", "remaining"])
+            _print_table([asdict(w) for w in admin.spend(ns.tenant_id, wallet_id=ns.wallet or "")],
+                         ["scope", "window", "kind", "limit", "spent", "reserved", "remaining"])
         elif what == ("audit", "tail"):
             events, _ = admin.audit_events(tenant_id=ns.tenant or "", action=ns.action or "", page_size=ns.limit)
             for e in reversed(events):
@@ -179,11 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     verb(wallet, "list", "tenant_id")
     pol = nouns.add_parser("policy").add_subparsers(dest="verb", required=True)
     pset = verb(pol, "set", "tenant_id")
-    pset.add_argument("--per-payment-max", type=int, help="atomic units")
-    pset.add_argument("--daily-budget", type=int, help="atomic units per UTC day")
-    verb(pol, "get", "tenant_id")
+    pset.add_argument("--file", help="policy document (JSON), or - for stdin; see README 'Spend policy'")
+    pset.add_argument("--wallet", help="set a wallet's policy instead of the tenant's")
+    pset.add_argument("--per-payment-max", type=int, help="common units (without --file)")
+    pset.add_argument("--daily-budget", type=int, help="common units per UTC day (without --file)")
+    pset.add_argument("--allow-unknown-assets", action="store_true", help="(without --file)")
+    verb(pol, "get", "tenant_id").add_argument("--wallet")
+    for noun in ("freeze", "unfreeze"):
+        fz = nouns.add_parser(noun, help=f"{noun} a tenant or one wallet on every replica")
+        fz.add_argument("tenant_id")
+        fz.add_argument("--wallet")
+        fz.add_argument("--reason", default="")
+        fz.set_defaults(fn=cmd_admin, verb="set")
     spend = nouns.add_parser("spend").add_subparsers(dest="verb", required=True)
-    verb(spend, "show", "tenant_id")
+    verb(spend, "show", "tenant_id").add_argument("--wallet")
     aud = nouns.add_parser("audit").add_subparsers(dest="verb", required=True)
     tail = verb(aud, "tail")
     tail.add_argument("--tenant", help="tenant id")

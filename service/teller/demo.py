@@ -18,7 +18,7 @@ from eth_account.messages import encode_typed_data
 from teller.app import build
 from teller.config import Settings, finalize_for_serving
 from teller.rpc.server import BackgroundServer
-from teller_client import AdminClient, Policy, TellerClient
+from teller_client import AdminClient, Asset, Policy, TellerClient
 
 # A Base Sepolia USDC requirement, as a real x402 server would publish it.
 USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
@@ -94,7 +94,8 @@ def run(data_dir: Path | None = None) -> int:
             tenant = admin.create_tenant(f"demo-{secrets.token_hex(3)}")
             _, token = admin.issue_token(tenant.id, "demo")
             wallet = admin.create_wallet(tenant.id, "demo wallet")
-            admin.set_policy(tenant.id, Policy(per_payment_max=1_000_000, daily_budget=5_000_000))
+            admin.set_policy(tenant.id, Policy(per_payment_max=1_000_000, daily_budget=5_000_000,
+                                              assets=(Asset("eip155:84532", USDC, 6),)))
             print(f"tenant {tenant.name}  wallet {wallet.address} (key generated and sealed inside Teller)")
             headers, body = sdk_challenge()
             print("402 challenge built by the x402 SDK: 0.01 USDC on eip155:84532")
@@ -107,7 +108,8 @@ def run(data_dir: Path | None = None) -> int:
             ok = signer == wallet.address
             print(f"recovered signer: {signer}  {'== wallet address: OK' if ok else '!= wallet address: FAILED'}")
             for w in spend:
-                print(f"spend today: {w.spent} of {w.limit} atomic units ({w.remaining} left)")
+                print(f"budget {w.window}: {w.reserved} reserved, {w.spent} settled, {w.remaining} of {w.limit} left"
+                      " (micro-USD)")
             events, _ = admin.audit_events(tenant_id=tenant.id, page_size=10)
             print("audit log (newest first):")
             for e in events:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, eip3009, policy
-from teller.admin import get_tenant, policy_of, spent_since
+from teller import audit, eip3009, policy, spend
+from teller.admin import get_tenant
 from teller.auth import Caller
-from teller.clock import Clock, system_clock, utc_day_bounds
+from teller.clock import Clock, system_clock
 from teller.db import Database
 from teller.db.models import Payment, Tenant, Wallet
 from teller.errors import (
@@ -123,34 +123,39 @@ class Payments:
         with self.db.transaction() as s:
             now_ms = int(self.clock() * 1000)
             wallet = self._wallet(s, caller, req.wallet_id)
-            self._lock_tenant(s, caller.tenant_id)
+            tenant_frozen = self._lock_tenant(s, caller.tenant_id)
             if req.idempotency_key:
                 previous = self._claimed(s, caller, req.idempotency_key, request_hash, now_ms)
                 if previous is not None:
                     return _result(previous)
-            rules = policy_of(s, caller.tenant_id)
-            day_start, _ = utc_day_bounds(now_ms)
-            spent = spent_since(s, caller.tenant_id, day_start) if rules.daily_budget is not None else 0
-            chosen: x402_proof.Payable | None = None
-            first_denial: policy.Decision | None = None
+            rules = spend.load_rules(s, caller.tenant_id, wallet.id)
+            scopes = [policy.Scope("tenant", rules.tenant, tenant_frozen,
+                                   _used(spend.measure(s, "tenant", caller.tenant_id, rules.tenant.budgets, now_ms)))]
+            if rules.wallet is not None or wallet.frozen:
+                wallet_rules = rules.wallet or policy.inherit(policy.DEFAULT, rules.tenant)
+                scopes.append(policy.Scope("wallet", wallet_rules, wallet.frozen,
+                                           _used(spend.measure(s, "wallet", wallet.id, wallet_rules.budgets, now_ms))))
+            chosen: tuple[x402_proof.Payable, policy.Decision] | None = None
+            first: tuple[x402_proof.Payable, policy.Decision] | None = None
             for offer in offers:
-                decision = policy.evaluate(rules, offer.amount, spent, req.max_amount)
+                decision = policy.evaluate(scopes, _facts(offer, req.url), req.max_amount)
                 if decision.allowed:
-                    chosen = offer
+                    chosen = (offer, decision)
                     break
-                first_denial = first_denial or decision
+                first = first or (offer, decision)
             if chosen is None:
-                assert first_denial is not None
-                denied = offers[0]
-                denial = first_denial.error(denied.amount)
+                assert first is not None
+                denied, decision = first
+                denial = decision.error(_facts(denied, req.url))
                 audit.record(
                     s, at_ms=now_ms, actor=caller.actor, action="payment.deny", outcome="denied",
-                    tenant_id=caller.tenant_id, reason=first_denial.reason, wallet_id=wallet.id,
+                    tenant_id=caller.tenant_id, reason=decision.reason, wallet_id=wallet.id,
                     amount=denied.amount, asset=denied.token.address, network=denied.network,
-                    payee=denied.pay_to, resource_url=req.url, details=denial.metadata,
+                    payee=denied.pay_to, resource_url=req.url, details={"protocol": "x402", **denial.metadata},
                 )
             else:
-                payment = self._sign_and_record(s, caller, req, chall, chosen, wallet, now_ms, request_hash)
+                offer, decision = chosen
+                payment = self._sign_and_record(s, caller, req, chall, offer, decision, wallet, now_ms, request_hash)
                 return _result(payment)
         raise denial
 
@@ -163,10 +168,12 @@ class Payments:
             raise FailedPrecondition(f"wallet {wallet_id!r} is {wallet.state}")
         return wallet
 
-    def _lock_tenant(self, s: Session, tenant_id: str) -> None:
-        state = s.execute(select(Tenant.state).where(Tenant.id == tenant_id).with_for_update()).scalar_one_or_none()
-        if state != "active":
+    def _lock_tenant(self, s: Session, tenant_id: str) -> bool:
+        """Lock the tenant's row for the check-and-reserve; returns its freeze flag."""
+        row = s.execute(select(Tenant.state, Tenant.frozen).where(Tenant.id == tenant_id).with_for_update()).first()
+        if row is None or row.state != "active":
             raise PermissionDenied("tenant is disabled", reason="tenant_disabled")
+        return bool(row.frozen)
 
     def _claimed(self, s: Session, caller: Caller, key: str, request_hash: str, now_ms: int) -> Payment | None:
         row = s.execute(
@@ -184,7 +191,7 @@ class Payments:
 
     def _sign_and_record(
         self, s: Session, caller: Caller, req: SignInput, chall: x402_challenge.X402Challenge,
-        chosen: x402_proof.Payable, wallet: Wallet, now_ms: int, request_hash: str,
+        chosen: x402_proof.Payable, decision: policy.Decision, wallet: Wallet, now_ms: int, request_hash: str,
     ) -> Payment:
         signer = self.vault.signer(
             caller.tenant_id, wallet.id, wallet.address,
@@ -197,7 +204,8 @@ class Payments:
         payment = Payment(
             id=str(uuid.uuid4()), tenant_id=caller.tenant_id, wallet_id=wallet.id, protocol="x402",
             version=chall.version, scheme=chosen.offer.scheme, network=chosen.network,
-            asset=chosen.token.address, pay_to=chosen.pay_to, amount=chosen.amount, resource_url=req.url,
+            asset=chosen.token.address, pay_to=chosen.pay_to, amount=chosen.amount,
+            amount_common=decision.amount_common, resource_url=req.url,
             nonce="0x" + auth.nonce.hex(), valid_before=auth.valid_before, state="signed",
             header_name=name, header_value=value, idempotency_key=req.idempotency_key,
             idempotency_expires_ms=(now_ms + self.idempotency_ttl_ms) if req.idempotency_key else None,
@@ -213,6 +221,14 @@ class Payments:
         )
         s.flush()
         return payment
+
+
+def _facts(offer: x402_proof.Payable, url: str) -> policy.Payment:
+    return policy.Payment(offer.network, offer.token.address, offer.amount, offer.pay_to, url)
+
+
+def _used(windows: dict[str, spend.WindowUse]) -> dict[str, int]:
+    return {name: w.used for name, w in windows.items()}
 
 
 def _result(p: Payment) -> SignResult:

@@ -17,7 +17,9 @@ from teller_client.errors import (
     Unavailable,
 )
 from teller_client.types import (
+    Asset,
     AuditEvent,
+    Budget,
     Policy,
     Requirement,
     SignedPayment,
@@ -29,8 +31,10 @@ from teller_client.types import (
 __all__ = [
     "AdminClient",
     "AlreadyExists",
+    "Asset",
     "AsyncTellerClient",
     "AuditEvent",
+    "Budget",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",

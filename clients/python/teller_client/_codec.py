@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
 from teller_client.types import (
@@ -55,27 +57,28 @@ def tenant(t: admin_pb2.Tenant) -> Tenant:
     return Tenant(t.id, t.name, t.state, t.created_at_ms)
 
 
-def _opt(text: str) -> int | None:
-    return int(text) if text else None
-
-
 def spend(r: common_pb2.SpendStatus) -> list[WindowSpend]:
     return [
-        WindowSpend(w.window, _opt(w.limit), int(w.spent or 0), _opt(w.remaining), w.window_start_ms, w.window_end_ms)
+        WindowSpend(w.scope, w.window, w.kind, int(w.limit or 0), int(w.spent or 0), int(w.reserved or 0),
+                    int(w.remaining or 0), w.window_start_ms, w.window_end_ms)
         for w in r.windows
     ]
 
 
-def policy(p: admin_pb2.SpendPolicy) -> Policy:
-    return Policy(_opt(p.per_payment_max), _opt(p.daily_budget))
+def policy_request(tenant_id: str, policy: Policy | Mapping[str, Any] | str, wallet_id: str) -> admin_pb2.SetPolicyRequest:
+    if isinstance(policy, Policy):
+        document = json.dumps(policy.to_document(wallet=bool(wallet_id)))
+    elif isinstance(policy, str):
+        document = policy
+    else:
+        document = json.dumps(dict(policy))
+    return admin_pb2.SetPolicyRequest(
+        policy=admin_pb2.SpendPolicy(tenant_id=tenant_id, wallet_id=wallet_id, document_json=document)
+    )
 
 
-def policy_proto(tenant_id: str, p: Policy) -> admin_pb2.SetPolicyRequest:
-    return admin_pb2.SetPolicyRequest(policy=admin_pb2.SpendPolicy(
-        tenant_id=tenant_id,
-        per_payment_max="" if p.per_payment_max is None else str(p.per_payment_max),
-        daily_budget="" if p.daily_budget is None else str(p.daily_budget),
-    ))
+def policy_document(p: admin_pb2.SpendPolicy) -> dict[str, Any]:
+    return dict(json.loads(p.document_json))
 
 
 def audit_request(

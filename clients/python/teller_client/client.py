@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -83,8 +83,8 @@ class TellerClient(_Sync):
     def list_wallets(self) -> list[Wallet]:
         return _codec.wallets(self._call(self._stub.ListWallets, payment_pb2.ListWalletsRequest()))
 
-    def spend(self) -> list[WindowSpend]:
-        return _codec.spend(self._call(self._stub.GetSpend, payment_pb2.GetSpendRequest()))
+    def spend(self, wallet_id: str = "") -> list[WindowSpend]:
+        return _codec.spend(self._call(self._stub.GetSpend, payment_pb2.GetSpendRequest(wallet_id=wallet_id)))
 
     def audit_events(self, **filters: Any) -> tuple[list[AuditEvent], str]:
         return _codec.audit_page(self._call(self._stub.ListAuditEvents, _codec.audit_request(**filters)))
@@ -107,8 +107,8 @@ class AsyncTellerClient(_Async):
     async def list_wallets(self) -> list[Wallet]:
         return _codec.wallets(await self._call(self._stub.ListWallets, payment_pb2.ListWalletsRequest()))
 
-    async def spend(self) -> list[WindowSpend]:
-        return _codec.spend(await self._call(self._stub.GetSpend, payment_pb2.GetSpendRequest()))
+    async def spend(self, wallet_id: str = "") -> list[WindowSpend]:
+        return _codec.spend(await self._call(self._stub.GetSpend, payment_pb2.GetSpendRequest(wallet_id=wallet_id)))
 
     async def audit_events(self, **filters: Any) -> tuple[list[AuditEvent], str]:
         return _codec.audit_page(await self._call(self._stub.ListAuditEvents, _codec.audit_request(**filters)))
@@ -150,14 +150,24 @@ class AdminClient(_Sync):
     def list_wallets(self, tenant_id: str) -> list[Wallet]:
         return _codec.wallets(self._call(self._stub.ListWallets, admin_pb2.AdminListWalletsRequest(tenant_id=tenant_id)))
 
-    def set_policy(self, tenant_id: str, policy: Policy) -> Policy:
-        return _codec.policy(self._call(self._stub.SetPolicy, _codec.policy_proto(tenant_id, policy)))
+    def set_policy(self, tenant_id: str, policy: Policy | Mapping[str, Any] | str,
+                   wallet_id: str = "") -> dict[str, Any]:
+        """Set the tenant's (or one wallet's) policy; returns the stored canonical document."""
+        return _codec.policy_document(self._call(self._stub.SetPolicy,
+                                                 _codec.policy_request(tenant_id, policy, wallet_id)))
 
-    def get_policy(self, tenant_id: str) -> Policy:
-        return _codec.policy(self._call(self._stub.GetPolicy, admin_pb2.GetPolicyRequest(tenant_id=tenant_id)))
+    def get_policy(self, tenant_id: str, wallet_id: str = "") -> dict[str, Any]:
+        req = admin_pb2.GetPolicyRequest(tenant_id=tenant_id, wallet_id=wallet_id)
+        return _codec.policy_document(self._call(self._stub.GetPolicy, req))
 
-    def spend(self, tenant_id: str) -> list[WindowSpend]:
-        return _codec.spend(self._call(self._stub.GetSpend, admin_pb2.AdminGetSpendRequest(tenant_id=tenant_id)))
+    def set_frozen(self, tenant_id: str, frozen: bool, *, wallet_id: str = "", reason: str = "") -> None:
+        """Freeze (or unfreeze) a tenant or one of its wallets on every replica."""
+        req = admin_pb2.SetFrozenRequest(tenant_id=tenant_id, wallet_id=wallet_id, frozen=frozen, reason=reason)
+        self._call(self._stub.SetFrozen, req)
+
+    def spend(self, tenant_id: str, wallet_id: str = "") -> list[WindowSpend]:
+        req = admin_pb2.AdminGetSpendRequest(tenant_id=tenant_id, wallet_id=wallet_id)
+        return _codec.spend(self._call(self._stub.GetSpend, req))
 
     def audit_events(self, **filters: Any) -> tuple[list[AuditEvent], str]:
         return _codec.audit_page(self._call(self._stub.ListAuditEvents, _codec.audit_request(**filters)))

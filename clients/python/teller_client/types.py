@@ -46,18 +46,73 @@ class Tenant:
 
 @dataclass(frozen=True, slots=True)
 class WindowSpend:
-    window: str
-    limit: int | None
-    spent: int
-    remaining: int | None
+    """One budget window, in the policy's common unit."""
+
+    scope: str  # "tenant" or "wallet:<id>"
+    window: str  # the budget's name
+    kind: str  # "calendar" or "rolling"
+    limit: int
+    spent: int  # settled on chain
+    reserved: int  # signed, not yet settled
+    remaining: int
     window_start_ms: int
     window_end_ms: int
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    limit: int
+    window: str = "day"  # calendar: hour|day|week|month; rolling: "90s", "15m", "1h", "30d"
+    kind: str = "calendar"  # or "rolling"
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    network: str  # CAIP-2, e.g. "eip155:8453"
+    address: str
+    decimals: int
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
+    """A typed way to write a policy document; ``to_document()`` gives the JSON form.
+
+    Amounts are integers in the common unit (``unit_decimals``, 6 by default:
+    1_000_000 = one dollar of a 6-decimal stablecoin).
+    """
+
     per_payment_max: int | None = None
-    daily_budget: int | None = None
+    daily_budget: int | None = None  # shorthand for Budget(limit, "day")
+    budgets: tuple[Budget, ...] = ()
+    assets: tuple[Asset, ...] = ()
+    allow_unknown_assets: bool = False
+    unit_decimals: int | None = None
+    networks_allow: tuple[str, ...] = ()
+    networks_deny: tuple[str, ...] = ()
+    payees_allow: tuple[str, ...] = ()
+    payees_deny: tuple[str, ...] = ()
+    hosts_allow: tuple[str, ...] = ()
+    hosts_deny: tuple[str, ...] = ()
+
+    def to_document(self, *, wallet: bool = False) -> dict[str, object]:
+        budgets = [Budget(self.daily_budget, "day", name="day")] if self.daily_budget is not None else []
+        budgets += list(self.budgets)
+        doc: dict[str, object] = {
+            "budgets": [{"limit": str(b.limit), "window": b.window, "kind": b.kind, **({"name": b.name} if b.name else {})}
+                        for b in budgets],
+            "networks": {"allow": list(self.networks_allow), "deny": list(self.networks_deny)},
+            "payees": {"allow": list(self.payees_allow), "deny": list(self.payees_deny)},
+            "hosts": {"allow": list(self.hosts_allow), "deny": list(self.hosts_deny)},
+        }
+        if self.per_payment_max is not None:
+            doc["per_payment_max"] = str(self.per_payment_max)
+        if not wallet:
+            doc["assets"] = [{"network": a.network, "address": a.address, "decimals": a.decimals} for a in self.assets]
+            doc["allow_unknown_assets"] = self.allow_unknown_assets
+            if self.unit_decimals is not None:
+                doc["unit_decimals"] = self.unit_decimals
+        return doc
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -40,6 +42,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     state: Mapped[str] = mapped_column(String(16), default="active")
+    # Read inside every Sign transaction, so a freeze holds on all replicas at once.
+    frozen: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -62,6 +66,7 @@ class Wallet(Base):
     label: Mapped[str] = mapped_column(String(200), default="")
     address: Mapped[str] = mapped_column(String(42))
     state: Mapped[str] = mapped_column(String(16), default="active")
+    frozen: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     kek_version: Mapped[str] = mapped_column(String(64))
     wrapped_data_key: Mapped[bytes] = mapped_column(LargeBinary)
     key_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
@@ -69,10 +74,12 @@ class Wallet(Base):
 
 
 class SpendPolicy(Base):
+    """A policy document for a tenant (wallet_id = "") or one of its wallets."""
+
     __tablename__ = "spend_policies"
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
-    per_payment_max: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    daily_budget: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    wallet_id: Mapped[str] = mapped_column(String(36), primary_key=True, default="")
+    document: Mapped[str] = mapped_column(Text)
     updated_ms: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -84,6 +91,7 @@ class Payment(Base):
         UniqueConstraint("wallet_id", "nonce"),
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_payments_tenant_created", "tenant_id", "created_ms"),
+        Index("ix_payments_wallet_created", "wallet_id", "created_ms"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
@@ -95,6 +103,8 @@ class Payment(Base):
     asset: Mapped[str] = mapped_column(String(64))
     pay_to: Mapped[str] = mapped_column(String(64))
     amount: Mapped[int] = mapped_column(BigInteger)
+    # The amount in the tenant policy's common unit: what budgets count.
+    amount_common: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     resource_url: Mapped[str] = mapped_column(Text, default="")
     nonce: Mapped[str] = mapped_column(String(66))
     valid_before: Mapped[int] = mapped_column(BigInteger)

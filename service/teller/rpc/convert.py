@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from teller.admin import WindowSpend
 from teller.db.models import AuditEvent, Tenant, Wallet
-from teller.errors import InvalidArgument
 from teller.payments import SignInput, SignResult, sign_input
-from teller.policy import Policy
+from teller.spend import WindowReport
 from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
 
 
@@ -46,41 +44,19 @@ def wallet_to_proto(w: Wallet) -> common_pb2.Wallet:
                              state=w.state, created_at_ms=w.created_ms)
 
 
-def _amount(text: str, field: str) -> int | None:
-    if text == "":
-        return None
-    if not text.isdigit() or not text.isascii():
-        raise InvalidArgument(f"{field} must be an integer string of atomic units or empty, got {text[:40]!r}")
-    return int(text)
+def policy_to_proto(tenant_id: str, wallet_id: str, document: str, updated_ms: int) -> admin_pb2.SpendPolicy:
+    return admin_pb2.SpendPolicy(tenant_id=tenant_id, wallet_id=wallet_id, document_json=document,
+                                 updated_at_ms=updated_ms)
 
 
-def policy_from_proto(p: admin_pb2.SpendPolicy) -> Policy:
-    return Policy(
-        per_payment_max=_amount(p.per_payment_max, "policy.per_payment_max"),
-        daily_budget=_amount(p.daily_budget, "policy.daily_budget"),
-    )
-
-
-def policy_to_proto(tenant_id: str, p: Policy, updated_ms: int) -> admin_pb2.SpendPolicy:
-    return admin_pb2.SpendPolicy(
-        tenant_id=tenant_id,
-        per_payment_max="" if p.per_payment_max is None else str(p.per_payment_max),
-        daily_budget="" if p.daily_budget is None else str(p.daily_budget),
-        updated_at_ms=updated_ms,
-    )
-
-
-def spend_to_proto(tenant_id: str, windows: list[WindowSpend]) -> common_pb2.SpendStatus:
+def spend_to_proto(tenant_id: str, windows: list[WindowReport]) -> common_pb2.SpendStatus:
     return common_pb2.SpendStatus(
         tenant_id=tenant_id,
         windows=[
             common_pb2.WindowSpend(
-                window=w.window,
-                limit="" if w.limit is None else str(w.limit),
-                spent=str(w.spent),
-                remaining="" if w.remaining is None else str(w.remaining),
-                window_start_ms=w.start_ms,
-                window_end_ms=w.end_ms,
+                window=w.name, scope=w.scope, kind=w.kind, limit=str(w.limit), spent=str(w.spent),
+                reserved=str(w.reserved), remaining=str(w.remaining),
+                window_start_ms=w.start_ms, window_end_ms=w.end_ms,
             )
             for w in windows
         ],

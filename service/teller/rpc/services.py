@@ -71,7 +71,7 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
 
     async def GetSpend(self, request: payment_pb2.GetSpendRequest, context: grpc.aio.ServicerContext) -> common_pb2.SpendStatus:
         caller = await self._caller(context)
-        windows = await self.run(self.app.admin.spend, caller.tenant_id)
+        windows = await self.run(self.app.admin.spend, caller.tenant_id, request.wallet_id)
         return convert.spend_to_proto(caller.tenant_id, windows)
 
     async def ListAuditEvents(self, request: common_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListAuditEventsResponse:
@@ -124,18 +124,23 @@ class AdminServicer(_Base, admin_pb2_grpc.AdminServiceServicer):
 
     async def SetPolicy(self, request: admin_pb2.SetPolicyRequest, context: grpc.aio.ServicerContext) -> admin_pb2.SpendPolicy:
         self._operator(context)
-        rules = convert.policy_from_proto(request.policy)
-        updated = await self.run(self.app.admin.set_policy, request.policy.tenant_id, rules)
-        return convert.policy_to_proto(request.policy.tenant_id, rules, updated)
+        p = request.policy
+        document, updated = await self.run(self.app.admin.set_policy, p.tenant_id, p.document_json, p.wallet_id)
+        return convert.policy_to_proto(p.tenant_id, p.wallet_id, document, updated)
 
     async def GetPolicy(self, request: admin_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext) -> admin_pb2.SpendPolicy:
         self._operator(context)
-        rules, updated = await self.run(self.app.admin.get_policy, request.tenant_id)
-        return convert.policy_to_proto(request.tenant_id, rules, updated)
+        document, updated = await self.run(self.app.admin.get_policy, request.tenant_id, request.wallet_id)
+        return convert.policy_to_proto(request.tenant_id, request.wallet_id, document, updated)
+
+    async def SetFrozen(self, request: admin_pb2.SetFrozenRequest, context: grpc.aio.ServicerContext) -> admin_pb2.SetFrozenResponse:
+        self._operator(context)
+        await self.run(self.app.admin.set_frozen, request.tenant_id, request.frozen, request.wallet_id, request.reason)
+        return admin_pb2.SetFrozenResponse()
 
     async def GetSpend(self, request: admin_pb2.AdminGetSpendRequest, context: grpc.aio.ServicerContext) -> common_pb2.SpendStatus:
         self._operator(context)
-        windows = await self.run(self.app.admin.spend, request.tenant_id)
+        windows = await self.run(self.app.admin.spend, request.tenant_id, request.wallet_id)
         return convert.spend_to_proto(request.tenant_id, windows)
 
     async def ListAuditEvents(self, request: common_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListAuditEventsResponse:

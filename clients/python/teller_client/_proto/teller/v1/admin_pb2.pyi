@@ -92,16 +92,16 @@ class AdminListWalletsRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
 
 class SpendPolicy(_message.Message):
-    __slots__ = ("tenant_id", "per_payment_max", "daily_budget", "updated_at_ms")
+    __slots__ = ("tenant_id", "wallet_id", "document_json", "updated_at_ms")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
-    PER_PAYMENT_MAX_FIELD_NUMBER: _ClassVar[int]
-    DAILY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    WALLET_ID_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_JSON_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
-    per_payment_max: str
-    daily_budget: str
+    wallet_id: str
+    document_json: str
     updated_at_ms: int
-    def __init__(self, tenant_id: _Optional[str] = ..., per_payment_max: _Optional[str] = ..., daily_budget: _Optional[str] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+    def __init__(self, tenant_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., document_json: _Optional[str] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
 
 class SetPolicyRequest(_message.Message):
     __slots__ = ("policy",)
@@ -110,13 +110,33 @@ class SetPolicyRequest(_message.Message):
     def __init__(self, policy: _Optional[_Union[SpendPolicy, _Mapping]] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
-    __slots__ = ("tenant_id",)
+    __slots__ = ("tenant_id", "wallet_id")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    WALLET_ID_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
-    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+    wallet_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., wallet_id: _Optional[str] = ...) -> None: ...
+
+class SetFrozenRequest(_message.Message):
+    __slots__ = ("tenant_id", "wallet_id", "frozen", "reason")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    WALLET_ID_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    wallet_id: str
+    frozen: bool
+    reason: str
+    def __init__(self, tenant_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., frozen: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetFrozenResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class AdminGetSpendRequest(_message.Message):
-    __slots__ = ("tenant_id",)
+    __slots__ = ("tenant_id", "wallet_id")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    WALLET_ID_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
-    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+    wallet_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., wallet_id: _Optional[str] = ...) -> None: ...

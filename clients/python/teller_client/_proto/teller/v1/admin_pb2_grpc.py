@@ -87,6 +87,11 @@ class AdminServiceStub:
                 request_serializer=teller_dot_v1_dot_admin__pb2.GetPolicyRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_admin__pb2.SpendPolicy.FromString,
                 _registered_method=True)
+        self.SetFrozen = channel.unary_unary(
+                '/teller.v1.AdminService/SetFrozen',
+                request_serializer=teller_dot_v1_dot_admin__pb2.SetFrozenRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_admin__pb2.SetFrozenResponse.FromString,
+                _registered_method=True)
         self.GetSpend = channel.unary_unary(
                 '/teller.v1.AdminService/GetSpend',
                 request_serializer=teller_dot_v1_dot_admin__pb2.AdminGetSpendRequest.SerializeToString,
@@ -164,6 +169,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetFrozen(self, request, context):
+        """Freeze or unfreeze a tenant or one wallet; takes effect on every replica
+        for the next Sign.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSpend(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -228,6 +241,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetPolicy,
                     request_deserializer=teller_dot_v1_dot_admin__pb2.GetPolicyRequest.FromString,
                     response_serializer=teller_dot_v1_dot_admin__pb2.SpendPolicy.SerializeToString,
+            ),
+            'SetFrozen': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFrozen,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.SetFrozenRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_admin__pb2.SetFrozenResponse.SerializeToString,
             ),
             'GetSpend': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSpend,
@@ -512,6 +530,33 @@ class AdminService:
             '/teller.v1.AdminService/GetPolicy',
             teller_dot_v1_dot_admin__pb2.GetPolicyRequest.SerializeToString,
             teller_dot_v1_dot_admin__pb2.SpendPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFrozen(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/SetFrozen',
+            teller_dot_v1_dot_admin__pb2.SetFrozenRequest.SerializeToString,
+            teller_dot_v1_dot_admin__pb2.SetFrozenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16teller/v1/common.proto\x12\tteller.v1\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x80\x01\n\x0bRequirement\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\r\n\x05\x61sset\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12\x0e\n\x06pay_to\x18\x07 \x01(\t\"m\n\x06Wallet\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\"~\n\x0bWindowSpend\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\t\x12\r\n\x05spent\x18\x03 \x01(\t\x12\x11\n\tremaining\x18\x04 \x01(\t\x12\x17\n\x0fwindow_start_ms\x18\x05 \x01(\x03\x12\x15\n\rwindow_end_ms\x18\x06 \x01(\x03\"I\n\x0bSpendStatus\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\'\n\x07windows\x18\x02 \x03(\x0b\x32\x16.teller.v1.WindowSpend\"\x8c\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05\x61t_ms\x18\x03 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x11\n\twallet_id\x18\x08 \x01(\t\x12\x12\n\npayment_id\x18\t \x01(\t\x12\x0e\n\x06\x61mount\x18\n \x01(\t\x12\r\n\x05\x61sset\x18\x0b \x01(\t\x12\x0f\n\x07network\x18\x0c \x01(\t\x12\r\n\x05payee\x18\r \x01(\t\x12\x14\n\x0cresource_url\x18\x0e \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x0f \x01(\t\"x\n\x0b\x41uditFilter\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x11\n\twallet_id\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x10\n\x08since_ms\x18\x05 \x01(\x03\x12\x10\n\x08until_ms\x18\x06 \x01(\x03\"g\n\x16ListAuditEventsRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.teller.v1.AuditFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x17ListAuditEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.teller.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x13ListWalletsResponse\x12\"\n\x07wallets\x18\x01 \x03(\x0b\x32\x11.teller.v1.Walletb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16teller/v1/common.proto\x12\tteller.v1\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x80\x01\n\x0bRequirement\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06scheme\x18\x03 \x01(\t\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\r\n\x05\x61sset\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\x12\x0e\n\x06pay_to\x18\x07 \x01(\t\"m\n\x06Wallet\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\"\xad\x01\n\x0bWindowSpend\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\t\x12\r\n\x05spent\x18\x03 \x01(\t\x12\x11\n\tremaining\x18\x04 \x01(\t\x12\x17\n\x0fwindow_start_ms\x18\x05 \x01(\x03\x12\x15\n\rwindow_end_ms\x18\x06 \x01(\x03\x12\x10\n\x08reserved\x18\x07 \x01(\t\x12\r\n\x05scope\x18\x08 \x01(\t\x12\x0c\n\x04kind\x18\t \x01(\t\"I\n\x0bSpendStatus\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\'\n\x07windows\x18\x02 \x03(\x0b\x32\x16.teller.v1.WindowSpend\"\x8c\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05\x61t_ms\x18\x03 \x01(\x03\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x11\n\twallet_id\x18\x08 \x01(\t\x12\x12\n\npayment_id\x18\t \x01(\t\x12\x0e\n\x06\x61mount\x18\n \x01(\t\x12\r\n\x05\x61sset\x18\x0b \x01(\t\x12\x0f\n\x07network\x18\x0c \x01(\t\x12\r\n\x05payee\x18\r \x01(\t\x12\x14\n\x0cresource_url\x18\x0e \x01(\t\x12\x14\n\x0c\x64\x65tails_json\x18\x0f \x01(\t\"x\n\x0b\x41uditFilter\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x11\n\twallet_id\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x10\n\x08since_ms\x18\x05 \x01(\x03\x12\x10\n\x08until_ms\x18\x06 \x01(\x03\"g\n\x16ListAuditEventsRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.teller.v1.AuditFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x17ListAuditEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.teller.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"9\n\x13ListWalletsResponse\x12\"\n\x07wallets\x18\x01 \x03(\x0b\x32\x11.teller.v1.Walletb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,18 +37,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUIREMENT']._serialized_end=205
   _globals['_WALLET']._serialized_start=207
   _globals['_WALLET']._serialized_end=316
-  _globals['_WINDOWSPEND']._serialized_start=318
-  _globals['_WINDOWSPEND']._serialized_end=444
-  _globals['_SPENDSTATUS']._serialized_start=446
-  _globals['_SPENDSTATUS']._serialized_end=519
-  _globals['_AUDITEVENT']._serialized_start=522
-  _globals['_AUDITEVENT']._serialized_end=790
-  _globals['_AUDITFILTER']._serialized_start=792
-  _globals['_AUDITFILTER']._serialized_end=912
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=914
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1017
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1019
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1108
-  _globals['_LISTWALLETSRESPONSE']._serialized_start=1110
-  _globals['_LISTWALLETSRESPONSE']._serialized_end=1167
+  _globals['_WINDOWSPEND']._serialized_start=319
+  _globals['_WINDOWSPEND']._serialized_end=492
+  _globals['_SPENDSTATUS']._serialized_start=494
+  _globals['_SPENDSTATUS']._serialized_end=567
+  _globals['_AUDITEVENT']._serialized_start=570
+  _globals['_AUDITEVENT']._serialized_end=838
+  _globals['_AUDITFILTER']._serialized_start=840
+  _globals['_AUDITFILTER']._serialized_end=960
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=962
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1065
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1067
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1156
+  _globals['_LISTWALLETSRESPONSE']._serialized_start=1158
+  _globals['_LISTWALLETSRESPONSE']._serialized_end=1215
 # @@protoc_insertion_point(module_scope)

@@ -49,20 +49,26 @@ class Wallet(_message.Message):
     def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., label: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
 
 class WindowSpend(_message.Message):
-    __slots__ = ("window", "limit", "spent", "remaining", "window_start_ms", "window_end_ms")
+    __slots__ = ("window", "limit", "spent", "remaining", "window_start_ms", "window_end_ms", "reserved", "scope", "kind")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     SPENT_FIELD_NUMBER: _ClassVar[int]
     REMAINING_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_MS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_END_MS_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     window: str
     limit: str
     spent: str
     remaining: str
     window_start_ms: int
     window_end_ms: int
-    def __init__(self, window: _Optional[str] = ..., limit: _Optional[str] = ..., spent: _Optional[str] = ..., remaining: _Optional[str] = ..., window_start_ms: _Optional[int] = ..., window_end_ms: _Optional[int] = ...) -> None: ...
+    reserved: str
+    scope: str
+    kind: str
+    def __init__(self, window: _Optional[str] = ..., limit: _Optional[str] = ..., spent: _Optional[str] = ..., remaining: _Optional[str] = ..., window_start_ms: _Optional[int] = ..., window_end_ms: _Optional[int] = ..., reserved: _Optional[str] = ..., scope: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class SpendStatus(_message.Message):
     __slots__ = ("tenant_id", "windows")

@@ -50,5 +50,7 @@ class ListWalletsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetSpendRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("wallet_id",)
+    WALLET_ID_FIELD_NUMBER: _ClassVar[int]
+    wallet_id: str
+    def __init__(self, wallet_id: _Optional[str] = ...) -> None: ...

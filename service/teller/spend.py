@@ -1,0 +1,114 @@
+"""The policy engine's database side: loading rules and measuring windows.
+
+Everything here runs inside the Sign transaction, after the tenant row is
+locked, so what it reads cannot change before the reservation commits.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.orm import Session
+
+from teller import policy
+from teller.db.models import Payment, SpendPolicy
+
+RESERVED = "signed"  # signed but not yet seen settled on chain
+SPENT = "settled"
+COUNTED = (RESERVED, SPENT)
+
+
+@functools.lru_cache(maxsize=4096)
+def parsed(document: str, wallet: bool) -> policy.Policy:
+    """Policies are stored canonical and re-read on every Sign; parse each text once."""
+    return policy.parse(document, wallet=wallet)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    tenant: policy.Policy
+    wallet: policy.Policy | None  # already carrying the tenant's asset registry
+
+
+def load_rules(s: Session, tenant_id: str, wallet_id: str) -> Rules:
+    rows = s.execute(
+        select(SpendPolicy.wallet_id, SpendPolicy.document).where(
+            SpendPolicy.tenant_id == tenant_id, SpendPolicy.wallet_id.in_(("", wallet_id))
+        )
+    ).all()
+    docs = {w: d for w, d in rows}
+    tenant = parsed(docs[""], False) if "" in docs else policy.DEFAULT
+    wallet = policy.inherit(parsed(docs[wallet_id], True), tenant) if wallet_id and wallet_id in docs else None
+    return Rules(tenant, wallet)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUse:
+    reserved: int
+    spent: int
+
+    @property
+    def used(self) -> int:
+        return self.reserved + self.spent
+
+
+def measure(
+    s: Session, column: str, scope_id: str, budgets: Sequence[policy.Budget], now_ms: int
+) -> dict[str, WindowUse]:
+    """Reserved and spent amounts in each budget's current window: one query for all windows."""
+    if not budgets:
+        return {}
+    col = Payment.tenant_id if column == "tenant" else Payment.wallet_id
+    bounds = {b.name: b.bounds(now_ms) for b in budgets}
+    earliest = min(start for start, _ in bounds.values())
+    columns = []
+    for name, (start, end) in bounds.items():
+        in_window = and_(Payment.created_ms >= start, Payment.created_ms < end)
+        for state in COUNTED:
+            columns.append(func.coalesce(func.sum(case(
+                (and_(in_window, Payment.state == state), Payment.amount_common), else_=0)), 0).label(f"{name}:{state}"))
+    row = s.execute(
+        select(*columns).where(col == scope_id, Payment.created_ms >= earliest,
+                               or_(*(Payment.state == st for st in COUNTED)))
+    ).one()
+    values = row._mapping
+    return {name: WindowUse(int(values[f"{name}:{RESERVED}"]), int(values[f"{name}:{SPENT}"])) for name in bounds}
+
+
+@dataclass(frozen=True, slots=True)
+class WindowReport:
+    scope: str  # "tenant" or "wallet:<id>"
+    name: str
+    kind: str  # "calendar" | "rolling"
+    limit: int
+    spent: int
+    reserved: int
+    start_ms: int
+    end_ms: int
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.spent - self.reserved, 0)
+
+
+def report(s: Session, tenant_id: str, wallet_ids: Sequence[str], now_ms: int) -> list[WindowReport]:
+    """Per window: limit, spent, reserved-but-unsettled and what is left."""
+    out: list[WindowReport] = []
+    scopes: list[tuple[str, str, policy.Policy]] = []
+    tenant_rules = load_rules(s, tenant_id, "")
+    scopes.append(("tenant", tenant_id, tenant_rules.tenant))
+    for wid in wallet_ids:
+        rules = load_rules(s, tenant_id, wid)
+        if rules.wallet is not None:
+            scopes.append((f"wallet:{wid}", wid, rules.wallet))
+    for label, scope_id, rules_policy in scopes:
+        use = measure(s, "tenant" if label == "tenant" else "wallet", scope_id, rules_policy.budgets, now_ms)
+        for b in rules_policy.budgets:
+            start, end = b.bounds(now_ms)
+            u = use[b.name]
+            out.append(WindowReport(label, b.name, "rolling" if b.rolling_ms else "calendar", b.limit,
+                                    u.spent, u.reserved, start, end))
+    return out
