@@ -1,0 +1,91 @@
+"""Several real `teller serve` processes sharing one PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from teller.db import upgrade
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Worker:
+    target: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@dataclass
+class Cluster:
+    workers: list[Worker]
+    admin_token: str
+
+    def stop(self) -> None:
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.terminate()
+        for w in self.workers:
+            try:
+                w.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+
+
+def wait_healthy(target: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    with grpc.insecure_channel(target) as ch:
+        while True:
+            try:
+                status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"worker {target} did not become healthy:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+
+def start_cluster(db_url: str, n: int, tmp: Path, **env_extra: str) -> Cluster:
+    upgrade(db_url)  # `teller migrate` once, never by each replica
+    admin_token = "op_" + secrets.token_urlsafe(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELLER_")}
+    env.update(
+        TELLER_DATABASE_URL=db_url,
+        TELLER_KEK="test1:" + base64.b64encode(os.urandom(32)).decode(),
+        TELLER_ADMIN_TOKEN=admin_token,
+        TELLER_DATA_DIR=str(tmp),
+        TELLER_LOG_LEVEL="WARNING",
+        **env_extra,
+    )
+    workers = []
+    for i in range(n):
+        port = free_port()
+        log = tmp / f"worker{i}.log"
+        proc = subprocess.Popen([sys.executable, "-m", "teller.cli", "serve", "--listen", f"127.0.0.1:{port}"],
+                                env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        workers.append(Worker(f"127.0.0.1:{port}", proc, log))
+    cluster = Cluster(workers, admin_token)
+    try:
+        for w in workers:
+            wait_healthy(w.target, w.proc, w.log)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
