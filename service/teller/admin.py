@@ -131,7 +131,7 @@ class Admin:
     def set_policy(self, tenant_id: str, document: str | dict[str, Any], wallet_id: str = "") -> tuple[str, int]:
         """Validate and store a policy document; returns (canonical document, updated_ms)."""
         rules = policy.parse(document, wallet=bool(wallet_id))
-        canonical = json.dumps(policy.to_document(rules), sort_keys=True)
+        canonical = json.dumps(policy.to_document(rules, wallet=bool(wallet_id)), sort_keys=True)
         now = ms(self.clock)
         with self.db.transaction() as s:
             self._scope(s, tenant_id, wallet_id)
@@ -151,7 +151,7 @@ class Admin:
             self._scope(s, tenant_id, wallet_id)
             row = s.get(SpendPolicy, (tenant_id, wallet_id))
             if row is None:
-                return json.dumps(policy.to_document(policy.DEFAULT), sort_keys=True), 0
+                return json.dumps(policy.to_document(policy.DEFAULT, wallet=bool(wallet_id)), sort_keys=True), 0
             return row.document, row.updated_ms
 
     def set_frozen(self, tenant_id: str, frozen: bool, wallet_id: str = "", reason: str = "") -> None:

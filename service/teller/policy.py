@@ -286,9 +286,9 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
     )
 
 
-def to_document(p: Policy) -> dict[str, Any]:
+def to_document(p: Policy, *, wallet: bool = False) -> dict[str, Any]:
     """The canonical JSON form (what GetPolicy returns and the audit log records)."""
-    doc: dict[str, Any] = {"unit_decimals": p.unit_decimals}
+    doc: dict[str, Any] = {} if wallet else {"unit_decimals": p.unit_decimals}
     if p.per_payment_max is not None:
         doc["per_payment_max"] = str(p.per_payment_max)
     doc["budgets"] = [
@@ -296,8 +296,9 @@ def to_document(p: Policy) -> dict[str, Any]:
          "window": b.calendar or _format_duration(b.rolling_ms)}
         for b in p.budgets
     ]
-    doc["assets"] = [{"network": a.network, "address": a.address, "decimals": a.decimals} for a in p.assets]
-    doc["allow_unknown_assets"] = p.allow_unknown_assets
+    if not wallet:
+        doc["assets"] = [{"network": a.network, "address": a.address, "decimals": a.decimals} for a in p.assets]
+        doc["allow_unknown_assets"] = p.allow_unknown_assets
     doc["deny_assets"] = [{"network": n, "address": a} for n, a in sorted(p.denied_assets)]
     for key in ("networks", "payees", "hosts"):
         lists: Lists = getattr(p, key)
