@@ -134,6 +134,14 @@ def _lists(doc: Mapping[str, Any], key: str, check: Any) -> Lists:
     return Lists(out["allow"], out["deny"])
 
 
+def _object(value: Any, path: str, fields: set[str]) -> None:
+    if not isinstance(value, dict):
+        raise _fail(path, f"must be an object with {', '.join(sorted(fields))}")
+    extra = set(value) - fields
+    if extra:
+        raise _fail(f"{path}.{sorted(extra)[0]}", "unknown field")
+
+
 def _text(doc: Mapping[str, Any], key: str) -> str:
     value = doc.get(key)
     return value if isinstance(value, str) else ""
@@ -208,11 +216,7 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
     budgets: list[Budget] = []
     for i, b in enumerate(raw_budgets):
         path = f"budgets[{i}]"
-        if not isinstance(b, dict):
-            raise _fail(path, "must be an object")
-        extra = set(b) - {"name", "limit", "window", "kind"}
-        if extra:
-            raise _fail(f"{path}.{sorted(extra)[0]}", "unknown field")
+        _object(b, path, {"name", "limit", "window", "kind"})
         kind = b.get("kind", "calendar")
         window = b.get("window")
         if not isinstance(window, str):
@@ -244,11 +248,7 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
     assets: list[Asset] = []
     for i, a in enumerate(raw_assets):
         path = f"assets[{i}]"
-        if not isinstance(a, dict):
-            raise _fail(path, "must be an object with network, address, decimals")
-        extra = set(a) - {"network", "address", "decimals", "symbol"}
-        if extra:
-            raise _fail(f"{path}.{sorted(extra)[0]}", "unknown field")
+        _object(a, path, {"network", "address", "decimals", "symbol"})
         network = _network(_text(a, "network"), f"{path}.network")
         address = _address(_text(a, "address"), f"{path}.address")
         decimals = a.get("decimals")
@@ -266,8 +266,7 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
     if not isinstance(raw_denied, list) or len(raw_denied) > MAX_LIST:
         raise _fail("deny_assets", "must be a list of {network, address}")
     for i, a in enumerate(raw_denied):
-        if not isinstance(a, dict):
-            raise _fail(f"deny_assets[{i}]", "must be an object with network and address")
+        _object(a, f"deny_assets[{i}]", {"network", "address"})
         denied.add((
             _network(_text(a, "network"), f"deny_assets[{i}].network"),
             _address(_text(a, "address"), f"deny_assets[{i}].address"),
