@@ -47,6 +47,10 @@ class Settings:
     """Extra x402 v1 network names mapped to chain ids (e.g. ``{"anvil": 31337}``);
     CAIP-2 ``eip155:<id>`` names and the x402 SDK's v1 names need no entry."""
 
+    rpc_urls: dict[str, str] = field(default_factory=dict)
+    """JSON-RPC endpoint per CAIP-2 network (``{"eip155:8453": "https://..."}``), for
+    reading balances and authorization states."""
+
     db_pool_size: int = 10
     """Connections per worker process."""
 
@@ -77,6 +81,7 @@ _ENV_FIELDS = {
     "TELLER_KEK_FILE": "kek_file",
     "TELLER_ADMIN_TOKEN": "admin_token",
     "TELLER_NETWORKS": "networks",
+    "TELLER_RPC_URLS": "rpc_urls",
     "TELLER_DB_POOL_SIZE": "db_pool_size",
     "TELLER_KEY_CACHE_SECONDS": "key_cache_seconds",
     "TELLER_IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",
@@ -101,6 +106,12 @@ def _coerce(name: str, raw: Any) -> Any:
             return Path(raw)
         if kind == "Path | None":
             return Path(raw) if raw else None
+        if kind == "dict[str, str]":
+            if isinstance(raw, dict):
+                return {str(k): str(v) for k, v in raw.items()}
+            pairs = [p for p in str(raw).split(",") if p.strip()]
+            # network ids contain ':', so split on the first '=' only
+            return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
         if kind == "dict[str, int]":
             if isinstance(raw, dict):
                 return {str(k): int(v) for k, v in raw.items()}
