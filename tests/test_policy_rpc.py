@@ -160,3 +160,21 @@ def test_tenant_without_policy_pays_nothing(teller):
         teller.client(token).sign(status=402, headers=chall.headers, body=chall.body, url=chall.url,
                                   wallet_id=wallet.id)
     assert info.value.reason == "asset_not_allowed"
+
+
+def test_rolling_window_counts_payments_stamped_by_a_clock_ahead_of_ours(tmp_path):
+    """Workers' clocks differ a little: a payment another worker stamped a moment
+    'later' than our clock still counts against the rolling budget."""
+    from tests.support.harness import RunningTeller, make_settings
+
+    now = [1_800_000_000.0]
+    running = RunningTeller(make_settings(f"sqlite:///{tmp_path / 'r.db'}", tmp_path), clock=lambda: now[0])
+    try:
+        t = running.setup_tenant(policy=Policy(budgets=(Budget(1000, "1h", "rolling", "hour"),)))
+        _sign(running, t, sdk_v2_challenge(amount="1000"))
+        now[0] -= 0.5  # the next call lands on a worker whose clock is half a second behind
+        with pytest.raises(LimitExceeded) as info:
+            _sign(running, t, sdk_v2_challenge(amount="1000"))
+        assert info.value.reason == "budget_exhausted:hour"
+    finally:
+        running.stop()

@@ -121,9 +121,11 @@ class Payments:
 
         denial: TellerError | None = None
         with self.db.transaction() as s:
-            now_ms = int(self.clock() * 1000)
             wallet = self._wallet(s, caller, req.wallet_id)
             tenant_frozen = self._lock_tenant(s, caller.tenant_id)
+            # Read the clock only once the lock is held, so payments of one tenant
+            # are stamped in the order they were reserved.
+            now_ms = int(self.clock() * 1000)
             if req.idempotency_key:
                 previous = self._claimed(s, caller, req.idempotency_key, request_hash, now_ms)
                 if previous is not None:

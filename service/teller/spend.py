@@ -65,8 +65,13 @@ def measure(
     bounds = {b.name: b.bounds(now_ms) for b in budgets}
     earliest = min(start for start, _ in bounds.values())
     columns = []
+    rolling = {b.name for b in budgets if b.rolling_ms}
     for name, (start, end) in bounds.items():
-        in_window = and_(Payment.created_ms >= start, Payment.created_ms < end)
+        # A rolling window has no upper bound here: a concurrent Sign on another
+        # worker may have stamped its payment a moment "after" our clock read,
+        # and it still counts against what is left.
+        in_window = (Payment.created_ms >= start) if name in rolling else and_(
+            Payment.created_ms >= start, Payment.created_ms < end)
         for state in COUNTED:
             columns.append(func.coalesce(func.sum(case(
                 (and_(in_window, Payment.state == state), Payment.amount_common), else_=0)), 0).label(f"{name}:{state}"))
