@@ -19,9 +19,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from teller import audit, eip3009, policy, spend
-from teller.admin import get_tenant
 from teller.auth import Caller
-from teller.clock import Clock, system_clock
+from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import Payment, Tenant, Wallet
 from teller.errors import (
@@ -125,7 +124,7 @@ class Payments:
             tenant_frozen = self._lock_tenant(s, caller.tenant_id)
             # Read the clock only once the lock is held, so payments of one tenant
             # are stamped in the order they were reserved.
-            now_ms = int(self.clock() * 1000)
+            now_ms = ms(self.clock)
             if req.idempotency_key:
                 previous = self._claimed(s, caller, req.idempotency_key, request_hash, now_ms)
                 if previous is not None:
@@ -238,4 +237,4 @@ def _result(p: Payment) -> SignResult:
                       p.asset, p.amount, p.pay_to)
 
 
-__all__ = ["Payments", "SignInput", "SignResult", "get_tenant", "sign_input"]
+__all__ = ["Payments", "SignInput", "SignResult", "sign_input"]
