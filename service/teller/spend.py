@@ -33,16 +33,21 @@ class Rules:
     wallet: policy.Policy | None  # already carrying the tenant's asset registry
 
 
-def load_rules(s: Session, tenant_id: str, wallet_id: str) -> Rules:
+def _policies(s: Session, tenant_id: str, wallet_ids: Sequence[str]) -> tuple[policy.Policy, dict[str, policy.Policy]]:
+    """The tenant's policy and those of the given wallets that have one, in one query."""
     rows = s.execute(
         select(SpendPolicy.wallet_id, SpendPolicy.document).where(
-            SpendPolicy.tenant_id == tenant_id, SpendPolicy.wallet_id.in_(("", wallet_id))
+            SpendPolicy.tenant_id == tenant_id, SpendPolicy.wallet_id.in_(("", *wallet_ids))
         )
     ).all()
-    docs = {w: d for w, d in rows}
-    tenant = parsed(docs[""], False) if "" in docs else policy.DEFAULT
-    wallet = policy.inherit(parsed(docs[wallet_id], True), tenant) if wallet_id and wallet_id in docs else None
-    return Rules(tenant, wallet)
+    docs = dict(rows)
+    tenant = parsed(docs.pop(""), False) if "" in docs else policy.DEFAULT
+    return tenant, {w: policy.inherit(parsed(d, True), tenant) for w, d in docs.items()}
+
+
+def load_rules(s: Session, tenant_id: str, wallet_id: str) -> Rules:
+    tenant, wallets = _policies(s, tenant_id, (wallet_id,))
+    return Rules(tenant, wallets.get(wallet_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +107,8 @@ class WindowReport:
 def report(s: Session, tenant_id: str, wallet_ids: Sequence[str], now_ms: int) -> list[WindowReport]:
     """Per window: limit, spent, reserved-but-unsettled and what is left."""
     out: list[WindowReport] = []
-    scopes: list[tuple[str, str, policy.Policy]] = []
-    tenant_rules = load_rules(s, tenant_id, "")
-    scopes.append(("tenant", tenant_id, tenant_rules.tenant))
-    for wid in wallet_ids:
-        rules = load_rules(s, tenant_id, wid)
-        if rules.wallet is not None:
-            scopes.append((f"wallet:{wid}", wid, rules.wallet))
+    tenant, wallets = _policies(s, tenant_id, wallet_ids)
+    scopes = [("tenant", tenant_id, tenant)] + [(f"wallet:{w}", w, wallets[w]) for w in wallet_ids if w in wallets]
     for label, scope_id, rules_policy in scopes:
         use = measure(s, "tenant" if label == "tenant" else "wallet", scope_id, rules_policy.budgets, now_ms)
         for b in rules_policy.budgets:
