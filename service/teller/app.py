@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from teller.admin import Admin
+from teller.chain import ChainReader
 from teller.clock import Clock, system_clock
 from teller.config import Settings
 from teller.db import Database, make_engine
 from teller.db.migrate import pending, upgrade
 from teller.errors import ConfigError
+from teller.lifecycle import Lifecycle
 from teller.payments import Payments
+from teller.reconciler import Reconciler
 from teller.vault import LocalKekProvider, Vault
 
 
@@ -21,6 +24,9 @@ class App:
     vault: Vault
     admin: Admin
     payments: Payments
+    chain: ChainReader
+    lifecycle: Lifecycle
+    reconciler: Reconciler
 
     def close(self) -> None:
         self.vault.forget()
@@ -45,6 +51,7 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
         db.engine.dispose()
         raise ConfigError(f"database schema is not current: run `teller migrate` against {db.engine.url!r}")
     vault = Vault(kek_provider(settings), settings.key_cache_seconds)
+    chain = ChainReader(settings.rpc_urls)
     return App(
         settings=settings,
         db=db,
@@ -54,4 +61,7 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
             db, vault, networks=settings.networks, max_challenge_bytes=settings.max_challenge_bytes,
             idempotency_ttl_s=settings.idempotency_ttl_seconds, clock=clock,
         ),
+        chain=chain,
+        lifecycle=Lifecycle(db, chain, vault, clock),
+        reconciler=Reconciler(db, chain, clock, lookback_blocks=settings.reconcile_lookback_blocks),
     )

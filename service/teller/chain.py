@@ -1,17 +1,24 @@
-"""Reading chain state through per-network RPC endpoints (web3).
+"""Talking to EVM chains through per-network RPC endpoints (web3).
 
-Used to see what happened to an authorization after it left Teller: the
-wallet's token balance and whether an EIP-3009 nonce is used on chain.
+Used to see what happened to an authorization after it left Teller (balances,
+``authorizationState``, the ``AuthorizationUsed`` / ``AuthorizationCanceled``
+events) and to broadcast a wallet's ``cancelAuthorization``. Every web3 or
+transport failure becomes ``Unavailable`` here, and nowhere else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
+from eth_utils import keccak, to_checksum_address
 from web3 import Web3
-from web3.exceptions import Web3Exception
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 
 from teller.errors import FailedPrecondition, Unavailable
+
+T = TypeVar("T")
 
 _ERC20_EIP3009_ABI = [
     {"type": "function", "name": "balanceOf", "stateMutability": "view",
@@ -19,7 +26,54 @@ _ERC20_EIP3009_ABI = [
     {"type": "function", "name": "authorizationState", "stateMutability": "view",
      "inputs": [{"name": "authorizer", "type": "address"}, {"name": "nonce", "type": "bytes32"}],
      "outputs": [{"name": "", "type": "bool"}]},
+    {"type": "function", "name": "cancelAuthorization", "stateMutability": "nonpayable",
+     "inputs": [{"name": "authorizer", "type": "address"}, {"name": "nonce", "type": "bytes32"},
+                {"name": "v", "type": "uint8"}, {"name": "r", "type": "bytes32"}, {"name": "s", "type": "bytes32"}],
+     "outputs": []},
 ]
+
+USED_TOPIC = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
+CANCELED_TOPIC = "0x" + keccak(text="AuthorizationCanceled(address,bytes32)").hex()
+_KINDS: dict[str, Literal["used", "canceled"]] = {USED_TOPIC: "used", CANCELED_TOPIC: "canceled"}
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    number: int
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationEvent:
+    kind: Literal["used", "canceled"]
+    asset: str
+    authorizer: str
+    nonce: str  # 0x-prefixed, lower-case hex
+    tx_hash: str
+    block: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    tx_hash: str
+    succeeded: bool
+    fee_wei: int
+
+
+def _hex(value: Any) -> str:
+    raw = value.hex() if isinstance(value, (bytes, bytearray)) else str(value)
+    return (raw if raw.startswith("0x") else "0x" + raw).lower()
+
+
+def _event(log: Mapping[str, Any]) -> AuthorizationEvent | None:
+    topics = [_hex(t) for t in log.get("topics", ())]
+    if len(topics) != 3 or topics[0] not in _KINDS:
+        return None
+    return AuthorizationEvent(
+        kind=_KINDS[topics[0]], asset=to_checksum_address(log["address"]),
+        authorizer=to_checksum_address("0x" + topics[1][-40:]), nonce=topics[2],
+        tx_hash=_hex(log["transactionHash"]), block=int(log["blockNumber"]),
+    )
 
 
 class ChainReader:
@@ -27,6 +81,10 @@ class ChainReader:
         self._urls = dict(rpc_urls)
         self._timeout = timeout_s
         self._clients: dict[str, Web3] = {}
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        return tuple(self._urls)
 
     def _w3(self, network: str) -> Web3:
         url = self._urls.get(network)
@@ -39,17 +97,96 @@ class ChainReader:
     def _token(self, network: str, asset: str):  # type: ignore[no-untyped-def]
         return self._w3(network).eth.contract(address=Web3.to_checksum_address(asset), abi=_ERC20_EIP3009_ABI)
 
-    def token_balance(self, network: str, asset: str, owner: str) -> int:
+    def _call(self, network: str, what: str, fn: Callable[[], T]) -> T:
         try:
-            return int(self._token(network, asset).functions.balanceOf(Web3.to_checksum_address(owner)).call())
+            return fn()
+        except FailedPrecondition:
+            raise
         except (Web3Exception, OSError, ValueError) as exc:
-            raise Unavailable(f"balance read on {network} failed: {type(exc).__name__}") from exc
+            raise Unavailable(f"{what} on {network} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
-    def authorization_used(self, network: str, asset: str, authorizer: str, nonce: str) -> bool:
+    def token_balance(self, network: str, asset: str, owner: str) -> int:
+        return self._call(network, "balance read", lambda: int(
+            self._token(network, asset).functions.balanceOf(Web3.to_checksum_address(owner)).call()))
+
+    def native_balance(self, network: str, owner: str) -> int:
+        return self._call(network, "balance read", lambda: int(
+            self._w3(network).eth.get_balance(Web3.to_checksum_address(owner))))
+
+    def head(self, network: str) -> Head:
+        def read() -> Head:
+            block = self._w3(network).eth.get_block("latest")
+            return Head(int(block["number"]), int(block["timestamp"]))
+        return self._call(network, "block read", read)
+
+    def authorization_used(self, network: str, asset: str, authorizer: str, nonce: str,
+                           block: int | None = None) -> bool:
         """True when the EIP-3009 nonce was used (settled) or canceled on chain."""
-        try:
+        def read() -> bool:
             fn = self._token(network, asset).functions.authorizationState(
                 Web3.to_checksum_address(authorizer), bytes.fromhex(nonce.removeprefix("0x")))
-            return bool(fn.call())
-        except (Web3Exception, OSError, ValueError) as exc:
-            raise Unavailable(f"authorizationState read on {network} failed: {type(exc).__name__}") from exc
+            return bool(fn.call(block_identifier=block if block is not None else "latest"))
+        return self._call(network, "authorizationState read", read)
+
+    def authorization_events(self, network: str, assets: Iterable[str], from_block: int, to_block: int,
+                             authorizer: str | None = None, nonce: str | None = None) -> list[AuthorizationEvent]:
+        """``AuthorizationUsed`` and ``AuthorizationCanceled`` logs of the given tokens."""
+        addresses = sorted({Web3.to_checksum_address(a) for a in assets})
+        if not addresses or from_block > to_block:
+            return []
+        topics: list[Any] = [[USED_TOPIC, CANCELED_TOPIC]]
+        if authorizer is not None:
+            topics.append("0x" + "0" * 24 + authorizer.lower().removeprefix("0x"))
+            if nonce is not None:
+                topics.append(nonce.lower())
+
+        def read() -> list[AuthorizationEvent]:
+            logs = self._w3(network).eth.get_logs({"address": addresses, "fromBlock": from_block,
+                                                   "toBlock": to_block, "topics": topics})
+            return [e for e in map(_event, logs) if e is not None]
+        return self._call(network, "event read", read)
+
+    def events_in_transaction(self, network: str, tx_hash: str) -> list[AuthorizationEvent]:
+        """The authorization events a mined transaction emitted ([] if not mined or reverted)."""
+        def read() -> list[AuthorizationEvent]:
+            try:
+                receipt = self._w3(network).eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+            except Web3Exception as exc:
+                if "not found" in str(exc).lower():
+                    return []
+                raise
+            if int(receipt["status"]) != 1:
+                return []
+            return [e for e in map(_event, receipt["logs"]) if e is not None]
+        return self._call(network, "receipt read", read)
+
+    def send_cancel_authorization(self, network: str, asset: str, nonce: str, signature: bytes,
+                                  sign_transaction: Callable[[dict[str, Any]], bytes], sender: str,
+                                  wait_s: float = 60.0) -> Sent:
+        """Broadcast ``cancelAuthorization`` from ``sender`` (the authorizer, who pays the gas)."""
+        def send() -> Sent:
+            w3 = self._w3(network)
+            sender_cs = Web3.to_checksum_address(sender)
+            fn = self._token(network, asset).functions.cancelAuthorization(
+                Web3.to_checksum_address(sender), bytes.fromhex(nonce.removeprefix("0x")),
+                signature[64], signature[:32], signature[32:64])
+            try:
+                tx = fn.build_transaction({"from": sender_cs,
+                                           "nonce": w3.eth.get_transaction_count(sender_cs, "pending"),
+                                           "chainId": w3.eth.chain_id})
+            except ContractLogicError as exc:
+                raise FailedPrecondition(f"cancelAuthorization would revert: {exc}") from None
+            try:
+                tx_hash = w3.eth.send_raw_transaction(sign_transaction(dict(tx)))
+            except Web3Exception as exc:
+                if "insufficient funds" in str(exc).lower():
+                    raise FailedPrecondition(f"wallet {sender_cs} cannot pay the gas for cancelAuthorization on "
+                                             f"{network}: fund it with the native token") from None
+                raise
+            try:
+                receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=wait_s)
+            except TimeExhausted as exc:
+                raise Unavailable(f"cancelAuthorization {_hex(tx_hash)} not mined within {wait_s:.0f}s") from exc
+            fee = int(receipt["gasUsed"]) * int(receipt.get("effectiveGasPrice", 0))
+            return Sent(_hex(tx_hash), int(receipt["status"]) == 1, fee)
+        return self._call(network, "cancelAuthorization", send)

@@ -130,6 +130,20 @@ def cmd_admin(ns: argparse.Namespace) -> int:
         elif what == ("spend", "show"):
             _print_table([asdict(w) for w in admin.spend(ns.tenant_id, wallet_id=ns.wallet or "")],
                          ["scope", "window", "kind", "limit", "spent", "reserved", "remaining"])
+        elif what == ("payment", "show"):
+            p = admin.get_payment(ns.payment_id)
+            print(json.dumps(asdict(p), indent=2))
+        elif what == ("payment", "list"):
+            rows, _ = admin.list_payments(ns.tenant_id, state=ns.state or "", page_size=ns.limit)
+            _print_table([asdict(p) for p in rows],
+                         ["id", "state", "amount", "network", "pay_to", "tx_hash", "released", "state_reason"])
+        elif what == ("payment", "void"):
+            p = admin.void_payment(ns.payment_id, ns.reason)
+            print(f"payment {p.id} {p.state} (cancelAuthorization {p.tx_hash}); its budget is released")
+        elif what == ("reconcile", "run"):
+            transitions, errors = admin.reconcile()
+            print(json.dumps({"transitions": transitions, "errors": errors}, indent=2))
+            return 1 if errors else 0
         elif what == ("audit", "tail"):
             events, _ = admin.audit_events(tenant_id=ns.tenant or "", action=ns.action or "", page_size=ns.limit)
             for e in reversed(events):
@@ -198,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
         fz.set_defaults(fn=cmd_admin, verb="set")
     spend = nouns.add_parser("spend").add_subparsers(dest="verb", required=True)
     verb(spend, "show", "tenant_id").add_argument("--wallet")
+    pay = nouns.add_parser("payment").add_subparsers(dest="verb", required=True)
+    verb(pay, "show", "payment_id")
+    plist = verb(pay, "list", "tenant_id")
+    plist.add_argument("--state", help="signed, settled, failed, expired or voided")
+    plist.add_argument("--limit", type=int, default=50)
+    verb(pay, "void", "payment_id").add_argument("--reason", default="")
+    rec = nouns.add_parser("reconcile", help="run one reconciler pass now")
+    rec.set_defaults(fn=cmd_admin, verb="run")
     aud = nouns.add_parser("audit").add_subparsers(dest="verb", required=True)
     tail = verb(aud, "tail")
     tail.add_argument("--tenant", help="tenant id")

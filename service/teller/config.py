@@ -49,7 +49,14 @@ class Settings:
 
     rpc_urls: dict[str, str] = field(default_factory=dict)
     """JSON-RPC endpoint per CAIP-2 network (``{"eip155:8453": "https://..."}``), for
-    reading balances and authorization states."""
+    reading balances and authorization states, reconciling payments and voiding them."""
+
+    reconcile_interval_seconds: float = 15.0
+    """How often each worker's reconciler looks at the chain; 0 turns it off.
+    Failures back off up to ten times this."""
+
+    reconcile_lookback_blocks: int = 10_000
+    """Where a network's first log scan starts, counted back from the head."""
 
     db_pool_size: int = 10
     """Connections per worker process."""
@@ -82,6 +89,8 @@ _ENV_FIELDS = {
     "TELLER_ADMIN_TOKEN": "admin_token",
     "TELLER_NETWORKS": "networks",
     "TELLER_RPC_URLS": "rpc_urls",
+    "TELLER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
+    "TELLER_RECONCILE_LOOKBACK_BLOCKS": "reconcile_lookback_blocks",
     "TELLER_DB_POOL_SIZE": "db_pool_size",
     "TELLER_KEY_CACHE_SECONDS": "key_cache_seconds",
     "TELLER_IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",

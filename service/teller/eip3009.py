@@ -28,6 +28,13 @@ TRANSFER_WITH_AUTHORIZATION_TYPES = {
     ]
 }
 
+CANCEL_AUTHORIZATION_TYPES = {
+    "CancelAuthorization": [
+        {"name": "authorizer", "type": "address"},
+        {"name": "nonce", "type": "bytes32"},
+    ]
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Token:
@@ -93,14 +100,22 @@ def authorize(payer: str, to: str, value: int, now: int, timeout_s: int, nonce: 
     return Authorization(payer, to, value, now - VALID_AFTER_SKEW_S, now + timeout_s, nonce)
 
 
+def _domain(token: Token) -> dict[str, Any]:
+    return {"name": token.name, "version": token.version, "chainId": token.chain_id,
+            "verifyingContract": token.address}
+
+
+def cancel_typed_data(token: Token, authorizer: str, nonce: bytes) -> TypedData:
+    """``CancelAuthorization``: makes an unused nonce unusable on chain."""
+    if len(nonce) != 32:
+        raise ValueError("EIP-3009 nonce must be 32 bytes")
+    return TypedData(domain=_domain(token), types=CANCEL_AUTHORIZATION_TYPES, primary_type="CancelAuthorization",
+                     message={"authorizer": authorizer, "nonce": nonce})
+
+
 def typed_data(token: Token, auth: Authorization) -> TypedData:
     return TypedData(
-        domain={
-            "name": token.name,
-            "version": token.version,
-            "chainId": token.chain_id,
-            "verifyingContract": token.address,
-        },
+        domain=_domain(token),
         types=TRANSFER_WITH_AUTHORIZATION_TYPES,
         primary_type="TransferWithAuthorization",
         message={

@@ -205,12 +205,13 @@ class Payments:
         payment = Payment(
             id=str(uuid.uuid4()), tenant_id=caller.tenant_id, wallet_id=wallet.id, protocol="x402",
             version=chall.version, scheme=chosen.offer.scheme, network=chosen.network,
-            asset=chosen.token.address, pay_to=chosen.pay_to, amount=chosen.amount,
+            asset=chosen.token.address, asset_name=chosen.token.name, asset_version=chosen.token.version,
+            pay_to=chosen.pay_to, amount=chosen.amount,
             amount_common=decision.amount_common, resource_url=req.url,
             nonce="0x" + auth.nonce.hex(), valid_before=auth.valid_before, state="signed",
             header_name=name, header_value=value, idempotency_key=req.idempotency_key,
             idempotency_expires_ms=(now_ms + self.idempotency_ttl_ms) if req.idempotency_key else None,
-            request_hash=request_hash, created_ms=now_ms,
+            request_hash=request_hash, created_ms=now_ms, updated_ms=now_ms,
         )
         s.add(payment)
         audit.record(

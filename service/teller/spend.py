@@ -10,15 +10,15 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from teller import policy
 from teller.db.models import Payment, SpendPolicy
 
-RESERVED = "signed"  # signed but not yet seen settled on chain
 SPENT = "settled"
-COUNTED = (RESERVED, SPENT)
+# Everything else that is not released (signed, or failed while its
+# authorization could still be used) is reserved: see teller.lifecycle.
 
 
 @functools.lru_cache(maxsize=4096)
@@ -77,15 +77,14 @@ def measure(
         # and it still counts against what is left.
         in_window = (Payment.created_ms >= start) if name in rolling else and_(
             Payment.created_ms >= start, Payment.created_ms < end)
-        for state in COUNTED:
+        for label, is_spent in (("reserved", Payment.state != SPENT), ("spent", Payment.state == SPENT)):
             columns.append(func.coalesce(func.sum(case(
-                (and_(in_window, Payment.state == state), Payment.amount_common), else_=0)), 0).label(f"{name}:{state}"))
+                (and_(in_window, is_spent), Payment.amount_common), else_=0)), 0).label(f"{name}:{label}"))
     row = s.execute(
-        select(*columns).where(col == scope_id, Payment.created_ms >= earliest,
-                               or_(*(Payment.state == st for st in COUNTED)))
+        select(*columns).where(col == scope_id, Payment.created_ms >= earliest, Payment.released_ms.is_(None))
     ).one()
     values = row._mapping
-    return {name: WindowUse(int(values[f"{name}:{RESERVED}"]), int(values[f"{name}:{SPENT}"])) for name in bounds}
+    return {name: WindowUse(int(values[f"{name}:reserved"]), int(values[f"{name}:spent"])) for name in bounds}
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,20 @@ class Chain:
     def mint(self, to: str, amount: int) -> None:
         self._transact(self.token.functions.mint(Web3.to_checksum_address(to), amount))
 
+    def fund(self, to: str, wei: int) -> None:
+        """Native gas money from the deployer."""
+        acct = self.w3.eth.account.from_key(DEPLOYER_KEY)
+        tx = {"from": acct.address, "to": Web3.to_checksum_address(to), "value": wei, "gas": 21000,
+              "maxFeePerGas": 10 * 10**9, "maxPriorityFeePerGas": 10**9, "chainId": self.chain_id,
+              "nonce": self.w3.eth.get_transaction_count(acct.address)}
+        receipt = self.w3.eth.wait_for_transaction_receipt(
+            self.w3.eth.send_raw_transaction(acct.sign_transaction(tx).raw_transaction))
+        assert receipt["status"] == 1
+
+    def mine(self) -> None:
+        """A new block stamped with the current time (anvil mines only on transactions)."""
+        self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
     def authorization_used(self, authorizer: str, nonce: str) -> bool:
         return bool(self.token.functions.authorizationState(Web3.to_checksum_address(authorizer),
                                                              bytes.fromhex(nonce[2:])).call())

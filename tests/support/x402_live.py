@@ -23,7 +23,8 @@ from tests.support.procs import free_port
 
 
 @contextlib.contextmanager
-def resource_server(chain: Chain, pay_to: str, amount: int, timeout_s: int = 120) -> Iterator[str]:
+def resource_server(chain: Chain, pay_to: str, amount: int, timeout_s: int = 120,
+                    asset: str | None = None) -> Iterator[str]:
     facilitator = x402Facilitator()
     signer = FacilitatorWeb3Signer(private_key=FACILITATOR_KEY, rpc_url=chain.rpc_url)
     register_exact_evm_facilitator(facilitator, signer, networks=chain.network)
@@ -31,7 +32,7 @@ def resource_server(chain: Chain, pay_to: str, amount: int, timeout_s: int = 120
     register_exact_evm_server(server)
     option = PaymentOption(
         scheme="exact", pay_to=pay_to, network=chain.network, max_timeout_seconds=timeout_s,
-        price=AssetAmount(amount=str(amount), asset=chain.token.address,
+        price=AssetAmount(amount=str(amount), asset=asset or chain.token.address,
                           extra={"name": TOKEN_NAME, "version": TOKEN_VERSION}),
     )
     app = FastAPI()

@@ -9,6 +9,7 @@ from typing import Any
 from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
 from teller_client.types import (
     AuditEvent,
+    PaymentRecord,
     Policy,
     Requirement,
     SignedPayment,
@@ -98,3 +99,16 @@ def audit_page(r: common_pb2.ListAuditEventsResponse) -> tuple[list[AuditEvent],
                    e.payment_id, e.amount, e.asset, e.network, e.payee, e.resource_url, e.details_json)
         for e in r.events
     ], r.next_page_token
+
+
+def payment(p: common_pb2.PaymentRecord) -> PaymentRecord:
+    return PaymentRecord(
+        id=p.id, tenant_id=p.tenant_id, wallet_id=p.wallet_id, protocol=p.protocol, network=p.network,
+        asset=p.asset, pay_to=p.pay_to, amount=int(p.amount or 0), state=p.state, state_reason=p.state_reason,
+        tx_hash=p.tx_hash, released=p.released, valid_before=p.valid_before, created_at_ms=p.created_at_ms,
+        updated_at_ms=p.updated_at_ms, resource_url=p.resource_url, nonce=p.nonce,
+    )
+
+
+def outcome_request(payment_id: str, status: int, headers: HeadersLike, body: bytes) -> payment_pb2.RecordOutcomeRequest:
+    return payment_pb2.RecordOutcomeRequest(payment_id=payment_id, status=status, headers=_headers(headers), body=body)

@@ -9,9 +9,23 @@ import grpc
 
 from teller_client import _codec
 from teller_client._codec import HeadersLike
-from teller_client._proto.teller.v1 import admin_pb2, admin_pb2_grpc, payment_pb2, payment_pb2_grpc
+from teller_client._proto.teller.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    payment_pb2,
+    payment_pb2_grpc,
+)
 from teller_client.errors import from_rpc_error
-from teller_client.types import AuditEvent, Policy, SignedPayment, Tenant, Wallet, WindowSpend
+from teller_client.types import (
+    AuditEvent,
+    PaymentRecord,
+    Policy,
+    SignedPayment,
+    Tenant,
+    Wallet,
+    WindowSpend,
+)
 
 T = TypeVar("T")
 
@@ -80,6 +94,14 @@ class TellerClient(_Sync):
                                   wallet_id=wallet_id, max_amount=max_amount, idempotency_key=idempotency_key)
         return _codec.signed(self._call(self._stub.Sign, req))
 
+    def record_outcome(self, payment_id: str, *, status: int, headers: HeadersLike, body: bytes = b"") -> PaymentRecord:
+        """Tell Teller what the server answered to the paid retry (its receipt or refusal)."""
+        req = _codec.outcome_request(payment_id, status, headers, body)
+        return _codec.payment(self._call(self._stub.RecordOutcome, req))
+
+    def get_payment(self, payment_id: str) -> PaymentRecord:
+        return _codec.payment(self._call(self._stub.GetPayment, common_pb2.GetPaymentRequest(payment_id=payment_id)))
+
     def list_wallets(self) -> list[Wallet]:
         return _codec.wallets(self._call(self._stub.ListWallets, payment_pb2.ListWalletsRequest()))
 
@@ -103,6 +125,15 @@ class AsyncTellerClient(_Async):
         req = _codec.sign_request(status=status, headers=headers, body=body, url=url, method=method,
                                   wallet_id=wallet_id, max_amount=max_amount, idempotency_key=idempotency_key)
         return _codec.signed(await self._call(self._stub.Sign, req))
+
+    async def record_outcome(self, payment_id: str, *, status: int, headers: HeadersLike,
+                             body: bytes = b"") -> PaymentRecord:
+        req = _codec.outcome_request(payment_id, status, headers, body)
+        return _codec.payment(await self._call(self._stub.RecordOutcome, req))
+
+    async def get_payment(self, payment_id: str) -> PaymentRecord:
+        req = common_pb2.GetPaymentRequest(payment_id=payment_id)
+        return _codec.payment(await self._call(self._stub.GetPayment, req))
 
     async def list_wallets(self) -> list[Wallet]:
         return _codec.wallets(await self._call(self._stub.ListWallets, payment_pb2.ListWalletsRequest()))
@@ -171,3 +202,22 @@ class AdminClient(_Sync):
 
     def audit_events(self, **filters: Any) -> tuple[list[AuditEvent], str]:
         return _codec.audit_page(self._call(self._stub.ListAuditEvents, _codec.audit_request(**filters)))
+
+    def get_payment(self, payment_id: str) -> PaymentRecord:
+        return _codec.payment(self._call(self._stub.GetPayment, common_pb2.GetPaymentRequest(payment_id=payment_id)))
+
+    def list_payments(self, tenant_id: str, *, state: str = "", page_size: int = 100,
+                      page_token: str = "") -> tuple[list[PaymentRecord], str]:
+        r = self._call(self._stub.ListPayments, admin_pb2.ListPaymentsRequest(
+            tenant_id=tenant_id, state=state, page_size=page_size, page_token=page_token))
+        return [_codec.payment(p) for p in r.payments], r.next_page_token
+
+    def void_payment(self, payment_id: str, reason: str = "") -> PaymentRecord:
+        """Cancel an unused authorization on chain and release its budget."""
+        req = admin_pb2.VoidPaymentRequest(payment_id=payment_id, reason=reason)
+        return _codec.payment(self._call(self._stub.VoidPayment, req))
+
+    def reconcile(self) -> tuple[dict[str, int], list[str]]:
+        """Run one reconciler pass now; returns transitions by state and errors."""
+        r = self._call(self._stub.Reconcile, admin_pb2.ReconcileRequest())
+        return dict(r.transitions), list(r.errors)

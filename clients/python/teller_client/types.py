@@ -27,6 +27,34 @@ class SignedPayment:
 
 
 @dataclass(frozen=True, slots=True)
+class PaymentRecord:
+    """A signed payment and what became of it.
+
+    ``state``: ``signed`` (reserved), ``settled`` (spent, ``tx_hash``), ``failed``
+    (the server refused it; reserved until the chain shows it unusable, then
+    ``released``), ``expired`` or ``voided`` (released).
+    """
+
+    id: str
+    tenant_id: str
+    wallet_id: str
+    protocol: str
+    network: str
+    asset: str
+    pay_to: str
+    amount: int
+    state: str
+    state_reason: str
+    tx_hash: str
+    released: bool
+    valid_before: int
+    created_at_ms: int
+    updated_at_ms: int
+    resource_url: str
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
 class Wallet:
     id: str
     tenant_id: str

@@ -92,6 +92,7 @@ class Payment(Base):
         UniqueConstraint("tenant_id", "idempotency_key"),
         Index("ix_payments_tenant_created", "tenant_id", "created_ms"),
         Index("ix_payments_wallet_created", "wallet_id", "created_ms"),
+        Index("ix_payments_live", "released_ms", "state", "valid_before"),
     )
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
@@ -101,6 +102,9 @@ class Payment(Base):
     scheme: Mapped[str] = mapped_column(String(32))
     network: Mapped[str] = mapped_column(String(64))
     asset: Mapped[str] = mapped_column(String(64))
+    # The token's EIP-712 domain, needed again to sign a cancelAuthorization.
+    asset_name: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    asset_version: Mapped[str] = mapped_column(String(100), default="", server_default="")
     pay_to: Mapped[str] = mapped_column(String(64))
     amount: Mapped[int] = mapped_column(BigInteger)
     # The amount in the tenant policy's common unit: what budgets count.
@@ -108,7 +112,15 @@ class Payment(Base):
     resource_url: Mapped[str] = mapped_column(Text, default="")
     nonce: Mapped[str] = mapped_column(String(66))
     valid_before: Mapped[int] = mapped_column(BigInteger)
+    # signed -> settled | failed | expired | voided (teller.lifecycle holds the rules).
     state: Mapped[str] = mapped_column(String(16), default="signed")
+    state_reason: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # The transaction that used (settled) or canceled the authorization.
+    tx_hash: Mapped[str] = mapped_column(String(66), default="", server_default="")
+    # Set when the amount stops counting against budgets (expired, voided, or a
+    # failed authorization proven unusable). Budgets count rows where it is NULL.
+    released_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True, default=None)
+    updated_ms: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     header_name: Mapped[str] = mapped_column(String(64))
     # The signed proof, kept so an idempotent retry returns it unchanged.
     # It authorizes only a transfer to pay_to; it is not key material.
@@ -117,6 +129,19 @@ class Payment(Base):
     idempotency_expires_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class ChainCursor(Base):
+    """How far the reconciler has scanned a network's authorization events."""
+
+    __tablename__ = "chain_cursors"
+    network: Mapped[str] = mapped_column(String(64), primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger)
+    # A lease only spares replicas duplicate work; correctness never depends on
+    # it, since every state change is a guarded UPDATE.
+    lease_owner: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    lease_until_ms: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 class AuditEvent(Base):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from teller.db.models import AuditEvent, Tenant, Wallet
+from teller.db.models import AuditEvent, Payment, Tenant, Wallet
 from teller.payments import SignInput, SignResult, sign_input
 from teller.spend import WindowReport
 from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
@@ -69,4 +69,15 @@ def audit_to_proto(e: AuditEvent) -> common_pb2.AuditEvent:
         outcome=e.outcome, reason=e.reason, wallet_id=e.wallet_id, payment_id=e.payment_id,
         amount=e.amount, asset=e.asset, network=e.network, payee=e.payee,
         resource_url=e.resource_url, details_json=e.details,
+    )
+
+
+def payment_to_proto(p: Payment) -> common_pb2.PaymentRecord:
+    # header_value (the signed proof) stays inside Teller: it is handed out once, by Sign.
+    return common_pb2.PaymentRecord(
+        id=p.id, tenant_id=p.tenant_id, wallet_id=p.wallet_id, protocol=p.protocol, version=p.version,
+        scheme=p.scheme, network=p.network, asset=p.asset, pay_to=p.pay_to, amount=str(p.amount),
+        state=p.state, state_reason=p.state_reason, tx_hash=p.tx_hash, released=p.released_ms is not None,
+        valid_before=p.valid_before, created_at_ms=p.created_ms, updated_at_ms=p.updated_ms,
+        resource_url=p.resource_url, nonce=p.nonce,
     )

@@ -41,16 +41,38 @@ class Server:
         self.port = self.grpc.add_insecure_port(listen)
         if self.port == 0:
             raise OSError(f"cannot bind {listen}")
+        self._reconciling: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.grpc.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("teller listening on port %d", self.port)
+        if self.app.chain.networks and self.app.settings.reconcile_interval_seconds > 0:
+            self._reconciling = asyncio.create_task(self._reconcile_forever())
+
+    async def _reconcile_forever(self) -> None:
+        interval = self.app.settings.reconcile_interval_seconds
+        delay = interval
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                result = await loop.run_in_executor(self.pool, self.app.reconciler.run_once)
+                failed = bool(result.errors)
+                if result.transitions:
+                    log.info("reconciler: %s", dict(result.transitions))
+            except Exception:
+                log.exception("reconciler pass failed")
+                failed = True
+            # A failing chain or database gets exponentially fewer calls, up to 10x the interval.
+            delay = min(delay * 2, interval * 10) if failed else interval
+            await asyncio.sleep(delay)
 
     async def stop(self, grace: float = 5.0) -> None:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._reconciling is not None:
+            self._reconciling.cancel()
         await self.grpc.stop(grace)
         self.pool.shutdown(wait=True)
 

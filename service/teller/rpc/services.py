@@ -14,8 +14,9 @@ from teller import audit as audit_log
 from teller import auth
 from teller.app import App
 from teller.auth import Caller
-from teller.errors import PermissionDenied
+from teller.errors import InvalidArgument, PermissionDenied
 from teller.rpc import convert
+from teller.x402 import receipt
 from teller_client._proto.teller.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -63,6 +64,21 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         sign_in = convert.sign_input_from_proto(request)
         result = await self.run(self.app.payments.sign, caller, sign_in)
         return convert.sign_result_to_proto(result)
+
+    async def RecordOutcome(self, request: payment_pb2.RecordOutcomeRequest, context: grpc.aio.ServicerContext) -> common_pb2.PaymentRecord:
+        caller = await self._caller(context)
+        if not request.payment_id:
+            raise InvalidArgument("payment_id is required")
+        outcome = receipt.decode(request.status, tuple((h.name, h.value) for h in request.headers), request.body,
+                                 self.app.settings.max_challenge_bytes)
+        payment = await self.run(self.app.lifecycle.record_outcome, request.payment_id, caller.tenant_id,
+                                 outcome, caller.actor)
+        return convert.payment_to_proto(payment)
+
+    async def GetPayment(self, request: common_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext) -> common_pb2.PaymentRecord:
+        caller = await self._caller(context)
+        payment = await self.run(self.app.lifecycle.get, request.payment_id, caller.tenant_id)
+        return convert.payment_to_proto(payment)
 
     async def ListWallets(self, request: payment_pb2.ListWalletsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListWalletsResponse:
         caller = await self._caller(context)
@@ -146,6 +162,27 @@ class AdminServicer(_Base, admin_pb2_grpc.AdminServiceServicer):
     async def ListAuditEvents(self, request: common_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListAuditEventsResponse:
         self._operator(context)
         return await self.run(_list_audit, self.app, request.filter.tenant_id or None, request)
+
+    async def GetPayment(self, request: common_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext) -> common_pb2.PaymentRecord:
+        self._operator(context)
+        return convert.payment_to_proto(await self.run(self.app.lifecycle.get, request.payment_id, None))
+
+    async def ListPayments(self, request: admin_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ListPaymentsResponse:
+        self._operator(context)
+        rows, token = await self.run(self.app.lifecycle.list, request.tenant_id, request.state, request.page_size,
+                                     request.page_token)
+        return admin_pb2.ListPaymentsResponse(payments=[convert.payment_to_proto(p) for p in rows],
+                                              next_page_token=token)
+
+    async def VoidPayment(self, request: admin_pb2.VoidPaymentRequest, context: grpc.aio.ServicerContext) -> common_pb2.PaymentRecord:
+        self._operator(context)
+        payment = await self.run(self.app.lifecycle.void, request.payment_id, "operator", request.reason)
+        return convert.payment_to_proto(payment)
+
+    async def Reconcile(self, request: admin_pb2.ReconcileRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ReconcileResponse:
+        self._operator(context)
+        result = await self.run(self.app.reconciler.run_once)
+        return admin_pb2.ReconcileResponse(transitions=dict(result.transitions), errors=result.errors)
 
 
 __all__ = ["AdminServicer", "PaymentServicer"]

@@ -1,6 +1,7 @@
 """The narrow signer: the only object that touches a decrypted private key.
 
-It offers an address and signatures over typed data. It never returns, prints
+It offers an address, signatures over typed data, and signed transactions
+from its own address. It never returns, prints
 or pickles its key; nothing outside ``teller.vault`` constructs one.
 """
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import coincurve
 from eth_account.messages import encode_typed_data
+from eth_account.typed_transactions import TypedTransaction
 from eth_utils import keccak, to_checksum_address
 
 
@@ -54,6 +56,19 @@ class WalletSigner:
     def sign_typed_data(self, typed: TypedData) -> bytes:
         """65-byte r||s||v signature (v = 27/28) over the EIP-712 digest."""
         return self._sign_digest(typed.digest())
+
+    def sign_evm_transaction(self, tx: dict[str, Any]) -> bytes:
+        """An EIP-1559 transaction from this wallet, signed and encoded for
+        ``eth_sendRawTransaction``. Refuses a transaction from another address."""
+        if to_checksum_address(tx.get("from", self._address)) != self._address:
+            raise ValueError("transaction is not from this wallet")
+        fields = {k: v for k, v in tx.items() if k != "from"}
+        fields["type"] = 2
+        unsigned = TypedTransaction.from_dict(fields)
+        sig = self._key.sign_recoverable(unsigned.hash(), hasher=None)
+        signed = TypedTransaction.from_dict({**fields, "v": sig[64], "r": int.from_bytes(sig[:32], "big"),
+                                             "s": int.from_bytes(sig[32:64], "big")})
+        return signed.encode()
 
     def _sign_digest(self, digest: bytes) -> bytes:
         # libsecp256k1 returns low-s signatures, as EIP-2 requires.

@@ -56,7 +56,7 @@ def header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def _b64_json(value: str, field: str) -> Any:
+def b64_json(value: str, field: str) -> Any:
     text = value.strip()
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None, validate=True)
@@ -93,7 +93,7 @@ def parse(headers: Sequence[tuple[str, str]], body: bytes, max_bytes: int) -> X4
     if encoded is not None:
         if len(encoded) > max_bytes:
             raise InvalidArgument(f"PAYMENT-REQUIRED header is larger than {max_bytes} bytes")
-        return _from_document(_b64_json(encoded, "PAYMENT-REQUIRED"), "PAYMENT-REQUIRED header")
+        return _from_document(b64_json(encoded, "PAYMENT-REQUIRED"), "PAYMENT-REQUIRED header")
     if not body:
         return None
     if len(body) > max_bytes:

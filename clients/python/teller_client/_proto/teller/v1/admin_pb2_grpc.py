@@ -102,6 +102,26 @@ class AdminServiceStub:
                 request_serializer=teller_dot_v1_dot_common__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_common__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.GetPayment = channel.unary_unary(
+                '/teller.v1.AdminService/GetPayment',
+                request_serializer=teller_dot_v1_dot_common__pb2.GetPaymentRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_common__pb2.PaymentRecord.FromString,
+                _registered_method=True)
+        self.ListPayments = channel.unary_unary(
+                '/teller.v1.AdminService/ListPayments',
+                request_serializer=teller_dot_v1_dot_admin__pb2.ListPaymentsRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_admin__pb2.ListPaymentsResponse.FromString,
+                _registered_method=True)
+        self.VoidPayment = channel.unary_unary(
+                '/teller.v1.AdminService/VoidPayment',
+                request_serializer=teller_dot_v1_dot_admin__pb2.VoidPaymentRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_common__pb2.PaymentRecord.FromString,
+                _registered_method=True)
+        self.Reconcile = channel.unary_unary(
+                '/teller.v1.AdminService/Reconcile',
+                request_serializer=teller_dot_v1_dot_admin__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_admin__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -189,6 +209,33 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPayment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPayments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VoidPayment(self, request, context):
+        """Cancel an unused authorization on chain (the wallet pays the gas) and
+        release its budget.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reconcile(self, request, context):
+        """Run one reconciler pass now, on this worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -256,6 +303,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=teller_dot_v1_dot_common__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=teller_dot_v1_dot_common__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'GetPayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPayment,
+                    request_deserializer=teller_dot_v1_dot_common__pb2.GetPaymentRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_common__pb2.PaymentRecord.SerializeToString,
+            ),
+            'ListPayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPayments,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.ListPaymentsRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_admin__pb2.ListPaymentsResponse.SerializeToString,
+            ),
+            'VoidPayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoidPayment,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.VoidPaymentRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_common__pb2.PaymentRecord.SerializeToString,
+            ),
+            'Reconcile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.ReconcileRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_admin__pb2.ReconcileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -611,6 +678,114 @@ class AdminService:
             '/teller.v1.AdminService/ListAuditEvents',
             teller_dot_v1_dot_common__pb2.ListAuditEventsRequest.SerializeToString,
             teller_dot_v1_dot_common__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/GetPayment',
+            teller_dot_v1_dot_common__pb2.GetPaymentRequest.SerializeToString,
+            teller_dot_v1_dot_common__pb2.PaymentRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/ListPayments',
+            teller_dot_v1_dot_admin__pb2.ListPaymentsRequest.SerializeToString,
+            teller_dot_v1_dot_admin__pb2.ListPaymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VoidPayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/VoidPayment',
+            teller_dot_v1_dot_admin__pb2.VoidPaymentRequest.SerializeToString,
+            teller_dot_v1_dot_common__pb2.PaymentRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/Reconcile',
+            teller_dot_v1_dot_admin__pb2.ReconcileRequest.SerializeToString,
+            teller_dot_v1_dot_admin__pb2.ReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,

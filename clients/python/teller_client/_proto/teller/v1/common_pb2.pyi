@@ -151,3 +151,51 @@ class ListWalletsResponse(_message.Message):
     WALLETS_FIELD_NUMBER: _ClassVar[int]
     wallets: _containers.RepeatedCompositeFieldContainer[Wallet]
     def __init__(self, wallets: _Optional[_Iterable[_Union[Wallet, _Mapping]]] = ...) -> None: ...
+
+class PaymentRecord(_message.Message):
+    __slots__ = ("id", "tenant_id", "wallet_id", "protocol", "version", "scheme", "network", "asset", "pay_to", "amount", "state", "state_reason", "tx_hash", "released", "valid_before", "created_at_ms", "updated_at_ms", "resource_url", "nonce")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    WALLET_ID_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    PAY_TO_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    TX_HASH_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    VALID_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_URL_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tenant_id: str
+    wallet_id: str
+    protocol: str
+    version: int
+    scheme: str
+    network: str
+    asset: str
+    pay_to: str
+    amount: str
+    state: str
+    state_reason: str
+    tx_hash: str
+    released: bool
+    valid_before: int
+    created_at_ms: int
+    updated_at_ms: int
+    resource_url: str
+    nonce: str
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., protocol: _Optional[str] = ..., version: _Optional[int] = ..., scheme: _Optional[str] = ..., network: _Optional[str] = ..., asset: _Optional[str] = ..., pay_to: _Optional[str] = ..., amount: _Optional[str] = ..., state: _Optional[str] = ..., state_reason: _Optional[str] = ..., tx_hash: _Optional[str] = ..., released: _Optional[bool] = ..., valid_before: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., resource_url: _Optional[str] = ..., nonce: _Optional[str] = ...) -> None: ...
+
+class GetPaymentRequest(_message.Message):
+    __slots__ = ("payment_id",)
+    PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    payment_id: str
+    def __init__(self, payment_id: _Optional[str] = ...) -> None: ...

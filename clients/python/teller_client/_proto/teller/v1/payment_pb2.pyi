@@ -54,3 +54,15 @@ class GetSpendRequest(_message.Message):
     WALLET_ID_FIELD_NUMBER: _ClassVar[int]
     wallet_id: str
     def __init__(self, wallet_id: _Optional[str] = ...) -> None: ...
+
+class RecordOutcomeRequest(_message.Message):
+    __slots__ = ("payment_id", "status", "headers", "body")
+    PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    payment_id: str
+    status: int
+    headers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Header]
+    body: bytes
+    def __init__(self, payment_id: _Optional[str] = ..., status: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[_common_pb2.Header, _Mapping]]] = ..., body: _Optional[bytes] = ...) -> None: ...

@@ -43,6 +43,16 @@ class PaymentServiceStub:
                 request_serializer=teller_dot_v1_dot_payment__pb2.SignRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_payment__pb2.SignResponse.FromString,
                 _registered_method=True)
+        self.RecordOutcome = channel.unary_unary(
+                '/teller.v1.PaymentService/RecordOutcome',
+                request_serializer=teller_dot_v1_dot_payment__pb2.RecordOutcomeRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_common__pb2.PaymentRecord.FromString,
+                _registered_method=True)
+        self.GetPayment = channel.unary_unary(
+                '/teller.v1.PaymentService/GetPayment',
+                request_serializer=teller_dot_v1_dot_common__pb2.GetPaymentRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_common__pb2.PaymentRecord.FromString,
+                _registered_method=True)
         self.ListWallets = channel.unary_unary(
                 '/teller.v1.PaymentService/ListWallets',
                 request_serializer=teller_dot_v1_dot_payment__pb2.ListWalletsRequest.SerializeToString,
@@ -73,6 +83,20 @@ class PaymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordOutcome(self, request, context):
+        """Report what the server answered to the paid retry; returns the payment as
+        recorded. A settlement is checked against the chain before it is believed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPayment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWallets(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -98,6 +122,16 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.Sign,
                     request_deserializer=teller_dot_v1_dot_payment__pb2.SignRequest.FromString,
                     response_serializer=teller_dot_v1_dot_payment__pb2.SignResponse.SerializeToString,
+            ),
+            'RecordOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcome,
+                    request_deserializer=teller_dot_v1_dot_payment__pb2.RecordOutcomeRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_common__pb2.PaymentRecord.SerializeToString,
+            ),
+            'GetPayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPayment,
+                    request_deserializer=teller_dot_v1_dot_common__pb2.GetPaymentRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_common__pb2.PaymentRecord.SerializeToString,
             ),
             'ListWallets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWallets,
@@ -145,6 +179,60 @@ class PaymentService:
             '/teller.v1.PaymentService/Sign',
             teller_dot_v1_dot_payment__pb2.SignRequest.SerializeToString,
             teller_dot_v1_dot_payment__pb2.SignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.PaymentService/RecordOutcome',
+            teller_dot_v1_dot_payment__pb2.RecordOutcomeRequest.SerializeToString,
+            teller_dot_v1_dot_common__pb2.PaymentRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.PaymentService/GetPayment',
+            teller_dot_v1_dot_common__pb2.GetPaymentRequest.SerializeToString,
+            teller_dot_v1_dot_common__pb2.PaymentRecord.FromString,
             options,
             channel_credentials,
             insecure,

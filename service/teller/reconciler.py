@@ -1,0 +1,172 @@
+"""The background reconciler: moves payments along their lifecycle from what
+the chain shows (see ``teller.lifecycle`` for the states).
+
+Per network, one pass
+1. scans ``AuthorizationUsed`` / ``AuthorizationCanceled`` logs of the tokens
+   that live payments use, from a cursor stored in the database, in chunks:
+   one ``eth_getLogs`` per chunk however many payments are in flight;
+2. expires payments whose ``validBefore`` lies at or before the head block's
+   timestamp and whose nonce is unused at that block. Block timestamps never
+   decrease, so such an authorization can never be used again.
+
+Several workers may run this at once. A lease on the cursor row keeps them
+from repeating each other's RPC calls; correctness rests on the guarded
+updates in ``teller.lifecycle`` alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from teller.chain import AuthorizationEvent, ChainReader
+from teller.clock import Clock, ms, system_clock
+from teller.db import Database
+from teller.db.models import ChainCursor, Payment, Wallet
+from teller.errors import Unavailable
+from teller.lifecycle import LIVE, SETTLED, Change, advance, apply_event, expiry
+
+log = logging.getLogger("teller.reconciler")
+ACTOR = "reconciler"
+
+
+@dataclass
+class PassResult:
+    transitions: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # networks another worker holds the lease for
+
+
+class Reconciler:
+    def __init__(
+        self, db: Database, chain: ChainReader, clock: Clock = system_clock, *,
+        lookback_blocks: int = 10_000, chunk_blocks: int = 2_000, lease_s: float = 30.0,
+        use_lease: bool = True,
+    ) -> None:
+        self.db = db
+        self.chain = chain
+        self.clock = clock
+        self.owner = uuid.uuid4().hex
+        self.lookback_blocks = lookback_blocks
+        self.chunk_blocks = chunk_blocks
+        self.lease_ms = int(lease_s * 1000)
+        self.use_lease = use_lease
+
+    def run_once(self) -> PassResult:
+        result = PassResult()
+        for network in self.chain.networks:
+            try:
+                self._network(network, result)
+            except Unavailable as exc:
+                log.warning("reconciler: %s", exc)
+                result.errors.append(f"{network}: {exc}")
+        return result
+
+    # -- cursor and lease -------------------------------------------------
+
+    def _claim(self, network: str, head: int) -> int | None:
+        """The last scanned block, if this worker holds the network's lease."""
+        now = ms(self.clock)
+        try:
+            with self.db.transaction() as s:
+                row = s.execute(select(ChainCursor).where(ChainCursor.network == network).with_for_update()
+                                ).scalar_one_or_none()
+                if row is None:
+                    row = ChainCursor(network=network, block=max(head - self.lookback_blocks, -1), updated_ms=now)
+                    s.add(row)
+                elif self.use_lease and row.lease_owner != self.owner and row.lease_until_ms > now:
+                    return None
+                row.lease_owner = self.owner
+                row.lease_until_ms = now + self.lease_ms
+                return row.block
+        except IntegrityError:
+            return None  # another worker created the cursor a moment ago
+
+    def _advance_cursor(self, network: str, block: int) -> None:
+        with self.db.transaction() as s:
+            row = s.execute(select(ChainCursor).where(ChainCursor.network == network).with_for_update()).scalar_one()
+            if block > row.block:
+                row.block = block
+            row.updated_ms = ms(self.clock)
+
+    # -- one network ------------------------------------------------------
+
+    def _live(self, s: Session, network: str, valid_before_max: int | None = None) -> list[tuple[Payment, str]]:
+        q = (select(Payment, Wallet.address).join(Wallet, Wallet.id == Payment.wallet_id)
+             .where(Payment.released_ms.is_(None), Payment.state.in_(LIVE), Payment.network == network,
+                    Payment.protocol == "x402"))
+        if valid_before_max is not None:
+            q = q.where(Payment.valid_before <= valid_before_max)
+        return [(p, addr) for p, addr in s.execute(q).all()]
+
+    def _network(self, network: str, result: PassResult) -> None:
+        head = self.chain.head(network)
+        cursor = self._claim(network, head.number)
+        if cursor is None:
+            result.skipped.append(network)
+            return
+        with self.db.transaction() as s:
+            assets = sorted({p.asset for p, _ in self._live(s, network)})
+        start = cursor + 1
+        while start <= head.number:
+            end = min(start + self.chunk_blocks - 1, head.number)
+            if assets:
+                events = self.chain.authorization_events(network, assets, start, end)
+                if events:
+                    self._apply(network, events, result)
+            self._advance_cursor(network, end)
+            start = end + 1
+        self._expire(network, head.number, head.timestamp, result)
+
+    def _apply(self, network: str, events: list[AuthorizationEvent], result: PassResult) -> None:
+        by_key = {(e.authorizer.lower(), e.nonce): e for e in events}
+        nonces = {e.nonce for e in events}
+        with self.db.transaction() as s:
+            rows = s.execute(
+                select(Payment, Wallet.address).join(Wallet, Wallet.id == Payment.wallet_id)
+                .where(Payment.network == network, Payment.nonce.in_(nonces), Payment.released_ms.is_(None),
+                       Payment.state.in_(LIVE))
+            ).all()
+            now = ms(self.clock)
+            for p, address in rows:
+                event = by_key.get((address.lower(), p.nonce.lower()))
+                if event is not None and event.asset.lower() == p.asset.lower():
+                    state = "settled" if event.kind == "used" else "voided"
+                    if apply_event(s, p, event, now, ACTOR):
+                        result.transitions[state] += 1
+
+    def _expire(self, network: str, head_number: int, head_ts: int, result: PassResult) -> None:
+        with self.db.transaction() as s:
+            candidates = self._live(s, network, valid_before_max=head_ts)
+            for p, _ in candidates:
+                s.expunge(p)
+        for p, address in candidates:
+            used = self.chain.authorization_used(network, p.asset, address, p.nonce, block=head_number)
+            change: Change
+            if not used:
+                change = expiry(p)
+            else:
+                # Used, but the log scan has not seen it (it predates the cursor):
+                # look for its event once, and count it as spent either way.
+                events = self.chain.authorization_events(
+                    network, [p.asset], max(head_number - self.lookback_blocks, 0), head_number,
+                    authorizer=address, nonce=p.nonce)
+                if events:
+                    with self.db.transaction() as s:
+                        if apply_event(s, p, events[0], ms(self.clock), ACTOR):
+                            result.transitions["settled" if events[0].kind == "used" else "voided"] += 1
+                    continue
+                change = Change(SETTLED, release=False, reason="used_on_chain_tx_not_found")
+            with self.db.transaction() as s:
+                if advance(s, p, change, from_states=LIVE, now_ms=ms(self.clock), actor=ACTOR,
+                           details={"head_block": head_number, "head_timestamp": head_ts}):
+                    result.transitions["released" if change.to == "failed" else change.to] += 1
+
+
+__all__ = ["PassResult", "Reconciler"]

@@ -1,0 +1,70 @@
+"""Reading what a resource server answered to a paid retry. Pure: headers in,
+an ``Outcome`` out.
+
+x402 servers report settlement in ``PAYMENT-RESPONSE`` (v2) or
+``X-PAYMENT-RESPONSE`` (v1): base64 JSON with ``success``, ``transaction``,
+``network``, ``payer`` and, on failure, ``errorReason``. A refused payment comes
+back as another 402 whose challenge carries an ``error``.
+
+An outcome is the server's word only. It names what to record, never what to
+release: a refused authorization may still be submitted by whoever holds it
+until its ``validBefore``, so only the chain can free its budget.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from teller.errors import InvalidArgument
+from teller.x402 import challenge as x402_challenge
+
+SETTLEMENT_HEADERS = ("payment-response", "x-payment-response")
+_TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
+MAX_REASON = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: Literal["settled", "refused", "unknown"]
+    tx_hash: str = ""
+    reason: str = ""
+    payer: str = ""
+    raw: Any = None  # the decoded receipt JSON, when there was one
+
+
+def _text(value: Any) -> str:
+    return value[:MAX_REASON] if isinstance(value, str) else ""
+
+
+def decode(status: int, headers: Sequence[tuple[str, str]], body: bytes, max_bytes: int) -> Outcome:
+    """What the server said about the payment. Malformed receipts are
+    ``InvalidArgument`` naming the header."""
+    for name in SETTLEMENT_HEADERS:
+        value = x402_challenge.header(headers, name)
+        if value is None:
+            continue
+        if len(value) > max_bytes:
+            raise InvalidArgument(f"{name.upper()} header is larger than {max_bytes} bytes")
+        doc = x402_challenge.b64_json(value, name.upper())
+        if not isinstance(doc, dict) or not isinstance(doc.get("success"), bool):
+            raise InvalidArgument(f"{name.upper()} header: success must be true or false")
+        tx = doc.get("transaction")
+        tx_hash = tx if isinstance(tx, str) and _TX_HASH.match(tx) else ""
+        if doc["success"] and 200 <= status < 300:
+            return Outcome("settled", tx_hash, "", _text(doc.get("payer")), doc)
+        return Outcome("refused", tx_hash, _text(doc.get("errorReason")) or "settlement_failed",
+                       _text(doc.get("payer")), doc)
+    if status == 402:
+        try:
+            chall = x402_challenge.parse(headers, body, max_bytes)
+        except InvalidArgument:
+            chall = None
+        reason = (chall.error if chall is not None else None) or "payment_refused"
+        return Outcome("refused", reason=_text(reason))
+    return Outcome("unknown", reason=f"http_{status}")
+
+
+__all__ = ["Outcome", "decode"]
