@@ -44,3 +44,29 @@ def test_0002_carries_old_policies_over(db_url):
     p = policy.parse(doc)
     assert p.per_payment_max == 100 and p.allow_unknown_assets
     assert [(b.name, b.calendar, b.limit) for b in p.budgets] == [("day", "day", 1000)]
+
+
+def test_0003_downgrade_keeps_held_payments_counted(db_url):
+    from sqlalchemy import text
+
+    upgrade(db_url)
+    engine = create_engine(db_url)
+    cols = ("id, tenant_id, wallet_id, protocol, version, scheme, network, asset, pay_to, amount, nonce, "
+            "valid_before, state, header_name, header_value, request_hash, created_ms, released_ms, resource_url")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, state, created_ms) VALUES ('t1', 'old', 'active', 1)"))
+        conn.execute(text("INSERT INTO wallets (id, tenant_id, label, address, state, kek_version, wrapped_data_key, "
+                          "key_ciphertext, created_ms) VALUES ('w1', 't1', '', '0x1', 'active', 'k', :b, :b, 1)"),
+                     {"b": b"x"})
+        for pid, state, released in (("p1", "failed", None), ("p2", "failed", 5), ("p3", "expired", 5)):
+            conn.execute(text(f"INSERT INTO payments ({cols}) VALUES (:id, 't1', 'w1', 'x402', 2, 'exact', "
+                              "'eip155:1', '0xa', '0xb', 10, :id, 1, :state, 'h', 'v', 'r', 1, :rel, '')"),
+                         {"id": pid, "state": state, "rel": released})
+    from teller.db.migrate import downgrade
+
+    downgrade(db_url, "0002")
+    with engine.connect() as conn:
+        states = dict(conn.execute(text("SELECT id, state FROM payments")).all())
+    engine.dispose()
+    # 0002 counts signed and settled: the held one counts, the released ones do not.
+    assert states == {"p1": "signed", "p2": "failed", "p3": "expired"}

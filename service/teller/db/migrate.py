@@ -24,6 +24,10 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+def downgrade(url: str, revision: str) -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
 def pending(engine: Engine) -> bool:
     """True when the database is not at the newest migration."""
     head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
