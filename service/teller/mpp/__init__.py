@@ -1,0 +1,1 @@
+"""The Machine Payments Protocol (MPP): challenges, Tempo and evm charge credentials."""

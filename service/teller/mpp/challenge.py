@@ -1,0 +1,233 @@
+"""Reading MPP ``Payment`` challenges out of a 402's ``WWW-Authenticate`` headers.
+
+RFC 9110 allows several headers and several comma-separated challenges per
+header, each with auth-params (``token=token`` or ``token="quoted"``) or a
+token68. Teller reads every challenge, keeps those of the ``Payment`` scheme in
+the order offered, ignores parameters it does not know, and names the
+parameter at fault when a ``Payment`` challenge is malformed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from teller.errors import InvalidArgument
+
+SCHEME = "payment"
+MAX_CHALLENGES = 32
+_TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_METHOD = re.compile(r"[a-z0-9][a-z0-9:_-]{0,63}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
+REQUIRED = ("id", "realm", "method", "intent", "request")
+
+
+@dataclass(frozen=True, slots=True)
+class MppChallenge:
+    index: int  # position among the Payment challenges offered
+    id: str
+    realm: str
+    method: str
+    intent: str
+    request_b64: str  # echoed verbatim in the credential
+    request: Mapping[str, Any]
+    expires: str | None
+    expires_at: datetime | None
+    digest: str | None
+    opaque: str | None  # echoed verbatim
+    description: str | None
+    header: str  # where the credential goes: "Authorization" unless the challenge asks otherwise
+
+    def echo(self) -> dict[str, str]:
+        """The challenge as a credential echoes it: the server recomputes its binding from these."""
+        out = {"id": self.id, "realm": self.realm, "method": self.method, "intent": self.intent,
+               "request": self.request_b64}
+        for key, value in (("expires", self.expires), ("digest", self.digest), ("opaque", self.opaque),
+                           ("description", self.description)):
+            if value is not None:
+                out[key] = value
+        if self.header.lower() != "authorization":
+            out["header"] = self.header
+        return out
+
+
+class _Reader:
+    """A cursor over one header value, following RFC 9110's challenge grammar."""
+
+    def __init__(self, text: str) -> None:
+        self.s = text
+        self.i = 0
+
+    def skip(self, chars: str = " \t") -> None:
+        while self.i < len(self.s) and self.s[self.i] in chars:
+            self.i += 1
+
+    def at_end(self) -> bool:
+        return self.i >= len(self.s)
+
+    def peek(self) -> str:
+        return self.s[self.i] if self.i < len(self.s) else ""
+
+    def token(self) -> str:
+        start = self.i
+        while self.i < len(self.s) and self.s[self.i] in _TCHARS:
+            self.i += 1
+        return self.s[start:self.i]
+
+    def quoted(self, name: str) -> str:
+        assert self.s[self.i] == '"'
+        self.i += 1
+        out = []
+        while self.i < len(self.s):
+            c = self.s[self.i]
+            if c == "\\":
+                if self.i + 1 >= len(self.s):
+                    break
+                out.append(self.s[self.i + 1])
+                self.i += 2
+                continue
+            if c == '"':
+                self.i += 1
+                return "".join(out)
+            if ord(c) < 0x20 and c != "\t":
+                raise InvalidArgument(f"WWW-Authenticate: parameter {name!r} contains a control character")
+            out.append(c)
+            self.i += 1
+        raise InvalidArgument(f"WWW-Authenticate: parameter {name!r} has an unterminated quoted string")
+
+
+def _split(value: str) -> list[tuple[str, dict[str, str]]]:
+    """(scheme, params) for every challenge in one header value. Duplicate
+    parameter names in a challenge are refused."""
+    r = _Reader(value)
+    out: list[tuple[str, dict[str, str]]] = []
+    while True:
+        r.skip(" \t,")
+        if r.at_end():
+            return out
+        scheme = r.token()
+        if not scheme:
+            raise InvalidArgument(f"WWW-Authenticate: expected an auth scheme at offset {r.i}, "
+                                  f"found {value[r.i:r.i + 20]!r}")
+        params: dict[str, str] = {}
+        out.append((scheme, params))
+        r.skip()
+        if not _is_param_start(r):
+            # token68 form (e.g. `Basic dXNlcg==`), or a challenge without parameters.
+            m = _TOKEN68.match(value, r.i)
+            if m and (r.s[m.end():].lstrip(" \t")[:1] in ("", ",")):
+                r.i = m.end()
+            continue
+        while True:
+            r.skip()
+            save = r.i
+            name = r.token()
+            if not name:
+                break
+            r.skip()
+            if r.peek() != "=":
+                r.i = save  # a bare token: the next challenge's scheme
+                break
+            r.i += 1
+            r.skip()
+            key = name.lower()
+            if r.peek() == '"':
+                val = r.quoted(key)
+            else:
+                val = r.token()
+                if not val:
+                    raise InvalidArgument(f"WWW-Authenticate: parameter {key!r} has no value")
+            if key in params:
+                raise InvalidArgument(f"WWW-Authenticate: parameter {key!r} appears twice in one challenge")
+            params[key] = val
+            r.skip()
+            if r.peek() == ",":
+                r.i += 1
+                continue
+            if not r.at_end():
+                # Another challenge starts without a comma only after a comma; anything else is garbage.
+                raise InvalidArgument(f"WWW-Authenticate: unexpected {value[r.i:r.i + 20]!r} after parameter "
+                                      f"{key!r}")
+            break
+        if len(out) > MAX_CHALLENGES:
+            raise InvalidArgument(f"WWW-Authenticate: more than {MAX_CHALLENGES} challenges")
+
+
+def _is_param_start(r: _Reader) -> bool:
+    """A `name=value` pair starts here (as opposed to token68 padding `abc=`)."""
+    save = r.i
+    name = r.token()
+    r.skip()
+    is_param = bool(name) and r.peek() == "=" and r.s[r.i + 1:].lstrip(" \t")[:1] not in ("", ",", "=")
+    r.i = save
+    return is_param
+
+
+def b64url_json(text: str, what: str) -> Any:
+    if not re.fullmatch(r"[A-Za-z0-9_\-]*={0,2}", text):
+        raise InvalidArgument(f"{what} is not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text.rstrip("=")) % 4))
+        return json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise InvalidArgument(f"{what} does not decode to JSON") from None
+
+
+def _expires(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(f"Payment challenge: expires {text[:40]!r} is not an RFC 3339 timestamp") from None
+    if at.tzinfo is None:
+        raise InvalidArgument(f"Payment challenge: expires {text[:40]!r} has no time zone")
+    return at
+
+
+def _challenge(index: int, params: Mapping[str, str]) -> MppChallenge:
+    for key in REQUIRED:
+        if not params.get(key):
+            raise InvalidArgument(f"Payment challenge: parameter {key!r} is missing")
+    method = params["method"]
+    if not _METHOD.fullmatch(method):
+        raise InvalidArgument(f"Payment challenge: method {method[:40]!r} is not a payment method id")
+    request = b64url_json(params["request"], "Payment challenge: request")
+    if not isinstance(request, dict):
+        raise InvalidArgument("Payment challenge: request must decode to a JSON object")
+    if "opaque" in params:
+        b64url_json(params["opaque"], "Payment challenge: opaque")
+    header = params.get("header") or "Authorization"
+    if not _HEADER_NAME.fullmatch(header):
+        raise InvalidArgument(f"Payment challenge: header {header[:40]!r} is not an HTTP header name")
+    expires = params.get("expires")
+    return MppChallenge(
+        index=index, id=params["id"], realm=params["realm"], method=method, intent=params["intent"],
+        request_b64=params["request"], request=request, expires=expires,
+        expires_at=_expires(expires) if expires else None, digest=params.get("digest"),
+        opaque=params.get("opaque"), description=params.get("description"), header=header,
+    )
+
+
+def parse(headers: Sequence[tuple[str, str]], max_bytes: int) -> tuple[MppChallenge, ...]:
+    """Every ``Payment`` challenge in the response, in the order offered."""
+    found: list[MppChallenge] = []
+    for name, value in headers:
+        if name.lower() != "www-authenticate":
+            continue
+        if len(value) > max_bytes:
+            raise InvalidArgument(f"WWW-Authenticate header is larger than {max_bytes} bytes")
+        for scheme, params in _split(value):
+            if scheme.lower() == SCHEME:
+                found.append(_challenge(len(found), params))
+                if len(found) > MAX_CHALLENGES:
+                    raise InvalidArgument(f"more than {MAX_CHALLENGES} Payment challenges")
+    return tuple(found)
+
+
+__all__ = ["MppChallenge", "b64url_json", "parse"]
