@@ -170,7 +170,7 @@ def test_first_payable_requirement_is_chosen(teller):
     ("status", "headers", "body", "needle"),
     [
         (200, {}, b"{}", "challenge.status must be 402"),
-        (402, {}, b"<html>pay me</html>", "carries no x402 payment requirements"),
+        (402, {}, b"<html>pay me</html>", "carries no payment requirements"),
         (402, {"PAYMENT-REQUIRED": "%%%"}, b"", "PAYMENT-REQUIRED header is not valid base64"),
         (402, {"PAYMENT-REQUIRED": base64.b64encode(b"[1,2").decode()}, b"", "does not decode to JSON"),
         (402, {}, b'{"x402Version": 3, "accepts": []}', "x402Version must be 1 or 2"),

@@ -59,7 +59,7 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
         admin=Admin(db, vault, clock),
         payments=Payments(
             db, vault, networks=settings.networks, max_challenge_bytes=settings.max_challenge_bytes,
-            idempotency_ttl_s=settings.idempotency_ttl_seconds, clock=clock,
+            idempotency_ttl_s=settings.idempotency_ttl_seconds, clock=clock, chain=chain,
         ),
         chain=chain,
         lifecycle=Lifecycle(db, chain, vault, clock),

@@ -60,9 +60,23 @@ class Sent:
     fee_wei: int
 
 
+@dataclass(frozen=True, slots=True)
+class Mined:
+    tx_hash: str
+    succeeded: bool
+    block: int
+    gas_used: int
+    gas_price: int
+
+
 def _hex(value: Any) -> str:
     raw = value.hex() if isinstance(value, (bytes, bytearray)) else str(value)
     return (raw if raw.startswith("0x") else "0x" + raw).lower()
+
+
+def _mined(receipt: Mapping[str, Any]) -> Mined:
+    return Mined(_hex(receipt["transactionHash"]), int(receipt["status"]) == 1, int(receipt["blockNumber"]),
+                 int(receipt["gasUsed"]), int(receipt.get("effectiveGasPrice", 0)))
 
 
 def _event(log: Mapping[str, Any]) -> AuthorizationEvent | None:
@@ -104,6 +118,46 @@ class ChainReader:
             raise
         except (Web3Exception, OSError, ValueError) as exc:
             raise Unavailable(f"{what} on {network} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+    def gas_price(self, network: str) -> int:
+        return self._call(network, "gas price read", lambda: int(self._w3(network).eth.gas_price))
+
+    def chain_id(self, network: str) -> int:
+        return self._call(network, "chain id read", lambda: int(self._w3(network).eth.chain_id))
+
+    def token_domain(self, network: str, asset: str) -> tuple[str, str]:
+        """An EIP-3009 token's EIP-712 (name, version), read from the token."""
+        abi = [{"type": "function", "name": n, "stateMutability": "view", "inputs": [],
+                "outputs": [{"name": "", "type": "string"}]} for n in ("name", "version")]
+
+        def read() -> tuple[str, str]:
+            token = self._w3(network).eth.contract(address=Web3.to_checksum_address(asset), abi=abi)
+            return str(token.functions.name().call()), str(token.functions.version().call())
+        return self._call(network, "token domain read", read)
+
+    def broadcast(self, network: str, raw: bytes, wait_s: float = 30.0) -> Mined:
+        """Send a signed transaction and wait for it to be mined."""
+        def send() -> Mined:
+            w3 = self._w3(network)
+            tx_hash = w3.eth.send_raw_transaction(raw)
+            try:
+                receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=wait_s, poll_latency=0.1)
+            except TimeExhausted as exc:
+                raise Unavailable(f"transaction {_hex(tx_hash)} not mined within {wait_s:.0f}s") from exc
+            return _mined(receipt)
+        return self._call(network, "broadcast", send)
+
+    def mined(self, network: str, tx_hash: str) -> Mined | None:
+        """The receipt of a transaction, or None while it is not mined."""
+        def read() -> Mined | None:
+            try:
+                receipt = self._w3(network).eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+            except Web3Exception as exc:
+                if "not found" in str(exc).lower():
+                    return None
+                raise
+            return _mined(receipt)
+        return self._call(network, "receipt read", read)
 
     def token_balance(self, network: str, asset: str, owner: str) -> int:
         return self._call(network, "balance read", lambda: int(

@@ -12,14 +12,19 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
+from eth_utils import keccak
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from teller import audit, eip3009, policy, spend
+from teller import offers as offers_mod
 from teller.auth import Caller
+from teller.chain import ChainReader
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import Payment, Tenant, Wallet
@@ -30,9 +35,11 @@ from teller.errors import (
     NotFound,
     PermissionDenied,
     TellerError,
+    Unavailable,
 )
+from teller.mpp import charge as mpp_charge
 from teller.vault import SealedKey, Vault
-from teller.x402 import challenge as x402_challenge
+from teller.vault.signer import WalletSigner
 from teller.x402 import proof as x402_proof
 
 
@@ -79,23 +86,32 @@ def sign_input(
     return SignInput(status, headers, body, url, method, wallet_id, _parse_cap(max_amount), idempotency_key or None)
 
 
-def _request_hash(req: SignInput, chall: x402_challenge.X402Challenge) -> str:
+def _request_hash(req: SignInput, collected: offers_mod.Collected) -> str:
     doc = {
         "wallet": req.wallet_id,
         "url": req.url,
         "method": req.method.upper(),
         "cap": req.max_amount,
-        "version": chall.version,
-        "accepts": [dict(o.raw) for o in chall.offers],
-        "resource": chall.resource,
+        "offers": [o.request_fingerprint() for o in collected.offers],
+        "resource": collected.x402.resource if collected.x402 is not None else None,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """Chain facts an offer needs before it can be signed, read before the
+    tenant lock is taken so no RPC runs while other calls wait on it."""
+
+    gas_price: dict[str, int]
+    domains: dict[tuple[str, str], tuple[str, str]]
 
 
 class Payments:
     def __init__(
         self, db: Database, vault: Vault, *, networks: Mapping[str, int] | None = None,
         max_challenge_bytes: int = 256 * 1024, idempotency_ttl_s: int = 86400, clock: Clock = system_clock,
+        chain: ChainReader | None = None,
     ) -> None:
         self.db = db
         self.vault = vault
@@ -103,22 +119,21 @@ class Payments:
         self.max_challenge_bytes = max_challenge_bytes
         self.idempotency_ttl_ms = idempotency_ttl_s * 1000
         self.clock = clock
+        self.chain = chain or ChainReader({})
 
     def sign(self, caller: Caller, req: SignInput) -> SignResult:
         if req.status != 402:
             raise InvalidArgument(f"challenge.status must be 402, got {req.status}")
         if not req.wallet_id:
             raise InvalidArgument("wallet_id is required")
-        chall = x402_challenge.parse(req.headers, req.body, self.max_challenge_bytes)
-        if chall is None:
-            raise InvalidArgument(
-                "challenge carries no x402 payment requirements "
-                "(no PAYMENT-REQUIRED header and no x402Version in the body)"
-            )
-        offers = x402_proof.payable_offers(chall, self.networks)
-        request_hash = _request_hash(req, chall)
+        collected = offers_mod.collect(req.headers, req.body, networks=self.networks,
+                                       max_bytes=self.max_challenge_bytes,
+                                       now=datetime.fromtimestamp(self.clock(), UTC))
+        request_hash = _request_hash(req, collected)
+        prepared = self._prepare(collected.offers)
 
         denial: TellerError | None = None
+        push: tuple[Payment, bytes, offers_mod.Offer] | None = None
         with self.db.transaction() as s:
             wallet = self._wallet(s, caller, req.wallet_id)
             tenant_frozen = self._lock_tenant(s, caller.tenant_id)
@@ -136,29 +151,68 @@ class Payments:
                 wallet_rules = rules.wallet or policy.inherit(policy.DEFAULT, rules.tenant)
                 scopes.append(policy.Scope("wallet", wallet_rules, wallet.frozen,
                                            _used(spend.measure(s, "wallet", wallet.id, wallet_rules.budgets, now_ms))))
-            chosen: tuple[x402_proof.Payable, policy.Decision] | None = None
-            first: tuple[x402_proof.Payable, policy.Decision] | None = None
-            for offer in offers:
-                decision = policy.evaluate(scopes, _facts(offer, req.url), req.max_amount)
+            candidates = offers_mod.by_preference(collected.offers, rules.tenant.protocols)
+            chosen: tuple[offers_mod.Offer, policy.Decision] | None = None
+            first: tuple[offers_mod.Offer, policy.Decision] | None = None
+            for offer in candidates:
+                decision = _evaluate(scopes, offer, req)
                 if decision.allowed:
                     chosen = (offer, decision)
                     break
                 first = first or (offer, decision)
-            if chosen is None:
+            if chosen is None and first is None:
+                offered = sorted({o.protocol for o in collected.offers})
+                denial = PermissionDenied(
+                    f"the server offers {', '.join(offered)}; the tenant's policy pays only "
+                    f"{', '.join(rules.tenant.protocols)}", reason="protocol_not_allowed")
+                audit.record(s, at_ms=now_ms, actor=caller.actor, action="payment.deny", outcome="denied",
+                             tenant_id=caller.tenant_id, reason="protocol_not_allowed", wallet_id=wallet.id,
+                             resource_url=req.url, details={"offered": offered})
+            elif chosen is None:
                 assert first is not None
                 denied, decision = first
                 denial = decision.error(_facts(denied, req.url))
                 audit.record(
                     s, at_ms=now_ms, actor=caller.actor, action="payment.deny", outcome="denied",
                     tenant_id=caller.tenant_id, reason=decision.reason, wallet_id=wallet.id,
-                    amount=denied.amount, asset=denied.token.address, network=denied.network,
-                    payee=denied.pay_to, resource_url=req.url, details={"protocol": "x402", **denial.metadata},
+                    amount=denied.amount, asset=denied.asset, network=denied.network,
+                    payee=denied.pay_to, resource_url=req.url,
+                    details={"protocol": denied.protocol, "scheme": denied.scheme, **denial.metadata},
                 )
             else:
                 offer, decision = chosen
-                payment = self._sign_and_record(s, caller, req, chall, offer, decision, wallet, now_ms, request_hash)
-                return _result(payment)
+                ctx = _Context(caller, req, wallet, decision, now_ms, request_hash, rules.tenant.mpp_mode)
+                payment, raw = self._sign_and_record(s, offer, ctx, prepared)
+                if raw is None:
+                    return _result(payment)
+                s.expunge(payment)
+                push = (payment, raw, offer)
+        if push is not None:
+            return self._push(caller, *push)
+        assert denial is not None
         raise denial
+
+    # -- chain facts, before the lock --------------------------------------
+
+    def _prepare(self, candidates: Sequence[offers_mod.Offer]) -> _Prepared:
+        gas: dict[str, int] = {}
+        domains: dict[tuple[str, str], tuple[str, str]] = {}
+        for o in candidates:
+            if o.scheme == "tempo/charge" and o.network not in gas:
+                try:
+                    gas[o.network] = self.chain.gas_price(o.network)
+                except FailedPrecondition:
+                    pass  # no RPC for it: the offer is refused below if it is the one chosen
+            if o.scheme == "evm/charge" and o.charge is not None and o.charge.domain is None:
+                key = (o.network, o.asset)
+                if key not in domains:
+                    try:
+                        domains[key] = self.chain.token_domain(o.network, o.asset)
+                    except FailedPrecondition:
+                        pass
+        return _Prepared(gas, domains)
+
+    # -- the locked part ----------------------------------------------------
 
     def _wallet(self, s: Session, caller: Caller, wallet_id: str) -> Wallet:
         wallet = s.get(Wallet, wallet_id)
@@ -188,45 +242,197 @@ class Payments:
             return None
         if row.request_hash != request_hash:
             raise AlreadyExists(f"idempotency_key {key!r} was already used for a different request")
+        if not row.header_value:
+            # A push payment whose broadcast is under way or failed: there is no proof to return.
+            if row.state == "failed":
+                raise FailedPrecondition(f"payment {row.id} failed: {row.state_reason}", reason="payment_failed")
+            raise Unavailable(f"payment {row.id} is still being broadcast; retry shortly")
         return row
 
-    def _sign_and_record(
-        self, s: Session, caller: Caller, req: SignInput, chall: x402_challenge.X402Challenge,
-        chosen: x402_proof.Payable, decision: policy.Decision, wallet: Wallet, now_ms: int, request_hash: str,
-    ) -> Payment:
-        signer = self.vault.signer(
-            caller.tenant_id, wallet.id, wallet.address,
-            SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext),
+    def _signer(self, caller: Caller, wallet: Wallet) -> WalletSigner:
+        return self.vault.signer(caller.tenant_id, wallet.id, wallet.address,
+                                 SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext))
+
+    def _sign_and_record(self, s: Session, offer: offers_mod.Offer, ctx: _Context,
+                         prepared: _Prepared) -> tuple[Payment, bytes | None]:
+        """Sign the chosen offer and insert its payment row and audit row. Returns
+        the row and, for a push payment, the transaction still to broadcast."""
+        signer = self._signer(ctx.caller, ctx.wallet)
+        raw: bytes | None = None
+        if offer.x402 is not None:
+            row, details = self._x402(signer, offer, ctx)
+        elif offer.scheme == "evm/charge":
+            row, details = self._evm_charge(signer, offer, ctx, prepared)
+            existing = s.execute(select(Payment).where(Payment.wallet_id == ctx.wallet.id,
+                                                       Payment.nonce == row.nonce)).scalar_one_or_none()
+            if existing is not None:
+                # The same challenge again: its nonce is bound to the challenge, so
+                # the chain takes only one; return that one rather than reserve twice.
+                return existing, None
+        else:
+            row, details, raw = self._tempo_charge(signer, offer, ctx, prepared)
+        s.add(row)
+        audit.record(
+            s, at_ms=ctx.now_ms, actor=ctx.caller.actor, action="payment.sign", tenant_id=ctx.caller.tenant_id,
+            wallet_id=ctx.wallet.id, payment_id=row.id, amount=row.amount, asset=row.asset,
+            network=row.network, payee=row.pay_to, resource_url=ctx.req.url,
+            details={"protocol": offer.protocol, "scheme": offer.scheme, "nonce": row.nonce,
+                     "valid_before": row.valid_before, **details},
         )
-        auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, now_ms // 1000,
+        s.flush()
+        return row, raw
+
+    def _row(self, offer: offers_mod.Offer, ctx: _Context, *, version: int, nonce: str, valid_before: int,
+             header_name: str, header_value: str, token_domain: tuple[str, str] = ("", "")) -> Payment:
+        req = ctx.req
+        return Payment(
+            id=str(uuid.uuid4()), tenant_id=ctx.caller.tenant_id, wallet_id=ctx.wallet.id, protocol=offer.protocol,
+            version=version, scheme=offer.scheme, network=offer.network, asset=offer.asset,
+            asset_name=token_domain[0], asset_version=token_domain[1], pay_to=offer.pay_to, amount=offer.amount,
+            amount_common=ctx.decision.amount_common, resource_url=req.url, nonce=nonce, valid_before=valid_before,
+            state="signed", header_name=header_name, header_value=header_value,
+            idempotency_key=req.idempotency_key,
+            idempotency_expires_ms=(ctx.now_ms + self.idempotency_ttl_ms) if req.idempotency_key else None,
+            request_hash=ctx.request_hash, created_ms=ctx.now_ms, updated_ms=ctx.now_ms,
+        )
+
+    def _x402(self, signer: WalletSigner, offer: offers_mod.Offer, ctx: _Context) -> tuple[Payment, dict[str, Any]]:
+        chosen, chall = offer.x402, offer.x402_challenge
+        assert chosen is not None and chall is not None
+        auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, ctx.now_ms // 1000,
                                  chosen.timeout_s, os.urandom(32))
         signature = signer.sign_typed_data(eip3009.typed_data(chosen.token, auth))
         name, value = x402_proof.payment_header(chall, chosen, auth, signature)
-        payment = Payment(
-            id=str(uuid.uuid4()), tenant_id=caller.tenant_id, wallet_id=wallet.id, protocol="x402",
-            version=chall.version, scheme=chosen.offer.scheme, network=chosen.network,
-            asset=chosen.token.address, asset_name=chosen.token.name, asset_version=chosen.token.version,
-            pay_to=chosen.pay_to, amount=chosen.amount,
-            amount_common=decision.amount_common, resource_url=req.url,
-            nonce="0x" + auth.nonce.hex(), valid_before=auth.valid_before, state="signed",
-            header_name=name, header_value=value, idempotency_key=req.idempotency_key,
-            idempotency_expires_ms=(now_ms + self.idempotency_ttl_ms) if req.idempotency_key else None,
-            request_hash=request_hash, created_ms=now_ms, updated_ms=now_ms,
-        )
-        s.add(payment)
-        audit.record(
-            s, at_ms=now_ms, actor=caller.actor, action="payment.sign", tenant_id=caller.tenant_id,
-            wallet_id=wallet.id, payment_id=payment.id, amount=chosen.amount, asset=chosen.token.address,
-            network=chosen.network, payee=chosen.pay_to, resource_url=req.url,
-            details={"protocol": "x402", "version": chall.version, "scheme": chosen.offer.scheme,
-                     "nonce": payment.nonce, "valid_before": auth.valid_before},
-        )
-        s.flush()
-        return payment
+        row = self._row(offer, ctx, version=chall.version, nonce="0x" + auth.nonce.hex(),
+                        valid_before=auth.valid_before, header_name=name, header_value=value,
+                        token_domain=(chosen.token.name, chosen.token.version))
+        return row, {"version": chall.version}
+
+    def _evm_charge(self, signer: WalletSigner, offer: offers_mod.Offer, ctx: _Context,
+                    prepared: _Prepared) -> tuple[Payment, dict[str, Any]]:
+        ch, req = offer.mpp, offer.charge
+        assert ch is not None and req is not None
+        domain = req.domain or prepared.domains.get((offer.network, offer.asset))
+        if domain is None:
+            raise FailedPrecondition(f"{offer.asset} on {offer.network}: the challenge names no EIP-712 domain and "
+                                     "no RPC endpoint is configured to read it (set rpc_urls)")
+        token = eip3009.Token(req.chain_id, req.currency, *domain)
+        auth = mpp_charge.evm_authorization(req, ch, signer.address, ctx.now_ms // 1000)
+        signature = signer.sign_typed_data(eip3009.typed_data(token, auth))
+        payload = {"type": "authorization", **auth.to_json(), "signature": "0x" + signature.hex()}
+        value = mpp_charge.credential(ch, payload, mpp_charge.did_pkh(req.chain_id, signer.address))
+        row = self._row(offer, ctx, version=1, nonce="0x" + auth.nonce.hex(), valid_before=auth.valid_before,
+                        header_name=ch.header, header_value=value, token_domain=domain)
+        return row, {"method": ch.method, "intent": ch.intent, "challenge_id": ch.id, "realm": ch.realm}
+
+    def _tempo_charge(self, signer: WalletSigner, offer: offers_mod.Offer, ctx: _Context,
+                      prepared: _Prepared) -> tuple[Payment, dict[str, Any], bytes | None]:
+        ch, req = offer.mpp, offer.charge
+        assert ch is not None and req is not None
+        if req.fee_payer:
+            raise FailedPrecondition(f"Payment challenge {ch.id[:40]!r}: sponsored fees (feePayer) are not "
+                                     "supported; Teller wallets pay their own fees")
+        gas_price = prepared.gas_price.get(offer.network)
+        if gas_price is None:
+            raise FailedPrecondition(f"no RPC endpoint configured for {offer.network}: Tempo payments need the "
+                                     "chain's gas price (set rpc_urls)")
+        source = mpp_charge.did_pkh(req.chain_id, signer.address)
+        if req.amount == 0:
+            # Nothing moves: an EIP-712 proof that this wallet answers this challenge.
+            signature = signer.sign_typed_data(mpp_charge.proof_typed_data(ch, req, signer.address))
+            value = mpp_charge.credential(ch, {"type": "proof", "signature": "0x" + signature.hex()}, source)
+            row = self._row(offer, ctx, version=1, nonce="0x" + keccak(text=f"proof:{ch.id}").hex(),
+                            valid_before=int(ch.expires_at.timestamp()) if ch.expires_at else ctx.now_ms // 1000,
+                            header_name=ch.header, header_value=value)
+            row.state, row.released_ms = "settled", ctx.now_ms
+            return row, {"method": ch.method, "intent": ch.intent, "mode": "proof", "challenge_id": ch.id,
+                         "realm": ch.realm}, None
+        mode = ctx.mpp_mode if ctx.mpp_mode in req.modes else req.modes[0]
+        tx = mpp_charge.tempo_transaction(req, ch, now_s=ctx.now_ms // 1000,
+                                          gas_limit=mpp_charge.gas_limit(req), gas_price=gas_price)
+        raw = signer.sign_tempo_transaction(tx)
+        tx_hash = "0x" + keccak(raw).hex()
+        details: dict[str, Any] = {"method": ch.method, "intent": ch.intent, "mode": mode, "challenge_id": ch.id,
+                                   "realm": ch.realm, "tx_hash": tx_hash}
+        if mode == "pull":
+            value = mpp_charge.credential(ch, {"type": "transaction", "signature": "0x" + raw.hex()}, source)
+            row = self._row(offer, ctx, version=1, nonce=tx_hash, valid_before=int(tx.valid_before or 0),
+                            header_name=ch.header, header_value=value)
+            return row, details, None
+        # Push: the reservation commits first; the credential exists once the chain has the transfer.
+        row = self._row(offer, ctx, version=1, nonce=tx_hash, valid_before=int(tx.valid_before or 0),
+                        header_name=ch.header, header_value="")
+        return row, details, raw
+
+    # -- push mode, after the reservation committed -------------------------
+
+    def _push(self, caller: Caller, payment: Payment, raw: bytes, offer: offers_mod.Offer) -> SignResult:
+        from teller import lifecycle
+
+        failure: str | None = None
+        mined = None
+        try:
+            mined = self.chain.broadcast(payment.network, raw)
+        except Unavailable as exc:
+            failure = str(exc)
+        with self.db.transaction() as s:
+            row = s.get(Payment, payment.id)
+            assert row is not None
+            now = ms(self.clock)
+            if mined is not None and mined.succeeded:
+                assert offer.mpp is not None and offer.charge is not None
+                wallet = s.get(Wallet, row.wallet_id)
+                assert wallet is not None
+                row.header_value = mpp_charge.credential(
+                    offer.mpp, {"type": "hash", "hash": mined.tx_hash},
+                    mpp_charge.did_pkh(offer.charge.chain_id, wallet.address))
+                lifecycle.advance(s, row, lifecycle.Change("settled", release=False, tx_hash=mined.tx_hash),
+                                  from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
+                fee = -(-mined.gas_used * mined.gas_price // 10**12)  # fee-token base units, rounded up
+                audit.record(s, at_ms=now, actor=caller.actor, action="payment.gas", tenant_id=row.tenant_id,
+                             wallet_id=row.wallet_id, payment_id=row.id, network=row.network, asset=row.asset,
+                             amount=fee, details={"tx_hash": mined.tx_hash, "gas_used": mined.gas_used,
+                                                  "gas_price": mined.gas_price, "unit": "fee token base units"})
+                s.flush()
+                s.refresh(row)
+                return _result(row)
+            if mined is not None:
+                # Mined and reverted: its expiring nonce is spent, so it can never move money.
+                failure = "transaction reverted"
+                lifecycle.advance(s, row, lifecycle.Change("failed", release=True, reason=failure,
+                                                           tx_hash=mined.tx_hash),
+                                  from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
+            else:
+                # Unknown fate: reserved until the reconciler sees it mined or expired.
+                lifecycle.advance(s, row, lifecycle.Change("failed", release=False, reason=(failure or "")[:200]),
+                                  from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
+        raise FailedPrecondition(f"push payment {payment.id} failed on {payment.network}: {failure}",
+                                 reason="payment_failed")
 
 
-def _facts(offer: x402_proof.Payable, url: str) -> policy.Payment:
-    return policy.Payment(offer.network, offer.token.address, offer.amount, offer.pay_to, url)
+@dataclass(frozen=True, slots=True)
+class _Context:
+    caller: Caller
+    req: SignInput
+    wallet: Wallet
+    decision: policy.Decision
+    now_ms: int
+    request_hash: str
+    mpp_mode: str
+
+
+def _facts(offer: offers_mod.Offer, url: str, payee: str | None = None) -> policy.Payment:
+    return policy.Payment(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url)
+
+
+def _evaluate(scopes: Sequence[policy.Scope], offer: offers_mod.Offer, req: SignInput) -> policy.Decision:
+    """The policy's decision; split recipients must pass the payee lists too."""
+    decision = policy.evaluate(scopes, _facts(offer, req.url), req.max_amount)
+    for payee in offer.other_payees if decision.allowed else ():
+        split = policy.evaluate(scopes, _facts(offer, req.url, payee), req.max_amount)
+        if not split.allowed:
+            return split
+    return decision
 
 
 def _used(windows: dict[str, spend.WindowUse]) -> dict[str, int]:

@@ -81,6 +81,10 @@ class Policy:
     denied_assets: frozenset[tuple[str, str]] = frozenset()
     payees: Lists = Lists()
     hosts: Lists = Lists()
+    # Which protocols to pay, in order of preference, when a 402 offers several.
+    protocols: tuple[str, ...] = ("x402", "mpp")
+    # MPP Tempo charges: "pull" (the server broadcasts) or "push" (Teller broadcasts).
+    mpp_mode: str = "pull"
     _asset_index: dict[tuple[str, str], Asset] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -176,17 +180,20 @@ def parse_duration(text: str, path: str) -> int:
 
 
 _TOP = {"unit_decimals", "per_payment_max", "budgets", "networks", "assets", "allow_unknown_assets",
-        "deny_assets", "payees", "hosts"}
+        "deny_assets", "payees", "hosts", "protocols", "mpp_mode"}
+PROTOCOLS = ("x402", "mpp")
+MPP_MODES = ("pull", "push")
 
 
 #: Fields only a tenant policy may set: wallets share their tenant's asset registry and unit.
-TENANT_ONLY = ("unit_decimals", "assets", "allow_unknown_assets")
+TENANT_ONLY = ("unit_decimals", "assets", "allow_unknown_assets", "protocols", "mpp_mode")
 
 
 def inherit(wallet: Policy, tenant: Policy) -> Policy:
     """A wallet policy evaluated with its tenant's asset registry and common unit."""
     return replace(wallet, unit_decimals=tenant.unit_decimals, assets=tenant.assets,
-                   allow_unknown_assets=tenant.allow_unknown_assets)
+                   allow_unknown_assets=tenant.allow_unknown_assets, protocols=tenant.protocols,
+                   mpp_mode=tenant.mpp_mode)
 
 
 def parse(doc: Any, *, wallet: bool = False) -> Policy:
@@ -272,6 +279,14 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
             _address(_text(a, "address"), f"deny_assets[{i}].address"),
         ))
 
+    protocols = doc.get("protocols", list(PROTOCOLS))
+    if (not isinstance(protocols, list) or not protocols or any(p not in PROTOCOLS for p in protocols)
+            or len(set(protocols)) != len(protocols)):
+        raise _fail("protocols", f"must list protocols to pay in order of preference, from {list(PROTOCOLS)}")
+    mpp_mode = doc.get("mpp_mode", "pull")
+    if mpp_mode not in MPP_MODES:
+        raise _fail("mpp_mode", f"must be one of {list(MPP_MODES)}")
+
     return Policy(
         unit_decimals=unit,
         per_payment_max=per_payment,
@@ -282,6 +297,8 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
         denied_assets=frozenset(denied),
         payees=_lists(doc, "payees", _address),
         hosts=_lists(doc, "hosts", _host),
+        protocols=tuple(protocols),
+        mpp_mode=mpp_mode,
     )
 
 
@@ -298,6 +315,10 @@ def to_document(p: Policy, *, wallet: bool = False) -> dict[str, Any]:
     if not wallet:
         doc["assets"] = [{"network": a.network, "address": a.address, "decimals": a.decimals} for a in p.assets]
         doc["allow_unknown_assets"] = p.allow_unknown_assets
+        if p.protocols != PROTOCOLS:
+            doc["protocols"] = list(p.protocols)
+        if p.mpp_mode != "pull":
+            doc["mpp_mode"] = p.mpp_mode
     doc["deny_assets"] = [{"network": n, "address": a} for n, a in sorted(p.denied_assets)]
     for key in ("networks", "payees", "hosts"):
         lists: Lists = getattr(p, key)

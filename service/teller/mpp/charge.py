@@ -1,0 +1,234 @@
+"""MPP ``charge`` requests and credentials, for the ``tempo`` and ``evm`` methods.
+
+Pure: a parsed challenge and the payer's facts in; an unsigned Tempo
+transaction, EIP-712 typed data or a credential header out. Signing happens in
+the vault, broadcasting in ``teller.chain``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import is_address, keccak, to_checksum_address
+from pytempo import Call, TempoTransaction
+from pytempo.contracts import TIP20
+
+from teller import eip3009
+from teller.errors import InvalidArgument
+from teller.mpp.challenge import MppChallenge
+from teller.vault.signer import TypedData
+
+#: Expiring nonces (TIP-1009): replay protection by transaction hash, so
+#: concurrent payments from one wallet never contend for a sequential nonce.
+EXPIRING_NONCE_KEY = 2**256 - 1
+#: Tempo accepts an expiring-nonce valid_before at most this far ahead.
+MAX_VALID_FOR_S = 25
+MIN_VALID_FOR_S = 5
+MAX_SPLITS = 10
+#: keccak256("mpp")[:4]: the tag of MPP attribution memos.
+ATTRIBUTION_TAG = keccak(text="mpp")[:4]
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    recipient: str
+    amount: int
+    memo: bytes | None  # 32 bytes: transferWithMemo
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    """An MPP charge request: the fields Teller acts on, validated."""
+
+    method: str  # "tempo" | "evm"
+    amount: int
+    currency: str
+    recipient: str
+    chain_id: int
+    memo: bytes | None
+    splits: tuple[Transfer, ...]
+    fee_payer: bool
+    modes: tuple[str, ...]  # "pull" / "push" as the challenge allows
+    credential_types: tuple[str, ...]  # evm: what the server accepts
+    domain: tuple[str, str] | None  # evm: EIP-712 (name, version) when the challenge names them
+
+    @property
+    def network(self) -> str:
+        return f"eip155:{self.chain_id}"
+
+
+def _field(where: str, name: str, problem: str) -> InvalidArgument:
+    return InvalidArgument(f"{where}.{name}: {problem}")
+
+
+def _amount(value: Any, where: str, name: str, *, allow_zero: bool) -> int:
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit():
+        raise _field(where, name, f"must be an integer string of base units, got {str(value)[:40]!r}")
+    amount = int(value)
+    if amount > eip3009.MAX_AMOUNT:
+        raise _field(where, name, f"{value} exceeds the largest amount Teller accounts ({eip3009.MAX_AMOUNT})")
+    if amount == 0 and not allow_zero:
+        raise _field(where, name, "must be positive")
+    return amount
+
+
+def _address(value: Any, where: str, name: str) -> str:
+    if not isinstance(value, str) or not is_address(value):
+        raise _field(where, name, f"is not an address: {str(value)[:60]!r}")
+    return to_checksum_address(value)
+
+
+def _memo(value: Any, where: str, name: str) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("0x") or len(value) > 66:
+        raise _field(where, name, "must be 0x-prefixed hex of at most 32 bytes")
+    try:
+        raw = bytes.fromhex(value[2:])
+    except ValueError:
+        raise _field(where, name, "must be 0x-prefixed hex of at most 32 bytes") from None
+    return raw.ljust(32, b"\0")
+
+
+def parse_request(ch: MppChallenge) -> ChargeRequest:
+    """The ``request`` of a tempo or evm charge challenge; errors name the field."""
+    where = f"Payment challenge {ch.id[:40]!r} request"
+    r = ch.request
+    details = r.get("methodDetails", {})
+    if not isinstance(details, Mapping):
+        raise _field(where, "methodDetails", "must be an object")
+    chain_id = details.get("chainId", 4217 if ch.method == "tempo" else None)
+    if isinstance(chain_id, bool) or not isinstance(chain_id, int) or chain_id <= 0:
+        raise _field(where, "methodDetails.chainId", "must be a positive integer")
+    splits: list[Transfer] = []
+    raw_splits = details.get("splits") or []
+    if not isinstance(raw_splits, list) or len(raw_splits) > MAX_SPLITS:
+        raise _field(where, "methodDetails.splits", f"must be a list of at most {MAX_SPLITS} splits")
+    for i, sp in enumerate(raw_splits):
+        path = f"methodDetails.splits[{i}]"
+        if not isinstance(sp, Mapping):
+            raise _field(where, path, "must be an object")
+        memo = _memo(sp.get("memo"), where, f"{path}.memo")
+        if memo is not None and memo[:4] == ATTRIBUTION_TAG:
+            # Such a split could also pay the challenge its memo names.
+            raise _field(where, f"{path}.memo", "must not be an MPP attribution memo")
+        splits.append(Transfer(_address(sp.get("recipient"), where, f"{path}.recipient"),
+                               _amount(sp.get("amount"), where, f"{path}.amount", allow_zero=False), memo))
+    amount = _amount(r.get("amount"), where, "amount", allow_zero=True)
+    if splits and sum(s.amount for s in splits) >= amount:
+        raise _field(where, "methodDetails.splits", "must add up to less than amount")
+    modes = details.get("supportedModes", ["pull", "push"])
+    if not isinstance(modes, list) or not modes or any(m not in ("pull", "push") for m in modes):
+        raise _field(where, "methodDetails.supportedModes", "must list 'pull' and/or 'push'")
+    types = details.get("credentialTypes", [])
+    if not isinstance(types, list) or any(not isinstance(t, str) for t in types):
+        raise _field(where, "methodDetails.credentialTypes", "must be a list of strings")
+    domain = None
+    extra = r.get("extra")
+    if isinstance(extra, Mapping) and isinstance(extra.get("name"), str) and isinstance(extra.get("version"), str):
+        domain = (extra["name"], extra["version"])
+    fee_payer = details.get("feePayer", False)
+    if not isinstance(fee_payer, bool):
+        raise _field(where, "methodDetails.feePayer", "must be true or false")
+    return ChargeRequest(
+        method=ch.method, amount=amount, currency=_address(r.get("currency"), where, "currency"),
+        recipient=_address(r.get("recipient"), where, "recipient"), chain_id=chain_id,
+        memo=_memo(details.get("memo"), where, "methodDetails.memo"), splits=tuple(splits), fee_payer=fee_payer,
+        modes=tuple(modes), credential_types=tuple(types), domain=domain,
+    )
+
+
+def attribution_memo(challenge_id: str, realm: str) -> bytes:
+    """The MPP attribution memo: tag | version 1 | keccak(realm)[:10] |
+    anonymous client (10 zero bytes) | keccak(challenge id)[:7]. Servers use it
+    to tie an on-chain transfer to the challenge it pays."""
+    return (ATTRIBUTION_TAG + b"\x01" + keccak(text=realm)[:10] + b"\0" * 10
+            + keccak(text=challenge_id)[:7])
+
+
+def transfers(req: ChargeRequest, ch: MppChallenge) -> tuple[Transfer, ...]:
+    """The primary transfer (amount minus splits, with the challenge's memo or
+    else the attribution memo), then each split."""
+    primary = req.amount - sum(s.amount for s in req.splits)
+    memo = req.memo if req.memo is not None else attribution_memo(ch.id, ch.realm)
+    return (Transfer(req.recipient, primary, memo), *req.splits)
+
+
+def valid_before(ch: MppChallenge, now_s: int) -> int:
+    """No later than the challenge's expiry, and within Tempo's expiring-nonce window."""
+    latest = now_s + MAX_VALID_FOR_S
+    if ch.expires_at is not None:
+        latest = min(latest, int(ch.expires_at.timestamp()))
+    if latest < now_s + MIN_VALID_FOR_S:
+        raise InvalidArgument(f"Payment challenge {ch.id[:40]!r} expires at {ch.expires}: too soon to pay")
+    return latest
+
+
+def tempo_transaction(req: ChargeRequest, ch: MppChallenge, *, now_s: int, gas_limit: int,
+                      gas_price: int) -> TempoTransaction:
+    """The unsigned type-0x76 transaction paying ``req`` (fees in the charged token)."""
+    token = TIP20(req.currency)
+    calls: list[Call] = [
+        token.transfer_with_memo(to=t.recipient, amount=t.amount, memo=t.memo) if t.memo is not None
+        else token.transfer(to=t.recipient, amount=t.amount)
+        for t in transfers(req, ch)
+    ]
+    return TempoTransaction.create(
+        chain_id=req.chain_id, gas_limit=gas_limit, max_fee_per_gas=gas_price,
+        max_priority_fee_per_gas=gas_price, nonce_key=EXPIRING_NONCE_KEY, nonce=0,
+        valid_before=valid_before(ch, now_s), fee_token=req.currency, calls=tuple(calls),
+    )
+
+
+def gas_limit(req: ChargeRequest) -> int:
+    """Generous for TIP-20 transfers (~80k gas each on Tempo); fees are charged on gas used."""
+    return 250_000 + 100_000 * len(req.splits)
+
+
+def proof_typed_data(ch: MppChallenge, req: ChargeRequest, account: str) -> TypedData:
+    """Zero-amount charges: an EIP-712 ``Proof`` binding the paying wallet to the
+    challenge (MPP proof v3: domain ``MPP``/``3``, no verifying contract)."""
+    return TypedData(
+        domain={"name": "MPP", "version": "3", "chainId": req.chain_id},
+        types={"Proof": [{"name": "account", "type": "address"}, {"name": "challengeId", "type": "string"},
+                         {"name": "realm", "type": "string"}]},
+        primary_type="Proof",
+        message={"account": to_checksum_address(account), "challengeId": ch.id, "realm": ch.realm},
+    )
+
+
+def evm_nonce(ch: MppChallenge) -> bytes:
+    """The EIP-3009 nonce an evm charge binds to its challenge: keccak256 of
+    the JSON array ``[id, realm]``."""
+    return keccak(text=json.dumps([ch.id, ch.realm], separators=(",", ":"), ensure_ascii=False))
+
+
+def evm_authorization(req: ChargeRequest, ch: MppChallenge, payer: str, now_s: int) -> eip3009.Authorization:
+    if req.splits:
+        raise InvalidArgument(f"Payment challenge {ch.id[:40]!r}: evm charges cannot carry splits")
+    if req.amount == 0:
+        # A zero-value authorization still signs the realm into its nonce and could be relayed.
+        raise InvalidArgument(f"Payment challenge {ch.id[:40]!r}: Teller does not sign zero-amount evm charges")
+    before = int(ch.expires_at.timestamp()) if ch.expires_at is not None else now_s + 300
+    return eip3009.Authorization(payer, req.recipient, req.amount, 0, before, evm_nonce(ch))
+
+
+def did_pkh(chain_id: int, address: str) -> str:
+    return f"did:pkh:eip155:{chain_id}:{to_checksum_address(address)}"
+
+
+def credential(ch: MppChallenge, payload: Mapping[str, Any], source: str) -> str:
+    """``Payment <base64url(JSON)>``: the challenge echoed verbatim, the payload, the payer."""
+    doc = {"challenge": ch.echo(), "payload": dict(payload), "source": source}
+    raw = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+    return "Payment " + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+__all__ = [
+    "ChargeRequest", "Transfer", "attribution_memo", "credential", "did_pkh", "evm_authorization", "evm_nonce",
+    "parse_request", "tempo_transaction", "transfers", "valid_before",
+]
