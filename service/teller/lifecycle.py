@@ -18,6 +18,7 @@ the same event change the payment once and release its amount once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select, update
@@ -30,13 +31,16 @@ from teller.db import Database
 from teller.db.models import Payment, Wallet
 from teller.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from teller.vault import SealedKey, Vault
-from teller.x402.receipt import Outcome
 
 log = logging.getLogger("teller.lifecycle")
 
 SIGNED, SETTLED, FAILED, EXPIRED, VOIDED = "signed", "settled", "failed", "expired", "voided"
 #: States whose authorization may still move money on chain.
 LIVE = (SIGNED, FAILED)
+#: Payments made of an EIP-3009 authorization (nonce = the authorization nonce).
+EIP3009_SCHEMES = ("exact", "evm/charge")
+#: Payments made of a signed Tempo transaction (nonce = the transaction hash).
+TEMPO_SCHEMES = ("tempo/charge",)
 STATES = (SIGNED, SETTLED, FAILED, EXPIRED, VOIDED)
 
 
@@ -153,19 +157,31 @@ class Lifecycle:
         rows = rows[:size]
         return rows, (f"{rows[-1].created_ms}:{rows[-1].id}" if more and rows else "")
 
-    def record_outcome(self, payment_id: str, tenant_id: str | None, outcome: Outcome, actor: str) -> Payment:
+    def record_outcome(self, payment_id: str, tenant_id: str | None, status: int,
+                       headers: Sequence[tuple[str, str]], body: bytes, actor: str,
+                       max_bytes: int = 256 * 1024) -> Payment:
         """Record what the resource server answered to the paid retry."""
-        confirmed: AuthorizationEvent | None = None
+        from teller.mpp import receipt as mpp_receipt
+        from teller.x402 import receipt as x402_receipt
+
         with self.db.transaction() as s:
             p, wallet = payment_for(s, payment_id, tenant_id)
-            network, asset, nonce, address = p.network, p.asset, p.nonce, wallet.address
+            network, asset, nonce, address, scheme = p.network, p.asset, p.nonce, wallet.address, p.scheme
+        decoder = mpp_receipt.decode if p.protocol == "mpp" else x402_receipt.decode
+        outcome = decoder(status, headers, body, max_bytes)
+        confirmed: AuthorizationEvent | None = None
         if outcome.kind == "settled" and outcome.tx_hash and network in self.chain.networks:
             # The server's word is checked against the chain before it is recorded as settled.
             try:
-                for event in self.chain.events_in_transaction(network, outcome.tx_hash):
-                    if (event.asset.lower(), event.authorizer.lower(), event.nonce) == (
-                            asset.lower(), address.lower(), nonce.lower()):
-                        confirmed = event
+                if scheme in TEMPO_SCHEMES:
+                    mined = self.chain.mined(network, outcome.tx_hash)
+                    if mined is not None and mined.succeeded and mined.tx_hash == nonce.lower():
+                        confirmed = AuthorizationEvent("used", asset, address, nonce, mined.tx_hash, mined.block)
+                else:
+                    for event in self.chain.events_in_transaction(network, outcome.tx_hash):
+                        if (event.asset.lower(), event.authorizer.lower(), event.nonce) == (
+                                asset.lower(), address.lower(), nonce.lower()):
+                            confirmed = event
             except Unavailable as exc:
                 log.warning("could not confirm settlement of %s now (%s); the reconciler will", payment_id, exc)
         with self.db.transaction() as s:
@@ -197,7 +213,7 @@ class Lifecycle:
             if p.state not in LIVE or p.released_ms is not None:
                 raise FailedPrecondition(f"payment {payment_id} is {p.state}: only an unused authorization "
                                          "can be voided")
-            if p.protocol != "x402" or not p.asset_name:
+            if p.scheme not in EIP3009_SCHEMES or not p.asset_name:
                 raise FailedPrecondition(f"payment {payment_id} has no EIP-3009 token domain recorded; "
                                          "it cannot be canceled on chain")
             if p.network not in self.chain.networks:

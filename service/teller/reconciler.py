@@ -30,7 +30,17 @@ from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import ChainCursor, Payment, Wallet
 from teller.errors import Unavailable
-from teller.lifecycle import LIVE, SETTLED, Change, advance, apply_event, expiry
+from teller.lifecycle import (
+    EIP3009_SCHEMES,
+    FAILED,
+    LIVE,
+    SETTLED,
+    TEMPO_SCHEMES,
+    Change,
+    advance,
+    apply_event,
+    expiry,
+)
 
 log = logging.getLogger("teller.reconciler")
 ACTOR = "reconciler"
@@ -100,7 +110,7 @@ class Reconciler:
     def _live(self, s: Session, network: str, valid_before_max: int | None = None) -> list[tuple[Payment, str]]:
         q = (select(Payment, Wallet.address).join(Wallet, Wallet.id == Payment.wallet_id)
              .where(Payment.released_ms.is_(None), Payment.state.in_(LIVE), Payment.network == network,
-                    Payment.protocol == "x402"))
+                    Payment.scheme.in_(EIP3009_SCHEMES)))
         if valid_before_max is not None:
             q = q.where(Payment.valid_before <= valid_before_max)
         return [(p, addr) for p, addr in s.execute(q).all()]
@@ -123,6 +133,31 @@ class Reconciler:
             self._advance_cursor(network, end)
             start = end + 1
         self._expire(network, head.number, head.timestamp, result)
+        self._tempo(network, head.timestamp, result)
+
+    def _tempo(self, network: str, head_ts: int, result: PassResult) -> None:
+        """Tempo payments are transactions: mined (settled, or reverted and so
+        unusable), or past their valid_before at the head and never minable."""
+        with self.db.transaction() as s:
+            rows = list(s.scalars(select(Payment).where(
+                Payment.released_ms.is_(None), Payment.state.in_(LIVE), Payment.network == network,
+                Payment.scheme.in_(TEMPO_SCHEMES))))
+            for p in rows:
+                s.expunge(p)
+        for p in rows:
+            mined = self.chain.mined(network, p.nonce)
+            if mined is not None:
+                change = (Change(SETTLED, release=False, tx_hash=mined.tx_hash) if mined.succeeded
+                          else Change(FAILED, release=True, reason="transaction reverted", tx_hash=mined.tx_hash))
+            elif p.valid_before <= head_ts:
+                change = expiry(p)
+            else:
+                continue
+            with self.db.transaction() as s:
+                if advance(s, p, change, from_states=LIVE, now_ms=ms(self.clock), actor=ACTOR,
+                           details={"head_timestamp": head_ts}):
+                    label = change.to if not (change.to == "failed" and change.release) else "released"
+                    result.transitions[label] += 1
 
     def _apply(self, network: str, events: list[AuthorizationEvent], result: PassResult) -> None:
         by_key = {(e.authorizer.lower(), e.nonce): e for e in events}

@@ -16,7 +16,6 @@ from teller.app import App
 from teller.auth import Caller
 from teller.errors import InvalidArgument, PermissionDenied
 from teller.rpc import convert
-from teller.x402 import receipt
 from teller_client._proto.teller.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -69,10 +68,9 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         caller = await self._caller(context)
         if not request.payment_id:
             raise InvalidArgument("payment_id is required")
-        outcome = receipt.decode(request.status, tuple((h.name, h.value) for h in request.headers), request.body,
-                                 self.app.settings.max_challenge_bytes)
         payment = await self.run(self.app.lifecycle.record_outcome, request.payment_id, caller.tenant_id,
-                                 outcome, caller.actor)
+                                 request.status, tuple((h.name, h.value) for h in request.headers), request.body,
+                                 caller.actor, self.app.settings.max_challenge_bytes)
         return convert.payment_to_proto(payment)
 
     async def GetPayment(self, request: common_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext) -> common_pb2.PaymentRecord:

@@ -15,28 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
 
 from teller.errors import InvalidArgument
+from teller.outcome import Outcome, text
 from teller.x402 import challenge as x402_challenge
 
 SETTLEMENT_HEADERS = ("payment-response", "x-payment-response")
 _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
-MAX_REASON = 200
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    kind: Literal["settled", "refused", "unknown"]
-    tx_hash: str = ""
-    reason: str = ""
-    payer: str = ""
-    raw: Any = None  # the decoded receipt JSON, when there was one
-
-
-def _text(value: Any) -> str:
-    return value[:MAX_REASON] if isinstance(value, str) else ""
 
 
 def decode(status: int, headers: Sequence[tuple[str, str]], body: bytes, max_bytes: int) -> Outcome:
@@ -54,16 +39,16 @@ def decode(status: int, headers: Sequence[tuple[str, str]], body: bytes, max_byt
         tx = doc.get("transaction")
         tx_hash = tx if isinstance(tx, str) and _TX_HASH.match(tx) else ""
         if doc["success"] and 200 <= status < 300:
-            return Outcome("settled", tx_hash, "", _text(doc.get("payer")), doc)
-        return Outcome("refused", tx_hash, _text(doc.get("errorReason")) or "settlement_failed",
-                       _text(doc.get("payer")), doc)
+            return Outcome("settled", tx_hash, "", text(doc.get("payer")), doc)
+        return Outcome("refused", tx_hash, text(doc.get("errorReason")) or "settlement_failed",
+                       text(doc.get("payer")), doc)
     if status == 402:
         try:
             chall = x402_challenge.parse(headers, body, max_bytes)
         except InvalidArgument:
             chall = None
         reason = (chall.error if chall is not None else None) or "payment_refused"
-        return Outcome("refused", reason=_text(reason))
+        return Outcome("refused", reason=text(reason))
     return Outcome("unknown", reason=f"http_{status}")
 
 

@@ -1,0 +1,158 @@
+"""A local Tempo chain (``anvil --network tempo``) and real MPP resource servers
+built with the official ``pympp`` server, on loopback.
+
+Keys here are anvil's public development keys: test use only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+from eth_utils import to_checksum_address
+from pytempo import TempoTransaction
+from pytempo.contracts import PATH_USD, TIP20
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from web3 import Web3
+
+from tests.support.chain import DEPLOYER_KEY, anvil
+from tests.support.procs import free_port
+
+TEMPO_CHAIN_ID = 31337
+# Expiring nonces (what concurrent payments from one wallet rely on) need hardfork T1 or later.
+TEMPO_ARGS = ("--network", "tempo", "--hardfork", "t4")
+MPP_SECRET = "test-only-mpp-secret"
+_BALANCE_ABI = [{"type": "function", "name": "balanceOf", "stateMutability": "view",
+                 "inputs": [{"name": "a", "type": "address"}], "outputs": [{"name": "", "type": "uint256"}]}]
+
+
+@dataclass
+class TempoChain:
+    rpc_url: str
+    w3: Web3
+
+    @property
+    def network(self) -> str:
+        return f"eip155:{TEMPO_CHAIN_ID}"
+
+    def balance(self, address: str, token: str = PATH_USD) -> int:
+        contract = self.w3.eth.contract(address=to_checksum_address(token), abi=_BALANCE_ABI)
+        return int(contract.functions.balanceOf(to_checksum_address(address)).call())
+
+    def fund(self, to: str, amount: int, token: str = PATH_USD) -> None:
+        """pathUSD from anvil's dev account 0, in a Tempo transaction signed with its public test key."""
+        gas_price = int(self.w3.eth.gas_price)
+        tx = TempoTransaction.create(
+            chain_id=TEMPO_CHAIN_ID, gas_limit=300_000, max_fee_per_gas=gas_price,
+            max_priority_fee_per_gas=gas_price, nonce_key=2**256 - 1, nonce=0,
+            valid_before=int(time.time()) + 20, fee_token=token,
+            calls=(TIP20(token).transfer(to=to_checksum_address(to), amount=amount),),
+        )
+        raw = tx.sign(DEPLOYER_KEY).encode()
+        receipt = self.w3.eth.wait_for_transaction_receipt(self.w3.eth.send_raw_transaction(raw), timeout=30)
+        assert receipt["status"] == 1
+
+
+@contextlib.contextmanager
+def tempo_chain() -> Iterator[TempoChain]:
+    with anvil(*TEMPO_ARGS) as url:
+        yield TempoChain(url, Web3(Web3.HTTPProvider(url)))
+
+
+class _DropSyncTimeout(httpx.AsyncBaseTransport):
+    """pympp 0.16 sends ``eth_sendRawTransactionSync`` with a timeout parameter
+    that anvil 1.7.1 rejects; the same call without it works. Test-only shim."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content or b"null")
+        if isinstance(body, dict) and body.get("method") == "eth_sendRawTransactionSync" and len(body["params"]) > 1:
+            body["params"] = body["params"][:1]
+            headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
+            request = httpx.Request("POST", request.url, headers=headers, content=json.dumps(body).encode())
+        return await self._inner.handle_async_request(request)
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        if time.time() > deadline:
+            raise RuntimeError("resource server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+REALM = "teller-tests.local"
+
+
+def tempo_server(chain: TempoChain, recipient: str, routes: dict[str, dict[str, Any]],
+                 realm: str = REALM) -> contextlib.AbstractContextManager[str]:
+    """A Starlette app whose routes are each protected by ``mpp.charge(**options)``."""
+    from mpp.methods.tempo import server as tempo
+    from mpp.server import Mpp, pay
+
+    methods = tempo.charge(recipient=recipient, chain_id=TEMPO_CHAIN_ID, rpc_url=chain.rpc_url,
+                           currencies=[PATH_USD], decimals=6,
+                           http_client=httpx.AsyncClient(timeout=30, transport=_DropSyncTimeout()),
+                           confirmation_timeout=20)
+    mpp = Mpp(methods=methods, realm=realm, secret_key=MPP_SECRET)
+    return serve(Starlette(routes=[Route(path, _paid_endpoint(pay, mpp.charge(**opts)))
+                                   for path, opts in routes.items()]))
+
+
+def _paid_endpoint(pay: Callable[..., Any], handler: Any) -> Any:
+    @pay(handler)
+    async def endpoint(request: Any, credential: Any, receipt: Any) -> JSONResponse:
+        return JSONResponse({"paid": True, "payer": receipt.payer, "reference": receipt.reference})
+    return endpoint
+
+
+def evm_server(rpc_url: str, token: Any, chain_id: int, recipient: str, amount: str,
+               domain: tuple[str, str]) -> contextlib.AbstractContextManager[str]:
+    """pympp's ``evm/charge`` (EIP-3009) on an EVM anvil with Teller's test token.
+    It serves MPP and x402 clients from one endpoint; a settle hook submits the
+    authorization as the server's relayer (anvil dev account 0)."""
+    from mpp.methods.evm import server as evm
+    from mpp.methods.evm.client import AuthorizationConfig
+    from mpp.server import Mpp, pay
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url))
+
+    def settle(auth: Any) -> str:
+        p = auth.payload
+        acct = w3.eth.account.from_key(DEPLOYER_KEY)
+        fn = token.functions.transferWithAuthorization(
+            to_checksum_address(p["from"]), to_checksum_address(p["to"]), int(p["value"]), int(p["validAfter"]),
+            int(p["validBefore"]), bytes.fromhex(p["nonce"][2:]), bytes.fromhex(p["signature"][2:]))
+        tx = fn.build_transaction({"from": acct.address, "nonce": w3.eth.get_transaction_count(acct.address)})
+        tx_hash = w3.eth.send_raw_transaction(acct.sign_transaction(tx).raw_transaction)
+        assert w3.eth.wait_for_transaction_receipt(tx_hash)["status"] == 1
+        return "0x" + bytes(tx_hash).hex()
+
+    method = evm.charge(currency=token.address, recipient=recipient, chain_id=chain_id, decimals=6,
+                        authorization=AuthorizationConfig(name=domain[0], version=domain[1]), settle=settle, route_binding="resource")
+    mpp = Mpp(methods=[method], realm=REALM, secret_key=MPP_SECRET)
+    return serve(Starlette(routes=[Route("/evm", _paid_endpoint(pay, mpp.charge(amount=amount)))]))
+
+
+__all__ = ["PATH_USD", "REALM", "TempoChain", "evm_server", "serve", "tempo_chain", "tempo_server"]
