@@ -332,10 +332,6 @@ class Payments:
         if req.fee_payer:
             raise FailedPrecondition(f"Payment challenge {ch.id[:40]!r}: sponsored fees (feePayer) are not "
                                      "supported; Teller wallets pay their own fees")
-        gas_price = prepared.gas_price.get(offer.network)
-        if gas_price is None:
-            raise FailedPrecondition(f"no RPC endpoint configured for {offer.network}: Tempo payments need the "
-                                     "chain's gas price (set rpc_urls)")
         source = mpp_charge.did_pkh(req.chain_id, signer.address)
         if req.amount == 0:
             # Nothing moves: an EIP-712 proof that this wallet answers this challenge.
@@ -344,9 +340,13 @@ class Payments:
             row = self._row(offer, ctx, version=1, nonce="0x" + keccak(text=f"proof:{ch.id}").hex(),
                             valid_before=int(ch.expires_at.timestamp()) if ch.expires_at else ctx.now_ms // 1000,
                             header_name=ch.header, header_value=value)
-            row.state, row.released_ms = "settled", ctx.now_ms
+            row.state = "settled"  # nothing moves: an amount of zero, spent at once
             return row, {"method": ch.method, "intent": ch.intent, "mode": "proof", "challenge_id": ch.id,
                          "realm": ch.realm}, None
+        gas_price = prepared.gas_price.get(offer.network)
+        if gas_price is None:
+            raise FailedPrecondition(f"no RPC endpoint configured for {offer.network}: Tempo payments need the "
+                                     "chain's gas price (set rpc_urls)")
         mode = ctx.mpp_mode if ctx.mpp_mode in req.modes else req.modes[0]
         tx = mpp_charge.tempo_transaction(req, ch, now_s=ctx.now_ms // 1000,
                                           gas_limit=mpp_charge.gas_limit(req), gas_price=gas_price)

@@ -122,6 +122,10 @@ class Policy:
     payees_deny: tuple[str, ...] = ()
     hosts_allow: tuple[str, ...] = ()
     hosts_deny: tuple[str, ...] = ()
+    #: Protocols to pay, most preferred first, when a 402 offers several ("x402", "mpp").
+    protocols: tuple[str, ...] = ()
+    #: MPP Tempo charges: "pull" (the server broadcasts) or "push" (Teller broadcasts).
+    mpp_mode: str = ""
 
     def to_document(self, *, wallet: bool = False) -> dict[str, object]:
         budgets = [Budget(self.daily_budget, "day", name="day")] if self.daily_budget is not None else []
@@ -138,6 +142,10 @@ class Policy:
         if not wallet:
             doc["assets"] = [{"network": a.network, "address": a.address, "decimals": a.decimals} for a in self.assets]
             doc["allow_unknown_assets"] = self.allow_unknown_assets
+            if self.protocols:
+                doc["protocols"] = list(self.protocols)
+            if self.mpp_mode:
+                doc["mpp_mode"] = self.mpp_mode
             if self.unit_decimals is not None:
                 doc["unit_decimals"] = self.unit_decimals
         return doc

@@ -1,0 +1,262 @@
+"""MPP on Tempo, end to end: Teller's credentials against the official pympp
+server on ``anvil --network tempo``, with balances read from the chain."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from datetime import timedelta
+
+import httpx
+import pytest
+from mpp import Challenge, Credential
+
+from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, Policy
+from tests.support.harness import RunningTeller, make_settings
+from tests.support.mpp_live import PATH_USD, REALM, tempo_chain, tempo_server
+
+RECIPIENT = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+PLATFORM = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
+MEMO = "0x" + "00" * 28 + "deadbeef"
+
+
+@pytest.fixture(scope="module")
+def chain():
+    with tempo_chain() as c:
+        yield c
+
+
+def _teller(db_url, tmp_path, chain) -> RunningTeller:
+    return RunningTeller(make_settings(db_url, tmp_path, rpc_urls={chain.network: chain.rpc_url},
+                                       reconcile_interval_seconds=0))
+
+
+@pytest.fixture
+def live(tmp_path, chain):
+    running = _teller(f"sqlite:///{tmp_path / 'teller.db'}", tmp_path, chain)
+    yield running
+    running.stop()
+
+
+def _tenant(teller, chain, *, fund: int = 5_000_000, **policy_kw):
+    t = teller.setup_tenant(policy=Policy(assets=(Asset(chain.network, PATH_USD, 6),),
+                                          budgets=(Budget(50_000_000, "day", name="day"),), **policy_kw))
+    if fund:
+        chain.fund(t.address, fund)
+    return t
+
+
+def _sign(client, t, url: str):
+    unpaid = httpx.get(url, timeout=30)
+    assert unpaid.status_code == 402, unpaid.text
+    return unpaid, client.sign(status=402, headers=list(unpaid.headers.items()), body=unpaid.content, url=url,
+                               wallet_id=t.wallet_id)
+
+
+def _credential(value: str) -> dict:
+    scheme, encoded = value.split(" ", 1)
+    assert scheme == "Payment"
+    return json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+
+
+def _receipt(response: httpx.Response) -> dict:
+    value = response.headers["payment-receipt"]
+    return json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+
+
+def _day(windows):
+    (day,) = [w for w in windows if w.scope == "tenant" and w.window == "day"]
+    return day
+
+
+def test_pull_mode_pays_the_pympp_server(live, chain):
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    with tempo_server(chain, RECIPIENT, {"/paid": {"amount": "0.25"}}) as base:
+        before_recipient, before_payer = chain.balance(RECIPIENT), chain.balance(t.address)
+        _, signed = _sign(client, t, f"{base}/paid")
+        assert signed.header_name == "Authorization"
+        assert (signed.requirement.protocol, signed.requirement.scheme) == ("mpp", "tempo/charge")
+        cred = _credential(signed.header_value)
+        assert cred["payload"]["type"] == "transaction" and cred["payload"]["signature"].startswith("0x76")
+        paid = httpx.get(f"{base}/paid", headers={signed.header_name: signed.header_value}, timeout=60)
+    assert paid.status_code == 200, paid.text
+    receipt = _receipt(paid)
+    assert receipt["status"] == "success" and receipt["method"] == "tempo"
+    assert chain.balance(RECIPIENT) == before_recipient + 250_000
+    fee = before_payer - 250_000 - chain.balance(t.address)
+    assert 0 < fee < 10_000  # the wallet paid its own fee, in pathUSD
+    record = client.record_outcome(signed.payment_id, status=200, headers=list(paid.headers.items()))
+    assert (record.state, record.tx_hash) == ("settled", receipt["reference"].lower())
+    assert _day(client.spend()).spent == 250_000
+    events, _ = client.audit_events(action="payment.sign")
+    details = json.loads(events[0].details_json)
+    assert (details["protocol"], details["scheme"], details["mode"]) == ("mpp", "tempo/charge", "pull")
+
+
+def test_credential_echo_and_source_are_what_pympp_expects(live, chain):
+    t = _tenant(live, chain, fund=0)
+    client = live.client(t.token)
+    with tempo_server(chain, RECIPIENT, {"/paid": {"amount": "0.01", "description": "weather \"now\""}}) as base:
+        unpaid, signed = _sign(client, t, f"{base}/paid")
+    challenge = Challenge.from_www_authenticate(unpaid.headers["www-authenticate"])
+    parsed = Credential.from_authorization(signed.header_value)
+    assert parsed.challenge == challenge.to_echo()
+    assert parsed.source == f"did:pkh:eip155:31337:{t.address}"
+    assert _credential(signed.header_value)["challenge"]["realm"] == REALM
+
+
+def test_push_mode_broadcasts_and_records_the_fee(live, chain):
+    t = _tenant(live, chain, mpp_mode="push")
+    client = live.client(t.token)
+    with tempo_server(chain, RECIPIENT, {"/paid": {"amount": "0.5"}}) as base:
+        before = chain.balance(RECIPIENT)
+        _, signed = _sign(client, t, f"{base}/paid")
+        # Teller broadcast it before answering: the money has moved already.
+        assert chain.balance(RECIPIENT) == before + 500_000
+        cred = _credential(signed.header_value)
+        assert cred["payload"]["type"] == "hash"
+        record = client.get_payment(signed.payment_id)
+        assert record.state == "settled" and record.tx_hash == cred["payload"]["hash"]
+        paid = httpx.get(f"{base}/paid", headers={signed.header_name: signed.header_value}, timeout=60)
+    assert paid.status_code == 200, paid.text
+    assert _receipt(paid)["reference"].lower() == record.tx_hash
+    assert chain.balance(RECIPIENT) == before + 500_000
+    gas, _ = client.audit_events(action="payment.gas")
+    assert len(gas) == 1 and int(gas[0].amount) > 0 and gas[0].payment_id == signed.payment_id
+
+
+def test_splits_with_a_memo_set_by_the_challenge(live, chain):
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    route = {"amount": "1", "splits": [{"amount": "100000", "recipient": PLATFORM, "memo": MEMO}]}
+    with tempo_server(chain, RECIPIENT, {"/split": route}) as base:
+        before_r, before_p = chain.balance(RECIPIENT), chain.balance(PLATFORM)
+        _, signed = _sign(client, t, f"{base}/split")
+        paid = httpx.get(f"{base}/split", headers={signed.header_name: signed.header_value}, timeout=60)
+    assert paid.status_code == 200, paid.text
+    assert chain.balance(RECIPIENT) == before_r + 900_000
+    assert chain.balance(PLATFORM) == before_p + 100_000
+    # The split's memo is on chain, as TransferWithMemo's indexed memo.
+    receipt = chain.w3.eth.get_transaction_receipt(_receipt(paid)["reference"])
+    topics = {t.hex().removeprefix("0x") for log in receipt["logs"] for t in log["topics"]}
+    assert MEMO[2:] in topics
+    assert signed.requirement.amount == 1_000_000  # the budget counts the whole charge
+
+
+def test_payee_lists_cover_split_recipients(live, chain):
+    t = _tenant(live, chain, fund=0, payees_deny=(PLATFORM,))
+    client = live.client(t.token)
+    route = {"amount": "1", "splits": [{"amount": "100000", "recipient": PLATFORM}]}
+    with tempo_server(chain, RECIPIENT, {"/split": route}) as base:
+        from teller_client import PermissionDenied
+
+        with pytest.raises(PermissionDenied, match="payee"):
+            _sign(client, t, f"{base}/split")
+
+
+def test_a_wallet_holding_too_little(live, chain):
+    t = _tenant(live, chain, fund=100_000)
+    client = live.client(t.token)
+    with tempo_server(chain, RECIPIENT, {"/paid": {"amount": "0.25"}}) as base:
+        before = chain.balance(RECIPIENT)
+        _, signed = _sign(client, t, f"{base}/paid")
+        refused = httpx.get(f"{base}/paid", headers={signed.header_name: signed.header_value}, timeout=60)
+    assert refused.status_code != 200
+    assert chain.balance(RECIPIENT) == before
+    assert _day(client.spend()).reserved == 250_000  # held until the chain says what happened
+    transitions, errors = live.admin().reconcile()
+    assert errors == [] and sum(transitions.values()) == 1
+    record = client.get_payment(signed.payment_id)
+    assert record.released and record.state in ("failed", "expired")
+    if record.state == "failed":
+        assert record.state_reason == "transaction reverted"
+    day = _day(client.spend())
+    assert (day.spent, day.reserved) == (0, 0)
+
+    # Push mode: Teller's own broadcast reverts, and Sign says so.
+    live.admin().set_policy(t.tenant_id, Policy(assets=(Asset(chain.network, PATH_USD, 6),), mpp_mode="push"))
+    with tempo_server(chain, RECIPIENT, {"/paid": {"amount": "0.25"}}) as base:
+        with pytest.raises(FailedPrecondition, match="reverted"):
+            _sign(client, t, f"{base}/paid")
+    (failed,) = [p for p in live.admin().list_payments(t.tenant_id, state="failed")[0]
+                 if p.id != signed.payment_id]
+    assert failed.released and failed.state_reason == "transaction reverted"
+    assert chain.balance(RECIPIENT) == before
+
+
+def test_an_unused_tempo_payment_expires_and_is_released(live, chain):
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    route = {"amount": "0.3", "expires_in": timedelta(seconds=7)}
+    with tempo_server(chain, RECIPIENT, {"/soon": route}) as base:
+        _, signed = _sign(client, t, f"{base}/soon")
+    record = client.get_payment(signed.payment_id)
+    assert record.valid_before <= time.time() + 8  # no later than the challenge's expiry
+    assert _day(client.spend()).reserved == 300_000
+    while time.time() <= record.valid_before + 1:
+        time.sleep(0.5)
+    chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    assert live.admin().reconcile() == ({"expired": 1}, [])
+    assert client.get_payment(signed.payment_id).state == "expired"
+    assert _day(client.spend()).reserved == 0
+
+
+def test_mpp_and_x402_share_one_budget(live, chain):
+    t = _tenant(live, chain, fund=0)
+    live.admin().set_policy(t.tenant_id, Policy(assets=(Asset(chain.network, PATH_USD, 6),
+                                                        Asset("eip155:84532", "0x036CbD53842c5426634e7929541eC2318f3dCF7e", 6)),
+                                                budgets=(Budget(400_000, "day", name="day"),)))
+    client = live.client(t.token)
+    from tests.support.x402_server import sdk_v2_challenge
+
+    x = sdk_v2_challenge(amount="250000")
+    client.sign(status=x.status, headers=x.headers, body=x.body, url=x.url, wallet_id=t.wallet_id)
+    with tempo_server(chain, RECIPIENT, {"/paid": {"amount": "0.25"}}) as base:
+        with pytest.raises(LimitExceeded) as info:
+            _sign(client, t, f"{base}/paid")
+    assert info.value.remaining == 150_000
+    events, _ = client.audit_events(action="payment.deny")
+    assert json.loads(events[0].details_json)["protocol"] == "mpp"
+
+
+@pytest.mark.postgres
+def test_twenty_concurrent_payments_from_one_wallet_all_settle(pg_url, tmp_path, chain):
+    running = _teller(pg_url, tmp_path, chain)
+    try:
+        t = _tenant(running, chain, fund=20_000_000)
+        client = running.client(t.token)
+        with tempo_server(chain, RECIPIENT, {"/paid": {"amount": "0.1"}}) as base:
+            unpaid = [httpx.get(f"{base}/paid", timeout=30) for _ in range(20)]
+            signed: list = [None] * 20
+            barrier = threading.Barrier(20)
+
+            def sign(i: int) -> None:
+                barrier.wait()
+                signed[i] = client.sign(status=402, headers=list(unpaid[i].headers.items()), body=unpaid[i].content,
+                                        url=f"{base}/paid", wallet_id=t.wallet_id)
+
+            threads = [threading.Thread(target=sign, args=(i,)) for i in range(20)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(60)
+            before = chain.balance(RECIPIENT)
+            results: list = [None] * 20
+
+            def pay(i: int) -> None:
+                results[i] = httpx.get(f"{base}/paid", headers={signed[i].header_name: signed[i].header_value},
+                                       timeout=60)
+
+            threads = [threading.Thread(target=pay, args=(i,)) for i in range(20)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(90)
+        assert [r.status_code for r in results] == [200] * 20, [r.text for r in results if r.status_code != 200]
+        assert chain.balance(RECIPIENT) == before + 20 * 100_000
+        assert len({_receipt(r)["reference"] for r in results}) == 20
+    finally:
+        running.stop()
