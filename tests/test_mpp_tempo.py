@@ -260,3 +260,40 @@ def test_twenty_concurrent_payments_from_one_wallet_all_settle(pg_url, tmp_path,
         assert len({_receipt(r)["reference"] for r in results}) == 20
     finally:
         running.stop()
+
+
+def _hand_built(request_doc: dict, challenge_id: str) -> list[tuple[str, str]]:
+    """A challenge pympp 0.16 cannot produce (it has no methodDetails.memo or
+    supportedModes yet), written as the tempo charge spec defines it."""
+    from datetime import datetime, timezone
+
+    encoded = base64.urlsafe_b64encode(json.dumps(request_doc).encode()).decode().rstrip("=")
+    expires = datetime.fromtimestamp(time.time() + 60, timezone.utc).isoformat().replace("+00:00", "Z")
+    return [("WWW-Authenticate", f'Payment id="{challenge_id}", realm="spec.example", method="tempo", '
+                                 f'intent="charge", request="{encoded}", expires="{expires}"')]
+
+
+def test_a_memo_in_method_details_goes_on_the_primary_transfer(live, chain):
+    t = _tenant(live, chain)
+    doc = {"amount": "70000", "currency": PATH_USD, "recipient": RECIPIENT,
+           "methodDetails": {"chainId": 31337, "memo": MEMO}}
+    signed = live.client(t.token).sign(status=402, headers=_hand_built(doc, "memo-1"), body=b"",
+                                       url="https://spec.example/x", wallet_id=t.wallet_id)
+    raw = bytes.fromhex(_credential(signed.header_value)["payload"]["signature"][2:])
+    before = chain.balance(RECIPIENT)
+    receipt = chain.w3.eth.wait_for_transaction_receipt(chain.w3.eth.send_raw_transaction(raw), timeout=30)
+    assert receipt["status"] == 1
+    assert chain.balance(RECIPIENT) == before + 70_000
+    topics = {t.hex().removeprefix("0x") for log in receipt["logs"] for t in log["topics"]}
+    assert MEMO[2:] in topics
+
+
+def test_a_push_only_challenge_is_paid_by_push(live, chain):
+    t = _tenant(live, chain)  # the tenant prefers pull (the default)
+    doc = {"amount": "60000", "currency": PATH_USD, "recipient": RECIPIENT,
+           "methodDetails": {"chainId": 31337, "supportedModes": ["push"]}}
+    before = chain.balance(RECIPIENT)
+    signed = live.client(t.token).sign(status=402, headers=_hand_built(doc, "push-1"), body=b"",
+                                       url="https://spec.example/y", wallet_id=t.wallet_id)
+    assert _credential(signed.header_value)["payload"]["type"] == "hash"
+    assert chain.balance(RECIPIENT) == before + 60_000
