@@ -7,7 +7,7 @@ import base64
 import json
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import httpx
 import pytest
@@ -265,10 +265,10 @@ def test_twenty_concurrent_payments_from_one_wallet_all_settle(pg_url, tmp_path,
 def _hand_built(request_doc: dict, challenge_id: str) -> list[tuple[str, str]]:
     """A challenge pympp 0.16 cannot produce (it has no methodDetails.memo or
     supportedModes yet), written as the tempo charge spec defines it."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     encoded = base64.urlsafe_b64encode(json.dumps(request_doc).encode()).decode().rstrip("=")
-    expires = datetime.fromtimestamp(time.time() + 60, timezone.utc).isoformat().replace("+00:00", "Z")
+    expires = datetime.fromtimestamp(time.time() + 60, UTC).isoformat().replace("+00:00", "Z")
     return [("WWW-Authenticate", f'Payment id="{challenge_id}", realm="spec.example", method="tempo", '
                                  f'intent="charge", request="{encoded}", expires="{expires}"')]
 

@@ -11,6 +11,7 @@ from teller.config import Settings
 from teller.db import Database, make_engine
 from teller.db.migrate import pending, upgrade
 from teller.errors import ConfigError
+from teller.fetch import Fetcher
 from teller.lifecycle import Lifecycle
 from teller.payments import Payments
 from teller.reconciler import Reconciler
@@ -27,6 +28,7 @@ class App:
     chain: ChainReader
     lifecycle: Lifecycle
     reconciler: Reconciler
+    fetcher: Fetcher
 
     def close(self) -> None:
         self.vault.forget()
@@ -64,4 +66,7 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
         chain=chain,
         lifecycle=Lifecycle(db, chain, vault, clock),
         reconciler=Reconciler(db, chain, clock, lookback_blocks=settings.reconcile_lookback_blocks),
+        fetcher=Fetcher(allow=settings.outbound_allow, connect_timeout_s=settings.outbound_connect_timeout_seconds,
+                        read_timeout_s=settings.outbound_read_timeout_seconds,
+                        max_response_bytes=settings.max_response_bytes, max_redirects=settings.max_redirects),
     )

@@ -51,6 +51,22 @@ class Settings:
     """JSON-RPC endpoint per CAIP-2 network (``{"eip155:8453": "https://..."}``), for
     reading balances and authorization states, reconciling payments and voiding them."""
 
+    outbound_allow: tuple[str, ...] = ()
+    """Hosts (``api.internal``, ``*.corp.example``) or networks (``10.1.0.0/16``) that
+    ``Pay`` may fetch although they resolve to non-public addresses. Empty: public only."""
+
+    outbound_connect_timeout_seconds: float = 5.0
+    """``Pay``: how long to wait for a connection to the paid API."""
+
+    outbound_read_timeout_seconds: float = 30.0
+    """``Pay``: how long one read from the paid API may take."""
+
+    max_response_bytes: int = 10 * 1024 * 1024
+    """``Pay``: responses larger than this are cut off with an error (they stream, never buffered)."""
+
+    max_redirects: int = 3
+    """``Pay``: redirects followed per request, each re-checked like the first URL."""
+
     reconcile_interval_seconds: float = 15.0
     """How often each worker's reconciler looks at the chain; 0 turns it off.
     Failures back off up to ten times this."""
@@ -90,6 +106,11 @@ _ENV_FIELDS = {
     "TELLER_NETWORKS": "networks",
     "TELLER_RPC_URLS": "rpc_urls",
     "TELLER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
+    "TELLER_OUTBOUND_ALLOW": "outbound_allow",
+    "TELLER_OUTBOUND_CONNECT_TIMEOUT_SECONDS": "outbound_connect_timeout_seconds",
+    "TELLER_OUTBOUND_READ_TIMEOUT_SECONDS": "outbound_read_timeout_seconds",
+    "TELLER_MAX_RESPONSE_BYTES": "max_response_bytes",
+    "TELLER_MAX_REDIRECTS": "max_redirects",
     "TELLER_RECONCILE_LOOKBACK_BLOCKS": "reconcile_lookback_blocks",
     "TELLER_DB_POOL_SIZE": "db_pool_size",
     "TELLER_KEY_CACHE_SECONDS": "key_cache_seconds",
@@ -121,6 +142,9 @@ def _coerce(name: str, raw: Any) -> Any:
             pairs = [p for p in str(raw).split(",") if p.strip()]
             # network ids contain ':', so split on the first '=' only
             return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+        if kind == "tuple[str, ...]":
+            items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+            return tuple(str(i).strip() for i in items if str(i).strip())
         if kind == "dict[str, int]":
             if isinstance(raw, dict):
                 return {str(k): int(v) for k, v in raw.items()}

@@ -53,6 +53,8 @@ class SignInput:
     wallet_id: str
     max_amount: int | None = None
     idempotency_key: str | None = None
+    #: This call's protocol preference; only protocols the tenant's policy pays are used.
+    protocols: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +81,15 @@ def _parse_cap(text: str) -> int | None:
 
 def sign_input(
     *, status: int, headers: tuple[tuple[str, str], ...], body: bytes, url: str, method: str,
-    wallet_id: str, max_amount: str, idempotency_key: str,
+    wallet_id: str, max_amount: str, idempotency_key: str, protocols: Sequence[str] = (),
 ) -> SignInput:
     if len(idempotency_key) > 200:
         raise InvalidArgument("idempotency_key must be at most 200 characters")
-    return SignInput(status, headers, body, url, method, wallet_id, _parse_cap(max_amount), idempotency_key or None)
+    for p in protocols:
+        if p not in policy.PROTOCOLS:
+            raise InvalidArgument(f"protocols: unknown protocol {p[:20]!r} (x402 or mpp)")
+    return SignInput(status, headers, body, url, method, wallet_id, _parse_cap(max_amount), idempotency_key or None,
+                     tuple(protocols))
 
 
 def _request_hash(req: SignInput, collected: offers_mod.Collected) -> str:
@@ -151,7 +157,9 @@ class Payments:
                 wallet_rules = rules.wallet or policy.inherit(policy.DEFAULT, rules.tenant)
                 scopes.append(policy.Scope("wallet", wallet_rules, wallet.frozen,
                                            _used(spend.measure(s, "wallet", wallet.id, wallet_rules.budgets, now_ms))))
-            candidates = offers_mod.by_preference(collected.offers, rules.tenant.protocols)
+            preference = ([p for p in req.protocols if p in rules.tenant.protocols] if req.protocols
+                          else list(rules.tenant.protocols))
+            candidates = offers_mod.by_preference(collected.offers, preference)
             chosen: tuple[offers_mod.Offer, policy.Decision] | None = None
             first: tuple[offers_mod.Offer, policy.Decision] | None = None
             for offer in candidates:
@@ -164,7 +172,7 @@ class Payments:
                 offered = sorted({o.protocol for o in collected.offers})
                 denial = PermissionDenied(
                     f"the server offers {', '.join(offered)}; the tenant's policy pays only "
-                    f"{', '.join(rules.tenant.protocols)}", reason="protocol_not_allowed")
+                    f"{', '.join(preference) or 'nothing this call asked for'}", reason="protocol_not_allowed")
                 audit.record(s, at_ms=now_ms, actor=caller.actor, action="payment.deny", outcome="denied",
                              tenant_id=caller.tenant_id, reason="protocol_not_allowed", wallet_id=wallet.id,
                              resource_url=req.url, details={"offered": offered})

@@ -16,10 +16,13 @@ from teller_client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from teller_client.integrations import decode_receipt, payment_info
 from teller_client.types import (
     Asset,
     AuditEvent,
     Budget,
+    PaidResponse,
+    PaymentInfo,
     PaymentRecord,
     Policy,
     Requirement,
@@ -41,6 +44,8 @@ __all__ = [
     "InvalidArgument",
     "LimitExceeded",
     "NotFound",
+    "PaidResponse",
+    "PaymentInfo",
     "PaymentRecord",
     "PermissionDenied",
     "Policy",
@@ -53,4 +58,6 @@ __all__ = [
     "Unavailable",
     "Wallet",
     "WindowSpend",
+    "decode_receipt",
+    "payment_info",
 ]

@@ -112,3 +112,18 @@ def payment(p: common_pb2.PaymentRecord) -> PaymentRecord:
 
 def outcome_request(payment_id: str, status: int, headers: HeadersLike, body: bytes) -> payment_pb2.RecordOutcomeRequest:
     return payment_pb2.RecordOutcomeRequest(payment_id=payment_id, status=status, headers=_headers(headers), body=body)
+
+
+def pay_request(*, url: str, method: str, headers: HeadersLike, body: bytes, wallet_id: str, max_amount: int | None,
+                idempotency_key: str | None, protocols: Iterable[str]) -> payment_pb2.PayRequest:
+    return payment_pb2.PayRequest(
+        url=url, method=method, headers=_headers(headers), body=body, wallet_id=wallet_id,
+        max_amount="" if max_amount is None else str(max_amount), idempotency_key=idempotency_key or "",
+        protocols=list(protocols),
+    )
+
+
+def pay_head(h: payment_pb2.PayHead) -> tuple[int, list[tuple[str, str]], PaymentRecord | None, dict[str, Any] | None,
+                                              str]:
+    return (h.status, [(x.name, x.value) for x in h.headers], payment(h.payment) if h.HasField("payment") else None,
+            json.loads(h.receipt_json) if h.receipt_json else None, h.payment_header)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import grpc
@@ -19,6 +21,7 @@ from teller_client._proto.teller.v1 import (
 from teller_client.errors import from_rpc_error
 from teller_client.types import (
     AuditEvent,
+    PaidResponse,
     PaymentRecord,
     Policy,
     SignedPayment,
@@ -28,6 +31,14 @@ from teller_client.types import (
 )
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PaidStream:
+    """``pay_stream``'s result: the response head (``body`` empty) and the body's chunks."""
+
+    response: PaidResponse
+    chunks: Iterator[bytes]
 
 
 class _Sync:
@@ -93,6 +104,41 @@ class TellerClient(_Sync):
         req = _codec.sign_request(status=status, headers=headers, body=body, url=url, method=method,
                                   wallet_id=wallet_id, max_amount=max_amount, idempotency_key=idempotency_key)
         return _codec.signed(self._call(self._stub.Sign, req))
+
+    def pay(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (), body: bytes = b"",
+            max_amount: int | None = None, idempotency_key: str | None = None,
+            protocols: Sequence[str] = ()) -> PaidResponse:
+        """Teller makes the request, pays a 402 within policy, retries once and
+        returns the final response (body held in memory; see ``pay_stream``)."""
+        with self.pay_stream(url, wallet_id=wallet_id, method=method, headers=headers, body=body,
+                             max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols) as r:
+            return replace(r.response, body=b"".join(r.chunks))
+
+    @contextlib.contextmanager
+    def pay_stream(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (),
+                   body: bytes = b"", max_amount: int | None = None, idempotency_key: str | None = None,
+                   protocols: Sequence[str] = ()) -> Iterator[PaidStream]:
+        """Like ``pay``, but ``.chunks`` iterates the body as it arrives."""
+        req = _codec.pay_request(url=url, method=method, headers=headers, body=body, wallet_id=wallet_id,
+                                 max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols)
+        call = self._stub.Pay(req, metadata=self._metadata, timeout=self._timeout)
+        try:
+            first = next(call)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        status, hdrs, record, receipt, header_name = _codec.pay_head(first.head)
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                for part in call:
+                    yield part.body_chunk
+            except grpc.RpcError as err:
+                raise from_rpc_error(err) from None
+
+        try:
+            yield PaidStream(PaidResponse(status, hdrs, b"", record, receipt, header_name), chunks())
+        finally:
+            call.cancel()
 
     def record_outcome(self, payment_id: str, *, status: int, headers: HeadersLike, body: bytes = b"") -> PaymentRecord:
         """Tell Teller what the server answered to the paid retry (its receipt or refusal)."""

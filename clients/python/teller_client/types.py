@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,35 @@ class PaymentRecord:
     updated_at_ms: int
     resource_url: str
     nonce: str
+
+
+@dataclass(frozen=True, slots=True)
+class PaidResponse:
+    """What ``Pay`` returns: the server's final answer and, when a 402 was paid,
+    the payment and the server's decoded receipt."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    payment: PaymentRecord | None
+    receipt: dict[str, Any] | None
+    payment_header: str = ""
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lname), None)
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentInfo:
+    """Attached to responses by the httpx transport and the requests adapter
+    (``teller_client.payment_info(response)``) when they paid a 402."""
+
+    payment_id: str
+    header_name: str
+    requirement: Requirement
+    record: PaymentRecord | None  # as Teller recorded it after the retry
+    receipt: dict[str, Any] | None  # the server's decoded receipt, if it sent one
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from teller.db.models import AuditEvent, Payment, Tenant, Wallet
+from teller.pay import Head
 from teller.payments import SignInput, SignResult, sign_input
 from teller.spend import WindowReport
 from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
@@ -81,3 +84,12 @@ def payment_to_proto(p: Payment) -> common_pb2.PaymentRecord:
         valid_before=p.valid_before, created_at_ms=p.created_ms, updated_at_ms=p.updated_ms,
         resource_url=p.resource_url, nonce=p.nonce,
     )
+
+
+def pay_head_to_proto(head: Head) -> payment_pb2.PayResponse:
+    return payment_pb2.PayResponse(head=payment_pb2.PayHead(
+        status=head.status, headers=[common_pb2.Header(name=k, value=v) for k, v in head.headers],
+        payment=payment_to_proto(head.payment) if head.payment is not None else None,
+        receipt_json=json.dumps(head.receipt, sort_keys=True) if head.receipt is not None else "",
+        payment_header=head.payment_header,
+    ))

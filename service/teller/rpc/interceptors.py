@@ -9,7 +9,7 @@ its text, so no exception message can leak data to a caller.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -37,25 +37,42 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        inner = handler.unary_unary
         method = handler_call_details.method
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
 
-        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                return await inner(request, context)
-            except TellerError as err:
-                log.info("rpc %s -> %s %s", method, err.code.name, err.reason)
-                await context.abort_with_status(to_status(err))
-            except grpc.aio.AbortError:
-                raise
-            except Exception:
-                log.exception("rpc %s failed", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    return await inner(request, context)
+                except Exception as exc:  # noqa: BLE001 - translated in one place
+                    await _abort(context, method, exc)
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            return grpc.unary_unary_rpc_method_handler(
+                guarded, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for item in stream(request, context):
+                        yield item
+                except Exception as exc:  # noqa: BLE001 - translated in one place
+                    await _abort(context, method, exc)
+
+            return grpc.unary_stream_rpc_method_handler(
+                guarded_stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+    if isinstance(exc, TellerError):
+        log.info("rpc %s -> %s %s", method, exc.code.name, exc.reason)
+        await context.abort_with_status(to_status(exc))
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    log.error("rpc %s failed", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")

@@ -4,7 +4,7 @@ work to a thread pool; the domain logic lives in teller.payments / teller.admin.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -15,6 +15,7 @@ from teller import auth
 from teller.app import App
 from teller.auth import Caller
 from teller.errors import InvalidArgument, PermissionDenied
+from teller.pay import Head, Payer, pay_input
 from teller.rpc import convert
 from teller_client._proto.teller.v1 import (
     admin_pb2,
@@ -63,6 +64,19 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         sign_in = convert.sign_input_from_proto(request)
         result = await self.run(self.app.payments.sign, caller, sign_in)
         return convert.sign_result_to_proto(result)
+
+    async def Pay(self, request: payment_pb2.PayRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[payment_pb2.PayResponse]:
+        caller = await self._caller(context)
+        req = pay_input(url=request.url, method=request.method, headers=[(h.name, h.value) for h in request.headers],
+                        body=request.body, wallet_id=request.wallet_id, max_amount=request.max_amount,
+                        idempotency_key=request.idempotency_key, protocols=list(request.protocols))
+        payer = Payer(self.app.payments, self.app.lifecycle, self.app.fetcher, self.run,
+                      self.app.settings.max_challenge_bytes)
+        async for part in payer.pay(caller, req):
+            if isinstance(part, Head):
+                yield convert.pay_head_to_proto(part)
+            else:
+                yield payment_pb2.PayResponse(body_chunk=part)
 
     async def RecordOutcome(self, request: payment_pb2.RecordOutcomeRequest, context: grpc.aio.ServicerContext) -> common_pb2.PaymentRecord:
         caller = await self._caller(context)

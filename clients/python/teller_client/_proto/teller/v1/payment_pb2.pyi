@@ -66,3 +66,45 @@ class RecordOutcomeRequest(_message.Message):
     headers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Header]
     body: bytes
     def __init__(self, payment_id: _Optional[str] = ..., status: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[_common_pb2.Header, _Mapping]]] = ..., body: _Optional[bytes] = ...) -> None: ...
+
+class PayRequest(_message.Message):
+    __slots__ = ("url", "method", "headers", "body", "wallet_id", "max_amount", "idempotency_key", "protocols")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    WALLET_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOLS_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    method: str
+    headers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Header]
+    body: bytes
+    wallet_id: str
+    max_amount: str
+    idempotency_key: str
+    protocols: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, url: _Optional[str] = ..., method: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[_common_pb2.Header, _Mapping]]] = ..., body: _Optional[bytes] = ..., wallet_id: _Optional[str] = ..., max_amount: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., protocols: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PayResponse(_message.Message):
+    __slots__ = ("head", "body_chunk")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    BODY_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    head: PayHead
+    body_chunk: bytes
+    def __init__(self, head: _Optional[_Union[PayHead, _Mapping]] = ..., body_chunk: _Optional[bytes] = ...) -> None: ...
+
+class PayHead(_message.Message):
+    __slots__ = ("status", "headers", "payment", "receipt_json", "payment_header")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_JSON_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_HEADER_FIELD_NUMBER: _ClassVar[int]
+    status: int
+    headers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Header]
+    payment: _common_pb2.PaymentRecord
+    receipt_json: str
+    payment_header: str
+    def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[_common_pb2.Header, _Mapping]]] = ..., payment: _Optional[_Union[_common_pb2.PaymentRecord, _Mapping]] = ..., receipt_json: _Optional[str] = ..., payment_header: _Optional[str] = ...) -> None: ...

@@ -43,6 +43,11 @@ class PaymentServiceStub:
                 request_serializer=teller_dot_v1_dot_payment__pb2.SignRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_payment__pb2.SignResponse.FromString,
                 _registered_method=True)
+        self.Pay = channel.unary_stream(
+                '/teller.v1.PaymentService/Pay',
+                request_serializer=teller_dot_v1_dot_payment__pb2.PayRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_payment__pb2.PayResponse.FromString,
+                _registered_method=True)
         self.RecordOutcome = channel.unary_unary(
                 '/teller.v1.PaymentService/RecordOutcome',
                 request_serializer=teller_dot_v1_dot_payment__pb2.RecordOutcomeRequest.SerializeToString,
@@ -78,6 +83,14 @@ class PaymentServiceServicer:
 
     def Sign(self, request, context):
         """Turn a 402 challenge into the proof to attach on the retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pay(self, request, context):
+        """Make the request, pay a 402 (x402 or MPP) within policy, retry once, and
+        stream back the final response: a head message, then the body in chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +135,11 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.Sign,
                     request_deserializer=teller_dot_v1_dot_payment__pb2.SignRequest.FromString,
                     response_serializer=teller_dot_v1_dot_payment__pb2.SignResponse.SerializeToString,
+            ),
+            'Pay': grpc.unary_stream_rpc_method_handler(
+                    servicer.Pay,
+                    request_deserializer=teller_dot_v1_dot_payment__pb2.PayRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_payment__pb2.PayResponse.SerializeToString,
             ),
             'RecordOutcome': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordOutcome,
@@ -179,6 +197,33 @@ class PaymentService:
             '/teller.v1.PaymentService/Sign',
             teller_dot_v1_dot_payment__pb2.SignRequest.SerializeToString,
             teller_dot_v1_dot_payment__pb2.SignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pay(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/teller.v1.PaymentService/Pay',
+            teller_dot_v1_dot_payment__pb2.PayRequest.SerializeToString,
+            teller_dot_v1_dot_payment__pb2.PayResponse.FromString,
             options,
             channel_credentials,
             insecure,
