@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from teller.db.models import AuditEvent
+from teller.audit_chain import GENESIS, event_hash
+from teller.db.models import AuditEvent, AuditHead
 
 
 def record(
@@ -29,24 +31,22 @@ def record(
     resource_url: str = "",
     details: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
-        AuditEvent(
-            tenant_id=tenant_id,
-            at_ms=at_ms,
-            actor=actor,
-            action=action,
-            outcome=outcome,
-            reason=reason,
-            wallet_id=wallet_id,
-            payment_id=payment_id,
-            amount=str(amount),
-            asset=asset,
-            network=network,
-            payee=payee,
-            resource_url=resource_url[:2048],
-            details=json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
-        )
-    )
+    event: dict[str, Any] = {
+        "tenant_id": tenant_id, "at_ms": at_ms, "actor": actor, "action": action, "outcome": outcome,
+        "reason": reason, "wallet_id": wallet_id, "payment_id": payment_id, "amount": str(amount), "asset": asset,
+        "network": network, "payee": payee, "resource_url": resource_url[:2048],
+        "details": json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
+    }
+    # Lock the chain head: writers of one tenant's log append one after another.
+    chain = tenant_id or ""
+    head = session.execute(select(AuditHead).where(AuditHead.chain == chain).with_for_update()).scalar_one_or_none()
+    if head is None:
+        head = AuditHead(chain=chain, seq=0, hash=GENESIS)
+        session.add(head)
+    event["seq"], event["prev_hash"] = head.seq + 1, head.hash
+    event["hash"] = event_hash(event)
+    head.seq, head.hash = event["seq"], event["hash"]
+    session.add(AuditEvent(**event))
 
 
 def list_events(

@@ -54,6 +54,30 @@ def cmd_migrate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(ns: argparse.Namespace) -> int:
+    from teller import audit_tools
+
+    if ns.action == "verify" and ns.file:
+        with (sys.stdin if ns.file == "-" else open(ns.file, encoding="utf-8")) as fh:
+            problems = audit_tools.verify_file(fh)
+    else:
+        from teller.db import Database, make_engine
+
+        db = Database(make_engine(_settings(ns).resolved_database_url(), 2))
+        try:
+            if ns.action == "export":
+                audit_tools.export(db, ns.tenant, sys.stdout)
+                return 0
+            problems = audit_tools.verify_database(db, ns.tenant)
+        finally:
+            db.engine.dispose()
+    for p in problems:
+        print(p)
+    print("audit log verified: no problems" if not problems else f"{len(problems)} problem(s)",
+          file=sys.stderr if problems else sys.stdout)
+    return 1 if problems else 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from teller.demo import run
 
@@ -169,6 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="sign a real x402 challenge end to end on the embedded default")
     demo.add_argument("--data-dir", help="keep the demo's data here (default: a temporary dir)")
     demo.set_defaults(fn=cmd_demo)
+
+    audit_cmd = sub.add_parser("audit", help="verify the audit log's hash chains, or export a tenant's log")
+    audit_verbs = audit_cmd.add_subparsers(dest="action", required=True)
+    av = audit_verbs.add_parser("verify", help="check every chain (or --tenant's, or an export --file)")
+    _server_flags(av)
+    av.add_argument("--tenant", help="only this tenant's chain")
+    av.add_argument("--file", help="verify a JSON Lines export instead of the database (- for stdin)")
+    ae = audit_verbs.add_parser("export", help="a tenant's audit log as JSON Lines, on stdout")
+    _server_flags(ae)
+    ae.add_argument("--tenant", required=True)
+    audit_cmd.set_defaults(fn=cmd_audit)
 
     admin = sub.add_parser("admin", help="operator calls against a running worker")
     admin.add_argument("--target", default=os.environ.get("TELLER_TARGET", "127.0.0.1:7402"))

@@ -162,3 +162,17 @@ class AuditEvent(Base):
     payee: Mapped[str] = mapped_column(String(64), default="")
     resource_url: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[str] = mapped_column(Text, default="{}")
+    # The per-tenant hash chain (teller.audit_chain), written in the event's own transaction.
+    seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    prev_hash: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    hash: Mapped[str] = mapped_column(String(64), default="", server_default="")
+
+
+class AuditHead(Base):
+    """The newest event of each audit chain. Locked while an event is appended,
+    so concurrent writers of one tenant's log line up instead of forking it."""
+
+    __tablename__ = "audit_heads"
+    chain: Mapped[str] = mapped_column(String(36), primary_key=True)  # tenant id, or "" for none
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
