@@ -78,6 +78,25 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_keys(ns: argparse.Namespace) -> int:
+    from teller import rotation
+    from teller.app import kek_provider
+    from teller.db import Database, make_engine
+
+    settings = _settings(ns, kek_file=ns.kek_file)
+    db = Database(make_engine(settings.resolved_database_url(), 2))
+    try:
+        if ns.action == "rewrap":
+            result = rotation.rewrap_all(db, kek_provider(settings))
+            print(f"re-wrapped {result.rewrapped} wallet key(s) under KEK {result.current_version!r}; "
+                  f"{result.already_current} already were")
+        counts = rotation.status(db)
+        print("wallets per KEK version: " + (", ".join(f"{v}={n}" for v, n in sorted(counts.items())) or "none"))
+    finally:
+        db.engine.dispose()
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from teller.demo import run
 
@@ -204,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     _server_flags(ae)
     ae.add_argument("--tenant", required=True)
     audit_cmd.set_defaults(fn=cmd_audit)
+
+    keys = sub.add_parser("keys", help="KEK rotation: re-wrap wallet data keys under the current KEK")
+    key_verbs = keys.add_subparsers(dest="action", required=True)
+    for verb_name, text in (("rewrap", "re-wrap every wallet's data key under the first (current) KEK, online"),
+                            ("status", "how many wallets each KEK version still protects")):
+        kp = key_verbs.add_parser(verb_name, help=text)
+        _server_flags(kp)
+        kp.add_argument("--kek-file", type=Path, help="KEK file (or TELLER_KEK_FILE / TELLER_KEK)")
+    keys.set_defaults(fn=cmd_keys)
 
     admin = sub.add_parser("admin", help="operator calls against a running worker")
     admin.add_argument("--target", default=os.environ.get("TELLER_TARGET", "127.0.0.1:7402"))
