@@ -73,3 +73,20 @@ def authenticate_tenant(session: Session, token: str) -> Caller:
 def check_operator(presented: str, configured: str) -> None:
     if not configured or not hmac.compare_digest(hash_secret(presented), hash_secret(configured)):
         raise Unauthenticated("invalid operator credential")
+
+
+def certificate_name(auth_context: dict[str, list[bytes]] | None) -> str | None:
+    """The subject CN of the peer's verified client certificate (mTLS), if any."""
+    names = (auth_context or {}).get("x509_common_name") or []
+    return names[0].decode(errors="replace") if names else None
+
+
+def check_certificate(auth_context: dict[str, list[bytes]] | None, expected: str) -> None:
+    """With mTLS, the client certificate must name the principal the credential
+    belongs to: ``tenant:<tenant id>`` for tenant calls, ``operator`` for AdminService."""
+    name = certificate_name(auth_context)
+    if name is None:
+        raise Unauthenticated("a client certificate is required")
+    if name != expected:
+        raise PermissionDenied(f"the client certificate is for {name!r}, but the credential is for {expected!r}",
+                               reason="certificate_mismatch")

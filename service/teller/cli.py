@@ -115,7 +115,15 @@ def _admin_client(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
             token = dev_token.read_text().strip()
     if not token:
         raise ConfigError("no operator credential: pass --token, set TELLER_ADMIN_TOKEN, or use a dev data dir")
-    return AdminClient(ns.target, token)
+    credentials = None
+    if ns.tls_ca:
+        import grpc
+
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(ns.tls_ca).read_bytes(),
+            private_key=Path(ns.tls_key).read_bytes() if ns.tls_key else None,
+            certificate_chain=Path(ns.tls_cert).read_bytes() if ns.tls_cert else None)
+    return AdminClient(ns.target, token, credentials=credentials)
 
 
 def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -237,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--target", default=os.environ.get("TELLER_TARGET", "127.0.0.1:7402"))
     admin.add_argument("--token", help="operator credential (or TELLER_ADMIN_TOKEN)")
     admin.add_argument("--data-dir", help="dev data dir holding admin-token (default .teller)")
+    admin.add_argument("--tls-ca", help="PEM CA that signed the server's certificate (enables TLS)")
+    admin.add_argument("--tls-cert", help="operator client certificate (mTLS, subject CN 'operator')")
+    admin.add_argument("--tls-key", help="key of --tls-cert")
     nouns = admin.add_subparsers(dest="noun", required=True)
 
     def verb(noun: argparse._SubParsersAction, name: str, *args: str, **opts: Any) -> argparse.ArgumentParser:

@@ -40,6 +40,21 @@ class Settings:
     kek_file: Path | None = None
     """File with one ``version:base64key`` per line; the first is current."""
 
+    admin_listen: str = ""
+    """Serve AdminService on this separate address (e.g. ``127.0.0.1:7403``) and not
+    on ``listen``. Empty: both services on ``listen``."""
+
+    tls_cert_file: Path | None = None
+    """PEM certificate chain for the gRPC ports; with ``tls_key_file`` enables TLS."""
+
+    tls_key_file: Path | None = None
+    """PEM private key for ``tls_cert_file``."""
+
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: require client certificates it signed (mTLS). A tenant's
+    certificate names it in its subject CN (``tenant:<tenant id>``); a call whose
+    token belongs to another tenant is refused."""
+
     admin_token: str = ""
     """Operator credential for AdminService (compared in constant time)."""
 
@@ -103,6 +118,10 @@ _ENV_FIELDS = {
     "TELLER_KEK": "kek",
     "TELLER_KEK_FILE": "kek_file",
     "TELLER_ADMIN_TOKEN": "admin_token",
+    "TELLER_ADMIN_LISTEN": "admin_listen",
+    "TELLER_TLS_CERT_FILE": "tls_cert_file",
+    "TELLER_TLS_KEY_FILE": "tls_key_file",
+    "TELLER_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
     "TELLER_NETWORKS": "networks",
     "TELLER_RPC_URLS": "rpc_urls",
     "TELLER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
@@ -211,4 +230,8 @@ def finalize_for_serving(settings: Settings) -> Settings:
             settings,
             admin_token=_dev_secret(settings.data_dir / "admin-token", "op_" + secrets.token_urlsafe(24)),
         )
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        raise ConfigError("TLS needs both tls_cert_file and tls_key_file")
+    if settings.tls_client_ca_file is not None and settings.tls_cert_file is None:
+        raise ConfigError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
     return settings

@@ -8,6 +8,8 @@ import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import grpc
+
 from teller.app import App, build
 from teller.clock import Clock, system_clock
 from teller.config import Settings
@@ -38,20 +40,23 @@ class TenantSetup:
 
 
 class RunningTeller:
-    def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
+    def __init__(self, settings: Settings, clock: Clock = system_clock, *,
+                 admin_credentials: grpc.ChannelCredentials | None = None) -> None:
         self.settings = settings
         self.app: App = build(settings, clock, migrate=True)
         self.server = BackgroundServer(self.app, settings.listen)
         self.target = f"127.0.0.1:{self.server.port}"
+        self.admin_target = f"127.0.0.1:{self.server.admin_port}"
+        self.admin_credentials = admin_credentials
         self._clients: list[AdminClient | TellerClient] = []
 
     def admin(self) -> AdminClient:
-        client = AdminClient(self.target, self.settings.admin_token)
+        client = AdminClient(self.admin_target, self.settings.admin_token, credentials=self.admin_credentials)
         self._clients.append(client)
         return client
 
-    def client(self, token: str) -> TellerClient:
-        client = TellerClient(self.target, token)
+    def client(self, token: str, credentials: grpc.ChannelCredentials | None = None) -> TellerClient:
+        client = TellerClient(self.target, token, credentials=credentials)
         self._clients.append(client)
         return client
 

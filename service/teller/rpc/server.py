@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from teller.app import App
+from teller.config import Settings
 from teller.rpc.interceptors import ErrorInterceptor
 from teller.rpc.services import AdminServicer, PaymentServicer
 from teller_client._proto.teller.v1 import admin_pb2, admin_pb2_grpc, payment_pb2, payment_pb2_grpc
@@ -23,28 +24,54 @@ SERVICE_NAMES = (
 )
 
 
+def credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (and mTLS when a client CA is configured) for the gRPC ports, or None for plaintext."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
+    if settings.tls_client_ca_file is None:
+        return grpc.ssl_server_credentials(pair)
+    return grpc.ssl_server_credentials(pair, root_certificates=settings.tls_client_ca_file.read_bytes(),
+                                       require_client_auth=True)
+
+
 class Server:
-    """A running Teller gRPC server bound to ``port``."""
+    """A running Teller gRPC server bound to ``port`` (and ``admin_port`` when
+    AdminService has its own address)."""
 
     def __init__(self, app: App, listen: str) -> None:
         self.app = app
-        self.pool = ThreadPoolExecutor(max_workers=max(4, app.settings.db_pool_size), thread_name_prefix="teller-db")
-        self.grpc = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
-            options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
-        )
+        settings = app.settings
+        self.pool = ThreadPoolExecutor(max_workers=max(4, settings.db_pool_size), thread_name_prefix="teller-db")
+        options = [("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+        self.grpc = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
         payment_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(app, self.pool), self.grpc)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(app, self.pool), self.grpc)
+        self.admin_grpc = self.grpc
+        if settings.admin_listen:
+            self.admin_grpc = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(app, self.pool), self.admin_grpc)
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
-        self.port = self.grpc.add_insecure_port(listen)
-        if self.port == 0:
-            raise OSError(f"cannot bind {listen}")
+        self._servers = [self.grpc] if self.admin_grpc is self.grpc else [self.grpc, self.admin_grpc]
+        names = SERVICE_NAMES if self.admin_grpc is self.grpc else SERVICE_NAMES[:1]
+        for server in self._servers:
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+        creds = credentials(settings)
+        self.port = self._bind(self.grpc, listen, creds)
+        self.admin_port = self.port if self.admin_grpc is self.grpc else self._bind(self.admin_grpc,
+                                                                                    settings.admin_listen, creds)
         self._reconciling: asyncio.Task[None] | None = None
 
+    @staticmethod
+    def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials | None) -> int:
+        port = server.add_secure_port(address, creds) if creds is not None else server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot bind {address}")
+        return port
+
     async def start(self) -> None:
-        await self.grpc.start()
+        for server in self._servers:
+            await server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("teller listening on port %d", self.port)
@@ -73,7 +100,7 @@ class Server:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._reconciling is not None:
             self._reconciling.cancel()
-        await self.grpc.stop(grace)
+        await asyncio.gather(*(server.stop(grace) for server in self._servers))
         self.pool.shutdown(wait=True)
 
     async def wait(self) -> None:
@@ -112,6 +139,7 @@ class BackgroundServer:
 
         self.server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(30)
         self.port = self.server.port
+        self.admin_port = self.server.admin_port
 
     def stop(self, grace: float = 1.0) -> None:
         asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop).result(30 + grace)

@@ -57,7 +57,10 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
             with self.app.db.transaction() as s:
                 return auth.authenticate_tenant(s, token)
 
-        return await self.run(lookup)
+        caller = await self.run(lookup)
+        if self.app.settings.tls_client_ca_file is not None:
+            auth.check_certificate(context.auth_context(), f"tenant:{caller.tenant_id}")
+        return caller
 
     async def Sign(self, request: payment_pb2.SignRequest, context: grpc.aio.ServicerContext) -> payment_pb2.SignResponse:
         caller = await self._caller(context)
@@ -112,6 +115,8 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
 class AdminServicer(_Base, admin_pb2_grpc.AdminServiceServicer):
     def _operator(self, context: grpc.aio.ServicerContext) -> None:
         auth.check_operator(auth.bearer(context.invocation_metadata()), self.app.settings.admin_token)
+        if self.app.settings.tls_client_ca_file is not None:
+            auth.check_certificate(context.auth_context(), "operator")
 
     async def CreateTenant(self, request: admin_pb2.CreateTenantRequest, context: grpc.aio.ServicerContext) -> admin_pb2.Tenant:
         self._operator(context)
