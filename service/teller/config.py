@@ -82,6 +82,10 @@ class Settings:
     max_redirects: int = 3
     """``Pay``: redirects followed per request, each re-checked like the first URL."""
 
+    shutdown_grace_seconds: float = 20.0
+    """On SIGTERM: stop taking calls at once, give calls in flight this long to
+    finish, then exit. Keep it below the pod's terminationGracePeriodSeconds."""
+
     reconcile_interval_seconds: float = 15.0
     """How often each worker's reconciler looks at the chain; 0 turns it off.
     Failures back off up to ten times this."""
@@ -125,6 +129,7 @@ _ENV_FIELDS = {
     "TELLER_NETWORKS": "networks",
     "TELLER_RPC_URLS": "rpc_urls",
     "TELLER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
+    "TELLER_SHUTDOWN_GRACE_SECONDS": "shutdown_grace_seconds",
     "TELLER_OUTBOUND_ALLOW": "outbound_allow",
     "TELLER_OUTBOUND_CONNECT_TIMEOUT_SECONDS": "outbound_connect_timeout_seconds",
     "TELLER_OUTBOUND_READ_TIMEOUT_SECONDS": "outbound_read_timeout_seconds",

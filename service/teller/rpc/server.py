@@ -117,8 +117,10 @@ async def serve(app: App, listen: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
-    await server.stop()
+    grace = app.settings.shutdown_grace_seconds
+    log.info("shutting down: no new calls; up to %.0fs for calls in flight", grace)
+    await server.stop(grace)
+    log.info("stopped")
 
 
 class BackgroundServer:
