@@ -33,7 +33,9 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     settings = config.finalize_for_serving(
         _settings(ns, listen=ns.listen, kek_file=ns.kek_file, dev_mode=True if ns.dev else None)
     )
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from teller.observe import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     if settings.dev_mode:
         logging.getLogger("teller").warning("dev mode: local KEK and operator token in %s; never use real funds",
                                             settings.data_dir)

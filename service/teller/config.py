@@ -108,6 +108,16 @@ class Settings:
 
     log_level: str = "INFO"
 
+    log_format: str = "text"
+    """``json`` for one JSON object per line (with the call's request id), or ``text``."""
+
+    metrics_listen: str = ""
+    """Serve Prometheus metrics over HTTP here (e.g. ``0.0.0.0:9402``); empty: off."""
+
+    tracing: bool = False
+    """Emit OpenTelemetry spans per call (needs opentelemetry; exporters are configured
+    the OpenTelemetry way, e.g. ``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -141,6 +151,9 @@ _ENV_FIELDS = {
     "TELLER_IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",
     "TELLER_MAX_CHALLENGE_BYTES": "max_challenge_bytes",
     "TELLER_LOG_LEVEL": "log_level",
+    "TELLER_LOG_FORMAT": "log_format",
+    "TELLER_METRICS_LISTEN": "metrics_listen",
+    "TELLER_TRACING": "tracing",
 }
 
 

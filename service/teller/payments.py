@@ -21,7 +21,7 @@ from eth_utils import keccak
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, eip3009, policy, spend
+from teller import audit, eip3009, observe, policy, spend
 from teller import offers as offers_mod
 from teller.auth import Caller
 from teller.chain import ChainReader
@@ -189,8 +189,10 @@ class Payments:
                 )
             else:
                 offer, decision = chosen
+                _observe_budgets(caller.tenant_id, scopes, decision.amount_common)
                 ctx = _Context(caller, req, wallet, decision, now_ms, request_hash, rules.tenant.mpp_mode)
                 payment, raw = self._sign_and_record(s, offer, ctx, prepared)
+                observe.SIGNATURES.labels(payment.protocol, payment.scheme).inc()
                 if raw is None:
                     return _result(payment)
                 s.expunge(payment)
@@ -198,6 +200,7 @@ class Payments:
         if push is not None:
             return self._push(caller, *push)
         assert denial is not None
+        observe.DENIALS.labels(denial.reason).inc()
         raise denial
 
     # -- chain facts, before the lock --------------------------------------
@@ -441,6 +444,13 @@ def _evaluate(scopes: Sequence[policy.Scope], offer: offers_mod.Offer, req: Sign
         if not split.allowed:
             return split
     return decision
+
+
+def _observe_budgets(tenant_id: str, scopes: Sequence[policy.Scope], amount: int) -> None:
+    for scope in scopes:
+        for budget in scope.policy.budgets:
+            used = scope.used.get(budget.name, 0) + amount
+            observe.BUDGET.labels(tenant_id, scope.name, budget.name).set(used / budget.limit if budget.limit else 1.0)
 
 
 def _used(windows: dict[str, spend.WindowUse]) -> dict[str, int]:

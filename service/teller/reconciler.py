@@ -17,6 +17,7 @@ updates in ``teller.lifecycle`` alone.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from teller import observe
 from teller.chain import AuthorizationEvent, ChainReader
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
@@ -124,6 +126,7 @@ class Reconciler:
         with self.db.transaction() as s:
             assets = sorted({p.asset for p, _ in self._live(s, network)})
         start = cursor + 1
+        observe.RECONCILER_LAG.labels(network).set(max(head.number - cursor, 0))
         while start <= head.number:
             end = min(start + self.chunk_blocks - 1, head.number)
             if assets:
@@ -131,9 +134,12 @@ class Reconciler:
                 if events:
                     self._apply(network, events, result)
             self._advance_cursor(network, end)
+            observe.RECONCILER_LAG.labels(network).set(head.number - end)
             start = end + 1
         self._expire(network, head.number, head.timestamp, result)
         self._tempo(network, head.timestamp, result)
+        observe.RECONCILER_LAG.labels(network).set(0)
+        observe.RECONCILER_LAST.labels(network).set(time.time())
 
     def _tempo(self, network: str, head_ts: int, result: PassResult) -> None:
         """Tempo payments are transactions: mined (settled, or reverted and so

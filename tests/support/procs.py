@@ -66,14 +66,14 @@ def start_cluster(db_url: str, n: int, tmp: Path, **env_extra: str) -> Cluster:
     upgrade(db_url)  # `teller migrate` once, never by each replica
     admin_token = "op_" + secrets.token_urlsafe(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELLER_")}
-    env.update(
-        TELLER_DATABASE_URL=db_url,
-        TELLER_KEK="test1:" + base64.b64encode(os.urandom(32)).decode(),
-        TELLER_ADMIN_TOKEN=admin_token,
-        TELLER_DATA_DIR=str(tmp),
-        TELLER_LOG_LEVEL="WARNING",
+    env.update({
+        "TELLER_DATABASE_URL": db_url,
+        "TELLER_KEK": "test1:" + base64.b64encode(os.urandom(32)).decode(),
+        "TELLER_ADMIN_TOKEN": admin_token,
+        "TELLER_DATA_DIR": str(tmp),
+        "TELLER_LOG_LEVEL": "WARNING",
         **env_extra,
-    )
+    })
     workers = []
     for i in range(n):
         port = free_port()

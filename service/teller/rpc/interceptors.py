@@ -9,6 +9,9 @@ its text, so no exception message can leak data to a caller.
 from __future__ import annotations
 
 import logging
+import re
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,6 +21,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from teller.errors import TellerError
+from teller.observe import METHOD, REQUEST_ID, Tracing, record_call
 
 log = logging.getLogger("teller.rpc")
 DOMAIN = "teller.v1"
@@ -30,7 +34,32 @@ def to_status(err: TellerError) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail]))
 
 
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            if _REQUEST_ID.match(text):
+                return text
+    return uuid.uuid4().hex
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Per call: a request id (the caller's ``x-request-id`` or a new one, echoed
+    back), metrics and an optional span; and every error mapped to its status."""
+
+    def __init__(self, tracing: Tracing | None = None) -> None:
+        self.tracing = tracing or Tracing(False)
+
+    async def _begin(self, context: grpc.aio.ServicerContext, method: str) -> str:
+        rid = _request_id(context)
+        REQUEST_ID.set(rid)
+        METHOD.set(method)
+        await context.send_initial_metadata((("x-request-id", rid),))
+        return rid
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -44,10 +73,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await inner(request, context)
-                except Exception as exc:  # noqa: BLE001 - translated in one place
-                    await _abort(context, method, exc)
+                rid = await self._begin(context, method)
+                started, code = time.perf_counter(), "OK"
+                with self.tracing.span(method, rid):
+                    try:
+                        return await inner(request, context)
+                    except Exception as exc:  # noqa: BLE001 - translated in one place
+                        code = _code(exc)
+                        await _abort(context, method, exc)
+                    finally:
+                        record_call(method, code, time.perf_counter() - started)
 
             return grpc.unary_unary_rpc_method_handler(
                 guarded, request_deserializer=handler.request_deserializer,
@@ -56,16 +91,30 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             stream = handler.unary_stream
 
             async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    async for item in stream(request, context):
-                        yield item
-                except Exception as exc:  # noqa: BLE001 - translated in one place
-                    await _abort(context, method, exc)
+                rid = await self._begin(context, method)
+                started, code = time.perf_counter(), "OK"
+                with self.tracing.span(method, rid):
+                    try:
+                        async for item in stream(request, context):
+                            yield item
+                    except Exception as exc:  # noqa: BLE001 - translated in one place
+                        code = _code(exc)
+                        await _abort(context, method, exc)
+                    finally:
+                        record_call(method, code, time.perf_counter() - started)
 
             return grpc.unary_stream_rpc_method_handler(
                 guarded_stream, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         return handler
+
+
+def _code(exc: Exception) -> str:
+    if isinstance(exc, TellerError):
+        return exc.code.name
+    if isinstance(exc, grpc.aio.AbortError):
+        return "ABORTED_BY_HANDLER"
+    return "INTERNAL"
 
 
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:

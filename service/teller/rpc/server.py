@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from teller.app import App
 from teller.config import Settings
+from teller.observe import Tracing
 from teller.rpc.interceptors import ErrorInterceptor
 from teller.rpc.services import AdminServicer, PaymentServicer
 from teller_client._proto.teller.v1 import admin_pb2, admin_pb2_grpc, payment_pb2, payment_pb2_grpc
@@ -44,11 +45,12 @@ class Server:
         settings = app.settings
         self.pool = ThreadPoolExecutor(max_workers=max(4, settings.db_pool_size), thread_name_prefix="teller-db")
         options = [("grpc.max_receive_message_length", 4 * 1024 * 1024)]
-        self.grpc = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+        interceptors = [ErrorInterceptor(Tracing(settings.tracing))]
+        self.grpc = grpc.aio.server(interceptors=interceptors, options=options)
         payment_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(app, self.pool), self.grpc)
         self.admin_grpc = self.grpc
         if settings.admin_listen:
-            self.admin_grpc = grpc.aio.server(interceptors=[ErrorInterceptor()], options=options)
+            self.admin_grpc = grpc.aio.server(interceptors=interceptors, options=options)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(app, self.pool), self.admin_grpc)
         self.health = health.aio.HealthServicer()
         self._servers = [self.grpc] if self.admin_grpc is self.grpc else [self.grpc, self.admin_grpc]
@@ -108,6 +110,11 @@ class Server:
 
 
 async def serve(app: App, listen: str) -> None:
+    if app.settings.metrics_listen:
+        import prometheus_client
+
+        host, _, port = app.settings.metrics_listen.rpartition(":")
+        prometheus_client.start_http_server(int(port), addr=host or "0.0.0.0")  # noqa: S104 - operator's choice
     server = Server(app, listen)
     await server.start()
     stop = asyncio.Event()

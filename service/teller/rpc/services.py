@@ -4,6 +4,7 @@ work to a thread pool; the domain logic lives in teller.payments / teller.admin.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -34,7 +35,9 @@ class _Base:
         self.pool = pool
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        # Carry the call's context (request id) into the worker thread, for its log lines.
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self.pool, ctx.run, fn, *args)
 
 
 def _list_audit(app: App, tenant_id: str | None, req: common_pb2.ListAuditEventsRequest) -> common_pb2.ListAuditEventsResponse:
