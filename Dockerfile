@@ -1,17 +1,29 @@
-# Multi-stage: build wheels with the toolchain, run from a slim image without it.
-FROM python:3.11-slim AS build
+# Teller worker image.
+#   build:   docker build -t teller:0.1.0 .
+#   run:     teller serve (the default); migrations are a separate one-off: `teller migrate`
+#            (deploy/kustomize/base/migrate-job.yaml), never run by each replica.
+#
+# Stage 1 builds wheels for Teller and every dependency with the toolchain at hand.
+FROM python:3.11.7-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY clients ./clients
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels .
 
-FROM python:3.11-slim
-RUN useradd --system --uid 10001 --no-create-home teller
+# Stage 2 runs them: no compiler, no sources, no tests, no keys; a non-root user.
+FROM python:3.11.7-slim-bookworm
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+RUN groupadd --system --gid 10001 teller \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin teller
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER 10001
-ENV TELLER_LISTEN=0.0.0.0:7402
-EXPOSE 7402
+RUN pip install --no-index /wheels/*.whl && rm -rf /wheels
+USER 10001:10001
+ENV TELLER_LISTEN=0.0.0.0:7402 TELLER_DATA_DIR=/tmp/teller
+EXPOSE 7402 7403 9402
 ENTRYPOINT ["teller"]
 CMD ["serve"]
