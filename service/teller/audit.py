@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from teller.audit_chain import GENESIS, event_hash
@@ -30,23 +30,42 @@ def record(
     payee: str = "",
     resource_url: str = "",
     details: dict[str, Any] | None = None,
-) -> None:
+    head: tuple[int, str] | None = None,
+) -> tuple[int, str]:
+    """Append one event to its tenant's chain; returns the new chain head.
+
+    ``head`` is the chain head the caller already holds locked (Sign reads it
+    with its tenant lock, in the same statement); otherwise it is locked here.
+    """
     event: dict[str, Any] = {
         "tenant_id": tenant_id, "at_ms": at_ms, "actor": actor, "action": action, "outcome": outcome,
         "reason": reason, "wallet_id": wallet_id, "payment_id": payment_id, "amount": str(amount), "asset": asset,
         "network": network, "payee": payee, "resource_url": resource_url[:2048],
         "details": json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
     }
-    # Lock the chain head: writers of one tenant's log append one after another.
     chain = tenant_id or ""
-    head = session.execute(select(AuditHead).where(AuditHead.chain == chain).with_for_update()).scalar_one_or_none()
     if head is None:
-        head = AuditHead(chain=chain, seq=0, hash=GENESIS)
-        session.add(head)
-    event["seq"], event["prev_hash"] = head.seq + 1, head.hash
+        head = locked_head(session, chain)
+    event["seq"], event["prev_hash"] = head[0] + 1, head[1]
     event["hash"] = event_hash(event)
-    head.seq, head.hash = event["seq"], event["hash"]
-    session.add(AuditEvent(**event))
+    session.execute(insert(AuditEvent), [event])
+    session.execute(_ADVANCE_HEAD, {"c": chain, "seq": event["seq"], "hash": event["hash"]})
+    return event["seq"], event["hash"]
+
+
+_ADVANCE_HEAD = (update(AuditHead).where(AuditHead.chain == bindparam("c"))
+                 .values(seq=bindparam("seq"), hash=bindparam("hash")))
+
+
+def locked_head(session: Session, chain: str) -> tuple[int, str]:
+    """The chain head, locked until the transaction ends: writers of one
+    tenant's log append one after another instead of forking it."""
+    row = session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.chain == chain)
+                          .with_for_update()).first()
+    if row is None:
+        session.execute(insert(AuditHead).values(chain=chain, seq=0, hash=GENESIS))
+        return 0, GENESIS
+    return int(row.seq), str(row.hash)
 
 
 def list_events(

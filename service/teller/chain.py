@@ -8,6 +8,7 @@ transport failure becomes ``Unavailable`` here, and nowhere else.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -95,6 +96,9 @@ class ChainReader:
         self._urls = dict(rpc_urls)
         self._timeout = timeout_s
         self._clients: dict[str, Web3] = {}
+        self._gas: dict[str, tuple[int, float]] = {}
+        self._domains: dict[tuple[str, str], tuple[str, str]] = {}
+        self.gas_price_ttl_s = 5.0
 
     @property
     def networks(self) -> tuple[str, ...]:
@@ -120,13 +124,26 @@ class ChainReader:
             raise Unavailable(f"{what} on {network} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
     def gas_price(self, network: str) -> int:
-        return self._call(network, "gas price read", lambda: int(self._w3(network).eth.gas_price))
+        """The network's gas price, cached for a few seconds: every Tempo payment needs it."""
+        now = time.monotonic()
+        hit = self._gas.get(network)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        price = self._call(network, "gas price read", lambda: int(self._w3(network).eth.gas_price))
+        self._gas[network] = (price, now + self.gas_price_ttl_s)
+        return price
 
     def chain_id(self, network: str) -> int:
         return self._call(network, "chain id read", lambda: int(self._w3(network).eth.chain_id))
 
     def token_domain(self, network: str, asset: str) -> tuple[str, str]:
-        """An EIP-3009 token's EIP-712 (name, version), read from the token."""
+        """An EIP-3009 token's EIP-712 (name, version), read from the token once."""
+        key = (network, asset.lower())
+        if key not in self._domains:
+            self._domains[key] = self._read_token_domain(network, asset)
+        return self._domains[key]
+
+    def _read_token_domain(self, network: str, asset: str) -> tuple[str, str]:
         abi = [{"type": "function", "name": n, "stateMutability": "view", "inputs": [],
                 "outputs": [{"name": "", "type": "string"}]} for n in ("name", "version")]
 

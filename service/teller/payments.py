@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eth_utils import keccak
-from sqlalchemy import select, update
+from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from teller import audit, eip3009, observe, policy, spend
@@ -27,7 +27,7 @@ from teller.auth import Caller
 from teller.chain import ChainReader
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
-from teller.db.models import Payment, Tenant, Wallet
+from teller.db.models import AuditHead, Payment, SpendPolicy, Tenant, Wallet
 from teller.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -113,6 +113,23 @@ class _Prepared:
     domains: dict[tuple[str, str], tuple[str, str]]
 
 
+# Built once; parameters bound per call (statement construction is not free).
+_LOCK = (
+    select(Tenant.state, Tenant.frozen, Wallet,
+           select(SpendPolicy.document).where(SpendPolicy.tenant_id == Tenant.id, SpendPolicy.wallet_id == "")
+           .scalar_subquery().label("tenant_doc"),
+           select(SpendPolicy.document).where(SpendPolicy.tenant_id == Tenant.id,
+                                              SpendPolicy.wallet_id == Wallet.id)
+           .scalar_subquery().label("wallet_doc"),
+           AuditHead.seq, AuditHead.hash)
+    .select_from(Tenant)
+    .join(Wallet, and_(Wallet.id == bindparam("wallet_id"), Wallet.tenant_id == Tenant.id))
+    .join(AuditHead, AuditHead.chain == Tenant.id)
+    .where(Tenant.id == bindparam("tenant_id"))
+    .with_for_update(of=[Tenant, AuditHead])
+)
+
+
 class Payments:
     def __init__(
         self, db: Database, vault: Vault, *, networks: Mapping[str, int] | None = None,
@@ -141,8 +158,8 @@ class Payments:
         denial: TellerError | None = None
         push: tuple[Payment, bytes, offers_mod.Offer] | None = None
         with self.db.transaction() as s:
-            wallet = self._wallet(s, caller, req.wallet_id)
-            tenant_frozen = self._lock_tenant(s, caller.tenant_id)
+            locked = self._lock(s, caller, req.wallet_id)
+            wallet, tenant_frozen, rules = locked.wallet, locked.tenant_frozen, locked.rules
             # Read the clock only once the lock is held, so payments of one tenant
             # are stamped in the order they were reserved.
             now_ms = ms(self.clock)
@@ -150,7 +167,6 @@ class Payments:
                 previous = self._claimed(s, caller, req.idempotency_key, request_hash, now_ms)
                 if previous is not None:
                     return _result(previous)
-            rules = spend.load_rules(s, caller.tenant_id, wallet.id)
             scopes = [policy.Scope("tenant", rules.tenant, tenant_frozen,
                                    _used(spend.measure(s, "tenant", caller.tenant_id, rules.tenant.budgets, now_ms)))]
             if rules.wallet is not None or wallet.frozen:
@@ -175,7 +191,7 @@ class Payments:
                     f"{', '.join(preference) or 'nothing this call asked for'}", reason="protocol_not_allowed")
                 audit.record(s, at_ms=now_ms, actor=caller.actor, action="payment.deny", outcome="denied",
                              tenant_id=caller.tenant_id, reason="protocol_not_allowed", wallet_id=wallet.id,
-                             resource_url=req.url, details={"offered": offered})
+                             resource_url=req.url, details={"offered": offered}, head=locked.audit_head)
             elif chosen is None:
                 assert first is not None
                 denied, decision = first
@@ -186,16 +202,17 @@ class Payments:
                     amount=denied.amount, asset=denied.asset, network=denied.network,
                     payee=denied.pay_to, resource_url=req.url,
                     details={"protocol": denied.protocol, "scheme": denied.scheme, **denial.metadata},
+                    head=locked.audit_head,
                 )
             else:
                 offer, decision = chosen
                 _observe_budgets(caller.tenant_id, scopes, decision.amount_common)
-                ctx = _Context(caller, req, wallet, decision, now_ms, request_hash, rules.tenant.mpp_mode)
+                ctx = _Context(caller, req, wallet, decision, now_ms, request_hash, rules.tenant.mpp_mode,
+                               locked.audit_head)
                 payment, raw = self._sign_and_record(s, offer, ctx, prepared)
                 observe.SIGNATURES.labels(payment.protocol, payment.scheme).inc()
                 if raw is None:
                     return _result(payment)
-                s.expunge(payment)
                 push = (payment, raw, offer)
         if push is not None:
             return self._push(caller, *push)
@@ -224,6 +241,24 @@ class Payments:
         return _Prepared(gas, domains)
 
     # -- the locked part ----------------------------------------------------
+
+    def _lock(self, s: Session, caller: Caller, wallet_id: str) -> _Locked:
+        """One statement: lock the tenant row (the check-and-reserve lock) and its
+        audit chain head, and read the wallet and both policy documents."""
+        row = s.execute(_LOCK, {"tenant_id": caller.tenant_id, "wallet_id": wallet_id}).first()
+        if row is None:
+            # Say precisely what is wrong (these raise), else create the missing chain head.
+            self._wallet(s, caller, wallet_id)
+            self._lock_tenant(s, caller.tenant_id)
+            audit.locked_head(s, caller.tenant_id)
+            return self._lock(s, caller, wallet_id)
+        wallet: Wallet = row.Wallet
+        if row.state != "active":
+            raise PermissionDenied("tenant is disabled", reason="tenant_disabled")
+        if wallet.state != "active":
+            raise FailedPrecondition(f"wallet {wallet_id!r} is {wallet.state}")
+        return _Locked(wallet, bool(row.frozen), spend.rules_from(row.tenant_doc, row.wallet_doc),
+                       (int(row.seq), str(row.hash)))
 
     def _wallet(self, s: Session, caller: Caller, wallet_id: str) -> Wallet:
         wallet = s.get(Wallet, wallet_id)
@@ -282,15 +317,23 @@ class Payments:
                 return existing, None
         else:
             row, details, raw = self._tempo_charge(signer, offer, ctx, prepared)
-        s.add(row)
+            if raw is None:
+                existing = s.execute(select(Payment).where(Payment.wallet_id == ctx.wallet.id,
+                                                           Payment.nonce == row.nonce)).scalar_one_or_none()
+                if existing is not None:
+                    # Signed twice within one second: the same transaction, bit for bit.
+                    return existing, None
+        # Core insert: the row object is returned as a value, not tracked by the session.
+        s.execute(insert(Payment), [{c.key: getattr(row, c.key) for c in Payment.__table__.columns
+                                     if getattr(row, c.key) is not None}])
         audit.record(
             s, at_ms=ctx.now_ms, actor=ctx.caller.actor, action="payment.sign", tenant_id=ctx.caller.tenant_id,
             wallet_id=ctx.wallet.id, payment_id=row.id, amount=row.amount, asset=row.asset,
             network=row.network, payee=row.pay_to, resource_url=ctx.req.url,
             details={"protocol": offer.protocol, "scheme": offer.scheme, "nonce": row.nonce,
                      "valid_before": row.valid_before, **details},
+            head=ctx.audit_head,
         )
-        s.flush()
         return row, raw
 
     def _row(self, offer: offers_mod.Offer, ctx: _Context, *, version: int, nonce: str, valid_before: int,
@@ -422,6 +465,14 @@ class Payments:
 
 
 @dataclass(frozen=True, slots=True)
+class _Locked:
+    wallet: Wallet
+    tenant_frozen: bool
+    rules: spend.Rules
+    audit_head: tuple[int, str]
+
+
+@dataclass(frozen=True, slots=True)
 class _Context:
     caller: Caller
     req: SignInput
@@ -430,6 +481,7 @@ class _Context:
     now_ms: int
     request_hash: str
     mpp_mode: str
+    audit_head: tuple[int, str]
 
 
 def _facts(offer: offers_mod.Offer, url: str, payee: str | None = None) -> policy.Payment:

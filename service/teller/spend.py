@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import Select, and_, bindparam, case, func, select
 from sqlalchemy.orm import Session
 
 from teller import policy
@@ -45,6 +46,12 @@ def _policies(s: Session, tenant_id: str, wallet_ids: Sequence[str]) -> tuple[po
     return tenant, {w: policy.inherit(parsed(d, True), tenant) for w, d in docs.items()}
 
 
+def rules_from(tenant_doc: str | None, wallet_doc: str | None) -> Rules:
+    """Rules from the stored documents (read by the caller, e.g. with its lock)."""
+    tenant = parsed(tenant_doc, False) if tenant_doc is not None else policy.DEFAULT
+    return Rules(tenant, policy.inherit(parsed(wallet_doc, True), tenant) if wallet_doc is not None else None)
+
+
 def load_rules(s: Session, tenant_id: str, wallet_id: str) -> Rules:
     tenant, wallets = _policies(s, tenant_id, (wallet_id,))
     return Rules(tenant, wallets.get(wallet_id))
@@ -60,31 +67,39 @@ class WindowUse:
         return self.reserved + self.spent
 
 
+@functools.lru_cache(maxsize=256)
+def _measure_statement(column: str, windows: tuple[tuple[str, bool], ...]) -> Select[Any]:
+    """The window-sum query for a shape of budgets, built once: the bounds are
+    bind parameters, so SQLAlchemy and the database reuse the plan."""
+    col = Payment.tenant_id if column == "tenant" else Payment.wallet_id
+    columns = []
+    for i, (_, rolling) in enumerate(windows):
+        # A rolling window has no upper bound here: a concurrent Sign on another
+        # worker may have stamped its payment a moment "after" our clock read,
+        # and it still counts against what is left.
+        start = Payment.created_ms >= bindparam(f"start{i}")
+        in_window = start if rolling else and_(start, Payment.created_ms < bindparam(f"end{i}"))
+        for label, is_spent in (("reserved", Payment.state != SPENT), ("spent", Payment.state == SPENT)):
+            columns.append(func.coalesce(func.sum(case(
+                (and_(in_window, is_spent), Payment.amount_common), else_=0)), 0).label(f"w{i}_{label}"))
+    return select(*columns).where(col == bindparam("scope_id"), Payment.created_ms >= bindparam("earliest"),
+                                  Payment.released_ms.is_(None))
+
+
 def measure(
     s: Session, column: str, scope_id: str, budgets: Sequence[policy.Budget], now_ms: int
 ) -> dict[str, WindowUse]:
     """Reserved and spent amounts in each budget's current window: one query for all windows."""
     if not budgets:
         return {}
-    col = Payment.tenant_id if column == "tenant" else Payment.wallet_id
-    bounds = {b.name: b.bounds(now_ms) for b in budgets}
-    earliest = min(start for start, _ in bounds.values())
-    columns = []
-    rolling = {b.name for b in budgets if b.rolling_ms}
-    for name, (start, end) in bounds.items():
-        # A rolling window has no upper bound here: a concurrent Sign on another
-        # worker may have stamped its payment a moment "after" our clock read,
-        # and it still counts against what is left.
-        in_window = (Payment.created_ms >= start) if name in rolling else and_(
-            Payment.created_ms >= start, Payment.created_ms < end)
-        for label, is_spent in (("reserved", Payment.state != SPENT), ("spent", Payment.state == SPENT)):
-            columns.append(func.coalesce(func.sum(case(
-                (and_(in_window, is_spent), Payment.amount_common), else_=0)), 0).label(f"{name}:{label}"))
-    row = s.execute(
-        select(*columns).where(col == scope_id, Payment.created_ms >= earliest, Payment.released_ms.is_(None))
-    ).one()
-    values = row._mapping
-    return {name: WindowUse(int(values[f"{name}:reserved"]), int(values[f"{name}:spent"])) for name in bounds}
+    bounds = [b.bounds(now_ms) for b in budgets]
+    params: dict[str, Any] = {"scope_id": scope_id, "earliest": min(start for start, _ in bounds)}
+    for i, (start, end) in enumerate(bounds):
+        params[f"start{i}"], params[f"end{i}"] = start, end
+    statement = _measure_statement(column, tuple((b.name, bool(b.rolling_ms)) for b in budgets))
+    values = s.execute(statement, params).one()._mapping
+    return {b.name: WindowUse(int(values[f"w{i}_reserved"]), int(values[f"w{i}_spent"]))
+            for i, b in enumerate(budgets)}
 
 
 @dataclass(frozen=True, slots=True)

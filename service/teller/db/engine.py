@@ -54,6 +54,26 @@ class Database:
         return self.engine.dialect.name == "postgresql"
 
     @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A one-statement read. On PostgreSQL it runs in autocommit, sparing the
+        BEGIN/COMMIT round trips; SQLite reads in an ordinary transaction."""
+        if not self.is_postgres:
+            with self.transaction() as session:
+                yield session
+            return
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                with Session(bind=conn) as session:
+                    yield session
+        except OperationalError as exc:
+            raise Unavailable("database unavailable") from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise Unavailable("database connection lost") from exc
+            raise
+
+    @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One database transaction; commits on success, rolls back on any error.
 

@@ -57,7 +57,7 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         token = auth.bearer(context.invocation_metadata())
 
         def lookup() -> Caller:
-            with self.app.db.transaction() as s:
+            with self.app.db.read() as s:
                 return auth.authenticate_tenant(s, token)
 
         caller = await self.run(lookup)

@@ -26,9 +26,14 @@ class TypedData:
     types: dict[str, list[dict[str, str]]]
     primary_type: str
     message: dict[str, Any]
+    #: The digest when a builder computed it on a faster path (checked against
+    #: eth-account's general encoder in tests).
+    precomputed: bytes | None = None
 
     def digest(self) -> bytes:
         """The 32-byte EIP-712 hash that gets signed."""
+        if self.precomputed is not None:
+            return self.precomputed
         signable = encode_typed_data(
             domain_data=self.domain,
             message_types=self.types,

@@ -1,0 +1,221 @@
+"""Teller's Sign throughput and latency, beside the in-process signing limit.
+
+    ./run bench            (or: .venv/bin/python bench/run.py [--quick])
+
+Starts PostgreSQL-backed `teller serve` workers (1 and 2 processes), drives
+Sign from 1, 8, 32 and 128 concurrent gRPC callers with real x402 v2
+challenges (built by the x402 SDK's middleware) and real MPP Tempo challenges
+(built by pympp's server), for one hot tenant and for many tenants, and signs
+the same payments in-process with the official SDKs and eth-account for the
+ratio. Writes bench/results/results.json, results.md and throughput.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import pg  # noqa: E402
+from tests.support.mpp_live import PATH_USD, tempo_chain  # noqa: E402
+from tests.support.procs import start_cluster  # noqa: E402
+from tests.support.x402_server import sdk_v2_challenge  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+RECIPIENT = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+BIG = str(10**15)
+
+
+def mpp_challenges(n: int) -> list[list[tuple[str, str]]]:
+    """n distinct 402s exactly as pympp's server builds them."""
+    from mpp.methods.tempo import server as tempo
+    from mpp.server import Mpp, PaymentRequired, Request
+
+    methods = tempo.charge(recipient=RECIPIENT, chain_id=31337, rpc_url="http://127.0.0.1:9", currencies=[PATH_USD])
+    mpp = Mpp(methods=methods, realm="bench.local", secret_key="bench-secret")
+    handler = mpp.charge(amount="0.01")
+
+    async def make() -> list[list[tuple[str, str]]]:
+        out = []
+        for i in range(n):
+            result = await handler(Request("GET", f"https://bench.local/item/{i}", headers={}))
+            assert isinstance(result, PaymentRequired)
+            out.append(list(result.challenge.headers.items()))
+        return out
+
+    return asyncio.run(make())
+
+
+def setup_tenants(target: str, admin_token: str, count: int) -> list[tuple[str, str]]:
+    from teller_client import AdminClient, Budget, Policy
+
+    out = []
+    with AdminClient(target, admin_token) as admin:
+        for i in range(count):
+            tenant = admin.create_tenant(f"bench-{i}-{time.time_ns()}")
+            _, token = admin.issue_token(tenant.id)
+            wallet = admin.create_wallet(tenant.id)
+            # Limits stay on (the check is what is being measured), set high enough not to bind.
+            admin.set_policy(tenant.id, Policy(allow_unknown_assets=True, budgets=(
+                Budget(10**15, "day", name="day"), Budget(10**15, "1h", kind="rolling", name="hour"))))
+            out.append((token, wallet.id))
+    return out
+
+
+def drive(targets: list[str], callers: int, jobs: list[dict], seconds: float, warmup: float) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"targets": targets, "callers": callers, "seconds": seconds, "warmup": warmup, "jobs": jobs}, f)
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "driver.py"), f.name], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "clients" / "python")})
+    os.unlink(f.name)
+    return json.loads(out.stdout)
+
+
+def in_process_limit(seconds: float) -> dict[str, float]:
+    """Signatures per second with the official SDKs in this process, no Teller."""
+    from eth_account import Account
+    from mpp import Challenge, Credential
+    from pytempo import TempoTransaction
+    from pytempo.contracts import TIP20
+    from x402 import x402ClientSync
+    from x402.http.utils import decode_payment_required_header, encode_payment_signature_header
+    from x402.mechanisms.evm import EthAccountSigner
+    from x402.mechanisms.evm.exact import register_exact_evm_client
+
+    account = Account.create()
+    client = x402ClientSync()
+    register_exact_evm_client(client, EthAccountSigner(account))
+    c = sdk_v2_challenge(amount="1000")
+    required = decode_payment_required_header(dict(c.headers)["payment-required"])
+    rates = {}
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        encode_payment_signature_header(client.create_payment_payload(required))
+        n += 1
+    rates["x402"] = n / (time.perf_counter() - t0)
+
+    challenge = Challenge.from_www_authenticate({k.lower(): v for k, v in mpp_challenges(1)[0]}["www-authenticate"])
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        tx = TempoTransaction.create(chain_id=31337, gas_limit=250_000, max_fee_per_gas=10**10,
+                                     max_priority_fee_per_gas=10**10, nonce_key=2**256 - 1, nonce=0,
+                                     valid_before=int(time.time()) + 25, fee_token=PATH_USD,
+                                     calls=(TIP20(PATH_USD).transfer_with_memo(to=RECIPIENT, amount=10_000,
+                                                                               memo=b"\x01" * 32),))
+        raw = tx.sign(account.key.hex()).encode()
+        Credential(challenge=challenge.to_echo(), payload={"type": "transaction", "signature": "0x" + raw.hex()},
+                   source=f"did:pkh:eip155:31337:{account.address}").to_authorization()
+        n += 1
+    rates["mpp"] = n / (time.perf_counter() - t0)
+    return rates
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer points, shorter runs (a smoke test)")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    args = parser.parse_args()
+    callers_list = [1, 8, 32] if args.quick else [1, 8, 32, 128]
+    workers_list = [1] if args.quick else [1, 2]
+    seconds, warmup = (2.0, 1.0) if args.quick else (args.seconds, 2.0)
+
+    x402 = sdk_v2_challenge(amount="1000")
+    mpp = mpp_challenges(3000 if not args.quick else 500)
+    rows = []
+    with pg.server_url() as server, tempo_chain() as chain, tempfile.TemporaryDirectory() as tmp:
+        for workers in workers_list:
+            with pg.fresh_database(server) as url:
+                cluster = start_cluster(url, workers, Path(tmp), TELLER_RPC_URLS=f"{chain.network}={chain.rpc_url}",
+                                        TELLER_DB_POOL_SIZE="16", TELLER_RECONCILE_INTERVAL_SECONDS="0")
+                try:
+                    targets = [w.target for w in cluster.workers]
+                    tenants = setup_tenants(targets[0], cluster.admin_token, 64)
+                    for protocol in ("x402", "mpp"):
+                        for shape in ("hot tenant", "many tenants"):
+                            chosen = tenants[:1] if shape == "hot tenant" else tenants
+                            if protocol == "x402":
+                                jobs = [{"token": tok, "wallet_id": wid, "headers": x402.headers,
+                                         "body": x402.body.decode("latin-1"), "url": x402.url}
+                                        for tok, wid in chosen]
+                            else:
+                                jobs = [{"token": chosen[i % len(chosen)][0], "wallet_id": chosen[i % len(chosen)][1],
+                                         "headers": h, "body": "", "url": "https://bench.local/item"}
+                                        for i, h in enumerate(mpp)]
+                            for callers in callers_list:
+                                r = drive(targets, callers, jobs, seconds, warmup)
+                                r.update(workers=workers, protocol=protocol, shape=shape, callers=callers)
+                                rows.append(r)
+                                print(f"{workers}w {protocol:4} {shape:12} {callers:3} callers: "
+                                      f"{r['throughput']:7.0f}/s p50 {r['p50_ms']:6.1f} p95 {r['p95_ms']:6.1f} "
+                                      f"p99 {r['p99_ms']:6.1f} ms errors {r['errors']}", flush=True)
+                finally:
+                    cluster.stop()
+    limit = in_process_limit(2.0 if args.quick else 5.0)
+    for r in rows:
+        r["in_process_per_s"] = limit[r["protocol"]]
+        r["ratio"] = r["throughput"] / limit[r["protocol"]]
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+               "processor": platform.processor() or platform.machine()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": machine, "in_process_per_s": limit, "rows": rows, "quick": args.quick,
+           "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (RESULTS / "results.json").write_text(json.dumps(doc, indent=2))
+    (RESULTS / "results.md").write_text(markdown(doc))
+    plot(doc, RESULTS / "throughput.png")
+    print(markdown(doc))
+    return 0
+
+
+def markdown(doc: dict) -> str:
+    m = doc["machine"]
+    lines = [f"Teller Sign benchmark, {doc['when']}: {m['cpus']} CPUs, {m['processor']}, Python {m['python']}, "
+             "PostgreSQL on the same machine, audit log and limits on.", "",
+             "In-process signing limit (official SDKs + eth-account, one process): " + ", ".join(
+                 f"{k} {v:.0f}/s" for k, v in doc["in_process_per_s"].items()), "",
+             "| workers | protocol | tenants | callers | Sign/s | p50 ms | p95 ms | p99 ms | vs in-process | errors |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in doc["rows"]:
+        lines.append(f"| {r['workers']} | {r['protocol']} | {r['shape']} | {r['callers']} | {r['throughput']:.0f} | "
+                     f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['ratio']:.0%} | "
+                     f"{sum(r['errors'].values())} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, protocol in zip(axes, ("x402", "mpp"), strict=True):
+        for workers in sorted({r["workers"] for r in doc["rows"]}):
+            for shape, style in (("hot tenant", "-o"), ("many tenants", "--s")):
+                pts = [r for r in doc["rows"] if r["protocol"] == protocol and r["workers"] == workers
+                       and r["shape"] == shape]
+                ax.plot([r["callers"] for r in pts], [r["throughput"] for r in pts], style,
+                        label=f"{workers} worker(s), {shape}")
+        ax.axhline(doc["in_process_per_s"][protocol], color="grey", linestyle=":", label="in-process SDK limit")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent callers")
+        ax.set_ylabel("Sign calls / s")
+        ax.set_title(f"{protocol}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Teller Sign throughput ({doc['machine']['cpus']} CPUs, PostgreSQL, audit on)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
