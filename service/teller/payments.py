@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eth_utils import keccak
-from sqlalchemy import and_, bindparam, insert, select, update
+from sqlalchemy import Table, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from teller import audit, eip3009, observe, policy, spend
@@ -112,6 +112,8 @@ class _Prepared:
     gas_price: dict[str, int]
     domains: dict[tuple[str, str], tuple[str, str]]
 
+
+PAYMENTS: Table = Payment.__table__  # type: ignore[assignment]
 
 # Built once; parameters bound per call (statement construction is not free).
 _LOCK = (
@@ -323,16 +325,16 @@ class Payments:
                 if existing is not None:
                     # Signed twice within one second: the same transaction, bit for bit.
                     return existing, None
-        # Core insert: the row object is returned as a value, not tracked by the session.
-        s.execute(insert(Payment), [{c.key: getattr(row, c.key) for c in Payment.__table__.columns
-                                     if getattr(row, c.key) is not None}])
+        # Inserted with its audit event (one statement on PostgreSQL); the row object
+        # is returned as a value, not tracked by the session.
+        values = {c.key: getattr(row, c.key) for c in Payment.__table__.columns if getattr(row, c.key) is not None}
         audit.record(
             s, at_ms=ctx.now_ms, actor=ctx.caller.actor, action="payment.sign", tenant_id=ctx.caller.tenant_id,
             wallet_id=ctx.wallet.id, payment_id=row.id, amount=row.amount, asset=row.asset,
             network=row.network, payee=row.pay_to, resource_url=ctx.req.url,
             details={"protocol": offer.protocol, "scheme": offer.scheme, "nonce": row.nonce,
                      "valid_before": row.valid_before, **details},
-            head=ctx.audit_head,
+            head=ctx.audit_head, with_row=(PAYMENTS, values),
         )
         return row, raw
 
