@@ -109,7 +109,9 @@ class ChainReader:
         if url is None:
             raise FailedPrecondition(f"no RPC endpoint configured for network {network!r} (set rpc_urls)")
         if network not in self._clients:
-            self._clients[network] = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": self._timeout}))
+            # No retries inside web3: the reconciler backs off on its own schedule.
+            self._clients[network] = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": self._timeout},
+                                                            exception_retry_configuration=None))
         return self._clients[network]
 
     def _token(self, network: str, asset: str):  # type: ignore[no-untyped-def]

@@ -41,27 +41,55 @@ def _bindir() -> Path:
     return Path(candidates[-1]).parent
 
 
+class LocalCluster:
+    """A PostgreSQL cluster of our own, from the installed binaries; it can be
+    stopped and started again (failure drills)."""
+
+    def __init__(self, durable: bool = False) -> None:
+        # Test clusters skip fsync and synchronous commit for speed; a drill that
+        # crashes the server needs commits that survive it, as in production.
+        self.durable = durable
+        self.bindir = _bindir()
+        self.root = Path(tempfile.mkdtemp(prefix="teller-pg-"))
+        self.data = self.root / "data"
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.port = _free_port()
+        subprocess.run([*self.as_user, str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
+                        "-A", "trust", "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        speed = "" if self.durable else "-c fsync=off -c synchronous_commit=off "
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 {speed}-c max_connections=400"
+        subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l",
+                        str(self.root / "log"), "-w", "-t", "60", "start"], check=True, capture_output=True)
+
+    def stop(self, mode: str = "immediate") -> None:
+        subprocess.run([*self.as_user, str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w",
+                        "stop"], check=False, capture_output=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_cluster(durable: bool = False) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(durable)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
 @contextlib.contextmanager
 def _throwaway_cluster() -> Iterator[str]:
-    bindir = _bindir()
-    root = Path(tempfile.mkdtemp(prefix="teller-pg-"))
-    data = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                    "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=400"
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"),
-                    "-w", "-t", "60", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       check=False, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with local_cluster() as cluster:
+        yield cluster.url
 
 
 def _docker_available() -> bool:
@@ -107,6 +135,7 @@ def fresh_database(server: str) -> Iterator[str]:
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
+        admin.dispose()  # the server may have restarted meanwhile (failure drills): fresh connections
         with admin.connect() as conn:
             conn.execute(text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from teller.errors import Unavailable
@@ -66,7 +66,7 @@ class Database:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 with Session(bind=conn) as session:
                     yield session
-        except OperationalError as exc:
+        except (OperationalError, InterfaceError) as exc:
             raise Unavailable("database unavailable") from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
@@ -83,7 +83,7 @@ class Database:
         try:
             with self._sessions.begin() as session:
                 yield session
-        except OperationalError as exc:
+        except (OperationalError, InterfaceError) as exc:
             raise Unavailable("database unavailable") from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
