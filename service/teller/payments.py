@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -145,6 +146,7 @@ class Payments:
         self.idempotency_ttl_ms = idempotency_ttl_s * 1000
         self.clock = clock
         self.chain = chain or ChainReader({})
+        self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
 
     def sign(self, caller: Caller, req: SignInput) -> SignResult:
         if req.status != 402:
@@ -156,6 +158,9 @@ class Payments:
                                        now=datetime.fromtimestamp(self.clock(), UTC))
         request_hash = _request_hash(req, collected)
         prepared = self._prepare(collected.offers)
+        # Sign the likely offer before taking the tenant lock, so the lock is held
+        # only for the check-and-reserve. Nothing leaves unless the reservation commits.
+        presigned = self._presign(caller, req, collected, prepared)
 
         denial: TellerError | None = None
         push: tuple[Payment, bytes, offers_mod.Offer] | None = None
@@ -210,7 +215,8 @@ class Payments:
                 offer, decision = chosen
                 _observe_budgets(caller.tenant_id, scopes, decision.amount_common)
                 ctx = _Context(caller, req, wallet, decision, now_ms, request_hash, rules.tenant.mpp_mode,
-                               locked.audit_head)
+                               locked.audit_head, presigned if presigned is not None
+                               and presigned.fits(offer, wallet) else None)
                 payment, raw = self._sign_and_record(s, offer, ctx, prepared)
                 observe.SIGNATURES.labels(payment.protocol, payment.scheme).inc()
                 if raw is None:
@@ -297,6 +303,53 @@ class Payments:
             raise Unavailable(f"payment {row.id} is still being broadcast; retry shortly")
         return row
 
+    def _presign(self, caller: Caller, req: SignInput, collected: offers_mod.Collected,
+                 prepared: _Prepared) -> _Presigned | None:
+        candidates = offers_mod.by_preference(collected.offers, req.protocols or policy.PROTOCOLS)
+        if not candidates:
+            return None
+        offer = candidates[0]
+        known = self._wallet_info(caller.tenant_id, req.wallet_id)
+        if known is None:
+            return None
+        address, sealed = known
+        try:
+            signer = self.vault.signer(caller.tenant_id, req.wallet_id, address, sealed)
+        except TellerError:
+            return None  # the locked path reports it
+        now_s = int(self.clock())
+        if offer.x402 is not None:
+            chosen = offer.x402
+            auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, now_s, chosen.timeout_s,
+                                     os.urandom(32))
+            return _Presigned(offer, req.wallet_id, address, auth=auth,
+                              signature=signer.sign_typed_data(eip3009.typed_data(chosen.token, auth)))
+        req_charge, gas_price = offer.charge, prepared.gas_price.get(offer.network)
+        if (offer.scheme == "tempo/charge" and offer.mpp is not None and req_charge is not None
+                and req_charge.amount > 0 and not req_charge.fee_payer and gas_price is not None):
+            try:
+                tx = mpp_charge.tempo_transaction(req_charge, offer.mpp, now_s=now_s,
+                                                  gas_limit=mpp_charge.gas_limit(req_charge), gas_price=gas_price)
+            except TellerError:
+                return None
+            return _Presigned(offer, req.wallet_id, address, tx=tx, raw=signer.sign_tempo_transaction(tx))
+        return None
+
+    def _wallet_info(self, tenant_id: str, wallet_id: str) -> tuple[str, SealedKey] | None:
+        """A wallet's address and sealed key, remembered briefly: they never change
+        except by re-wrapping, and the locked path re-reads the row anyway."""
+        now = time.monotonic()
+        hit = self._wallets.get(wallet_id)
+        if hit is not None and hit[0] > now and hit[1] == tenant_id:
+            return hit[2], hit[3]
+        with self.db.read() as s:
+            w = s.get(Wallet, wallet_id)
+            if w is None or w.tenant_id != tenant_id:
+                return None
+            info = (w.address, SealedKey(w.kek_version, w.wrapped_data_key, w.key_ciphertext))
+        self._wallets[wallet_id] = (now + 30.0, tenant_id, *info)
+        return info
+
     def _signer(self, caller: Caller, wallet: Wallet) -> WalletSigner:
         return self.vault.signer(caller.tenant_id, wallet.id, wallet.address,
                                  SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext))
@@ -355,9 +408,13 @@ class Payments:
     def _x402(self, signer: WalletSigner, offer: offers_mod.Offer, ctx: _Context) -> tuple[Payment, dict[str, Any]]:
         chosen, chall = offer.x402, offer.x402_challenge
         assert chosen is not None and chall is not None
-        auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, ctx.now_ms // 1000,
-                                 chosen.timeout_s, os.urandom(32))
-        signature = signer.sign_typed_data(eip3009.typed_data(chosen.token, auth))
+        pre = ctx.presigned
+        if pre is not None and pre.auth is not None and pre.signature is not None:
+            auth, signature = pre.auth, pre.signature
+        else:
+            auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, ctx.now_ms // 1000,
+                                     chosen.timeout_s, os.urandom(32))
+            signature = signer.sign_typed_data(eip3009.typed_data(chosen.token, auth))
         name, value = x402_proof.payment_header(chall, chosen, auth, signature)
         row = self._row(offer, ctx, version=chall.version, nonce="0x" + auth.nonce.hex(),
                         valid_before=auth.valid_before, header_name=name, header_value=value,
@@ -404,9 +461,13 @@ class Payments:
             raise FailedPrecondition(f"no RPC endpoint configured for {offer.network}: Tempo payments need the "
                                      "chain's gas price (set rpc_urls)")
         mode = ctx.mpp_mode if ctx.mpp_mode in req.modes else req.modes[0]
-        tx = mpp_charge.tempo_transaction(req, ch, now_s=ctx.now_ms // 1000,
-                                          gas_limit=mpp_charge.gas_limit(req), gas_price=gas_price)
-        raw = signer.sign_tempo_transaction(tx)
+        pre = ctx.presigned
+        if pre is not None and pre.tx is not None and pre.raw is not None:
+            tx, raw = pre.tx, pre.raw
+        else:
+            tx = mpp_charge.tempo_transaction(req, ch, now_s=ctx.now_ms // 1000,
+                                              gas_limit=mpp_charge.gas_limit(req), gas_price=gas_price)
+            raw = signer.sign_tempo_transaction(tx)
         tx_hash = "0x" + keccak(raw).hex()
         details: dict[str, Any] = {"method": ch.method, "intent": ch.intent, "mode": mode, "challenge_id": ch.id,
                                    "realm": ch.realm, "tx_hash": tx_hash}
@@ -467,6 +528,22 @@ class Payments:
 
 
 @dataclass(frozen=True, slots=True)
+class _Presigned:
+    """A proof signed before the lock for the offer the tenant most likely pays."""
+
+    offer: offers_mod.Offer
+    wallet_id: str
+    address: str
+    auth: eip3009.Authorization | None = None
+    signature: bytes | None = None
+    tx: Any = None  # pytempo TempoTransaction
+    raw: bytes | None = None
+
+    def fits(self, offer: offers_mod.Offer, wallet: Wallet) -> bool:
+        return offer is self.offer and wallet.id == self.wallet_id and wallet.address == self.address
+
+
+@dataclass(frozen=True, slots=True)
 class _Locked:
     wallet: Wallet
     tenant_frozen: bool
@@ -484,6 +561,7 @@ class _Context:
     request_hash: str
     mpp_mode: str
     audit_head: tuple[int, str]
+    presigned: _Presigned | None = None
 
 
 def _facts(offer: offers_mod.Offer, url: str, payee: str | None = None) -> policy.Payment:
