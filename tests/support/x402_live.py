@@ -4,12 +4,9 @@ middleware with the official x402Facilitator and its web3 signer on anvil."""
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from x402 import x402Facilitator, x402ResourceServer
 from x402.http.middleware.fastapi import payment_middleware
@@ -19,7 +16,7 @@ from x402.mechanisms.evm.exact import register_exact_evm_facilitator, register_e
 from x402.schemas import AssetAmount
 
 from tests.support.chain import FACILITATOR_KEY, TOKEN_NAME, TOKEN_VERSION, Chain
-from tests.support.procs import free_port
+from tests.support.mpp_live import serve
 
 
 @contextlib.contextmanager
@@ -43,22 +40,8 @@ def resource_server(chain: Chain, pay_to: str, amount: int, timeout_s: int = 120
     def weather() -> dict[str, str]:
         return {"weather": "sunny"}
 
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 20
-    while not uv.started:
-        if time.time() > deadline:
-            raise RuntimeError("resource server did not start")
-        time.sleep(0.05)
-    try:
+    with serve(app) as base:
         yield base
-    finally:
-        uv.should_exit = True
-        thread.join(10)
 
 
 __all__ = ["httpx", "resource_server"]

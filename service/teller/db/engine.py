@@ -61,31 +61,26 @@ class Database:
             with self.transaction() as session:
                 yield session
             return
-        try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                with Session(bind=conn) as session:
-                    yield session
-        except (OperationalError, InterfaceError) as exc:
-            raise Unavailable("database unavailable") from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise Unavailable("database connection lost") from exc
-            raise
+        with _fail_closed(), self.engine.connect() as conn:
+            with Session(bind=conn.execution_options(isolation_level="AUTOCOMMIT")) as session:
+                yield session
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One database transaction; commits on success, rolls back on any error.
+        """One database transaction; commits on success, rolls back on any error."""
+        with _fail_closed(), self._sessions.begin() as session:
+            yield session
 
-        A lost database connection surfaces as ``Unavailable`` so callers fail
-        closed and may retry.
-        """
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except (OperationalError, InterfaceError) as exc:
-            raise Unavailable("database unavailable") from exc
-        except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise Unavailable("database connection lost") from exc
-            raise
+
+@contextmanager
+def _fail_closed() -> Iterator[None]:
+    """A lost or unreachable database surfaces as ``Unavailable``: callers fail
+    closed (nothing is signed) and may retry."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise Unavailable("database unavailable") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise Unavailable("database connection lost") from exc
+        raise
