@@ -94,3 +94,16 @@ def test_admin_calls_on_unknown_tenant_are_not_found(teller):
         admin.create_wallet("no-such-tenant")
     with pytest.raises(NotFound):
         admin.issue_token("no-such-tenant")
+
+
+def test_sign_checks_the_token_every_call(teller):
+    """Sign verifies the token inside its locking statement: a revoked token or a
+    wrong secret fails at once, even after earlier calls succeeded."""
+    t = teller.setup_tenant()
+    assert _sign(teller.client(t.token), t.wallet_id).header_value
+    token_id, secret = t.token.split(".", 1)
+    with pytest.raises(Unauthenticated, match="invalid token"):
+        _sign(teller.client(f"{token_id}.{secret[:-2]}xx"), t.wallet_id)
+    teller.admin().revoke_token(t.token_id)
+    with pytest.raises(Unauthenticated, match="revoked"):
+        _sign(teller.client(t.token), t.wallet_id)

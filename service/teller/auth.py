@@ -52,19 +52,31 @@ def bearer(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
     raise Unauthenticated("missing authorization metadata (Bearer token)")
 
 
-def authenticate_tenant(session: Session, token: str) -> Caller:
+def parse_token(token: str) -> tuple[str, str]:
+    """(token id, secret) of a tenant token; the id is not secret."""
     if not token.startswith(PREFIX) or "." not in token:
         raise Unauthenticated("not a Teller tenant token")
     token_id, _, secret = token[len(PREFIX) :].partition(".")
+    return token_id, secret
+
+
+def check_secret(stored_hash: str | None, revoked_ms: int | None, secret: str) -> None:
+    """The token row's verdict on a presented secret (constant-time comparison)."""
+    if stored_hash is None or not hmac.compare_digest(stored_hash, hash_secret(secret)):
+        raise Unauthenticated("invalid token")
+    if revoked_ms is not None:
+        raise Unauthenticated("token revoked")
+
+
+def authenticate_tenant(session: Session, token: str) -> Caller:
+    token_id, secret = parse_token(token)
     row = session.execute(
         select(ApiToken.secret_hash, ApiToken.revoked_ms, Tenant.id, Tenant.state)
         .join(Tenant, Tenant.id == ApiToken.tenant_id)
         .where(ApiToken.id == token_id)
     ).first()
-    if row is None or not hmac.compare_digest(row.secret_hash, hash_secret(secret)):
-        raise Unauthenticated("invalid token")
-    if row.revoked_ms is not None:
-        raise Unauthenticated("token revoked")
+    check_secret(row.secret_hash if row is not None else None, row.revoked_ms if row is not None else None, secret)
+    assert row is not None
     if row.state != "active":
         raise PermissionDenied("tenant is disabled", reason="tenant_disabled")
     return Caller(tenant_id=row.id, token_id=token_id)

@@ -22,13 +22,13 @@ from eth_utils import keccak
 from sqlalchemy import Table, and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, eip3009, observe, policy, spend
+from teller import audit, auth, eip3009, observe, policy, spend
 from teller import offers as offers_mod
 from teller.auth import Caller
 from teller.chain import ChainReader
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
-from teller.db.models import AuditHead, Payment, SpendPolicy, Tenant, Wallet
+from teller.db.models import ApiToken, AuditHead, Payment, SpendPolicy, Tenant, Wallet
 from teller.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -124,10 +124,12 @@ _LOCK = (
            select(SpendPolicy.document).where(SpendPolicy.tenant_id == Tenant.id,
                                               SpendPolicy.wallet_id == Wallet.id)
            .scalar_subquery().label("wallet_doc"),
-           AuditHead.seq, AuditHead.hash)
+           AuditHead.seq, AuditHead.hash, ApiToken.secret_hash, ApiToken.revoked_ms)
     .select_from(Tenant)
     .join(Wallet, and_(Wallet.id == bindparam("wallet_id"), Wallet.tenant_id == Tenant.id))
     .join(AuditHead, AuditHead.chain == Tenant.id)
+    # The caller's token, checked in this same statement (no separate round trip).
+    .outerjoin(ApiToken, and_(ApiToken.id == bindparam("token_id"), ApiToken.tenant_id == Tenant.id))
     .where(Tenant.id == bindparam("tenant_id"))
     .with_for_update(of=[Tenant, AuditHead])
 )
@@ -148,7 +150,10 @@ class Payments:
         self.chain = chain or ChainReader({})
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
 
-    def sign(self, caller: Caller, req: SignInput) -> SignResult:
+    def sign(self, caller: Caller, req: SignInput, token_secret: str | None = None) -> SignResult:
+        """Sign a payment for ``req``. With ``token_secret`` the caller's token is
+        verified inside the locking statement (the RPC path); without it the
+        caller is taken as already authenticated."""
         if req.status != 402:
             raise InvalidArgument(f"challenge.status must be 402, got {req.status}")
         if not req.wallet_id:
@@ -165,7 +170,7 @@ class Payments:
         denial: TellerError | None = None
         push: tuple[Payment, bytes, offers_mod.Offer] | None = None
         with self.db.transaction() as s:
-            locked = self._lock(s, caller, req.wallet_id)
+            locked = self._lock(s, caller, req.wallet_id, token_secret)
             wallet, tenant_frozen, rules = locked.wallet, locked.tenant_frozen, locked.rules
             # Read the clock only once the lock is held, so payments of one tenant
             # are stamped in the order they were reserved.
@@ -250,16 +255,28 @@ class Payments:
 
     # -- the locked part ----------------------------------------------------
 
-    def _lock(self, s: Session, caller: Caller, wallet_id: str) -> _Locked:
+    def _lock(self, s: Session, caller: Caller, wallet_id: str, token_secret: str | None,
+              retry: bool = True) -> _Locked:
         """One statement: lock the tenant row (the check-and-reserve lock) and its
-        audit chain head, and read the wallet and both policy documents."""
-        row = s.execute(_LOCK, {"tenant_id": caller.tenant_id, "wallet_id": wallet_id}).first()
+        audit chain head, read the wallet and both policy documents, and (when
+        given the secret) check the caller's token."""
+        row = s.execute(_LOCK, {"tenant_id": caller.tenant_id, "wallet_id": wallet_id,
+                                "token_id": caller.token_id}).first()
         if row is None:
             # Say precisely what is wrong (these raise), else create the missing chain head.
+            if token_secret is not None:
+                token = s.execute(select(ApiToken.secret_hash, ApiToken.revoked_ms)
+                                  .where(ApiToken.id == caller.token_id, ApiToken.tenant_id == caller.tenant_id)).first()
+                auth.check_secret(token.secret_hash if token else None, token.revoked_ms if token else None,
+                                  token_secret)
             self._wallet(s, caller, wallet_id)
             self._lock_tenant(s, caller.tenant_id)
             audit.locked_head(s, caller.tenant_id)
-            return self._lock(s, caller, wallet_id)
+            if not retry:
+                raise Unavailable("could not lock the tenant; retry")
+            return self._lock(s, caller, wallet_id, token_secret, retry=False)
+        if token_secret is not None:
+            auth.check_secret(row.secret_hash, row.revoked_ms, token_secret)
         wallet: Wallet = row.Wallet
         if row.state != "active":
             raise PermissionDenied("tenant is disabled", reason="tenant_disabled")

@@ -53,6 +53,10 @@ def _list_audit(app: App, tenant_id: str | None, req: common_pb2.ListAuditEvents
 
 
 class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
+    def __init__(self, app: App, pool: ThreadPoolExecutor) -> None:
+        super().__init__(app, pool)
+        self._token_tenants: dict[str, str] = {}
+
     async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
         token = auth.bearer(context.invocation_metadata())
 
@@ -66,9 +70,19 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         return caller
 
     async def Sign(self, request: payment_pb2.SignRequest, context: grpc.aio.ServicerContext) -> payment_pb2.SignResponse:
-        caller = await self._caller(context)
+        token = auth.bearer(context.invocation_metadata())
+        token_id, secret = auth.parse_token(token)
+        tenant_id = self._token_tenants.get(token_id)
+        if tenant_id is None:
+            caller = await self._caller(context)
+            self._token_tenants[token_id] = caller.tenant_id  # a token never changes tenant
+        else:
+            # The token itself is verified inside Sign's locking statement.
+            caller = Caller(tenant_id, token_id)
+            if self.app.settings.tls_client_ca_file is not None:
+                auth.check_certificate(context.auth_context(), f"tenant:{caller.tenant_id}")
         sign_in = convert.sign_input_from_proto(request)
-        result = await self.run(self.app.payments.sign, caller, sign_in)
+        result = await self.run(self.app.payments.sign, caller, sign_in, secret)
         return convert.sign_result_to_proto(result)
 
     async def Pay(self, request: payment_pb2.PayRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[payment_pb2.PayResponse]:
