@@ -131,7 +131,8 @@ def main() -> int:
 
     x402 = sdk_v2_challenge(amount="1000")
     mpp = mpp_challenges(3000 if not args.quick else 500)
-    rows = []
+    rows: list[dict] = []
+    history_rows: list[dict] = []
     with pg.server_url() as server, tempo_chain() as chain, tempfile.TemporaryDirectory() as tmp:
         for workers in workers_list:
             with pg.fresh_database(server) as url:
@@ -139,9 +140,10 @@ def main() -> int:
                                         TELLER_DB_POOL_SIZE="16", TELLER_RECONCILE_INTERVAL_SECONDS="0")
                 try:
                     targets = [w.target for w in cluster.workers]
-                    tenants = setup_tenants(targets[0], cluster.admin_token, 64)
                     for protocol in ("x402", "mpp"):
                         for shape in ("hot tenant", "many tenants"):
+                            # Fresh tenants per phase: each starts with an empty payment history.
+                            tenants = setup_tenants(targets[0], cluster.admin_token, 64)
                             chosen = tenants[:1] if shape == "hot tenant" else tenants
                             if protocol == "x402":
                                 jobs = [{"token": tok, "wallet_id": wid, "headers": x402.headers,
@@ -158,6 +160,8 @@ def main() -> int:
                                 print(f"{workers}w {protocol:4} {shape:12} {callers:3} callers: "
                                       f"{r['throughput']:7.0f}/s p50 {r['p50_ms']:6.1f} p95 {r['p95_ms']:6.1f} "
                                       f"p99 {r['p99_ms']:6.1f} ms errors {r['errors']}", flush=True)
+                    if workers == 1 and not args.quick:
+                        history_rows.extend(history_cost(url, targets, cluster.admin_token, x402, seconds, warmup))
                 finally:
                     cluster.stop()
     limit = in_process_limit(2.0 if args.quick else 5.0)
@@ -167,13 +171,48 @@ def main() -> int:
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                "processor": platform.processor() or platform.machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {"machine": machine, "in_process_per_s": limit, "rows": rows, "quick": args.quick,
+    doc = {"machine": machine, "in_process_per_s": limit, "rows": rows, "history": history_rows, "quick": args.quick,
            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (RESULTS / "results.json").write_text(json.dumps(doc, indent=2))
     (RESULTS / "results.md").write_text(markdown(doc))
     plot(doc, RESULTS / "throughput.png")
     print(markdown(doc))
     return 0
+
+
+def history_cost(url: str, targets: list[str], admin_token: str, x402, seconds: float,  # type: ignore[no-untyped-def]
+                 warmup: float) -> list[dict]:
+    """What a tenant's payment history in its budget windows costs each Sign:
+    window sums are computed from the payments themselves."""
+    from sqlalchemy import create_engine, text
+
+    out = []
+    for history in (0, 20_000, 100_000):
+        (tenant,) = setup_tenants(targets[0], admin_token, 1)
+        token, wallet_id = tenant
+        if history:
+            engine = create_engine(url)
+            now = int(time.time() * 1000)
+            with engine.begin() as conn:
+                tenant_id = conn.execute(text("SELECT tenant_id FROM wallets WHERE id = :w"),
+                                         {"w": wallet_id}).scalar_one()
+                conn.execute(text(
+                    "INSERT INTO payments (id, tenant_id, wallet_id, protocol, version, scheme, network, asset, "
+                    "pay_to, amount, amount_common, resource_url, nonce, valid_before, state, header_name, "
+                    "header_value, request_hash, created_ms, updated_ms, state_reason, tx_hash, asset_name, "
+                    "asset_version) SELECT md5(random()::text || g::text), :t, :w, 'x402', 2, 'exact', 'eip155:1', "
+                    "'0x0', '0x0', 1, 1, '', '0x' || md5(g::text) || md5(g::text), 0, 'settled', 'h', 'v', 'r', "
+                    ":now - (g % 3000000), :now, '', '', '', '' FROM generate_series(1, :n) g"),
+                    {"t": tenant_id, "w": wallet_id, "now": now, "n": history})
+            engine.dispose()
+        jobs = [{"token": token, "wallet_id": wallet_id, "headers": x402.headers,
+                 "body": x402.body.decode("latin-1"), "url": x402.url}]
+        r = drive(targets, 8, jobs, seconds, warmup)
+        r.update(history=history)
+        out.append(r)
+        print(f"history {history:6}: {r['throughput']:7.0f}/s p50 {r['p50_ms']:6.1f} p99 {r['p99_ms']:6.1f} ms",
+              flush=True)
+    return out
 
 
 def markdown(doc: dict) -> str:
@@ -188,6 +227,11 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {r['workers']} | {r['protocol']} | {r['shape']} | {r['callers']} | {r['throughput']:.0f} | "
                      f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['ratio']:.0%} | "
                      f"{sum(r['errors'].values())} |")
+    if doc.get("history"):
+        lines += ["", "Cost of payment history inside the budget windows (1 worker, x402, one tenant, 8 callers):", "",
+                  "| payments already in the window | Sign/s | p50 ms | p99 ms |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['history']:,} | {r['throughput']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+                  for r in doc["history"]]
     return "\n".join(lines) + "\n"
 
 
