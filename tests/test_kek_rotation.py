@@ -84,10 +84,12 @@ def test_rewrap_online_then_retire_the_old_kek(pg_url, tmp_path):
         threads = [threading.Thread(target=keep_signing) for _ in range(2)]
         for th in threads:
             th.start()
-        result = rotation.rewrap_all(db, kek_provider(both), batch=2)
-        stop.set()
-        for th in threads:
-            th.join(60)
+        try:
+            result = rotation.rewrap_all(db, kek_provider(both), batch=2)
+        finally:
+            stop.set()
+            for th in threads:
+                th.join(60)
         assert failures == [] and signed > 0
         assert (result.rewrapped, result.current_version) == (4, "v2")
         assert rotation.status(db) == {"v2": 4}

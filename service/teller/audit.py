@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, TextClause, bindparam, insert, select, text, update
+from sqlalchemy import TextClause, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from teller.audit_chain import GENESIS, event_hash
@@ -32,14 +33,14 @@ def record(
     resource_url: str = "",
     details: dict[str, Any] | None = None,
     head: tuple[int, str] | None = None,
-    with_row: tuple[Table, dict[str, Any]] | None = None,
+    also: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> tuple[int, str]:
     """Append one event to its tenant's chain; returns the new chain head.
 
     ``head`` is the chain head the caller already holds locked (Sign reads it
     with its tenant lock, in the same statement); otherwise it is locked here.
-    ``with_row`` is another row (table, values) the event records: it is
-    inserted with the event, in one statement on PostgreSQL.
+    ``also`` holds other writes the event records (SQL text with its own
+    parameter names): on PostgreSQL they travel with the event in one statement.
     """
     event: dict[str, Any] = {
         "tenant_id": tenant_id, "at_ms": at_ms, "actor": actor, "action": action, "outcome": outcome,
@@ -52,32 +53,27 @@ def record(
         head = locked_head(session, chain)
     event["seq"], event["prev_hash"] = head[0] + 1, head[1]
     event["hash"] = event_hash(event)
-    if with_row is not None and session.get_bind().dialect.name == "postgresql":
-        table, values = with_row
-        statement = _combined(table.name, tuple(values), tuple(event))
-        session.execute(statement, {**{f"r_{k}": v for k, v in values.items()},
-                                    **{f"e_{k}": v for k, v in event.items()}, "h_chain": chain})
+    if also and session.get_bind().dialect.name == "postgresql":
+        params: dict[str, Any] = {f"e_{k}": v for k, v in event.items()}
+        for _, fragment_params in also:
+            params.update(fragment_params)
+        session.execute(_combined(tuple(sql for sql, _ in also), tuple(event)), {**params, "h_chain": chain})
         return event["seq"], event["hash"]
-    if with_row is not None:
-        session.execute(insert(with_row[0]), [with_row[1]])
+    for sql, fragment_params in also:
+        session.execute(text(sql), fragment_params)
     session.execute(insert(AuditEvent), [event])
     session.execute(_ADVANCE_HEAD, {"c": chain, "seq": event["seq"], "hash": event["hash"]})
     return event["seq"], event["hash"]
 
 
 @functools.lru_cache(maxsize=64)
-def _combined(table: str, row_keys: tuple[str, ...], event_keys: tuple[str, ...]) -> TextClause:
-    """Row insert, event insert and chain-head update as one PostgreSQL statement
-    (data-modifying CTEs): one round trip instead of three, same transaction."""
-    def cols(keys: tuple[str, ...]) -> str:
-        return ", ".join(f'"{k}"' for k in keys)
-
-    def params(prefix: str, keys: tuple[str, ...]) -> str:
-        return ", ".join(f":{prefix}{k}" for k in keys)
-
+def _combined(fragments: tuple[str, ...], event_keys: tuple[str, ...]) -> TextClause:
+    """Other writes, the event insert and the chain-head update as one PostgreSQL
+    statement (data-modifying CTEs): one round trip, same transaction."""
+    ctes = "".join(f"w{i} AS ({sql}), " for i, sql in enumerate(fragments))
     return text(
-        f"WITH r AS (INSERT INTO {table} ({cols(row_keys)}) VALUES ({params('r_', row_keys)})), "  # noqa: S608
-        f"e AS (INSERT INTO audit_events ({cols(event_keys)}) VALUES ({params('e_', event_keys)})) "
+        f"WITH {ctes}e AS (INSERT INTO audit_events ({', '.join(event_keys)}) "  # noqa: S608 - our own SQL
+        f"VALUES ({', '.join(':e_' + k for k in event_keys)})) "
         "UPDATE audit_heads SET seq = :e_seq, hash = :e_hash WHERE chain = :h_chain")
 
 

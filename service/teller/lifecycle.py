@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, eip3009
+from teller import audit, eip3009, spend
 from teller.chain import AuthorizationEvent, ChainReader
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
@@ -72,6 +72,7 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     action = f"payment.{change.to}" if not (change.to == FAILED and change.release) else "payment.released"
+    # The audit chain head is locked before the spend buckets, as in Sign: one lock order.
     audit.record(
         s, at_ms=now_ms, actor=actor, action=action, tenant_id=p.tenant_id, reason=change.reason[:100],
         wallet_id=p.wallet_id, payment_id=p.id, amount=p.amount, asset=p.asset, network=p.network,
@@ -79,6 +80,12 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
         details={"from": p.state, "to": change.to, "tx_hash": change.tx_hash, "released": change.release,
                  **(details or {})},
     )
+    was_spent = p.state == SETTLED
+    if change.release:
+        spend.add_to_buckets(s, p.tenant_id, p.wallet_id, p.created_ms,
+                             0 if was_spent else -p.amount_common, -p.amount_common if was_spent else 0)
+    elif change.to == SETTLED and not was_spent:
+        spend.add_to_buckets(s, p.tenant_id, p.wallet_id, p.created_ms, -p.amount_common, p.amount_common)
     return True
 
 

@@ -8,6 +8,7 @@ both spend the last of a budget. Other tenants are not blocked.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eth_utils import keccak
-from sqlalchemy import Table, and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from teller import audit, auth, eip3009, observe, policy, spend
@@ -114,7 +115,11 @@ class _Prepared:
     domains: dict[tuple[str, str], tuple[str, str]]
 
 
-PAYMENTS: Table = Payment.__table__  # type: ignore[assignment]
+@functools.lru_cache(maxsize=16)
+def _payment_insert(keys: tuple[str, ...]) -> str:
+    return (f"INSERT INTO payments ({', '.join(keys)}) "  # noqa: S608 - column names from the model
+            f"VALUES ({', '.join(':r_' + k for k in keys)})")
+
 
 # Built once; parameters bound per call (statement construction is not free).
 _LOCK = (
@@ -398,13 +403,18 @@ class Payments:
         # Inserted with its audit event (one statement on PostgreSQL); the row object
         # is returned as a value, not tracked by the session.
         values = {c.key: getattr(row, c.key) for c in Payment.__table__.columns if getattr(row, c.key) is not None}
+        spent = row.amount_common if row.state == spend.SPENT else 0
+        buckets = {"b_tenant": row.tenant_id, "b_wallet": row.wallet_id, "b_minute": row.created_ms // spend.MINUTE_MS,
+                   "b_reserved": row.amount_common - spent, "b_spent": spent}
         audit.record(
             s, at_ms=ctx.now_ms, actor=ctx.caller.actor, action="payment.sign", tenant_id=ctx.caller.tenant_id,
             wallet_id=ctx.wallet.id, payment_id=row.id, amount=row.amount, asset=row.asset,
             network=row.network, payee=row.pay_to, resource_url=ctx.req.url,
             details={"protocol": offer.protocol, "scheme": offer.scheme, "nonce": row.nonce,
                      "valid_before": row.valid_before, **details},
-            head=ctx.audit_head, with_row=(PAYMENTS, values),
+            head=ctx.audit_head,
+            also=((_payment_insert(tuple(values)), {f"r_{k}": v for k, v in values.items()}),
+                  (spend.BUCKET_UPSERT_SQL, buckets)),
         )
         return row, raw
 

@@ -173,6 +173,8 @@ class Reconciler:
                 select(Payment, Wallet.address).join(Wallet, Wallet.id == Payment.wallet_id)
                 .where(Payment.network == network, Payment.nonce.in_(nonces), Payment.released_ms.is_(None),
                        Payment.state.in_(LIVE))
+                # One order for every writer: no two reconcilers wait on each other's rows.
+                .order_by(Payment.created_ms, Payment.id)
             ).all()
             now = ms(self.clock)
             for p, address in rows:

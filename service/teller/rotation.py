@@ -52,7 +52,10 @@ def rewrap_all(db: Database, kek: KekProvider, clock: Clock = system_clock, batc
             return RewrapResult(done["rewrapped"], done["current"], current)
         for wallet_id in ids:
             with db.transaction() as s:
-                w = s.execute(select(Wallet).where(Wallet.id == wallet_id).with_for_update()).scalar_one()
+                # NO KEY UPDATE: Sign's payment inserts take KEY SHARE on the wallet (the
+                # foreign key) while holding the audit head this job wants next.
+                w = s.execute(select(Wallet).where(Wallet.id == wallet_id).with_for_update(key_share=True)
+                              ).scalar_one()
                 if w.kek_version == current:
                     done["current"] += 1
                     continue

@@ -131,6 +131,20 @@ class Payment(Base):
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class SpendBucket(Base):
+    """Unreleased payment amounts per scope (tenant or wallet) and minute of
+    ``created_ms``, kept in the same transactions that write payments and move
+    them along their lifecycle, so a budget window is summed from a few hundred
+    buckets instead of every payment in it."""
+
+    __tablename__ = "spend_buckets"
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)  # "tenant" | "wallet"
+    scope_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    minute: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # created_ms // 60000
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    spent: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class ChainCursor(Base):
     """How far the reconciler has scanned a network's authorization events."""
 
