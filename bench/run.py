@@ -130,7 +130,6 @@ def main() -> int:
     seconds, warmup = (2.0, 1.0) if args.quick else (args.seconds, 2.0)
 
     x402 = sdk_v2_challenge(amount="1000")
-    mpp = mpp_challenges(3000 if not args.quick else 500)
     rows: list[dict] = []
     history_rows: list[dict] = []
     with pg.server_url() as server, tempo_chain() as chain, tempfile.TemporaryDirectory() as tmp:
@@ -150,6 +149,8 @@ def main() -> int:
                                          "body": x402.body.decode("latin-1"), "url": x402.url}
                                         for tok, wid in chosen]
                             else:
+                                # Fresh challenges per phase: pympp's expire after five minutes.
+                                mpp = mpp_challenges(3000 if not args.quick else 500)
                                 jobs = [{"token": chosen[i % len(chosen)][0], "wallet_id": chosen[i % len(chosen)][1],
                                          "headers": h, "body": "", "url": "https://bench.local/item"}
                                         for i, h in enumerate(mpp)]
