@@ -8,6 +8,7 @@ its text, so no exception message can leak data to a caller.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -53,12 +54,23 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tracing: Tracing | None = None) -> None:
         self.tracing = tracing or Tracing(False)
 
-    async def _begin(self, context: grpc.aio.ServicerContext, method: str) -> str:
+    @contextlib.asynccontextmanager
+    async def _call(self, context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+        """Everything around one call, unary or streaming: request id, span,
+        metrics, and the translation of any error into its status."""
         rid = _request_id(context)
         REQUEST_ID.set(rid)
         METHOD.set(method)
         await context.send_initial_metadata((("x-request-id", rid),))
-        return rid
+        started, code = time.perf_counter(), "OK"
+        with self.tracing.span(method, rid):
+            try:
+                yield
+            except Exception as exc:  # noqa: BLE001 - translated in one place
+                code = _code(exc)
+                await _abort(context, method, exc)
+            finally:
+                record_call(method, code, time.perf_counter() - started)
 
     async def intercept_service(
         self,
@@ -73,16 +85,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary
 
             async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                rid = await self._begin(context, method)
-                started, code = time.perf_counter(), "OK"
-                with self.tracing.span(method, rid):
-                    try:
-                        return await inner(request, context)
-                    except Exception as exc:  # noqa: BLE001 - translated in one place
-                        code = _code(exc)
-                        await _abort(context, method, exc)
-                    finally:
-                        record_call(method, code, time.perf_counter() - started)
+                async with self._call(context, method):
+                    return await inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
                 guarded, request_deserializer=handler.request_deserializer,
@@ -91,17 +95,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             stream = handler.unary_stream
 
             async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                rid = await self._begin(context, method)
-                started, code = time.perf_counter(), "OK"
-                with self.tracing.span(method, rid):
-                    try:
-                        async for item in stream(request, context):
-                            yield item
-                    except Exception as exc:  # noqa: BLE001 - translated in one place
-                        code = _code(exc)
-                        await _abort(context, method, exc)
-                    finally:
-                        record_call(method, code, time.perf_counter() - started)
+                async with self._call(context, method):
+                    async for item in stream(request, context):
+                        yield item
 
             return grpc.unary_stream_rpc_method_handler(
                 guarded_stream, request_deserializer=handler.request_deserializer,
