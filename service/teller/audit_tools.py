@@ -18,11 +18,7 @@ BATCH = 1000
 
 
 def _as_dict(e: AuditEvent) -> dict[str, Any]:
-    return {"id": e.id, "tenant_id": e.tenant_id, "seq": e.seq, "at_ms": e.at_ms, "actor": e.actor,
-            "action": e.action, "outcome": e.outcome, "reason": e.reason, "wallet_id": e.wallet_id,
-            "payment_id": e.payment_id, "amount": e.amount, "asset": e.asset, "network": e.network,
-            "payee": e.payee, "resource_url": e.resource_url, "details": e.details, "prev_hash": e.prev_hash,
-            "hash": e.hash}
+    return {c.key: getattr(e, c.key) for c in AuditEvent.__table__.columns}
 
 
 def events(db: Database, tenant_id: str | None = None) -> Iterator[dict[str, Any]]:

@@ -166,17 +166,21 @@ class ChainReader:
             return _mined(receipt)
         return self._call(network, "broadcast", send)
 
-    def mined(self, network: str, tx_hash: str) -> Mined | None:
-        """The receipt of a transaction, or None while it is not mined."""
-        def read() -> Mined | None:
+    def _receipt(self, network: str, tx_hash: str) -> Any:
+        """A transaction's receipt, or None while it is not mined."""
+        def read() -> Any:
             try:
-                receipt = self._w3(network).eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+                return self._w3(network).eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
             except Web3Exception as exc:
                 if "not found" in str(exc).lower():
                     return None
                 raise
-            return _mined(receipt)
         return self._call(network, "receipt read", read)
+
+    def mined(self, network: str, tx_hash: str) -> Mined | None:
+        """The outcome of a transaction, or None while it is not mined."""
+        receipt = self._receipt(network, tx_hash)
+        return _mined(receipt) if receipt is not None else None
 
     def token_balance(self, network: str, asset: str, owner: str) -> int:
         return self._call(network, "balance read", lambda: int(
@@ -221,17 +225,10 @@ class ChainReader:
 
     def events_in_transaction(self, network: str, tx_hash: str) -> list[AuthorizationEvent]:
         """The authorization events a mined transaction emitted ([] if not mined or reverted)."""
-        def read() -> list[AuthorizationEvent]:
-            try:
-                receipt = self._w3(network).eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-            except Web3Exception as exc:
-                if "not found" in str(exc).lower():
-                    return []
-                raise
-            if int(receipt["status"]) != 1:
-                return []
-            return [e for e in map(_event, receipt["logs"]) if e is not None]
-        return self._call(network, "receipt read", read)
+        receipt = self._receipt(network, tx_hash)
+        if receipt is None or int(receipt["status"]) != 1:
+            return []
+        return [e for e in map(_event, receipt["logs"]) if e is not None]
 
     def send_cancel_authorization(self, network: str, asset: str, nonce: str, signature: bytes,
                                   sign_transaction: Callable[[dict[str, Any]], bytes], sender: str,

@@ -9,7 +9,6 @@ import contextvars
 import json
 import logging
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -104,10 +103,6 @@ class Tracing:
         with self._tracer.start_as_current_span(method, attributes={"rpc.system": "grpc", "rpc.method": method,
                                                                    "teller.request_id": request_id}) as span:
             yield span
-
-
-def now() -> float:
-    return time.perf_counter()
 
 
 __all__ = ["BUDGET", "CALLS", "DENIALS", "LATENCY", "RECONCILER_LAG", "RECONCILER_LAST", "REQUEST_ID",

@@ -386,26 +386,21 @@ class Payments:
             row, details = self._x402(signer, offer, ctx)
         elif offer.scheme == "evm/charge":
             row, details = self._evm_charge(signer, offer, ctx, prepared)
+        else:
+            row, details, raw = self._tempo_charge(signer, offer, ctx, prepared)
+        if offer.x402 is None and raw is None:
+            # MPP proofs are deterministic: an evm nonce is bound to its challenge, and a
+            # Tempo transaction signed twice within one second is the same bit for bit.
+            # The chain takes only one, so return that payment rather than reserve twice.
             existing = s.execute(select(Payment).where(Payment.wallet_id == ctx.wallet.id,
                                                        Payment.nonce == row.nonce)).scalar_one_or_none()
             if existing is not None:
-                # The same challenge again: its nonce is bound to the challenge, so
-                # the chain takes only one; return that one rather than reserve twice.
                 return existing, None
-        else:
-            row, details, raw = self._tempo_charge(signer, offer, ctx, prepared)
-            if raw is None:
-                existing = s.execute(select(Payment).where(Payment.wallet_id == ctx.wallet.id,
-                                                           Payment.nonce == row.nonce)).scalar_one_or_none()
-                if existing is not None:
-                    # Signed twice within one second: the same transaction, bit for bit.
-                    return existing, None
         # Inserted with its audit event (one statement on PostgreSQL); the row object
         # is returned as a value, not tracked by the session.
         values = {c.key: getattr(row, c.key) for c in Payment.__table__.columns if getattr(row, c.key) is not None}
         spent = row.amount_common if row.state == spend.SPENT else 0
-        buckets = {"b_tenant": row.tenant_id, "b_wallet": row.wallet_id, "b_minute": row.created_ms // spend.MINUTE_MS,
-                   "b_reserved": row.amount_common - spent, "b_spent": spent}
+        buckets = spend.bucket_params(row.tenant_id, row.wallet_id, row.created_ms, row.amount_common - spent, spent)
         audit.record(
             s, at_ms=ctx.now_ms, actor=ctx.caller.actor, action="payment.sign", tenant_id=ctx.caller.tenant_id,
             wallet_id=ctx.wallet.id, payment_id=row.id, amount=row.amount, asset=row.asset,

@@ -42,6 +42,7 @@ from teller.lifecycle import (
     advance,
     apply_event,
     expiry,
+    from_event,
 )
 
 log = logging.getLogger("teller.reconciler")
@@ -162,8 +163,7 @@ class Reconciler:
             with self.db.transaction() as s:
                 if advance(s, p, change, from_states=LIVE, now_ms=ms(self.clock), actor=ACTOR,
                            details={"head_timestamp": head_ts}):
-                    label = change.to if not (change.to == "failed" and change.release) else "released"
-                    result.transitions[label] += 1
+                    result.transitions[_label(change)] += 1
 
     def _apply(self, network: str, events: list[AuthorizationEvent], result: PassResult) -> None:
         by_key = {(e.authorizer.lower(), e.nonce): e for e in events}
@@ -180,9 +180,8 @@ class Reconciler:
             for p, address in rows:
                 event = by_key.get((address.lower(), p.nonce.lower()))
                 if event is not None and event.asset.lower() == p.asset.lower():
-                    state = "settled" if event.kind == "used" else "voided"
                     if apply_event(s, p, event, now, ACTOR):
-                        result.transitions[state] += 1
+                        result.transitions[_label(from_event(event))] += 1
 
     def _expire(self, network: str, head_number: int, head_ts: int, result: PassResult) -> None:
         with self.db.transaction() as s:
@@ -203,13 +202,18 @@ class Reconciler:
                 if events:
                     with self.db.transaction() as s:
                         if apply_event(s, p, events[0], ms(self.clock), ACTOR):
-                            result.transitions["settled" if events[0].kind == "used" else "voided"] += 1
+                            result.transitions[_label(from_event(events[0]))] += 1
                     continue
                 change = Change(SETTLED, release=False, reason="used_on_chain_tx_not_found")
             with self.db.transaction() as s:
                 if advance(s, p, change, from_states=LIVE, now_ms=ms(self.clock), actor=ACTOR,
                            details={"head_block": head_number, "head_timestamp": head_ts}):
-                    result.transitions["released" if change.to == "failed" else change.to] += 1
+                    result.transitions[_label(change)] += 1
+
+
+def _label(change: Change) -> str:
+    """How a pass reports a transition: a failed payment that stops holding budget is "released"."""
+    return "released" if change.to == FAILED and change.release else change.to
 
 
 __all__ = ["PassResult", "Reconciler"]

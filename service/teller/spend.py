@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, case, func, select
+from sqlalchemy import Select, and_, bindparam, case, func, select, text
 from sqlalchemy.orm import Session
 
 from teller import policy
@@ -51,10 +51,6 @@ def rules_from(tenant_doc: str | None, wallet_doc: str | None) -> Rules:
     tenant = parsed(tenant_doc, False) if tenant_doc is not None else policy.DEFAULT
     return Rules(tenant, policy.inherit(parsed(wallet_doc, True), tenant) if wallet_doc is not None else None)
 
-
-def load_rules(s: Session, tenant_id: str, wallet_id: str) -> Rules:
-    tenant, wallets = _policies(s, tenant_id, (wallet_id,))
-    return Rules(tenant, wallets.get(wallet_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,36 +147,24 @@ def measure(
             for i, b in enumerate(budgets)}
 
 
-def bucket_rows(tenant_id: str, wallet_id: str, created_ms: int, reserved: int, spent: int) -> list[dict[str, Any]]:
-    minute = created_ms // MINUTE_MS
-    return [{"scope": "tenant", "scope_id": tenant_id, "minute": minute, "reserved": reserved, "spent": spent},
-            {"scope": "wallet", "scope_id": wallet_id, "minute": minute, "reserved": reserved, "spent": spent}]
-
-
-def add_to_buckets(s: Session, tenant_id: str, wallet_id: str, created_ms: int, reserved: int, spent: int) -> None:
-    """Add (or, with negative amounts, take) a payment's amount in its minute's
-    buckets, tenant before wallet (one lock order everywhere)."""
-    rows = bucket_rows(tenant_id, wallet_id, created_ms, reserved, spent)
-    dialect = s.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as upsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
-    for row in rows:
-        stmt = upsert(SpendBucket).values(**row)
-        s.execute(stmt.on_conflict_do_update(
-            index_elements=["scope", "scope_id", "minute"],
-            set_={"reserved": SpendBucket.reserved + stmt.excluded.reserved,
-                  "spent": SpendBucket.spent + stmt.excluded.spent}))
-
-
-#: The same upsert as a CTE fragment, for Sign's one-statement write on PostgreSQL.
+#: Add (or, with negative amounts, take) a payment's amount in its minute's buckets,
+#: tenant before wallet (one lock order everywhere). PostgreSQL and SQLite both
+#: speak this upsert; Sign folds it into its one-statement write on PostgreSQL.
 BUCKET_UPSERT_SQL = (
     "INSERT INTO spend_buckets (scope, scope_id, minute, reserved, spent) VALUES "
     "('tenant', :b_tenant, :b_minute, :b_reserved, :b_spent), ('wallet', :b_wallet, :b_minute, :b_reserved, :b_spent) "
     "ON CONFLICT (scope, scope_id, minute) DO UPDATE SET reserved = spend_buckets.reserved + EXCLUDED.reserved, "
     "spent = spend_buckets.spent + EXCLUDED.spent"
 )
+
+
+def bucket_params(tenant_id: str, wallet_id: str, created_ms: int, reserved: int, spent: int) -> dict[str, Any]:
+    return {"b_tenant": tenant_id, "b_wallet": wallet_id, "b_minute": created_ms // MINUTE_MS,
+            "b_reserved": reserved, "b_spent": spent}
+
+
+def add_to_buckets(s: Session, tenant_id: str, wallet_id: str, created_ms: int, reserved: int, spent: int) -> None:
+    s.execute(text(BUCKET_UPSERT_SQL), bucket_params(tenant_id, wallet_id, created_ms, reserved, spent))
 
 
 @dataclass(frozen=True, slots=True)
