@@ -3,16 +3,46 @@ so an event exists exactly when the action it records was committed."""
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import TextClause, bindparam, insert, select, text, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from teller.audit_chain import GENESIS, event_hash
 from teller.db.models import AuditEvent, AuditHead
+
+
+def event(
+    *,
+    at_ms: int,
+    actor: str,
+    action: str,
+    head: tuple[int, str],
+    outcome: str = "ok",
+    tenant_id: str | None = None,
+    reason: str = "",
+    wallet_id: str = "",
+    payment_id: str = "",
+    amount: int | str = "",
+    asset: str = "",
+    network: str = "",
+    payee: str = "",
+    resource_url: str = "",
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One event's row, chained after ``head`` (the chain's last (seq, hash)). Pure:
+    the caller writes it, moving the head to (row["seq"], row["hash"])."""
+    row: dict[str, Any] = {
+        "tenant_id": tenant_id, "at_ms": at_ms, "actor": actor, "action": action, "outcome": outcome,
+        "reason": reason, "wallet_id": wallet_id, "payment_id": payment_id, "amount": str(amount), "asset": asset,
+        "network": network, "payee": payee, "resource_url": resource_url[:2048],
+        "details": json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
+        "seq": head[0] + 1, "prev_hash": head[1],
+    }
+    row["hash"] = event_hash(row)
+    return row
 
 
 def record(
@@ -32,49 +62,23 @@ def record(
     payee: str = "",
     resource_url: str = "",
     details: dict[str, Any] | None = None,
-    head: tuple[int, str] | None = None,
-    also: Sequence[tuple[str, dict[str, Any]]] = (),
 ) -> tuple[int, str]:
-    """Append one event to its tenant's chain; returns the new chain head.
-
-    ``head`` is the chain head the caller already holds locked (Sign reads it
-    with its tenant lock, in the same statement); otherwise it is locked here.
-    ``also`` holds other writes the event records (SQL text with its own
-    parameter names): on PostgreSQL they travel with the event in one statement.
-    """
-    event: dict[str, Any] = {
-        "tenant_id": tenant_id, "at_ms": at_ms, "actor": actor, "action": action, "outcome": outcome,
-        "reason": reason, "wallet_id": wallet_id, "payment_id": payment_id, "amount": str(amount), "asset": asset,
-        "network": network, "payee": payee, "resource_url": resource_url[:2048],
-        "details": json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
-    }
-    chain = tenant_id or ""
-    if head is None:
-        head = locked_head(session, chain)
-    event["seq"], event["prev_hash"] = head[0] + 1, head[1]
-    event["hash"] = event_hash(event)
-    if also and session.get_bind().dialect.name == "postgresql":
-        params: dict[str, Any] = {f"e_{k}": v for k, v in event.items()}
-        for _, fragment_params in also:
-            params.update(fragment_params)
-        session.execute(_combined(tuple(sql for sql, _ in also), tuple(event)), {**params, "h_chain": chain})
-        return event["seq"], event["hash"]
-    for sql, fragment_params in also:
-        session.execute(text(sql), fragment_params)
-    session.execute(insert(AuditEvent), [event])
-    session.execute(_ADVANCE_HEAD, {"c": chain, "seq": event["seq"], "hash": event["hash"]})
-    return event["seq"], event["hash"]
+    """Append one event to its tenant's chain (locking the chain head until the
+    transaction ends); returns the new chain head."""
+    row = event(at_ms=at_ms, actor=actor, action=action, outcome=outcome, tenant_id=tenant_id, reason=reason,
+                wallet_id=wallet_id, payment_id=payment_id, amount=amount, asset=asset, network=network,
+                payee=payee, resource_url=resource_url, details=details, head=locked_head(session, tenant_id or ""))
+    write(session, [row], {tenant_id or "": (row["seq"], row["hash"])})
+    return row["seq"], row["hash"]
 
 
-@functools.lru_cache(maxsize=64)
-def _combined(fragments: tuple[str, ...], event_keys: tuple[str, ...]) -> TextClause:
-    """Other writes, the event insert and the chain-head update as one PostgreSQL
-    statement (data-modifying CTEs): one round trip, same transaction."""
-    ctes = "".join(f"w{i} AS ({sql}), " for i, sql in enumerate(fragments))
-    return text(
-        f"WITH {ctes}e AS (INSERT INTO audit_events ({', '.join(event_keys)}) "  # noqa: S608 - our own SQL
-        f"VALUES ({', '.join(':e_' + k for k in event_keys)})) "
-        "UPDATE audit_heads SET seq = :e_seq, hash = :e_hash WHERE chain = :h_chain")
+def write(session: Session, rows: Sequence[dict[str, Any]], heads: dict[str, tuple[int, str]]) -> None:
+    """Insert events built by ``event`` and move their chains' heads (which the
+    caller holds locked) to the given (seq, hash)."""
+    if rows:
+        session.connection().execute(insert(AuditEvent), list(rows))
+    if heads:
+        session.connection().execute(_ADVANCE_HEAD, [{"c": c, "seq": seq, "hash": h} for c, (seq, h) in heads.items()])
 
 
 _ADVANCE_HEAD = (update(AuditHead).where(AuditHead.chain == bindparam("c"))

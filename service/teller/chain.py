@@ -91,6 +91,10 @@ def _event(log: Mapping[str, Any]) -> AuthorizationEvent | None:
     )
 
 
+class NotCached(Exception):
+    """Asked with ``cached_only``: the answer needs I/O (the caller retries where it may block)."""
+
+
 class ChainReader:
     def __init__(self, rpc_urls: Mapping[str, str], timeout_s: float = 10.0) -> None:
         self._urls = dict(rpc_urls)
@@ -125,12 +129,14 @@ class ChainReader:
         except (Web3Exception, OSError, ValueError) as exc:
             raise Unavailable(f"{what} on {network} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
-    def gas_price(self, network: str) -> int:
+    def gas_price(self, network: str, cached_only: bool = False) -> int:
         """The network's gas price, cached for a few seconds: every Tempo payment needs it."""
         now = time.monotonic()
         hit = self._gas.get(network)
         if hit is not None and hit[1] > now:
             return hit[0]
+        if cached_only:
+            raise NotCached(f"gas price of {network}")
         price = self._call(network, "gas price read", lambda: int(self._w3(network).eth.gas_price))
         self._gas[network] = (price, now + self.gas_price_ttl_s)
         return price
@@ -138,10 +144,12 @@ class ChainReader:
     def chain_id(self, network: str) -> int:
         return self._call(network, "chain id read", lambda: int(self._w3(network).eth.chain_id))
 
-    def token_domain(self, network: str, asset: str) -> tuple[str, str]:
+    def token_domain(self, network: str, asset: str, cached_only: bool = False) -> tuple[str, str]:
         """An EIP-3009 token's EIP-712 (name, version), read from the token once."""
         key = (network, asset.lower())
         if key not in self._domains:
+            if cached_only:
+                raise NotCached(f"token domain of {asset} on {network}")
             self._domains[key] = self._read_token_domain(network, asset)
         return self._domains[key]
 

@@ -96,6 +96,14 @@ class Settings:
     db_pool_size: int = 10
     """Connections per worker process."""
 
+    sign_batch_max: int = 64
+    """Sign calls that arrive while a batch is in the database go together in the
+    next one (one transaction, one lock per tenant, one write): at most this many.
+    1 gives every call its own transaction."""
+
+    sign_batches_in_flight: int = 2
+    """Batches one worker keeps in the database at once (each holds a connection)."""
+
     key_cache_seconds: float = 300.0
     """How long a decrypted wallet key may stay in memory after its last use;
     0 decrypts on every signature."""
@@ -147,6 +155,8 @@ _ENV_FIELDS = {
     "TELLER_MAX_REDIRECTS": "max_redirects",
     "TELLER_RECONCILE_LOOKBACK_BLOCKS": "reconcile_lookback_blocks",
     "TELLER_DB_POOL_SIZE": "db_pool_size",
+    "TELLER_SIGN_BATCH_MAX": "sign_batch_max",
+    "TELLER_SIGN_BATCHES_IN_FLIGHT": "sign_batches_in_flight",
     "TELLER_KEY_CACHE_SECONDS": "key_cache_seconds",
     "TELLER_IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",
     "TELLER_MAX_CHALLENGE_BYTES": "max_challenge_bytes",
@@ -248,6 +258,9 @@ def finalize_for_serving(settings: Settings) -> Settings:
             settings,
             admin_token=_dev_secret(settings.data_dir / "admin-token", "op_" + secrets.token_urlsafe(24)),
         )
+    for name in ("sign_batch_max", "sign_batches_in_flight", "db_pool_size"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise ConfigError("TLS needs both tls_cert_file and tls_key_file")
     if settings.tls_client_ca_file is not None and settings.tls_cert_file is None:

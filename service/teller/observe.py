@@ -9,8 +9,7 @@ import contextvars
 import json
 import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -19,6 +18,8 @@ CALLS = Counter("teller_rpc_calls_total", "gRPC calls by method and status code"
 LATENCY = Histogram("teller_rpc_latency_seconds", "gRPC call latency", ["method"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 SIGNATURES = Counter("teller_signatures_total", "Payment proofs signed", ["protocol", "scheme"])
+SIGN_BATCH = Histogram("teller_sign_batch_size", "Sign calls committed together in one transaction",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 DENIALS = Counter("teller_denials_total", "Payments denied by policy, by reason", ["reason"])
 BUDGET = Gauge("teller_budget_utilisation_ratio", "Share of a budget window used (spent + reserved) / limit",
                ["tenant", "scope", "window"])
@@ -95,15 +96,16 @@ class Tracing:
             else:
                 self._tracer = trace.get_tracer("teller")
 
-    @contextmanager
-    def span(self, method: str, request_id: str) -> Iterator[Any]:
+    def span(self, method: str, request_id: str) -> AbstractContextManager[Any]:
         if self._tracer is None:
-            yield None
-            return
-        with self._tracer.start_as_current_span(method, attributes={"rpc.system": "grpc", "rpc.method": method,
-                                                                   "teller.request_id": request_id}) as span:
-            yield span
+            return _NO_SPAN
+        span: AbstractContextManager[Any] = self._tracer.start_as_current_span(
+            method, attributes={"rpc.system": "grpc", "rpc.method": method, "teller.request_id": request_id})
+        return span
+
+
+_NO_SPAN = nullcontext()
 
 
 __all__ = ["BUDGET", "CALLS", "DENIALS", "LATENCY", "RECONCILER_LAG", "RECONCILER_LAST", "REQUEST_ID",
-           "SIGNATURES", "Tracing", "configure_logging", "record_call", "redact"]
+           "SIGNATURES", "SIGN_BATCH", "Tracing", "configure_logging", "record_call", "redact"]

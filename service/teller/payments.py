@@ -8,28 +8,29 @@ both spend the last of a budget. Other tenants are not blocked.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 from eth_utils import keccak
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, auth, eip3009, observe, policy, spend
+from teller import audit, auth, batch_io, eip3009, observe, policy, spend
 from teller import offers as offers_mod
 from teller.auth import Caller
-from teller.chain import ChainReader
+from teller.chain import ChainReader, NotCached
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
-from teller.db.models import ApiToken, AuditHead, Payment, SpendPolicy, Tenant, Wallet
+from teller.db.models import Payment, Tenant, Wallet
 from teller.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -43,6 +44,8 @@ from teller.mpp import charge as mpp_charge
 from teller.vault import SealedKey, Vault
 from teller.vault.signer import WalletSigner
 from teller.x402 import proof as x402_proof
+
+log = logging.getLogger("teller.payments")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,29 +118,84 @@ class _Prepared:
     domains: dict[tuple[str, str], tuple[str, str]]
 
 
-@functools.lru_cache(maxsize=16)
-def _payment_insert(keys: tuple[str, ...]) -> str:
-    return (f"INSERT INTO payments ({', '.join(keys)}) "  # noqa: S608 - column names from the model
-            f"VALUES ({', '.join(':r_' + k for k in keys)})")
+@dataclass(slots=True)
+class Call:
+    """One Sign call, validated, parsed and (for its likely offer) already signed,
+    waiting for the transaction that reserves it."""
+
+    caller: Caller
+    req: SignInput
+    secret: str | None
+    collected: offers_mod.Collected
+    request_hash: str
+    prepared: _Prepared
+    presigned: _Presigned | None
 
 
-# Built once; parameters bound per call (statement construction is not free).
-_LOCK = (
-    select(Tenant.state, Tenant.frozen, Wallet,
-           select(SpendPolicy.document).where(SpendPolicy.tenant_id == Tenant.id, SpendPolicy.wallet_id == "")
-           .scalar_subquery().label("tenant_doc"),
-           select(SpendPolicy.document).where(SpendPolicy.tenant_id == Tenant.id,
-                                              SpendPolicy.wallet_id == Wallet.id)
-           .scalar_subquery().label("wallet_doc"),
-           AuditHead.seq, AuditHead.hash, ApiToken.secret_hash, ApiToken.revoked_ms)
-    .select_from(Tenant)
-    .join(Wallet, and_(Wallet.id == bindparam("wallet_id"), Wallet.tenant_id == Tenant.id))
-    .join(AuditHead, AuditHead.chain == Tenant.id)
-    # The caller's token, checked in this same statement (no separate round trip).
-    .outerjoin(ApiToken, and_(ApiToken.id == bindparam("token_id"), ApiToken.tenant_id == Tenant.id))
-    .where(Tenant.id == bindparam("tenant_id"))
-    .with_for_update(of=[Tenant, AuditHead])
-)
+@dataclass(frozen=True, slots=True)
+class PushPending:
+    """A push payment whose reservation committed: its transaction is still to be
+    broadcast (``Payments.finish``), outside any batch."""
+
+    caller: Caller
+    payment: NewPayment
+    raw: bytes
+    offer: offers_mod.Offer
+
+
+Outcome = SignResult | PushPending | BaseException
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one transaction decides for its calls, written at its end: payments,
+    audit events (chained per tenant in memory, from the locked heads), spend
+    buckets; and the running window sums, so each call sees the calls before it."""
+
+    now_ms: int
+    heads: dict[str, tuple[int, str]]
+    usage: dict[tuple[str, str], dict[str, int]]
+    payments: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    moved: dict[str, tuple[int, str]] = field(default_factory=dict)
+    buckets: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
+    claims: dict[tuple[str, str], Any] = field(default_factory=dict)
+    nonces: dict[tuple[str, str], Any] = field(default_factory=dict)
+    denials: list[str] = field(default_factory=list)
+
+    def audit(self, tenant_id: str, **fields: Any) -> None:
+        row = audit.event(tenant_id=tenant_id, head=self.heads[tenant_id], at_ms=self.now_ms, **fields)
+        self.heads[tenant_id] = self.moved[tenant_id] = (row["seq"], row["hash"])
+        self.events.append(row)
+
+    def reserve(self, row: NewPayment, scopes: Sequence[policy.Scope]) -> None:
+        self.payments.append(dict(vars(row)))
+        spent = row.amount_common if row.state == spend.SPENT else 0
+        minute = row.created_ms // spend.MINUTE_MS
+        for key in (("tenant", row.tenant_id, minute), ("wallet", row.wallet_id, minute)):
+            bucket = self.buckets.setdefault(key, [0, 0])
+            bucket[0] += row.amount_common - spent
+            bucket[1] += spent
+        for scope in scopes:
+            used = scope.used
+            assert isinstance(used, dict)
+            for name in used:
+                used[name] += row.amount_common
+        if row.idempotency_key:
+            self.claims[(row.tenant_id, row.idempotency_key)] = row
+        self.nonces[(row.wallet_id, row.nonce)] = row
+
+    def write(self, s: Session, io: batch_io.BatchIO) -> None:
+        # Buckets: tenants before wallets, each in id order (the lock order everywhere).
+        buckets = [{"scope": scope, "scope_id": sid, "minute": minute, "reserved": r, "spent": sp}
+                   for (scope, sid, minute), (r, sp) in sorted(
+                       self.buckets.items(), key=lambda kv: (kv[0][0] != "tenant", kv[0][1], kv[0][2]))]
+        io.write(s, self.payments, buckets, self.events, self.moved)
+
+
+class NewPayment(SimpleNamespace):
+    """A payment row a batch is about to insert: the payments table's columns as
+    plain attributes (an ORM instance costs several times more to build)."""
 
 
 class Payments:
@@ -154,11 +212,21 @@ class Payments:
         self.clock = clock
         self.chain = chain or ChainReader({})
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
+        self.io = batch_io.for_dialect(db.engine.dialect.name)
 
     def sign(self, caller: Caller, req: SignInput, token_secret: str | None = None) -> SignResult:
         """Sign a payment for ``req``. With ``token_secret`` the caller's token is
-        verified inside the locking statement (the RPC path); without it the
+        verified inside the locking transaction (the RPC path); without it the
         caller is taken as already authenticated."""
+        return self.finish(self.commit([self.prepare(caller, req, token_secret)])[0])
+
+    def prepare(self, caller: Caller, req: SignInput, token_secret: str | None = None, *,
+                cached_only: bool = False) -> Call:
+        """Everything that needs no lock: validate and parse the challenge, read the
+        chain facts its offers need, and sign the offer the tenant most likely pays.
+        Nothing leaves unless ``commit`` reserves it. With ``cached_only`` it raises
+        ``NotCached`` rather than block on the database or a chain (so an event
+        loop can run it and hand only a cold call to a thread)."""
         if req.status != 402:
             raise InvalidArgument(f"challenge.status must be 402, got {req.status}")
         if not req.wallet_id:
@@ -166,138 +234,128 @@ class Payments:
         collected = offers_mod.collect(req.headers, req.body, networks=self.networks,
                                        max_bytes=self.max_challenge_bytes,
                                        now=datetime.fromtimestamp(self.clock(), UTC))
-        request_hash = _request_hash(req, collected)
-        prepared = self._prepare(collected.offers)
-        # Sign the likely offer before taking the tenant lock, so the lock is held
-        # only for the check-and-reserve. Nothing leaves unless the reservation commits.
-        presigned = self._presign(caller, req, collected, prepared)
+        prepared = self._prepare(collected.offers, cached_only)
+        return Call(caller, req, token_secret, collected, _request_hash(req, collected), prepared,
+                    self._presign(caller, req, collected, prepared, cached_only))
 
-        denial: TellerError | None = None
-        push: tuple[Payment, bytes, offers_mod.Offer] | None = None
+    def commit(self, calls: Sequence[Call]) -> list[Outcome]:
+        """Check, reserve and audit ``calls`` in one transaction (group commit: the
+        transaction, the tenant locks and the writes are shared; each call is
+        decided in order against the sums the calls before it left). One outcome
+        per call: its result, its own error, or a push payment to finish.
+
+        If the transaction itself fails, nothing of it was committed: a batch is
+        then retried one call per transaction, so one call cannot fail the others;
+        a database that is down fails them all closed."""
+        try:
+            return self._commit(calls)
+        except Unavailable as exc:
+            return [exc] * len(calls)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller(s) as their outcome
+            if len(calls) == 1:
+                return [exc]
+            log.warning("a batch of %d Sign calls failed (%s); retrying them one by one", len(calls), exc)
+            return [self.commit([call])[0] for call in calls]
+
+    def finish(self, outcome: Outcome) -> SignResult:
+        """The caller's answer for one outcome of ``commit`` (push payments are
+        broadcast here, after their reservation committed)."""
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if isinstance(outcome, PushPending):
+            return self._push(outcome.caller, outcome.payment, outcome.raw, outcome.offer)
+        return outcome
+
+    def _commit(self, calls: Sequence[Call]) -> list[Outcome]:
+        out: list[Outcome] = []
         with self.db.transaction() as s:
-            locked = self._lock(s, caller, req.wallet_id, token_secret)
-            wallet, tenant_frozen, rules = locked.wallet, locked.tenant_frozen, locked.rules
-            # Read the clock only once the lock is held, so payments of one tenant
+            snapshot, locked = self._lock(s, calls)
+            # Read the clock only once the locks are held, so payments of one tenant
             # are stamped in the order they were reserved.
             now_ms = ms(self.clock)
-            if req.idempotency_key:
-                previous = self._claimed(s, caller, req.idempotency_key, request_hash, now_ms)
-                if previous is not None:
-                    return _result(previous)
-            scopes = [policy.Scope("tenant", rules.tenant, tenant_frozen,
-                                   _used(spend.measure(s, "tenant", caller.tenant_id, rules.tenant.budgets, now_ms)))]
-            if rules.wallet is not None or wallet.frozen:
-                wallet_rules = rules.wallet or policy.inherit(policy.DEFAULT, rules.tenant)
-                scopes.append(policy.Scope("wallet", wallet_rules, wallet.frozen,
-                                           _used(spend.measure(s, "wallet", wallet.id, wallet_rules.budgets, now_ms))))
-            preference = ([p for p in req.protocols if p in rules.tenant.protocols] if req.protocols
-                          else list(rules.tenant.protocols))
-            candidates = offers_mod.by_preference(collected.offers, preference)
-            chosen: tuple[offers_mod.Offer, policy.Decision] | None = None
-            first: tuple[offers_mod.Offer, policy.Decision] | None = None
-            for offer in candidates:
-                decision = _evaluate(scopes, offer, req)
-                if decision.allowed:
-                    chosen = (offer, decision)
-                    break
-                first = first or (offer, decision)
-            if chosen is None and first is None:
-                offered = sorted({o.protocol for o in collected.offers})
-                denial = PermissionDenied(
-                    f"the server offers {', '.join(offered)}; the tenant's policy pays only "
-                    f"{', '.join(preference) or 'nothing this call asked for'}", reason="protocol_not_allowed")
-                audit.record(s, at_ms=now_ms, actor=caller.actor, action="payment.deny", outcome="denied",
-                             tenant_id=caller.tenant_id, reason="protocol_not_allowed", wallet_id=wallet.id,
-                             resource_url=req.url, details={"offered": offered}, head=locked.audit_head)
-            elif chosen is None:
-                assert first is not None
-                denied, decision = first
-                denial = decision.error(_facts(denied, req.url))
-                audit.record(
-                    s, at_ms=now_ms, actor=caller.actor, action="payment.deny", outcome="denied",
-                    tenant_id=caller.tenant_id, reason=decision.reason, wallet_id=wallet.id,
-                    amount=denied.amount, asset=denied.asset, network=denied.network,
-                    payee=denied.pay_to, resource_url=req.url,
-                    details={"protocol": denied.protocol, "scheme": denied.scheme, **denial.metadata},
-                    head=locked.audit_head,
-                )
-            else:
-                offer, decision = chosen
-                _observe_budgets(caller.tenant_id, scopes, decision.amount_common)
-                ctx = _Context(caller, req, wallet, decision, now_ms, request_hash, rules.tenant.mpp_mode,
-                               locked.audit_head, presigned if presigned is not None
-                               and presigned.fits(offer, wallet) else None)
-                payment, raw = self._sign_and_record(s, offer, ctx, prepared)
-                observe.SIGNATURES.labels(payment.protocol, payment.scheme).inc()
-                if raw is None:
-                    return _result(payment)
-                push = (payment, raw, offer)
-        if push is not None:
-            return self._push(caller, *push)
-        assert denial is not None
-        observe.DENIALS.labels(denial.reason).inc()
-        raise denial
+            claims = snapshot.claims
+            batch = _Batch(now_ms, snapshot.heads, self._usage(s, locked, calls, now_ms))
+            for call, lk in zip(calls, locked, strict=True):
+                if isinstance(lk, TellerError):
+                    out.append(lk)
+                    continue
+                try:
+                    out.append(self._decide(s, call, lk, batch, claims))
+                except TellerError as exc:
+                    out.append(exc)
+            batch.write(s, self.io)
+        for reason in batch.denials:
+            observe.DENIALS.labels(reason).inc()
+        observe.SIGN_BATCH.observe(len(calls))
+        return out
 
     # -- chain facts, before the lock --------------------------------------
 
-    def _prepare(self, candidates: Sequence[offers_mod.Offer]) -> _Prepared:
+    def _prepare(self, candidates: Sequence[offers_mod.Offer], cached_only: bool = False) -> _Prepared:
         gas: dict[str, int] = {}
         domains: dict[tuple[str, str], tuple[str, str]] = {}
         for o in candidates:
             if o.scheme == "tempo/charge" and o.network not in gas:
                 try:
-                    gas[o.network] = self.chain.gas_price(o.network)
+                    gas[o.network] = self.chain.gas_price(o.network, cached_only)
                 except FailedPrecondition:
                     pass  # no RPC for it: the offer is refused below if it is the one chosen
             if o.scheme == "evm/charge" and o.charge is not None and o.charge.domain is None:
                 key = (o.network, o.asset)
                 if key not in domains:
                     try:
-                        domains[key] = self.chain.token_domain(o.network, o.asset)
+                        domains[key] = self.chain.token_domain(o.network, o.asset, cached_only)
                     except FailedPrecondition:
                         pass
         return _Prepared(gas, domains)
 
     # -- the locked part ----------------------------------------------------
 
-    def _lock(self, s: Session, caller: Caller, wallet_id: str, token_secret: str | None,
-              retry: bool = True) -> _Locked:
-        """One statement: lock the tenant row (the check-and-reserve lock) and its
-        audit chain head, read the wallet and both policy documents, and (when
-        given the secret) check the caller's token."""
-        row = s.execute(_LOCK, {"tenant_id": caller.tenant_id, "wallet_id": wallet_id,
-                                "token_id": caller.token_id}).first()
-        if row is None:
-            # Say precisely what is wrong (these raise), else create the missing chain head.
-            if token_secret is not None:
-                token = s.execute(select(ApiToken.secret_hash, ApiToken.revoked_ms)
-                                  .where(ApiToken.id == caller.token_id, ApiToken.tenant_id == caller.tenant_id)).first()
-                auth.check_secret(token.secret_hash if token else None, token.revoked_ms if token else None,
-                                  token_secret)
-            self._wallet(s, caller, wallet_id)
-            self._lock_tenant(s, caller.tenant_id)
-            audit.locked_head(s, caller.tenant_id)
-            if not retry:
-                raise Unavailable("could not lock the tenant; retry")
-            return self._lock(s, caller, wallet_id, token_secret, retry=False)
-        if token_secret is not None:
-            auth.check_secret(row.secret_hash, row.revoked_ms, token_secret)
-        wallet: Wallet = row.Wallet
-        if row.state != "active":
+    def _lock(self, s: Session, calls: Sequence[Call]) -> tuple[batch_io.Snapshot, list[_Locked | TellerError]]:
+        """Lock the batch's tenants (the check-and-reserve lock) and their audit
+        chain heads; read wallets, policy documents, tokens and idempotency
+        claims. Returns what was read and, per call, its locked facts or error."""
+        tenant_ids = sorted({c.caller.tenant_id for c in calls})
+        snap = self.io.read(
+            s, tenant_ids, sorted({c.req.wallet_id for c in calls}),
+            sorted({c.caller.token_id for c in calls if c.secret is not None}),
+            sorted({c.req.idempotency_key for c in calls if c.req.idempotency_key}))
+        refused: dict[str, TellerError] = {}
+        for tenant_id in tenant_ids:
+            if tenant_id not in snap.tenants:
+                # No such tenant, or its chain has no head yet (created here, rarely).
+                try:
+                    frozen = self._lock_tenant(s, tenant_id)
+                    snap.heads[tenant_id] = audit.locked_head(s, tenant_id)
+                    snap.tenants[tenant_id] = _TenantRow(tenant_id, "active", frozen)
+                except TellerError as exc:
+                    refused[tenant_id] = exc
+        out: list[_Locked | TellerError] = []
+        for call in calls:
+            try:
+                out.append(self._check(call, snap.tenants.get(call.caller.tenant_id), refused,
+                                       snap.wallets.get(call.req.wallet_id), snap.tokens.get(call.caller.token_id)))
+            except TellerError as exc:
+                out.append(exc)
+        return snap, out
+
+    @staticmethod
+    def _check(call: Call, tenant: Any, refused: Mapping[str, TellerError], wallet: batch_io.WalletRow | None,
+               token: Any) -> _Locked:
+        tenant_id, wallet_id = call.caller.tenant_id, call.req.wallet_id
+        if call.secret is not None:
+            mine = token is not None and token.tenant_id == tenant_id
+            auth.check_secret(token.secret_hash if mine else None, token.revoked_ms if mine else None, call.secret)
+        # Another tenant's wallet is reported exactly like a missing one.
+        if wallet is None or wallet.tenant_id != tenant_id:
+            raise NotFound(f"wallet {wallet_id!r} not found")
+        if tenant_id in refused:
+            raise refused[tenant_id]
+        if tenant.state != "active":
             raise PermissionDenied("tenant is disabled", reason="tenant_disabled")
         if wallet.state != "active":
             raise FailedPrecondition(f"wallet {wallet_id!r} is {wallet.state}")
-        return _Locked(wallet, bool(row.frozen), spend.rules_from(row.tenant_doc, row.wallet_doc),
-                       (int(row.seq), str(row.hash)))
-
-    def _wallet(self, s: Session, caller: Caller, wallet_id: str) -> Wallet:
-        wallet = s.get(Wallet, wallet_id)
-        # Another tenant's wallet is reported exactly like a missing one.
-        if wallet is None or wallet.tenant_id != caller.tenant_id:
-            raise NotFound(f"wallet {wallet_id!r} not found")
-        if wallet.state != "active":
-            raise FailedPrecondition(f"wallet {wallet_id!r} is {wallet.state}")
-        return wallet
+        return _Locked(wallet, bool(tenant.frozen), spend.rules_from(wallet.tenant_doc, wallet.wallet_doc))
 
     def _lock_tenant(self, s: Session, tenant_id: str) -> bool:
         """Lock the tenant's row for the check-and-reserve; returns its freeze flag."""
@@ -306,10 +364,7 @@ class Payments:
             raise PermissionDenied("tenant is disabled", reason="tenant_disabled")
         return bool(row.frozen)
 
-    def _claimed(self, s: Session, caller: Caller, key: str, request_hash: str, now_ms: int) -> Payment | None:
-        row = s.execute(
-            select(Payment).where(Payment.tenant_id == caller.tenant_id, Payment.idempotency_key == key)
-        ).scalar_one_or_none()
+    def _claimed(self, s: Session, row: Any, key: str, request_hash: str, now_ms: int) -> Any:
         if row is None:
             return None
         if row.idempotency_expires_ms is not None and row.idempotency_expires_ms <= now_ms:
@@ -325,13 +380,79 @@ class Payments:
             raise Unavailable(f"payment {row.id} is still being broadcast; retry shortly")
         return row
 
+    def _usage(self, s: Session, locked: Sequence[_Locked | TellerError], calls: Sequence[Call],
+               now_ms: int) -> dict[tuple[str, str], dict[str, int]]:
+        """What each scope of the batch has used in each budget window, in one query."""
+        scopes: dict[tuple[str, str], Sequence[policy.Budget]] = {}
+        for call, lk in zip(calls, locked, strict=True):
+            if isinstance(lk, TellerError):
+                continue
+            scopes[("tenant", call.caller.tenant_id)] = lk.rules.tenant.budgets
+            if lk.rules.wallet is not None or lk.wallet.frozen:
+                scopes[("wallet", lk.wallet.id)] = lk.wallet_rules.budgets
+        return {key: {name: w.used for name, w in windows.items()}
+                for key, windows in self.io.measure(s, scopes, now_ms).items()}
+
+    def _decide(self, s: Session, call: Call, lk: _Locked, batch: _Batch,
+                claims: Mapping[tuple[str, str], Any]) -> SignResult | PushPending | TellerError:
+        """One call, in batch order: its idempotency claim, the policy against the
+        windows as the calls before it left them, then sign and reserve (or audit
+        the denial). Raises a TellerError before anything of it is recorded."""
+        caller, req, wallet, rules = call.caller, call.req, lk.wallet, lk.rules
+        key = req.idempotency_key
+        if key:
+            # A claim made earlier in this batch comes first: it is the newest.
+            claim = self._claimed(s, batch.claims.get((caller.tenant_id, key)) or claims.get((caller.tenant_id, key)),
+                                  key, call.request_hash, batch.now_ms)
+            if claim is not None:
+                return _result(claim)
+        scopes = [policy.Scope("tenant", rules.tenant, lk.tenant_frozen, batch.usage[("tenant", caller.tenant_id)])]
+        if rules.wallet is not None or wallet.frozen:
+            scopes.append(policy.Scope("wallet", lk.wallet_rules, wallet.frozen, batch.usage[("wallet", wallet.id)]))
+        preference = ([p for p in req.protocols if p in rules.tenant.protocols] if req.protocols
+                      else list(rules.tenant.protocols))
+        chosen: tuple[offers_mod.Offer, policy.Decision] | None = None
+        first: tuple[offers_mod.Offer, policy.Decision] | None = None
+        for offer in offers_mod.by_preference(call.collected.offers, preference):
+            decision = _evaluate(scopes, offer, req)
+            if decision.allowed:
+                chosen = (offer, decision)
+                break
+            first = first or (offer, decision)
+        if chosen is None and first is None:
+            offered = sorted({o.protocol for o in call.collected.offers})
+            batch.denials.append("protocol_not_allowed")
+            batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
+                        reason="protocol_not_allowed", wallet_id=wallet.id, resource_url=req.url,
+                        details={"offered": offered})
+            return PermissionDenied(
+                f"the server offers {', '.join(offered)}; the tenant's policy pays only "
+                f"{', '.join(preference) or 'nothing this call asked for'}", reason="protocol_not_allowed")
+        if chosen is None:
+            assert first is not None
+            denied, decision = first
+            denial = decision.error(_facts(denied, req.url))
+            batch.denials.append(denial.reason)
+            batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
+                        reason=decision.reason, wallet_id=wallet.id, amount=denied.amount, asset=denied.asset,
+                        network=denied.network, payee=denied.pay_to, resource_url=req.url,
+                        details={"protocol": denied.protocol, "scheme": denied.scheme, **denial.metadata})
+            return denial
+        offer, decision = chosen
+        _observe_budgets(caller.tenant_id, scopes, decision.amount_common)
+        ctx = _Context(caller, req, wallet, decision, batch.now_ms, call.request_hash, rules.tenant.mpp_mode,
+                       call.presigned if call.presigned is not None and call.presigned.fits(offer, wallet) else None)
+        payment, raw = self._sign_and_record(s, offer, ctx, call.prepared, batch, scopes)
+        observe.SIGNATURES.labels(payment.protocol, payment.scheme).inc()
+        return _result(payment) if raw is None else PushPending(caller, payment, raw, offer)
+
     def _presign(self, caller: Caller, req: SignInput, collected: offers_mod.Collected,
-                 prepared: _Prepared) -> _Presigned | None:
+                 prepared: _Prepared, cached_only: bool = False) -> _Presigned | None:
         candidates = offers_mod.by_preference(collected.offers, req.protocols or policy.PROTOCOLS)
         if not candidates:
             return None
         offer = candidates[0]
-        known = self._wallet_info(caller.tenant_id, req.wallet_id)
+        known = self._wallet_info(caller.tenant_id, req.wallet_id, cached_only)
         if known is None:
             return None
         address, sealed = known
@@ -357,13 +478,15 @@ class Payments:
             return _Presigned(offer, req.wallet_id, address, tx=tx, raw=signer.sign_tempo_transaction(tx))
         return None
 
-    def _wallet_info(self, tenant_id: str, wallet_id: str) -> tuple[str, SealedKey] | None:
+    def _wallet_info(self, tenant_id: str, wallet_id: str, cached_only: bool = False) -> tuple[str, SealedKey] | None:
         """A wallet's address and sealed key, remembered briefly: they never change
         except by re-wrapping, and the locked path re-reads the row anyway."""
         now = time.monotonic()
         hit = self._wallets.get(wallet_id)
         if hit is not None and hit[0] > now and hit[1] == tenant_id:
             return hit[2], hit[3]
+        if cached_only:
+            raise NotCached(f"wallet {wallet_id}")
         with self.db.read() as s:
             w = s.get(Wallet, wallet_id)
             if w is None or w.tenant_id != tenant_id:
@@ -372,14 +495,15 @@ class Payments:
         self._wallets[wallet_id] = (now + 30.0, tenant_id, *info)
         return info
 
-    def _signer(self, caller: Caller, wallet: Wallet) -> WalletSigner:
+    def _signer(self, caller: Caller, wallet: batch_io.WalletRow) -> WalletSigner:
         return self.vault.signer(caller.tenant_id, wallet.id, wallet.address,
                                  SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext))
 
-    def _sign_and_record(self, s: Session, offer: offers_mod.Offer, ctx: _Context,
-                         prepared: _Prepared) -> tuple[Payment, bytes | None]:
-        """Sign the chosen offer and insert its payment row and audit row. Returns
-        the row and, for a push payment, the transaction still to broadcast."""
+    def _sign_and_record(self, s: Session, offer: offers_mod.Offer, ctx: _Context, prepared: _Prepared,
+                         batch: _Batch, scopes: Sequence[policy.Scope]) -> tuple[NewPayment, bytes | None]:
+        """Sign the chosen offer and add its payment row and audit event to the
+        batch. Returns the row and, for a push payment, the transaction still to
+        broadcast."""
         signer = self._signer(ctx.caller, ctx.wallet)
         raw: bytes | None = None
         if offer.x402 is not None:
@@ -392,42 +516,35 @@ class Payments:
             # MPP proofs are deterministic: an evm nonce is bound to its challenge, and a
             # Tempo transaction signed twice within one second is the same bit for bit.
             # The chain takes only one, so return that payment rather than reserve twice.
-            existing = s.execute(select(Payment).where(Payment.wallet_id == ctx.wallet.id,
-                                                       Payment.nonce == row.nonce)).scalar_one_or_none()
+            existing: Any = batch.nonces.get((ctx.wallet.id, row.nonce)) or s.execute(
+                select(Payment).where(Payment.wallet_id == ctx.wallet.id, Payment.nonce == row.nonce)
+            ).scalar_one_or_none()
             if existing is not None:
                 return existing, None
-        # Inserted with its audit event (one statement on PostgreSQL); the row object
-        # is returned as a value, not tracked by the session.
-        values = {c.key: getattr(row, c.key) for c in Payment.__table__.columns if getattr(row, c.key) is not None}
-        spent = row.amount_common if row.state == spend.SPENT else 0
-        buckets = spend.bucket_params(row.tenant_id, row.wallet_id, row.created_ms, row.amount_common - spent, spent)
-        audit.record(
-            s, at_ms=ctx.now_ms, actor=ctx.caller.actor, action="payment.sign", tenant_id=ctx.caller.tenant_id,
-            wallet_id=ctx.wallet.id, payment_id=row.id, amount=row.amount, asset=row.asset,
-            network=row.network, payee=row.pay_to, resource_url=ctx.req.url,
-            details={"protocol": offer.protocol, "scheme": offer.scheme, "nonce": row.nonce,
-                     "valid_before": row.valid_before, **details},
-            head=ctx.audit_head,
-            also=((_payment_insert(tuple(values)), {f"r_{k}": v for k, v in values.items()}),
-                  (spend.BUCKET_UPSERT_SQL, buckets)),
-        )
+        batch.reserve(row, scopes)
+        batch.audit(ctx.caller.tenant_id, actor=ctx.caller.actor, action="payment.sign", wallet_id=ctx.wallet.id,
+                    payment_id=row.id, amount=row.amount, asset=row.asset, network=row.network, payee=row.pay_to,
+                    resource_url=ctx.req.url,
+                    details={"protocol": offer.protocol, "scheme": offer.scheme, "nonce": row.nonce,
+                             "valid_before": row.valid_before, **details})
         return row, raw
 
     def _row(self, offer: offers_mod.Offer, ctx: _Context, *, version: int, nonce: str, valid_before: int,
-             header_name: str, header_value: str, token_domain: tuple[str, str] = ("", "")) -> Payment:
+             header_name: str, header_value: str, token_domain: tuple[str, str] = ("", "")) -> NewPayment:
         req = ctx.req
-        return Payment(
+        return NewPayment(
             id=str(uuid.uuid4()), tenant_id=ctx.caller.tenant_id, wallet_id=ctx.wallet.id, protocol=offer.protocol,
             version=version, scheme=offer.scheme, network=offer.network, asset=offer.asset,
             asset_name=token_domain[0], asset_version=token_domain[1], pay_to=offer.pay_to, amount=offer.amount,
             amount_common=ctx.decision.amount_common, resource_url=req.url, nonce=nonce, valid_before=valid_before,
-            state="signed", header_name=header_name, header_value=header_value,
+            state="signed", state_reason="", tx_hash="", released_ms=None, header_name=header_name,
+            header_value=header_value,
             idempotency_key=req.idempotency_key,
             idempotency_expires_ms=(ctx.now_ms + self.idempotency_ttl_ms) if req.idempotency_key else None,
             request_hash=ctx.request_hash, created_ms=ctx.now_ms, updated_ms=ctx.now_ms,
         )
 
-    def _x402(self, signer: WalletSigner, offer: offers_mod.Offer, ctx: _Context) -> tuple[Payment, dict[str, Any]]:
+    def _x402(self, signer: WalletSigner, offer: offers_mod.Offer, ctx: _Context) -> tuple[NewPayment, dict[str, Any]]:
         chosen, chall = offer.x402, offer.x402_challenge
         assert chosen is not None and chall is not None
         pre = ctx.presigned
@@ -444,7 +561,7 @@ class Payments:
         return row, {"version": chall.version}
 
     def _evm_charge(self, signer: WalletSigner, offer: offers_mod.Offer, ctx: _Context,
-                    prepared: _Prepared) -> tuple[Payment, dict[str, Any]]:
+                    prepared: _Prepared) -> tuple[NewPayment, dict[str, Any]]:
         ch, req = offer.mpp, offer.charge
         assert ch is not None and req is not None
         domain = req.domain or prepared.domains.get((offer.network, offer.asset))
@@ -461,7 +578,7 @@ class Payments:
         return row, {"method": ch.method, "intent": ch.intent, "challenge_id": ch.id, "realm": ch.realm}
 
     def _tempo_charge(self, signer: WalletSigner, offer: offers_mod.Offer, ctx: _Context,
-                      prepared: _Prepared) -> tuple[Payment, dict[str, Any], bytes | None]:
+                      prepared: _Prepared) -> tuple[NewPayment, dict[str, Any], bytes | None]:
         ch, req = offer.mpp, offer.charge
         assert ch is not None and req is not None
         if req.fee_payer:
@@ -505,7 +622,7 @@ class Payments:
 
     # -- push mode, after the reservation committed -------------------------
 
-    def _push(self, caller: Caller, payment: Payment, raw: bytes, offer: offers_mod.Offer) -> SignResult:
+    def _push(self, caller: Caller, payment: NewPayment, raw: bytes, offer: offers_mod.Offer) -> SignResult:
         from teller import lifecycle
 
         failure: str | None = None
@@ -561,28 +678,36 @@ class _Presigned:
     tx: Any = None  # pytempo TempoTransaction
     raw: bytes | None = None
 
-    def fits(self, offer: offers_mod.Offer, wallet: Wallet) -> bool:
+    def fits(self, offer: offers_mod.Offer, wallet: batch_io.WalletRow) -> bool:
         return offer is self.offer and wallet.id == self.wallet_id and wallet.address == self.address
 
 
 @dataclass(frozen=True, slots=True)
 class _Locked:
-    wallet: Wallet
+    wallet: batch_io.WalletRow
     tenant_frozen: bool
     rules: spend.Rules
-    audit_head: tuple[int, str]
+
+    @property
+    def wallet_rules(self) -> policy.Policy:
+        return self.rules.wallet or policy.inherit(policy.DEFAULT, self.rules.tenant)
+
+
+class _TenantRow(NamedTuple):
+    id: str
+    state: str
+    frozen: bool
 
 
 @dataclass(frozen=True, slots=True)
 class _Context:
     caller: Caller
     req: SignInput
-    wallet: Wallet
+    wallet: batch_io.WalletRow
     decision: policy.Decision
     now_ms: int
     request_hash: str
     mpp_mode: str
-    audit_head: tuple[int, str]
     presigned: _Presigned | None = None
 
 
@@ -611,7 +736,7 @@ def _used(windows: dict[str, spend.WindowUse]) -> dict[str, int]:
     return {name: w.used for name, w in windows.items()}
 
 
-def _result(p: Payment) -> SignResult:
+def _result(p: Any) -> SignResult:
     return SignResult(p.header_name, p.header_value, p.id, p.protocol, p.version, p.scheme, p.network,
                       p.asset, p.amount, p.pay_to)
 

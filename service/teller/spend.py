@@ -7,11 +7,11 @@ locked, so what it reads cannot change before the reservation commits.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, case, func, select, text
+from sqlalchemy import Select, TextClause, and_, bindparam, case, func, select, text
 from sqlalchemy.orm import Session
 
 from teller import policy
@@ -145,6 +145,91 @@ def measure(
     values = s.execute(statement, params).one()._mapping
     return {b.name: WindowUse(int(values[f"w{i}_reserved"]), int(values[f"w{i}_spent"]))
             for i, b in enumerate(budgets)}
+
+
+_FAR = 2**62  # "no upper bound" for a rolling window's buckets
+
+
+def _windows_select(source: str) -> str:
+    """Reserved and spent per window, for windows (k, scope, sid, ms, me, st, ed)
+    from ``source``: whole minutes from the buckets, plus the exact payments of a
+    rolling window's part-minute edge (a calendar window's edge is empty)."""
+    edge = ("SELECT COALESCE(SUM(p.amount_common), 0) FROM payments p WHERE v.scope = '{scope}' "  # noqa: S608
+            "AND p.{column} = v.sid AND p.created_ms >= v.st AND p.created_ms < v.ed AND p.released_ms IS NULL "
+            "AND p.state {op} '" + SPENT + "'")
+
+    def part(field: str, op: str) -> str:
+        whole = (f"(SELECT COALESCE(SUM(b.{field}), 0) FROM spend_buckets b WHERE b.scope = v.scope "  # noqa: S608
+                 "AND b.scope_id = v.sid AND b.minute >= v.ms AND b.minute < v.me)")
+        return (f"{whole} + ({edge.format(scope='tenant', column='tenant_id', op=op)}) "
+                f"+ ({edge.format(scope='wallet', column='wallet_id', op=op)})")
+
+    return f"{source} SELECT v.k, {part('reserved', '<>')} AS reserved, {part('spent', '=')} AS spent FROM v"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=512)
+def _windows_statement(count: int) -> TextClause:
+    """Any database: the windows as a VALUES list (the text depends only on ``count``)."""
+    rows = ", ".join(f"(:k{i}, :scope{i}, :sid{i}, :ms{i}, :me{i}, :st{i}, :ed{i})" for i in range(count))
+    return text(_windows_select(f"WITH v(k, scope, sid, ms, me, st, ed) AS (VALUES {rows})"))
+
+
+#: PostgreSQL: the windows as arrays, so one text (prepared once) serves every batch.
+WINDOWS_PG_SQL = _windows_select(
+    "WITH v AS (SELECT * FROM unnest(%s::int[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
+    "%s::bigint[]) AS u(k, scope, sid, ms, me, st, ed))")
+
+
+def window_rows(scopes: Mapping[tuple[str, str], Sequence[policy.Budget]],
+                now_ms: int) -> tuple[list[tuple[tuple[str, str], str]], list[tuple[int, str, str, int, int, int, int]]]:
+    """Per budget window of ``scopes``: its (scope key, budget name) and its row
+    (k, scope, scope id, first minute, end minute, edge start ms, edge end ms)."""
+    names: list[tuple[tuple[str, str], str]] = []
+    rows: list[tuple[int, str, str, int, int, int, int]] = []
+    for (column, scope_id), budgets in scopes.items():
+        for b in budgets:
+            start, end = b.bounds(now_ms)
+            m_start = -(-start // MINUTE_MS)
+            rolling = bool(b.rolling_ms)
+            rows.append((len(names), column, scope_id, m_start, _FAR if rolling else end // MINUTE_MS, start,
+                         m_start * MINUTE_MS if rolling else start))
+            names.append(((column, scope_id), b.name))
+    return names, rows
+
+
+def windows_from(names: Sequence[tuple[tuple[str, str], str]], scopes: Mapping[tuple[str, str], Any],
+                 results: Any) -> dict[tuple[str, str], dict[str, WindowUse]]:
+    out: dict[tuple[str, str], dict[str, WindowUse]] = {key: {} for key in scopes}
+    for k, reserved, spent in results:
+        key, name = names[int(k)]
+        out[key][name] = WindowUse(int(reserved), int(spent))
+    return out
+
+
+def measure_many(
+    s: Session, scopes: Mapping[tuple[str, str], Sequence[policy.Budget]], now_ms: int
+) -> dict[tuple[str, str], dict[str, WindowUse]]:
+    """``measure`` for many scopes ((column, scope id) -> budgets) in one query:
+    what a batch of Sign calls needs, read once under the batch's tenant locks."""
+    names, rows = window_rows(scopes, now_ms)
+    if not rows:
+        return windows_from(names, scopes, ())
+    params = {f"{field}{i}": value for i, row in enumerate(rows)
+              for field, value in zip(("k", "scope", "sid", "ms", "me", "st", "ed"), row, strict=True)}
+    return windows_from(names, scopes, s.execute(_windows_statement(len(rows)), params))
+
+
+def _bucket_row(param: Callable[[str], str]) -> str:
+    return ("INSERT INTO spend_buckets (scope, scope_id, minute, reserved, spent) VALUES "  # noqa: S608
+            f"({', '.join(param(n) for n in ('scope', 'scope_id', 'minute', 'reserved', 'spent'))}) "
+            "ON CONFLICT (scope, scope_id, minute) DO UPDATE SET reserved = spend_buckets.reserved + "
+            "EXCLUDED.reserved, spent = spend_buckets.spent + EXCLUDED.spent")
+
+
+#: One scope's minute bucket, moved by (reserved, spent); batches send one row per
+#: (scope, id, minute), tenants before wallets (the lock order everywhere).
+BUCKET_ROW_SQL = _bucket_row(lambda n: f":{n}")
+BUCKET_ROW_PG_SQL = _bucket_row(lambda n: f"%({n})s")  # psycopg's own parameter style
 
 
 #: Add (or, with negative amounts, take) a payment's amount in its minute's buckets,

@@ -8,7 +8,6 @@ its text, so no exception message can leak data to a caller.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
@@ -54,23 +53,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tracing: Tracing | None = None) -> None:
         self.tracing = tracing or Tracing(False)
 
-    @contextlib.asynccontextmanager
-    async def _call(self, context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
-        """Everything around one call, unary or streaming: request id, span,
-        metrics, and the translation of any error into its status."""
-        rid = _request_id(context)
-        REQUEST_ID.set(rid)
-        METHOD.set(method)
-        await context.send_initial_metadata((("x-request-id", rid),))
-        started, code = time.perf_counter(), "OK"
-        with self.tracing.span(method, rid):
-            try:
-                yield
-            except Exception as exc:  # noqa: BLE001 - translated in one place
-                code = _code(exc)
-                await _abort(context, method, exc)
-            finally:
-                record_call(method, code, time.perf_counter() - started)
+    def _call(self, context: grpc.aio.ServicerContext, method: str) -> _Call:
+        return _Call(self.tracing, context, method)
 
     async def intercept_service(
         self,
@@ -103,6 +87,41 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 guarded_stream, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
         return handler
+
+
+class _Call:
+    """Everything around one call, unary or streaming: request id, span, metrics,
+    and the translation of any error into its status. (A class rather than an
+    ``asynccontextmanager``: it runs on every call, and a generator costs more.)"""
+
+    __slots__ = ("context", "method", "span", "started", "tracing")
+
+    def __init__(self, tracing: Tracing, context: grpc.aio.ServicerContext, method: str) -> None:
+        self.tracing, self.context, self.method = tracing, context, method
+
+    async def __aenter__(self) -> None:
+        rid = _request_id(self.context)
+        REQUEST_ID.set(rid)
+        METHOD.set(self.method)
+        await self.context.send_initial_metadata((("x-request-id", rid),))
+        self.span = self.tracing.span(self.method, rid)
+        self.span.__enter__()
+        self.started = time.perf_counter()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        code = "OK"
+        try:
+            if isinstance(exc, Exception):
+                code = _code(exc)
+                await _abort(self.context, self.method, exc)  # raises the status
+        except BaseException as raised:
+            self.span.__exit__(type(raised), raised, raised.__traceback__)
+            raise
+        else:
+            self.span.__exit__(kind, exc, tb)
+        finally:
+            record_call(self.method, code, time.perf_counter() - self.started)
+        return False
 
 
 def _code(exc: Exception) -> str:

@@ -15,9 +15,12 @@ from teller import audit as audit_log
 from teller import auth
 from teller.app import App
 from teller.auth import Caller
+from teller.chain import NotCached
 from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Head, Payer, pay_input
+from teller.payments import PushPending
 from teller.rpc import convert
+from teller.rpc.batcher import SignBatcher
 from teller_client._proto.teller.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -56,6 +59,8 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
     def __init__(self, app: App, pool: ThreadPoolExecutor) -> None:
         super().__init__(app, pool)
         self._token_tenants: dict[str, str] = {}
+        self.batcher = SignBatcher(app.payments.commit, max_batch=app.settings.sign_batch_max,
+                                   in_flight=app.settings.sign_batches_in_flight)
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
         token = auth.bearer(context.invocation_metadata())
@@ -82,8 +87,17 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
             if self.app.settings.tls_client_ca_file is not None:
                 auth.check_certificate(context.auth_context(), f"tenant:{caller.tenant_id}")
         sign_in = convert.sign_input_from_proto(request)
-        result = await self.run(self.app.payments.sign, caller, sign_in, secret)
-        return convert.sign_result_to_proto(result)
+        payments = self.app.payments
+        try:
+            # On the event loop when everything it needs is in memory (no thread hop) ...
+            call = payments.prepare(caller, sign_in, secret, cached_only=True)
+        except NotCached:
+            # ... else on a thread, where it may read the database or a chain.
+            call = await self.run(payments.prepare, caller, sign_in, secret)
+        outcome = await self.batcher.submit(call)
+        if isinstance(outcome, PushPending):
+            return convert.sign_result_to_proto(await self.run(payments.finish, outcome))
+        return convert.sign_result_to_proto(payments.finish(outcome))
 
     async def Pay(self, request: payment_pb2.PayRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[payment_pb2.PayResponse]:
         caller = await self._caller(context)

@@ -1,0 +1,210 @@
+"""Group commit for Sign: many calls in one transaction, each decided in order
+against the windows the calls before it left, each with its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from teller import auth
+from teller.audit_chain import verify
+from teller.auth import Caller
+from teller.db.models import AuditEvent, AuditHead, Payment, SpendBucket
+from teller.errors import AlreadyExists, LimitExceeded, NotFound, PermissionDenied, Unauthenticated
+from teller.payments import Call, SignResult, sign_input
+from teller.rpc.batcher import SignBatcher
+from teller_client import Policy
+from tests.support.x402_server import sdk_v2_challenge
+
+
+def _call(teller, t, chall, *, secret: str | None = "token", wallet_id: str | None = None, key: str = "") -> Call:
+    req = sign_input(status=402, headers=tuple(chall.headers), body=chall.body, url=chall.url, method="GET",
+                     wallet_id=wallet_id or t.wallet_id, max_amount="", idempotency_key=key)
+    token_id, real_secret = auth.parse_token(t.token)
+    return teller.app.payments.prepare(Caller(t.tenant_id, token_id), req,
+                                       real_secret if secret == "token" else secret)
+
+
+def _rows(teller, model, **where):
+    from sqlalchemy import select
+
+    with teller.app.db.read() as s:
+        query = select(model)
+        for k, v in where.items():
+            query = query.where(getattr(model, k) == v)
+        return list(s.scalars(query))
+
+
+def _chain_ok(teller, tenant_id: str) -> None:
+    events = sorted(_rows(teller, AuditEvent, tenant_id=tenant_id), key=lambda e: e.id)
+    (head,) = _rows(teller, AuditHead, chain=tenant_id)
+    docs = [{c.key: getattr(e, c.key) for c in AuditEvent.__table__.columns} for e in events]
+    assert verify(docs, {tenant_id: (head.seq, head.hash)}) == []
+
+
+def test_one_batch_holds_a_budget_exactly(teller):
+    """Twelve calls of one tenant in one transaction against a budget for five:
+    the first five are signed, the other seven denied, as if one by one."""
+    t = teller.setup_tenant(policy=Policy(daily_budget=5000))
+    chall = sdk_v2_challenge(amount="1000")
+    outcomes = teller.app.payments.commit([_call(teller, t, chall) for _ in range(12)])
+
+    assert [type(o).__name__ for o in outcomes] == ["SignResult"] * 5 + ["LimitExceeded"] * 7
+    assert all(o.reason == "budget_exhausted:day" and o.metadata["remaining"] == "0"
+               for o in outcomes[5:] if isinstance(o, LimitExceeded))
+    payments = _rows(teller, Payment, tenant_id=t.tenant_id)
+    assert {p.id for p in payments} == {o.payment_id for o in outcomes if isinstance(o, SignResult)}
+    (day,) = teller.admin().spend(t.tenant_id)
+    assert (day.reserved, day.remaining) == (5000, 0)
+    buckets = _rows(teller, SpendBucket, scope_id=t.tenant_id)
+    assert sum(b.reserved for b in buckets) == 5000
+    actions = [e.action for e in sorted(_rows(teller, AuditEvent, tenant_id=t.tenant_id), key=lambda e: e.seq)]
+    assert actions.count("payment.sign") == 5 and actions.count("payment.deny") == 7
+    _chain_ok(teller, t.tenant_id)
+
+
+def test_each_call_in_a_batch_gets_its_own_outcome(teller):
+    """Bad token, another tenant's wallet, a disabled tenant and a policy denial
+    sit in one batch with good calls of two tenants: nothing of the failed calls
+    is written, the good ones commit, each chain stays whole."""
+    a = teller.setup_tenant()
+    b = teller.setup_tenant(policy=Policy(per_payment_max=500))
+    c = teller.setup_tenant()
+    off = teller.setup_tenant()
+    teller.admin().disable_tenant(off.tenant_id)
+    chall = sdk_v2_challenge(amount="1000")
+    calls = [
+        _call(teller, a, chall),
+        _call(teller, a, chall, secret="wrong-secret"),
+        _call(teller, b, chall),  # above b's per-payment maximum
+        _call(teller, c, chall, wallet_id=a.wallet_id),  # a's wallet, asked for by c
+        _call(teller, off, chall),
+        _call(teller, c, chall),
+        _call(teller, a, chall),
+    ]
+    outcomes = teller.app.payments.commit(calls)
+
+    assert isinstance(outcomes[0], SignResult) and isinstance(outcomes[6], SignResult)
+    assert isinstance(outcomes[1], Unauthenticated)
+    assert isinstance(outcomes[2], LimitExceeded) and outcomes[2].reason == "per_payment_max"
+    assert isinstance(outcomes[3], NotFound)
+    assert isinstance(outcomes[4], PermissionDenied) and outcomes[4].reason == "tenant_disabled"
+    assert isinstance(outcomes[5], SignResult)
+    assert len(_rows(teller, Payment, tenant_id=a.tenant_id)) == 2
+    assert len(_rows(teller, Payment, tenant_id=c.tenant_id)) == 1
+    assert _rows(teller, Payment, tenant_id=b.tenant_id) == []
+    (deny,) = _rows(teller, AuditEvent, tenant_id=b.tenant_id, action="payment.deny")
+    assert deny.reason == "per_payment_max"
+    for tenant in (a, b, c):
+        _chain_ok(teller, tenant.tenant_id)
+
+
+def test_idempotency_keys_inside_one_batch(teller):
+    t = teller.setup_tenant()
+    chall = sdk_v2_challenge(amount="1000")
+    other = sdk_v2_challenge(amount="2000")
+    outcomes = teller.app.payments.commit([
+        _call(teller, t, chall, key="k1"), _call(teller, t, chall, key="k1"), _call(teller, t, other, key="k1")])
+    first, again, conflict = outcomes
+    assert isinstance(first, SignResult) and isinstance(again, SignResult)
+    assert again.payment_id == first.payment_id and again.header_value == first.header_value
+    assert isinstance(conflict, AlreadyExists)
+    assert len(_rows(teller, Payment, tenant_id=t.tenant_id)) == 1
+    # And in the next batch, from the database.
+    (later,) = teller.app.payments.commit([_call(teller, t, chall, key="k1")])
+    assert isinstance(later, SignResult) and later.payment_id == first.payment_id
+
+
+def test_a_failing_batch_is_retried_call_by_call(teller, monkeypatch):
+    """An unexpected error inside the transaction rolls all of it back; the calls
+    are then committed one per transaction, so only the faulty one fails."""
+    t = teller.setup_tenant()
+    chall = sdk_v2_challenge(amount="1000")
+    calls = [_call(teller, t, chall) for _ in range(4)]
+    payments = teller.app.payments
+    original = payments._decide
+    poisoned = calls[2]
+
+    def decide(s, call, *args):
+        if call is poisoned:
+            raise RuntimeError("boom")
+        return original(s, call, *args)
+
+    monkeypatch.setattr(payments, "_decide", decide)
+    outcomes = payments.commit(calls)
+    assert [type(o).__name__ for o in outcomes] == ["SignResult", "SignResult", "RuntimeError", "SignResult"]
+    assert len(_rows(teller, Payment, tenant_id=t.tenant_id)) == 3
+    _chain_ok(teller, t.tenant_id)
+
+
+def test_the_batcher_groups_concurrent_calls_and_delivers_each_outcome():
+    seen: list[int] = []
+    gate = threading.Event()
+
+    def commit(calls):
+        seen.append(len(calls))
+        gate.wait(5)  # hold the first batch so the others queue behind it
+        return [c if c != "bad" else ValueError("bad") for c in calls]
+
+    async def main():
+        batcher = SignBatcher(commit, max_batch=8, in_flight=1)
+        first = asyncio.create_task(batcher.submit("first"))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        rest = [asyncio.create_task(batcher.submit(x)) for x in ["a", "bad", *map(str, range(10))]]  # type: ignore
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, *rest)
+        batcher.close()
+        return results
+
+    results = asyncio.run(main())
+    assert results[0] == "first" and results[1] == "a" and isinstance(results[2], ValueError)
+    assert results[3:] == [str(i) for i in range(10)]
+    assert seen == [1, 8, 4]  # the queue went in batches of at most max_batch
+
+
+def test_a_commit_that_raises_fails_every_call_of_its_batch():
+    def commit(calls):
+        raise ConnectionError("database gone")
+
+    async def main():
+        batcher = SignBatcher(commit, max_batch=8, in_flight=1)
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(3)))  # type: ignore[arg-type]
+        batcher.close()
+        return results
+
+    assert all(isinstance(r, ConnectionError) for r in asyncio.run(main()))
+
+
+@pytest.mark.postgres
+def test_concurrent_sign_rpcs_share_transactions_and_stay_exact(pg_teller):
+    """Forty concurrent Sign RPCs against a budget for 25 on one server: they go
+    in batches (fewer transactions than calls), and exactly 25 are signed."""
+    from teller import observe
+    from teller_client import LimitExceeded
+
+    t = pg_teller.setup_tenant(policy=Policy(daily_budget=25_000))
+    chall = sdk_v2_challenge(amount="1000")
+    client = pg_teller.client(t.token)
+    before = observe.SIGN_BATCH._sum.get(), sum(b.get() for b in observe.SIGN_BATCH._buckets)
+
+    def attempt(_):
+        try:
+            return client.sign(status=402, headers=chall.headers, body=chall.body, url=chall.url,
+                               wallet_id=t.wallet_id)
+        except LimitExceeded as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        results = list(pool.map(attempt, range(40)))
+    signed = [r for r in results if not isinstance(r, LimitExceeded)]
+    assert len(signed) == 25 and len({r.payment_id for r in signed}) == 25
+    calls = observe.SIGN_BATCH._sum.get() - before[0]
+    batches = sum(b.get() for b in observe.SIGN_BATCH._buckets) - before[1]
+    assert calls == 40 and batches < 40
+    (day,) = pg_teller.admin().spend(t.tenant_id)
+    assert (day.reserved, day.remaining) == (25_000, 0)
+    _chain_ok(pg_teller, t.tenant_id)
