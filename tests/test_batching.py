@@ -4,7 +4,6 @@ against the windows the calls before it left, each with its own outcome."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -28,6 +27,38 @@ def _call(teller, t, chall, *, secret: str | None = "token", wallet_id: str | No
                                        real_secret if secret == "token" else secret)
 
 
+@pytest.fixture(params=["sqlite/session", pytest.param("postgres/session", marks=pytest.mark.postgres),
+                        pytest.param("postgres/async", marks=pytest.mark.postgres)])
+def setup(request, tmp_path):
+    """Every way a batch reaches the database: a SQLAlchemy session (any
+    database) and, on PostgreSQL, async psycopg on the event loop (what the
+    server uses)."""
+    from tests.support.harness import RunningTeller, make_settings
+
+    database, driver = request.param.split("/")
+    url = f"sqlite:///{tmp_path / 'teller.db'}" if database == "sqlite" else request.getfixturevalue("pg_url")
+    running = RunningTeller(make_settings(url, tmp_path))
+    yield running, driver
+    running.stop()
+
+
+def _commit(teller, calls, driver: str):
+    payments = teller.app.payments
+    if driver == "session":
+        return payments.commit(calls)
+    from teller.batch_io import AsyncPgBatchIO, conninfo
+
+    async def run():
+        aio = AsyncPgBatchIO(conninfo(teller.app.db.engine.url.render_as_string(hide_password=False)))
+        loop = asyncio.get_running_loop()
+        try:
+            return await payments.commit_async(calls, aio, lambda fn, c: loop.run_in_executor(None, fn, c))
+        finally:
+            await aio.close()
+
+    return asyncio.run(run())
+
+
 def _rows(teller, model, **where):
     from sqlalchemy import select
 
@@ -45,12 +76,13 @@ def _chain_ok(teller, tenant_id: str) -> None:
     assert verify(docs, {tenant_id: (head.seq, head.hash)}) == []
 
 
-def test_one_batch_holds_a_budget_exactly(teller):
+def test_one_batch_holds_a_budget_exactly(setup):
     """Twelve calls of one tenant in one transaction against a budget for five:
     the first five are signed, the other seven denied, as if one by one."""
+    teller, driver = setup
     t = teller.setup_tenant(policy=Policy(daily_budget=5000))
     chall = sdk_v2_challenge(amount="1000")
-    outcomes = teller.app.payments.commit([_call(teller, t, chall) for _ in range(12)])
+    outcomes = _commit(teller, [_call(teller, t, chall) for _ in range(12)], driver)
 
     assert [type(o).__name__ for o in outcomes] == ["SignResult"] * 5 + ["LimitExceeded"] * 7
     assert all(o.reason == "budget_exhausted:day" and o.metadata["remaining"] == "0"
@@ -66,10 +98,11 @@ def test_one_batch_holds_a_budget_exactly(teller):
     _chain_ok(teller, t.tenant_id)
 
 
-def test_each_call_in_a_batch_gets_its_own_outcome(teller):
+def test_each_call_in_a_batch_gets_its_own_outcome(setup):
     """Bad token, another tenant's wallet, a disabled tenant and a policy denial
     sit in one batch with good calls of two tenants: nothing of the failed calls
     is written, the good ones commit, each chain stays whole."""
+    teller, driver = setup
     a = teller.setup_tenant()
     b = teller.setup_tenant(policy=Policy(per_payment_max=500))
     c = teller.setup_tenant()
@@ -85,7 +118,7 @@ def test_each_call_in_a_batch_gets_its_own_outcome(teller):
         _call(teller, c, chall),
         _call(teller, a, chall),
     ]
-    outcomes = teller.app.payments.commit(calls)
+    outcomes = _commit(teller, calls, driver)
 
     assert isinstance(outcomes[0], SignResult) and isinstance(outcomes[6], SignResult)
     assert isinstance(outcomes[1], Unauthenticated)
@@ -102,25 +135,27 @@ def test_each_call_in_a_batch_gets_its_own_outcome(teller):
         _chain_ok(teller, tenant.tenant_id)
 
 
-def test_idempotency_keys_inside_one_batch(teller):
+def test_idempotency_keys_inside_one_batch(setup):
+    teller, driver = setup
     t = teller.setup_tenant()
     chall = sdk_v2_challenge(amount="1000")
     other = sdk_v2_challenge(amount="2000")
-    outcomes = teller.app.payments.commit([
-        _call(teller, t, chall, key="k1"), _call(teller, t, chall, key="k1"), _call(teller, t, other, key="k1")])
+    outcomes = _commit(teller, [
+        _call(teller, t, chall, key="k1"), _call(teller, t, chall, key="k1"), _call(teller, t, other, key="k1")], driver)
     first, again, conflict = outcomes
     assert isinstance(first, SignResult) and isinstance(again, SignResult)
     assert again.payment_id == first.payment_id and again.header_value == first.header_value
     assert isinstance(conflict, AlreadyExists)
     assert len(_rows(teller, Payment, tenant_id=t.tenant_id)) == 1
     # And in the next batch, from the database.
-    (later,) = teller.app.payments.commit([_call(teller, t, chall, key="k1")])
+    (later,) = _commit(teller, [_call(teller, t, chall, key="k1")], driver)
     assert isinstance(later, SignResult) and later.payment_id == first.payment_id
 
 
-def test_a_failing_batch_is_retried_call_by_call(teller, monkeypatch):
+def test_a_failing_batch_is_retried_call_by_call(setup, monkeypatch):
     """An unexpected error inside the transaction rolls all of it back; the calls
     are then committed one per transaction, so only the faulty one fails."""
+    teller, driver = setup
     t = teller.setup_tenant()
     chall = sdk_v2_challenge(amount="1000")
     calls = [_call(teller, t, chall) for _ in range(4)]
@@ -128,13 +163,13 @@ def test_a_failing_batch_is_retried_call_by_call(teller, monkeypatch):
     original = payments._decide
     poisoned = calls[2]
 
-    def decide(s, call, *args):
+    def decide(call, *args):
         if call is poisoned:
             raise RuntimeError("boom")
-        return original(s, call, *args)
+        return (yield from original(call, *args))
 
     monkeypatch.setattr(payments, "_decide", decide)
-    outcomes = payments.commit(calls)
+    outcomes = _commit(teller, calls, driver)
     assert [type(o).__name__ for o in outcomes] == ["SignResult", "SignResult", "RuntimeError", "SignResult"]
     assert len(_rows(teller, Payment, tenant_id=t.tenant_id)) == 3
     _chain_ok(teller, t.tenant_id)
@@ -142,23 +177,22 @@ def test_a_failing_batch_is_retried_call_by_call(teller, monkeypatch):
 
 def test_the_batcher_groups_concurrent_calls_and_delivers_each_outcome():
     seen: list[int] = []
-    gate = threading.Event()
-
-    def commit(calls):
-        seen.append(len(calls))
-        gate.wait(5)  # hold the first batch so the others queue behind it
-        return [c if c != "bad" else ValueError("bad") for c in calls]
 
     async def main():
+        gate = asyncio.Event()
+
+        async def commit(calls):
+            seen.append(len(calls))
+            await gate.wait()  # hold the first batch so the others queue behind it
+            return [c if c != "bad" else ValueError("bad") for c in calls]
+
         batcher = SignBatcher(commit, max_batch=8, in_flight=1)
         first = asyncio.create_task(batcher.submit("first"))  # type: ignore[arg-type]
         await asyncio.sleep(0.05)
         rest = [asyncio.create_task(batcher.submit(x)) for x in ["a", "bad", *map(str, range(10))]]  # type: ignore
         await asyncio.sleep(0.05)
         gate.set()
-        results = await asyncio.gather(first, *rest)
-        batcher.close()
-        return results
+        return await asyncio.gather(first, *rest)
 
     results = asyncio.run(main())
     assert results[0] == "first" and results[1] == "a" and isinstance(results[2], ValueError)
@@ -167,14 +201,12 @@ def test_the_batcher_groups_concurrent_calls_and_delivers_each_outcome():
 
 
 def test_a_commit_that_raises_fails_every_call_of_its_batch():
-    def commit(calls):
+    async def commit(calls):
         raise ConnectionError("database gone")
 
     async def main():
         batcher = SignBatcher(commit, max_batch=8, in_flight=1)
-        results = await asyncio.gather(*(batcher.submit(i) for i in range(3)))  # type: ignore[arg-type]
-        batcher.close()
-        return results
+        return await asyncio.gather(*(batcher.submit(i) for i in range(3)))  # type: ignore[arg-type]
 
     assert all(isinstance(r, ConnectionError) for r in asyncio.run(main()))
 

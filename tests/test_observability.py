@@ -70,10 +70,10 @@ def test_a_worker_serves_metrics_and_json_logs_with_request_ids_and_no_secrets(p
             # No policy yet: the tenant may pay nothing, so the call is denied and logged.
             with pytest.raises(grpc.RpcError) as info:
                 stub.Sign(request, metadata=(("authorization", f"Bearer {token}"), ("x-request-id", "req-42")))
-            assert dict(info.value.initial_metadata())["x-request-id"] == "req-42"
+            assert dict(info.value.trailing_metadata())["x-request-id"] == "req-42"
             _, call = stub.ListWallets.with_call(payment_pb2.ListWalletsRequest(),
                                                  metadata=(("authorization", f"Bearer {token}"),))
-            generated = dict(call.initial_metadata())["x-request-id"]
+            generated = dict(call.trailing_metadata())["x-request-id"]
             assert len(generated) == 32
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         assert 'teller_rpc_calls_total{code="PERMISSION_DENIED",method="/teller.v1.PaymentService/Sign"} 1.0' in body

@@ -1,26 +1,32 @@
-"""The database side of one Sign batch: what it reads under its locks and what
-it writes, in as few round trips as the database allows.
+"""The database side of one Sign batch.
 
-Two implementations with one shape. ``SqlBatchIO`` speaks SQLAlchemy and works
-on any database (the embedded SQLite default). ``PgBatchIO`` sends the same
-statements through psycopg's pipeline on the batch's own connection: the lock
-and the reads that do not depend on one another travel together, the window
-query alone (it needs the policies just read), and every write together, so a
-batch costs three round trips plus BEGIN/COMMIT whatever its size.
+``Payments._plan`` decides a batch without doing any I/O: it yields requests
+(``Read``, ``Measure``, ``Write``, and the rare ``Missing``, ``ReleaseKey``,
+``FindNonce``) and a driver answers them. ``SqlBatchIO`` answers through a
+SQLAlchemy session on any database (the embedded SQLite default).
+``AsyncPgBatchIO`` answers on PostgreSQL through an async psycopg connection
+on the server's event loop, in one pipeline: BEGIN and the reads that do not
+depend on one another travel together, the window query alone (it needs the
+policies just read), and every write with COMMIT, so a batch costs three round
+trips whatever its size, and no thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, TypeVar, cast
 
+import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.orm import Session
 
 from teller import audit, policy, spend
 from teller.db.models import ApiToken, AuditEvent, AuditHead, Payment, SpendPolicy, Tenant, Wallet
+from teller.errors import TellerError, Unavailable
+
+T = TypeVar("T")
 
 
 class WalletRow(NamedTuple):
@@ -47,15 +53,89 @@ class Snapshot:
     claims: dict[tuple[str, str], Any]  # (tenant, idempotency key) -> payment row
 
 
-class BatchIO(Protocol):
-    def read(self, s: Session, tenant_ids: Sequence[str], wallet_ids: Sequence[str], token_ids: Sequence[str],
-             keys: Sequence[str]) -> Snapshot: ...
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Lock these tenants and their chain heads; read wallets, tokens and claims."""
 
-    def measure(self, s: Session, scopes: Mapping[tuple[str, str], Sequence[policy.Budget]],
-                now_ms: int) -> dict[tuple[str, str], dict[str, spend.WindowUse]]: ...
+    tenant_ids: Sequence[str]
+    wallet_ids: Sequence[str]
+    token_ids: Sequence[str]
+    keys: Sequence[str]
 
-    def write(self, s: Session, payments: Sequence[dict[str, Any]], buckets: Sequence[dict[str, Any]],
-              events: Sequence[dict[str, Any]], heads: Mapping[str, tuple[int, str]]) -> None: ...
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """A tenant the lock did not find (or whose chain has no head): answered with
+    (frozen, head) after locking it, or its error thrown into the plan."""
+
+    tenant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    scopes: Mapping[tuple[str, str], Sequence[policy.Budget]]
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseKey:
+    """An expired idempotency key, released before its new claim is written."""
+
+    payment_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FindNonce:
+    """The payment already holding a deterministic (MPP) nonce, if any."""
+
+    wallet_id: str
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    payments: Sequence[dict[str, Any]]
+    buckets: Sequence[dict[str, Any]]
+    events: Sequence[dict[str, Any]]
+    heads: Mapping[str, tuple[int, str]]
+
+
+Request = Read | Missing | Measure | ReleaseKey | FindNonce | Write
+
+
+class NeedsSession(Exception):
+    """The async path does not answer this request (it is rare): run the batch
+    through a SQLAlchemy session instead. Nothing was written."""
+
+
+def drive(plan: Generator[Request, Any, T], answer: Callable[[Request], Any]) -> T:
+    """Run a plan, answering each request with ``answer`` (errors it raises that
+    are TellerErrors go back into the plan, where the request was made)."""
+    try:
+        request = next(plan)
+        while True:
+            try:
+                result = answer(request)
+            except TellerError as exc:
+                request = plan.throw(exc)
+            else:
+                request = plan.send(result)
+    except StopIteration as done:
+        return cast(T, done.value)
+
+
+async def drive_async(plan: Generator[Request, Any, T], answer: Callable[[Request], Awaitable[Any]]) -> T:
+    try:
+        request = next(plan)
+        while True:
+            try:
+                result = await answer(request)
+            except TellerError as exc:
+                request = plan.throw(exc)
+            else:
+                request = plan.send(result)
+    except StopIteration as done:
+        return cast(T, done.value)
 
 
 # -- any database, through SQLAlchemy --------------------------------------
@@ -84,8 +164,8 @@ _CLAIMS = select(Payment).where(Payment.tenant_id.in_(bindparam("tenant_ids", ex
 
 
 class SqlBatchIO:
-    def read(self, s: Session, tenant_ids: Sequence[str], wallet_ids: Sequence[str], token_ids: Sequence[str],
-             keys: Sequence[str]) -> Snapshot:
+    def read(self, s: Session, request: Read) -> Snapshot:
+        tenant_ids, wallet_ids, token_ids, keys = request.tenant_ids, request.wallet_ids, request.token_ids, request.keys
         tenants: dict[str, Any] = {}
         heads: dict[str, tuple[int, str]] = {}
         for r in s.execute(_LOCK, {"tenant_ids": list(tenant_ids)}):
@@ -102,14 +182,13 @@ class SqlBatchIO:
                 now_ms: int) -> dict[tuple[str, str], dict[str, spend.WindowUse]]:
         return spend.measure_many(s, scopes, now_ms)
 
-    def write(self, s: Session, payments: Sequence[dict[str, Any]], buckets: Sequence[dict[str, Any]],
-              events: Sequence[dict[str, Any]], heads: Mapping[str, tuple[int, str]]) -> None:
+    def write(self, s: Session, request: Write) -> None:
         conn = s.connection()
-        if payments:
-            conn.execute(insert(Payment), list(payments))
-        if buckets:
-            conn.execute(text(spend.BUCKET_ROW_SQL), list(buckets))
-        audit.write(s, events, dict(heads))
+        if request.payments:
+            conn.execute(insert(Payment), list(request.payments))
+        if request.buckets:
+            conn.execute(text(spend.BUCKET_ROW_SQL), list(request.buckets))
+        audit.write(s, request.events, dict(request.heads))
 
 
 # -- PostgreSQL, through psycopg's pipeline ----------------------------------
@@ -137,57 +216,108 @@ _PG_INSERT_EVENT = _named_insert("audit_events", tuple(c.key for c in AuditEvent
 _PG_HEAD = "UPDATE audit_heads SET seq = %(seq)s, hash = %(hash)s WHERE chain = %(c)s"
 
 
-class PgBatchIO:
-    @staticmethod
-    def _raw(s: Session) -> Any:
-        # The psycopg connection under the session's own transaction (psycopg
-        # begins it with the first statement; the session commits it).
-        return s.connection().connection.driver_connection
+_PG_RELEASE = "UPDATE payments SET idempotency_key = NULL WHERE id = %s"
+_PG_NONCE = (f"SELECT {', '.join(_PAYMENT_COLUMNS)} FROM payments "  # noqa: S608 - the model's columns
+             "WHERE wallet_id = %s AND nonce = %s")
 
-    def read(self, s: Session, tenant_ids: Sequence[str], wallet_ids: Sequence[str], token_ids: Sequence[str],
-             keys: Sequence[str]) -> Snapshot:
-        raw = self._raw(s)
-        with raw.pipeline():
-            lock = raw.cursor(row_factory=namedtuple_row).execute(_PG_LOCK, (list(tenant_ids),))
-            wallets = raw.cursor().execute(_PG_WALLETS, (list(wallet_ids),))
-            tokens = raw.cursor(row_factory=namedtuple_row).execute(_PG_TOKENS, (list(token_ids),)) if token_ids \
-                else None
-            claims = raw.cursor(row_factory=namedtuple_row).execute(
-                _PG_CLAIMS, (list(tenant_ids), list(keys))) if keys else None
+
+class AsyncPgBatchIO:
+    """Sign batches on PostgreSQL from the event loop: a few async psycopg
+    connections (one per batch in flight), each batch one transaction in one
+    pipeline. A connection that fails is dropped; the next batch opens another."""
+
+    def __init__(self, conninfo: str, connect_timeout_s: float = 5.0) -> None:
+        self._conninfo = conninfo
+        self._timeout = connect_timeout_s
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+
+    async def run(self, plan: Generator[Request, Any, T]) -> T:
+        try:
+            conn = self._idle.pop() if self._idle else await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, connect_timeout=max(1, int(self._timeout)))
+        except psycopg.OperationalError as exc:
+            raise Unavailable("database unavailable") from exc
+        try:
+            async with conn.pipeline(), conn.transaction():
+                result = await drive_async(plan, lambda request: self._answer(conn, request))
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+                await conn.close()
+                raise Unavailable("database unavailable") from exc
+            raise
+        finally:
+            if not conn.closed and not conn.broken:
+                self._idle.append(conn)
+        return result
+
+    async def _answer(self, conn: psycopg.AsyncConnection[Any], request: Request) -> Any:
+        if isinstance(request, Read):
+            return await self._read(conn, request)
+        if isinstance(request, Measure):
+            names, rows = spend.window_rows(request.scopes, request.now_ms)
+            if not rows:
+                return spend.windows_from(names, request.scopes, ())
+            cur = await conn.execute(spend.WINDOWS_PG_SQL, [list(c) for c in zip(*rows, strict=True)])
+            return spend.windows_from(names, request.scopes, await cur.fetchall())
+        if isinstance(request, Write):
+            await self._write(conn, request)
+            return None
+        if isinstance(request, ReleaseKey):
+            await conn.execute(_PG_RELEASE, (request.payment_id,))
+            return None
+        if isinstance(request, FindNonce):
+            cur = conn.cursor(row_factory=namedtuple_row)
+            await cur.execute(_PG_NONCE, (request.wallet_id, request.nonce))
+            return await cur.fetchone()
+        raise NeedsSession(type(request).__name__)
+
+    @staticmethod
+    async def _read(conn: psycopg.AsyncConnection[Any], request: Read) -> Snapshot:
+        tenant_ids = list(request.tenant_ids)
+        lock: Any = conn.cursor(row_factory=namedtuple_row)
+        await lock.execute(_PG_LOCK, (tenant_ids,))
+        wallets = conn.cursor()
+        await wallets.execute(_PG_WALLETS, (list(request.wallet_ids),))
+        tokens: Any = conn.cursor(row_factory=namedtuple_row)
+        if request.token_ids:
+            await tokens.execute(_PG_TOKENS, (list(request.token_ids),))
+        claims: Any = conn.cursor(row_factory=namedtuple_row)
+        if request.keys:
+            await claims.execute(_PG_CLAIMS, (tenant_ids, list(request.keys)))
         tenants: dict[str, Any] = {}
         heads: dict[str, tuple[int, str]] = {}
-        for r in lock.fetchall():
+        for r in await lock.fetchall():
             tenants[r.id] = r
             heads[r.id] = (int(r.seq), str(r.hash))
         return Snapshot(
-            tenants, heads, {r[0]: WalletRow(*r) for r in wallets.fetchall()},
-            {r.id: r for r in tokens.fetchall()} if tokens is not None else {},
-            {(p.tenant_id, p.idempotency_key): p for p in claims.fetchall()} if claims is not None else {})
+            tenants, heads, {r[0]: WalletRow(*r) for r in await wallets.fetchall()},
+            {r.id: r for r in await tokens.fetchall()} if request.token_ids else {},
+            {(p.tenant_id, p.idempotency_key): p for p in await claims.fetchall()} if request.keys else {})
 
-    def measure(self, s: Session, scopes: Mapping[tuple[str, str], Sequence[policy.Budget]],
-                now_ms: int) -> dict[tuple[str, str], dict[str, spend.WindowUse]]:
-        names, rows = spend.window_rows(scopes, now_ms)
-        if not rows:
-            return spend.windows_from(names, scopes, ())
-        columns = [list(c) for c in zip(*rows, strict=True)]
-        return spend.windows_from(names, scopes, self._raw(s).execute(spend.WINDOWS_PG_SQL, columns).fetchall())
+    @staticmethod
+    async def _write(conn: psycopg.AsyncConnection[Any], request: Write) -> None:
+        async with conn.cursor() as cur:
+            if request.payments:
+                await cur.executemany(_PG_INSERT_PAYMENT, request.payments)
+            if request.buckets:
+                await cur.executemany(spend.BUCKET_ROW_PG_SQL, request.buckets)
+            if request.events:
+                await cur.executemany(_PG_INSERT_EVENT, request.events)
+            if request.heads:
+                await cur.executemany(_PG_HEAD, [{"c": c, "seq": seq, "hash": h}
+                                                 for c, (seq, h) in request.heads.items()])
 
-    def write(self, s: Session, payments: Sequence[dict[str, Any]], buckets: Sequence[dict[str, Any]],
-              events: Sequence[dict[str, Any]], heads: Mapping[str, tuple[int, str]]) -> None:
-        raw = self._raw(s)
-        with raw.pipeline(), raw.cursor() as cur:
-            if payments:
-                cur.executemany(_PG_INSERT_PAYMENT, payments)
-            if buckets:
-                cur.executemany(spend.BUCKET_ROW_PG_SQL, buckets)
-            if events:
-                cur.executemany(_PG_INSERT_EVENT, events)
-            if heads:
-                cur.executemany(_PG_HEAD, [{"c": c, "seq": seq, "hash": h} for c, (seq, h) in heads.items()])
+    async def close(self) -> None:
+        while self._idle:
+            await self._idle.pop().close()
 
 
-def for_dialect(name: str) -> BatchIO:
-    return PgBatchIO() if name == "postgresql" else SqlBatchIO()
+def conninfo(url: str) -> str:
+    """A psycopg connection string from a SQLAlchemy PostgreSQL URL."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-__all__ = ["BatchIO", "PgBatchIO", "Snapshot", "SqlBatchIO", "WalletRow", "for_dialect"]
+__all__ = ["AsyncPgBatchIO", "FindNonce", "Measure", "Missing", "NeedsSession", "Read", "ReleaseKey", "Request",
+           "Snapshot", "SqlBatchIO", "WalletRow", "Write", "conninfo", "drive", "drive_async"]

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -35,6 +35,7 @@ from teller.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    LimitExceeded,
     NotFound,
     PermissionDenied,
     TellerError,
@@ -161,7 +162,6 @@ class _Batch:
     buckets: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
     claims: dict[tuple[str, str], Any] = field(default_factory=dict)
     nonces: dict[tuple[str, str], Any] = field(default_factory=dict)
-    denials: list[str] = field(default_factory=list)
 
     def audit(self, tenant_id: str, **fields: Any) -> None:
         row = audit.event(tenant_id=tenant_id, head=self.heads[tenant_id], at_ms=self.now_ms, **fields)
@@ -185,12 +185,11 @@ class _Batch:
             self.claims[(row.tenant_id, row.idempotency_key)] = row
         self.nonces[(row.wallet_id, row.nonce)] = row
 
-    def write(self, s: Session, io: batch_io.BatchIO) -> None:
-        # Buckets: tenants before wallets, each in id order (the lock order everywhere).
-        buckets = [{"scope": scope, "scope_id": sid, "minute": minute, "reserved": r, "spent": sp}
-                   for (scope, sid, minute), (r, sp) in sorted(
-                       self.buckets.items(), key=lambda kv: (kv[0][0] != "tenant", kv[0][1], kv[0][2]))]
-        io.write(s, self.payments, buckets, self.events, self.moved)
+    def bucket_rows(self) -> list[dict[str, Any]]:
+        """Tenants before wallets, each in id order (the lock order everywhere)."""
+        return [{"scope": scope, "scope_id": sid, "minute": minute, "reserved": r, "spent": sp}
+                for (scope, sid, minute), (r, sp) in sorted(
+                    self.buckets.items(), key=lambda kv: (kv[0][0] != "tenant", kv[0][1], kv[0][2]))]
 
 
 class NewPayment(SimpleNamespace):
@@ -212,7 +211,7 @@ class Payments:
         self.clock = clock
         self.chain = chain or ChainReader({})
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
-        self.io = batch_io.for_dialect(db.engine.dialect.name)
+        self.sql = batch_io.SqlBatchIO()
 
     def sign(self, caller: Caller, req: SignInput, token_secret: str | None = None) -> SignResult:
         """Sign a payment for ``req``. With ``token_secret`` the caller's token is
@@ -257,6 +256,29 @@ class Payments:
             log.warning("a batch of %d Sign calls failed (%s); retrying them one by one", len(calls), exc)
             return [self.commit([call])[0] for call in calls]
 
+    async def commit_async(self, calls: Sequence[Call], aio: batch_io.AsyncPgBatchIO | None,
+                           in_thread: Callable[[Callable[[Sequence[Call]], list[Outcome]], Sequence[Call]],
+                                               Awaitable[list[Outcome]]]) -> list[Outcome]:
+        """``commit`` on the event loop: on PostgreSQL the batch's statements go
+        through an async psycopg connection, so a worker needs no thread (and no
+        hand-over of the interpreter lock) per batch. Elsewhere, and for the rare
+        batch that needs more than the fast path offers, ``in_thread(commit)``."""
+        if aio is None:
+            return await in_thread(self.commit, calls)
+        try:
+            out = await aio.run(self._plan(calls))
+        except batch_io.NeedsSession:
+            return await in_thread(self.commit, calls)
+        except Unavailable as exc:
+            return [exc] * len(calls)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller(s) as their outcome
+            if len(calls) == 1:
+                return [exc]
+            log.warning("a batch of %d Sign calls failed (%s); retrying them one by one", len(calls), exc)
+            return [(await self.commit_async([call], aio, in_thread))[0] for call in calls]
+        self._observe(calls, out)
+        return out
+
     def finish(self, outcome: Outcome) -> SignResult:
         """The caller's answer for one outcome of ``commit`` (push payments are
         broadcast here, after their reservation committed)."""
@@ -267,26 +289,77 @@ class Payments:
         return outcome
 
     def _commit(self, calls: Sequence[Call]) -> list[Outcome]:
-        out: list[Outcome] = []
         with self.db.transaction() as s:
-            snapshot, locked = self._lock(s, calls)
-            # Read the clock only once the locks are held, so payments of one tenant
-            # are stamped in the order they were reserved.
-            now_ms = ms(self.clock)
-            claims = snapshot.claims
-            batch = _Batch(now_ms, snapshot.heads, self._usage(s, locked, calls, now_ms))
-            for call, lk in zip(calls, locked, strict=True):
-                if isinstance(lk, TellerError):
-                    out.append(lk)
-                    continue
-                try:
-                    out.append(self._decide(s, call, lk, batch, claims))
-                except TellerError as exc:
-                    out.append(exc)
-            batch.write(s, self.io)
-        for reason in batch.denials:
-            observe.DENIALS.labels(reason).inc()
+            out = batch_io.drive(self._plan(calls), lambda request: self._answer(s, request))
+        self._observe(calls, out)
+        return out
+
+    @staticmethod
+    def _observe(calls: Sequence[Call], out: Sequence[Outcome]) -> None:
+        for o in out:
+            # Policy denials (each audited as payment.deny); a disabled tenant is not one.
+            if isinstance(o, PermissionDenied | LimitExceeded) and o.reason and o.reason != "tenant_disabled":
+                observe.DENIALS.labels(o.reason).inc()
         observe.SIGN_BATCH.observe(len(calls))
+
+    def _answer(self, s: Session, request: batch_io.Request) -> Any:
+        """The SQLAlchemy answer to one request of a batch plan (any database)."""
+        if isinstance(request, batch_io.Read):
+            return self.sql.read(s, request)
+        if isinstance(request, batch_io.Measure):
+            return self.sql.measure(s, request.scopes, request.now_ms)
+        if isinstance(request, batch_io.Write):
+            return self.sql.write(s, request)
+        if isinstance(request, batch_io.Missing):
+            frozen = self._lock_tenant(s, request.tenant_id)
+            return frozen, audit.locked_head(s, request.tenant_id)
+        if isinstance(request, batch_io.ReleaseKey):
+            s.execute(update(Payment).where(Payment.id == request.payment_id).values(idempotency_key=None))
+            return None
+        assert isinstance(request, batch_io.FindNonce)
+        return s.execute(select(Payment).where(Payment.wallet_id == request.wallet_id,
+                                               Payment.nonce == request.nonce)).scalar_one_or_none()
+
+    def _plan(self, calls: Sequence[Call]) -> Generator[batch_io.Request, Any, list[Outcome]]:
+        """The batch, free of I/O: it yields what it needs from the database (a
+        driver answers) and returns one outcome per call."""
+        tenant_ids = sorted({c.caller.tenant_id for c in calls})
+        snap: batch_io.Snapshot = yield batch_io.Read(
+            tenant_ids, sorted({c.req.wallet_id for c in calls}),
+            sorted({c.caller.token_id for c in calls if c.secret is not None}),
+            sorted({c.req.idempotency_key for c in calls if c.req.idempotency_key}))
+        refused: dict[str, TellerError] = {}
+        for tenant_id in tenant_ids:
+            if tenant_id not in snap.tenants:
+                # No such tenant, or its chain has no head yet (created here, rarely).
+                try:
+                    frozen, snap.heads[tenant_id] = yield batch_io.Missing(tenant_id)
+                    snap.tenants[tenant_id] = _TenantRow(tenant_id, "active", frozen)
+                except TellerError as exc:
+                    refused[tenant_id] = exc
+        locked: list[_Locked | TellerError] = []
+        for call in calls:
+            try:
+                locked.append(self._check(call, snap.tenants.get(call.caller.tenant_id), refused,
+                                          snap.wallets.get(call.req.wallet_id), snap.tokens.get(call.caller.token_id)))
+            except TellerError as exc:
+                locked.append(exc)
+        # Read the clock only once the locks are held, so payments of one tenant
+        # are stamped in the order they were reserved.
+        now_ms = ms(self.clock)
+        windows = yield batch_io.Measure(_scopes(locked, calls), now_ms)
+        batch = _Batch(now_ms, snap.heads, {key: {name: w.used for name, w in use.items()}
+                                            for key, use in windows.items()})
+        out: list[Outcome] = []
+        for call, lk in zip(calls, locked, strict=True):
+            if isinstance(lk, TellerError):
+                out.append(lk)
+                continue
+            try:
+                out.append((yield from self._decide(call, lk, batch, snap.claims)))
+            except TellerError as exc:
+                out.append(exc)
+        yield batch_io.Write(batch.payments, batch.bucket_rows(), batch.events, batch.moved)
         return out
 
     # -- chain facts, before the lock --------------------------------------
@@ -310,34 +383,6 @@ class Payments:
         return _Prepared(gas, domains)
 
     # -- the locked part ----------------------------------------------------
-
-    def _lock(self, s: Session, calls: Sequence[Call]) -> tuple[batch_io.Snapshot, list[_Locked | TellerError]]:
-        """Lock the batch's tenants (the check-and-reserve lock) and their audit
-        chain heads; read wallets, policy documents, tokens and idempotency
-        claims. Returns what was read and, per call, its locked facts or error."""
-        tenant_ids = sorted({c.caller.tenant_id for c in calls})
-        snap = self.io.read(
-            s, tenant_ids, sorted({c.req.wallet_id for c in calls}),
-            sorted({c.caller.token_id for c in calls if c.secret is not None}),
-            sorted({c.req.idempotency_key for c in calls if c.req.idempotency_key}))
-        refused: dict[str, TellerError] = {}
-        for tenant_id in tenant_ids:
-            if tenant_id not in snap.tenants:
-                # No such tenant, or its chain has no head yet (created here, rarely).
-                try:
-                    frozen = self._lock_tenant(s, tenant_id)
-                    snap.heads[tenant_id] = audit.locked_head(s, tenant_id)
-                    snap.tenants[tenant_id] = _TenantRow(tenant_id, "active", frozen)
-                except TellerError as exc:
-                    refused[tenant_id] = exc
-        out: list[_Locked | TellerError] = []
-        for call in calls:
-            try:
-                out.append(self._check(call, snap.tenants.get(call.caller.tenant_id), refused,
-                                       snap.wallets.get(call.req.wallet_id), snap.tokens.get(call.caller.token_id)))
-            except TellerError as exc:
-                out.append(exc)
-        return snap, out
 
     @staticmethod
     def _check(call: Call, tenant: Any, refused: Mapping[str, TellerError], wallet: batch_io.WalletRow | None,
@@ -364,12 +409,13 @@ class Payments:
             raise PermissionDenied("tenant is disabled", reason="tenant_disabled")
         return bool(row.frozen)
 
-    def _claimed(self, s: Session, row: Any, key: str, request_hash: str, now_ms: int) -> Any:
+    @staticmethod
+    def _claimed(row: Any, key: str, request_hash: str, now_ms: int) -> Generator[batch_io.Request, Any, Any]:
         if row is None:
             return None
         if row.idempotency_expires_ms is not None and row.idempotency_expires_ms <= now_ms:
             # Expired: release the key so this request is treated as new.
-            s.execute(update(Payment).where(Payment.id == row.id).values(idempotency_key=None))
+            yield batch_io.ReleaseKey(row.id)
             return None
         if row.request_hash != request_hash:
             raise AlreadyExists(f"idempotency_key {key!r} was already used for a different request")
@@ -380,21 +426,8 @@ class Payments:
             raise Unavailable(f"payment {row.id} is still being broadcast; retry shortly")
         return row
 
-    def _usage(self, s: Session, locked: Sequence[_Locked | TellerError], calls: Sequence[Call],
-               now_ms: int) -> dict[tuple[str, str], dict[str, int]]:
-        """What each scope of the batch has used in each budget window, in one query."""
-        scopes: dict[tuple[str, str], Sequence[policy.Budget]] = {}
-        for call, lk in zip(calls, locked, strict=True):
-            if isinstance(lk, TellerError):
-                continue
-            scopes[("tenant", call.caller.tenant_id)] = lk.rules.tenant.budgets
-            if lk.rules.wallet is not None or lk.wallet.frozen:
-                scopes[("wallet", lk.wallet.id)] = lk.wallet_rules.budgets
-        return {key: {name: w.used for name, w in windows.items()}
-                for key, windows in self.io.measure(s, scopes, now_ms).items()}
-
-    def _decide(self, s: Session, call: Call, lk: _Locked, batch: _Batch,
-                claims: Mapping[tuple[str, str], Any]) -> SignResult | PushPending | TellerError:
+    def _decide(self, call: Call, lk: _Locked, batch: _Batch, claims: Mapping[tuple[str, str], Any],
+                ) -> Generator[batch_io.Request, Any, SignResult | PushPending | TellerError]:
         """One call, in batch order: its idempotency claim, the policy against the
         windows as the calls before it left them, then sign and reserve (or audit
         the denial). Raises a TellerError before anything of it is recorded."""
@@ -402,8 +435,9 @@ class Payments:
         key = req.idempotency_key
         if key:
             # A claim made earlier in this batch comes first: it is the newest.
-            claim = self._claimed(s, batch.claims.get((caller.tenant_id, key)) or claims.get((caller.tenant_id, key)),
-                                  key, call.request_hash, batch.now_ms)
+            claim = yield from self._claimed(
+                batch.claims.get((caller.tenant_id, key)) or claims.get((caller.tenant_id, key)), key,
+                call.request_hash, batch.now_ms)
             if claim is not None:
                 return _result(claim)
         scopes = [policy.Scope("tenant", rules.tenant, lk.tenant_frozen, batch.usage[("tenant", caller.tenant_id)])]
@@ -421,7 +455,6 @@ class Payments:
             first = first or (offer, decision)
         if chosen is None and first is None:
             offered = sorted({o.protocol for o in call.collected.offers})
-            batch.denials.append("protocol_not_allowed")
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
                         reason="protocol_not_allowed", wallet_id=wallet.id, resource_url=req.url,
                         details={"offered": offered})
@@ -432,7 +465,6 @@ class Payments:
             assert first is not None
             denied, decision = first
             denial = decision.error(_facts(denied, req.url))
-            batch.denials.append(denial.reason)
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
                         reason=decision.reason, wallet_id=wallet.id, amount=denied.amount, asset=denied.asset,
                         network=denied.network, payee=denied.pay_to, resource_url=req.url,
@@ -442,7 +474,7 @@ class Payments:
         _observe_budgets(caller.tenant_id, scopes, decision.amount_common)
         ctx = _Context(caller, req, wallet, decision, batch.now_ms, call.request_hash, rules.tenant.mpp_mode,
                        call.presigned if call.presigned is not None and call.presigned.fits(offer, wallet) else None)
-        payment, raw = self._sign_and_record(s, offer, ctx, call.prepared, batch, scopes)
+        payment, raw = yield from self._sign_and_record(offer, ctx, call.prepared, batch, scopes)
         observe.SIGNATURES.labels(payment.protocol, payment.scheme).inc()
         return _result(payment) if raw is None else PushPending(caller, payment, raw, offer)
 
@@ -499,8 +531,9 @@ class Payments:
         return self.vault.signer(caller.tenant_id, wallet.id, wallet.address,
                                  SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext))
 
-    def _sign_and_record(self, s: Session, offer: offers_mod.Offer, ctx: _Context, prepared: _Prepared,
-                         batch: _Batch, scopes: Sequence[policy.Scope]) -> tuple[NewPayment, bytes | None]:
+    def _sign_and_record(self, offer: offers_mod.Offer, ctx: _Context, prepared: _Prepared, batch: _Batch,
+                         scopes: Sequence[policy.Scope]) -> Generator[batch_io.Request, Any,
+                                                                      tuple[NewPayment, bytes | None]]:
         """Sign the chosen offer and add its payment row and audit event to the
         batch. Returns the row and, for a push payment, the transaction still to
         broadcast."""
@@ -516,9 +549,9 @@ class Payments:
             # MPP proofs are deterministic: an evm nonce is bound to its challenge, and a
             # Tempo transaction signed twice within one second is the same bit for bit.
             # The chain takes only one, so return that payment rather than reserve twice.
-            existing: Any = batch.nonces.get((ctx.wallet.id, row.nonce)) or s.execute(
-                select(Payment).where(Payment.wallet_id == ctx.wallet.id, Payment.nonce == row.nonce)
-            ).scalar_one_or_none()
+            existing: Any = batch.nonces.get((ctx.wallet.id, row.nonce))
+            if existing is None:
+                existing = yield batch_io.FindNonce(ctx.wallet.id, row.nonce)
             if existing is not None:
                 return existing, None
         batch.reserve(row, scopes)
@@ -709,6 +742,20 @@ class _Context:
     request_hash: str
     mpp_mode: str
     presigned: _Presigned | None = None
+
+
+def _scopes(locked: Sequence[_Locked | TellerError],
+            calls: Sequence[Call]) -> dict[tuple[str, str], Sequence[policy.Budget]]:
+    """The budget windows a batch must measure: each tenant's, and each wallet's
+    that has a policy of its own (or is frozen)."""
+    scopes: dict[tuple[str, str], Sequence[policy.Budget]] = {}
+    for call, lk in zip(calls, locked, strict=True):
+        if isinstance(lk, TellerError):
+            continue
+        scopes[("tenant", call.caller.tenant_id)] = lk.rules.tenant.budgets
+        if lk.rules.wallet is not None or lk.wallet.frozen:
+            scopes[("wallet", lk.wallet.id)] = lk.wallet_rules.budgets
+    return scopes
 
 
 def _facts(offer: offers_mod.Offer, url: str, payee: str | None = None) -> policy.Payment:

@@ -8,10 +8,11 @@ its text, so no exception message can leak data to a caller.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -37,13 +38,19 @@ def to_status(err: TellerError) -> grpc.Status:
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")
 
 
+# Generated ids: a random per-process prefix and a counter (32 hex digits),
+# unique across workers without a random draw per call.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
             text = value.decode(errors="replace") if isinstance(value, bytes) else value
             if _REQUEST_ID.match(text):
                 return text
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -94,33 +101,32 @@ class _Call:
     and the translation of any error into its status. (A class rather than an
     ``asynccontextmanager``: it runs on every call, and a generator costs more.)"""
 
-    __slots__ = ("context", "method", "span", "started", "tracing")
+    __slots__ = ("context", "method", "rid", "span", "started", "tracing")
 
     def __init__(self, tracing: Tracing, context: grpc.aio.ServicerContext, method: str) -> None:
         self.tracing, self.context, self.method = tracing, context, method
 
     async def __aenter__(self) -> None:
-        rid = _request_id(self.context)
+        self.rid = rid = _request_id(self.context)
         REQUEST_ID.set(rid)
         METHOD.set(self.method)
-        await self.context.send_initial_metadata((("x-request-id", rid),))
+        # Echoed in the trailing metadata: it travels with the status, no extra send.
+        self.context.set_trailing_metadata((("x-request-id", rid),))
         self.span = self.tracing.span(self.method, rid)
         self.span.__enter__()
         self.started = time.perf_counter()
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        code = "OK"
+        # Counted before the answer leaves: a caller that sees its status also sees it counted.
+        record_call(self.method, _code(exc) if isinstance(exc, Exception) else "OK",
+                    time.perf_counter() - self.started)
         try:
             if isinstance(exc, Exception):
-                code = _code(exc)
-                await _abort(self.context, self.method, exc)  # raises the status
+                await _abort(self.context, self.method, exc, self.rid)  # raises the status
         except BaseException as raised:
             self.span.__exit__(type(raised), raised, raised.__traceback__)
             raise
-        else:
-            self.span.__exit__(kind, exc, tb)
-        finally:
-            record_call(self.method, code, time.perf_counter() - self.started)
+        self.span.__exit__(kind, exc, tb)
         return False
 
 
@@ -132,10 +138,12 @@ def _code(exc: Exception) -> str:
     return "INTERNAL"
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> None:
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception, rid: str) -> None:
     if isinstance(exc, TellerError):
         log.info("rpc %s -> %s %s", method, exc.code.name, exc.reason)
-        await context.abort_with_status(to_status(exc))
+        status = to_status(exc)
+        # The status's own trailing metadata (its details) replaces what was set: keep the id.
+        await context.abort(status.code, status.details, (*status.trailing_metadata, ("x-request-id", rid)))
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     log.error("rpc %s failed", method, exc_info=exc)

@@ -105,7 +105,7 @@ class Server:
         if self._reconciling is not None:
             self._reconciling.cancel()
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
-        self.payments.batcher.close()
+        await self.payments.close()
         self.pool.shutdown(wait=True)
 
     async def wait(self) -> None:

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
 
 from teller import audit as audit_log
-from teller import auth
+from teller import auth, batch_io
 from teller.app import App
 from teller.auth import Caller
 from teller.chain import NotCached
 from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Head, Payer, pay_input
-from teller.payments import PushPending
+from teller.payments import Call, Outcome, PushPending
 from teller.rpc import convert
 from teller.rpc.batcher import SignBatcher
 from teller_client._proto.teller.v1 import (
@@ -59,8 +59,21 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
     def __init__(self, app: App, pool: ThreadPoolExecutor) -> None:
         super().__init__(app, pool)
         self._token_tenants: dict[str, str] = {}
-        self.batcher = SignBatcher(app.payments.commit, max_batch=app.settings.sign_batch_max,
+        # PostgreSQL: Sign batches run on the event loop through async psycopg.
+        self.aio = (batch_io.AsyncPgBatchIO(batch_io.conninfo(app.db.engine.url.render_as_string(hide_password=False)))
+                    if app.db.is_postgres else None)
+        self.batcher = SignBatcher(self._commit, max_batch=app.settings.sign_batch_max,
                                    in_flight=app.settings.sign_batches_in_flight)
+
+    async def _commit(self, calls: Sequence[Call]) -> list[Outcome]:
+        return await self.app.payments.commit_async(calls, self.aio, self._in_thread)
+
+    async def _in_thread(self, fn: Callable[[Sequence[Call]], list[Outcome]], calls: Sequence[Call]) -> list[Outcome]:
+        return await self.run(fn, calls)
+
+    async def close(self) -> None:
+        if self.aio is not None:
+            await self.aio.close()
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
         token = auth.bearer(context.invocation_metadata())
