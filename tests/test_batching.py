@@ -15,7 +15,7 @@ from teller.db.models import AuditEvent, AuditHead, Payment, SpendBucket
 from teller.errors import AlreadyExists, LimitExceeded, NotFound, PermissionDenied, Unauthenticated
 from teller.payments import Call, SignResult, sign_input
 from teller.rpc.batcher import SignBatcher
-from teller_client import Policy
+from teller_client import Budget, Policy
 from tests.support.x402_server import sdk_v2_challenge
 
 
@@ -240,3 +240,23 @@ def test_concurrent_sign_rpcs_share_transactions_and_stay_exact(pg_teller):
     (day,) = pg_teller.admin().spend(t.tenant_id)
     assert (day.reserved, day.remaining) == (25_000, 0)
     _chain_ok(pg_teller, t.tenant_id)
+
+
+def test_a_policy_change_between_batches_is_measured_anew(setup):
+    """Windows are measured with the lock for the budgets a tenant's last batch
+    had; a batch that finds other budgets under its lock measures those."""
+    teller, driver = setup
+    t = teller.setup_tenant(policy=Policy(daily_budget=10_000))
+    chall = sdk_v2_challenge(amount="1000")
+    first = _commit(teller, [_call(teller, t, chall) for _ in range(3)], driver)
+    assert all(isinstance(o, SignResult) for o in first)
+    # Another window altogether: a rolling hour, which the guessed day window does not measure.
+    teller.admin().set_policy(t.tenant_id, Policy(allow_unknown_assets=True, budgets=(
+        Budget(4000, "1h", kind="rolling", name="hour"),)))
+    outcomes = _commit(teller, [_call(teller, t, chall) for _ in range(3)], driver)
+    assert [type(o).__name__ for o in outcomes] == ["SignResult", "LimitExceeded", "LimitExceeded"]
+    assert outcomes[1].reason == "budget_exhausted:hour"
+    assert outcomes[1].metadata["remaining"] == "0" and outcomes[1].metadata["limit"] == "4000"
+    teller.admin().set_policy(t.tenant_id, Policy(allow_unknown_assets=True, daily_budget=6000))
+    again = _commit(teller, [_call(teller, t, chall) for _ in range(3)], driver)
+    assert [type(o).__name__ for o in again] == ["SignResult", "SignResult", "LimitExceeded"]

@@ -51,16 +51,19 @@ class Snapshot:
     wallets: dict[str, WalletRow]
     tokens: dict[str, Any]  # id -> (id, tenant_id, secret_hash, revoked_ms)
     claims: dict[tuple[str, str], Any]  # (tenant, idempotency key) -> payment row
+    windows: dict[tuple[str, str], dict[str, spend.WindowUse]] | None = None  # Read.measure's answer
 
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """Lock these tenants and their chain heads; read wallets, tokens and claims."""
+    """Lock these tenants and their chain heads; read wallets, tokens and claims;
+    and (once the locks are granted) measure these windows."""
 
     tenant_ids: Sequence[str]
     wallet_ids: Sequence[str]
     token_ids: Sequence[str]
     keys: Sequence[str]
+    measure: Measure | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +179,9 @@ class SqlBatchIO:
         claims = ({(p.tenant_id, p.idempotency_key or ""): p
                    for p in s.scalars(_CLAIMS, {"tenant_ids": list(tenant_ids), "keys": list(keys)})}
                   if keys else {})
-        return Snapshot(tenants, heads, wallets, tokens, claims)
+        m = request.measure
+        return Snapshot(tenants, heads, wallets, tokens, claims,
+                        spend.measure_many(s, m.scopes, m.now_ms) if m is not None else None)
 
     def measure(self, s: Session, scopes: Mapping[tuple[str, str], Sequence[policy.Budget]],
                 now_ms: int) -> dict[tuple[str, str], dict[str, spend.WindowUse]]:
@@ -254,11 +259,7 @@ class AsyncPgBatchIO:
         if isinstance(request, Read):
             return await self._read(conn, request)
         if isinstance(request, Measure):
-            names, rows = spend.window_rows(request.scopes, request.now_ms)
-            if not rows:
-                return spend.windows_from(names, request.scopes, ())
-            cur = await conn.execute(spend.WINDOWS_PG_SQL, [list(c) for c in zip(*rows, strict=True)])
-            return spend.windows_from(names, request.scopes, await cur.fetchall())
+            return await (await self._measure_start(conn, request))()
         if isinstance(request, Write):
             await self._write(conn, request)
             return None
@@ -272,7 +273,15 @@ class AsyncPgBatchIO:
         raise NeedsSession(type(request).__name__)
 
     @staticmethod
-    async def _read(conn: psycopg.AsyncConnection[Any], request: Read) -> Snapshot:
+    async def _measure_start(conn: psycopg.AsyncConnection[Any], request: Measure) -> Any:
+        names, rows = spend.window_rows(request.scopes, request.now_ms)
+        cur = await conn.execute(spend.WINDOWS_PG_SQL, [list(c) for c in zip(*rows, strict=True)]) if rows else None
+
+        async def result() -> dict[tuple[str, str], dict[str, spend.WindowUse]]:
+            return spend.windows_from(names, request.scopes, await cur.fetchall() if cur is not None else ())
+        return result
+
+    async def _read(self, conn: psycopg.AsyncConnection[Any], request: Read) -> Snapshot:
         tenant_ids = list(request.tenant_ids)
         lock: Any = conn.cursor(row_factory=namedtuple_row)
         await lock.execute(_PG_LOCK, (tenant_ids,))
@@ -284,6 +293,8 @@ class AsyncPgBatchIO:
         claims: Any = conn.cursor(row_factory=namedtuple_row)
         if request.keys:
             await claims.execute(_PG_CLAIMS, (tenant_ids, list(request.keys)))
+        # Queued after the lock: it runs once the locks are granted, in the same round trip.
+        windows = await self._measure_start(conn, request.measure) if request.measure is not None else None
         tenants: dict[str, Any] = {}
         heads: dict[str, tuple[int, str]] = {}
         for r in await lock.fetchall():
@@ -292,7 +303,8 @@ class AsyncPgBatchIO:
         return Snapshot(
             tenants, heads, {r[0]: WalletRow(*r) for r in await wallets.fetchall()},
             {r.id: r for r in await tokens.fetchall()} if request.token_ids else {},
-            {(p.tenant_id, p.idempotency_key): p for p in await claims.fetchall()} if request.keys else {})
+            {(p.tenant_id, p.idempotency_key): p for p in await claims.fetchall()} if request.keys else {},
+            await windows() if windows is not None else None)
 
     @staticmethod
     async def _write(conn: psycopg.AsyncConnection[Any], request: Write) -> None:

@@ -212,6 +212,8 @@ class Payments:
         self.chain = chain or ChainReader({})
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
         self.sql = batch_io.SqlBatchIO()
+        # Per tenant/wallet scope, the budgets its last batch measured (a guess for the next).
+        self._budgets: dict[tuple[str, str], Sequence[policy.Budget]] = {}
 
     def sign(self, caller: Caller, req: SignInput, token_secret: str | None = None) -> SignResult:
         """Sign a payment for ``req``. With ``token_secret`` the caller's token is
@@ -324,10 +326,18 @@ class Payments:
         """The batch, free of I/O: it yields what it needs from the database (a
         driver answers) and returns one outcome per call."""
         tenant_ids = sorted({c.caller.tenant_id for c in calls})
+        # The batch's time, read before its locks are granted. Safe for exact limits:
+        # a rolling window has no upper bound (a payment stamped later by a batch
+        # that committed first still counts), and a calendar window is the one its
+        # payments are stamped in. Known already, it lets the window query travel
+        # with the lock, for the budgets the last batches of these tenants had.
+        now_ms = ms(self.clock)
+        guess = self._guess(calls)
         snap: batch_io.Snapshot = yield batch_io.Read(
             tenant_ids, sorted({c.req.wallet_id for c in calls}),
             sorted({c.caller.token_id for c in calls if c.secret is not None}),
-            sorted({c.req.idempotency_key for c in calls if c.req.idempotency_key}))
+            sorted({c.req.idempotency_key for c in calls if c.req.idempotency_key}),
+            batch_io.Measure(guess, now_ms) if guess else None)
         refused: dict[str, TellerError] = {}
         for tenant_id in tenant_ids:
             if tenant_id not in snap.tenants:
@@ -344,10 +354,12 @@ class Payments:
                                           snap.wallets.get(call.req.wallet_id), snap.tokens.get(call.caller.token_id)))
             except TellerError as exc:
                 locked.append(exc)
-        # Read the clock only once the locks are held, so payments of one tenant
-        # are stamped in the order they were reserved.
-        now_ms = ms(self.clock)
-        windows = yield batch_io.Measure(_scopes(locked, calls), now_ms)
+        scopes = _scopes(locked, calls)
+        self._remember(scopes)
+        if snap.windows is not None and all(guess.get(key) == budgets for key, budgets in scopes.items()):
+            windows = snap.windows
+        else:  # first sight of a tenant, or its policy changed: measure what it has now
+            windows = yield batch_io.Measure(scopes, now_ms)
         batch = _Batch(now_ms, snap.heads, {key: {name: w.used for name, w in use.items()}
                                             for key, use in windows.items()})
         out: list[Outcome] = []
@@ -361,6 +373,24 @@ class Payments:
                 out.append(exc)
         yield batch_io.Write(batch.payments, batch.bucket_rows(), batch.events, batch.moved)
         return out
+
+    def _guess(self, calls: Sequence[Call]) -> dict[tuple[str, str], Sequence[policy.Budget]]:
+        """The windows the batch will most likely measure: each tenant's and wallet's
+        budgets as the last batch that locked it found them (empty if one is new)."""
+        guess: dict[tuple[str, str], Sequence[policy.Budget]] = {}
+        for call in calls:
+            for key in (("tenant", call.caller.tenant_id), ("wallet", call.req.wallet_id)):
+                budgets = self._budgets.get(key)
+                if budgets is not None:
+                    guess[key] = budgets
+                elif key[0] == "tenant":
+                    return {}
+        return guess
+
+    def _remember(self, scopes: Mapping[tuple[str, str], Sequence[policy.Budget]]) -> None:
+        if len(self._budgets) > 100_000:
+            self._budgets.clear()
+        self._budgets.update(scopes)
 
     # -- chain facts, before the lock --------------------------------------
 
