@@ -23,7 +23,16 @@ from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.orm import Session
 
 from teller import audit, policy, spend
-from teller.db.models import ApiToken, AuditEvent, AuditHead, Payment, SpendPolicy, Tenant, Wallet
+from teller.db.models import (
+    ApiToken,
+    AuditEvent,
+    AuditHead,
+    Payment,
+    SpendBucket,
+    SpendPolicy,
+    Tenant,
+    Wallet,
+)
 from teller.errors import TellerError, Unavailable
 
 T = TypeVar("T")
@@ -211,14 +220,45 @@ _PG_CLAIMS = (f"SELECT {', '.join(_PAYMENT_COLUMNS)} FROM payments "  # noqa: S6
               "WHERE tenant_id = ANY(%s::text[]) AND idempotency_key = ANY(%s::text[])")
 
 
-def _named_insert(table: str, columns: Sequence[str]) -> str:
-    return (f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - the model's columns
-            f"VALUES ({', '.join(f'%({c})s' for c in columns)})")
+def _pg_type(column: Any) -> str:
+    from sqlalchemy import BigInteger, Boolean, Integer, LargeBinary
+
+    kind = column.type
+    if isinstance(kind, BigInteger):
+        return "int8"
+    if isinstance(kind, Integer):
+        return "int4"
+    if isinstance(kind, Boolean):
+        return "bool"
+    if isinstance(kind, LargeBinary):
+        return "bytea"
+    return "text"
 
 
-_PG_INSERT_PAYMENT = _named_insert("payments", _PAYMENT_COLUMNS)
-_PG_INSERT_EVENT = _named_insert("audit_events", tuple(c.key for c in AuditEvent.__table__.columns if c.key != "id"))
-_PG_HEAD = "UPDATE audit_heads SET seq = %(seq)s, hash = %(hash)s WHERE chain = %(c)s"
+def _unnest_insert(table: Any, columns: Sequence[str]) -> str:
+    """INSERT of many rows as one statement: one array parameter per column."""
+    arrays = ", ".join(f"%s::{_pg_type(table.columns[c])}[]" for c in columns)
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608
+
+
+_EVENT_COLUMNS = tuple(c.key for c in AuditEvent.__table__.columns if c.key != "id")
+_BUCKET_COLUMNS = ("scope", "scope_id", "minute", "reserved", "spent")
+#: Every write of a batch in one statement (data-modifying CTEs, one array per
+#: column): payments, their minute buckets (tenants before wallets, the lock
+#: order everywhere), audit events and the chain heads they move.
+_PG_WRITE = (
+    f"WITH p AS ({_unnest_insert(Payment.__table__, _PAYMENT_COLUMNS)}), "  # noqa: S608 - the models' columns
+    f"b AS ({_unnest_insert(SpendBucket.__table__, _BUCKET_COLUMNS)} "
+    "ON CONFLICT (scope, scope_id, minute) DO UPDATE SET reserved = spend_buckets.reserved + EXCLUDED.reserved, "
+    "spent = spend_buckets.spent + EXCLUDED.spent), "
+    f"e AS ({_unnest_insert(AuditEvent.__table__, _EVENT_COLUMNS)}) "
+    "UPDATE audit_heads h SET seq = v.seq, hash = v.hash "
+    "FROM unnest(%s::text[], %s::int8[], %s::text[]) AS v(chain, seq, hash) WHERE h.chain = v.chain"
+)
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[list[Any]]:
+    return [[row[n] for row in rows] for n in names]
 
 
 _PG_RELEASE = "UPDATE payments SET idempotency_key = NULL WHERE id = %s"
@@ -308,16 +348,11 @@ class AsyncPgBatchIO:
 
     @staticmethod
     async def _write(conn: psycopg.AsyncConnection[Any], request: Write) -> None:
-        async with conn.cursor() as cur:
-            if request.payments:
-                await cur.executemany(_PG_INSERT_PAYMENT, request.payments)
-            if request.buckets:
-                await cur.executemany(spend.BUCKET_ROW_PG_SQL, request.buckets)
-            if request.events:
-                await cur.executemany(_PG_INSERT_EVENT, request.events)
-            if request.heads:
-                await cur.executemany(_PG_HEAD, [{"c": c, "seq": seq, "hash": h}
-                                                 for c, (seq, h) in request.heads.items()])
+        heads = list(request.heads.items())
+        await conn.execute(_PG_WRITE, [
+            *_columns(request.payments, _PAYMENT_COLUMNS), *_columns(request.buckets, _BUCKET_COLUMNS),
+            *_columns(request.events, _EVENT_COLUMNS),
+            [c for c, _ in heads], [seq for _, (seq, _) in heads], [h for _, (_, h) in heads]])
 
     async def close(self) -> None:
         while self._idle:

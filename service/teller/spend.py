@@ -229,7 +229,6 @@ def _bucket_row(param: Callable[[str], str]) -> str:
 #: One scope's minute bucket, moved by (reserved, spent); batches send one row per
 #: (scope, id, minute), tenants before wallets (the lock order everywhere).
 BUCKET_ROW_SQL = _bucket_row(lambda n: f":{n}")
-BUCKET_ROW_PG_SQL = _bucket_row(lambda n: f"%({n})s")  # psycopg's own parameter style
 
 
 #: Add (or, with negative amounts, take) a payment's amount in its minute's buckets,

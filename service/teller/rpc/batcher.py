@@ -18,7 +18,7 @@ from teller.payments import Call, Outcome
 
 class SignBatcher:
     def __init__(self, commit: Callable[[Sequence[Call]], Awaitable[list[Outcome]]], *, max_batch: int = 64,
-                 in_flight: int = 2) -> None:
+                 in_flight: int = 1) -> None:
         self._commit = commit
         self._max = max(1, max_batch)
         self._limit = max(1, in_flight)
