@@ -260,3 +260,22 @@ def test_a_policy_change_between_batches_is_measured_anew(setup):
     teller.admin().set_policy(t.tenant_id, Policy(allow_unknown_assets=True, daily_budget=6000))
     again = _commit(teller, [_call(teller, t, chall) for _ in range(3)], driver)
     assert [type(o).__name__ for o in again] == ["SignResult", "SignResult", "LimitExceeded"]
+
+
+@pytest.mark.postgres
+def test_text_array_literals_round_trip_through_postgresql(pg_url):
+    """Batch ids travel as text[] literals built by Teller: any text must come
+    back unchanged (quotes, backslashes, commas, braces, NULL, spaces)."""
+    import psycopg
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from teller.batch_io import _text_array, conninfo
+
+    with psycopg.connect(conninfo(pg_url)) as conn:
+        @settings(max_examples=200, deadline=None)
+        @given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))))
+        def round_trip(values):
+            assert conn.execute("SELECT %s::text[]", (_text_array(values),)).fetchone()[0] == values
+
+        round_trip()

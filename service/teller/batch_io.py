@@ -13,6 +13,7 @@ trips whatever its size, and no thread.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, cast
@@ -28,7 +29,6 @@ from teller.db.models import (
     AuditEvent,
     AuditHead,
     Payment,
-    SpendBucket,
     SpendPolicy,
     Tenant,
     Wallet,
@@ -220,45 +220,35 @@ _PG_CLAIMS = (f"SELECT {', '.join(_PAYMENT_COLUMNS)} FROM payments "  # noqa: S6
               "WHERE tenant_id = ANY(%s::text[]) AND idempotency_key = ANY(%s::text[])")
 
 
-def _pg_type(column: Any) -> str:
-    from sqlalchemy import BigInteger, Boolean, Integer, LargeBinary
-
-    kind = column.type
-    if isinstance(kind, BigInteger):
-        return "int8"
-    if isinstance(kind, Integer):
-        return "int4"
-    if isinstance(kind, Boolean):
-        return "bool"
-    if isinstance(kind, LargeBinary):
-        return "bytea"
-    return "text"
-
-
-def _unnest_insert(table: Any, columns: Sequence[str]) -> str:
-    """INSERT of many rows as one statement: one array parameter per column."""
-    arrays = ", ".join(f"%s::{_pg_type(table.columns[c])}[]" for c in columns)
-    return f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})"  # noqa: S608
+def _json_insert(table: str, columns: Sequence[str]) -> str:
+    """INSERT of many rows in one statement from one JSON array of objects (the
+    table's own row type converts each field; one string to encode, no arrays)."""
+    names = ", ".join(columns)
+    return (f"INSERT INTO {table} ({names}) SELECT {names} "  # noqa: S608 - the models' columns
+            f"FROM json_populate_recordset(NULL::{table}, %s::json)")
 
 
 _EVENT_COLUMNS = tuple(c.key for c in AuditEvent.__table__.columns if c.key != "id")
 _BUCKET_COLUMNS = ("scope", "scope_id", "minute", "reserved", "spent")
-#: Every write of a batch in one statement (data-modifying CTEs, one array per
-#: column): payments, their minute buckets (tenants before wallets, the lock
-#: order everywhere), audit events and the chain heads they move.
+#: Every write of a batch in one statement (data-modifying CTEs): payments,
+#: their minute buckets (tenants before wallets, the lock order everywhere),
+#: audit events and the chain heads they move.
 _PG_WRITE = (
-    f"WITH p AS ({_unnest_insert(Payment.__table__, _PAYMENT_COLUMNS)}), "  # noqa: S608 - the models' columns
-    f"b AS ({_unnest_insert(SpendBucket.__table__, _BUCKET_COLUMNS)} "
+    f"WITH p AS ({_json_insert('payments', _PAYMENT_COLUMNS)}), "  # noqa: S608 - the models' columns
+    f"b AS ({_json_insert('spend_buckets', _BUCKET_COLUMNS)} "
     "ON CONFLICT (scope, scope_id, minute) DO UPDATE SET reserved = spend_buckets.reserved + EXCLUDED.reserved, "
     "spent = spend_buckets.spent + EXCLUDED.spent), "
-    f"e AS ({_unnest_insert(AuditEvent.__table__, _EVENT_COLUMNS)}) "
+    f"e AS ({_json_insert('audit_events', _EVENT_COLUMNS)}) "
     "UPDATE audit_heads h SET seq = v.seq, hash = v.hash "
-    "FROM unnest(%s::text[], %s::int8[], %s::text[]) AS v(chain, seq, hash) WHERE h.chain = v.chain"
+    "FROM json_populate_recordset(NULL::audit_heads, %s::json) AS v WHERE h.chain = v.chain"
 )
 
 
-def _columns(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[list[Any]]:
-    return [[row[n] for row in rows] for n in names]
+def _text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL text[] literal: one string for the driver to send (its list
+    adapter inspects every element in Python, which a batch pays per statement)."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
 
 
 _PG_RELEASE = "UPDATE payments SET idempotency_key = NULL WHERE id = %s"
@@ -315,24 +305,25 @@ class AsyncPgBatchIO:
     @staticmethod
     async def _measure_start(conn: psycopg.AsyncConnection[Any], request: Measure) -> Any:
         names, rows = spend.window_rows(request.scopes, request.now_ms)
-        cur = await conn.execute(spend.WINDOWS_PG_SQL, [list(c) for c in zip(*rows, strict=True)]) if rows else None
+        windows = json.dumps([dict(zip(spend.WINDOW_FIELDS, row, strict=True)) for row in rows])
+        cur = await conn.execute(spend.WINDOWS_PG_SQL, [windows]) if rows else None
 
         async def result() -> dict[tuple[str, str], dict[str, spend.WindowUse]]:
             return spend.windows_from(names, request.scopes, await cur.fetchall() if cur is not None else ())
         return result
 
     async def _read(self, conn: psycopg.AsyncConnection[Any], request: Read) -> Snapshot:
-        tenant_ids = list(request.tenant_ids)
+        tenant_ids = _text_array(request.tenant_ids)
         lock: Any = conn.cursor(row_factory=namedtuple_row)
         await lock.execute(_PG_LOCK, (tenant_ids,))
         wallets = conn.cursor()
-        await wallets.execute(_PG_WALLETS, (list(request.wallet_ids),))
+        await wallets.execute(_PG_WALLETS, (_text_array(request.wallet_ids),))
         tokens: Any = conn.cursor(row_factory=namedtuple_row)
         if request.token_ids:
-            await tokens.execute(_PG_TOKENS, (list(request.token_ids),))
+            await tokens.execute(_PG_TOKENS, (_text_array(request.token_ids),))
         claims: Any = conn.cursor(row_factory=namedtuple_row)
         if request.keys:
-            await claims.execute(_PG_CLAIMS, (tenant_ids, list(request.keys)))
+            await claims.execute(_PG_CLAIMS, (tenant_ids, _text_array(request.keys)))
         # Queued after the lock: it runs once the locks are granted, in the same round trip.
         windows = await self._measure_start(conn, request.measure) if request.measure is not None else None
         tenants: dict[str, Any] = {}
@@ -348,11 +339,9 @@ class AsyncPgBatchIO:
 
     @staticmethod
     async def _write(conn: psycopg.AsyncConnection[Any], request: Write) -> None:
-        heads = list(request.heads.items())
-        await conn.execute(_PG_WRITE, [
-            *_columns(request.payments, _PAYMENT_COLUMNS), *_columns(request.buckets, _BUCKET_COLUMNS),
-            *_columns(request.events, _EVENT_COLUMNS),
-            [c for c, _ in heads], [seq for _, (seq, _) in heads], [h for _, (_, h) in heads]])
+        heads = [{"chain": c, "seq": seq, "hash": h} for c, (seq, h) in request.heads.items()]
+        await conn.execute(_PG_WRITE, [json.dumps(list(request.payments)), json.dumps(list(request.buckets)),
+                                       json.dumps(list(request.events)), json.dumps(heads)])
 
     async def close(self) -> None:
         while self._idle:

@@ -174,10 +174,12 @@ def _windows_statement(count: int) -> TextClause:
     return text(_windows_select(f"WITH v(k, scope, sid, ms, me, st, ed) AS (VALUES {rows})"))
 
 
-#: PostgreSQL: the windows as arrays, so one text (prepared once) serves every batch.
+#: PostgreSQL: the windows as one JSON array of rows, so one text (prepared once)
+#: serves every batch, and the driver encodes one string rather than seven arrays.
 WINDOWS_PG_SQL = _windows_select(
-    "WITH v AS (SELECT * FROM unnest(%s::int[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
-    "%s::bigint[]) AS u(k, scope, sid, ms, me, st, ed))")
+    "WITH v AS (SELECT * FROM json_to_recordset(%s::json) AS u(k int, scope text, sid text, ms bigint, me bigint, "
+    "st bigint, ed bigint))")
+WINDOW_FIELDS = ("k", "scope", "sid", "ms", "me", "st", "ed")
 
 
 def window_rows(scopes: Mapping[tuple[str, str], Sequence[policy.Budget]],
