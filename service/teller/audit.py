@@ -45,29 +45,10 @@ def event(
     return row
 
 
-def record(
-    session: Session,
-    *,
-    at_ms: int,
-    actor: str,
-    action: str,
-    outcome: str = "ok",
-    tenant_id: str | None = None,
-    reason: str = "",
-    wallet_id: str = "",
-    payment_id: str = "",
-    amount: int | str = "",
-    asset: str = "",
-    network: str = "",
-    payee: str = "",
-    resource_url: str = "",
-    details: dict[str, Any] | None = None,
-) -> tuple[int, str]:
-    """Append one event to its tenant's chain (locking the chain head until the
-    transaction ends); returns the new chain head."""
-    row = event(at_ms=at_ms, actor=actor, action=action, outcome=outcome, tenant_id=tenant_id, reason=reason,
-                wallet_id=wallet_id, payment_id=payment_id, amount=amount, asset=asset, network=network,
-                payee=payee, resource_url=resource_url, details=details, head=locked_head(session, tenant_id or ""))
+def record(session: Session, *, tenant_id: str | None = None, **fields: Any) -> tuple[int, str]:
+    """Append one event (the fields of ``event``) to its tenant's chain, locking
+    the chain head until the transaction ends; returns the new chain head."""
+    row = event(tenant_id=tenant_id, head=locked_head(session, tenant_id or ""), **fields)
     write(session, [row], {tenant_id or "": (row["seq"], row["hash"])})
     return row["seq"], row["hash"]
 

@@ -120,34 +120,40 @@ class NeedsSession(Exception):
     through a SQLAlchemy session instead. Nothing was written."""
 
 
-def drive(plan: Generator[Request, Any, T], answer: Callable[[Request], Any]) -> T:
-    """Run a plan, answering each request with ``answer`` (errors it raises that
-    are TellerErrors go back into the plan, where the request was made)."""
+def _resume(plan: Generator[Request, Any, T], got: tuple[bool, Any] | None) -> tuple[bool, Any]:
+    """Start the plan (``got`` None), or send it an answer ``(True, value)`` or throw
+    an error ``(False, exc)`` into it where it asked. Returns ``(True, its result)``
+    once it has returned, else ``(False, its next request)``."""
     try:
-        request = next(plan)
-        while True:
-            try:
-                result = answer(request)
-            except TellerError as exc:
-                request = plan.throw(exc)
-            else:
-                request = plan.send(result)
+        if got is None:
+            return False, next(plan)
+        return False, plan.send(got[1]) if got[0] else plan.throw(got[1])
     except StopIteration as done:
-        return cast(T, done.value)
+        return True, done.value
+
+
+def drive(plan: Generator[Request, Any, T], answer: Callable[[Request], Any]) -> T:
+    """Run a plan, answering each request with ``answer``; TellerErrors it raises
+    go back into the plan, where the request was made."""
+    done, value = _resume(plan, None)
+    while not done:
+        try:
+            got = (True, answer(value))
+        except TellerError as exc:
+            got = (False, exc)
+        done, value = _resume(plan, got)
+    return cast(T, value)
 
 
 async def drive_async(plan: Generator[Request, Any, T], answer: Callable[[Request], Awaitable[Any]]) -> T:
-    try:
-        request = next(plan)
-        while True:
-            try:
-                result = await answer(request)
-            except TellerError as exc:
-                request = plan.throw(exc)
-            else:
-                request = plan.send(result)
-    except StopIteration as done:
-        return cast(T, done.value)
+    done, value = _resume(plan, None)
+    while not done:
+        try:
+            got = (True, await answer(value))
+        except TellerError as exc:
+            got = (False, exc)
+        done, value = _resume(plan, got)
+    return cast(T, value)
 
 
 # -- any database, through SQLAlchemy --------------------------------------

@@ -250,13 +250,9 @@ class Payments:
         a database that is down fails them all closed."""
         try:
             return self._commit(calls)
-        except Unavailable as exc:
-            return [exc] * len(calls)
         except Exception as exc:  # noqa: BLE001 - handed to the caller(s) as their outcome
-            if len(calls) == 1:
-                return [exc]
-            log.warning("a batch of %d Sign calls failed (%s); retrying them one by one", len(calls), exc)
-            return [self.commit([call])[0] for call in calls]
+            failed = _failed(calls, exc)
+            return failed if failed is not None else [self.commit([call])[0] for call in calls]
 
     async def commit_async(self, calls: Sequence[Call], aio: batch_io.AsyncPgBatchIO | None,
                            in_thread: Callable[[Callable[[Sequence[Call]], list[Outcome]], Sequence[Call]],
@@ -271,13 +267,9 @@ class Payments:
             out = await aio.run(self._plan(calls))
         except batch_io.NeedsSession:
             return await in_thread(self.commit, calls)
-        except Unavailable as exc:
-            return [exc] * len(calls)
         except Exception as exc:  # noqa: BLE001 - handed to the caller(s) as their outcome
-            if len(calls) == 1:
-                return [exc]
-            log.warning("a batch of %d Sign calls failed (%s); retrying them one by one", len(calls), exc)
-            return [(await self.commit_async([call], aio, in_thread))[0] for call in calls]
+            failed = _failed(calls, exc)
+            return failed if failed is not None else [(await self.commit_async([c], aio, in_thread))[0] for c in calls]
         self._observe(calls, out)
         return out
 
@@ -772,6 +764,17 @@ class _Context:
     request_hash: str
     mpp_mode: str
     presigned: _Presigned | None = None
+
+
+def _failed(calls: Sequence[Call], exc: Exception) -> list[Outcome] | None:
+    """The outcomes of a batch whose transaction failed, or None: retry its calls
+    one by one (nothing of it committed). A database that is down fails them all."""
+    if isinstance(exc, Unavailable):
+        return [exc] * len(calls)
+    if len(calls) == 1:
+        return [exc]
+    log.warning("a batch of %d Sign calls failed (%s); retrying them one by one", len(calls), exc)
+    return None
 
 
 def _scopes(locked: Sequence[_Locked | TellerError],
