@@ -12,7 +12,14 @@ from teller import auth
 from teller.audit_chain import verify
 from teller.auth import Caller
 from teller.db.models import AuditEvent, AuditHead, Payment, SpendBucket
-from teller.errors import AlreadyExists, LimitExceeded, NotFound, PermissionDenied, Unauthenticated
+from teller.errors import (
+    AlreadyExists,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 from teller.payments import Call, SignResult, sign_input
 from teller.rpc.batcher import SignBatcher
 from teller_client import Budget, Policy
@@ -279,3 +286,42 @@ def test_text_array_literals_round_trip_through_postgresql(pg_url):
             assert conn.execute("SELECT %s::text[]", (_text_array(values),)).fetchone()[0] == values
 
         round_trip()
+
+
+@pytest.mark.postgres
+def test_a_tenant_locked_elsewhere_does_not_stall_the_batch(pg_teller):
+    """Another transaction holds tenant A's lock: the batch gives up waiting after
+    its lock timeout and its calls go one by one: B is signed, A is UNAVAILABLE
+    (retry), and nothing of A is written; once A is free it signs again."""
+    import time
+
+    import psycopg
+
+    from teller.batch_io import AsyncPgBatchIO, conninfo
+
+    teller = pg_teller
+    a, b = teller.setup_tenant(), teller.setup_tenant()
+    chall = sdk_v2_challenge(amount="1000")
+    url = conninfo(teller.app.db.engine.url.render_as_string(hide_password=False))
+
+    async def commit(calls):
+        aio = AsyncPgBatchIO(url, lock_timeout_ms=300)
+        loop = asyncio.get_running_loop()
+        try:
+            return await teller.app.payments.commit_async(calls, aio, lambda fn, c: loop.run_in_executor(None, fn, c))
+        finally:
+            await aio.close()
+
+    with psycopg.connect(url) as holder:
+        holder.execute("SELECT id FROM tenants WHERE id = %s FOR UPDATE", (a.tenant_id,))
+        started = time.monotonic()
+        first, second = asyncio.run(commit([_call(teller, a, chall), _call(teller, b, chall)]))
+        elapsed = time.monotonic() - started
+        holder.rollback()
+    assert isinstance(second, SignResult)
+    assert isinstance(first, Unavailable) and "busy" in first.message
+    assert elapsed < 3
+    assert _rows(teller, Payment, tenant_id=a.tenant_id) == []
+    (again,) = asyncio.run(commit([_call(teller, a, chall)]))
+    assert isinstance(again, SignResult)
+    _chain_ok(teller, a.tenant_id)

@@ -115,6 +115,14 @@ class Write:
 Request = Read | Missing | Measure | ReleaseKey | FindNonce | Write
 
 
+class Contended(Unavailable):
+    """The batch's transaction lost a lock wait (timeout, deadlock, serialization):
+    nothing was written, and each call may well succeed on its own."""
+
+
+_CONTENDED = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
 class NeedsSession(Exception):
     """The async path does not answer this request (it is rare): run the batch
     through a SQLAlchemy session instead. Nothing was written."""
@@ -267,25 +275,29 @@ class AsyncPgBatchIO:
     connections (one per batch in flight), each batch one transaction in one
     pipeline. A connection that fails is dropped; the next batch opens another."""
 
-    def __init__(self, conninfo: str, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, conninfo: str, connect_timeout_s: float = 5.0, lock_timeout_ms: int = 5000) -> None:
         self._conninfo = conninfo
         self._timeout = connect_timeout_s
+        # A batch waits this long for a tenant another transaction holds; then its
+        # calls are retried one by one, so one busy tenant does not stall the others.
+        self._lock_timeout_ms = lock_timeout_ms
         self._idle: list[psycopg.AsyncConnection[Any]] = []
 
     async def run(self, plan: Generator[Request, Any, T]) -> T:
         try:
             conn = self._idle.pop() if self._idle else await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, connect_timeout=max(1, int(self._timeout)))
+                self._conninfo, autocommit=True, connect_timeout=max(1, int(self._timeout)),
+                options=f"-c lock_timeout={self._lock_timeout_ms}")
         except psycopg.OperationalError as exc:
             raise Unavailable("database unavailable") from exc
         try:
             async with conn.pipeline(), conn.transaction():
                 result = await drive_async(plan, lambda request: self._answer(conn, request))
+        except _CONTENDED as exc:
+            raise Contended("the tenant is busy with another operation; retry") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            if not isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
-                await conn.close()
-                raise Unavailable("database unavailable") from exc
-            raise
+            await conn.close()
+            raise Unavailable("database unavailable") from exc
         finally:
             if not conn.closed and not conn.broken:
                 self._idle.append(conn)
@@ -361,5 +373,5 @@ def conninfo(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-__all__ = ["AsyncPgBatchIO", "FindNonce", "Measure", "Missing", "NeedsSession", "Read", "ReleaseKey", "Request",
+__all__ = ["AsyncPgBatchIO", "Contended", "FindNonce", "Measure", "Missing", "NeedsSession", "Read", "ReleaseKey", "Request",
            "Snapshot", "SqlBatchIO", "WalletRow", "Write", "conninfo", "drive", "drive_async"]

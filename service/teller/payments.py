@@ -769,7 +769,7 @@ class _Context:
 def _failed(calls: Sequence[Call], exc: Exception) -> list[Outcome] | None:
     """The outcomes of a batch whose transaction failed, or None: retry its calls
     one by one (nothing of it committed). A database that is down fails them all."""
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, Unavailable) and not isinstance(exc, batch_io.Contended):
         return [exc] * len(calls)
     if len(calls) == 1:
         return [exc]
