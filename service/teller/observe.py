@@ -6,6 +6,7 @@ log records pass through a redacting filter as a last line of defence.
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import logging
 import re
@@ -77,9 +78,16 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
 
 
+@functools.lru_cache(maxsize=8192)
+def child(metric: Any, *labels: str) -> Any:
+    """A metric's child for these label values, looked up once (``labels()``
+    validates and locks on every call, and Sign updates several per call)."""
+    return metric.labels(*labels)
+
+
 def record_call(method: str, code: str, seconds: float) -> None:
-    CALLS.labels(method, code).inc()
-    LATENCY.labels(method).observe(seconds)
+    child(CALLS, method, code).inc()
+    child(LATENCY, method).observe(seconds)
 
 
 class Tracing:
@@ -108,4 +116,4 @@ _NO_SPAN = nullcontext()
 
 
 __all__ = ["BUDGET", "CALLS", "DENIALS", "LATENCY", "RECONCILER_LAG", "RECONCILER_LAST", "REQUEST_ID",
-           "SIGNATURES", "SIGN_BATCH", "Tracing", "configure_logging", "record_call", "redact"]
+           "SIGNATURES", "SIGN_BATCH", "Tracing", "child", "configure_logging", "record_call", "redact"]

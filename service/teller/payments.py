@@ -293,7 +293,7 @@ class Payments:
         for o in out:
             # Policy denials (each audited as payment.deny); a disabled tenant is not one.
             if isinstance(o, PermissionDenied | LimitExceeded) and o.reason and o.reason != "tenant_disabled":
-                observe.DENIALS.labels(o.reason).inc()
+                observe.child(observe.DENIALS, o.reason).inc()
         observe.SIGN_BATCH.observe(len(calls))
 
     def _answer(self, s: Session, request: batch_io.Request) -> Any:
@@ -497,7 +497,7 @@ class Payments:
         ctx = _Context(caller, req, wallet, decision, batch.now_ms, call.request_hash, rules.tenant.mpp_mode,
                        call.presigned if call.presigned is not None and call.presigned.fits(offer, wallet) else None)
         payment, raw = yield from self._sign_and_record(offer, ctx, call.prepared, batch, scopes)
-        observe.SIGNATURES.labels(payment.protocol, payment.scheme).inc()
+        observe.child(observe.SIGNATURES, payment.protocol, payment.scheme).inc()
         return _result(payment) if raw is None else PushPending(caller, payment, raw, offer)
 
     def _presign(self, caller: Caller, req: SignInput, collected: offers_mod.Collected,
@@ -809,7 +809,8 @@ def _observe_budgets(tenant_id: str, scopes: Sequence[policy.Scope], amount: int
     for scope in scopes:
         for budget in scope.policy.budgets:
             used = scope.used.get(budget.name, 0) + amount
-            observe.BUDGET.labels(tenant_id, scope.name, budget.name).set(used / budget.limit if budget.limit else 1.0)
+            observe.child(observe.BUDGET, tenant_id, scope.name, budget.name).set(
+                used / budget.limit if budget.limit else 1.0)
 
 
 def _used(windows: dict[str, spend.WindowUse]) -> dict[str, int]:
