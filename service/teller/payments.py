@@ -11,20 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any, NamedTuple
 
-from eth_utils import keccak
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, auth, batch_io, eip3009, observe, policy, spend
+from teller import audit, auth, batch_io, observe, policy, proofs, spend
 from teller import offers as offers_mod
 from teller.auth import Caller
 from teller.chain import ChainReader, NotCached
@@ -43,8 +39,6 @@ from teller.errors import (
 )
 from teller.mpp import charge as mpp_charge
 from teller.vault import SealedKey, Vault
-from teller.vault.signer import WalletSigner
-from teller.x402 import proof as x402_proof
 
 log = logging.getLogger("teller.payments")
 
@@ -110,15 +104,6 @@ def _request_hash(req: SignInput, collected: offers_mod.Collected) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    """Chain facts an offer needs before it can be signed, read before the
-    tenant lock is taken so no RPC runs while other calls wait on it."""
-
-    gas_price: dict[str, int]
-    domains: dict[tuple[str, str], tuple[str, str]]
-
-
 @dataclass(slots=True)
 class Call:
     """One Sign call, validated, parsed and (for its likely offer) already signed,
@@ -129,8 +114,8 @@ class Call:
     secret: str | None
     collected: offers_mod.Collected
     request_hash: str
-    prepared: _Prepared
-    presigned: _Presigned | None
+    prepared: proofs.Prepared
+    presigned: proofs.Presigned | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +124,7 @@ class PushPending:
     broadcast (``Payments.finish``), outside any batch."""
 
     caller: Caller
-    payment: NewPayment
+    payment: proofs.NewPayment
     raw: bytes
     offer: offers_mod.Offer
 
@@ -168,7 +153,7 @@ class _Batch:
         self.heads[tenant_id] = self.moved[tenant_id] = (row["seq"], row["hash"])
         self.events.append(row)
 
-    def reserve(self, row: NewPayment, scopes: Sequence[policy.Scope]) -> None:
+    def reserve(self, row: proofs.NewPayment, scopes: Sequence[policy.Scope]) -> None:
         self.payments.append(dict(vars(row)))
         spent = row.amount_common if row.state == spend.SPENT else 0
         minute = row.created_ms // spend.MINUTE_MS
@@ -192,11 +177,6 @@ class _Batch:
                     self.buckets.items(), key=lambda kv: (kv[0][0] != "tenant", kv[0][1], kv[0][2]))]
 
 
-class NewPayment(SimpleNamespace):
-    """A payment row a batch is about to insert: the payments table's columns as
-    plain attributes (an ORM instance costs several times more to build)."""
-
-
 class Payments:
     def __init__(
         self, db: Database, vault: Vault, *, networks: Mapping[str, int] | None = None,
@@ -212,6 +192,7 @@ class Payments:
         self.chain = chain or ChainReader({})
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
         self.sql = batch_io.SqlBatchIO()
+        self.proofs = proofs.Proofs(vault, self.chain, clock, self.idempotency_ttl_ms)
         # Per tenant/wallet scope, the budgets its last batch measured (a guess for the next).
         self._budgets: dict[tuple[str, str], Sequence[policy.Budget]] = {}
 
@@ -235,9 +216,10 @@ class Payments:
         collected = offers_mod.collect(req.headers, req.body, networks=self.networks,
                                        max_bytes=self.max_challenge_bytes,
                                        now=datetime.fromtimestamp(self.clock(), UTC))
-        prepared = self._prepare(collected.offers, cached_only)
-        return Call(caller, req, token_secret, collected, _request_hash(req, collected), prepared,
-                    self._presign(caller, req, collected, prepared, cached_only))
+        prepared = self.proofs.chain_facts(collected.offers, cached_only)
+        known = self._wallet_info(caller.tenant_id, req.wallet_id, cached_only)
+        presigned = self.proofs.presign(caller.tenant_id, req, collected, prepared, *known) if known else None
+        return Call(caller, req, token_secret, collected, _request_hash(req, collected), prepared, presigned)
 
     def commit(self, calls: Sequence[Call]) -> list[Outcome]:
         """Check, reserve and audit ``calls`` in one transaction (group commit: the
@@ -386,24 +368,6 @@ class Payments:
 
     # -- chain facts, before the lock --------------------------------------
 
-    def _prepare(self, candidates: Sequence[offers_mod.Offer], cached_only: bool = False) -> _Prepared:
-        gas: dict[str, int] = {}
-        domains: dict[tuple[str, str], tuple[str, str]] = {}
-        for o in candidates:
-            if o.scheme == "tempo/charge" and o.network not in gas:
-                try:
-                    gas[o.network] = self.chain.gas_price(o.network, cached_only)
-                except FailedPrecondition:
-                    pass  # no RPC for it: the offer is refused below if it is the one chosen
-            if o.scheme == "evm/charge" and o.charge is not None and o.charge.domain is None:
-                key = (o.network, o.asset)
-                if key not in domains:
-                    try:
-                        domains[key] = self.chain.token_domain(o.network, o.asset, cached_only)
-                    except FailedPrecondition:
-                        pass
-        return _Prepared(gas, domains)
-
     # -- the locked part ----------------------------------------------------
 
     @staticmethod
@@ -494,43 +458,11 @@ class Payments:
             return denial
         offer, decision = chosen
         _observe_budgets(caller.tenant_id, scopes, decision.amount_common)
-        ctx = _Context(caller, req, wallet, decision, batch.now_ms, call.request_hash, rules.tenant.mpp_mode,
+        ctx = proofs.Context(caller, req, wallet, decision, batch.now_ms, call.request_hash, rules.tenant.mpp_mode,
                        call.presigned if call.presigned is not None and call.presigned.fits(offer, wallet) else None)
         payment, raw = yield from self._sign_and_record(offer, ctx, call.prepared, batch, scopes)
         observe.child(observe.SIGNATURES, payment.protocol, payment.scheme).inc()
         return _result(payment) if raw is None else PushPending(caller, payment, raw, offer)
-
-    def _presign(self, caller: Caller, req: SignInput, collected: offers_mod.Collected,
-                 prepared: _Prepared, cached_only: bool = False) -> _Presigned | None:
-        candidates = offers_mod.by_preference(collected.offers, req.protocols or policy.PROTOCOLS)
-        if not candidates:
-            return None
-        offer = candidates[0]
-        known = self._wallet_info(caller.tenant_id, req.wallet_id, cached_only)
-        if known is None:
-            return None
-        address, sealed = known
-        try:
-            signer = self.vault.signer(caller.tenant_id, req.wallet_id, address, sealed)
-        except TellerError:
-            return None  # the locked path reports it
-        now_s = int(self.clock())
-        if offer.x402 is not None:
-            chosen = offer.x402
-            auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, now_s, chosen.timeout_s,
-                                     os.urandom(32))
-            return _Presigned(offer, req.wallet_id, address, auth=auth,
-                              signature=signer.sign_typed_data(eip3009.typed_data(chosen.token, auth)))
-        req_charge, gas_price = offer.charge, prepared.gas_price.get(offer.network)
-        if (offer.scheme == "tempo/charge" and offer.mpp is not None and req_charge is not None
-                and req_charge.amount > 0 and not req_charge.fee_payer and gas_price is not None):
-            try:
-                tx = mpp_charge.tempo_transaction(req_charge, offer.mpp, now_s=now_s,
-                                                  gas_limit=mpp_charge.gas_limit(req_charge), gas_price=gas_price)
-            except TellerError:
-                return None
-            return _Presigned(offer, req.wallet_id, address, tx=tx, raw=signer.sign_tempo_transaction(tx))
-        return None
 
     def _wallet_info(self, tenant_id: str, wallet_id: str, cached_only: bool = False) -> tuple[str, SealedKey] | None:
         """A wallet's address and sealed key, remembered briefly: they never change
@@ -549,24 +481,13 @@ class Payments:
         self._wallets[wallet_id] = (now + 30.0, tenant_id, *info)
         return info
 
-    def _signer(self, caller: Caller, wallet: batch_io.WalletRow) -> WalletSigner:
-        return self.vault.signer(caller.tenant_id, wallet.id, wallet.address,
-                                 SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext))
-
-    def _sign_and_record(self, offer: offers_mod.Offer, ctx: _Context, prepared: _Prepared, batch: _Batch,
+    def _sign_and_record(self, offer: offers_mod.Offer, ctx: proofs.Context, prepared: proofs.Prepared, batch: _Batch,
                          scopes: Sequence[policy.Scope]) -> Generator[batch_io.Request, Any,
-                                                                      tuple[NewPayment, bytes | None]]:
+                                                                      tuple[proofs.NewPayment, bytes | None]]:
         """Sign the chosen offer and add its payment row and audit event to the
         batch. Returns the row and, for a push payment, the transaction still to
         broadcast."""
-        signer = self._signer(ctx.caller, ctx.wallet)
-        raw: bytes | None = None
-        if offer.x402 is not None:
-            row, details = self._x402(signer, offer, ctx)
-        elif offer.scheme == "evm/charge":
-            row, details = self._evm_charge(signer, offer, ctx, prepared)
-        else:
-            row, details, raw = self._tempo_charge(signer, offer, ctx, prepared)
+        row, details, raw = self.proofs.sign(offer, ctx, prepared)
         if offer.x402 is None and raw is None:
             # MPP proofs are deterministic: an evm nonce is bound to its challenge, and a
             # Tempo transaction signed twice within one second is the same bit for bit.
@@ -584,100 +505,9 @@ class Payments:
                              "valid_before": row.valid_before, **details})
         return row, raw
 
-    def _row(self, offer: offers_mod.Offer, ctx: _Context, *, version: int, nonce: str, valid_before: int,
-             header_name: str, header_value: str, token_domain: tuple[str, str] = ("", "")) -> NewPayment:
-        req = ctx.req
-        return NewPayment(
-            id=str(uuid.uuid4()), tenant_id=ctx.caller.tenant_id, wallet_id=ctx.wallet.id, protocol=offer.protocol,
-            version=version, scheme=offer.scheme, network=offer.network, asset=offer.asset,
-            asset_name=token_domain[0], asset_version=token_domain[1], pay_to=offer.pay_to, amount=offer.amount,
-            amount_common=ctx.decision.amount_common, resource_url=req.url, nonce=nonce, valid_before=valid_before,
-            state="signed", state_reason="", tx_hash="", released_ms=None, header_name=header_name,
-            header_value=header_value,
-            idempotency_key=req.idempotency_key,
-            idempotency_expires_ms=(ctx.now_ms + self.idempotency_ttl_ms) if req.idempotency_key else None,
-            request_hash=ctx.request_hash, created_ms=ctx.now_ms, updated_ms=ctx.now_ms,
-        )
-
-    def _x402(self, signer: WalletSigner, offer: offers_mod.Offer, ctx: _Context) -> tuple[NewPayment, dict[str, Any]]:
-        chosen, chall = offer.x402, offer.x402_challenge
-        assert chosen is not None and chall is not None
-        pre = ctx.presigned
-        if pre is not None and pre.auth is not None and pre.signature is not None:
-            auth, signature = pre.auth, pre.signature
-        else:
-            auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, ctx.now_ms // 1000,
-                                     chosen.timeout_s, os.urandom(32))
-            signature = signer.sign_typed_data(eip3009.typed_data(chosen.token, auth))
-        name, value = x402_proof.payment_header(chall, chosen, auth, signature)
-        row = self._row(offer, ctx, version=chall.version, nonce="0x" + auth.nonce.hex(),
-                        valid_before=auth.valid_before, header_name=name, header_value=value,
-                        token_domain=(chosen.token.name, chosen.token.version))
-        return row, {"version": chall.version}
-
-    def _evm_charge(self, signer: WalletSigner, offer: offers_mod.Offer, ctx: _Context,
-                    prepared: _Prepared) -> tuple[NewPayment, dict[str, Any]]:
-        ch, req = offer.mpp, offer.charge
-        assert ch is not None and req is not None
-        domain = req.domain or prepared.domains.get((offer.network, offer.asset))
-        if domain is None:
-            raise FailedPrecondition(f"{offer.asset} on {offer.network}: the challenge names no EIP-712 domain and "
-                                     "no RPC endpoint is configured to read it (set rpc_urls)")
-        token = eip3009.Token(req.chain_id, req.currency, *domain)
-        auth = mpp_charge.evm_authorization(req, ch, signer.address, ctx.now_ms // 1000)
-        signature = signer.sign_typed_data(eip3009.typed_data(token, auth))
-        payload = {"type": "authorization", **auth.to_json(), "signature": "0x" + signature.hex()}
-        value = mpp_charge.credential(ch, payload, mpp_charge.did_pkh(req.chain_id, signer.address))
-        row = self._row(offer, ctx, version=1, nonce="0x" + auth.nonce.hex(), valid_before=auth.valid_before,
-                        header_name=ch.header, header_value=value, token_domain=domain)
-        return row, {"method": ch.method, "intent": ch.intent, "challenge_id": ch.id, "realm": ch.realm}
-
-    def _tempo_charge(self, signer: WalletSigner, offer: offers_mod.Offer, ctx: _Context,
-                      prepared: _Prepared) -> tuple[NewPayment, dict[str, Any], bytes | None]:
-        ch, req = offer.mpp, offer.charge
-        assert ch is not None and req is not None
-        if req.fee_payer:
-            raise FailedPrecondition(f"Payment challenge {ch.id[:40]!r}: sponsored fees (feePayer) are not "
-                                     "supported; Teller wallets pay their own fees")
-        source = mpp_charge.did_pkh(req.chain_id, signer.address)
-        if req.amount == 0:
-            # Nothing moves: an EIP-712 proof that this wallet answers this challenge.
-            signature = signer.sign_typed_data(mpp_charge.proof_typed_data(ch, req, signer.address))
-            value = mpp_charge.credential(ch, {"type": "proof", "signature": "0x" + signature.hex()}, source)
-            row = self._row(offer, ctx, version=1, nonce="0x" + keccak(text=f"proof:{ch.id}").hex(),
-                            valid_before=int(ch.expires_at.timestamp()) if ch.expires_at else ctx.now_ms // 1000,
-                            header_name=ch.header, header_value=value)
-            row.state = "settled"  # nothing moves: an amount of zero, spent at once
-            return row, {"method": ch.method, "intent": ch.intent, "mode": "proof", "challenge_id": ch.id,
-                         "realm": ch.realm}, None
-        gas_price = prepared.gas_price.get(offer.network)
-        if gas_price is None:
-            raise FailedPrecondition(f"no RPC endpoint configured for {offer.network}: Tempo payments need the "
-                                     "chain's gas price (set rpc_urls)")
-        mode = ctx.mpp_mode if ctx.mpp_mode in req.modes else req.modes[0]
-        pre = ctx.presigned
-        if pre is not None and pre.tx is not None and pre.raw is not None:
-            tx, raw = pre.tx, pre.raw
-        else:
-            tx = mpp_charge.tempo_transaction(req, ch, now_s=ctx.now_ms // 1000,
-                                              gas_limit=mpp_charge.gas_limit(req), gas_price=gas_price)
-            raw = signer.sign_tempo_transaction(tx)
-        tx_hash = "0x" + keccak(raw).hex()
-        details: dict[str, Any] = {"method": ch.method, "intent": ch.intent, "mode": mode, "challenge_id": ch.id,
-                                   "realm": ch.realm, "tx_hash": tx_hash}
-        if mode == "pull":
-            value = mpp_charge.credential(ch, {"type": "transaction", "signature": "0x" + raw.hex()}, source)
-            row = self._row(offer, ctx, version=1, nonce=tx_hash, valid_before=int(tx.valid_before or 0),
-                            header_name=ch.header, header_value=value)
-            return row, details, None
-        # Push: the reservation commits first; the credential exists once the chain has the transfer.
-        row = self._row(offer, ctx, version=1, nonce=tx_hash, valid_before=int(tx.valid_before or 0),
-                        header_name=ch.header, header_value="")
-        return row, details, raw
-
     # -- push mode, after the reservation committed -------------------------
 
-    def _push(self, caller: Caller, payment: NewPayment, raw: bytes, offer: offers_mod.Offer) -> SignResult:
+    def _push(self, caller: Caller, payment: proofs.NewPayment, raw: bytes, offer: offers_mod.Offer) -> SignResult:
         from teller import lifecycle
 
         failure: str | None = None
@@ -722,22 +552,6 @@ class Payments:
 
 
 @dataclass(frozen=True, slots=True)
-class _Presigned:
-    """A proof signed before the lock for the offer the tenant most likely pays."""
-
-    offer: offers_mod.Offer
-    wallet_id: str
-    address: str
-    auth: eip3009.Authorization | None = None
-    signature: bytes | None = None
-    tx: Any = None  # pytempo TempoTransaction
-    raw: bytes | None = None
-
-    def fits(self, offer: offers_mod.Offer, wallet: batch_io.WalletRow) -> bool:
-        return offer is self.offer and wallet.id == self.wallet_id and wallet.address == self.address
-
-
-@dataclass(frozen=True, slots=True)
 class _Locked:
     wallet: batch_io.WalletRow
     tenant_frozen: bool
@@ -752,18 +566,6 @@ class _TenantRow(NamedTuple):
     id: str
     state: str
     frozen: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Context:
-    caller: Caller
-    req: SignInput
-    wallet: batch_io.WalletRow
-    decision: policy.Decision
-    now_ms: int
-    request_hash: str
-    mpp_mode: str
-    presigned: _Presigned | None = None
 
 
 def _failed(calls: Sequence[Call], exc: Exception) -> list[Outcome] | None:
@@ -811,10 +613,6 @@ def _observe_budgets(tenant_id: str, scopes: Sequence[policy.Scope], amount: int
             used = scope.used.get(budget.name, 0) + amount
             observe.child(observe.BUDGET, tenant_id, scope.name, budget.name).set(
                 used / budget.limit if budget.limit else 1.0)
-
-
-def _used(windows: dict[str, spend.WindowUse]) -> dict[str, int]:
-    return {name: w.used for name, w in windows.items()}
 
 
 def _result(p: Any) -> SignResult:
