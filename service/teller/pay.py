@@ -2,8 +2,8 @@
 and streams the final response back.
 
 The first response that is not a 402 is returned as it is, with no payment.
-A 402 is read (bounded), signed through the same ``Payments.sign`` as the Sign
-RPC (so limits, idempotency and audit are identical), and the request is sent
+A 402 is read (bounded), signed through the same path as the Sign RPC (the
+same batches, so limits, idempotency and audit are identical), and the request is sent
 once more with the proof. A second 402 is a failure carrying the server's
 reason: Teller never pays twice for one call.
 """
@@ -21,7 +21,7 @@ from teller.errors import FailedPrecondition, InvalidArgument
 from teller.fetch import Fetcher
 from teller.lifecycle import Lifecycle
 from teller.mpp import receipt as mpp_receipt
-from teller.payments import Payments, SignInput, sign_input
+from teller.payments import SignInput, SignResult, sign_input
 from teller.x402 import receipt as x402_receipt
 
 T = TypeVar("T")
@@ -73,9 +73,9 @@ def decode_receipt(status: int, headers: Sequence[tuple[str, str]], max_bytes: i
 
 
 class Payer:
-    def __init__(self, payments: Payments, lifecycle: Lifecycle, fetcher: Fetcher, run: Run,
-                 max_challenge_bytes: int) -> None:
-        self.payments = payments
+    def __init__(self, sign: Callable[[Caller, SignInput], Awaitable[SignResult]], lifecycle: Lifecycle,
+                 fetcher: Fetcher, run: Run, max_challenge_bytes: int) -> None:
+        self.sign = sign  # Sign's own path: the same batches, limits, idempotency and audit
         self.lifecycle = lifecycle
         self.fetcher = fetcher
         self.run = run  # runs blocking database work off the event loop
@@ -93,7 +93,7 @@ class Payer:
             final_url, challenge_headers = first.url, tuple(first.headers)
         from dataclasses import replace
 
-        signed = await self.run(self.payments.sign, caller, replace(
+        signed = await self.sign(caller, replace(
             req.sign, status=402, headers=challenge_headers, body=challenge_body, url=final_url))
         retry_headers = [(k, v) for k, v in req.headers if k.lower() != signed.header_name.lower()]
         retry_headers.append((signed.header_name, signed.header_value))

@@ -18,7 +18,7 @@ from teller.auth import Caller
 from teller.chain import NotCached
 from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Head, Payer, pay_input
-from teller.payments import Call, Outcome, PushPending
+from teller.payments import Call, Outcome, PushPending, SignInput, SignResult
 from teller.rpc import convert
 from teller.rpc.batcher import SignBatcher
 from teller_client._proto.teller.v1 import (
@@ -99,7 +99,10 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
             caller = Caller(tenant_id, token_id)
             if self.app.settings.tls_client_ca_file is not None:
                 auth.check_certificate(context.auth_context(), f"tenant:{caller.tenant_id}")
-        sign_in = convert.sign_input_from_proto(request)
+        return convert.sign_result_to_proto(await self._sign(caller, convert.sign_input_from_proto(request), secret))
+
+    async def _sign(self, caller: Caller, sign_in: SignInput, secret: str | None = None) -> SignResult:
+        """Sign and Pay alike: prepare, wait for the call's batch, finish."""
         payments = self.app.payments
         try:
             # On the event loop when everything it needs is in memory (no thread hop) ...
@@ -109,15 +112,15 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
             call = await self.run(payments.prepare, caller, sign_in, secret)
         outcome = await self.batcher.submit(call)
         if isinstance(outcome, PushPending):
-            return convert.sign_result_to_proto(await self.run(payments.finish, outcome))
-        return convert.sign_result_to_proto(payments.finish(outcome))
+            return await self.run(payments.finish, outcome)  # broadcasts: blocking
+        return payments.finish(outcome)
 
     async def Pay(self, request: payment_pb2.PayRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[payment_pb2.PayResponse]:
         caller = await self._caller(context)
         req = pay_input(url=request.url, method=request.method, headers=[(h.name, h.value) for h in request.headers],
                         body=request.body, wallet_id=request.wallet_id, max_amount=request.max_amount,
                         idempotency_key=request.idempotency_key, protocols=list(request.protocols))
-        payer = Payer(self.app.payments, self.app.lifecycle, self.app.fetcher, self.run,
+        payer = Payer(self._sign, self.app.lifecycle, self.app.fetcher, self.run,
                       self.app.settings.max_challenge_bytes)
         async for part in payer.pay(caller, req):
             if isinstance(part, Head):
