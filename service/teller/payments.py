@@ -1,9 +1,14 @@
 """The Sign flow: challenge in, proof out, with the spend limit, the idempotency
 claim and the audit row committed in one transaction before the proof leaves.
 
-Concurrency: the tenant row is locked (SELECT ... FOR UPDATE on PostgreSQL,
-BEGIN IMMEDIATE on SQLite) for the check-and-reserve, so two calls can never
-both spend the last of a budget. Other tenants are not blocked.
+``prepare`` does everything that needs no lock (parse, chain facts, sign the
+likely offer); ``commit`` reserves a batch of prepared calls in one transaction
+(``_plan``, answered by a SQLAlchemy session or, on PostgreSQL, async psycopg).
+
+Concurrency: the batch's tenant rows are locked (SELECT ... FOR UPDATE in id
+order on PostgreSQL, BEGIN IMMEDIATE on SQLite) for the check-and-reserve, and
+the calls are decided one after another under those locks, so no two calls,
+in one batch or in two workers, can both spend the last of a budget.
 """
 
 from __future__ import annotations
