@@ -359,3 +359,33 @@ def test_oversized_input_is_refused_quickly_with_bounded_memory(fuzz_teller):
     tracemalloc.stop()
     assert peak < 40 * len(body)  # bounded: the JSON is decoded once, offers are never validated
     client.close()
+
+
+@pytest.fixture(scope="module")
+def pg_fuzz_teller(pg_server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pgfuzz")
+    with pg.fresh_database(pg_server) as url:
+        running = RunningTeller(make_settings(url, Path(tmp)))
+        t = running.setup_tenant()
+        yield running, t
+        running.stop()
+
+
+@pytest.mark.postgres
+@settings(max_examples=150, deadline=None)
+@given(url=st.text(max_size=60), key=st.text(max_size=30), wallet=st.none() | st.text(max_size=40))
+def test_fuzzed_request_fields_get_clear_errors_never_internal(pg_fuzz_teller, url, key, wallet):
+    """The caller's own fields (URL, idempotency key, wallet id) reach PostgreSQL
+    through Sign's batches: whatever text they hold, the answer is a proof or a
+    named error, never INTERNAL."""
+    running, t = pg_fuzz_teller
+    c = sdk_v2_challenge(amount="1000")
+    client = running.client(t.token)
+    try:
+        client.sign(status=402, headers=c.headers, body=c.body, url=url, wallet_id=t.wallet_id if wallet is None
+                    else wallet, idempotency_key=key)
+    except TellerError as exc:
+        assert exc.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                            grpc.StatusCode.ALREADY_EXISTS), exc
+    finally:
+        client.close()

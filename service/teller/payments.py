@@ -90,6 +90,11 @@ def sign_input(
 ) -> SignInput:
     if len(idempotency_key) > 200:
         raise InvalidArgument("idempotency_key must be at most 200 characters")
+    for name, value in (("challenge.url", url), ("wallet_id", wallet_id), ("idempotency_key", idempotency_key),
+                        ("challenge.method", method)):
+        if "\x00" in value:
+            # PostgreSQL text cannot hold it: refuse it here rather than fail the write.
+            raise InvalidArgument(f"{name} contains a NUL character")
     for p in protocols:
         if p not in policy.PROTOCOLS:
             raise InvalidArgument(f"protocols: unknown protocol {p[:20]!r} (x402 or mpp)")
