@@ -389,3 +389,29 @@ def test_fuzzed_request_fields_get_clear_errors_never_internal(pg_fuzz_teller, u
                             grpc.StatusCode.ALREADY_EXISTS), exc
     finally:
         client.close()
+
+
+def test_a_nul_in_any_request_field_is_named_not_internal(teller):
+    """PostgreSQL text cannot hold NUL: every RPC refuses it by field name
+    (nested and repeated fields too) before it reaches a query."""
+    from teller_client import InvalidArgument as ClientInvalidArgument
+
+    t = teller.setup_tenant()
+    admin, client = teller.admin(), teller.client(t.token)
+    c = sdk_v2_challenge(amount="1000")
+    attempts = {
+        "name": lambda: admin.create_tenant("a\x00b"),
+        "tenant_id": lambda: admin.list_payments(tenant_id="t\x00"),
+        "payment_id": lambda: client.get_payment("p\x00"),
+        "challenge.headers[1].value": lambda: client.sign(
+            status=402, headers=[c.headers[0], ("x-note", "a\x00b")], body=c.body, url=c.url, wallet_id=t.wallet_id),
+        "idempotency_key": lambda: client.sign(status=402, headers=c.headers, body=c.body, url=c.url,
+                                               wallet_id=t.wallet_id, idempotency_key="k\x00"),
+    }
+    for field, attempt in attempts.items():
+        with pytest.raises(ClientInvalidArgument) as info:
+            attempt()
+        assert info.value.message == f"{field} contains a NUL character"
+    # Nothing was written for any of them.
+    payments, _ = admin.list_payments(tenant_id=t.tenant_id)
+    assert payments == []

@@ -21,7 +21,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from teller.errors import TellerError
+from teller.errors import InvalidArgument, TellerError
 from teller.observe import METHOD, REQUEST_ID, Tracing, record_call
 
 log = logging.getLogger("teller.rpc")
@@ -77,6 +77,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with self._call(context, method):
+                    _refuse_nul(request)
                     return await inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -87,6 +88,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
             async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async with self._call(context, method):
+                    _refuse_nul(request)
                     async for item in stream(request, context):
                         yield item
 
@@ -128,6 +130,36 @@ class _Call:
             raise
         self.span.__exit__(kind, exc, tb)
         return False
+
+
+def _nul_field(message: Any, prefix: str = "") -> str | None:
+    """The first string field (path) of a request holding a NUL character, if any."""
+    for field, value in message.ListFields():
+        name = prefix + field.name
+        repeated = field.is_repeated
+        if field.type == field.TYPE_STRING:
+            if any("\x00" in v for v in (value if repeated else (value,))):
+                return name
+        elif field.type == field.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                if any("\x00" in str(k) or "\x00" in str(v) for k, v in value.items()):
+                    return name
+                continue
+            items = list(enumerate(value)) if repeated else [(None, value)]
+            for i, item in items:
+                found = _nul_field(item, f"{name}[{i}]." if i is not None else f"{name}.")
+                if found:
+                    return found
+    return None
+
+
+def _refuse_nul(request: Any) -> None:
+    # PostgreSQL text cannot hold NUL: refuse it by name here, for every RPC,
+    # rather than fail deep in a query as INTERNAL.
+    if hasattr(request, "ListFields"):
+        field = _nul_field(request)
+        if field is not None:
+            raise InvalidArgument(f"{field} contains a NUL character")
 
 
 def _code(exc: Exception) -> str:
