@@ -8,6 +8,7 @@ its text, so no exception message can leak data to a caller.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -132,24 +133,47 @@ class _Call:
         return False
 
 
-def _nul_field(message: Any, prefix: str = "") -> str | None:
-    """The first string field (path) of a request holding a NUL character, if any."""
-    for field, value in message.ListFields():
-        name = prefix + field.name
-        repeated = field.is_repeated
+_STRING, _STRINGS, _MESSAGE, _MESSAGES, _MAP = range(5)
+
+
+@functools.cache
+def _text_fields(descriptor: Any) -> tuple[tuple[str, int], ...]:
+    """A message type's fields that are or may hold text, with how to read them
+    (worked out once per type: the check runs on every call)."""
+    out = []
+    for field in descriptor.fields:
         if field.type == field.TYPE_STRING:
-            if any("\x00" in v for v in (value if repeated else (value,))):
-                return name
+            out.append((field.name, _STRINGS if field.is_repeated else _STRING))
         elif field.type == field.TYPE_MESSAGE:
             if field.message_type.GetOptions().map_entry:
-                if any("\x00" in str(k) or "\x00" in str(v) for k, v in value.items()):
-                    return name
-                continue
-            items = list(enumerate(value)) if repeated else [(None, value)]
-            for i, item in items:
-                found = _nul_field(item, f"{name}[{i}]." if i is not None else f"{name}.")
+                out.append((field.name, _MAP))
+            else:
+                out.append((field.name, _MESSAGES if field.is_repeated else _MESSAGE))
+    return tuple(out)
+
+
+def _nul_field(message: Any, prefix: str = "") -> str | None:
+    """The first string field (path) of a request holding a NUL character, if any."""
+    for name, kind in _text_fields(message.DESCRIPTOR):
+        value = getattr(message, name)
+        if kind == _STRING:
+            if "\x00" in value:
+                return prefix + name
+        elif kind == _STRINGS:
+            if any("\x00" in v for v in value):
+                return prefix + name
+        elif kind == _MESSAGE:
+            if message.HasField(name):
+                found = _nul_field(value, f"{prefix}{name}.")
                 if found:
                     return found
+        elif kind == _MESSAGES:
+            for i, item in enumerate(value):
+                found = _nul_field(item, f"{prefix}{name}[{i}].")
+                if found:
+                    return found
+        elif any("\x00" in str(k) or "\x00" in str(v) for k, v in value.items()):
+            return prefix + name
     return None
 
 
