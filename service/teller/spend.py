@@ -15,7 +15,7 @@ from sqlalchemy import Select, TextClause, and_, bindparam, case, func, select, 
 from sqlalchemy.orm import Session
 
 from teller import policy
-from teller.db.models import Payment, SpendBucket, SpendPolicy
+from teller.db.models import Payment, SpendPolicy
 
 SPENT = "settled"
 # Everything else that is not released (signed, or failed while its
@@ -102,49 +102,12 @@ def measure_by_scan(
 MINUTE_MS = 60_000
 
 
-@functools.lru_cache(maxsize=256)
-def _bucket_statement(column: str, rolling: tuple[bool, ...]) -> Select[Any]:
-    """Per window: whole minutes from the buckets, plus (rolling windows only) the
-    exact payments of the part-minute at the window's start."""
-    col = Payment.tenant_id if column == "tenant" else Payment.wallet_id
-    columns = []
-    for i, is_rolling in enumerate(rolling):
-        in_buckets = [SpendBucket.scope == column, SpendBucket.scope_id == bindparam("scope_id"),
-                      SpendBucket.minute >= bindparam(f"m_start{i}")]
-        if not is_rolling:
-            in_buckets.append(SpendBucket.minute < bindparam(f"m_end{i}"))
-        for label, field in (("reserved", SpendBucket.reserved), ("spent", SpendBucket.spent)):
-            whole = select(func.coalesce(func.sum(field), 0)).where(*in_buckets).scalar_subquery()
-            if is_rolling:
-                is_spent = Payment.state == SPENT if label == "spent" else Payment.state != SPENT
-                edge = select(func.coalesce(func.sum(Payment.amount_common), 0)).where(
-                    col == bindparam("scope_id"), Payment.created_ms >= bindparam(f"start{i}"),
-                    Payment.created_ms < bindparam(f"edge{i}"), Payment.released_ms.is_(None),
-                    is_spent).scalar_subquery()
-                columns.append((whole + edge).label(f"w{i}_{label}"))
-            else:
-                columns.append(whole.label(f"w{i}_{label}"))
-    return select(*columns)
-
-
 def measure(
     s: Session, column: str, scope_id: str, budgets: Sequence[policy.Budget], now_ms: int
 ) -> dict[str, WindowUse]:
-    """Reserved and spent amounts in each budget's current window, in one query
-    whose cost does not grow with the number of payments in the window."""
-    if not budgets:
-        return {}
-    params: dict[str, Any] = {"scope_id": scope_id}
-    for i, b in enumerate(budgets):
-        start, end = b.bounds(now_ms)
-        # Calendar windows start and end on minute boundaries; rolling ones need the edge.
-        m_start = -(-start // MINUTE_MS)
-        params[f"start{i}"], params[f"m_start{i}"], params[f"m_end{i}"] = start, m_start, end // MINUTE_MS
-        params[f"edge{i}"] = m_start * MINUTE_MS
-    statement = _bucket_statement(column, tuple(bool(b.rolling_ms) for b in budgets))
-    values = s.execute(statement, params).one()._mapping
-    return {b.name: WindowUse(int(values[f"w{i}_reserved"]), int(values[f"w{i}_spent"]))
-            for i, b in enumerate(budgets)}
+    """Reserved and spent amounts in each budget's current window of one scope, in
+    one query whose cost does not grow with the number of payments in the window."""
+    return measure_many(s, {(column, scope_id): budgets}, now_ms)[(column, scope_id)]
 
 
 _FAR = 2**62  # "no upper bound" for a rolling window's buckets
@@ -217,7 +180,7 @@ def measure_many(
     if not rows:
         return windows_from(names, scopes, ())
     params = {f"{field}{i}": value for i, row in enumerate(rows)
-              for field, value in zip(("k", "scope", "sid", "ms", "me", "st", "ed"), row, strict=True)}
+              for field, value in zip(WINDOW_FIELDS, row, strict=True)}
     return windows_from(names, scopes, s.execute(_windows_statement(len(rows)), params))
 
 
@@ -233,24 +196,13 @@ def _bucket_row(param: Callable[[str], str]) -> str:
 BUCKET_ROW_SQL = _bucket_row(lambda n: f":{n}")
 
 
-#: Add (or, with negative amounts, take) a payment's amount in its minute's buckets,
-#: tenant before wallet (one lock order everywhere). PostgreSQL and SQLite both
-#: speak this upsert; Sign folds it into its one-statement write on PostgreSQL.
-BUCKET_UPSERT_SQL = (
-    "INSERT INTO spend_buckets (scope, scope_id, minute, reserved, spent) VALUES "
-    "('tenant', :b_tenant, :b_minute, :b_reserved, :b_spent), ('wallet', :b_wallet, :b_minute, :b_reserved, :b_spent) "
-    "ON CONFLICT (scope, scope_id, minute) DO UPDATE SET reserved = spend_buckets.reserved + EXCLUDED.reserved, "
-    "spent = spend_buckets.spent + EXCLUDED.spent"
-)
-
-
-def bucket_params(tenant_id: str, wallet_id: str, created_ms: int, reserved: int, spent: int) -> dict[str, Any]:
-    return {"b_tenant": tenant_id, "b_wallet": wallet_id, "b_minute": created_ms // MINUTE_MS,
-            "b_reserved": reserved, "b_spent": spent}
-
-
 def add_to_buckets(s: Session, tenant_id: str, wallet_id: str, created_ms: int, reserved: int, spent: int) -> None:
-    s.execute(text(BUCKET_UPSERT_SQL), bucket_params(tenant_id, wallet_id, created_ms, reserved, spent))
+    """Add (or, with negative amounts, take) a payment's amount in its minute's
+    buckets, tenant before wallet (one lock order everywhere)."""
+    minute = created_ms // MINUTE_MS
+    s.execute(text(BUCKET_ROW_SQL), [
+        {"scope": scope, "scope_id": scope_id, "minute": minute, "reserved": reserved, "spent": spent}
+        for scope, scope_id in (("tenant", tenant_id), ("wallet", wallet_id))])
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +226,10 @@ def report(s: Session, tenant_id: str, wallet_ids: Sequence[str], now_ms: int) -
     out: list[WindowReport] = []
     tenant, wallets = _policies(s, tenant_id, wallet_ids)
     scopes = [("tenant", tenant_id, tenant)] + [(f"wallet:{w}", w, wallets[w]) for w in wallet_ids if w in wallets]
-    for label, scope_id, rules_policy in scopes:
-        use = measure(s, "tenant" if label == "tenant" else "wallet", scope_id, rules_policy.budgets, now_ms)
+    keys = {label: ("tenant" if label == "tenant" else "wallet", scope_id) for label, scope_id, _ in scopes}
+    uses = measure_many(s, {keys[label]: rules.budgets for label, _, rules in scopes}, now_ms)
+    for label, _, rules_policy in scopes:
+        use = uses[keys[label]]
         for b in rules_policy.budgets:
             start, end = b.bounds(now_ms)
             u = use[b.name]
