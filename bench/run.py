@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +134,9 @@ def main() -> int:
     x402 = sdk_v2_challenge(amount="1000")
     rows: list[dict] = []
     history_rows: list[dict] = []
-    with pg.server_url() as server, tempo_chain() as chain, tempfile.TemporaryDirectory() as tmp:
+    with bench_server() as server, tempo_chain() as chain, tempfile.TemporaryDirectory() as tmp:
+        durability = server_settings(server)
+        print(f"PostgreSQL: {durability}", flush=True)
         for workers in workers_list:
             settle(server)
             with pg.fresh_database(server) as url:
@@ -174,13 +178,45 @@ def main() -> int:
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                "processor": platform.processor() or platform.machine()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {"machine": machine, "in_process_per_s": limit, "rows": rows, "history": history_rows, "quick": args.quick,
-           "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    doc = {"machine": machine, "postgresql": durability, "in_process_per_s": limit, "rows": rows,
+           "history": history_rows, "quick": args.quick, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (RESULTS / "results.json").write_text(json.dumps(doc, indent=2))
     (RESULTS / "results.md").write_text(markdown(doc))
     plot(doc, RESULTS / "throughput.png")
     print(markdown(doc))
     return 0
+
+
+@contextlib.contextmanager
+def bench_server() -> Iterator[str]:
+    """The PostgreSQL the benchmark runs on: ``TELLER_BENCH_DATABASE_URL`` when
+    given, else a cluster of its own with production durability (fsync and
+    synchronous commit on). Not the test suite's server: test clusters skip
+    fsync, and a Sign is only done when its reservation is on disk."""
+    given = os.environ.get("TELLER_BENCH_DATABASE_URL")
+    if given:
+        yield given
+        return
+    with pg.local_cluster(durable=True) as cluster:
+        yield cluster.url
+
+
+def server_settings(server: str) -> dict[str, str]:
+    """The settings that decide what a commit costs, for the report."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(server.replace("postgresql://", "postgresql+psycopg://", 1)
+                           if server.startswith("postgresql://") else server)
+    try:
+        with engine.connect() as conn:
+            out = {name: conn.execute(text(f"SHOW {name}")).scalar_one()
+                   for name in ("server_version", "fsync", "synchronous_commit", "wal_sync_method")}
+    finally:
+        engine.dispose()
+    if out["fsync"] != "on" or out["synchronous_commit"] != "on":
+        print(f"warning: the benchmark server is not durable ({out}); its figures overstate a production setup",
+              flush=True)
+    return out
 
 
 def settle(server: str) -> None:
@@ -238,8 +274,10 @@ def history_cost(url: str, targets: list[str], admin_token: str, x402, seconds: 
 
 def markdown(doc: dict) -> str:
     m = doc["machine"]
+    db = doc.get("postgresql", {})
     lines = [f"Teller Sign benchmark, {doc['when']}: {m['cpus']} CPUs, {m['processor']}, Python {m['python']}, "
-             "PostgreSQL on the same machine, audit log and limits on.", "",
+             f"PostgreSQL {db.get('server_version', '?')} on the same machine (fsync {db.get('fsync', '?')}, "
+             f"synchronous_commit {db.get('synchronous_commit', '?')}), audit log and limits on.", "",
              "In-process signing limit (official SDKs + eth-account, one process): " + ", ".join(
                  f"{k} {v:.0f}/s" for k, v in doc["in_process_per_s"].items()), "",
              "| workers | protocol | tenants | callers | Sign/s | p50 ms | p95 ms | p99 ms | vs in-process | errors |",
