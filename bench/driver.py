@@ -18,7 +18,7 @@ import grpc
 from teller_client._proto.teller.v1 import common_pb2, payment_pb2, payment_pb2_grpc
 
 
-def _request(job: dict) -> payment_pb2.SignRequest:
+def sign_request(job: dict) -> payment_pb2.SignRequest:
     return payment_pb2.SignRequest(
         challenge=payment_pb2.Challenge(status=402, body=job["body"].encode("latin-1"), url=job["url"],
                                         headers=[common_pb2.Header(name=k, value=v) for k, v in job["headers"]]),
@@ -28,7 +28,7 @@ def _request(job: dict) -> payment_pb2.SignRequest:
 async def main(spec: dict) -> dict:
     channels = [grpc.aio.insecure_channel(t) for t in spec["targets"]]
     stubs = [payment_pb2_grpc.PaymentServiceStub(c) for c in channels]
-    jobs = [(_request(j), (("authorization", f"Bearer {j['token']}"),)) for j in spec["jobs"]]
+    jobs = [(sign_request(j), (("authorization", f"Bearer {j['token']}"),)) for j in spec["jobs"]]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     measuring = False

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import pg  # noqa: E402
 from tests.support.mpp_live import PATH_USD, tempo_chain  # noqa: E402
-from tests.support.procs import start_cluster  # noqa: E402
+from tests.support.procs import Cluster, start_cluster  # noqa: E402
 from tests.support.x402_server import sdk_v2_challenge  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -74,13 +74,20 @@ def setup_tenants(target: str, admin_token: str, count: int) -> list[tuple[str, 
     return out
 
 
-def drive(targets: list[str], callers: int, jobs: list[dict], seconds: float, warmup: float) -> dict:
+def drive(cluster: Cluster, callers: int, jobs: list[dict], seconds: float, warmup: float, driver: str) -> dict:
+    targets = [w.target for w in cluster.workers]
+    if driver == "h2load":
+        import h2load
+        from driver import sign_request
+
+        h2_jobs = [h2load.Job(j["token"], sign_request(j).SerializeToString()) for j in jobs]
+        return h2load.drive(targets, [w.metrics for w in cluster.workers], callers, h2_jobs, seconds, warmup)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"targets": targets, "callers": callers, "seconds": seconds, "warmup": warmup, "jobs": jobs}, f)
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "driver.py"), f.name], capture_output=True,
                          text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "clients" / "python")})
     os.unlink(f.name)
-    return json.loads(out.stdout)
+    return {**json.loads(out.stdout), "driver": "grpc-python"}
 
 
 def in_process_limit(seconds: float) -> dict[str, float]:
@@ -126,7 +133,15 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer points, shorter runs (a smoke test)")
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--driver", choices=("h2load", "grpc-python"), default="h2load",
+                        help="load generator: h2load (C, default) or bench/driver.py (grpc.aio)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results.{json,md} and the plot go")
     args = parser.parse_args()
+    if args.driver == "h2load":
+        import h2load
+
+        if not h2load.available():
+            parser.error("h2load is not installed (Debian: nghttp2-client; ./run bench installs it)")
     callers_list = [1, 8, 32] if args.quick else [1, 8, 32, 128]
     workers_list = [1] if args.quick else [1, 2]
     seconds, warmup = (2.0, 1.0) if args.quick else (args.seconds, 2.0)
@@ -140,7 +155,7 @@ def main() -> int:
         for workers in workers_list:
             settle(server)
             with pg.fresh_database(server) as url:
-                cluster = start_cluster(url, workers, Path(tmp), TELLER_RPC_URLS=f"{chain.network}={chain.rpc_url}",
+                cluster = start_cluster(url, workers, Path(tmp), metrics=True, TELLER_RPC_URLS=f"{chain.network}={chain.rpc_url}",
                                         TELLER_DB_POOL_SIZE="16", TELLER_RECONCILE_INTERVAL_SECONDS="0")
                 try:
                     targets = [w.target for w in cluster.workers]
@@ -160,7 +175,7 @@ def main() -> int:
                                          "headers": h, "body": "", "url": "https://bench.local/item"}
                                         for i, h in enumerate(mpp)]
                             for callers in callers_list:
-                                r = drive(targets, callers, jobs, seconds, warmup)
+                                r = drive(cluster, callers, jobs, seconds, warmup, args.driver)
                                 r.update(workers=workers, protocol=protocol, shape=shape, callers=callers)
                                 rows.append(r)
                                 print(f"{workers}w {protocol:4} {shape:12} {callers:3} callers: "
@@ -168,7 +183,7 @@ def main() -> int:
                                       f"p99 {r['p99_ms']:6.1f} ms errors {r['errors']}", flush=True)
                     if workers == workers_list[-1] and not args.quick:
                         # Last: its bulk inserts leave the server busy writing for a while.
-                        history_rows.extend(history_cost(url, targets, cluster.admin_token, x402, seconds, warmup))
+                        history_rows.extend(history_cost(url, cluster, x402, seconds, warmup, args.driver))
                 finally:
                     cluster.stop()
     limit = in_process_limit(2.0 if args.quick else 5.0)
@@ -177,12 +192,12 @@ def main() -> int:
         r["ratio"] = r["throughput"] / limit[r["protocol"]]
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                "processor": platform.processor() or platform.machine()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {"machine": machine, "postgresql": durability, "in_process_per_s": limit, "rows": rows,
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": machine, "postgresql": durability, "driver": args.driver, "in_process_per_s": limit, "rows": rows,
            "history": history_rows, "quick": args.quick, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    (RESULTS / "results.json").write_text(json.dumps(doc, indent=2))
-    (RESULTS / "results.md").write_text(markdown(doc))
-    plot(doc, RESULTS / "throughput.png")
+    (args.out / "results.json").write_text(json.dumps(doc, indent=2))
+    (args.out / "results.md").write_text(markdown(doc))
+    plot(doc, args.out / "throughput.png")
     print(markdown(doc))
     return 0
 
@@ -234,15 +249,15 @@ def settle(server: str) -> None:
         engine.dispose()
 
 
-def history_cost(url: str, targets: list[str], admin_token: str, x402, seconds: float,  # type: ignore[no-untyped-def]
-                 warmup: float) -> list[dict]:
+def history_cost(url: str, cluster: Cluster, x402, seconds: float, warmup: float,  # type: ignore[no-untyped-def]
+                 driver: str) -> list[dict]:
     """What a tenant's payment history in its budget windows costs each Sign:
     window sums are computed from the payments themselves."""
     from sqlalchemy import create_engine, text
 
     out = []
     for history in (0, 20_000, 100_000):
-        (tenant,) = setup_tenants(targets[0], admin_token, 1)
+        (tenant,) = setup_tenants(cluster.workers[0].target, cluster.admin_token, 1)
         token, wallet_id = tenant
         if history:
             engine = create_engine(url)
@@ -264,7 +279,7 @@ def history_cost(url: str, targets: list[str], admin_token: str, x402, seconds: 
             engine.dispose()
         jobs = [{"token": token, "wallet_id": wallet_id, "headers": x402.headers,
                  "body": x402.body.decode("latin-1"), "url": x402.url}]
-        r = drive(targets, 8, jobs, seconds, warmup)
+        r = drive(cluster, 8, jobs, seconds, warmup, driver)
         r.update(history=history)
         out.append(r)
         print(f"history {history:6}: {r['throughput']:7.0f}/s p50 {r['p50_ms']:6.1f} p99 {r['p99_ms']:6.1f} ms",
@@ -277,7 +292,8 @@ def markdown(doc: dict) -> str:
     db = doc.get("postgresql", {})
     lines = [f"Teller Sign benchmark, {doc['when']}: {m['cpus']} CPUs, {m['processor']}, Python {m['python']}, "
              f"PostgreSQL {db.get('server_version', '?')} on the same machine (fsync {db.get('fsync', '?')}, "
-             f"synchronous_commit {db.get('synchronous_commit', '?')}), audit log and limits on.", "",
+             f"synchronous_commit {db.get('synchronous_commit', '?')}), audit log and limits on. "
+             f"Load generator: {doc.get('driver', 'grpc-python')}, on the same machine.", "",
              "In-process signing limit (official SDKs + eth-account, one process): " + ", ".join(
                  f"{k} {v:.0f}/s" for k, v in doc["in_process_per_s"].items()), "",
              "| workers | protocol | tenants | callers | Sign/s | p50 ms | p95 ms | p99 ms | vs in-process | errors |",

@@ -29,6 +29,7 @@ class Worker:
     target: str
     proc: subprocess.Popen[bytes]
     log: Path
+    metrics: str = ""  # host:port of its Prometheus endpoint, when started with metrics=True
 
 
 @dataclass
@@ -62,7 +63,7 @@ def wait_healthy(target: str, proc: subprocess.Popen[bytes], log: Path, timeout:
             time.sleep(0.2)
 
 
-def start_cluster(db_url: str, n: int, tmp: Path, **env_extra: str) -> Cluster:
+def start_cluster(db_url: str, n: int, tmp: Path, *, metrics: bool = False, **env_extra: str) -> Cluster:
     upgrade(db_url)  # `teller migrate` once, never by each replica
     admin_token = "op_" + secrets.token_urlsafe(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELLER_")}
@@ -78,9 +79,11 @@ def start_cluster(db_url: str, n: int, tmp: Path, **env_extra: str) -> Cluster:
     for i in range(n):
         port = free_port()
         log = tmp / f"worker{i}.log"
+        metrics_at = f"127.0.0.1:{free_port()}" if metrics else ""
         proc = subprocess.Popen([sys.executable, "-m", "teller.cli", "serve", "--listen", f"127.0.0.1:{port}"],
-                                env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        workers.append(Worker(f"127.0.0.1:{port}", proc, log))
+                                env={**env, "TELLER_METRICS_LISTEN": metrics_at}, stdout=log.open("wb"),
+                                stderr=subprocess.STDOUT)
+        workers.append(Worker(f"127.0.0.1:{port}", proc, log, metrics_at))
     cluster = Cluster(workers, admin_token)
     try:
         for w in workers:
