@@ -192,3 +192,27 @@ def test_unknown_wallet_is_not_found(teller):
     with pytest.raises(NotFound):
         teller.client(t.token).sign(status=402, headers=chall.headers, body=chall.body, url=chall.url,
                                     wallet_id="no-such-wallet")
+
+
+def test_a_repeated_challenge_is_parsed_once_and_signing_leaves_it_unchanged(teller):
+    """A paid API sends the same PAYMENT-REQUIRED on every call (x402 has no
+    server nonce), so parsed headers are remembered: the same text gives the
+    same parsed challenge. It is shared by every later call, so a Sign must not
+    change it: after two Signs (one with a cap, one idempotent) it still equals
+    a fresh parse of the same text."""
+    from teller.x402 import challenge as x402_challenge
+
+    t = teller.setup_tenant()
+    chall = sdk_v2_challenge(amount="1500", extra={"name": "USDC", "version": "2"})
+    headers = tuple(chall.headers)
+    encoded = dict(chall.headers)["payment-required"]
+    first = x402_challenge.parse(headers, chall.body, 256 * 1024)
+    assert x402_challenge.parse(headers, chall.body, 256 * 1024) is first
+
+    client = teller.client(t.token)
+    args = {"status": 402, "headers": chall.headers, "body": chall.body, "url": chall.url, "wallet_id": t.wallet_id}
+    client.sign(**args)
+    client.sign(**args, max_amount=1500, idempotency_key="k1")
+
+    assert x402_challenge.parse(headers, chall.body, 256 * 1024) is first
+    assert first == x402_challenge._parse_header(encoded)  # uncached: what the text says

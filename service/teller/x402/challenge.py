@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from teller.errors import InvalidArgument
 
 PAYMENT_REQUIRED = "payment-required"
 MAX_ACCEPTS = 64
+#: PAYMENT-REQUIRED headers up to this size are remembered once parsed (below).
+CACHED_HEADER_BYTES = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,9 @@ def parse(headers: Sequence[tuple[str, str]], body: bytes, max_bytes: int) -> X4
     if encoded is not None:
         if len(encoded) > max_bytes:
             raise InvalidArgument(f"PAYMENT-REQUIRED header is larger than {max_bytes} bytes")
-        return _from_document(b64_json(encoded, "PAYMENT-REQUIRED"), "PAYMENT-REQUIRED header")
+        if len(encoded) <= CACHED_HEADER_BYTES:
+            return _parse_header_cached(encoded)
+        return _parse_header(encoded)
     if not body:
         return None
     if len(body) > max_bytes:
@@ -108,6 +113,19 @@ def parse(headers: Sequence[tuple[str, str]], body: bytes, max_bytes: int) -> X4
     if not isinstance(doc, dict) or "x402Version" not in doc:
         return None
     return _from_document(doc, "402 body")
+
+
+def _parse_header(encoded: str) -> X402Challenge:
+    return _from_document(b64_json(encoded, "PAYMENT-REQUIRED"), "PAYMENT-REQUIRED header")
+
+
+# A paid API answers every call to one resource with the same PAYMENT-REQUIRED
+# (x402 has no server nonce: the payer makes the nonce), so a service paying it
+# over and over would decode and validate the same text each time. The last 256
+# parsed headers are kept (at most 8 KiB each; a refused header is not kept).
+# Safe to share: the challenge is frozen and everything downstream only reads or
+# copies its dicts (tests check a Sign leaves the cached challenge unchanged).
+_parse_header_cached = functools.lru_cache(maxsize=256)(_parse_header)
 
 
 def _from_document(doc: Any, where: str) -> X402Challenge:
