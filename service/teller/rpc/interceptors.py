@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -54,30 +54,25 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class Guard:
     """Per call: a request id (the caller's ``x-request-id`` or a new one, echoed
-    back), metrics and an optional span; and every error mapped to its status."""
+    back), metrics and an optional span; and every error mapped to its status.
+
+    It wraps each method handler once, when the services are registered
+    (``GuardedServer``). A grpc.aio interceptor would do the same work through two
+    more coroutines and a newly built handler on every call: about 45 us of a
+    Sign's 0.9 ms, measured on a server that only answers."""
 
     def __init__(self, tracing: Tracing | None = None) -> None:
         self.tracing = tracing or Tracing(False)
 
-    def _call(self, context: grpc.aio.ServicerContext, method: str) -> _Call:
-        return _Call(self.tracing, context, method)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        tracing = self.tracing
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
             async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with self._call(context, method):
+                async with _Call(tracing, context, method):
                     _refuse_nul(request)
                     return await inner(request, context)
 
@@ -88,7 +83,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             stream = handler.unary_stream
 
             async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with self._call(context, method):
+                async with _Call(tracing, context, method):
                     _refuse_nul(request)
                     async for item in stream(request, context):
                         yield item
@@ -96,7 +91,33 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 guarded_stream, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        return handler
+        return handler  # streaming requests (reflection): no request to check, nothing of ours
+
+
+class GuardedServer:
+    """The server as the generated ``add_*_to_server`` functions see it: every
+    handler they register is guarded, on both of grpc's lookup paths."""
+
+    def __init__(self, server: grpc.aio.Server, guard: Guard) -> None:
+        self._server, self._guard = server, guard
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_GuardedGeneric(h, self._guard) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._server.add_registered_method_handlers(
+            service, {name: self._guard.wrap(f"/{service}/{name}", h) for name, h in handlers.items()})
+
+
+class _GuardedGeneric(grpc.GenericRpcHandler):
+    """The fallback lookup (methods not registered by name): guarded per call."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, guard: Guard) -> None:
+        self._inner, self._guard = inner, guard
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        return None if handler is None else self._guard.wrap(handler_call_details.method, handler)
 
 
 class _Call:

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from teller.app import App
 from teller.config import Settings
 from teller.observe import Tracing
-from teller.rpc.interceptors import ErrorInterceptor
+from teller.rpc.interceptors import Guard, GuardedServer
 from teller.rpc.services import AdminServicer, PaymentServicer
 from teller_client._proto.teller.v1 import admin_pb2, admin_pb2_grpc, payment_pb2, payment_pb2_grpc
 
@@ -46,20 +46,25 @@ class Server:
         settings = app.settings
         self.pool = ThreadPoolExecutor(max_workers=max(4, settings.db_pool_size), thread_name_prefix="teller-db")
         options = [("grpc.max_receive_message_length", 4 * 1024 * 1024)]
-        interceptors = [ErrorInterceptor(Tracing(settings.tracing))]
-        self.grpc = grpc.aio.server(interceptors=interceptors, options=options)
+        # Every service is registered through the guard (request ids, metrics,
+        # spans, error mapping), wrapped once rather than intercepted per call.
+        guard = Guard(Tracing(settings.tracing))
+        self.grpc = grpc.aio.server(options=options)
         self.payments = PaymentServicer(app, self.pool)
-        payment_pb2_grpc.add_PaymentServiceServicer_to_server(self.payments, self.grpc)
+        payment_pb2_grpc.add_PaymentServiceServicer_to_server(self.payments, GuardedServer(self.grpc, guard))
         self.admin_grpc = self.grpc
         if settings.admin_listen:
-            self.admin_grpc = grpc.aio.server(interceptors=interceptors, options=options)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(app, self.pool), self.admin_grpc)
+            self.admin_grpc = grpc.aio.server(options=options)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(app, self.pool),
+                                                          GuardedServer(self.admin_grpc, guard))
         self.health = health.aio.HealthServicer()
         self._servers = [self.grpc] if self.admin_grpc is self.grpc else [self.grpc, self.admin_grpc]
         names = SERVICE_NAMES if self.admin_grpc is self.grpc else SERVICE_NAMES[:1]
         for server in self._servers:
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, GuardedServer(server, guard))
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((*names, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+            GuardedServer(self.grpc, guard))
         creds = credentials(settings)
         self.port = self._bind(self.grpc, listen, creds)
         self.admin_port = self.port if self.admin_grpc is self.grpc else self._bind(self.admin_grpc,
