@@ -325,3 +325,100 @@ def test_a_tenant_locked_elsewhere_does_not_stall_the_batch(pg_teller):
     (again,) = asyncio.run(commit([_call(teller, a, chall)]))
     assert isinstance(again, SignResult)
     _chain_ok(teller, a.tenant_id)
+
+
+@pytest.mark.postgres
+def test_statement_literals_round_trip_through_postgresql(pg_url):
+    """A batch's arguments travel as literals in its query string (escaped by
+    libpq): any text in an id list or a JSON document comes back unchanged."""
+    import json
+
+    import psycopg
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from teller.batch_io import _Statements, _text_array, conninfo
+
+    text = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))
+
+    async def run(cases):
+        conn = await psycopg.AsyncConnection.connect(conninfo(pg_url), autocommit=True)
+        try:
+            await conn.execute(b"PREPARE t_echo (text[], json) AS SELECT $1, $2::text", prepare=False)
+            for values, doc in cases:
+                statements = _Statements(conn)
+                statements.add("t_echo", _text_array(values), json.dumps(doc))
+                statements.add("t_echo", _text_array(values[::-1]), json.dumps(doc))
+                cur = await statements.send()
+                first = await cur.fetchone()
+                cur.nextset()
+                second = await cur.fetchone()
+                assert first[0] == values and json.loads(first[1]) == doc
+                assert second[0] == values[::-1]
+        finally:
+            await conn.close()
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(text), st.dictionaries(text, text))
+    def round_trip(values, doc):
+        asyncio.run(run([(values, doc)]))
+
+    round_trip()
+
+
+@pytest.mark.postgres
+def test_a_failed_or_cancelled_batch_leaves_no_transaction_open(pg_teller):
+    """A batch that fails after its locks rolls back before its connection is
+    reused; one cancelled while it waits is closed rather than reused. Either
+    way the tenant is free at once and the next batch signs."""
+    import psycopg
+
+    from teller.batch_io import AsyncPgBatchIO, Read, conninfo
+
+    teller = pg_teller
+    t = teller.setup_tenant()
+    chall = sdk_v2_challenge(amount="1000")
+    url = conninfo(teller.app.db.engine.url.render_as_string(hide_password=False))
+
+    def failing_plan():
+        yield Read([t.tenant_id], [t.wallet_id], [], [])
+        raise RuntimeError("the plan broke after its locks")
+
+    def tenant_is_free() -> bool:
+        with psycopg.connect(url) as other:
+            try:
+                other.execute("SELECT id FROM tenants WHERE id = %s FOR UPDATE NOWAIT", (t.tenant_id,))
+                return True
+            except psycopg.errors.LockNotAvailable:
+                return False
+
+    async def scenario():
+        aio = AsyncPgBatchIO(url)
+        loop = asyncio.get_running_loop()
+        try:
+            with pytest.raises(RuntimeError):
+                await aio.run(failing_plan())
+            assert len(aio._idle) == 1
+            assert aio._idle[0].info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert await loop.run_in_executor(None, tenant_is_free)
+
+            # Cancelled while waiting for a lock another transaction holds.
+            holder = await psycopg.AsyncConnection.connect(url)
+            await holder.execute("SELECT id FROM tenants WHERE id = %s FOR UPDATE", (t.tenant_id,))
+            task = asyncio.ensure_future(aio.run(teller.app.payments._plan([_call(teller, t, chall)])))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await holder.rollback()
+            await holder.close()
+            assert all(c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE for c in aio._idle)
+            assert await loop.run_in_executor(None, tenant_is_free)
+            return await teller.app.payments.commit_async([_call(teller, t, chall)], aio,
+                                                          lambda fn, c: loop.run_in_executor(None, fn, c))
+        finally:
+            await aio.close()
+
+    (signed,) = asyncio.run(scenario())
+    assert isinstance(signed, SignResult)
+    _chain_ok(teller, t.tenant_id)

@@ -219,14 +219,14 @@ class SqlBatchIO:
         audit.write(s, request.events, dict(request.heads))
 
 
-# -- PostgreSQL, through psycopg's pipeline ----------------------------------
+# -- PostgreSQL, through async psycopg ---------------------------------------
 
 _PG_LOCK = ("SELECT t.id, t.state, t.frozen, h.seq, h.hash FROM tenants t JOIN audit_heads h ON h.chain = t.id "
             "WHERE t.id = ANY(%s::text[]) ORDER BY t.id FOR UPDATE OF t, h")
 _PG_WALLETS = (
     "SELECT w.id, w.tenant_id, w.address, w.state, w.frozen, w.kek_version, w.wrapped_data_key, w.key_ciphertext, "
-    "(SELECT document FROM spend_policies WHERE tenant_id = w.tenant_id AND wallet_id = ''), "
-    "(SELECT document FROM spend_policies WHERE tenant_id = w.tenant_id AND wallet_id = w.id) "
+    "(SELECT document FROM spend_policies WHERE tenant_id = w.tenant_id AND wallet_id = '') AS tenant_doc, "
+    "(SELECT document FROM spend_policies WHERE tenant_id = w.tenant_id AND wallet_id = w.id) AS wallet_doc "
     "FROM wallets w WHERE w.id = ANY(%s::text[])")
 _PG_TOKENS = "SELECT id, tenant_id, secret_hash, revoked_ms FROM api_tokens WHERE id = ANY(%s::text[])"
 _PAYMENT_COLUMNS = tuple(c.key for c in Payment.__table__.columns)
@@ -270,10 +270,67 @@ _PG_NONCE = (f"SELECT {', '.join(_PAYMENT_COLUMNS)} FROM payments "  # noqa: S60
              "WHERE wallet_id = %s AND nonce = %s")
 
 
+def _numbered(sql: str) -> str:
+    """``%s`` placeholders as ``$1, $2, ...`` (for PREPARE)."""
+    parts = sql.split("%s")
+    assert "%" not in "".join(parts), "only %s placeholders"
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))
+
+
+#: The batch statements, prepared on each connection when it opens: name ->
+#: (parameter types, statement).
+_PREPARED = {
+    "teller_lock": ("text[]", _PG_LOCK),
+    "teller_wallets": ("text[]", _PG_WALLETS),
+    "teller_tokens": ("text[]", _PG_TOKENS),
+    "teller_claims": ("text[], text[]", _PG_CLAIMS),
+    "teller_windows": ("json", spend.WINDOWS_PG_SQL),
+    "teller_write": ("json, json, json, json", _PG_WRITE),
+    "teller_release": ("text", _PG_RELEASE),
+    "teller_nonce": ("text, text", _PG_NONCE),
+}
+_PREPARE_ALL = ";".join(f"PREPARE {name} ({types}) AS {_numbered(sql)}"
+                        for name, (types, sql) in _PREPARED.items()).encode()
+
+
+class _Statements:
+    """One round trip's statements, as one query string: ``EXECUTE`` of the
+    prepared statements with their arguments as literals (escaped by libpq).
+
+    Sent with the simple query protocol, a round trip is one send and one wait
+    however many statements it holds, and the server still runs plans it has
+    prepared. (psycopg's pipeline sent the same statements as separate protocol
+    messages with a wait on the event loop for each step: about 20 per batch,
+    the largest part of a batch's cost in the worker.) Each statement still sees
+    its own snapshot (READ COMMITTED), so the reads after the lock see every
+    transaction that committed before it was granted."""
+
+    __slots__ = ("_conn", "_parts")
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+        self._parts: list[bytes] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._parts)
+
+    def add(self, name: str, *args: str) -> None:
+        escape = psycopg.pq.Escaping(self._conn.pgconn).escape_literal
+        self._parts.append(b"EXECUTE " + name.encode() + b"(" + b",".join(escape(a.encode()) for a in args) + b")"
+                           if args else name.encode())
+
+    async def send(self) -> psycopg.AsyncCursor[Any]:
+        """Run them; the cursor stands on the first statement's result."""
+        cur = self._conn.cursor(row_factory=namedtuple_row)
+        await cur.execute(b";".join(self._parts), prepare=False)
+        return cur
+
+
 class AsyncPgBatchIO:
     """Sign batches on PostgreSQL from the event loop: a few async psycopg
-    connections (one per batch in flight), each batch one transaction in one
-    pipeline. A connection that fails is dropped; the next batch opens another."""
+    connections (one per batch in flight), each batch one transaction in two
+    round trips (``_Statements``). A connection that fails is dropped; the next
+    batch opens another."""
 
     def __init__(self, conninfo: str, connect_timeout_s: float = 5.0, lock_timeout_ms: int = 5000) -> None:
         self._conninfo = conninfo
@@ -283,87 +340,158 @@ class AsyncPgBatchIO:
         self._lock_timeout_ms = lock_timeout_ms
         self._idle: list[psycopg.AsyncConnection[Any]] = []
 
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, connect_timeout=max(1, int(self._timeout)),
+            options=f"-c lock_timeout={self._lock_timeout_ms}")
+        try:
+            await conn.execute(_PREPARE_ALL, prepare=False)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
     async def run(self, plan: Generator[Request, Any, T]) -> T:
         try:
-            conn = self._idle.pop() if self._idle else await psycopg.AsyncConnection.connect(
-                self._conninfo, autocommit=True, connect_timeout=max(1, int(self._timeout)),
-                options=f"-c lock_timeout={self._lock_timeout_ms}")
+            conn = self._idle.pop() if self._idle else await self._connect()
         except psycopg.OperationalError as exc:
             raise Unavailable("database unavailable") from exc
+        batch = _PgBatch(conn)
         try:
-            async with conn.pipeline(), conn.transaction():
-                result = await drive_async(plan, lambda request: self._answer(conn, request))
+            result = await drive_async(plan, batch.answer)
+            if batch.begun and not batch.committed:
+                await conn.execute(b"COMMIT", prepare=False)
         except _CONTENDED as exc:
+            await self._abandon(conn)
             raise Contended("the tenant is busy with another operation; retry") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             await conn.close()
             raise Unavailable("database unavailable") from exc
+        except BaseException:
+            await self._abandon(conn)
+            raise
         finally:
+            # Reused only outside any transaction: one left open (a cancelled
+            # batch, a failed ROLLBACK) would swallow the next batch's BEGIN.
             if not conn.closed and not conn.broken:
-                self._idle.append(conn)
+                if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                    self._idle.append(conn)
+                else:
+                    await conn.close()
         return result
 
-    async def _answer(self, conn: psycopg.AsyncConnection[Any], request: Request) -> Any:
-        if isinstance(request, Read):
-            return await self._read(conn, request)
-        if isinstance(request, Measure):
-            return await (await self._measure_start(conn, request))()
-        if isinstance(request, Write):
-            await self._write(conn, request)
-            return None
-        if isinstance(request, ReleaseKey):
-            await conn.execute(_PG_RELEASE, (request.payment_id,))
-            return None
-        if isinstance(request, FindNonce):
-            cur = conn.cursor(row_factory=namedtuple_row)
-            await cur.execute(_PG_NONCE, (request.wallet_id, request.nonce))
-            return await cur.fetchone()
-        raise NeedsSession(type(request).__name__)
-
     @staticmethod
-    async def _measure_start(conn: psycopg.AsyncConnection[Any], request: Measure) -> Any:
-        names, rows = spend.window_rows(request.scopes, request.now_ms)
-        windows = json.dumps([dict(zip(spend.WINDOW_FIELDS, row, strict=True)) for row in rows])
-        cur = await conn.execute(spend.WINDOWS_PG_SQL, [windows]) if rows else None
-
-        async def result() -> dict[tuple[str, str], dict[str, spend.WindowUse]]:
-            return spend.windows_from(names, request.scopes, await cur.fetchall() if cur is not None else ())
-        return result
-
-    async def _read(self, conn: psycopg.AsyncConnection[Any], request: Read) -> Snapshot:
-        tenant_ids = _text_array(request.tenant_ids)
-        lock: Any = conn.cursor(row_factory=namedtuple_row)
-        await lock.execute(_PG_LOCK, (tenant_ids,))
-        wallets = conn.cursor()
-        await wallets.execute(_PG_WALLETS, (_text_array(request.wallet_ids),))
-        tokens: Any = conn.cursor(row_factory=namedtuple_row)
-        if request.token_ids:
-            await tokens.execute(_PG_TOKENS, (_text_array(request.token_ids),))
-        claims: Any = conn.cursor(row_factory=namedtuple_row)
-        if request.keys:
-            await claims.execute(_PG_CLAIMS, (tenant_ids, _text_array(request.keys)))
-        # Queued after the lock: it runs once the locks are granted, in the same round trip.
-        windows = await self._measure_start(conn, request.measure) if request.measure is not None else None
-        tenants: dict[str, Any] = {}
-        heads: dict[str, tuple[int, str]] = {}
-        for r in await lock.fetchall():
-            tenants[r.id] = r
-            heads[r.id] = (int(r.seq), str(r.hash))
-        return Snapshot(
-            tenants, heads, {r[0]: WalletRow(*r) for r in await wallets.fetchall()},
-            {r.id: r for r in await tokens.fetchall()} if request.token_ids else {},
-            {(p.tenant_id, p.idempotency_key): p for p in await claims.fetchall()} if request.keys else {},
-            await windows() if windows is not None else None)
-
-    @staticmethod
-    async def _write(conn: psycopg.AsyncConnection[Any], request: Write) -> None:
-        heads = [{"chain": c, "seq": seq, "hash": h} for c, (seq, h) in request.heads.items()]
-        await conn.execute(_PG_WRITE, [json.dumps(list(request.payments)), json.dumps(list(request.buckets)),
-                                       json.dumps(list(request.events)), json.dumps(heads)])
+    async def _abandon(conn: psycopg.AsyncConnection[Any]) -> None:
+        """Roll back whatever the failed batch left open (or drop the connection)."""
+        if conn.closed or conn.broken:
+            return
+        try:
+            await conn.execute(b"ROLLBACK", prepare=False)
+        except BaseException:
+            await conn.close()
+            raise
 
     async def close(self) -> None:
         while self._idle:
             await self._idle.pop().close()
+
+
+class _PgBatch:
+    """One batch's transaction on one connection: BEGIN travels with the reads,
+    COMMIT with the write."""
+
+    __slots__ = ("begun", "committed", "conn")
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self.begun = False  # BEGIN was sent
+        self.committed = False
+
+    def _statements(self) -> _Statements:
+        assert not self.committed, "a request after the batch's write"
+        return _Statements(self.conn)
+
+    async def _run(self, st: _Statements) -> psycopg.AsyncCursor[Any]:
+        """Send ``st`` (after BEGIN, the first time); the cursor stands on its first result."""
+        begin = not self.begun
+        if begin:
+            st._parts.insert(0, b"BEGIN")
+            self.begun = True
+        cur = await st.send()
+        if begin:
+            cur.nextset()
+        return cur
+
+    async def answer(self, request: Request) -> Any:
+        if isinstance(request, Read):
+            return await self._read(request)
+        if isinstance(request, Measure):
+            st = self._statements()
+            names = _add_windows(st, request)
+            rows = await (await self._run(st)).fetchall() if st else ()
+            return spend.windows_from(names, request.scopes, rows)
+        if isinstance(request, Write):
+            st = self._statements()
+            heads = [{"chain": c, "seq": seq, "hash": h} for c, (seq, h) in request.heads.items()]
+            st.add("teller_write", json.dumps(list(request.payments)), json.dumps(list(request.buckets)),
+                   json.dumps(list(request.events)), json.dumps(heads))
+            st.add("COMMIT")
+            await self._run(st)
+            self.committed = True
+            return None
+        if isinstance(request, ReleaseKey):
+            st = self._statements()
+            st.add("teller_release", request.payment_id)
+            await self._run(st)
+            return None
+        if isinstance(request, FindNonce):
+            st = self._statements()
+            st.add("teller_nonce", request.wallet_id, request.nonce)
+            return await (await self._run(st)).fetchone()
+        raise NeedsSession(type(request).__name__)
+
+    async def _read(self, request: Read) -> Snapshot:
+        st = self._statements()
+        tenant_ids = _text_array(request.tenant_ids)
+        st.add("teller_lock", tenant_ids)
+        st.add("teller_wallets", _text_array(request.wallet_ids))
+        if request.token_ids:
+            st.add("teller_tokens", _text_array(request.token_ids))
+        if request.keys:
+            st.add("teller_claims", tenant_ids, _text_array(request.keys))
+        # After the lock: the windows are measured once the locks are granted, in the same round trip.
+        names = _add_windows(st, request.measure) if request.measure is not None else None
+        cur = await self._run(st)
+        tenants: dict[str, Any] = {}
+        heads: dict[str, tuple[int, str]] = {}
+        for r in await cur.fetchall():
+            tenants[r.id] = r
+            heads[r.id] = (int(r.seq), str(r.hash))
+        cur.nextset()
+        wallets = {r[0]: WalletRow(*r) for r in await cur.fetchall()}
+        tokens: dict[str, Any] = {}
+        if request.token_ids:
+            cur.nextset()
+            tokens = {r.id: r for r in await cur.fetchall()}
+        claims: dict[tuple[str, str], Any] = {}
+        if request.keys:
+            cur.nextset()
+            claims = {(p.tenant_id, p.idempotency_key): p for p in await cur.fetchall()}
+        windows = None
+        if request.measure is not None and names is not None:
+            rows: list[Any] = []
+            if names:  # its statement was sent
+                cur.nextset()
+                rows = await cur.fetchall()
+            windows = spend.windows_from(names, request.measure.scopes, rows)
+        return Snapshot(tenants, heads, wallets, tokens, claims, windows)
+
+
+def _add_windows(st: _Statements, request: Measure) -> list[tuple[tuple[str, str], str]]:
+    names, rows = spend.window_rows(request.scopes, request.now_ms)
+    if rows:
+        st.add("teller_windows", json.dumps([dict(zip(spend.WINDOW_FIELDS, row, strict=True)) for row in rows]))
+    return names
 
 
 def conninfo(url: str) -> str:

@@ -79,7 +79,7 @@ def start_cluster(db_url: str, n: int, tmp: Path, *, metrics: bool = False, **en
     for i in range(n):
         port = free_port()
         log = tmp / f"worker{i}.log"
-        metrics_at = f"127.0.0.1:{free_port()}" if metrics else ""
+        metrics_at = f"127.0.0.1:{free_port()}" if metrics else env.get("TELLER_METRICS_LISTEN", "")
         proc = subprocess.Popen([sys.executable, "-m", "teller.cli", "serve", "--listen", f"127.0.0.1:{port}"],
                                 env={**env, "TELLER_METRICS_LISTEN": metrics_at}, stdout=log.open("wb"),
                                 stderr=subprocess.STDOUT)
