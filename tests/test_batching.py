@@ -422,3 +422,41 @@ def test_a_failed_or_cancelled_batch_leaves_no_transaction_open(pg_teller):
     (signed,) = asyncio.run(scenario())
     assert isinstance(signed, SignResult)
     _chain_ok(teller, t.tenant_id)
+
+
+def test_batch_rows_as_json_keep_integers_of_any_size():
+    """orjson stops at 64-bit integers. Amounts are capped at int64 before they
+    reach a batch, but a row with a larger integer must still be encoded exactly."""
+    import json
+
+    from teller.batch_io import _json
+
+    rows = [{"amount": 10**30, "id": "p1", "note": "naïve \u2603", "n": None}, {"amount": 5, "id": "p2"}]
+    assert json.loads(_json(rows)) == rows
+    assert json.loads(_json(rows[1:])) == rows[1:]
+
+
+@pytest.mark.postgres
+def test_the_largest_amount_is_signed_and_recorded_exactly(pg_teller):
+    """The largest amount Teller accounts (2**63 - 1 atomic units) through the
+    server's own batch path, in one batch with another tenant's small one."""
+    from teller.batch_io import AsyncPgBatchIO, conninfo
+
+    teller = pg_teller
+    big, small = teller.setup_tenant(), teller.setup_tenant()
+    url = conninfo(teller.app.db.engine.url.render_as_string(hide_password=False))
+
+    async def commit(calls):
+        aio = AsyncPgBatchIO(url)
+        loop = asyncio.get_running_loop()
+        try:
+            return await teller.app.payments.commit_async(calls, aio, lambda fn, c: loop.run_in_executor(None, fn, c))
+        finally:
+            await aio.close()
+
+    outcomes = asyncio.run(commit([_call(teller, big, sdk_v2_challenge(amount=str(2**63 - 1))),
+                                   _call(teller, small, sdk_v2_challenge(amount="7"))]))
+    assert [o.amount for o in outcomes] == [2**63 - 1, 7]
+    assert [int(p.amount) for p in _rows(teller, Payment, tenant_id=big.tenant_id)] == [2**63 - 1]
+    assert [int(p.amount) for p in _rows(teller, Payment, tenant_id=small.tenant_id)] == [7]
+    _chain_ok(teller, big.tenant_id)

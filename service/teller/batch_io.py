@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, cast
 
+import orjson
 import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import bindparam, insert, select, text
@@ -433,8 +434,8 @@ class _PgBatch:
         if isinstance(request, Write):
             st = self._statements()
             heads = [{"chain": c, "seq": seq, "hash": h} for c, (seq, h) in request.heads.items()]
-            st.add("teller_write", json.dumps(list(request.payments)), json.dumps(list(request.buckets)),
-                   json.dumps(list(request.events)), json.dumps(heads))
+            st.add("teller_write", _json(request.payments), _json(request.buckets), _json(request.events),
+                   _json(heads))
             st.add("COMMIT")
             await self._run(st)
             self.committed = True
@@ -485,6 +486,16 @@ class _PgBatch:
                 rows = await cur.fetchall()
             windows = spend.windows_from(names, request.measure.scopes, rows)
         return Snapshot(tenants, heads, wallets, tokens, claims, windows)
+
+
+def _json(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A batch's rows as one JSON array for PostgreSQL to read (any valid JSON
+    will do: nothing is hashed or compared). orjson is ~5x quicker; its integers
+    stop at 64 bits, and an amount of a token with 18 decimals may not."""
+    try:
+        return orjson.dumps(rows).decode()
+    except TypeError:
+        return json.dumps(list(rows))
 
 
 def _add_windows(st: _Statements, request: Measure) -> list[tuple[tuple[str, str], str]]:
