@@ -5,10 +5,10 @@
 ``FindNonce``) and a driver answers them. ``SqlBatchIO`` answers through a
 SQLAlchemy session on any database (the embedded SQLite default).
 ``AsyncPgBatchIO`` answers on PostgreSQL through an async psycopg connection
-on the server's event loop, in one pipeline: BEGIN and the reads that do not
-depend on one another travel together, the window query alone (it needs the
-policies just read), and every write with COMMIT, so a batch costs three round
-trips whatever its size, and no thread.
+on the server's event loop, with statements prepared once per connection: BEGIN,
+the lock, the reads and the window query travel as one query string, the writes
+and COMMIT as another, so a batch costs two round trips whatever its size, and
+no thread.
 """
 
 from __future__ import annotations
