@@ -68,30 +68,39 @@ class Guard:
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         tracing = self.tracing
+        deserialize = handler.request_deserializer
+        if deserialize is None or (handler.unary_unary is None and handler.unary_stream is None):
+            return handler  # streaming requests (reflection): no request to check, nothing of ours
+
+        def read(raw: bytes) -> tuple[Any, bool]:
+            # A NUL in any string field is a 0 byte in the wire form; without one
+            # there is nothing to look for, and most requests have none.
+            return deserialize(raw), b"\x00" in raw
+
         if handler.unary_unary is not None:
             inner = handler.unary_unary
 
-            async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def guarded(request: tuple[Any, bool], context: grpc.aio.ServicerContext) -> Any:
                 async with _Call(tracing, context, method):
-                    _refuse_nul(request)
-                    return await inner(request, context)
+                    message, maybe_nul = request
+                    if maybe_nul:
+                        _refuse_nul(message)
+                    return await inner(message, context)
 
             return grpc.unary_unary_rpc_method_handler(
-                guarded, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            stream = handler.unary_stream
+                guarded, request_deserializer=read, response_serializer=handler.response_serializer)
+        stream = handler.unary_stream
 
-            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with _Call(tracing, context, method):
-                    _refuse_nul(request)
-                    async for item in stream(request, context):
-                        yield item
+        async def guarded_stream(request: tuple[Any, bool], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with _Call(tracing, context, method):
+                message, maybe_nul = request
+                if maybe_nul:
+                    _refuse_nul(message)
+                async for item in stream(message, context):
+                    yield item
 
-            return grpc.unary_stream_rpc_method_handler(
-                guarded_stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return handler  # streaming requests (reflection): no request to check, nothing of ours
+        return grpc.unary_stream_rpc_method_handler(
+            guarded_stream, request_deserializer=read, response_serializer=handler.response_serializer)
 
 
 class GuardedServer:
