@@ -207,6 +207,47 @@ def test_the_batcher_groups_concurrent_calls_and_delivers_each_outcome():
     assert seen == [1, 8, 4]  # the queue went in batches of at most max_batch
 
 
+@pytest.mark.parametrize("linger", [True, False])
+def test_with_a_backlog_calls_ready_to_run_join_the_next_batch(linger):
+    """When a batch commits with calls waiting, the next one waits one turn of
+    the event loop, so calls whose requests are already in join it instead of
+    starting a batch of their own; without a backlog a call starts at once."""
+    seen: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def commit(calls):
+        seen.append(list(calls))
+        if len(seen) == 1:
+            await gate.wait()
+        return list(calls)
+
+    async def main():
+        batcher = SignBatcher(commit, max_batch=64, in_flight=1, linger=linger)
+        tasks = [asyncio.create_task(batcher.submit("first"))]  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        tasks += [asyncio.create_task(batcher.submit(x)) for x in ("q1", "q2")]  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+
+        def release():
+            gate.set()
+            # Requests read while the batch was committing: their handlers' tasks
+            # exist and are ready to run (as grpc starts them), after the batch's.
+            tasks.extend(asyncio.ensure_future(batcher.submit(x)) for x in ("r1", "r2"))  # type: ignore
+
+        loop.call_soon(release)
+        await asyncio.sleep(0.05)
+        await asyncio.gather(*tasks)
+        alone = await batcher.submit("alone")  # type: ignore[arg-type]
+        return alone
+
+    assert asyncio.run(main()) == "alone"
+    if linger:
+        assert seen == [["first"], ["q1", "q2", "r1", "r2"], ["alone"]]
+    else:
+        assert seen == [["first"], ["q1", "q2"], ["r1", "r2"], ["alone"]]
+
+
 def test_a_commit_that_raises_fails_every_call_of_its_batch():
     async def commit(calls):
         raise ConnectionError("database gone")
