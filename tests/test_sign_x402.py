@@ -216,3 +216,16 @@ def test_a_repeated_challenge_is_parsed_once_and_signing_leaves_it_unchanged(tel
 
     assert x402_challenge.parse(headers, chall.body, 256 * 1024) is first
     assert first == x402_challenge._parse_header(encoded)  # uncached: what the text says
+
+
+def test_the_proof_echoes_the_servers_json_exactly_even_with_large_numbers(teller):
+    """``accepted`` is the server's own JSON, echoed field for field: an extra
+    field holding an integer past 64 bits, or non-ASCII text, comes back as sent."""
+    t = teller.setup_tenant()
+    chall = sdk_v2_challenge(amount="1500", extra={"name": "USDC", "version": "2", "big": 2**70, "note": "naïve ☃"})
+    offered = json.loads(base64.b64decode(dict(chall.headers)["payment-required"]))["accepts"][0]
+    signed = teller.client(t.token).sign(status=402, headers=chall.headers, body=chall.body, url=chall.url,
+                                         wallet_id=t.wallet_id)
+    payload = json.loads(base64.b64decode(signed.header_value))
+    assert payload["accepted"] == offered
+    assert payload["accepted"]["extra"]["big"] == 2**70 and payload["accepted"]["extra"]["note"] == "naïve ☃"
