@@ -306,19 +306,24 @@ class _Statements:
     its own snapshot (READ COMMITTED), so the reads after the lock see every
     transaction that committed before it was granted."""
 
-    __slots__ = ("_conn", "_parts")
+    __slots__ = ("_conn", "_escape", "_parts")
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
+        self._escape = psycopg.pq.Escaping(conn.pgconn).escape_literal
         self._parts: list[bytes] = []
 
     def __bool__(self) -> bool:
         return bool(self._parts)
 
     def add(self, name: str, *args: str) -> None:
-        escape = psycopg.pq.Escaping(self._conn.pgconn).escape_literal
+        escape = self._escape
         self._parts.append(b"EXECUTE " + name.encode() + b"(" + b",".join(escape(a.encode()) for a in args) + b")"
                            if args else name.encode())
+
+    def begin(self) -> None:
+        """Open the transaction first."""
+        self._parts.insert(0, b"BEGIN")
 
     async def send(self) -> psycopg.AsyncCursor[Any]:
         """Run them; the cursor stands on the first statement's result."""
@@ -416,7 +421,7 @@ class _PgBatch:
         """Send ``st`` (after BEGIN, the first time); the cursor stands on its first result."""
         begin = not self.begun
         if begin:
-            st._parts.insert(0, b"BEGIN")
+            st.begin()
             self.begun = True
         cur = await st.send()
         if begin:
