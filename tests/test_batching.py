@@ -501,3 +501,22 @@ def test_the_largest_amount_is_signed_and_recorded_exactly(pg_teller):
     assert [int(p.amount) for p in _rows(teller, Payment, tenant_id=big.tenant_id)] == [2**63 - 1]
     assert [int(p.amount) for p in _rows(teller, Payment, tenant_id=small.tenant_id)] == [7]
     _chain_ok(teller, big.tenant_id)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("driver", ["session", "async"])
+def test_a_minutes_spend_past_64_bits_is_refused_by_name(pg_teller, driver):
+    """A minute's spend bucket holds a 64-bit sum: a payment that would take it
+    past that is FAILED_PRECONDITION (amount_out_of_range), not INTERNAL, and the
+    payment before it stays signed and counted exactly."""
+    from teller.errors import FailedPrecondition
+
+    teller = pg_teller
+    t = teller.setup_tenant()
+    first, second = _commit(teller, [_call(teller, t, sdk_v2_challenge(amount=str(2**63 - 1))),
+                                     _call(teller, t, sdk_v2_challenge(amount="7"))], driver)
+    assert isinstance(first, SignResult) and first.amount == 2**63 - 1
+    assert isinstance(second, FailedPrecondition) and second.reason == "amount_out_of_range"
+    assert [int(p.amount) for p in _rows(teller, Payment, tenant_id=t.tenant_id)] == [2**63 - 1]
+    assert [int(b.reserved) + int(b.spent) for b in _rows(teller, SpendBucket, scope_id=t.tenant_id)] == [2**63 - 1]
+    _chain_ok(teller, t.tenant_id)

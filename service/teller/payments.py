@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import psycopg
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -584,8 +585,20 @@ def _failed(calls: Sequence[Call], exc: Exception) -> list[Outcome] | None:
     if isinstance(exc, Unavailable) and not isinstance(exc, batch_io.Contended):
         return [exc] * len(calls)
     if len(calls) == 1:
-        return [exc]
+        return [_out_of_range(exc) or exc]
     log.warning("a batch of %d Sign calls failed (%s); retrying them one by one", len(calls), exc)
+    return None
+
+
+def _out_of_range(exc: BaseException) -> TellerError | None:
+    """A sum the database cannot hold (a minute's spend bucket is a 64-bit
+    integer): the call is refused by name rather than failed as INTERNAL.
+    Nothing of it was written."""
+    cause = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's error
+    if isinstance(cause, psycopg.errors.NumericValueOutOfRange):
+        return FailedPrecondition(
+            f"this payment would take a minute's spend of its tenant or wallet past {2**63 - 1} units, "
+            "the most Teller accounts", reason="amount_out_of_range")
     return None
 
 
