@@ -75,6 +75,14 @@ def setup_tenants(target: str, admin_token: str, count: int) -> list[tuple[str, 
 
 
 def drive(cluster: Cluster, callers: int, jobs: list[dict], seconds: float, warmup: float, driver: str) -> dict:
+    from cpu import CpuSplit
+
+    cpu = CpuSplit(w.proc.pid for w in cluster.workers)
+    result = _drive(cluster, callers, jobs, seconds, warmup, driver)
+    return {**result, "cpu_cores": cpu.stop()}
+
+
+def _drive(cluster: Cluster, callers: int, jobs: list[dict], seconds: float, warmup: float, driver: str) -> dict:
     targets = [w.target for w in cluster.workers]
     if driver == "h2load":
         import h2load
@@ -189,7 +197,8 @@ def main() -> int:
                                 rows.append(r)
                                 print(f"{workers}w {protocol:4} {shape:12} {callers:3} callers: "
                                       f"{r['throughput']:7.0f}/s p50 {r['p50_ms']:6.1f} p95 {r['p95_ms']:6.1f} "
-                                      f"p99 {r['p99_ms']:6.1f} ms errors {r['errors']}", flush=True)
+                                      f"p99 {r['p99_ms']:6.1f} ms errors {r['errors']} cpu {r['cpu_cores']}",
+                                      flush=True)
                     if workers == workers_list[-1] and not args.quick:
                         # Last: its bulk inserts leave the server busy writing for a while.
                         history_rows.extend(history_cost(url, cluster, x402, seconds, warmup, args.driver))
@@ -305,12 +314,17 @@ def markdown(doc: dict) -> str:
              f"Load generator: {doc.get('driver', 'grpc-python')}, on the same machine.", "",
              "In-process signing limit (official SDKs + eth-account, one process): " + ", ".join(
                  f"{k} {v:.0f}/s" for k, v in doc["in_process_per_s"].items()), "",
-             "| workers | protocol | tenants | callers | Sign/s | p50 ms | p95 ms | p99 ms | vs in-process | errors |",
-             "|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "CPU is in cores (2.0 = both busy) for the whole phase, warm-up included: Teller's workers / "
+             "PostgreSQL / the load generator.", "",
+             "| workers | protocol | tenants | callers | Sign/s | p50 ms | p95 ms | p99 ms | vs in-process | errors "
+             "| CPU: Teller / PG / load |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in doc["rows"]:
+        c = r.get("cpu_cores") or {}
+        split = f"{c['teller']:.2f} / {c['postgres']:.2f} / {c['load_generator']:.2f}" if c else "-"
         lines.append(f"| {r['workers']} | {r['protocol']} | {r['shape']} | {r['callers']} | {r['throughput']:.0f} | "
                      f"{r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['ratio']:.0%} | "
-                     f"{sum(r['errors'].values())} |")
+                     f"{sum(r['errors'].values())} | {split} |")
     if doc.get("history"):
         lines += ["", "Cost of payment history inside the budget windows (2 workers, x402, one tenant, 8 callers):", "",
                   "| payments already in the window | Sign/s | p50 ms | p99 ms |", "|---:|---:|---:|---:|"]

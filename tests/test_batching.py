@@ -441,6 +441,8 @@ def test_a_failed_or_cancelled_batch_leaves_no_transaction_open(pg_teller):
                 await aio.run(failing_plan())
             assert len(aio._idle) == 1
             assert aio._idle[0].info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            # Batch connections run the prepared statements' generic plans (see AsyncPgBatchIO._connect).
+            assert (await (await aio._idle[0].execute("SHOW plan_cache_mode")).fetchone())[0] == "force_generic_plan"
             assert await loop.run_in_executor(None, tenant_is_free)
 
             # Cancelled while waiting for a lock another transaction holds.
