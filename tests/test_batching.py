@@ -472,11 +472,11 @@ def test_batch_rows_as_json_keep_integers_of_any_size():
     reach a batch, but a row with a larger integer must still be encoded exactly."""
     import json
 
-    from teller.batch_io import _json
+    from teller.jsontext import compact
 
     rows = [{"amount": 10**30, "id": "p1", "note": "naïve \u2603", "n": None}, {"amount": 5, "id": "p2"}]
-    assert json.loads(_json(rows)) == rows
-    assert json.loads(_json(rows[1:])) == rows[1:]
+    assert json.loads(compact(rows)) == rows
+    assert json.loads(compact(rows[1:])) == rows[1:]
 
 
 @pytest.mark.postgres

@@ -377,8 +377,6 @@ class Payments:
             self._budgets.clear()
         self._budgets.update(scopes)
 
-    # -- chain facts, before the lock --------------------------------------
-
     # -- the locked part ----------------------------------------------------
 
     @staticmethod

@@ -6,14 +6,12 @@ Pure: the caller supplies the clock, the nonce and the signature.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import orjson
-
 from teller import eip3009
 from teller.errors import FailedPrecondition, InvalidArgument, TellerError
+from teller.jsontext import compact
 from teller.x402.challenge import Offer, X402Challenge
 from teller.x402.networks import caip2, chain_id
 
@@ -95,14 +93,5 @@ def payment_header(
         if challenge.extensions:
             doc["extensions"] = dict(challenge.extensions)
         name = HEADER_V2
-    return name, base64.b64encode(_compact_json(doc)).decode("ascii")
+    return name, base64.b64encode(compact(doc)).decode("ascii")
 
-
-def _compact_json(doc: object) -> bytes:
-    """Compact UTF-8 JSON. orjson is ~4x quicker and every Sign builds one; the
-    server's own JSON (echoed in ``accepted``) may hold integers past 64 bits,
-    which only json can write."""
-    try:
-        return orjson.dumps(doc)
-    except TypeError:
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
