@@ -79,11 +79,10 @@ def start_cluster(db_url: str, n: int, tmp: Path, *, metrics: bool = False, **en
     for i in range(n):
         port = free_port()
         log = tmp / f"worker{i}.log"
-        metrics_at = f"127.0.0.1:{free_port()}" if metrics else env.get("TELLER_METRICS_LISTEN", "")
+        worker_env = {**env, "TELLER_METRICS_LISTEN": f"127.0.0.1:{free_port()}"} if metrics else env
         proc = subprocess.Popen([sys.executable, "-m", "teller.cli", "serve", "--listen", f"127.0.0.1:{port}"],
-                                env={**env, "TELLER_METRICS_LISTEN": metrics_at}, stdout=log.open("wb"),
-                                stderr=subprocess.STDOUT)
-        workers.append(Worker(f"127.0.0.1:{port}", proc, log, metrics_at))
+                                env=worker_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        workers.append(Worker(f"127.0.0.1:{port}", proc, log, worker_env.get("TELLER_METRICS_LISTEN", "")))
     cluster = Cluster(workers, admin_token)
     try:
         for w in workers:
