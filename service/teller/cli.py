@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ def _settings(ns: argparse.Namespace, **extra: Any) -> config.Settings:
 
 def cmd_serve(ns: argparse.Namespace) -> int:
     from teller.app import build
-    from teller.rpc.server import serve
+    from teller.rpc.server import run
 
     settings = config.finalize_for_serving(
         _settings(ns, listen=ns.listen, kek_file=ns.kek_file, dev_mode=True if ns.dev else None)
@@ -41,7 +40,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
                                             settings.data_dir)
     app = build(settings)
     try:
-        asyncio.run(serve(app, settings.listen))
+        run(app, settings.listen)
     finally:
         app.close()
     return 0

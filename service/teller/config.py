@@ -16,6 +16,8 @@ from typing import Any
 
 from teller.errors import ConfigError
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -96,6 +98,18 @@ class Settings:
     db_pool_size: int = 10
     """Connections per worker process."""
 
+    grpc_acceptors: int = 8
+    """gRPC servers per worker, all bound to ``listen`` (SO_REUSEPORT): the kernel
+    spreads client connections over them. A grpc.aio server accepts one call at a
+    time (one request outstanding in the gRPC core per turn of the event loop), so
+    with one server calls wait in the core while the worker is busy and reach the
+    Sign batcher a few at a time; several accept in parallel and batches fill up.
+    Calls multiplexed on one client connection all go to one of them."""
+
+    event_loop: str = "uvloop"
+    """``uvloop`` (libuv; the worker spends less of each call in the event loop) or
+    ``asyncio`` (the standard library's loop)."""
+
     sign_batch_max: int = 64
     """Sign calls that arrive while a batch is in the database go together in the
     next one (one transaction, one lock per tenant, one write): at most this many.
@@ -157,6 +171,8 @@ _ENV_FIELDS = {
     "TELLER_MAX_REDIRECTS": "max_redirects",
     "TELLER_RECONCILE_LOOKBACK_BLOCKS": "reconcile_lookback_blocks",
     "TELLER_DB_POOL_SIZE": "db_pool_size",
+    "TELLER_GRPC_ACCEPTORS": "grpc_acceptors",
+    "TELLER_EVENT_LOOP": "event_loop",
     "TELLER_SIGN_BATCH_MAX": "sign_batch_max",
     "TELLER_SIGN_BATCHES_IN_FLIGHT": "sign_batches_in_flight",
     "TELLER_KEY_CACHE_SECONDS": "key_cache_seconds",
@@ -260,9 +276,13 @@ def finalize_for_serving(settings: Settings) -> Settings:
             settings,
             admin_token=_dev_secret(settings.data_dir / "admin-token", "op_" + secrets.token_urlsafe(24)),
         )
-    for name in ("sign_batch_max", "sign_batches_in_flight", "db_pool_size"):
+    for name in ("sign_batch_max", "sign_batches_in_flight", "db_pool_size", "grpc_acceptors"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    if settings.grpc_acceptors > 64:
+        raise ConfigError(f"grpc_acceptors must be at most 64, got {settings.grpc_acceptors}")
+    if settings.event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {settings.event_loop!r}")
     if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
         raise ConfigError("TLS needs both tls_cert_file and tls_key_file")
     if settings.tls_client_ca_file is not None and settings.tls_cert_file is None:

@@ -37,6 +37,19 @@ def credentials(settings: Settings) -> grpc.ServerCredentials | None:
                                        require_client_auth=True)
 
 
+# SO_REUSEPORT (gRPC's default on Linux, asked for here in so many words): the
+# acceptors of one worker share its address.
+_OPTIONS = [("grpc.max_receive_message_length", 4 * 1024 * 1024), ("grpc.so_reuseport", 1)]
+
+
+def with_port(address: str, port: int) -> str:
+    """``address`` (host:port, [v6]:port) with its port replaced."""
+    host, sep, _ = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"listen address {address!r} has no port")
+    return f"{host}:{port}"
+
+
 class Server:
     """A running Teller gRPC server bound to ``port`` (and ``admin_port`` when
     AdminService has its own address)."""
@@ -45,30 +58,44 @@ class Server:
         self.app = app
         settings = app.settings
         self.pool = ThreadPoolExecutor(max_workers=max(4, settings.db_pool_size), thread_name_prefix="teller-db")
-        options = [("grpc.max_receive_message_length", 4 * 1024 * 1024)]
         # Every service is registered through the guard (request ids, metrics,
         # spans, error mapping), wrapped once rather than intercepted per call.
         guard = Guard(Tracing(settings.tracing))
-        self.grpc = grpc.aio.server(options=options)
         self.payments = PaymentServicer(app, self.pool)
-        payment_pb2_grpc.add_PaymentServiceServicer_to_server(self.payments, GuardedServer(self.grpc, guard))
-        self.admin_grpc = self.grpc
-        if settings.admin_listen:
-            self.admin_grpc = grpc.aio.server(options=options)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(app, self.pool),
-                                                          GuardedServer(self.admin_grpc, guard))
+        admin = AdminServicer(app, self.pool)
         self.health = health.aio.HealthServicer()
-        self._servers = [self.grpc] if self.admin_grpc is self.grpc else [self.grpc, self.admin_grpc]
-        names = SERVICE_NAMES if self.admin_grpc is self.grpc else SERVICE_NAMES[:1]
-        for server in self._servers:
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, GuardedServer(server, guard))
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer((*names, health.SERVICE_NAME, reflection.SERVICE_NAME)),
-            GuardedServer(self.grpc, guard))
         creds = credentials(settings)
+        shared = not settings.admin_listen
+        names = (*(SERVICE_NAMES if shared else SERVICE_NAMES[:1]), health.SERVICE_NAME, reflection.SERVICE_NAME)
+
+        def new_server(*, payments: bool, with_admin: bool) -> grpc.aio.Server:
+            server = grpc.aio.server(options=_OPTIONS)
+            guarded = GuardedServer(server, guard)
+            if payments:
+                payment_pb2_grpc.add_PaymentServiceServicer_to_server(self.payments, guarded)
+                reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names),
+                                                                           guarded)
+            if with_admin:
+                admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, guarded)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
+            return server
+
+        # The acceptors: identical servers on one address, sharing the servicers
+        # (and so one Sign batcher). The first binds (a port 0 becomes a real
+        # one); the others join it on that port.
+        self.grpc = new_server(payments=True, with_admin=shared)
         self.port = self._bind(self.grpc, listen, creds)
-        self.admin_port = self.port if self.admin_grpc is self.grpc else self._bind(self.admin_grpc,
-                                                                                    settings.admin_listen, creds)
+        self._servers = [self.grpc]
+        for _ in range(settings.grpc_acceptors - 1):
+            server = new_server(payments=True, with_admin=shared)
+            self._bind(server, with_port(listen, self.port), creds)
+            self._servers.append(server)
+        self.admin_grpc = self.grpc
+        self.admin_port = self.port
+        if not shared:
+            self.admin_grpc = new_server(payments=False, with_admin=True)
+            self.admin_port = self._bind(self.admin_grpc, settings.admin_listen, creds)
+            self._servers.append(self.admin_grpc)
         self._reconciling: asyncio.Task[None] | None = None
 
     @staticmethod
@@ -117,6 +144,21 @@ class Server:
         await self.grpc.wait_for_termination()
 
 
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new event loop of the configured kind (``Settings.event_loop``)."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run(app: App, listen: str) -> None:
+    """Serve until SIGTERM/SIGINT, on the configured event loop."""
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(app.settings.event_loop)) as runner:
+        runner.run(serve(app, listen))
+
+
 async def serve(app: App, listen: str) -> None:
     if app.settings.metrics_listen:
         import prometheus_client
@@ -150,8 +192,8 @@ class BackgroundServer:
     def __init__(self, app: App, listen: str) -> None:
         import threading
 
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="teller-grpc", daemon=True)
+        self.loop = new_event_loop(app.settings.event_loop)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="teller-grpc", daemon=True)
         self._thread.start()
 
         async def start() -> Server:
@@ -160,11 +202,11 @@ class BackgroundServer:
             await server.start()
             return server
 
-        self.server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(30)
+        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
         self.port = self.server.port
         self.admin_port = self.server.admin_port
 
     def stop(self, grace: float = 1.0) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop).result(30 + grace)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        asyncio.run_coroutine_threadsafe(self.server.stop(grace), self.loop).result(30 + grace)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
