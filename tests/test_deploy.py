@@ -98,6 +98,22 @@ def test_only_the_namespace_reaches_the_grpc_port(rendered):
     assert hpa["spec"]["minReplicas"] >= 2
 
 
+def test_configmap_settings_are_known_and_valid(rendered, tmp_path):
+    # A misspelt TELLER_* key would be ignored silently: every key must be a
+    # setting, and together they must make settings a worker accepts.
+    from dataclasses import replace
+
+    from teller import config
+
+    (data,) = [d["data"] for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("teller-config")]
+    unknown = sorted(k for k in data if k not in config._ENV_FIELDS)
+    assert not unknown, f"not Teller settings: {unknown}"
+    settings = config.load(env=data)
+    assert settings.grpc_acceptors >= 1 and settings.event_loop in config.EVENT_LOOPS
+    config.finalize_for_serving(replace(settings, kek="v1:" + "A" * 43 + "=", admin_token="op_test",
+                                        data_dir=tmp_path))
+
+
 def test_overlays_set_namespace_and_pin_images():
     prod = render(ROOT / "deploy" / "kustomize" / "overlays" / "production")
     assert {d["metadata"]["namespace"] for d in prod} == {"payments"}
