@@ -218,6 +218,55 @@ def test_a_repeated_challenge_is_parsed_once_and_signing_leaves_it_unchanged(tel
     assert first == x402_challenge._parse_header(encoded)  # uncached: what the text says
 
 
+def test_a_remembered_challenges_offers_are_worked_out_once(monkeypatch):
+    """The offers of a remembered PAYMENT-REQUIRED are kept with it: the same
+    header and networks give the same offers without checking them again;
+    other networks, a body-form challenge and a refused one are worked out
+    (or refused) every time."""
+    from datetime import UTC, datetime
+
+    from teller import offers
+    from teller.errors import FailedPrecondition
+    from teller.x402 import proof as x402_proof
+
+    counted = []
+    real = x402_proof.payable_offers
+
+    def counting(chall, networks=None):
+        counted.append(chall)
+        return real(chall, networks)
+
+    monkeypatch.setattr(x402_proof, "payable_offers", counting)
+    monkeypatch.setattr(offers, "_OFFERS", {})
+    now = datetime.now(UTC)
+    nets, other_nets = {"anvil": 31337}, {"anvil": 31337}
+    chall = sdk_v2_challenge(amount="1234")
+
+    def collect(headers, body=b"", networks=nets):
+        return offers.collect(tuple(headers), body, networks=networks, max_bytes=256 * 1024, now=now)
+
+    first = collect(chall.headers)
+    again = collect(chall.headers)
+    assert len(counted) == 1 and again.offers == first.offers and again.offers[0].amount == 1234
+    collect(chall.headers, networks=other_nets)  # equal but not the same mapping: worked out again
+    assert len(counted) == 2
+    # A body-form challenge is parsed afresh each time, so it is never kept.
+    body = json.dumps({"x402Version": 1, "accepts": [{
+        "scheme": "exact", "network": "base-sepolia", "maxAmountRequired": "99", "resource": "https://x/y",
+        "description": "", "mimeType": "", "payTo": PAYEE, "maxTimeoutSeconds": 60,
+        "asset": USDC_BASE_SEPOLIA, "extra": {"name": "USDC", "version": "2"}}]}).encode()
+    collect([], body)
+    collect([], body)
+    assert len(counted) == 4 and not any(key[0] == id(counted[-1]) for key in offers._OFFERS)
+    # A refused challenge (no offer Teller can pay) is refused every time.
+    unpayable = sdk_v2_challenge(amount="5", extra={"name": "USDC", "version": "2",
+                                                    "assetTransferMethod": "permit2"})
+    for _ in range(2):
+        with pytest.raises(FailedPrecondition):
+            collect(unpayable.headers)
+    assert len(counted) == 6
+
+
 def test_the_proof_echoes_the_servers_json_exactly_even_with_large_numbers(teller):
     """``accepted`` is the server's own JSON, echoed field for field: an extra
     field holding an integer past 64 bits, or non-ASCII text, comes back as sent."""

@@ -63,6 +63,27 @@ def _x402_offers(chall: x402_challenge.X402Challenge, networks: Mapping[str, int
     ]
 
 
+# The offers of a remembered PAYMENT-REQUIRED header (x402_challenge keeps the
+# parsed challenge of a repeated header): the same challenge object and networks
+# always give the same offers (frozen), so they are worked out once. Keyed by
+# identity; each entry holds its challenge and networks, so neither id can be
+# reused while the entry lives. Refusals are not kept.
+_OFFERS: dict[tuple[int, int], tuple[x402_challenge.X402Challenge, Mapping[str, int], tuple[Offer, ...]]] = {}
+_OFFERS_MAX = 256
+
+
+def _remembered_x402_offers(chall: x402_challenge.X402Challenge, networks: Mapping[str, int]) -> list[Offer]:
+    key = (id(chall), id(networks))
+    hit = _OFFERS.get(key)
+    if hit is not None and hit[0] is chall and hit[1] is networks:
+        return list(hit[2])
+    offers = _x402_offers(chall, networks)
+    if len(_OFFERS) >= _OFFERS_MAX:
+        _OFFERS.clear()
+    _OFFERS[key] = (chall, networks, tuple(offers))
+    return offers
+
+
 def _mpp_offers(challenges: Sequence[mpp_challenge.MppChallenge], now: datetime) -> tuple[list[Offer], list[str]]:
     found: list[Offer] = []
     skipped: list[str] = []
@@ -99,7 +120,8 @@ def collect(headers: Sequence[tuple[str, str]], body: bytes, *, networks: Mappin
     reasons: list[TellerError] = []
     if x402 is not None:
         try:
-            by_protocol["x402"] = _x402_offers(x402, networks)
+            by_protocol["x402"] = (_remembered_x402_offers(x402, networks) if x402_challenge.remembered(headers)
+                                   else _x402_offers(x402, networks))
         except TellerError as exc:
             reasons.append(exc)
     mpp_found, skipped = _mpp_offers(mpp, now)

@@ -115,6 +115,13 @@ def parse(headers: Sequence[tuple[str, str]], body: bytes, max_bytes: int) -> X4
     return _from_document(doc, "402 body")
 
 
+def remembered(headers: Sequence[tuple[str, str]]) -> bool:
+    """Whether ``parse`` returns the remembered challenge for these headers (a
+    PAYMENT-REQUIRED small enough to keep): the same object for the same text."""
+    encoded = header(headers, PAYMENT_REQUIRED)
+    return encoded is not None and len(encoded) <= CACHED_HEADER_BYTES
+
+
 def _parse_header(encoded: str) -> X402Challenge:
     return _from_document(b64_json(encoded, "PAYMENT-REQUIRED"), "PAYMENT-REQUIRED header")
 
