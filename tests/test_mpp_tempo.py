@@ -11,6 +11,8 @@ from datetime import UTC, timedelta
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mpp import Challenge, Credential
 
 from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, Policy
@@ -297,3 +299,35 @@ def test_a_push_only_challenge_is_paid_by_push(live, chain):
                                        url="https://spec.example/y", wallet_id=t.wallet_id)
     assert _credential(signed.header_value)["payload"]["type"] == "hash"
     assert chain.balance(RECIPIENT) == before + 60_000
+
+
+@settings(max_examples=300, deadline=None)
+@given(to=st.binary(min_size=20, max_size=20), amount=st.integers(min_value=0, max_value=2**256 - 1),
+       memo=st.none() | st.binary(min_size=0, max_size=32), checksummed=st.booleans())
+def test_tip20_calls_are_the_bytes_pytempos_encoder_makes(to, amount, memo, checksummed):
+    """Teller encodes TIP-20 transfer calls itself (web3's encoder was a third of
+    an MPP Sign's CPU): the same bytes as pytempo's TIP20 helper, for any
+    recipient, amount and memo."""
+    from eth_utils import to_checksum_address
+    from pytempo.contracts import TIP20
+
+    from teller.mpp.charge import Transfer, tip20_transfer
+
+    recipient = to_checksum_address(to) if checksummed else "0x" + to.hex()
+    ours = tip20_transfer(PATH_USD, Transfer(recipient, amount, memo))
+    theirs = (TIP20(PATH_USD).transfer_with_memo(to=recipient, amount=amount, memo=memo) if memo is not None
+              else TIP20(PATH_USD).transfer(to=recipient, amount=amount))
+    assert ours == theirs
+    assert bytes(ours.data) == bytes(theirs.data) and bytes(ours.to) == bytes(theirs.to)
+
+
+def test_tip20_calls_refuse_what_does_not_fit():
+    from teller.mpp.charge import Transfer, tip20_transfer
+
+    ok = "0x" + "11" * 20
+    with pytest.raises(ValueError, match="20 bytes"):
+        tip20_transfer(PATH_USD, Transfer("0x" + "11" * 19, 1, None))
+    with pytest.raises(ValueError, match="uint256"):
+        tip20_transfer(PATH_USD, Transfer(ok, 2**256, None))
+    with pytest.raises(ValueError, match="32 bytes"):
+        tip20_transfer(PATH_USD, Transfer(ok, 1, b"\x01" * 33))
