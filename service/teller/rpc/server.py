@@ -67,14 +67,14 @@ class Server:
         creds = credentials(settings)
         shared = not settings.admin_listen
         names = (*(SERVICE_NAMES if shared else SERVICE_NAMES[:1]), health.SERVICE_NAME, reflection.SERVICE_NAME)
+        reflector = reflection.aio.ReflectionServicer(names)
 
         def new_server(*, payments: bool, with_admin: bool) -> grpc.aio.Server:
             server = grpc.aio.server(options=_OPTIONS)
             guarded = GuardedServer(server, guard)
             if payments:
                 payment_pb2_grpc.add_PaymentServiceServicer_to_server(self.payments, guarded)
-                reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names),
-                                                                           guarded)
+                reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflector, guarded)
             if with_admin:
                 admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, guarded)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
