@@ -186,7 +186,8 @@ def main() -> int:
     # again after it; the ratio is taken to the higher of the two. (Measured only
     # at the end, it once ran while PostgreSQL was still writing out the history
     # phase, and came out 25% low.)
-    limit_before = in_process_limit_fresh(2.0 if args.quick else 5.0)
+    limit_seconds = 2.0 if args.quick else 5.0
+    limit_before = in_process_limit_fresh(limit_seconds)
     print(f"in-process limit before the load: {limit_before}", flush=True)
     x402 = sdk_v2_challenge(amount="1000")
     rows: list[dict] = []
@@ -230,7 +231,7 @@ def main() -> int:
                         history_rows.extend(history_cost(url, cluster, x402, seconds, warmup, args.driver))
                 finally:
                     cluster.stop()
-    limit_after = in_process_limit_fresh(2.0 if args.quick else 5.0)
+    limit_after = in_process_limit_fresh(limit_seconds)
     limit = {k: max(limit_before[k], limit_after[k]) for k in limit_before}
     for r in rows:
         r["in_process_per_s"] = limit[r["protocol"]]
@@ -336,16 +337,18 @@ def history_cost(url: str, cluster: Cluster, x402, seconds: float, warmup: float
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     db = doc.get("postgresql", {})
+    measured = ""
+    if "in_process_runs" in doc:
+        before, after = doc["in_process_runs"]["before"], doc["in_process_runs"]["after"]
+        measured = (f" (before: {before['x402']:.0f} / {before['mpp']:.0f}, "
+                    f"after: {after['x402']:.0f} / {after['mpp']:.0f})")
     lines = [f"Teller Sign benchmark, {doc['when']}: {m['cpus']} CPUs, {m['processor']}, Python {m['python']}, "
              f"PostgreSQL {db.get('server_version', '?')} on the same machine (fsync {db.get('fsync', '?')}, "
              f"synchronous_commit {db.get('synchronous_commit', '?')}), audit log and limits on. "
              f"Load generator: {doc.get('driver', 'grpc-python')}, on the same machine.", "",
              "In-process signing limit (official SDKs + eth-account, one process; the higher of a measurement "
              "before and one after the load): " + ", ".join(
-                 f"{k} {v:.0f}/s" for k, v in doc["in_process_per_s"].items())
-             + "".join(f" (before: {b['x402']:.0f} / {b['mpp']:.0f}, after: {a['x402']:.0f} / {a['mpp']:.0f})"
-                       for b, a in [(doc["in_process_runs"]["before"], doc["in_process_runs"]["after"])]
-                       if "in_process_runs" in doc), "",
+                 f"{k} {v:.0f}/s" for k, v in doc["in_process_per_s"].items()) + measured, "",
              "CPU is in cores (2.0 = both busy) for the whole phase, warm-up included: Teller's workers / "
              "PostgreSQL / the load generator.", "",
              "Points run more than once show the median run by p99; 'runs' gives every run's Sign/s and p99.", "",
