@@ -114,6 +114,37 @@ def _drive(cluster: Cluster, callers: int, jobs: list[dict], seconds: float, war
     return {**json.loads(out.stdout), "driver": "grpc-python"}
 
 
+def grpc_floor(x402, callers: int, seconds: float, warmup: float, repeats: int) -> dict:  # type: ignore[no-untyped-def]
+    """The same load against ``bench/floor.py``: a worker's gRPC server alone
+    (same event loop, acceptors and options) answering Sign with a fixed
+    response. What Teller does on top of it is the gap."""
+    import h2load
+    from cpu import CpuSplit
+    from driver import sign_request
+
+    from tests.support.procs import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(port)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", "bench/floor.py did not start"
+        job = h2load.Job("floor", sign_request({"wallet_id": "floor", "headers": x402.headers,
+                                                "body": x402.body.decode("latin-1"), "url": x402.url}
+                                               ).SerializeToString())
+        runs = []
+        for _ in range(max(1, repeats)):
+            cpu = CpuSplit([proc.pid])
+            r = h2load.drive([f"127.0.0.1:{port}"], None, callers, [job], seconds, warmup)
+            runs.append({**r, "cpu_cores": cpu.stop()})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    median = sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2]
+    return {**median, "callers": callers,
+            "runs": [{"throughput": r["throughput"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]} for r in runs]}
+
+
 def in_process_limit_fresh(seconds: float) -> dict[str, float]:
     """``in_process_limit`` in a new interpreter: this one has grown a large heap
     over the run, and its collector made in-process MPP signing look ~45% slower."""
@@ -190,6 +221,9 @@ def main() -> int:
     limit_before = in_process_limit_fresh(limit_seconds)
     print(f"in-process limit before the load: {limit_before}", flush=True)
     x402 = sdk_v2_challenge(amount="1000")
+    floor = grpc_floor(x402, 32, seconds, warmup, 1 if args.quick else args.repeats)
+    print(f"gRPC floor, 32 callers: {floor['throughput']:.0f}/s p50 {floor['p50_ms']:.1f} p99 {floor['p99_ms']:.1f} ms",
+          flush=True)
     rows: list[dict] = []
     history_rows: list[dict] = []
     with bench_server() as server, tempo_chain() as chain, tempfile.TemporaryDirectory() as tmp:
@@ -240,7 +274,7 @@ def main() -> int:
                "processor": platform.processor() or platform.machine()}
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {"machine": machine, "postgresql": durability, "driver": args.driver, "in_process_per_s": limit,
-           "in_process_runs": {"before": limit_before, "after": limit_after}, "rows": rows,
+           "in_process_runs": {"before": limit_before, "after": limit_after}, "grpc_floor": floor, "rows": rows,
            "history": history_rows, "quick": args.quick, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (args.out / "results.json").write_text(json.dumps(doc, indent=2))
     (args.out / "results.md").write_text(markdown(doc))
@@ -349,6 +383,7 @@ def markdown(doc: dict) -> str:
              "In-process signing limit (official SDKs + eth-account, one process; the higher of a measurement "
              "before and one after the load): " + ", ".join(
                  f"{k} {v:.0f}/s" for k, v in doc["in_process_per_s"].items()) + measured, "",
+             *_floor_lines(doc),
              "CPU is in cores (2.0 = both busy) for the whole phase, warm-up included: Teller's workers / "
              "PostgreSQL / the load generator.", "",
              "Points run more than once show the median run by p99; 'runs' gives every run's Sign/s and p99.", "",
@@ -368,6 +403,18 @@ def markdown(doc: dict) -> str:
         lines += [f"| {r['history']:,} | {r['throughput']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
                   for r in doc["history"]]
     return "\n".join(lines) + "\n"
+
+
+def _floor_lines(doc: dict) -> list[str]:
+    f = doc.get("grpc_floor")
+    if not f:
+        return []
+    runs = "; ".join(f"{x['throughput']:.0f}, {x['p99_ms']:.1f}" for x in f.get("runs", ()))
+    cpu = (f.get("cpu_cores") or {}).get("teller")
+    return [f"gRPC floor (bench/floor.py: one worker's grpc.aio server, same loop, acceptors and load, answering "
+            f"Sign with a fixed response; no Teller work): {f['callers']} callers {f['throughput']:.0f}/s, "
+            f"p50 {f['p50_ms']:.1f} / p99 {f['p99_ms']:.1f} ms"
+            + (f", {cpu:.2f} cores" if cpu is not None else "") + (f" (runs: {runs})" if runs else ""), ""]
 
 
 def plot(doc: dict, path: Path) -> None:

@@ -39,7 +39,7 @@ def credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 # SO_REUSEPORT (gRPC's default on Linux, asked for here in so many words): the
 # acceptors of one worker share its address.
-_OPTIONS = [("grpc.max_receive_message_length", 4 * 1024 * 1024), ("grpc.so_reuseport", 1)]
+SERVER_OPTIONS = [("grpc.max_receive_message_length", 4 * 1024 * 1024), ("grpc.so_reuseport", 1)]
 
 
 def with_port(address: str, port: int) -> str:
@@ -70,7 +70,7 @@ class Server:
         reflector = reflection.aio.ReflectionServicer(names)
 
         def new_server(*, payments: bool, with_admin: bool) -> grpc.aio.Server:
-            server = grpc.aio.server(options=_OPTIONS)
+            server = grpc.aio.server(options=SERVER_OPTIONS)
             guarded = GuardedServer(server, guard)
             if payments:
                 payment_pb2_grpc.add_PaymentServiceServicer_to_server(self.payments, guarded)
