@@ -3,14 +3,13 @@ so an event exists exactly when the action it records was committed."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from teller.audit_chain import GENESIS, event_hash
+from teller.audit_chain import GENESIS, details_text, event_hash
 from teller.db.models import AuditEvent, AuditHead
 
 
@@ -38,7 +37,7 @@ def event(
         "tenant_id": tenant_id, "at_ms": at_ms, "actor": actor, "action": action, "outcome": outcome,
         "reason": reason, "wallet_id": wallet_id, "payment_id": payment_id, "amount": str(amount), "asset": asset,
         "network": network, "payee": payee, "resource_url": resource_url[:2048],
-        "details": json.dumps(details or {}, sort_keys=True, separators=(",", ":")),
+        "details": details_text(details or {}),
         "seq": head[0] + 1, "prev_hash": head[1],
     }
     row["hash"] = event_hash(row)

@@ -16,6 +16,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+try:
+    import orjson
+except ImportError:  # pragma: no cover - verifying an export needs only the standard library
+    orjson = None  # type: ignore[assignment]
+
 GENESIS = "0" * 64
 #: The fields a hash covers, in the export's JSON form.
 FIELDS = ("tenant_id", "seq", "at_ms", "actor", "action", "outcome", "reason", "wallet_id", "payment_id",
@@ -25,8 +30,40 @@ FIELDS = ("tenant_id", "seq", "at_ms", "actor", "action", "outcome", "reason", "
 def event_hash(event: Mapping[str, Any]) -> str:
     doc = {k: event.get(k) for k in FIELDS}
     doc["tenant_id"] = doc["tenant_id"] or ""
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(canonical(doc)).hexdigest()
+
+
+def canonical(doc: Mapping[str, Any]) -> bytes:
+    """The hashed form of a document: ``json.dumps(doc, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)`` in UTF-8. For a flat document of
+    strings and integers (every event) orjson writes the same bytes ~10x quicker
+    (the tests hold the two equal for any text); anything else goes through json."""
+    if orjson is not None and _flat(doc):
+        try:
+            return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # an integer past 64 bits, a lone surrogate: json decides
+            pass
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def details_text(details: Mapping[str, Any]) -> str:
+    """An event's details as stored (and hashed): ``json.dumps(details,
+    sort_keys=True, separators=(",", ":"))``, ASCII with non-ASCII escaped.
+    orjson's output is the same whenever it is ASCII (tests hold them equal)."""
+    if orjson is not None and _flat(details):
+        try:
+            out = orjson.dumps(details, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            out = b"\x80"  # not ASCII: json decides
+        if out.isascii():
+            return out.decode()
+    return json.dumps(details, sort_keys=True, separators=(",", ":"))
+
+
+def _flat(doc: Mapping[str, Any]) -> bool:
+    """String keys, and values that are strings or integers (not bools or floats,
+    which the two encoders may write differently)."""
+    return all(type(k) is str and type(v) in (str, int) for k, v in doc.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,4 +109,4 @@ def verify(events: Iterable[Mapping[str, Any]], heads: Mapping[str, tuple[int, s
     return problems
 
 
-__all__ = ["FIELDS", "GENESIS", "Problem", "event_hash", "verify"]
+__all__ = ["FIELDS", "GENESIS", "Problem", "canonical", "details_text", "event_hash", "verify"]

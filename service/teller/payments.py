@@ -158,6 +158,8 @@ class _Batch:
     buckets: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
     claims: dict[tuple[str, str], Any] = field(default_factory=dict)
     nonces: dict[tuple[str, str], Any] = field(default_factory=dict)
+    #: Per (tenant, scope name), the scope a signature of this batch counted against.
+    signed_scopes: dict[tuple[str, str], policy.Scope] = field(default_factory=dict)
 
     def audit(self, tenant_id: str, **fields: Any) -> None:
         row = audit.event(tenant_id=tenant_id, head=self.heads[tenant_id], at_ms=self.now_ms, **fields)
@@ -356,6 +358,7 @@ class Payments:
                 out.append((yield from self._decide(call, lk, batch, snap.claims)))
             except TellerError as exc:
                 out.append(exc)
+        _observe_budgets(batch.signed_scopes)
         yield batch_io.Write(batch.payments, batch.bucket_rows(), batch.events, batch.moved)
         return out
 
@@ -466,7 +469,8 @@ class Payments:
                         details={"protocol": denied.protocol, "scheme": denied.scheme, **denial.metadata})
             return denial
         offer, decision = chosen
-        _observe_budgets(caller.tenant_id, scopes, decision.amount_common)
+        for scope in scopes:
+            batch.signed_scopes[(caller.tenant_id, scope.name)] = scope
         ctx = proofs.Context(caller, req, wallet, decision, batch.now_ms, call.request_hash, rules.tenant.mpp_mode,
                        call.presigned if call.presigned is not None and call.presigned.fits(offer, wallet) else None)
         payment, raw = yield from self._sign_and_record(offer, ctx, call.prepared, batch, scopes)
@@ -628,11 +632,13 @@ def _evaluate(scopes: Sequence[policy.Scope], offer: offers_mod.Offer, req: Sign
     return decision
 
 
-def _observe_budgets(tenant_id: str, scopes: Sequence[policy.Scope], amount: int) -> None:
-    for scope in scopes:
+def _observe_budgets(scopes: Mapping[tuple[str, str], policy.Scope]) -> None:
+    """Budget utilisation once per batch, as its signatures left the windows (not
+    after each call: a batch's calls would set the same gauges many times over)."""
+    for (tenant_id, name), scope in scopes.items():
         for budget in scope.policy.budgets:
-            used = scope.used.get(budget.name, 0) + amount
-            observe.child(observe.BUDGET, tenant_id, scope.name, budget.name).set(
+            used = scope.used.get(budget.name, 0)
+            observe.child(observe.BUDGET, tenant_id, name, budget.name).set(
                 used / budget.limit if budget.limit else 1.0)
 
 
