@@ -179,7 +179,7 @@ def test_migration_chains_existing_events(db_url):
 
 # -- the hashed text: orjson's fast path writes exactly what json writes ------
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from teller.audit_chain import FIELDS, canonical, details_text  # noqa: E402
@@ -193,6 +193,8 @@ def _json_canonical(doc):
 
 
 @settings(max_examples=400, deadline=None)
+@example({"0": "\x7f"})  # DEL: json escapes it when ensure_ascii, orjson does not
+@example({"k": "\x00\x1f\n\"\\é\u2028"})
 @given(st.one_of(st.dictionaries(st.text(), st.one_of(st.text(), st.integers()), max_size=8),  # the quick path
                  st.dictionaries(st.text(max_size=8).filter(str.isascii), st.text().filter(str.isascii), max_size=8),
                  st.dictionaries(st.text(), _VALUES, max_size=8)))

@@ -26,9 +26,9 @@ from tests.support.x402_server import sdk_v2_challenge
 pytestmark = pytest.mark.postgres
 
 
-def _slow_app() -> Starlette:
+def _slow_app(seconds: float = 1.5) -> Starlette:
     async def slow(request):  # type: ignore[no-untyped-def]
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(seconds)
         return PlainTextResponse("finished")
 
     return Starlette(routes=[Route("/slow", slow)])
@@ -36,7 +36,7 @@ def _slow_app() -> Starlette:
 
 def test_sigterm_under_load_loses_nothing(pg_url, tmp_path):
     cluster = start_cluster(pg_url, 1, tmp_path, TELLER_OUTBOUND_ALLOW="127.0.0.1",
-                            TELLER_SHUTDOWN_GRACE_SECONDS="10")
+                            TELLER_SHUTDOWN_GRACE_SECONDS="10", TELLER_LOG_LEVEL="INFO")
     worker = cluster.workers[0]
     try:
         with AdminClient(worker.target, cluster.admin_token) as admin:
@@ -88,7 +88,8 @@ def test_sigterm_under_load_loses_nothing(pg_url, tmp_path):
                 th.join(30)
 
         assert exit_code == 0, worker.log.read_text()[-2000:]
-        assert took < 10  # well within the grace period
+        assert took < 10, worker.log.read_text()[-3000:]  # well within the grace period
+        assert "stopped after" in worker.log.read_text()
         # The call in flight at SIGTERM finished normally.
         (paid,) = slow_result
         assert not isinstance(paid, Exception), paid
@@ -111,5 +112,44 @@ def test_sigterm_under_load_loses_nothing(pg_url, tmp_path):
             assert audit_tools.verify_database(db) == []
         finally:
             db.engine.dispose()
+    finally:
+        cluster.stop()
+
+
+def test_a_call_that_outlasts_the_grace_is_named_in_the_log(pg_url, tmp_path):
+    """A rollout held up by a call should say which call: just before the grace
+    runs out the worker logs the calls still in their handlers, then stops."""
+    cluster = start_cluster(pg_url, 1, tmp_path, TELLER_OUTBOUND_ALLOW="127.0.0.1",
+                            TELLER_SHUTDOWN_GRACE_SECONDS="2", TELLER_LOG_LEVEL="INFO")
+    worker = cluster.workers[0]
+    try:
+        with AdminClient(worker.target, cluster.admin_token) as admin:
+            tenant = admin.create_tenant("held")
+            _, token = admin.issue_token(tenant.id)
+            wallet = admin.create_wallet(tenant.id)
+        result: list[object] = []
+        with serve(_slow_app(seconds=30)) as base:
+            def slow_call() -> None:
+                with TellerClient(worker.target, token, timeout=40) as client:
+                    try:
+                        result.append(client.pay(f"{base}/slow", wallet_id=wallet.id))
+                    except (TellerError, grpc.RpcError) as exc:
+                        result.append(exc)
+
+            th = threading.Thread(target=slow_call)
+            th.start()
+            time.sleep(1.0)  # the Pay is waiting on the slow server
+            started = time.monotonic()
+            worker.proc.send_signal(signal.SIGTERM)
+            assert worker.proc.wait(30) == 0
+            took = time.monotonic() - started
+            th.join(30)
+        log = worker.log.read_text()
+        assert 1.5 < took < 10, log[-3000:]  # it waited for the grace, then stopped
+        named = [line for line in log.splitlines() if "still in handlers" in line]
+        assert named and "/teller.v1.PaymentService/Pay" in named[0], log[-3000:]
+        assert "1 call(s) in flight" in log
+        assert "stopped after" in log
+        assert len(result) == 1 and isinstance(result[0], Exception)  # cancelled when the grace ran out
     finally:
         cluster.stop()

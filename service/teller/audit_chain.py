@@ -48,14 +48,17 @@ def canonical(doc: Mapping[str, Any]) -> bytes:
 
 def details_text(details: Mapping[str, Any]) -> str:
     """An event's details as stored (and hashed): ``json.dumps(details,
-    sort_keys=True, separators=(",", ":"))``, ASCII with non-ASCII escaped.
-    orjson's output is the same whenever it is ASCII (tests hold them equal)."""
+    sort_keys=True, separators=(",", ":"))``: printable ASCII, everything else
+    escaped (DEL too). orjson's output is the same whenever it has no byte that
+    json would escape and orjson does not (tests hold them equal)."""
     if orjson is not None and _flat(details):
         try:
             out = orjson.dumps(details, option=orjson.OPT_SORT_KEYS)
         except TypeError:
-            out = b"\x80"  # not ASCII: json decides
-        if out.isascii():
+            out = b"\x80"  # json decides
+        # orjson escapes the control characters as json does; it writes DEL and
+        # non-ASCII text as they are, where json writes \u escapes.
+        if out.isascii() and b"\x7f" not in out:
             return out.decode()
     return json.dumps(details, sort_keys=True, separators=(",", ":"))
 

@@ -129,6 +129,19 @@ class _GuardedGeneric(grpc.GenericRpcHandler):
         return None if handler is None else self._guard.wrap(handler_call_details.method, handler)
 
 
+#: Calls inside their handler now, so a shutdown that runs out of grace can say
+#: which ones it was waiting for (``in_flight``).
+_IN_FLIGHT: set[_Call] = set()
+
+
+def in_flight() -> list[str]:
+    """The calls inside a handler right now, longest-running first: method,
+    request id and seconds so far."""
+    now = time.perf_counter()
+    return [f"{c.method} {c.rid} {now - c.started:.1f}s"
+            for c in sorted(_IN_FLIGHT, key=lambda c: c.started)]
+
+
 class _Call:
     """Everything around one call, unary or streaming: request id, span, metrics,
     and the translation of any error into its status. (A class rather than an
@@ -148,8 +161,10 @@ class _Call:
         self.span = self.tracing.span(self.method, rid)
         self.span.__enter__()
         self.started = time.perf_counter()
+        _IN_FLIGHT.add(self)
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        _IN_FLIGHT.discard(self)
         # Counted before the answer leaves: a caller that sees its status also sees it counted.
         record_call(self.method, _code(exc) if isinstance(exc, Exception) else "OK",
                     time.perf_counter() - self.started)

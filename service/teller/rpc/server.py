@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -14,7 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from teller.app import App
 from teller.config import Settings
 from teller.observe import Tracing
-from teller.rpc.interceptors import Guard, GuardedServer
+from teller.rpc.interceptors import Guard, GuardedServer, in_flight
 from teller.rpc.services import AdminServicer, PaymentServicer
 from teller_client._proto.teller.v1 import admin_pb2, admin_pb2_grpc, payment_pb2, payment_pb2_grpc
 
@@ -181,9 +182,16 @@ async def serve(app: App, listen: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     grace = app.settings.shutdown_grace_seconds
-    log.info("shutting down: no new calls; up to %.0fs for calls in flight", grace)
+    log.info("shutting down: no new calls; up to %.0fs for %d call(s) in flight", grace, len(in_flight()))
+    started = time.monotonic()
+    # What is still running when the grace runs out is named (it is then cancelled):
+    # a call that holds up a rollout should be findable from the log.
+    watchdog = asyncio.get_running_loop().call_later(
+        max(grace - 0.5, 0), lambda: log.warning("shutdown grace nearly over; still in handlers: %s",
+                                                 in_flight() or "none (waiting inside gRPC)"))
     await server.stop(grace)
-    log.info("stopped")
+    watchdog.cancel()
+    log.info("stopped after %.1fs", time.monotonic() - started)
 
 
 class BackgroundServer:
