@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from teller_client import LimitExceeded, Policy
 from teller_client._proto.teller.v1 import payment_pb2, payment_pb2_grpc
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.procs import free_port, start_cluster
+from tests.support.procs import free_port, seat_tenant, start_cluster
 from tests.support.x402_server import sdk_v2_challenge
 
 SIGN = "/teller.v1.PaymentService/Sign"
@@ -54,19 +54,15 @@ def test_a_worker_serves_metrics_and_json_logs_with_request_ids_and_no_secrets(p
                             TELLER_METRICS_LISTEN=f"127.0.0.1:{metrics_port}")
     worker = cluster.workers[0]
     try:
-        from teller_client import AdminClient
-
-        with AdminClient(worker.target, cluster.admin_token) as admin:
-            tenant = admin.create_tenant("observed")
-            _, token = admin.issue_token(tenant.id)
-            wallet = admin.create_wallet(tenant.id)
+        seat = seat_tenant(cluster, "observed")
+        token = seat.token
         with grpc.insecure_channel(worker.target) as channel:
             stub = payment_pb2_grpc.PaymentServiceStub(channel)
             c = sdk_v2_challenge()
             request = payment_pb2.SignRequest(
                 challenge=payment_pb2.Challenge(status=402, body=c.body, url=c.url,
                                                 headers=[{"name": k, "value": v} for k, v in c.headers]),
-                wallet_id=wallet.id)
+                wallet_id=seat.wallet_id)
             # No policy yet: the tenant may pay nothing, so the call is denied and logged.
             with pytest.raises(grpc.RpcError) as info:
                 stub.Sign(request, metadata=(("authorization", f"Bearer {token}"), ("x-request-id", "req-42")))

@@ -18,9 +18,9 @@ from starlette.routing import Route
 
 from teller import audit_tools
 from teller.db import Database, make_engine
-from teller_client import AdminClient, Policy, TellerClient, TellerError
+from teller_client import Policy, TellerClient, TellerError
 from tests.support.mpp_live import serve
-from tests.support.procs import start_cluster
+from tests.support.procs import seat_tenant, start_cluster
 from tests.support.x402_server import sdk_v2_challenge
 
 pytestmark = pytest.mark.postgres
@@ -39,11 +39,8 @@ def test_sigterm_under_load_loses_nothing(pg_url, tmp_path):
                             TELLER_SHUTDOWN_GRACE_SECONDS="10", TELLER_LOG_LEVEL="INFO")
     worker = cluster.workers[0]
     try:
-        with AdminClient(worker.target, cluster.admin_token) as admin:
-            tenant = admin.create_tenant("drain")
-            _, token = admin.issue_token(tenant.id)
-            wallet = admin.create_wallet(tenant.id)
-            admin.set_policy(tenant.id, Policy(allow_unknown_assets=True))
+        seat = seat_tenant(cluster, "drain", Policy(allow_unknown_assets=True))
+        token, wallet_id = seat.token, seat.wallet_id
         c = sdk_v2_challenge(amount="5")
         outcomes: list[str] = []
         lock = threading.Lock()
@@ -54,7 +51,7 @@ def test_sigterm_under_load_loses_nothing(pg_url, tmp_path):
                 while not stop.is_set():
                     try:
                         client.sign(status=c.status, headers=c.headers, body=c.body, url=c.url,
-                                    wallet_id=wallet.id)
+                                    wallet_id=wallet_id)
                         result = "ok"
                     except TellerError as exc:
                         result = exc.code.name
@@ -68,7 +65,7 @@ def test_sigterm_under_load_loses_nothing(pg_url, tmp_path):
             def slow_call() -> None:
                 with TellerClient(worker.target, token, timeout=15) as client:
                     try:
-                        slow_result.append(client.pay(f"{base}/slow", wallet_id=wallet.id))
+                        slow_result.append(client.pay(f"{base}/slow", wallet_id=wallet_id))
                     except TellerError as exc:
                         slow_result.append(exc)
 
@@ -123,16 +120,14 @@ def test_a_call_that_outlasts_the_grace_is_named_in_the_log(pg_url, tmp_path):
                             TELLER_SHUTDOWN_GRACE_SECONDS="2", TELLER_LOG_LEVEL="INFO")
     worker = cluster.workers[0]
     try:
-        with AdminClient(worker.target, cluster.admin_token) as admin:
-            tenant = admin.create_tenant("held")
-            _, token = admin.issue_token(tenant.id)
-            wallet = admin.create_wallet(tenant.id)
+        seat = seat_tenant(cluster, "held")
+        token, wallet_id = seat.token, seat.wallet_id
         result: list[object] = []
         with serve(_slow_app(seconds=30)) as base:
             def slow_call() -> None:
                 with TellerClient(worker.target, token, timeout=40) as client:
                     try:
-                        result.append(client.pay(f"{base}/slow", wallet_id=wallet.id))
+                        result.append(client.pay(f"{base}/slow", wallet_id=wallet_id))
                     except (TellerError, grpc.RpcError) as exc:
                         result.append(exc)
 

@@ -32,6 +32,13 @@ class Worker:
     metrics: str = ""  # host:port of its Prometheus endpoint, when started with metrics=True
 
 
+@dataclass(frozen=True)
+class TenantSeat:
+    tenant_id: str
+    token: str
+    wallet_id: str
+
+
 @dataclass
 class Cluster:
     workers: list[Worker]
@@ -91,3 +98,17 @@ def start_cluster(db_url: str, n: int, tmp: Path, *, metrics: bool = False, **en
         cluster.stop()
         raise
     return cluster
+
+
+def seat_tenant(cluster: Cluster, name: str, policy: object | None = None) -> TenantSeat:
+    """A new tenant on a running cluster, with an API token and a wallet (and the
+    policy, when given; without one the tenant may pay nothing)."""
+    from teller_client import AdminClient
+
+    with AdminClient(cluster.workers[0].target, cluster.admin_token) as admin:
+        tenant = admin.create_tenant(name)
+        _, token = admin.issue_token(tenant.id)
+        wallet = admin.create_wallet(tenant.id)
+        if policy is not None:
+            admin.set_policy(tenant.id, policy)  # type: ignore[arg-type]
+    return TenantSeat(tenant.id, token, wallet.id)
