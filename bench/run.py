@@ -84,11 +84,14 @@ def drive(cluster: Cluster, callers: int, jobs: list[dict], seconds: float, warm
 
 def drive_repeated(cluster: Cluster, callers: int, jobs: list[dict], seconds: float, warmup: float, driver: str,
                    repeats: int) -> dict:
-    """``repeats`` runs of one point: the median run by p99 (its figures, not a
-    mix of runs), every run's throughput and p99 beside it, and the errors of all."""
+    """``repeats`` runs of one point, summed up by ``median_run``."""
     runs = [drive(cluster, callers, jobs, seconds, warmup, driver) for _ in range(max(1, repeats))]
-    if len(runs) == 1:
-        return runs[0]
+    return runs[0] if len(runs) == 1 else median_run(runs)
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The median run by p99 (its figures, not a mix of runs), every run's
+    throughput and p99 beside it, and the errors of all."""
     median = sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2]
     errors: dict[str, int] = {}
     for r in runs:
@@ -140,9 +143,7 @@ def grpc_floor(x402, callers: int, seconds: float, warmup: float, repeats: int) 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    median = sorted(runs, key=lambda r: r["p99_ms"])[len(runs) // 2]
-    return {**median, "callers": callers,
-            "runs": [{"throughput": r["throughput"], "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]} for r in runs]}
+    return {**median_run(runs), "callers": callers}
 
 
 def in_process_limit_fresh(seconds: float) -> dict[str, float]:
