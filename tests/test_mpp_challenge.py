@@ -118,6 +118,38 @@ def test_the_parser_never_fails_with_anything_but_invalid_argument(value):
         pass
 
 
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# Anything but the control characters a quoted string refuses (tab is allowed).
+_quotable = st.text(st.characters(blacklist_categories=("Cs",),
+                                  blacklist_characters=[chr(c) for c in range(0x20) if c != 9]), max_size=120)
+
+
+@settings(max_examples=400, deadline=None)
+@given(id_=_quotable.filter(bool), realm=_quotable.filter(bool), description=_quotable, spaces=st.sampled_from(
+    ["", " ", " \t"]))
+def test_quoted_parameters_read_back_exactly(id_, realm, description, spaces):
+    """Quoted strings are read as runs between escapes: whatever a server
+    quotes (quotes, backslashes, tabs, any Unicode) comes back as it was."""
+    value = (f"Payment{spaces} id={_quote(id_)},{spaces}realm{spaces}={spaces}{_quote(realm)}, method=tempo, "
+             f'intent="charge", request={_quote(REQ)}, description={_quote(description)}')
+    (ch,) = mc.parse([("WWW-Authenticate", value)], 65536)
+    assert (ch.id, ch.realm, ch.description, ch.request_b64) == (id_, realm, description, REQ)
+
+
+def test_a_bare_control_character_in_a_quoted_string_is_refused():
+    with pytest.raises(InvalidArgument, match="'realm' contains a control character"):
+        mc.parse([("WWW-Authenticate", 'Payment id="a", realm="r\x01"')], 65536)
+    # Escaped, it is taken as it is (RFC 9110 quoted-pair).
+    (ch,) = mc.parse([("WWW-Authenticate", f'Payment id="a", realm="r\\\x01", method="tempo", intent="charge", '
+                                           f'request="{REQ}"')], 65536)
+    assert ch.realm == "r\x01"
+    with pytest.raises(InvalidArgument, match="'realm' has an unterminated quoted string"):
+        mc.parse([("WWW-Authenticate", 'Payment id="a", realm="r\\')], 65536)
+
+
 def test_oversized_header_is_refused():
     with pytest.raises(InvalidArgument, match="larger than"):
         mc.parse([("WWW-Authenticate", "Payment " + "a" * 70000)], 65536)

@@ -8,22 +8,20 @@ the vault, broadcasting in ``teller.chain``.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from eth_utils import is_address, keccak, to_checksum_address
-from pytempo import Call, TempoTransaction
 
 from teller import eip3009
 from teller.errors import InvalidArgument
 from teller.mpp.challenge import MppChallenge
+from teller.mpp.tempo_tx import TempoCall, TempoTransaction
 from teller.vault.signer import TypedData
 
-#: Expiring nonces (TIP-1009): replay protection by transaction hash, so
-#: concurrent payments from one wallet never contend for a sequential nonce.
-EXPIRING_NONCE_KEY = 2**256 - 1
 #: Tempo accepts an expiring-nonce valid_before at most this far ahead.
 MAX_VALID_FOR_S = 25
 MIN_VALID_FOR_S = 5
@@ -75,10 +73,27 @@ def _amount(value: Any, where: str, name: str, *, allow_zero: bool) -> int:
     return amount
 
 
+@functools.lru_cache(maxsize=4096)
+def _checksummed(value: str) -> str | None:
+    """``value`` as a checksummed address, or None when it is not an address.
+    Cached: a challenge's recipient and currency repeat from call to call, and
+    both the check and the checksum hash the address (~15 us of an MPP Sign)."""
+    return to_checksum_address(value) if is_address(value) else None
+
+
+def _checksum(address: str) -> str:
+    """A wallet's address as it is signed into credentials (checksummed, cached)."""
+    checksummed = _checksummed(address)
+    if checksummed is None:
+        raise ValueError(f"not an address: {address[:60]!r}")
+    return checksummed
+
+
 def _address(value: Any, where: str, name: str) -> str:
-    if not isinstance(value, str) or not is_address(value):
+    checksummed = _checksummed(value) if isinstance(value, str) else None
+    if checksummed is None:
         raise _field(where, name, f"is not an address: {str(value)[:60]!r}")
-    return to_checksum_address(value)
+    return checksummed
 
 
 def _memo(value: Any, where: str, name: str) -> bytes | None:
@@ -171,7 +186,7 @@ _TRANSFER = keccak(text="transfer(address,uint256)")[:4]
 _TRANSFER_WITH_MEMO = keccak(text="transferWithMemo(address,uint256,bytes32)")[:4]
 
 
-def tip20_transfer(token: str, transfer: Transfer) -> Call:
+def tip20_transfer(token: str, transfer: Transfer) -> TempoCall:
     """The TIP-20 ``transfer(address,uint256)`` call, or ``transferWithMemo(address,
     uint256,bytes32)`` with a memo: selector and three static words, encoded here.
     (pytempo's TIP20 helper goes through web3's general ABI encoder, which cost a
@@ -182,22 +197,22 @@ def tip20_transfer(token: str, transfer: Transfer) -> Call:
     if not 0 <= transfer.amount < 2**256:
         raise ValueError("TIP-20 amount must fit in uint256")
     words = bytes(12) + to + transfer.amount.to_bytes(32, "big")
+    contract = bytes.fromhex(token[2:])
     if transfer.memo is None:
-        return Call.create(to=token, data=_TRANSFER + words)
+        return TempoCall(contract, _TRANSFER + words)
     if len(transfer.memo) > 32:
         raise ValueError("TIP-20 memo must be at most 32 bytes")
-    return Call.create(to=token, data=_TRANSFER_WITH_MEMO + words + transfer.memo.ljust(32, b"\0"))
+    return TempoCall(contract, _TRANSFER_WITH_MEMO + words + transfer.memo.ljust(32, b"\0"))
 
 
 def tempo_transaction(req: ChargeRequest, ch: MppChallenge, *, now_s: int, gas_limit: int,
                       gas_price: int) -> TempoTransaction:
-    """The unsigned type-0x76 transaction paying ``req`` (fees in the charged token)."""
+    """The unsigned type-0x76 transaction paying ``req`` (fees in the charged token,
+    an expiring nonce)."""
     calls = [tip20_transfer(req.currency, t) for t in transfers(req, ch)]
-    return TempoTransaction.create(
-        chain_id=req.chain_id, gas_limit=gas_limit, max_fee_per_gas=gas_price,
-        max_priority_fee_per_gas=gas_price, nonce_key=EXPIRING_NONCE_KEY, nonce=0,
-        valid_before=valid_before(ch, now_s), fee_token=req.currency, calls=tuple(calls),
-    )
+    return TempoTransaction(chain_id=req.chain_id, gas_limit=gas_limit, gas_price=gas_price,
+                            valid_before=valid_before(ch, now_s), fee_token=bytes.fromhex(req.currency[2:]),
+                            calls=tuple(calls))
 
 
 def gas_limit(req: ChargeRequest) -> int:
@@ -213,7 +228,7 @@ def proof_typed_data(ch: MppChallenge, req: ChargeRequest, account: str) -> Type
         types={"Proof": [{"name": "account", "type": "address"}, {"name": "challengeId", "type": "string"},
                          {"name": "realm", "type": "string"}]},
         primary_type="Proof",
-        message={"account": to_checksum_address(account), "challengeId": ch.id, "realm": ch.realm},
+        message={"account": _checksum(account), "challengeId": ch.id, "realm": ch.realm},
     )
 
 
@@ -234,7 +249,7 @@ def evm_authorization(req: ChargeRequest, ch: MppChallenge, payer: str, now_s: i
 
 
 def did_pkh(chain_id: int, address: str) -> str:
-    return f"did:pkh:eip155:{chain_id}:{to_checksum_address(address)}"
+    return f"did:pkh:eip155:{chain_id}:{_checksum(address)}"
 
 
 def credential(ch: MppChallenge, payload: Mapping[str, Any], source: str) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import attrs
 import coincurve
 from eth_account.messages import encode_typed_data
 from eth_account.typed_transactions import TypedTransaction
 from eth_utils import keccak, to_checksum_address
-from pytempo import Signature, TempoTransaction, as_address
+
+from teller.mpp.tempo_tx import TempoTransaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +79,10 @@ class WalletSigner:
 
     def sign_tempo_transaction(self, tx: TempoTransaction) -> bytes:
         """A Tempo (type 0x76) transaction from this wallet, signed and encoded.
-        The key never reaches pytempo: only the signing hash leaves this object."""
-        sig = self._key.sign_recoverable(tx.get_signing_hash(), hasher=None)
+        Only the signing hash is signed here; the key never leaves this object."""
+        sig = self._key.sign_recoverable(tx.signing_hash(), hasher=None)
         # v = 27 + yParity: nodes re-encode 0/1 and the hash would then differ from keccak(raw).
-        signature = Signature(r=int.from_bytes(sig[:32], "big"), s=int.from_bytes(sig[32:64], "big"), v=27 + sig[64])
-        return bytes(attrs.evolve(tx, sender_signature=signature, sender_address=as_address(self._address)).encode())
+        return tx.signed(sig[:64] + bytes([27 + sig[64]]))
 
     def _sign_digest(self, digest: bytes) -> bytes:
         # libsecp256k1 returns low-s signatures, as EIP-2 requires.

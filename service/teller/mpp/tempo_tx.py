@@ -1,0 +1,98 @@
+"""Tempo transactions (type 0x76) of the one shape Teller signs, encoded here.
+
+A Teller payment on Tempo is always the same shape: TIP-20 calls with no
+native value, an expiring nonce (TIP-1009), fees paid by the sender in the
+charged token, and no access list, fee payer, authorization list or key
+authorization. For that shape the encoding is a fixed RLP list, built here
+directly. (pytempo's general model validated the transaction and RLP-encoded it
+twice per payment through pyrlp's type inference: ~65 us, about a tenth of a
+worker's time per MPP Sign.) ``tests/test_mpp_tempo.py`` holds the signing
+payload and the signed transaction to pytempo's bytes for random transactions,
+and the live tests have a Tempo node accept them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eth_utils import keccak
+
+TYPE = 0x76
+#: Expiring nonces (TIP-1009): replay protection by transaction hash, so
+#: concurrent payments from one wallet never contend for a sequential nonce.
+EXPIRING_NONCE_KEY = 2**256 - 1
+
+RlpItem = bytes | int | Sequence["RlpItem"]
+
+
+def _prefix(offset: int, length: int) -> bytes:
+    if length < 56:
+        return bytes([offset + length])
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([offset + 55 + len(size)]) + size
+
+
+def rlp(item: RlpItem) -> bytes:
+    """Recursive Length Prefix encoding of bytes, non-negative integers (big-endian,
+    no leading zeros: 0 is the empty string) and lists of them."""
+    if isinstance(item, int):
+        if item < 0:
+            raise ValueError("RLP cannot encode a negative integer")
+        item = item.to_bytes((item.bit_length() + 7) // 8, "big")
+    if isinstance(item, bytes):
+        if len(item) == 1 and item[0] < 0x80:
+            return item
+        return _prefix(0x80, len(item)) + item
+    payload = b"".join(rlp(x) for x in item)
+    return _prefix(0xC0, len(payload)) + payload
+
+
+@dataclass(frozen=True, slots=True)
+class TempoCall:
+    to: bytes  # 20-byte contract address
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TempoTransaction:
+    """An unsigned Tempo payment: ``signing_hash`` is what the wallet signs,
+    ``signed`` the raw transaction for ``eth_sendRawTransaction``."""
+
+    chain_id: int
+    gas_limit: int
+    gas_price: int  # both the max fee and the max priority fee per gas
+    valid_before: int  # unix seconds; the expiring nonce's deadline
+    fee_token: bytes  # 20-byte TIP-20 token the fees are paid in
+    calls: tuple[TempoCall, ...]
+
+    def __post_init__(self) -> None:
+        if self.chain_id <= 0 or self.gas_limit <= 0 or self.gas_price < 0 or self.valid_before <= 0:
+            raise ValueError("chain_id, gas_limit and valid_before must be positive, gas_price not negative")
+        if not self.calls:
+            raise ValueError("a Tempo transaction needs at least one call")
+        if len(self.fee_token) != 20 or any(len(c.to) != 20 for c in self.calls):
+            raise ValueError("addresses must be 20 bytes")
+
+    def _fields(self) -> list[RlpItem]:
+        """The fields both encodings share, up to and including the fee token."""
+        return [self.chain_id, self.gas_price, self.gas_price, self.gas_limit,
+                [[c.to, 0, c.data] for c in self.calls],
+                [],  # access list
+                EXPIRING_NONCE_KEY, 0,  # nonce key, nonce
+                self.valid_before, b"",  # valid_after: none
+                self.fee_token]
+
+    def signing_hash(self) -> bytes:
+        # After the fee token: no fee payer (empty), no authorization list.
+        return keccak(bytes([TYPE]) + rlp([*self._fields(), b"", []]))
+
+    def signed(self, signature: bytes) -> bytes:
+        """The raw transaction with the sender's 65-byte ``r || s || v`` signature."""
+        if len(signature) != 65:
+            raise ValueError("a sender signature is 65 bytes")
+        # After the fee token: no fee payer signature, no authorization list, the signature.
+        return bytes([TYPE]) + rlp([*self._fields(), b"", [], signature])
+
+
+__all__ = ["EXPIRING_NONCE_KEY", "TYPE", "TempoCall", "TempoTransaction", "rlp"]
