@@ -136,6 +136,40 @@ def test_dockerfile_recipe():
     assert "tests" in ignore and ".venv" in ignore
 
 
+#: Modules the service imports that come with an extra of a declared dependency.
+_FROM_EXTRAS = {"sha3": "eth-hash[pysha3]"}
+
+
+def test_every_library_the_service_imports_is_a_declared_dependency():
+    """The image installs only [project.dependencies]: a library the service
+    imports that arrives only through another package (httpx came with pympp,
+    which the service no longer needs) would break the image when that package
+    goes. Each third-party import must name its distribution directly."""
+    import ast
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    def norm(name: str) -> str:
+        return name.lower().replace("_", "-")
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    declared = {norm(re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0]) for d in deps}
+    modules: set[str] = set()
+    for path in (ROOT / "service").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    distributions = packages_distributions()
+    third_party = sorted(m for m in modules if m not in sys.stdlib_module_names and not m.startswith("teller"))
+    assert {"grpc", "httpx", "sqlalchemy"} <= set(third_party)
+    undeclared = [m for m in third_party if m not in _FROM_EXTRAS
+                  and not {norm(d) for d in distributions.get(m, [])} & declared]
+    assert not undeclared, f"imported by the service but not in [project.dependencies]: {undeclared}"
+    assert all(any(d.startswith(extra) for d in deps) for extra in _FROM_EXTRAS.values())
+
+
 @pytest.mark.slow
 def test_image_entrypoint_runs_from_a_clean_virtualenv(tmp_path):
     """What the Dockerfile does: build wheels, install them into a fresh

@@ -22,6 +22,7 @@ from teller.chain import ChainReader
 from teller.clock import Clock
 from teller.errors import FailedPrecondition, TellerError
 from teller.mpp import charge as mpp_charge
+from teller.mpp.tempo_tx import TempoTransaction
 from teller.vault import SealedKey, Vault
 from teller.vault.signer import WalletSigner
 from teller.x402 import proof as x402_proof
@@ -48,7 +49,7 @@ class Presigned:
     address: str
     auth: eip3009.Authorization | None = None
     signature: bytes | None = None
-    tx: Any = None  # pytempo TempoTransaction
+    tx: TempoTransaction | None = None
     raw: bytes | None = None
 
     def fits(self, offer: offers_mod.Offer, wallet: WalletRow) -> bool:
