@@ -57,12 +57,15 @@ class MppChallenge:
         return out
 
 
-#: A run of tchars, and of a quoted string's plain characters (no
-#: quote, no backslash, no control character but tab). Matched as runs rather
-#: than read a character at a time: a challenge's ``request`` parameter is a
-#: quoted base64 document of several hundred characters on every MPP Sign.
+#: A run of tchars, of a quoted string's plain characters (no quote, no
+#: backslash, no control character but tab), and of blanks (and commas).
+#: Matched as runs rather than read a character at a time: a challenge's
+#: ``request`` parameter is a quoted base64 document of several hundred
+#: characters on every MPP Sign.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 _QUOTED_RUN = re.compile(r'[^"\\\x00-\x08\x0a-\x1f]*')
+_BLANKS = re.compile(r"[ \t]*")
+_BLANKS_AND_COMMAS = re.compile(r"[ \t,]*")
 
 
 class _Reader:
@@ -72,9 +75,10 @@ class _Reader:
         self.s = text
         self.i = 0
 
-    def skip(self, chars: str = " \t") -> None:
-        while self.i < len(self.s) and self.s[self.i] in chars:
-            self.i += 1
+    def skip(self, pattern: re.Pattern[str] = _BLANKS) -> None:
+        m = pattern.match(self.s, self.i)
+        assert m is not None  # the patterns match the empty string
+        self.i = m.end()
 
     def at_end(self) -> bool:
         return self.i >= len(self.s)
@@ -122,7 +126,7 @@ def _split(value: str) -> list[tuple[str, dict[str, str]]]:
     r = _Reader(value)
     out: list[tuple[str, dict[str, str]]] = []
     while True:
-        r.skip(" \t,")
+        r.skip(_BLANKS_AND_COMMAS)
         if r.at_end():
             return out
         scheme = r.token()

@@ -14,7 +14,7 @@ and the live tests have a Tempo node accept them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eth_utils import keccak
 
@@ -65,6 +65,7 @@ class TempoTransaction:
     valid_before: int  # unix seconds; the expiring nonce's deadline
     fee_token: bytes  # 20-byte TIP-20 token the fees are paid in
     calls: tuple[TempoCall, ...]
+    _encoded: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.chain_id <= 0 or self.gas_limit <= 0 or self.gas_price < 0 or self.valid_before <= 0:
@@ -73,26 +74,37 @@ class TempoTransaction:
             raise ValueError("a Tempo transaction needs at least one call")
         if len(self.fee_token) != 20 or any(len(c.to) != 20 for c in self.calls):
             raise ValueError("addresses must be 20 bytes")
-
-    def _fields(self) -> list[RlpItem]:
-        """The fields both encodings share, up to and including the fee token."""
-        return [self.chain_id, self.gas_price, self.gas_price, self.gas_limit,
-                [[c.to, 0, c.data] for c in self.calls],
-                [],  # access list
-                EXPIRING_NONCE_KEY, 0,  # nonce key, nonce
-                self.valid_before, b"",  # valid_after: none
-                self.fee_token]
+        # The items both encodings share, up to and including the fee token, encoded
+        # once: a list's encoding is a length prefix over its items' encodings, and
+        # the signing payload and the signed transaction differ only after these.
+        items: tuple[RlpItem, ...] = (
+            self.chain_id, self.gas_price, self.gas_price, self.gas_limit,
+            [[c.to, 0, c.data] for c in self.calls],
+            [],  # access list
+            EXPIRING_NONCE_KEY, 0,  # nonce key, nonce
+            self.valid_before, b"",  # valid_after: none
+            self.fee_token)
+        object.__setattr__(self, "_encoded", b"".join(rlp(item) for item in items))
 
     def signing_hash(self) -> bytes:
         # After the fee token: no fee payer (empty), no authorization list.
-        return keccak(bytes([TYPE]) + rlp([*self._fields(), b"", []]))
+        return keccak(_typed(self._encoded + _EMPTY + _EMPTY_LIST))
 
     def signed(self, signature: bytes) -> bytes:
         """The raw transaction with the sender's 65-byte ``r || s || v`` signature."""
         if len(signature) != 65:
             raise ValueError("a sender signature is 65 bytes")
         # After the fee token: no fee payer signature, no authorization list, the signature.
-        return bytes([TYPE]) + rlp([*self._fields(), b"", [], signature])
+        return _typed(self._encoded + _EMPTY + _EMPTY_LIST + rlp(signature))
+
+
+_EMPTY = rlp(b"")
+_EMPTY_LIST = rlp([])
+
+
+def _typed(payload: bytes) -> bytes:
+    """A typed transaction: its type byte, then the RLP list of ``payload``'s items."""
+    return bytes([TYPE]) + _prefix(0xC0, len(payload)) + payload
 
 
 __all__ = ["EXPIRING_NONCE_KEY", "TYPE", "TempoCall", "TempoTransaction", "rlp"]
