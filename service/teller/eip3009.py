@@ -11,19 +11,8 @@ from typing import Any
 from eth_utils import is_address, keccak
 
 from teller.errors import FailedPrecondition, InvalidArgument
+from teller.keccak import keccak256
 from teller.vault.signer import TypedData
-
-try:  # pysha3's C keccak (a dependency) called directly: eth_utils.keccak's argument
-    # checks cost more than the hash itself on the hot path (two per signature).
-    from sha3 import keccak_256 as _keccak_256
-
-    def _keccak(data: bytes) -> bytes:
-        return bytes(_keccak_256(data).digest())
-except ImportError:  # pragma: no cover - another eth-hash backend
-    from eth_hash.auto import keccak as _auto_keccak
-
-    def _keccak(data: bytes) -> bytes:
-        return _auto_keccak(data)
 
 #: Largest amount Teller accounts for (BIGINT). Larger requests are refused.
 MAX_AMOUNT = 2**63 - 1
@@ -144,10 +133,10 @@ def _word_address(address: str) -> bytes:
 def digest(token: Token, auth: Authorization) -> bytes:
     """The EIP-712 digest of a TransferWithAuthorization, without the general
     encoder's per-call type analysis (this is the hot path of every signature)."""
-    struct = _keccak(_TWA_TYPEHASH + _word_address(auth.from_address) + _word_address(auth.to)
+    struct = keccak256(_TWA_TYPEHASH + _word_address(auth.from_address) + _word_address(auth.to)
                      + auth.value.to_bytes(32, "big") + auth.valid_after.to_bytes(32, "big")
                      + auth.valid_before.to_bytes(32, "big") + auth.nonce)
-    return _keccak(b"\x19\x01" + domain_separator(token) + struct)
+    return keccak256(b"\x19\x01" + domain_separator(token) + struct)
 
 
 def typed_data(token: Token, auth: Authorization) -> TypedData:

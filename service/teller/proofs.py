@@ -21,6 +21,7 @@ from teller.batch_io import WalletRow
 from teller.chain import ChainReader
 from teller.clock import Clock
 from teller.errors import FailedPrecondition, TellerError
+from teller.keccak import keccak256
 from teller.mpp import charge as mpp_charge
 from teller.mpp.tempo_tx import TempoTransaction
 from teller.vault import SealedKey, Vault
@@ -226,7 +227,7 @@ class Proofs:
             tx = mpp_charge.tempo_transaction(req, ch, now_s=ctx.now_ms // 1000,
                                               gas_limit=mpp_charge.gas_limit(req), gas_price=gas_price)
             raw = signer.sign_tempo_transaction(tx)
-        tx_hash = "0x" + keccak(raw).hex()
+        tx_hash = "0x" + keccak256(raw).hex()
         details: dict[str, Any] = {"method": ch.method, "intent": ch.intent, "mode": mode, "challenge_id": ch.id,
                                    "realm": ch.realm, "tx_hash": tx_hash}
         if mode == "pull":

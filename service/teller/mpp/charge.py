@@ -18,6 +18,7 @@ from eth_utils import is_address, keccak, to_checksum_address
 
 from teller import eip3009
 from teller.errors import InvalidArgument
+from teller.keccak import keccak256
 from teller.mpp.challenge import MppChallenge
 from teller.mpp.tempo_tx import TempoCall, TempoTransaction
 from teller.vault.signer import TypedData
@@ -160,8 +161,8 @@ def attribution_memo(challenge_id: str, realm: str) -> bytes:
     """The MPP attribution memo: tag | version 1 | keccak(realm)[:10] |
     anonymous client (10 zero bytes) | keccak(challenge id)[:7]. Servers use it
     to tie an on-chain transfer to the challenge it pays."""
-    return (ATTRIBUTION_TAG + b"\x01" + keccak(text=realm)[:10] + b"\0" * 10
-            + keccak(text=challenge_id)[:7])
+    return (ATTRIBUTION_TAG + b"\x01" + keccak256(realm.encode())[:10] + b"\0" * 10
+            + keccak256(challenge_id.encode())[:7])
 
 
 def transfers(req: ChargeRequest, ch: MppChallenge) -> tuple[Transfer, ...]:

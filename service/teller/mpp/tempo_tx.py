@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from eth_utils import keccak
+from teller.keccak import keccak256
 
 TYPE = 0x76
 #: Expiring nonces (TIP-1009): replay protection by transaction hash, so
@@ -88,7 +88,7 @@ class TempoTransaction:
 
     def signing_hash(self) -> bytes:
         # After the fee token: no fee payer (empty), no authorization list.
-        return keccak(_typed(self._encoded + _EMPTY + _EMPTY_LIST))
+        return keccak256(_typed(self._encoded + _EMPTY + _EMPTY_LIST))
 
     def signed(self, signature: bytes) -> bytes:
         """The raw transaction with the sender's 65-byte ``r || s || v`` signature."""
