@@ -8,9 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from teller import auth
 from teller.audit_chain import verify
-from teller.auth import Caller
 from teller.db.models import AuditEvent, AuditHead, Payment, SpendBucket
 from teller.errors import (
     AlreadyExists,
@@ -20,18 +18,12 @@ from teller.errors import (
     Unauthenticated,
     Unavailable,
 )
-from teller.payments import Call, SignResult, sign_input
+from teller.payments import SignResult
 from teller.rpc.batcher import SignBatcher
 from teller_client import Budget, Policy
+from tests.support.batches import commit as _commit
+from tests.support.batches import prepare as _call
 from tests.support.x402_server import sdk_v2_challenge
-
-
-def _call(teller, t, chall, *, secret: str | None = "token", wallet_id: str | None = None, key: str = "") -> Call:
-    req = sign_input(status=402, headers=tuple(chall.headers), body=chall.body, url=chall.url, method="GET",
-                     wallet_id=wallet_id or t.wallet_id, max_amount="", idempotency_key=key)
-    token_id, real_secret = auth.parse_token(t.token)
-    return teller.app.payments.prepare(Caller(t.tenant_id, token_id), req,
-                                       real_secret if secret == "token" else secret)
 
 
 @pytest.fixture(params=["sqlite/session", pytest.param("postgres/session", marks=pytest.mark.postgres),
@@ -47,23 +39,6 @@ def setup(request, tmp_path):
     running = RunningTeller(make_settings(url, tmp_path))
     yield running, driver
     running.stop()
-
-
-def _commit(teller, calls, driver: str):
-    payments = teller.app.payments
-    if driver == "session":
-        return payments.commit(calls)
-    from teller.batch_io import AsyncPgBatchIO, conninfo
-
-    async def run():
-        aio = AsyncPgBatchIO(conninfo(teller.app.db.engine.url.render_as_string(hide_password=False)))
-        loop = asyncio.get_running_loop()
-        try:
-            return await payments.commit_async(calls, aio, lambda fn, c: loop.run_in_executor(None, fn, c))
-        finally:
-            await aio.close()
-
-    return asyncio.run(run())
 
 
 def _rows(teller, model, **where):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from teller import config
-from teller.chain import ChainReader
+from teller.chain import ChainReader, NotCached
 from teller.errors import FailedPrecondition, Unavailable
 from tests.support.chain import anvil, deploy_token
 
@@ -48,3 +51,43 @@ def test_balance_and_authorization_state_on_anvil():
         reader.token_balance(chain.network, chain.token.address, payer.address)  # anvil is gone
     with pytest.raises(FailedPrecondition, match="no RPC endpoint configured"):
         reader.token_balance("eip155:999", chain.token.address, payer.address)
+
+
+def test_gas_price_is_read_once_however_many_ask_and_renewed_before_it_lapses():
+    """Every Tempo payment needs the gas price. Once lapsed, one caller reads it
+    and the others wait for that answer; under load it is renewed in the
+    background before it lapses, so calls answered from memory never stop."""
+    with anvil() as url:
+        network = "eip155:31337"
+        reader = ChainReader({network: url})
+        reader.gas_price_ttl_s = ttl = 2.0
+        reads: list[float] = []
+        real_call = reader._call
+
+        def counting(net, what, fn):  # type: ignore[no-untyped-def]
+            if what == "gas price read":
+                reads.append(time.monotonic())
+                time.sleep(0.05)  # a slow RPC: the other callers arrive while it runs
+            return real_call(net, what, fn)
+
+        reader._call = counting  # type: ignore[method-assign]
+        with pytest.raises(NotCached):
+            reader.gas_price(network, cached_only=True)
+        with ThreadPoolExecutor(16) as pool:
+            prices = set(pool.map(lambda _: reader.gas_price(network), range(16)))
+        assert len(prices) == 1 and len(reads) == 1
+        (price,) = prices
+        assert price > 0 and reader.gas_price(network, cached_only=True) == price and len(reads) == 1
+
+        # In the last fifth of its life: still answered from memory, and renewed once, in the background.
+        time.sleep(max(0.0, reads[0] + 0.05 + ttl - 0.3 - time.monotonic()))
+        for _ in range(50):
+            assert reader.gas_price(network, cached_only=True) == price
+        deadline = time.monotonic() + 5
+        while len(reads) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(reads) == 2
+        # Past the first read's lifetime it is still in memory: the renewal took.
+        time.sleep(max(0.0, reads[0] + 0.05 + ttl + 0.2 - time.monotonic()))
+        assert reader.gas_price(network, cached_only=True) == price
+        assert len(reads) == 2

@@ -275,6 +275,58 @@ def _hand_built(request_doc: dict, challenge_id: str) -> list[tuple[str, str]]:
                                  f'intent="charge", request="{encoded}", expires="{expires}"')]
 
 
+@pytest.mark.parametrize("database, driver", [
+    ("sqlite", "session"), pytest.param("postgres", "session", marks=pytest.mark.postgres),
+    pytest.param("postgres", "async", marks=pytest.mark.postgres)])
+def test_a_tempo_payment_signed_again_within_its_second_is_the_same_payment(database, driver, request, tmp_path,
+                                                                           chain, monkeypatch):
+    """A Tempo transaction signed twice within one second is the same bit for
+    bit, and the chain takes it once: a second Sign returns the first payment
+    and reserves nothing more. Whether a presigned transaction is already
+    recorded is read with the batch's lock, not in a round trip of its own."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import func, select
+
+    from teller import batch_io
+    from teller.db.models import AuditEvent, Payment
+    from tests.support.batches import commit, prepare
+
+    looked_up: list[str] = []
+
+    class CountedFindNonce(batch_io.FindNonce):
+        def __init__(self, wallet_id: str, nonce: str) -> None:
+            looked_up.append(nonce)
+            super().__init__(wallet_id, nonce)
+
+    monkeypatch.setattr(batch_io, "FindNonce", CountedFindNonce)
+    url = f"sqlite:///{tmp_path / 'teller.db'}" if database == "sqlite" else request.getfixturevalue("pg_url")
+    frozen = time.time()
+    running = RunningTeller(make_settings(url, tmp_path, rpc_urls={chain.network: chain.rpc_url},
+                                          reconcile_interval_seconds=0), clock=lambda: frozen)
+    try:
+        t = _tenant(running, chain, fund=0)
+        doc = {"amount": "40000", "currency": PATH_USD, "recipient": RECIPIENT, "methodDetails": {"chainId": 31337}}
+        one, two = (SimpleNamespace(headers=_hand_built(doc, f"dup-{i}"), body=b"", url="https://spec.example/d")
+                    for i in (1, 2))
+        (first,) = commit(running, [prepare(running, t, one)], driver)
+        # A later batch finds it with its reads; in one batch, the second call finds the first's.
+        again, again_too, fresh, fresh_again = commit(
+            running, [prepare(running, t, one), prepare(running, t, one), prepare(running, t, two),
+                      prepare(running, t, two)], driver)
+        assert again.payment_id == again_too.payment_id == first.payment_id
+        assert again.header_value == first.header_value
+        assert fresh.payment_id == fresh_again.payment_id != first.payment_id
+        assert looked_up == []
+        with running.app.db.read() as s:
+            assert s.scalar(select(func.count()).select_from(Payment).where(Payment.tenant_id == t.tenant_id)) == 2
+            assert s.scalar(select(func.sum(Payment.amount)).where(Payment.tenant_id == t.tenant_id)) == 80_000
+            assert s.scalar(select(func.count()).select_from(AuditEvent).where(
+                AuditEvent.tenant_id == t.tenant_id, AuditEvent.action == "payment.sign")) == 2
+    finally:
+        running.stop()
+
+
 def test_a_memo_in_method_details_goes_on_the_primary_transfer(live, chain):
     t = _tenant(live, chain)
     doc = {"amount": "70000", "currency": PATH_USD, "recipient": RECIPIENT,

@@ -14,12 +14,12 @@ no thread.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, cast
 
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import bindparam, insert, select, text
+from sqlalchemy import bindparam, insert, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from teller import audit, policy, spend
@@ -61,18 +61,21 @@ class Snapshot:
     tokens: dict[str, Any]  # id -> (id, tenant_id, secret_hash, revoked_ms)
     claims: dict[tuple[str, str], Any]  # (tenant, idempotency key) -> payment row
     windows: dict[tuple[str, str], dict[str, spend.WindowUse]] | None = None  # Read.measure's answer
+    nonces: dict[tuple[str, str], Any] = field(default_factory=dict)  # (wallet, nonce) -> payment row
 
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """Lock these tenants and their chain heads; read wallets, tokens and claims;
-    and (once the locks are granted) measure these windows."""
+    """Lock these tenants and their chain heads; read wallets, tokens, claims and
+    the payments holding these (wallet, nonce) pairs; and (once the locks are
+    granted) measure these windows."""
 
     tenant_ids: Sequence[str]
     wallet_ids: Sequence[str]
     token_ids: Sequence[str]
     keys: Sequence[str]
     measure: Measure | None = None
+    nonces: Sequence[tuple[str, str]] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +190,7 @@ _TOKENS = (select(ApiToken.id, ApiToken.tenant_id, ApiToken.secret_hash, ApiToke
            .where(ApiToken.id.in_(bindparam("token_ids", expanding=True))))
 _CLAIMS = select(Payment).where(Payment.tenant_id.in_(bindparam("tenant_ids", expanding=True)),
                                 Payment.idempotency_key.in_(bindparam("keys", expanding=True)))
+_NONCES = select(Payment).where(tuple_(Payment.wallet_id, Payment.nonce).in_(bindparam("pairs", expanding=True)))
 
 
 class SqlBatchIO:
@@ -202,9 +206,11 @@ class SqlBatchIO:
         claims = ({(p.tenant_id, p.idempotency_key or ""): p
                    for p in s.scalars(_CLAIMS, {"tenant_ids": list(tenant_ids), "keys": list(keys)})}
                   if keys else {})
+        nonces = ({(p.wallet_id, p.nonce): p for p in s.scalars(_NONCES, {"pairs": list(request.nonces)})}
+                  if request.nonces else {})
         m = request.measure
         return Snapshot(tenants, heads, wallets, tokens, claims,
-                        spend.measure_many(s, m.scopes, m.now_ms) if m is not None else None)
+                        spend.measure_many(s, m.scopes, m.now_ms) if m is not None else None, nonces)
 
     def measure(self, s: Session, scopes: Mapping[tuple[str, str], Sequence[policy.Budget]],
                 now_ms: int) -> dict[tuple[str, str], dict[str, spend.WindowUse]]:
@@ -265,6 +271,8 @@ def _text_array(values: Sequence[str]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
+_PG_NONCES = (f"SELECT {', '.join(_PAYMENT_COLUMNS)} FROM payments "  # noqa: S608 - the model's columns
+              "WHERE (wallet_id, nonce) IN (SELECT * FROM unnest(%s::text[], %s::text[]))")
 _PG_RELEASE = "UPDATE payments SET idempotency_key = NULL WHERE id = %s"
 _PG_NONCE = (f"SELECT {', '.join(_PAYMENT_COLUMNS)} FROM payments "  # noqa: S608 - the model's columns
              "WHERE wallet_id = %s AND nonce = %s")
@@ -284,6 +292,7 @@ _PREPARED = {
     "teller_wallets": ("text[]", _PG_WALLETS),
     "teller_tokens": ("text[]", _PG_TOKENS),
     "teller_claims": ("text[], text[]", _PG_CLAIMS),
+    "teller_nonces": ("text[], text[]", _PG_NONCES),
     "teller_windows": ("json", spend.WINDOWS_PG_SQL),
     "teller_write": ("json, json, json, json", _PG_WRITE),
     "teller_release": ("text", _PG_RELEASE),
@@ -468,6 +477,9 @@ class _PgBatch:
             st.add("teller_tokens", _text_array(request.token_ids))
         if request.keys:
             st.add("teller_claims", tenant_ids, _text_array(request.keys))
+        if request.nonces:
+            st.add("teller_nonces", _text_array([w for w, _ in request.nonces]),
+                   _text_array([n for _, n in request.nonces]))
         # After the lock: the windows are measured once the locks are granted, in the same round trip.
         names = _add_windows(st, request.measure) if request.measure is not None else None
         cur = await self._run(st)
@@ -486,6 +498,10 @@ class _PgBatch:
         if request.keys:
             cur.nextset()
             claims = {(p.tenant_id, p.idempotency_key): p for p in await cur.fetchall()}
+        nonces: dict[tuple[str, str], Any] = {}
+        if request.nonces:
+            cur.nextset()
+            nonces = {(p.wallet_id, p.nonce): p for p in await cur.fetchall()}
         windows = None
         if request.measure is not None and names is not None:
             rows: list[Any] = []
@@ -493,7 +509,7 @@ class _PgBatch:
                 cur.nextset()
                 rows = await cur.fetchall()
             windows = spend.windows_from(names, request.measure.scopes, rows)
-        return Snapshot(tenants, heads, wallets, tokens, claims, windows)
+        return Snapshot(tenants, heads, wallets, tokens, claims, windows, nonces)
 
 
 def _add_windows(st: _Statements, request: Measure) -> list[tuple[tuple[str, str], str]]:

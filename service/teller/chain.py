@@ -8,6 +8,7 @@ transport failure becomes ``Unavailable`` here, and nowhere else.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ class ChainReader:
         self._timeout = timeout_s
         self._clients: dict[str, Web3] = {}
         self._gas: dict[str, tuple[int, float]] = {}
+        # One gas price read at a time (there are few networks; a read takes milliseconds).
+        self._gas_lock = threading.Lock()
         self._domains: dict[tuple[str, str], tuple[str, str]] = {}
         self.gas_price_ttl_s = 5.0
 
@@ -130,16 +133,52 @@ class ChainReader:
             raise Unavailable(f"{what} on {network} failed: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
     def gas_price(self, network: str, cached_only: bool = False) -> int:
-        """The network's gas price, cached for a few seconds: every Tempo payment needs it."""
-        now = time.monotonic()
+        """The network's gas price, cached for a few seconds: every Tempo payment needs it.
+
+        Under load the cached price never lapses: in the last fifth of its life
+        the first call to see it starts one refresh in the background and goes
+        on with it. (When it lapsed, every Tempo call then in flight went to a
+        thread for its own RPC, stalling the worker for up to ~100 ms every few
+        seconds.) Once it has lapsed, one caller reads it and the others wait
+        for that answer."""
         hit = self._gas.get(network)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        if hit is not None:
+            left = hit[1] - time.monotonic()
+            if left > 0:
+                if left < self.gas_price_ttl_s / 5:
+                    self._refresh_in_background(network)
+                return hit[0]
         if cached_only:
             raise NotCached(f"gas price of {network}")
+        with self._gas_lock:
+            hit = self._gas.get(network)
+            if hit is not None and hit[1] > time.monotonic():
+                return hit[0]  # read by the caller this one waited for
+            return self._read_gas_price(network)
+
+    def _read_gas_price(self, network: str) -> int:
+        """Under ``_gas_lock``."""
         price = self._call(network, "gas price read", lambda: int(self._w3(network).eth.gas_price))
-        self._gas[network] = (price, now + self.gas_price_ttl_s)
+        self._gas[network] = (price, time.monotonic() + self.gas_price_ttl_s)
         return price
+
+    def _refresh_in_background(self, network: str) -> None:
+        if not self._gas_lock.acquire(blocking=False):
+            return  # a read is under way
+
+        def refresh() -> None:
+            try:
+                self._read_gas_price(network)
+            except Unavailable:
+                pass  # the cached price lapses, and the next call reads it itself (and reports the failure)
+            finally:
+                self._gas_lock.release()
+
+        try:
+            threading.Thread(target=refresh, name="teller-gas-price", daemon=True).start()
+        except BaseException:
+            self._gas_lock.release()
+            raise
 
     def chain_id(self, network: str) -> int:
         return self._call(network, "chain id read", lambda: int(self._w3(network).eth.chain_id))

@@ -157,7 +157,10 @@ class _Batch:
     moved: dict[str, tuple[int, str]] = field(default_factory=dict)
     buckets: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
     claims: dict[tuple[str, str], Any] = field(default_factory=dict)
+    #: (wallet, nonce) -> the payment holding it: found by the batch's reads, or reserved by it.
     nonces: dict[tuple[str, str], Any] = field(default_factory=dict)
+    #: The (wallet, nonce) pairs the batch's reads looked up (found or not).
+    nonces_read: set[tuple[str, str]] = field(default_factory=set)
     #: Per (tenant, scope name), the scope a signature of this batch counted against.
     signed_scopes: dict[tuple[str, str], policy.Scope] = field(default_factory=dict)
 
@@ -320,11 +323,15 @@ class Payments:
         # with the lock, for the budgets the last batches of these tenants had.
         now_ms = ms(self.clock)
         guess = self._guess(calls)
+        # Presigned Tempo payments: whether their transactions are already recorded
+        # is read with the lock (else one round trip each, holding it).
+        nonces = sorted({(c.presigned.wallet_id, c.presigned.nonce) for c in calls
+                         if c.presigned is not None and c.presigned.nonce is not None})
         snap: batch_io.Snapshot = yield batch_io.Read(
             tenant_ids, sorted({c.req.wallet_id for c in calls}),
             sorted({c.caller.token_id for c in calls if c.secret is not None}),
             sorted({c.req.idempotency_key for c in calls if c.req.idempotency_key}),
-            batch_io.Measure(guess, now_ms) if guess else None)
+            batch_io.Measure(guess, now_ms) if guess else None, nonces)
         refused: dict[str, TellerError] = {}
         for tenant_id in tenant_ids:
             if tenant_id not in snap.tenants:
@@ -348,7 +355,8 @@ class Payments:
         else:  # first sight of a tenant, or its policy changed: measure what it has now
             windows = yield batch_io.Measure(scopes, now_ms)
         batch = _Batch(now_ms, snap.heads, {key: {name: w.used for name, w in use.items()}
-                                            for key, use in windows.items()})
+                                            for key, use in windows.items()},
+                       nonces=dict(snap.nonces), nonces_read=set(nonces))
         out: list[Outcome] = []
         for call, lk in zip(calls, locked, strict=True):
             if isinstance(lk, TellerError):
@@ -506,7 +514,7 @@ class Payments:
             # Tempo transaction signed twice within one second is the same bit for bit.
             # The chain takes only one, so return that payment rather than reserve twice.
             existing: Any = batch.nonces.get((ctx.wallet.id, row.nonce))
-            if existing is None:
+            if existing is None and (ctx.wallet.id, row.nonce) not in batch.nonces_read:
                 existing = yield batch_io.FindNonce(ctx.wallet.id, row.nonce)
             if existing is not None:
                 return existing, None

@@ -52,6 +52,8 @@ class Presigned:
     signature: bytes | None = None
     tx: TempoTransaction | None = None
     raw: bytes | None = None
+    #: A Tempo payment's nonce (its transaction hash): the batch looks it up with its reads.
+    nonce: str | None = None
 
     def fits(self, offer: offers_mod.Offer, wallet: WalletRow) -> bool:
         return offer is self.offer and wallet.id == self.wallet_id and wallet.address == self.address
@@ -131,7 +133,8 @@ class Proofs:
                                                   gas_limit=mpp_charge.gas_limit(req_charge), gas_price=gas_price)
             except TellerError:
                 return None
-            return Presigned(offer, req.wallet_id, address, tx=tx, raw=signer.sign_tempo_transaction(tx))
+            raw = signer.sign_tempo_transaction(tx)
+            return Presigned(offer, req.wallet_id, address, tx=tx, raw=raw, nonce="0x" + keccak256(raw).hex())
         return None
 
     def signer(self, tenant_id: str, wallet: WalletRow) -> WalletSigner:
