@@ -383,6 +383,54 @@ def test_statement_literals_round_trip_through_postgresql(pg_url):
 
 
 @pytest.mark.postgres
+def test_batch_statements_are_planned_again_as_their_tables_grow(pg_teller):
+    """A connection's prepared statements run generic plans made once (planning
+    each batch cost more than running it). A plan made while ``payments`` was
+    empty reads the whole table on every batch as it grows; prepared anew, the
+    statement uses the (wallet, nonce) index even before any ANALYZE."""
+    import psycopg
+
+    from teller.batch_io import AsyncPgBatchIO, conninfo
+
+    teller = pg_teller
+    t = teller.setup_tenant()
+    url = conninfo(teller.app.db.engine.url.render_as_string(hide_password=False))
+
+    async def scenario() -> tuple[str, str, str]:
+        aio = AsyncPgBatchIO(url, replan_after_s=3600)
+        loop = asyncio.get_running_loop()
+        try:
+            await teller.app.payments.commit_async([_call(teller, t, sdk_v2_challenge(amount="1000"))], aio,
+                                                   lambda fn, c: loop.run_in_executor(None, fn, c))
+            (conn, _), = aio._idle
+
+            async def nonce_plan() -> str:
+                cur = await conn.execute(f"EXPLAIN EXECUTE teller_nonces('{{{t.wallet_id}}}', '{{0xab}}')")
+                return " ".join(r[0] for r in await cur.fetchall())
+
+            empty = await nonce_plan()  # made now, on an empty table
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as other:
+                await other.execute(
+                    "INSERT INTO payments (id, tenant_id, wallet_id, protocol, version, scheme, network, asset, pay_to, "
+                    "amount, nonce, valid_before, state, header_name, header_value, request_hash, created_ms, "
+                    "resource_url) SELECT 'p' || g, %s, %s, 'mpp', 1, 'tempo/charge', 'n', 'a', 'p', 1, md5(g::text), "
+                    "0, 'signed', 'h', repeat('x', 600), 'r', g, '' FROM generate_series(1, 20000) g",
+                    (t.tenant_id, t.wallet_id))
+            stale = await nonce_plan()
+            aio._replan_after_s = 0.0
+            await teller.app.payments.commit_async([_call(teller, t, sdk_v2_challenge(amount="1000"))], aio,
+                                                   lambda fn, c: loop.run_in_executor(None, fn, c))
+            assert aio._idle[0][0] is conn  # the same connection, its statements prepared anew
+            return empty, stale, await nonce_plan()
+        finally:
+            await aio.close()
+
+    empty, stale, replanned = asyncio.run(scenario())
+    assert "Seq Scan on payments" in empty and "Seq Scan on payments" in stale
+    assert "Seq Scan" not in replanned and "uq_payments_wallet_id_nonce" in replanned
+
+
+@pytest.mark.postgres
 def test_a_failed_or_cancelled_batch_leaves_no_transaction_open(pg_teller):
     """A batch that fails after its locks rolls back before its connection is
     reused; one cancelled while it waits is closed rather than reused. Either
@@ -415,9 +463,9 @@ def test_a_failed_or_cancelled_batch_leaves_no_transaction_open(pg_teller):
             with pytest.raises(RuntimeError):
                 await aio.run(failing_plan())
             assert len(aio._idle) == 1
-            assert aio._idle[0].info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            assert aio._idle[0][0].info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             # Batch connections run the prepared statements' generic plans (see AsyncPgBatchIO._connect).
-            assert (await (await aio._idle[0].execute("SHOW plan_cache_mode")).fetchone())[0] == "force_generic_plan"
+            assert (await (await aio._idle[0][0].execute("SHOW plan_cache_mode")).fetchone())[0] == "force_generic_plan"
             assert await loop.run_in_executor(None, tenant_is_free)
 
             # Cancelled while waiting for a lock another transaction holds.
@@ -430,7 +478,7 @@ def test_a_failed_or_cancelled_batch_leaves_no_transaction_open(pg_teller):
                 await task
             await holder.rollback()
             await holder.close()
-            assert all(c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE for c in aio._idle)
+            assert all(c.info.transaction_status == psycopg.pq.TransactionStatus.IDLE for c, _ in aio._idle)
             assert await loop.run_in_executor(None, tenant_is_free)
             return await teller.app.payments.commit_async([_call(teller, t, chall)], aio,
                                                           lambda fn, c: loop.run_in_executor(None, fn, c))

@@ -13,6 +13,7 @@ no thread.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, cast
@@ -346,15 +347,22 @@ class AsyncPgBatchIO:
     round trips (``_Statements``). A connection that fails is dropped; the next
     batch opens another."""
 
-    def __init__(self, conninfo: str, connect_timeout_s: float = 5.0, lock_timeout_ms: int = 5000) -> None:
+    def __init__(self, conninfo: str, connect_timeout_s: float = 5.0, lock_timeout_ms: int = 5000,
+                 replan_after_s: float = 15.0) -> None:
         self._conninfo = conninfo
         self._timeout = connect_timeout_s
         # A batch waits this long for a tenant another transaction holds; then its
         # calls are retried one by one, so one busy tenant does not stall the others.
         self._lock_timeout_ms = lock_timeout_ms
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        # A connection's generic plans are made on the tables as they were then. One
+        # made while a table was empty (a new deployment) reads all of it, and keeps
+        # doing so as it grows until the next ANALYZE of it (a minute or more at
+        # thousands of payments a second); prepared anew, a plan sees the tables'
+        # current sizes and uses their indexes. One round trip per connection this often.
+        self._replan_after_s = replan_after_s
+        self._idle: list[tuple[psycopg.AsyncConnection[Any], float]] = []  # (connection, when prepared)
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+    async def _connect(self) -> tuple[psycopg.AsyncConnection[Any], float]:
         conn = await psycopg.AsyncConnection.connect(
             self._conninfo, autocommit=True, connect_timeout=max(1, int(self._timeout)),
             # Generic plans for the prepared batch statements: their arguments are
@@ -367,11 +375,25 @@ class AsyncPgBatchIO:
         except BaseException:
             await conn.close()
             raise
-        return conn
+        return conn, time.monotonic()
+
+    async def _take(self) -> tuple[psycopg.AsyncConnection[Any], float]:
+        """An idle connection (its statements prepared anew if their plans are old), or a new one."""
+        if not self._idle:
+            return await self._connect()
+        conn, prepared = self._idle.pop()
+        if time.monotonic() - prepared < self._replan_after_s:
+            return conn, prepared
+        try:
+            await conn.execute(b"DEALLOCATE ALL;" + _PREPARE_ALL, prepare=False)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn, time.monotonic()
 
     async def run(self, plan: Generator[Request, Any, T]) -> T:
         try:
-            conn = self._idle.pop() if self._idle else await self._connect()
+            conn, prepared = await self._take()
         except psycopg.OperationalError as exc:
             raise Unavailable("database unavailable") from exc
         batch = _PgBatch(conn)
@@ -393,7 +415,7 @@ class AsyncPgBatchIO:
             # batch, a failed ROLLBACK) would swallow the next batch's BEGIN.
             if not conn.closed and not conn.broken:
                 if conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                    self._idle.append(conn)
+                    self._idle.append((conn, prepared))
                 else:
                     await conn.close()
         return result
@@ -411,7 +433,7 @@ class AsyncPgBatchIO:
 
     async def close(self) -> None:
         while self._idle:
-            await self._idle.pop().close()
+            await self._idle.pop()[0].close()
 
 
 class _PgBatch:
