@@ -383,20 +383,28 @@ def test_statement_literals_round_trip_through_postgresql(pg_url):
 
 
 @pytest.mark.postgres
-def test_batch_statements_are_planned_again_as_their_tables_grow(pg_teller):
-    """A connection's prepared statements run generic plans made once (planning
-    each batch cost more than running it). A plan made while ``payments`` was
-    empty reads the whole table on every batch as it grows; prepared anew, the
-    statement uses the (wallet, nonce) index even before any ANALYZE."""
+def test_batch_statements_keep_using_indexes_as_their_tables_grow(pg_teller):
+    """A prepared statement runs a generic plan made once; one made while a table
+    was empty reads all of it on every batch as it grows. So the lookups of
+    ``payments`` (which grows fastest) are planned where they run, and the
+    prepared statements are prepared anew after ``replan_after_s``: either way
+    the planner sees the tables as they are now (ANALYZE or not)."""
     import psycopg
 
-    from teller.batch_io import AsyncPgBatchIO, conninfo
+    from teller.batch_io import (
+        _PG_CLAIMS,
+        _PG_NONCES,
+        AsyncPgBatchIO,
+        _Statements,
+        _text_array,
+        conninfo,
+    )
 
     teller = pg_teller
     t = teller.setup_tenant()
     url = conninfo(teller.app.db.engine.url.render_as_string(hide_password=False))
 
-    async def scenario() -> tuple[str, str, str]:
+    async def scenario() -> dict[str, str]:
         aio = AsyncPgBatchIO(url, replan_after_s=3600)
         loop = asyncio.get_running_loop()
         try:
@@ -404,30 +412,43 @@ def test_batch_statements_are_planned_again_as_their_tables_grow(pg_teller):
                                                    lambda fn, c: loop.run_in_executor(None, fn, c))
             (conn, _), = aio._idle
 
-            async def nonce_plan() -> str:
-                cur = await conn.execute(f"EXPLAIN EXECUTE teller_nonces('{{{t.wallet_id}}}', '{{0xab}}')")
+            async def explain(sql: bytes | str) -> str:
+                cur = await conn.execute(b"EXPLAIN " + (sql if isinstance(sql, bytes) else sql.encode()))
                 return " ".join(r[0] for r in await cur.fetchall())
 
-            empty = await nonce_plan()  # made now, on an empty table
+            def planned(template: str, *args: str) -> bytes:
+                st = _Statements(conn)
+                st.add_planned(template, *args)
+                return st._parts[0]
+
+            lock = f"EXECUTE teller_lock('{{{t.tenant_id}}}')"
+            plans = {"lock on empty tables": await explain(lock)}  # the generic plan is made here
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as other:
                 await other.execute(
                     "INSERT INTO payments (id, tenant_id, wallet_id, protocol, version, scheme, network, asset, pay_to, "
                     "amount, nonce, valid_before, state, header_name, header_value, request_hash, created_ms, "
-                    "resource_url) SELECT 'p' || g, %s, %s, 'mpp', 1, 'tempo/charge', 'n', 'a', 'p', 1, md5(g::text), "
-                    "0, 'signed', 'h', repeat('x', 600), 'r', g, '' FROM generate_series(1, 20000) g",
-                    (t.tenant_id, t.wallet_id))
-            stale = await nonce_plan()
+                    "resource_url, idempotency_key) SELECT 'p' || g, %s, %s, 'mpp', 1, 'tempo/charge', 'n', 'a', 'p', "
+                    "1, md5(g::text), 0, 'signed', 'h', repeat('x', 600), 'r', g, '', 'k' || g "
+                    "FROM generate_series(1, 20000) g", (t.tenant_id, t.wallet_id))
+                await other.execute("INSERT INTO tenants (id, name, state, frozen, created_ms) "
+                                    "SELECT 't' || g, 'n' || g, 'active', false, 0 FROM generate_series(1, 20000) g")
+            plans["nonces"] = await explain(planned(_PG_NONCES, _text_array([t.wallet_id]), "{0xab}"))
+            plans["claims"] = await explain(planned(_PG_CLAIMS, _text_array([t.tenant_id]), "{k1,k2}"))
+            plans["stale lock"] = await explain(lock)
             aio._replan_after_s = 0.0
             await teller.app.payments.commit_async([_call(teller, t, sdk_v2_challenge(amount="1000"))], aio,
                                                    lambda fn, c: loop.run_in_executor(None, fn, c))
             assert aio._idle[0][0] is conn  # the same connection, its statements prepared anew
-            return empty, stale, await nonce_plan()
+            plans["lock prepared anew"] = await explain(lock)
+            return plans
         finally:
             await aio.close()
 
-    empty, stale, replanned = asyncio.run(scenario())
-    assert "Seq Scan on payments" in empty and "Seq Scan on payments" in stale
-    assert "Seq Scan" not in replanned and "uq_payments_wallet_id_nonce" in replanned
+    plans = asyncio.run(scenario())
+    assert "Seq Scan on tenants" in plans["lock on empty tables"] and "Seq Scan on tenants" in plans["stale lock"]
+    assert "Seq Scan on tenants" not in plans["lock prepared anew"] and "pk_tenants" in plans["lock prepared anew"]
+    assert "Seq Scan on payments" not in plans["nonces"] and "uq_payments_wallet_id_nonce" in plans["nonces"]
+    assert "Seq Scan on payments" not in plans["claims"] and "uq_payments_tenant_id_idempotency_key" in plans["claims"]
 
 
 @pytest.mark.postgres
