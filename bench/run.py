@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,6 +75,18 @@ def setup_tenants(target: str, admin_token: str, count: int) -> list[tuple[str, 
     return out
 
 
+def driver_for(choice: str, protocol: str) -> str:
+    """The load generator for a protocol's points. h2load (the cheapest client)
+    repeats one request per process: fine for x402, whose every proof is new (a
+    random nonce), but an MPP Tempo transaction signed again within its second is
+    the same transaction, and Teller answers the repeats with the payment it
+    already made. MPP points take bench/h2node.js, which sends every call the
+    next challenge of the list (and costs ~3x h2load's CPU, which Teller then lacks)."""
+    if choice != "auto":
+        return choice
+    return "h2load" if protocol == "x402" else "node"
+
+
 def drive(cluster: Cluster, callers: int, jobs: list[dict], seconds: float, warmup: float, driver: str) -> dict:
     from cpu import CpuSplit
 
@@ -109,12 +122,33 @@ def _drive(cluster: Cluster, callers: int, jobs: list[dict], seconds: float, war
 
         h2_jobs = [h2load.Job(j["token"], sign_request(j).SerializeToString()) for j in jobs]
         return h2load.drive(targets, [w.metrics for w in cluster.workers], callers, h2_jobs, seconds, warmup)
+    if driver == "node":
+        return drive_node(targets, callers, jobs, seconds, warmup)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"targets": targets, "callers": callers, "seconds": seconds, "warmup": warmup, "jobs": jobs}, f)
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "driver.py"), f.name], capture_output=True,
                          text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "clients" / "python")})
     os.unlink(f.name)
     return {**json.loads(out.stdout), "driver": "grpc-python"}
+
+
+def drive_node(targets: list[str], callers: int, jobs: list[dict], seconds: float, warmup: float) -> dict:
+    """``bench/h2node.js``: every call takes the next job's request (h2load repeats one)."""
+    import base64
+
+    from driver import sign_request
+
+    spec = {"targets": targets, "callers": callers, "seconds": seconds, "warmup": warmup,
+            "jobs": [{"token": j["token"], "request": base64.b64encode(sign_request(j).SerializeToString()).decode()}
+                     for j in jobs]}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    try:
+        out = subprocess.run(["node", str(ROOT / "bench" / "h2node.js"), f.name], capture_output=True, text=True,
+                             check=True)
+    finally:
+        os.unlink(f.name)
+    return json.loads(out.stdout)
 
 
 def grpc_floor(x402, callers: int, seconds: float, warmup: float, repeats: int) -> dict:  # type: ignore[no-untyped-def]
@@ -198,18 +232,22 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer points, shorter runs (a smoke test)")
     parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--driver", choices=("h2load", "grpc-python"), default="h2load",
-                        help="load generator: h2load (C, default) or bench/driver.py (grpc.aio)")
+    parser.add_argument("--driver", choices=("auto", "node", "h2load", "grpc-python"), default="auto",
+                        help="load generator: auto (default: h2load for x402, bench/h2node.js for MPP), h2load (C; "
+                             "each process repeats one request), node (bench/h2node.js, Node's HTTP/2 client: every "
+                             "call the next request) or grpc-python (bench/driver.py, grpc.aio)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results.{json,md} and the plot go")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each 32-caller point, the latency target's (this shared VM varies by up to "
                              "30%% from one run to the next): the table shows the median run by p99 and the range")
     args = parser.parse_args()
-    if args.driver == "h2load":
+    if args.driver in ("auto", "h2load"):
         import h2load
 
         if not h2load.available():
             parser.error("h2load is not installed (Debian: nghttp2-client; ./run bench installs it)")
+    if args.driver in ("auto", "node") and shutil.which("node") is None:
+        parser.error("node is not installed (bench/h2node.js needs Node.js 18 or later)")
     callers_list = [1, 8, 32] if args.quick else [1, 8, 32, 128]
     workers_list = [1] if args.quick else [1, 2]
     seconds, warmup = (2.0, 1.0) if args.quick else (args.seconds, 2.0)
@@ -248,13 +286,15 @@ def main() -> int:
                                         for tok, wid in chosen]
                             else:
                                 # Fresh challenges per phase: pympp's expire after five minutes.
-                                mpp = mpp_challenges(3000 if not args.quick else 500)
+                                # Distinct enough that none is paid twice within a second.
+                                mpp = mpp_challenges(10_000 if not args.quick else 2_000)
                                 jobs = [{"token": chosen[i % len(chosen)][0], "wallet_id": chosen[i % len(chosen)][1],
                                          "headers": h, "body": "", "url": "https://bench.local/item"}
                                         for i, h in enumerate(mpp)]
                             for callers in callers_list:
                                 repeats = args.repeats if callers == 32 and not args.quick else 1
-                                r = drive_repeated(cluster, callers, jobs, seconds, warmup, args.driver, repeats)
+                                r = drive_repeated(cluster, callers, jobs, seconds, warmup,
+                                                   driver_for(args.driver, protocol), repeats)
                                 r.update(workers=workers, protocol=protocol, shape=shape, callers=callers)
                                 rows.append(r)
                                 print(f"{workers}w {protocol:4} {shape:12} {callers:3} callers: "
@@ -263,7 +303,8 @@ def main() -> int:
                                       flush=True)
                     if workers == workers_list[-1] and not args.quick:
                         # Last: its bulk inserts leave the server busy writing for a while.
-                        history_rows.extend(history_cost(url, cluster, x402, seconds, warmup, args.driver))
+                        history_rows.extend(history_cost(url, cluster, x402, seconds, warmup,
+                                                         driver_for(args.driver, "x402")))
                 finally:
                     cluster.stop()
     limit_after = in_process_limit_fresh(limit_seconds)
@@ -396,6 +437,16 @@ def history_cost(url: str, cluster: Cluster, x402, seconds: float, warmup: float
     return out
 
 
+_DRIVERS = {
+    "auto": "h2load for x402 (each h2load process repeats one request: every x402 proof is new anyway, with its "
+            "random nonce), bench/h2node.js for MPP (every call the next of 10,000 challenges: a Tempo challenge "
+            "paid again within its second is the same payment, which Teller returns instead of signing anew)",
+    "h2load": "h2load (each process repeats one request)",
+    "node": "bench/h2node.js (Node's HTTP/2 client; every call the next request)",
+    "grpc-python": "bench/driver.py (grpc.aio)",
+}
+
+
 def markdown(doc: dict) -> str:
     m = doc["machine"]
     db = doc.get("postgresql", {})
@@ -407,7 +458,8 @@ def markdown(doc: dict) -> str:
     lines = [f"Teller Sign benchmark, {doc['when']}: {m['cpus']} CPUs, {m['processor']}, Python {m['python']}, "
              f"PostgreSQL {db.get('server_version', '?')} on the same machine (fsync {db.get('fsync', '?')}, "
              f"synchronous_commit {db.get('synchronous_commit', '?')}), audit log and limits on. "
-             f"Load generator: {doc.get('driver', 'grpc-python')}, on the same machine.", "",
+             f"Load generator{'s' if doc.get('driver') == 'auto' else ''}, on the same machine: "
+             f"{_DRIVERS.get(doc.get('driver', 'grpc-python'), doc.get('driver'))}.", "",
              "In-process signing limit (official SDKs + eth-account, one process; the higher of a measurement "
              "before and one after the load): " + ", ".join(
                  f"{k} {v:.0f}/s" for k, v in doc["in_process_per_s"].items()) + measured, "",
