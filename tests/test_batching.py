@@ -7,6 +7,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy import text
 
 from teller.audit_chain import verify
 from teller.db.models import AuditEvent, AuditHead, Payment, SpendBucket
@@ -487,6 +488,10 @@ def test_a_failed_or_cancelled_batch_leaves_no_transaction_open(pg_teller):
             assert aio._idle[0][0].info.transaction_status == psycopg.pq.TransactionStatus.IDLE
             # Batch connections run the prepared statements' generic plans (see AsyncPgBatchIO._connect).
             assert (await (await aio._idle[0][0].execute("SHOW plan_cache_mode")).fetchone())[0] == "force_generic_plan"
+            # ... and no JIT (see teller.db.engine.PG_OPTIONS), nor on the SQLAlchemy engine's connections.
+            assert (await (await aio._idle[0][0].execute("SHOW jit")).fetchone())[0] == "off"
+            with teller.app.db.read() as s:
+                assert s.execute(text("SHOW jit")).scalar_one() == "off"
             assert await loop.run_in_executor(None, tenant_is_free)
 
             # Cancelled while waiting for a lock another transaction holds.

@@ -26,6 +26,7 @@ from sqlalchemy import bindparam, insert, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from teller import audit, policy, spend
+from teller.db.engine import PG_OPTIONS
 from teller.db.models import (
     ApiToken,
     AuditEvent,
@@ -380,8 +381,8 @@ class AsyncPgBatchIO:
             # Generic plans for the prepared batch statements: their arguments are
             # id arrays and JSON documents the planner cannot see into, so a plan
             # made for each execution costs planning time (~20% of PostgreSQL's CPU
-            # per call at one caller) and chooses no better.
-            options=f"-c lock_timeout={self._lock_timeout_ms} -c plan_cache_mode=force_generic_plan")
+            # per call at one caller) and chooses no better. JIT off (see PG_OPTIONS).
+            options=f"-c lock_timeout={self._lock_timeout_ms} -c plan_cache_mode=force_generic_plan {PG_OPTIONS}")
         try:
             await conn.execute(_PREPARE_ALL, prepare=False)
         except BaseException:
