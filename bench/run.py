@@ -144,8 +144,8 @@ def drive_node(targets: list[str], callers: int, jobs: list[dict], seconds: floa
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     try:
-        out = subprocess.run(["node", str(ROOT / "bench" / "h2node.js"), f.name], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run(["node", "--expose-gc", str(ROOT / "bench" / "h2node.js"), f.name], capture_output=True,
+                             text=True, check=True)
     finally:
         os.unlink(f.name)
     return json.loads(out.stdout)
