@@ -366,12 +366,17 @@ def test_statement_literals_round_trip_through_postgresql(pg_url):
                 statements = _Statements(conn)
                 statements.add("t_echo", _text_array(values), json.dumps(doc))
                 statements.add("t_echo", _text_array(values[::-1]), json.dumps(doc))
+                # Planned where it runs (the lookups of payments): the same literals, spliced into its text.
+                statements.add_planned("SELECT %s::text[] AS ids, %s::json::text AS doc", _text_array(values), json.dumps(doc))
                 cur = await statements.send()
                 first = await cur.fetchone()
                 cur.nextset()
                 second = await cur.fetchone()
+                cur.nextset()
+                third = await cur.fetchone()
                 assert first[0] == values and json.loads(first[1]) == doc
                 assert second[0] == values[::-1]
+                assert third[0] == values and json.loads(third[1]) == doc
         finally:
             await conn.close()
 
