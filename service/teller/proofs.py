@@ -134,7 +134,7 @@ class Proofs:
             except TellerError:
                 return None
             raw = signer.sign_tempo_transaction(tx)
-            return Presigned(offer, req.wallet_id, address, tx=tx, raw=raw, nonce="0x" + keccak256(raw).hex())
+            return Presigned(offer, req.wallet_id, address, tx=tx, raw=raw, nonce=_tx_hash(raw))
         return None
 
     def signer(self, tenant_id: str, wallet: WalletRow) -> WalletSigner:
@@ -224,13 +224,13 @@ class Proofs:
                                      "chain's gas price (set rpc_urls)")
         mode = ctx.mpp_mode if ctx.mpp_mode in req.modes else req.modes[0]
         pre = ctx.presigned
-        if pre is not None and pre.tx is not None and pre.raw is not None:
-            tx, raw = pre.tx, pre.raw
+        if pre is not None and pre.tx is not None and pre.raw is not None and pre.nonce is not None:
+            tx, raw, tx_hash = pre.tx, pre.raw, pre.nonce
         else:
             tx = mpp_charge.tempo_transaction(req, ch, now_s=ctx.now_ms // 1000,
                                               gas_limit=mpp_charge.gas_limit(req), gas_price=gas_price)
             raw = signer.sign_tempo_transaction(tx)
-        tx_hash = "0x" + keccak256(raw).hex()
+            tx_hash = _tx_hash(raw)
         details: dict[str, Any] = {"method": ch.method, "intent": ch.intent, "mode": mode, "challenge_id": ch.id,
                                    "realm": ch.realm, "tx_hash": tx_hash}
         if mode == "pull":
@@ -242,6 +242,11 @@ class Proofs:
         row = self.row(offer, ctx, version=1, nonce=tx_hash, valid_before=int(tx.valid_before or 0),
                         header_name=ch.header, header_value="")
         return row, details, raw
+
+
+def _tx_hash(raw: bytes) -> str:
+    """A signed Tempo transaction's hash: its nonce (expiring nonces are replay-protected by it)."""
+    return "0x" + keccak256(raw).hex()
 
 
 __all__ = ["Context", "NewPayment", "Prepared", "Presigned", "Proofs"]

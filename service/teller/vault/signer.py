@@ -80,9 +80,8 @@ class WalletSigner:
     def sign_tempo_transaction(self, tx: TempoTransaction) -> bytes:
         """A Tempo (type 0x76) transaction from this wallet, signed and encoded.
         Only the signing hash is signed here; the key never leaves this object."""
-        sig = self._key.sign_recoverable(tx.signing_hash(), hasher=None)
         # v = 27 + yParity: nodes re-encode 0/1 and the hash would then differ from keccak(raw).
-        return tx.signed(sig[:64] + bytes([27 + sig[64]]))
+        return tx.signed(self._sign_digest(tx.signing_hash()))
 
     def _sign_digest(self, digest: bytes) -> bytes:
         # libsecp256k1 returns low-s signatures, as EIP-2 requires.
