@@ -157,10 +157,9 @@ class _Batch:
     moved: dict[str, tuple[int, str]] = field(default_factory=dict)
     buckets: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
     claims: dict[tuple[str, str], Any] = field(default_factory=dict)
-    #: (wallet, nonce) -> the payment holding it: found by the batch's reads, or reserved by it.
+    #: (wallet, nonce) -> the payment holding it, or None: what the batch knows of
+    #: these nonces (its reads looked them up, or it reserved them itself).
     nonces: dict[tuple[str, str], Any] = field(default_factory=dict)
-    #: The (wallet, nonce) pairs the batch's reads looked up (found or not).
-    nonces_read: set[tuple[str, str]] = field(default_factory=set)
     #: Per (tenant, scope name), the scope a signature of this batch counted against.
     signed_scopes: dict[tuple[str, str], policy.Scope] = field(default_factory=dict)
 
@@ -356,7 +355,7 @@ class Payments:
             windows = yield batch_io.Measure(scopes, now_ms)
         batch = _Batch(now_ms, snap.heads, {key: {name: w.used for name, w in use.items()}
                                             for key, use in windows.items()},
-                       nonces=dict(snap.nonces), nonces_read=set(nonces))
+                       nonces={**dict.fromkeys(nonces), **snap.nonces})
         out: list[Outcome] = []
         for call, lk in zip(calls, locked, strict=True):
             if isinstance(lk, TellerError):
@@ -513,9 +512,9 @@ class Payments:
             # MPP proofs are deterministic: an evm nonce is bound to its challenge, and a
             # Tempo transaction signed twice within one second is the same bit for bit.
             # The chain takes only one, so return that payment rather than reserve twice.
-            existing: Any = batch.nonces.get((ctx.wallet.id, row.nonce))
-            if existing is None and (ctx.wallet.id, row.nonce) not in batch.nonces_read:
-                existing = yield batch_io.FindNonce(ctx.wallet.id, row.nonce)
+            key = (ctx.wallet.id, row.nonce)
+            existing: Any = batch.nonces[key] if key in batch.nonces else (
+                yield batch_io.FindNonce(ctx.wallet.id, row.nonce))
             if existing is not None:
                 return existing, None
         batch.reserve(row, scopes)

@@ -75,10 +75,15 @@ class _Reader:
         self.s = text
         self.i = 0
 
-    def skip(self, pattern: re.Pattern[str] = _BLANKS) -> None:
+    def run(self, pattern: re.Pattern[str]) -> str:
+        """The run of ``pattern`` at the cursor (perhaps empty), stepped over."""
         m = pattern.match(self.s, self.i)
         assert m is not None  # the patterns match the empty string
         self.i = m.end()
+        return m.group()
+
+    def skip(self, pattern: re.Pattern[str] = _BLANKS) -> None:
+        self.run(pattern)
 
     def at_end(self) -> bool:
         return self.i >= len(self.s)
@@ -87,10 +92,7 @@ class _Reader:
         return self.s[self.i] if self.i < len(self.s) else ""
 
     def token(self) -> str:
-        m = _TOKEN.match(self.s, self.i)
-        assert m is not None  # the pattern matches the empty string
-        self.i = m.end()
-        return m.group()
+        return self.run(_TOKEN)
 
     def quoted(self, name: str) -> str:
         """The quoted string at the cursor, unescaped (a backslash takes the next
@@ -100,10 +102,7 @@ class _Reader:
         self.i += 1
         out = []
         while True:
-            m = _QUOTED_RUN.match(s, self.i)
-            assert m is not None  # the pattern matches the empty string
-            out.append(m.group())
-            self.i = m.end()
+            out.append(self.run(_QUOTED_RUN))
             if self.i >= len(s):
                 break
             c = s[self.i]
