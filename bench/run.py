@@ -124,12 +124,22 @@ def _drive(cluster: Cluster, callers: int, jobs: list[dict], seconds: float, war
         return h2load.drive(targets, [w.metrics for w in cluster.workers], callers, h2_jobs, seconds, warmup)
     if driver == "node":
         return drive_node(targets, callers, jobs, seconds, warmup)
+    spec = {"targets": targets, "callers": callers, "seconds": seconds, "warmup": warmup, "jobs": jobs}
+    out = run_driver([sys.executable, str(ROOT / "bench" / "driver.py")], spec,
+                     env={**os.environ, "PYTHONPATH": str(ROOT / "clients" / "python")})
+    return {**out, "driver": "grpc-python"}
+
+
+def run_driver(command: list[str], spec: dict, env: dict[str, str] | None = None) -> dict:
+    """A load generator process: ``spec`` in a JSON file (its last argument), its
+    results as JSON on stdout."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"targets": targets, "callers": callers, "seconds": seconds, "warmup": warmup, "jobs": jobs}, f)
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "driver.py"), f.name], capture_output=True,
-                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "clients" / "python")})
-    os.unlink(f.name)
-    return {**json.loads(out.stdout), "driver": "grpc-python"}
+        json.dump(spec, f)
+    try:
+        out = subprocess.run([*command, f.name], capture_output=True, text=True, check=True, env=env)
+    finally:
+        os.unlink(f.name)
+    return json.loads(out.stdout)
 
 
 def drive_node(targets: list[str], callers: int, jobs: list[dict], seconds: float, warmup: float) -> dict:
@@ -141,14 +151,7 @@ def drive_node(targets: list[str], callers: int, jobs: list[dict], seconds: floa
     spec = {"targets": targets, "callers": callers, "seconds": seconds, "warmup": warmup,
             "jobs": [{"token": j["token"], "request": base64.b64encode(sign_request(j).SerializeToString()).decode()}
                      for j in jobs]}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-    try:
-        out = subprocess.run(["node", "--expose-gc", str(ROOT / "bench" / "h2node.js"), f.name], capture_output=True,
-                             text=True, check=True)
-    finally:
-        os.unlink(f.name)
-    return json.loads(out.stdout)
+    return run_driver(["node", "--expose-gc", str(ROOT / "bench" / "h2node.js")], spec)
 
 
 def grpc_floor(x402, callers: int, seconds: float, warmup: float, repeats: int) -> dict:  # type: ignore[no-untyped-def]

@@ -386,6 +386,7 @@ def test_tempo_transactions_are_the_bytes_pytempo_makes(chain_id, gas_limit, gas
     pyrlp's type inference were a tenth of an MPP Sign): the signing hash and
     the signed transaction are pytempo's bytes, for any fields and calls in
     the shape Teller signs (expiring nonce, fees in a token, no fee payer)."""
+    import attrs
     from pytempo import Call, Signature
     from pytempo import TempoTransaction as Theirs
 
@@ -399,10 +400,7 @@ def test_tempo_transactions_are_the_bytes_pytempo_makes(chain_id, gas_limit, gas
                            calls=tuple(Call.create(to=to, data=data) for to, data in calls))
     assert ours.signing_hash() == theirs.get_signing_hash()
     signature = Signature(r=r, s=s, v=v)
-    signed_theirs = theirs.__class__(**{**{f: getattr(theirs, f) for f in (
-        "chain_id", "max_priority_fee_per_gas", "max_fee_per_gas", "gas_limit", "calls", "nonce_key", "nonce",
-        "valid_before", "fee_token")}, "sender_signature": signature})
-    assert ours.signed(signature.to_bytes()) == signed_theirs.encode()
+    assert ours.signed(signature.to_bytes()) == attrs.evolve(theirs, sender_signature=signature).encode()
 
 
 def test_tempo_transactions_refuse_what_does_not_fit():
