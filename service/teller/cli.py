@@ -98,6 +98,15 @@ def cmd_keys(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(ns: argparse.Namespace) -> int:
+    from teller.healthcheck import HealthTarget, check
+
+    serving, answer = check(HealthTarget(
+        ns.address, ns.service, ns.tls_ca, ns.tls_cert, ns.tls_key, ns.tls_server_name or "", ns.timeout))
+    print(f"{ns.address}: {answer}", file=sys.stdout if serving else sys.stderr)
+    return 0 if serving else 1
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from teller.demo import run
 
@@ -217,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     _server_flags(migrate)
     migrate.set_defaults(fn=cmd_migrate)
+
+    health = sub.add_parser("health", help="gRPC health check of a worker (exit 0 when SERVING): an exec probe")
+    health.add_argument("--address", default="127.0.0.1:7402", help="host:port (default 127.0.0.1:7402)")
+    health.add_argument("--service", default="", help="health service name (default: the whole worker)")
+    health.add_argument("--tls-ca", type=Path, help="PEM CA of the worker's certificate (enables TLS)")
+    health.add_argument("--tls-cert", type=Path, help="client certificate, for a worker with mTLS")
+    health.add_argument("--tls-key", type=Path, help="key of --tls-cert")
+    health.add_argument("--tls-server-name", help="name the worker's certificate holds, if not the address's host")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    health.set_defaults(fn=cmd_health)
 
     demo = sub.add_parser("demo", help="sign a real x402 challenge end to end on the embedded default")
     demo.add_argument("--data-dir", help="keep the demo's data here (default: a temporary dir)")

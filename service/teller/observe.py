@@ -1,6 +1,7 @@
-"""Observability: Prometheus metrics, request ids in structured JSON logs, and
-optional OpenTelemetry spans. Nothing here sees a key, a token or a proof:
-log records pass through a redacting filter as a last line of defence.
+"""Observability: Prometheus metrics, request ids and trace ids in structured
+JSON logs, and OpenTelemetry spans exported over OTLP when tracing is on.
+Nothing here sees a key, a token or a proof: log records pass through a
+redacting filter as a last line of defence.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ import contextvars
 import functools
 import json
 import logging
+import os
 import re
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
+
+from teller.errors import ConfigError
 
 CALLS = Counter("teller_rpc_calls_total", "gRPC calls by method and status code", ["method", "code"])
 LATENCY = Histogram("teller_rpc_latency_seconds", "gRPC call latency", ["method"],
@@ -46,6 +51,10 @@ class ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
         record.rpc_method = METHOD.get()
+        # The span this line was written in, so a log line leads to its trace.
+        context = trace.get_current_span().get_span_context()
+        record.trace_id = format(context.trace_id, "032x") if context.is_valid else ""
+        record.span_id = format(context.span_id, "016x") if context.is_valid else ""
         if record.args:
             record.msg = record.getMessage()
             record.args = None
@@ -59,7 +68,7 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key in ("request_id", "rpc_method"):
+        for key in ("request_id", "rpc_method", "trace_id", "span_id"):
             value = getattr(record, key, "")
             if value:
                 doc[key] = value
@@ -90,30 +99,74 @@ def record_call(method: str, code: str, seconds: float) -> None:
     child(LATENCY, method).observe(seconds)
 
 
+#: Calls that get no span: the kubelet's probes would be most of a trace store.
+_UNTRACED_PREFIX = "/grpc.health.v1.Health/"
+
+
 class Tracing:
-    """OpenTelemetry spans per call when enabled and the API is installed;
-    exporters come from the OpenTelemetry SDK's own configuration."""
+    """A span per call when tracing is on (``Settings.tracing``), exported over
+    OTLP/gRPC by the OpenTelemetry SDK, configured by the standard ``OTEL_*``
+    variables (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_TRACES_SAMPLER``, ...)."""
 
     def __init__(self, enabled: bool) -> None:
+        self._provider: Any = None
         self._tracer: Any = None
         if enabled:
-            try:
-                from opentelemetry import trace
-            except ImportError:  # pragma: no cover - optional dependency
-                logging.getLogger("teller.observe").warning("tracing is on but opentelemetry is not installed")
-            else:
-                self._tracer = trace.get_tracer("teller")
+            self._provider = tracer_provider()
+            self._tracer = self._provider.get_tracer("teller")
 
     def span(self, method: str, request_id: str) -> AbstractContextManager[Any]:
-        if self._tracer is None:
+        if self._tracer is None or method.startswith(_UNTRACED_PREFIX):
             return _NO_SPAN
         span: AbstractContextManager[Any] = self._tracer.start_as_current_span(
-            method, attributes={"rpc.system": "grpc", "rpc.method": method, "teller.request_id": request_id})
+            method, kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.method": method, "teller.request_id": request_id})
         return span
+
+    def flush(self, timeout_ms: int = 5000) -> None:
+        """Export the spans still queued (on shutdown)."""
+        if self._provider is not None:
+            self._provider.force_flush(timeout_ms)
+
+
+def _check_exporter_settings(env: dict[str, str]) -> None:
+    exporter = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
+    if exporter != "otlp":
+        raise ConfigError(f"OTEL_TRACES_EXPORTER={exporter!r}: Teller exports traces over OTLP only")
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(name, "").strip().lower()
+        if protocol and protocol != "grpc":
+            raise ConfigError(f"{name}={protocol!r}: Teller's image exports OTLP over gRPC only (use 'grpc')")
+        if protocol:
+            break
+
+
+@functools.cache
+def tracer_provider() -> Any:
+    """The process's SDK tracer provider: one already installed (by a test, or
+    `opentelemetry-instrument`), else a new one with a batching OTLP exporter,
+    installed globally so library spans and log lines share its trace ids."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current
+    env = dict(os.environ)
+    _check_exporter_settings(env)
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    named = "OTEL_SERVICE_NAME" in env or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    provider = TracerProvider(resource=Resource.create({} if named else {SERVICE_NAME: "teller"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider
 
 
 _NO_SPAN = nullcontext()
 
 
 __all__ = ["BUDGET", "CALLS", "DENIALS", "LATENCY", "RECONCILER_LAG", "RECONCILER_LAST", "REQUEST_ID",
-           "SIGNATURES", "SIGN_BATCH", "Tracing", "child", "configure_logging", "record_call", "redact"]
+           "SIGNATURES", "SIGN_BATCH", "Tracing", "child", "configure_logging", "record_call", "redact",
+           "tracer_provider"]

@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from teller import db_gauges
 from teller.app import App
 from teller.config import Settings
 from teller.observe import Tracing
@@ -61,7 +62,8 @@ class Server:
         self.pool = ThreadPoolExecutor(max_workers=max(4, settings.db_pool_size), thread_name_prefix="teller-db")
         # Every service is registered through the guard (request ids, metrics,
         # spans, error mapping), wrapped once rather than intercepted per call.
-        guard = Guard(Tracing(settings.tracing))
+        self.tracing = Tracing(settings.tracing)
+        guard = Guard(self.tracing)
         self.payments = PaymentServicer(app, self.pool)
         admin = AdminServicer(app, self.pool)
         self.health = health.aio.HealthServicer()
@@ -98,6 +100,7 @@ class Server:
             self.admin_port = self._bind(self.admin_grpc, settings.admin_listen, creds)
             self._servers.append(self.admin_grpc)
         self._reconciling: asyncio.Task[None] | None = None
+        self._gauges: asyncio.Task[None] | None = None
 
     @staticmethod
     def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials | None) -> int:
@@ -112,6 +115,8 @@ class Server:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("teller listening on port %d", self.port)
+        self._gauges = asyncio.create_task(
+            db_gauges.refresh_forever(self.app.db, self.app.vault.kek.current_version, self.pool))
         if self.app.chain.networks and self.app.settings.reconcile_interval_seconds > 0:
             self._reconciling = asyncio.create_task(self._reconcile_forever())
 
@@ -135,11 +140,14 @@ class Server:
     async def stop(self, grace: float = 5.0) -> None:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._reconciling is not None:
-            self._reconciling.cancel()
+        for task in (self._reconciling, self._gauges):
+            if task is not None:
+                task.cancel()
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         await self.payments.close()
         self.pool.shutdown(wait=True)
+        # Spans still queued for export leave before the process does.
+        await asyncio.get_running_loop().run_in_executor(None, self.tracing.flush)
 
     async def wait(self) -> None:
         await self.grpc.wait_for_termination()
