@@ -3,10 +3,13 @@
 `docker build` cannot run here (no engine), so the image's recipe is checked,
 and its entrypoint is run from a clean virtualenv built the way the Dockerfile
 builds the image (wheels, then install into a fresh environment). The
-Kustomize overlays are rendered and held to their invariants."""
+Kustomize overlays are rendered by the real kustomize (`kubectl kustomize`),
+held to what deploy/README.md promises, and validated against the Kubernetes
+schemas and the Prometheus Operator's CRDs."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,30 +18,44 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.kustomize import containers, render
 from tests.support.procs import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
-OVERLAYS = sorted(p for p in (ROOT / "deploy" / "kustomize" / "overlays").iterdir() if p.is_dir())
+KUSTOMIZE = ROOT / "deploy" / "kustomize"
+OVERLAYS = sorted(p for p in (KUSTOMIZE / "overlays").iterdir() if p.is_dir())
 WORKLOADS = ("Deployment", "Job", "StatefulSet", "DaemonSet")
 DEV_KEY_FRAGMENTS = ("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
                      "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d")
+#: Kubernetes versions the rendered manifests must be valid for: the oldest
+#: still in wide use and the newest kubernetes-validate knows.
+K8S_VERSIONS = ("1.29", "1.37")
+CRD_DIR = ROOT / "tests" / "data" / "prometheus-operator-crd"
 
 
-@pytest.fixture(scope="module", params=[p.name for p in OVERLAYS] + ["base"])
+@pytest.fixture(scope="module", params=[p.name for p in OVERLAYS])
 def rendered(request):
-    path = ROOT / "deploy" / "kustomize" / ("base" if request.param == "base" else f"overlays/{request.param}")
-    return render(path)
+    return render(KUSTOMIZE / "overlays" / request.param)
 
 
 def _kinds(docs):
     return {d["kind"] for d in docs}
 
 
+def _one(docs, kind, name=None):
+    (doc,) = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    return doc
+
+
+def _overlay(name):
+    return yaml.safe_load((KUSTOMIZE / "overlays" / name / "kustomization.yaml").read_text())
+
+
 def test_every_piece_is_there(rendered):
     assert {"Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy",
-            "Job", "ServiceAccount"} <= _kinds(rendered)
+            "Job", "ServiceAccount", "ServiceMonitor", "PrometheusRule"} <= _kinds(rendered)
 
 
 def test_containers_are_locked_down_and_pinned(rendered):
@@ -55,19 +72,119 @@ def test_containers_are_locked_down_and_pinned(rendered):
             assert sc["capabilities"]["drop"] == ["ALL"]
             assert c["resources"]["requests"] and c["resources"]["limits"]
             image = c["image"]
-            assert "@sha256:" in image or re.search(r":[\w.\-]+$", image.split("/")[-1]), image
+            # A registry path with a tag or a digest: never the bare placeholder the base uses.
+            assert "/" in image and ("@sha256:" in image or re.search(r":[\w.\-]+$", image.split("/")[-1])), image
             assert not image.endswith(":latest")
 
 
-def test_workers_probe_grpc_health_and_never_migrate(rendered):
-    (deployment,) = [d for d in rendered if d["kind"] == "Deployment"]
+@pytest.mark.parametrize("overlay", [p.name for p in OVERLAYS])
+def test_each_overlay_gets_the_image_it_names(overlay):
+    """The image an overlay's `images:` names is the one every workload runs:
+    by digest alone where it gives one (production), else by its tag."""
+    (wanted,) = _overlay(overlay)["images"]
+    expected = (f"{wanted['newName']}@{wanted['digest']}" if "digest" in wanted
+                else f"{wanted['newName']}:{wanted['newTag']}")
+    docs = render(KUSTOMIZE / "overlays" / overlay)
+    images = {c["image"] for d in docs if d["kind"] in WORKLOADS for c in containers(d)}
+    assert images == {expected}
+
+
+def test_production_runs_a_digest_and_staging_its_release_candidate():
+    prod = render(KUSTOMIZE / "overlays" / "production")
+    assert {d["metadata"]["namespace"] for d in prod} == {"payments"}
+    image = containers(_one(prod, "Deployment"))[0]["image"]
+    assert re.fullmatch(r"[\w.\-/]+@sha256:[0-9a-f]{64}", image), image  # no tag beside the digest
+    assert containers(_one(prod, "Deployment"))[0]["resources"]["limits"]["memory"] == "1Gi"
+    staging = render(KUSTOMIZE / "overlays" / "staging")
+    assert {d["metadata"]["namespace"] for d in staging} == {"payments-staging"}
+    assert containers(_one(staging, "Deployment"))[0]["image"].endswith(":0.1.0-rc1")
+
+
+def test_replicas_are_left_to_the_hpa(rendered):
+    """A `replicas:` in the Deployment would reset the autoscaler's count on every apply."""
+    deployment = _one(rendered, "Deployment")
+    assert "replicas" not in deployment["spec"]
+    hpa = _one(rendered, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": deployment["metadata"]["name"]}
+    assert 3 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    (pdb,) = [d for d in rendered if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_production_keeps_at_least_four_workers():
+    prod = render(KUSTOMIZE / "overlays" / "production")
+    assert _one(prod, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 4
+
+
+def _env(container):
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _mounted_file(doc, container, path):
+    """The Secret (name, key) a file path in the container comes from."""
+    pod = doc["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(prefix):
+            secret = volumes[mount["name"]]["secret"]
+            return secret["secretName"], path[len(prefix):]
+    raise AssertionError(f"{path} is on no mounted volume")
+
+
+def test_probes_speak_what_the_port_speaks(rendered):
+    """With TLS on, the kubelet's plaintext `grpc:` probe fails the handshake;
+    the probes must be `teller health` with the worker's CA (and, under mTLS,
+    a client certificate), with flags the CLI really has."""
+    from teller.cli import build_parser
+
+    deployment = _one(rendered, "Deployment")
     (worker,) = containers(deployment)
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert worker[probe]["grpc"]["port"] == 7402
+    env = _env(worker)
+    tls = "TELLER_TLS_CERT_FILE" in env
+    mtls = "TELLER_TLS_CLIENT_CA_FILE" in env
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        spec = worker[probe]
+        if not tls:
+            assert spec["grpc"]["port"] == 7402
+            continue
+        assert "grpc" not in spec and spec["timeoutSeconds"] >= 3, probe
+        command = spec["exec"]["command"]
+        assert command[:2] == ["teller", "health"]
+        ns = build_parser().parse_args(command[1:])
+        assert ns.address == "127.0.0.1:7402" and ns.timeout < spec["timeoutSeconds"]
+        assert _mounted_file(deployment, worker, str(ns.tls_ca)) == ("teller-tls", "ca.crt")
+        if mtls:
+            assert _mounted_file(deployment, worker, str(ns.tls_cert)) == ("teller-tls", "tls.crt")
+            assert _mounted_file(deployment, worker, str(ns.tls_key)) == ("teller-tls", "tls.key")
+        else:
+            assert ns.tls_cert is None and ns.tls_key is None
+    if tls:
+        assert _mounted_file(deployment, worker, env["TELLER_TLS_CERT_FILE"]["value"]) == ("teller-tls", "tls.crt")
+        assert _mounted_file(deployment, worker, env["TELLER_TLS_KEY_FILE"]["value"]) == ("teller-tls", "tls.key")
+    if mtls:
+        assert _mounted_file(deployment, worker, env["TELLER_TLS_CLIENT_CA_FILE"]["value"]) == ("teller-tls", "ca.crt")
+
+
+def test_production_requires_client_certificates_and_staging_tls():
+    prod = _env(containers(_one(render(KUSTOMIZE / "overlays" / "production"), "Deployment"))[0])
+    staging = _env(containers(_one(render(KUSTOMIZE / "overlays" / "staging"), "Deployment"))[0])
+    assert {"TELLER_TLS_CERT_FILE", "TELLER_TLS_KEY_FILE", "TELLER_TLS_CLIENT_CA_FILE"} <= set(prod)
+    assert {"TELLER_TLS_CERT_FILE", "TELLER_TLS_KEY_FILE"} <= set(staging)
+    assert "TELLER_TLS_CLIENT_CA_FILE" not in staging
+
+
+def test_workers_serve_and_the_job_migrates(rendered):
+    deployment = _one(rendered, "Deployment")
+    (worker,) = containers(deployment)
     assert worker["args"] == ["serve"]
-    (job,) = [d for d in rendered if d["kind"] == "Job"]
-    assert containers(job)[0]["args"] == ["migrate"]
-    config = next(d for d in rendered if d["kind"] == "ConfigMap")["data"]
+    job = _one(rendered, "Job")
+    (migrate,) = containers(job)
+    assert migrate["args"] == ["migrate"] and job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert migrate["image"] == worker["image"]  # the schema of the release that rolls out
+    assert "secretKeyRef" in _env(migrate)["TELLER_DATABASE_URL"]["valueFrom"]
+    config = _one(rendered, "ConfigMap")["data"]
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > float(
         config["TELLER_SHUTDOWN_GRACE_SECONDS"])
 
@@ -82,45 +199,124 @@ def test_secrets_are_referenced_never_inlined(rendered):
             for env in c.get("env", []):
                 if env["name"] in secret_names:
                     assert "secretKeyRef" in env["valueFrom"], env["name"]
+    deployment = _one(rendered, "Deployment")
+    (worker,) = containers(deployment)
+    assert _mounted_file(deployment, worker, _env(worker)["TELLER_KEK_FILE"]["value"]) == ("teller-secrets", "kek")
     text = "\n".join(str(d) for d in rendered)
     assert "postgresql://" not in text and "postgresql+psycopg://" not in text
+    assert "BEGIN" not in text  # no PEM (certificate or key) in a manifest
 
 
 def test_only_the_namespace_reaches_the_grpc_port(rendered):
-    (policy,) = [d for d in rendered if d["kind"] == "NetworkPolicy"]
-    grpc_rule = next(r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 7402)
-    assert grpc_rule["from"] == [{"podSelector": {}}]  # same namespace only
-    (pdb,) = [d for d in rendered if d["kind"] == "PodDisruptionBudget"]
-    (hpa,) = [d for d in rendered if d["kind"] == "HorizontalPodAutoscaler"]
-    (deployment,) = [d for d in rendered if d["kind"] == "Deployment"]
+    policy = _one(rendered, "NetworkPolicy")
+    deployment = _one(rendered, "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    rules = {r["ports"][0]["port"]: r["from"] for r in policy["spec"]["ingress"]}
+    assert rules[7402] == [{"podSelector": {}}]  # same namespace only
+    assert rules[7403] == [{"podSelector": {"matchLabels": {"teller.example/operator": "true"}}}]
+    assert rules[9402] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    pdb = _one(rendered, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
-    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-    assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_the_service_monitor_scrapes_every_worker(rendered):
+    """ServiceMonitor -> a Service by its labels -> the worker pods by its
+    selector -> their `metrics` port, where TELLER_METRICS_LISTEN binds."""
+    monitor = _one(rendered, "ServiceMonitor")
+    services = [d for d in rendered if d["kind"] == "Service" and monitor["spec"]["selector"]["matchLabels"].items()
+                <= d["metadata"].get("labels", {}).items()]
+    (service,) = services
+    assert service["spec"]["clusterIP"] == "None"  # every pod an endpoint, not one behind a VIP
+    deployment = _one(rendered, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+    (worker,) = containers(deployment)
+    (container_port,) = [p for p in worker["ports"] if p["name"] == port["targetPort"]]
+    listen = _one(rendered, "ConfigMap")["data"]["TELLER_METRICS_LISTEN"]
+    assert listen.endswith(f":{container_port['containerPort']}")
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(container_port["containerPort"])
 
 
 def test_configmap_settings_are_known_and_valid(rendered, tmp_path):
     # A misspelt TELLER_* key would be ignored silently: every key must be a
-    # setting, and together they must make settings a worker accepts.
+    # setting (or a standard OTEL_* variable), and together they must make
+    # settings a worker accepts.
     from dataclasses import replace
 
     from teller import config
 
-    (data,) = [d["data"] for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("teller-config")]
-    unknown = sorted(k for k in data if k not in config._ENV_FIELDS)
+    data = _one(rendered, "ConfigMap", "teller-config")["data"]
+    unknown = sorted(k for k in data if k not in config._ENV_FIELDS and not k.startswith("OTEL_"))
     assert not unknown, f"not Teller settings: {unknown}"
     settings = config.load(env=data)
     assert settings.grpc_acceptors >= 1 and settings.event_loop in config.EVENT_LOOPS
     config.finalize_for_serving(replace(settings, kek="v1:" + "A" * 43 + "=", admin_token="op_test",
                                         data_dir=tmp_path))
+    if settings.tracing:
+        assert data["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith(("http://", "https://"))
 
 
-def test_overlays_set_namespace_and_pin_images():
-    prod = render(ROOT / "deploy" / "kustomize" / "overlays" / "production")
-    assert {d["metadata"]["namespace"] for d in prod} == {"payments"}
-    (deployment,) = [d for d in prod if d["kind"] == "Deployment"]
-    assert deployment["spec"]["replicas"] == 4
-    assert "@sha256:" in containers(deployment)[0]["image"]
-    assert containers(deployment)[0]["resources"]["limits"]["memory"] == "1Gi"
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_manifests_match_the_kubernetes_schemas(rendered, version):
+    """Every built-in object against the API schema of this Kubernetes version,
+    strictly: a misspelt or misplaced field fails here, not at `kubectl apply`."""
+    import kubernetes_validate
+
+    checked = 0
+    for doc in rendered:
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # custom resources: their CRDs' schemas, below
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise AssertionError(f"{doc['kind']}/{doc['metadata']['name']} on {version}: {exc.message} "
+                                 f"at {'.'.join(map(str, exc.path))}") from None
+        checked += 1
+    assert checked >= 9
+
+
+def _strict(schema):
+    """A CRD's openAPIV3Schema with unknown fields refused (the API server would
+    silently prune them, so a typo would simply do nothing)."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if "properties" in out and "additionalProperties" not in out \
+                and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+def _crd_schema(kind):
+    for path in CRD_DIR.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        if crd["spec"]["names"]["kind"] == kind:
+            (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+            return crd["spec"]["group"], _strict(served["schema"]["openAPIV3Schema"])
+    raise AssertionError(f"no CRD for {kind} in {CRD_DIR}")
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PrometheusRule"])
+def test_monitoring_objects_match_the_operator_crds(rendered, kind):
+    import jsonschema
+
+    group, schema = _crd_schema(kind)
+    # OpenAPI v3 schemas are JSON Schema draft 4 in substance. The schema itself is
+    # not checked against the draft: its patterns are Go regexps (`(?i)` mid-pattern).
+    validator = jsonschema.Draft4Validator(schema)
+    doc = _one(rendered, kind)
+    assert doc["apiVersion"] == f"{group}/v1"
+    validator.validate(doc)
+    # The check itself refuses what the operator would drop.
+    broken = json.loads(json.dumps(doc))
+    broken["spec"]["endpointz" if kind == "ServiceMonitor" else "groupz"] = []
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(broken)
 
 
 def test_dockerfile_recipe():
