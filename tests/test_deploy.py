@@ -379,6 +379,9 @@ def test_image_entrypoint_runs_from_a_clean_virtualenv(tmp_path):
     installed = subprocess.run([str(pip), "list", "--format=freeze"], capture_output=True, text=True).stdout.lower()
     for dev_only in ("pytest", "hypothesis", "testcontainers", "ruff", "mypy", "grpcio-tools"):
         assert f"{dev_only}==" not in installed, dev_only
+    # Tracing exports from the image itself: the SDK and its OTLP exporter are runtime dependencies.
+    for shipped in ("opentelemetry-sdk==", "opentelemetry-exporter-otlp-proto-grpc=="):
+        assert shipped in installed, shipped
     site = next((venv / "lib").glob("python3*/site-packages"))
     assert not (site / "tests").exists()
     for path in (site / "teller").rglob("*.py"):
@@ -400,6 +403,10 @@ def test_image_entrypoint_runs_from_a_clean_virtualenv(tmp_path):
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         wait_healthy(f"127.0.0.1:{port}", proc, log)
+        # The exec probe the TLS overlays use is in the image, and answers.
+        probe = subprocess.run([teller, "health", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True,
+                               text=True, timeout=30)
+        assert probe.returncode == 0 and probe.stdout.strip().endswith("SERVING"), probe.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
