@@ -93,7 +93,10 @@ def test_a_worker_exports_its_spans_over_otlp_and_logs_their_trace_ids(tmp_path,
     attributes = {a.key: a.value.string_value for a in span.attributes}
     assert attributes["teller.request_id"] == "trace-me" and attributes["rpc.method"] == SIGN
     assert span.kind == span.SPAN_KIND_SERVER
-    assert span.status.code == span.status.STATUS_CODE_ERROR  # the call ended in a denial
+    # A denial is the server doing its job: its code is on the span, not an error status.
+    codes = {a.key: a.value.int_value for a in span.attributes if a.key == "rpc.grpc.status_code"}
+    assert codes == {"rpc.grpc.status_code": grpc.StatusCode.PERMISSION_DENIED.value[0]}
+    assert span.status.code == span.status.STATUS_CODE_UNSET
     assert span.end_time_unix_nano > span.start_time_unix_nano
     # The operator's calls were traced too; the kubelet-style health checks were not.
     names = {s.name for _, s in spans}
@@ -112,3 +115,27 @@ def test_an_exporter_protocol_the_image_lacks_is_refused_at_start(tmp_path):
                           timeout=60)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "OTEL_EXPORTER_OTLP_PROTOCOL='http/protobuf'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("code", "error"), [("OK", False), ("PERMISSION_DENIED", False),
+                                              ("RESOURCE_EXHAUSTED", False), ("INVALID_ARGUMENT", False),
+                                              ("INTERNAL", True), ("UNAVAILABLE", True)])
+def test_a_calls_span_is_an_error_only_for_server_errors(monkeypatch, code, error):
+    """OpenTelemetry's gRPC conventions for server spans: INTERNAL, UNAVAILABLE,
+    ... are errors; a denial or a bad argument is an answer."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from teller import observe
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(observe, "_tracing_on", True)
+    with provider.get_tracer("test").start_as_current_span("call", set_status_on_exception=False):
+        observe.record_call("/test.Service/Method", code, 0.001)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["rpc.grpc.status_code"] == getattr(grpc.StatusCode, code).value[0]
+    assert span.status.status_code == (StatusCode.ERROR if error else StatusCode.UNSET)

@@ -97,6 +97,28 @@ def child(metric: Any, *labels: str) -> Any:
 def record_call(method: str, code: str, seconds: float) -> None:
     child(CALLS, method, code).inc()
     child(LATENCY, method).observe(seconds)
+    if _tracing_on:
+        _end_span(code)
+
+
+_GRPC_CODES = {name: number for number, name in enumerate((
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
+    "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"))}
+#: The codes that make a server span an error (OpenTelemetry's gRPC conventions):
+#: a denial or a bad argument is the server doing its job.
+_SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
+_tracing_on = False
+
+
+def _end_span(code: str) -> None:
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    if code in _GRPC_CODES:
+        span.set_attribute("rpc.grpc.status_code", _GRPC_CODES[code])
+    if code in _SERVER_ERRORS:
+        span.set_status(trace.StatusCode.ERROR, code)
 
 
 #: Calls that get no span: the kubelet's probes would be most of a trace store.
@@ -112,15 +134,20 @@ class Tracing:
         self._provider: Any = None
         self._tracer: Any = None
         if enabled:
+            global _tracing_on
             self._provider = tracer_provider()
             self._tracer = self._provider.get_tracer("teller")
+            _tracing_on = True
 
     def span(self, method: str, request_id: str) -> AbstractContextManager[Any]:
         if self._tracer is None or method.startswith(_UNTRACED_PREFIX):
             return _NO_SPAN
         span: AbstractContextManager[Any] = self._tracer.start_as_current_span(
             method, kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.method": method, "teller.request_id": request_id})
+            attributes={"rpc.system": "grpc", "rpc.method": method, "teller.request_id": request_id},
+            # The status comes from the call's gRPC code (record_call), not from
+            # the abort that carries a denial out of the handler.
+            record_exception=False, set_status_on_exception=False)
         return span
 
     def flush(self, timeout_ms: int = 5000) -> None:
