@@ -77,6 +77,16 @@ def test_containers_are_locked_down_and_pinned(rendered):
             assert not image.endswith(":latest")
 
 
+def test_the_base_names_the_image_by_its_placeholder_only():
+    """The base must not rename the image: kustomize applies the base's `images:`
+    first, and an overlay's `name: teller` then matches nothing (production ran
+    the base's tag instead of its digest)."""
+    base = render(KUSTOMIZE / "base")
+    assert {c["image"] for d in base if d["kind"] in WORKLOADS for c in containers(d)} == {"teller"}
+    for overlay in OVERLAYS:
+        assert [i["name"] for i in _overlay(overlay.name)["images"]] == ["teller"]
+
+
 @pytest.mark.parametrize("overlay", [p.name for p in OVERLAYS])
 def test_each_overlay_gets_the_image_it_names(overlay):
     """The image an overlay's `images:` names is the one every workload runs:
@@ -276,6 +286,11 @@ def test_manifests_match_the_kubernetes_schemas(rendered, version):
                                  f"at {'.'.join(map(str, exc.path))}") from None
         checked += 1
     assert checked >= 9
+    # Strict means strict: a field the API does not have is refused.
+    deployment = json.loads(json.dumps(_one(rendered, "Deployment")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {"grpc": {"port": 7402}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, version, strict=True)
 
 
 def _strict(schema):
