@@ -258,18 +258,20 @@ def test_the_servers_reason_is_read_from_the_payment_required_header(teller, ten
     async def script(request, writer):
         await respond(writer, 402, refused if _paid(request) else _v2_402(), b"{}")
 
-    with hostile(script) as srv, pytest.raises(FailedPrecondition) as info:
-        teller.client(tenant.token).pay(f"{srv.base}/x", wallet_id=tenant.wallet_id, idempotency_key="k1")
-    assert info.value.reason == "payment_refused" and "insufficient_funds" in info.value.message
-    payment = _only_payment(teller, tenant)
-    assert payment.state == "failed" and payment.state_reason == "insufficient_funds"
+    with hostile(script) as srv:
+        with pytest.raises(FailedPrecondition) as info:
+            teller.client(tenant.token).pay(f"{srv.base}/x", wallet_id=tenant.wallet_id, idempotency_key="k1")
+        assert info.value.reason == "payment_refused" and "insufficient_funds" in info.value.message
+        payment = _only_payment(teller, tenant)
+        assert payment.state == "failed" and payment.state_reason == "insufficient_funds"
 
-    # The same key again: the proof is re-sent, and the new reason is kept although
-    # the payment was already failed (it used to stay the first one, or read "HTTP 402").
-    refusal["error"] = "invalid_exact_evm_payload_authorization_valid_before"
-    refused[0] = ("PAYMENT-REQUIRED", base64.b64encode(json.dumps(refusal).encode()).decode())
-    with hostile(script) as srv, pytest.raises(FailedPrecondition) as info:
-        teller.client(tenant.token).pay(f"{srv.base}/x", wallet_id=tenant.wallet_id, idempotency_key="k1")
+        # The same key again: the proof is re-sent, and the new reason is kept although
+        # the payment was already failed (it used to stay the first one).
+        refusal["error"] = "invalid_exact_evm_payload_authorization_valid_before"
+        refused[0] = ("PAYMENT-REQUIRED", base64.b64encode(json.dumps(refusal).encode()).decode())
+        with pytest.raises(FailedPrecondition) as info:
+            teller.client(tenant.token).pay(f"{srv.base}/x", wallet_id=tenant.wallet_id, idempotency_key="k1")
+        assert [_paid(r) for r in srv.requests] == [False, True, False, True]
     assert "valid_before" in info.value.message and info.value.metadata["payment_id"] == payment.id
     again = _only_payment(teller, tenant)
     assert again.state == "failed" and again.state_reason == refusal["error"]
