@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import grpc
 import httpx
 import pytest
 import requests
@@ -24,6 +25,7 @@ from teller_client import (
     Unavailable,
     payment_info,
 )
+from teller_client._proto.teller.v1 import payment_pb2, payment_pb2_grpc
 from teller_client.integrations import AsyncTellerTransport, TellerAdapter, TellerTransport
 from tests.support.chain import anvil, deploy_token
 from tests.support.harness import RunningTeller, make_settings
@@ -155,6 +157,51 @@ def test_a_second_402_is_a_failure_with_the_servers_reason(live, evm, tempo):
     assert info.value.reason == "payment_refused" and "insufficient" in info.value.message
     (payment,), _ = live.admin().list_payments(t.tenant_id)
     assert payment.state == "failed" and info.value.metadata["payment_id"] == payment.id
+
+
+def _raw_pay(teller: RunningTeller, token: str, **fields) -> list[payment_pb2.PayResponse]:
+    """Pay through the bare gRPC stub: the whole stream, fields the client does not surface included."""
+    with grpc.insecure_channel(teller.target) as channel:
+        stub = payment_pb2_grpc.PaymentServiceStub(channel)
+        return list(stub.Pay(payment_pb2.PayRequest(**fields), metadata=(("authorization", f"Bearer {token}"),),
+                             timeout=60))
+
+
+def test_a_reused_key_of_a_settled_payment_is_answered_already_paid(tmp_path, evm, tempo):
+    running = _teller(tmp_path, evm, tempo, keep_paid_response_bytes=4096)
+    try:
+        t = _tenant(running, evm, tempo)
+        with resource_server(evm, PAYEE, PRICE) as base:
+            url = f"{base}/weather"
+            first = running.client(t.token).pay(url, wallet_id=t.wallet_id, idempotency_key="order-1")
+        assert first.status == 200 and first.payment is not None and first.payment.state == "settled"
+        payer, payee = evm.balance(t.address), evm.balance(PAYEE)
+        # The server is gone: had Teller paid, sent the proof or even asked again, this would fail.
+        head, *body = _raw_pay(running, t.token, url=url, wallet_id=t.wallet_id, idempotency_key="order-1")
+        assert head.head.already_paid and head.head.status == 200
+        assert json.loads(b"".join(part.body_chunk for part in body)) == {"weather": "sunny"}
+        assert head.head.payment.id == first.payment.id and head.head.payment.state == "settled"
+        assert head.head.payment.tx_hash == first.payment.tx_hash and head.head.payment_header == "PAYMENT-SIGNATURE"
+        assert (evm.balance(t.address), evm.balance(PAYEE)) == (payer, payee)
+        assert len(running.admin().list_payments(t.tenant_id)[0]) == 1
+        # The plain client sees the settled payment and the kept response.
+        again = running.client(t.token).pay(url, wallet_id=t.wallet_id, idempotency_key="order-1")
+        assert again.payment.id == first.payment.id and json.loads(again.body) == {"weather": "sunny"}
+    finally:
+        running.stop()
+
+
+def test_without_kept_responses_an_already_paid_answer_has_no_body(live, evm, tempo):
+    t = _tenant(live, evm, tempo)
+    with resource_server(evm, PAYEE, PRICE) as base:
+        url = f"{base}/weather"
+        first = live.client(t.token).pay(url, wallet_id=t.wallet_id, idempotency_key="order-2")
+        assert first.payment is not None and first.payment.state == "settled"
+        payee = evm.balance(PAYEE)
+        (head,) = _raw_pay(live, t.token, url=url, wallet_id=t.wallet_id, idempotency_key="order-2")
+    assert head.head.already_paid and head.head.status == 0 and not head.head.headers
+    assert head.head.payment.id == first.payment.id and head.head.payment.tx_hash == first.payment.tx_hash
+    assert evm.balance(PAYEE) == payee
 
 
 def test_pay_with_a_protocol_preference_and_a_denial(live, evm, tempo):

@@ -14,9 +14,17 @@ import json
 import time
 import zlib
 
+import grpc
 import pytest
 
-from teller_client import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
+from teller_client import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    TellerClient,
+    TellerError,
+    Unavailable,
+)
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.hostile import Request, hostile, respond, trickle
 from tests.support.hostile import head as http_head
@@ -97,6 +105,29 @@ def test_a_trickled_paid_head_is_cut_and_the_error_names_the_payment(teller, ten
     # The server holds a valid proof: the payment stays live (the reconciler follows it) and says why.
     assert payment.state == "signed" and not payment.released
     assert payment.state_reason.startswith("answer_lost:"), payment.state_reason
+
+
+def test_a_caller_that_gives_up_after_the_proof_left_leaves_the_payment_saying_so(teller, tenant):
+    async def script(request, writer):
+        if not _paid(request):
+            await respond(writer, 402, _v2_402(), b"{}")
+            return
+        await asyncio.sleep(10)  # holds the proof, answers nothing
+
+    with hostile(script) as srv:
+        impatient = TellerClient(teller.target, tenant.token, timeout=1.0)  # shorter than Teller's deadline
+        try:
+            with pytest.raises(TellerError) as info:
+                impatient.pay(f"{srv.base}/x", wallet_id=tenant.wallet_id)
+            assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        finally:
+            impatient.close()
+        for _ in range(50):
+            payment = _only_payment(teller, tenant)
+            if payment.state_reason:
+                break
+            time.sleep(0.1)
+    assert payment.state == "signed" and payment.state_reason.startswith("answer_lost:"), payment.state_reason
 
 
 def test_a_steady_body_may_outlast_the_deadline_a_stalled_one_may_not(teller, tenant):

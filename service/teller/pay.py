@@ -47,6 +47,8 @@ _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 _NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(r"[\t\x20-\x7e]*")
 MAX_HEADERS, MAX_HEADER_BYTES = 100, 64 * 1024
+#: Notes written after their call was cancelled: held so they are not collected unfinished.
+_NOTES: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,14 @@ class Payer:
                            signed.header_name)
                 async for chunk in self._keeping(second, signed.payment_id, payment):
                     yield chunk
+        except asyncio.CancelledError:
+            # The caller went away (or its own deadline passed) while the server held the proof.
+            if not recorded:
+                task = asyncio.get_running_loop().create_task(self._note(
+                    signed, caller, lc.ANSWER_LOST, "the caller cancelled, or its deadline passed, before the answer"))
+                _NOTES.add(task)
+                task.add_done_callback(_NOTES.discard)
+            raise
         except TellerError as err:
             if not recorded:
                 why = (lc.REDIRECT_REFUSED if isinstance(err, PermissionDenied) and err.reason ==
