@@ -230,6 +230,28 @@ def test_a_lying_encoding_is_an_error_naming_the_payment(teller, tenant):
     assert info.value.metadata["payment_id"] == _only_payment(teller, tenant).id
 
 
+def test_a_server_lying_about_settlement_is_not_believed(teller, tenant):
+    fake = {"success": True, "transaction": "0x" + "ab" * 32, "network": "eip155:84532", "payer": tenant.address}
+    receipts = {"/fake": base64.b64encode(json.dumps(fake).encode()).decode(), "/garbled": "%%% not a receipt"}
+
+    async def script(request, writer):
+        if not _paid(request):
+            await respond(writer, 402, _v2_402(), b"{}")
+            return
+        await respond(writer, 200, [("PAYMENT-RESPONSE", receipts[request.target])], b"content")
+
+    with hostile(script) as srv:
+        client = teller.client(tenant.token)
+        claimed = client.pay(f"{srv.base}/fake", wallet_id=tenant.wallet_id)
+        # The receipt says settled; no chain confirms it, so the payment stays signed.
+        assert claimed.status == 200 and claimed.body == b"content" and claimed.receipt == fake
+        assert claimed.payment.state == "signed" and claimed.payment.tx_hash == ""
+        garbled = client.pay(f"{srv.base}/garbled", wallet_id=tenant.wallet_id)
+    # A malformed receipt is the server's fault, not the caller's: the paid response still comes back.
+    assert garbled.status == 200 and garbled.body == b"content" and garbled.receipt is None
+    assert garbled.payment.state == "signed" and garbled.payment.state_reason.startswith("receipt_unreadable:")
+
+
 # -- redirects after the proof left -------------------------------------------------------
 
 

@@ -212,12 +212,18 @@ class Fetcher:
         async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, trust_env=False,
                                      transport=self._transport) as client:
             current, current_method, current_body = url, method.upper(), body
+            previous = url
             sent = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP | TELLER_SETS]
             sent.append(("Accept-Encoding", content_coding.ACCEPT))
             first = urlsplit(url)
             origin = (first.scheme, first.hostname, first.port)
             for hop in range(self.max_redirects + 1):
-                scheme, host, port, address = await self.check(current)
+                try:
+                    scheme, host, port, address = await self.check(current)
+                except PermissionDenied as err:
+                    if hop:  # the server sent Teller there: Pay tells this apart from a refused URL
+                        err.metadata["redirected_from"] = previous[:200]
+                    raise
                 parts = urlsplit(current)
                 netloc = f"[{address}]" if ":" in address else address
                 pinned = urlunsplit((scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
@@ -237,7 +243,7 @@ class Fetcher:
                         if hop == self.max_redirects:
                             raise FailedPrecondition(f"{url} redirected more than {self.max_redirects} times",
                                                      reason="too_many_redirects")
-                        current = urljoin(current, location)
+                        previous, current = current, urljoin(current, location)
                         if inner.status_code == 303 or (inner.status_code in (301, 302) and current_method == "POST"):
                             current_method, current_body = "GET", b""
                         new = urlsplit(current)

@@ -20,6 +20,8 @@ follows it on chain) with a ``state_reason`` saying what happened:
                               redirect to a destination Teller refuses
     not_sent: <what>          signed, but the call's deadline passed before the
                               proof left (nobody holds it; it expires unused)
+    receipt_unreadable: <what> the server answered, but its receipt was malformed
+                              (its word is not recorded; the chain decides)
 
 A server's refusal reason is kept whatever the payment's state.
 
@@ -58,6 +60,7 @@ TEMPO_SCHEMES = ("tempo/charge",)
 STATES = (SIGNED, SETTLED, FAILED, EXPIRED, VOIDED)
 #: Why a payment Pay sent the proof of is still ``signed`` (see the module docstring).
 ANSWER_LOST, REDIRECT_REFUSED, NOT_SENT = "answer_lost", "redirect_refused", "not_sent"
+RECEIPT_UNREADABLE = "receipt_unreadable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +244,7 @@ class Lifecycle:
 
     def note_unanswered(self, payment_id: str, tenant_id: str, why: str, detail: str, actor: str) -> None:
         """Say why a payment Pay sent the proof of is still ``signed`` (``ANSWER_LOST``,
-        ``REDIRECT_REFUSED`` or ``NOT_SENT``). Only a payment still signed is changed:
+        ``REDIRECT_REFUSED``, ``NOT_SENT`` or ``RECEIPT_UNREADABLE``). Only a payment still signed is changed:
         anything the server or the chain said already is better than this."""
         reason = f"{why}: {detail}"[:200]
         with self.db.transaction() as s:
@@ -337,4 +340,4 @@ class Lifecycle:
         return current
 
 
-__all__ = ["ANSWER_LOST", "LIVE", "NOT_SENT", "REDIRECT_REFUSED", "STATES", "Change", "Lifecycle", "advance", "apply_event", "expiry"]
+__all__ = ["ANSWER_LOST", "LIVE", "NOT_SENT", "RECEIPT_UNREADABLE", "REDIRECT_REFUSED", "STATES", "Change", "Lifecycle", "advance", "apply_event", "expiry"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from teller import lifecycle as lc
+from teller import refusal as refusal_mod
 from teller.auth import Caller
 from teller.db.models import Payment
 from teller.errors import (
@@ -204,12 +205,19 @@ class Payer:
                                    if second.status in (402, 403) else None)
                 except TimeoutError:
                     raise self._late(f"the paid request to {url}") from None
-                payment = await self.run(self.lifecycle.record_outcome, signed.payment_id, caller.tenant_id,
-                                         second.status, tuple(second.headers), refusal or b"", caller.actor,
-                                         self.max_challenge_bytes)
+                try:
+                    payment = await self.run(self.lifecycle.record_outcome, signed.payment_id, caller.tenant_id,
+                                             second.status, tuple(second.headers), refusal or b"", caller.actor,
+                                             self.max_challenge_bytes)
+                except InvalidArgument as exc:
+                    # The server's receipt is malformed: its word is not recorded, but the
+                    # response it answered with is still the one the caller paid for.
+                    await self._note(signed, caller, lc.RECEIPT_UNREADABLE, exc.message)
+                    payment = await self.run(self.lifecycle.get, signed.payment_id, caller.tenant_id)
                 recorded = True
                 if refusal is not None:
-                    reason = payment.state_reason or f"HTTP {second.status}"
+                    reason = (payment.state_reason if payment.state != lc.SIGNED else "") or refusal_mod.reason(
+                        second.headers, refusal) or f"HTTP {second.status}"
                     raise FailedPrecondition(
                         f"paid (payment {signed.payment_id}), but the server answered {second.status} again: "
                         f"{reason}", reason="payment_refused",
@@ -229,8 +237,8 @@ class Payer:
             raise
         except TellerError as err:
             if not recorded:
-                why = (lc.REDIRECT_REFUSED if isinstance(err, PermissionDenied) and err.reason ==
-                       "destination_not_allowed" else lc.ANSWER_LOST)
+                why = (lc.REDIRECT_REFUSED if isinstance(err, PermissionDenied) and "redirected_from" in err.metadata
+                       else lc.ANSWER_LOST)
                 await self._note(signed, caller, why, err.message)
             elif err.reason != "payment_refused":
                 await self._note(signed, caller, lc.ANSWER_LOST, f"body cut off: {err.message}")
