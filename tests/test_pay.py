@@ -29,6 +29,7 @@ from teller_client._proto.teller.v1 import payment_pb2, payment_pb2_grpc
 from teller_client.integrations import AsyncTellerTransport, TellerAdapter, TellerTransport
 from tests.support.chain import anvil, deploy_token
 from tests.support.harness import RunningTeller, make_settings
+from tests.support.hostile import hostile, respond
 from tests.support.mpp_live import PATH_USD, serve, tempo_chain, tempo_server
 from tests.support.x402_live import resource_server
 
@@ -189,6 +190,26 @@ def test_a_reused_key_of_a_settled_payment_is_answered_already_paid(tmp_path, ev
         assert again.payment.id == first.payment.id and json.loads(again.body) == {"weather": "sunny"}
     finally:
         running.stop()
+
+
+def test_a_reused_key_reached_through_a_redirect_is_already_paid_without_resending(live, evm, tempo):
+    t = _tenant(live, evm, tempo)
+    with resource_server(evm, PAYEE, PRICE) as base:
+        async def redirector(request, writer):
+            await respond(writer, 302, [("Location", f"{base}/weather")], b"")
+
+        with hostile(redirector) as front:
+            first = live.client(t.token).pay(f"{front.base}/go", wallet_id=t.wallet_id, idempotency_key="order-3")
+            assert first.payment is not None and first.payment.state == "settled"
+            payee = evm.balance(PAYEE)
+            # The URL asked for is not the one paid for: Teller follows the redirect again and
+            # reads the 402 (that costs nothing), finds the key's payment settled, and stops there.
+            (head,) = _raw_pay(live, t.token, url=f"{front.base}/go", wallet_id=t.wallet_id,
+                               idempotency_key="order-3")
+            # One unpaid request per call (the paid retry goes to where the redirect led).
+            assert [r.header("payment-signature") for r in front.requests] == [None, None]
+    assert head.head.already_paid and head.head.payment.id == first.payment.id
+    assert evm.balance(PAYEE) == payee and len(live.admin().list_payments(t.tenant_id)[0]) == 1
 
 
 def test_without_kept_responses_an_already_paid_answer_has_no_body(live, evm, tempo):
