@@ -210,6 +210,9 @@ def test_a_reused_key_reached_through_a_redirect_is_already_paid_without_resendi
             assert [r.header("payment-signature") for r in front.requests] == [None, None]
     assert head.head.already_paid and head.head.payment.id == first.payment.id
     assert evm.balance(PAYEE) == payee and len(live.admin().list_payments(t.tenant_id)[0]) == 1
+    # A re-sent proof would have had its answer recorded a second time.
+    outcomes, _ = live.client(t.token).audit_events(action="payment.outcome")
+    assert len(outcomes) == 1
 
 
 def test_without_kept_responses_an_already_paid_answer_has_no_body(live, evm, tempo):
