@@ -225,7 +225,7 @@ class Payer:
                 yield Head(second.status, second.headers, payment,
                            decode_receipt(second.status, second.headers, self.max_challenge_bytes),
                            signed.header_name)
-                async for chunk in self._keeping(second, signed.payment_id, payment):
+                async for chunk in self._keeping(second, signed.payment_id):
                     yield chunk
         except asyncio.CancelledError:
             # The caller went away (or its own deadline passed) while the server held the proof.
@@ -244,7 +244,7 @@ class Payer:
                 await self._note(signed, caller, lc.ANSWER_LOST, f"body cut off: {err.message}")
             raise _naming(err, signed.payment_id) from None
 
-    async def _keeping(self, response: Response, payment_id: str, payment: Payment) -> AsyncIterator[bytes]:
+    async def _keeping(self, response: Response, payment_id: str) -> AsyncIterator[bytes]:
         """The paid body, kept as it passes when the operator asked for it and it fits."""
         kept: bytearray | None = bytearray() if self.keep_bytes > 0 and response.status < 400 else None
         async for chunk in response.stream():
