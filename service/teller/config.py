@@ -296,6 +296,10 @@ def finalize_for_serving(settings: Settings) -> Settings:
     for name in ("sign_batch_max", "sign_batches_in_flight", "db_pool_size", "grpc_acceptors"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    if not settings.pay_deadline_seconds > 0:
+        raise ConfigError(f"pay_deadline_seconds must be more than 0, got {settings.pay_deadline_seconds}")
+    if settings.keep_paid_response_bytes < 0:
+        raise ConfigError(f"keep_paid_response_bytes must not be negative, got {settings.keep_paid_response_bytes}")
     if settings.grpc_acceptors > 64:
         raise ConfigError(f"grpc_acceptors must be at most 64, got {settings.grpc_acceptors}")
     if settings.event_loop not in EVENT_LOOPS:
