@@ -36,15 +36,20 @@ class _Inflate:
         self.wbits = _GZIP if coding == "gzip" else _ZLIB
         self.d = zlib.decompressobj(self.wbits)
         self.started = False
+        self.head = b""  # deflate: the first two bytes say zlib-wrapped or raw
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        if self.coding == "deflate" and not self.started:
+            self.head += data
+            if len(self.head) < 2:
+                return
+            data, self.head = self.head, b""
+            if (data[0] & 0x0F != 8) or (data[0] << 8 | data[1]) % 31:  # RFC 1950 header check
+                self.wbits, self.d = _RAW, zlib.decompressobj(_RAW)
         while data:
             try:
                 out = self.d.decompress(data, STEP)
             except zlib.error:
-                if self.coding == "deflate" and not self.started and self.wbits == _ZLIB:
-                    self.wbits, self.d = _RAW, zlib.decompressobj(_RAW)
-                    continue
                 raise CodingError(f"the body is not valid {self.coding}") from None
             self.started = True
             data = self.d.unconsumed_tail
@@ -58,6 +63,8 @@ class _Inflate:
                 yield out
 
     def finish(self) -> Iterator[bytes]:
+        if self.head:  # a deflate body of one byte: no stream can be that short
+            raise CodingError(f"the body is not valid {self.coding}")
         if not self.started:
             return
         try:
