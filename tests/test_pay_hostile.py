@@ -379,3 +379,35 @@ def test_good_caller_headers_still_reach_the_server(teller, tenant):
                                             headers=[("X-Trace", "abc\t123"), ("Accept", "application/json")])
         (seen,) = srv.requests
     assert r.status == 200 and seen.header("x-trace") == "abc\t123" and seen.header("accept") == "application/json"
+
+
+@pytest.mark.postgres
+def test_what_pay_records_after_the_proof_left_on_postgresql(pg_url, tmp_path):
+    running = RunningTeller(make_settings(pg_url, tmp_path, outbound_allow=("127.0.0.1",),
+                                          keep_paid_response_bytes=1024))
+    try:
+        tenant = running.setup_tenant()
+
+        async def script(request, writer):
+            if not _paid(request):
+                await respond(writer, 402, _v2_402(), b"{}")
+            elif request.target == "/moved":
+                await respond(writer, 307, [("Location", "http://127.0.0.2:9/collect")], b"")
+            else:
+                await respond(writer, 200, [("Content-Encoding", "gzip"), ("X-Kind", "paid")],
+                              gzip.compress(b"\0paid body"))
+
+        with hostile(script) as srv:
+            client = running.client(tenant.token)
+            with pytest.raises(PermissionDenied) as info:
+                client.pay(f"{srv.base}/moved", wallet_id=tenant.wallet_id)
+            r = client.pay(f"{srv.base}/ok", wallet_id=tenant.wallet_id)
+        moved = client.get_payment(info.value.metadata["payment_id"])
+        assert moved.state == "signed" and moved.state_reason.startswith("redirect_refused:")
+        # The paid response is kept as the caller got it (decoded, binary intact).
+        assert r.body == b"\0paid body"
+        status, headers, body = running.app.lifecycle.kept_response(r.payment.id)
+        assert (status, body) == (200, b"\0paid body") and ("x-kind", "paid") in headers
+    finally:
+        running.stop()
+
