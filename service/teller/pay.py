@@ -183,7 +183,8 @@ class Payer:
                     f"({current.state_reason or 'no reason given'}): its proof can no longer pay",
                     reason="payment_" + current.state, metadata={"payment_id": current.id})
         if asyncio.get_running_loop().time() >= deadline:
-            await self._note(signed, caller, lc.NOT_SENT, "the call's deadline passed while signing")
+            if not key:  # a reused key's proof may have left in an earlier call: then "not sent" would be false
+                await self._note(signed, caller, lc.NOT_SENT, "the call's deadline passed while signing")
             raise _naming(self._late("signing"), signed.payment_id)
         async for part in self._paid(caller, req, signed, final_url, deadline):
             yield part
