@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import grpc
 import httpx
 import pytest
 import requests
@@ -24,9 +25,11 @@ from teller_client import (
     Unavailable,
     payment_info,
 )
+from teller_client._proto.teller.v1 import payment_pb2, payment_pb2_grpc
 from teller_client.integrations import AsyncTellerTransport, TellerAdapter, TellerTransport
 from tests.support.chain import anvil, deploy_token
 from tests.support.harness import RunningTeller, make_settings
+from tests.support.hostile import hostile, respond
 from tests.support.mpp_live import PATH_USD, serve, tempo_chain, tempo_server
 from tests.support.x402_live import resource_server
 
@@ -155,6 +158,74 @@ def test_a_second_402_is_a_failure_with_the_servers_reason(live, evm, tempo):
     assert info.value.reason == "payment_refused" and "insufficient" in info.value.message
     (payment,), _ = live.admin().list_payments(t.tenant_id)
     assert payment.state == "failed" and info.value.metadata["payment_id"] == payment.id
+
+
+def _raw_pay(teller: RunningTeller, token: str, **fields) -> list[payment_pb2.PayResponse]:
+    """Pay through the bare gRPC stub: the whole stream, fields the client does not surface included."""
+    with grpc.insecure_channel(teller.target) as channel:
+        stub = payment_pb2_grpc.PaymentServiceStub(channel)
+        return list(stub.Pay(payment_pb2.PayRequest(**fields), metadata=(("authorization", f"Bearer {token}"),),
+                             timeout=60))
+
+
+def test_a_reused_key_of_a_settled_payment_is_answered_already_paid(tmp_path, evm, tempo):
+    running = _teller(tmp_path, evm, tempo, keep_paid_response_bytes=4096)
+    try:
+        t = _tenant(running, evm, tempo)
+        with resource_server(evm, PAYEE, PRICE) as base:
+            url = f"{base}/weather"
+            first = running.client(t.token).pay(url, wallet_id=t.wallet_id, idempotency_key="order-1")
+        assert first.status == 200 and first.payment is not None and first.payment.state == "settled"
+        payer, payee = evm.balance(t.address), evm.balance(PAYEE)
+        # The server is gone: had Teller paid, sent the proof or even asked again, this would fail.
+        head, *body = _raw_pay(running, t.token, url=url, wallet_id=t.wallet_id, idempotency_key="order-1")
+        assert head.head.already_paid and head.head.status == 200
+        assert json.loads(b"".join(part.body_chunk for part in body)) == {"weather": "sunny"}
+        assert head.head.payment.id == first.payment.id and head.head.payment.state == "settled"
+        assert head.head.payment.tx_hash == first.payment.tx_hash and head.head.payment_header == "PAYMENT-SIGNATURE"
+        assert (evm.balance(t.address), evm.balance(PAYEE)) == (payer, payee)
+        assert len(running.admin().list_payments(t.tenant_id)[0]) == 1
+        # The plain client sees the settled payment and the kept response.
+        again = running.client(t.token).pay(url, wallet_id=t.wallet_id, idempotency_key="order-1")
+        assert again.payment.id == first.payment.id and json.loads(again.body) == {"weather": "sunny"}
+    finally:
+        running.stop()
+
+
+def test_a_reused_key_reached_through_a_redirect_is_already_paid_without_resending(live, evm, tempo):
+    t = _tenant(live, evm, tempo)
+    with resource_server(evm, PAYEE, PRICE) as base:
+        async def redirector(request, writer):
+            await respond(writer, 302, [("Location", f"{base}/weather")], b"")
+
+        with hostile(redirector) as front:
+            first = live.client(t.token).pay(f"{front.base}/go", wallet_id=t.wallet_id, idempotency_key="order-3")
+            assert first.payment is not None and first.payment.state == "settled"
+            payee = evm.balance(PAYEE)
+            # The URL asked for is not the one paid for: Teller follows the redirect again and
+            # reads the 402 (that costs nothing), finds the key's payment settled, and stops there.
+            (head,) = _raw_pay(live, t.token, url=f"{front.base}/go", wallet_id=t.wallet_id,
+                               idempotency_key="order-3")
+            # One unpaid request per call (the paid retry goes to where the redirect led).
+            assert [r.header("payment-signature") for r in front.requests] == [None, None]
+    assert head.head.already_paid and head.head.payment.id == first.payment.id
+    assert evm.balance(PAYEE) == payee and len(live.admin().list_payments(t.tenant_id)[0]) == 1
+    # A re-sent proof would have had its answer recorded a second time.
+    outcomes, _ = live.client(t.token).audit_events(action="payment.outcome")
+    assert len(outcomes) == 1
+
+
+def test_without_kept_responses_an_already_paid_answer_has_no_body(live, evm, tempo):
+    t = _tenant(live, evm, tempo)
+    with resource_server(evm, PAYEE, PRICE) as base:
+        url = f"{base}/weather"
+        first = live.client(t.token).pay(url, wallet_id=t.wallet_id, idempotency_key="order-2")
+        assert first.payment is not None and first.payment.state == "settled"
+        payee = evm.balance(PAYEE)
+        (head,) = _raw_pay(live, t.token, url=url, wallet_id=t.wallet_id, idempotency_key="order-2")
+    assert head.head.already_paid and head.head.status == 0 and not head.head.headers
+    assert head.head.payment.id == first.payment.id and head.head.payment.tx_hash == first.payment.tx_hash
+    assert evm.balance(PAYEE) == payee
 
 
 def test_pay_with_a_protocol_preference_and_a_denial(live, evm, tempo):

@@ -84,6 +84,19 @@ class Settings:
     max_redirects: int = 3
     """``Pay``: redirects followed per request, each re-checked like the first URL."""
 
+    pay_deadline_seconds: float = 60.0
+    """``Pay``: the most one call may take until the final response's headers
+    (both requests, the 402's body, signing and every redirect). A server that
+    trickles bytes keeps each read alive but not the call. After the headers the
+    body streams with only the read timeout between chunks (and the caller's own
+    gRPC deadline)."""
+
+    keep_paid_response_bytes: int = 0
+    """``Pay``: keep the paid response (status, headers, body) when its body is at
+    most this many bytes, so a retry with the same idempotency key of a settled
+    payment gets it back without paying again. 0 keeps none (the default): a kept
+    body is stored in the database as the server sent it."""
+
     shutdown_grace_seconds: float = 20.0
     """On SIGTERM: stop taking calls at once, give calls in flight this long to
     finish, then exit. Keep it below the pod's terminationGracePeriodSeconds."""
@@ -170,6 +183,8 @@ _ENV_FIELDS = {
     "TELLER_OUTBOUND_CONNECT_TIMEOUT_SECONDS": "outbound_connect_timeout_seconds",
     "TELLER_OUTBOUND_READ_TIMEOUT_SECONDS": "outbound_read_timeout_seconds",
     "TELLER_MAX_RESPONSE_BYTES": "max_response_bytes",
+    "TELLER_PAY_DEADLINE_SECONDS": "pay_deadline_seconds",
+    "TELLER_KEEP_PAID_RESPONSE_BYTES": "keep_paid_response_bytes",
     "TELLER_MAX_REDIRECTS": "max_redirects",
     "TELLER_RECONCILE_LOOKBACK_BLOCKS": "reconcile_lookback_blocks",
     "TELLER_DB_POOL_SIZE": "db_pool_size",
@@ -281,6 +296,10 @@ def finalize_for_serving(settings: Settings) -> Settings:
     for name in ("sign_batch_max", "sign_batches_in_flight", "db_pool_size", "grpc_acceptors"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    if not settings.pay_deadline_seconds > 0:
+        raise ConfigError(f"pay_deadline_seconds must be more than 0, got {settings.pay_deadline_seconds}")
+    if settings.keep_paid_response_bytes < 0:
+        raise ConfigError(f"keep_paid_response_bytes must not be negative, got {settings.keep_paid_response_bytes}")
     if settings.grpc_acceptors > 64:
         raise ConfigError(f"grpc_acceptors must be at most 64, got {settings.grpc_acceptors}")
     if settings.event_loop not in EVENT_LOOPS:

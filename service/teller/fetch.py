@@ -5,7 +5,8 @@ every resolved address must be public unless an operator allowed the host,
 and the connection goes to the address that was checked, so a DNS answer that
 changes between check and connect (rebinding) cannot redirect it. HTTPS keeps
 the hostname for SNI and certificate checks. Timeouts bound connecting and
-each read; bodies stream with a hard size cap.
+each read; bodies stream with a hard size cap, counted after any
+content-coding is undone (a decompression bomb is cut off, never inflated).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
+from teller import content_coding
 from teller.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -33,8 +35,11 @@ REDIRECTS = {301, 302, 303, 307, 308}
 #: Headers that must not follow a redirect to another origin.
 CREDENTIAL_HEADERS = {"authorization", "cookie", "proxy-authorization", "payment-signature", "x-payment",
                       "payment-authorization"}
+#: Headers of one connection, or that Teller sets itself: a caller may not send them.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
               "host", "content-length"}
+#: Replaced by Teller's own: it decodes what it asked for and hands bodies on decoded.
+TELLER_SETS = {"accept-encoding"}
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
@@ -87,11 +92,28 @@ def _public(ip: IpAddress) -> bool:
 
 @dataclass
 class Response:
+    """A response whose body is handed on decoded (``headers`` then carry no
+    Content-Encoding or Content-Length) unless it uses a coding Teller did not
+    ask for, which passes through as sent."""
+
     status: int
     headers: list[tuple[str, str]]
     url: str
     _inner: httpx.Response
     _limit: int
+    _codings: list[str] | None = None
+
+    @classmethod
+    def of(cls, inner: httpx.Response, url: str, limit: int) -> Response:
+        headers = list(inner.headers.multi_items())
+        try:
+            names = content_coding.codings(headers)
+        except content_coding.CodingError as exc:
+            raise Unavailable(f"{url} answered with a body Teller cannot read: {exc}",
+                              reason="bad_content_encoding") from None
+        if names:
+            headers = content_coding.decoded_headers(headers)
+        return cls(inner.status_code, headers, url, inner, limit, names)
 
     async def read(self, limit: int) -> bytes:
         """The whole body, refused when larger than ``limit``."""
@@ -102,18 +124,33 @@ class Response:
 
     async def stream(self, limit: int | None = None) -> AsyncIterator[bytes]:
         cap = self._limit if limit is None else limit
-        seen = 0
+        decoder = content_coding.Decoder(self._codings) if self._codings else None
+        seen = raw = 0
         try:
             async for chunk in self._inner.aiter_raw():
-                seen += len(chunk)
+                raw += len(chunk)
+                if raw > cap:  # compressed bodies are bounded on the wire as well
+                    raise self._too_large(cap)
+                for piece in (decoder.feed(chunk) if decoder else (chunk,)):
+                    seen += len(piece)
+                    if seen > cap:
+                        raise self._too_large(cap)
+                    yield piece
+            for piece in (decoder.finish() if decoder else ()):
+                seen += len(piece)
                 if seen > cap:
-                    raise FailedPrecondition(f"response from {self.url} is larger than {cap} bytes: cut off",
-                                             reason="response_too_large")
-                yield chunk
+                    raise self._too_large(cap)
+                yield piece
+        except content_coding.CodingError as exc:
+            raise Unavailable(f"reading {self.url} failed: {exc}", reason="bad_content_encoding") from None
         except httpx.TimeoutException:
             raise Unavailable(f"reading {self.url} timed out") from None
         except httpx.HTTPError as exc:
             raise Unavailable(f"reading {self.url} failed: {type(exc).__name__}") from None
+
+    def _too_large(self, cap: int) -> FailedPrecondition:
+        return FailedPrecondition(f"response from {self.url} is larger than {cap} bytes: cut off",
+                                  reason="response_too_large")
 
 
 class Fetcher:
@@ -175,11 +212,18 @@ class Fetcher:
         async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, trust_env=False,
                                      transport=self._transport) as client:
             current, current_method, current_body = url, method.upper(), body
-            sent = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP]
+            previous = url
+            sent = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP | TELLER_SETS]
+            sent.append(("Accept-Encoding", content_coding.ACCEPT))
             first = urlsplit(url)
             origin = (first.scheme, first.hostname, first.port)
             for hop in range(self.max_redirects + 1):
-                scheme, host, port, address = await self.check(current)
+                try:
+                    scheme, host, port, address = await self.check(current)
+                except PermissionDenied as err:
+                    if hop:  # the server sent Teller there: Pay tells this apart from a refused URL
+                        err.metadata["redirected_from"] = previous[:200]
+                    raise
                 parts = urlsplit(current)
                 netloc = f"[{address}]" if ":" in address else address
                 pinned = urlunsplit((scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
@@ -199,15 +243,14 @@ class Fetcher:
                         if hop == self.max_redirects:
                             raise FailedPrecondition(f"{url} redirected more than {self.max_redirects} times",
                                                      reason="too_many_redirects")
-                        current = urljoin(current, location)
+                        previous, current = current, urljoin(current, location)
                         if inner.status_code == 303 or (inner.status_code in (301, 302) and current_method == "POST"):
                             current_method, current_body = "GET", b""
                         new = urlsplit(current)
                         if (new.scheme, new.hostname, new.port) != origin:
                             sent = [(k, v) for k, v in sent if k.lower() not in CREDENTIAL_HEADERS]
                         continue
-                    yield Response(inner.status_code, list(inner.headers.multi_items()), current, inner,
-                                   self.max_response_bytes)
+                    yield Response.of(inner, current, self.max_response_bytes)
                     return
                 finally:
                     await inner.aclose()

@@ -10,6 +10,21 @@ Budgets count every payment whose ``released_ms`` is NULL. Only the chain can
 release one: a server's refusal says nothing about whether someone holding the
 signed authorization will submit it before ``validBefore``.
 
+A payment whose proof Teller sent (``Pay``) but whose answer never arrived
+stays ``signed`` (the server may hold and use the proof; the reconciler
+follows it on chain) with a ``state_reason`` saying what happened:
+
+    answer_lost: <what>       the proof was sent; the answer timed out, broke
+                              off, was too large or could not be decoded
+    redirect_refused: <what>  the server answered the paid request with a
+                              redirect to a destination Teller refuses
+    not_sent: <what>          signed, but the call's deadline passed before the
+                              proof left (nobody holds it; it expires unused)
+    receipt_unreadable: <what> the server answered, but its receipt was malformed
+                              (its word is not recorded; the chain decides)
+
+A server's refusal reason is kept whatever the payment's state.
+
 Every change is a guarded ``UPDATE ... WHERE state IN (...) AND released_ms IS
 NULL`` with its audit row in the same transaction, so two workers observing
 the same event change the payment once and release its amount once.
@@ -17,6 +32,7 @@ the same event change the payment once and release its amount once.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,11 +40,11 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, eip3009, spend
+from teller import audit, eip3009, refusal, spend
 from teller.chain import AuthorizationEvent, ChainReader
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
-from teller.db.models import Payment, Wallet
+from teller.db.models import PaidResponse, Payment, Wallet
 from teller.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from teller.vault import SealedKey, Vault
 
@@ -42,6 +58,9 @@ EIP3009_SCHEMES = ("exact", "evm/charge")
 #: Payments made of a signed Tempo transaction (nonce = the transaction hash).
 TEMPO_SCHEMES = ("tempo/charge",)
 STATES = (SIGNED, SETTLED, FAILED, EXPIRED, VOIDED)
+#: Why a payment Pay sent the proof of is still ``signed`` (see the module docstring).
+ANSWER_LOST, REDIRECT_REFUSED, NOT_SENT = "answer_lost", "redirect_refused", "not_sent"
+RECEIPT_UNREADABLE = "receipt_unreadable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +195,14 @@ class Lifecycle:
             network, asset, nonce, address, scheme = p.network, p.asset, p.nonce, wallet.address, p.scheme
         decoder = mpp_receipt.decode if p.protocol == "mpp" else x402_receipt.decode
         outcome = decoder(status, headers, body, max_bytes)
+        # A 402 or 403 to a paid request is a refusal whatever the protocol; its
+        # reason is wherever this server put it (refusal.reason), else the decoder's.
+        refused = outcome.kind == "refused" or (outcome.kind == "unknown" and status in (402, 403))
+        said = ""
+        if refused:
+            generic = outcome.reason in ("", "payment_refused", "settlement_failed") or outcome.kind == "unknown"
+            said = (refusal.reason(headers, body) if generic else "") or (
+                outcome.reason if outcome.kind == "refused" else "") or "payment_refused"
         confirmed: AuthorizationEvent | None = None
         if outcome.kind == "settled" and outcome.tx_hash and network in self.chain.networks:
             # The server's word is checked against the chain before it is recorded as settled.
@@ -196,21 +223,63 @@ class Lifecycle:
             now = self.now_ms()
             audit.record(
                 s, at_ms=now, actor=actor, action="payment.outcome",
-                outcome="error" if outcome.kind == "refused" else "ok", tenant_id=p.tenant_id,
-                reason=outcome.reason[:100], wallet_id=p.wallet_id, payment_id=p.id, amount=p.amount,
+                outcome="error" if refused else "ok", tenant_id=p.tenant_id,
+                reason=(said or outcome.reason)[:100], wallet_id=p.wallet_id, payment_id=p.id, amount=p.amount,
                 asset=p.asset, network=p.network, payee=p.pay_to, resource_url=p.resource_url,
                 details={"reported": outcome.kind, "tx_hash": outcome.tx_hash, "state": p.state},
             )
             if confirmed is not None:
                 apply_event(s, p, confirmed, now, actor)
-            elif outcome.kind == "refused":
+            elif refused:
                 # Still reserved: the authorization stays usable until validBefore.
-                advance(s, p, Change(FAILED, release=False, reason=outcome.reason or "refused"),
-                        from_states=(SIGNED,), now_ms=now, actor=actor)
+                if not advance(s, p, Change(FAILED, release=False, reason=said), from_states=(SIGNED,),
+                               now_ms=now, actor=actor) and said != p.state_reason:
+                    # Whatever the state, the server's latest word is kept.
+                    s.execute(update(Payment).where(Payment.id == p.id).values(state_reason=said[:200])
+                              .execution_options(synchronize_session=False))
             s.flush()
             s.refresh(p)
             s.expunge(p)
             return p
+
+    def note_unanswered(self, payment_id: str, tenant_id: str, why: str, detail: str, actor: str) -> None:
+        """Say why a payment Pay sent the proof of is still ``signed`` (``ANSWER_LOST``,
+        ``REDIRECT_REFUSED``, ``NOT_SENT`` or ``RECEIPT_UNREADABLE``). Only a payment still signed is changed:
+        anything the server or the chain said already is better than this."""
+        reason = f"{why}: {detail}"[:200]
+        with self.db.transaction() as s:
+            p, _ = payment_for(s, payment_id, tenant_id)
+            result = s.execute(update(Payment).where(Payment.id == p.id, Payment.state == SIGNED)
+                               .values(state_reason=reason, updated_ms=self.now_ms())
+                               .execution_options(synchronize_session=False))
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                audit.record(s, at_ms=self.now_ms(), actor=actor, action="payment.unanswered", outcome="error",
+                             tenant_id=p.tenant_id, reason=why, wallet_id=p.wallet_id, payment_id=p.id,
+                             amount=p.amount, asset=p.asset, network=p.network, payee=p.pay_to,
+                             resource_url=p.resource_url, details={"detail": detail[:200]})
+
+    def by_idempotency_key(self, tenant_id: str, key: str) -> Payment | None:
+        """The tenant's payment claimed with ``key``, while the key is still in force."""
+        with self.db.read() as s:
+            p = s.execute(select(Payment).where(Payment.tenant_id == tenant_id, Payment.idempotency_key == key)
+                          ).scalar_one_or_none()
+            if p is None or (p.idempotency_expires_ms is not None and p.idempotency_expires_ms <= self.now_ms()):
+                return None
+            s.expunge(p)
+            return p
+
+    def keep_response(self, payment_id: str, status: int, headers: Sequence[tuple[str, str]], body: bytes) -> None:
+        with self.db.transaction() as s:
+            if s.get(PaidResponse, payment_id) is None:
+                s.add(PaidResponse(payment_id=payment_id, status=status, body=body, created_ms=self.now_ms(),
+                                   headers_json=json.dumps([list(h) for h in headers])))
+
+    def kept_response(self, payment_id: str) -> tuple[int, Sequence[tuple[str, str]], bytes] | None:
+        with self.db.read() as s:
+            kept = s.get(PaidResponse, payment_id)
+            if kept is None:
+                return None
+            return kept.status, [(str(k), str(v)) for k, v in json.loads(kept.headers_json)], bytes(kept.body)
 
     def void(self, payment_id: str, actor: str, reason: str = "") -> Payment:
         """Cancel an unused authorization on chain (``cancelAuthorization``, gas
@@ -271,4 +340,4 @@ class Lifecycle:
         return current
 
 
-__all__ = ["LIVE", "STATES", "Change", "Lifecycle", "advance", "apply_event", "expiry"]
+__all__ = ["ANSWER_LOST", "LIVE", "NOT_SENT", "RECEIPT_UNREADABLE", "REDIRECT_REFUSED", "STATES", "Change", "Lifecycle", "advance", "apply_event", "expiry"]

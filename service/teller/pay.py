@@ -6,19 +6,36 @@ A 402 is read (bounded), signed through the same path as the Sign RPC (the
 same batches, so limits, idempotency and audit are identical), and the request is sent
 once more with the proof. A second 402 is a failure carrying the server's
 reason: Teller never pays twice for one call.
+
+One deadline (``pay_deadline_seconds``) covers everything until the final
+response's headers; the body then streams with the read timeout between
+chunks. Once the proof has left, every error names the payment (message and
+``payment_id`` in its metadata) and the payment says what happened (see
+``teller.lifecycle``). A retry with the idempotency key of a settled payment is
+answered from what Teller kept, never paid or sent again.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from teller import lifecycle as lc
+from teller import refusal as refusal_mod
 from teller.auth import Caller
 from teller.db.models import Payment
-from teller.errors import FailedPrecondition, InvalidArgument
-from teller.fetch import Fetcher
+from teller.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    TellerError,
+    Unavailable,
+)
+from teller.fetch import HOP_BY_HOP, Fetcher, Response
 from teller.lifecycle import Lifecycle
 from teller.mpp import receipt as mpp_receipt
 from teller.payments import SignInput, SignResult, sign_input
@@ -27,6 +44,12 @@ from teller.x402 import receipt as x402_receipt
 T = TypeVar("T")
 Run = Callable[..., Awaitable[Any]]
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
+#: RFC 9110 field-name (a token) and field-value (visible ASCII, space and tab; no CR, LF or NUL).
+_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALUE = re.compile(r"[\t\x20-\x7e]*")
+MAX_HEADERS, MAX_HEADER_BYTES = 100, 64 * 1024
+#: Notes written after their call was cancelled: held so they are not collected unfinished.
+_NOTES: set[asyncio.Task[None]] = set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +68,28 @@ class Head:
     payment: Payment | None
     receipt: dict[str, Any] | None
     payment_header: str
+    #: A retry of a settled payment: nothing was paid or sent; status/headers/body are what
+    #: Teller kept of the paid response (status 0 when it kept none).
+    already_paid: bool = False
+
+
+def caller_headers(headers: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The caller's headers, refused (naming the header) when they could not be
+    sent as they are: a bad name or value would be rejected, or worse, split
+    into two headers, by the HTTP layer; hop-by-hop ones belong to Teller's connection."""
+    if len(headers) > MAX_HEADERS:
+        raise InvalidArgument(f"headers: at most {MAX_HEADERS} headers, got {len(headers)}")
+    if sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
+        raise InvalidArgument(f"headers: more than {MAX_HEADER_BYTES} bytes in all")
+    for name, value in headers:
+        if not _NAME.fullmatch(name):
+            raise InvalidArgument(f"headers: {name[:60]!r} is not a valid header name (an RFC 9110 token)")
+        if not _VALUE.fullmatch(value):
+            raise InvalidArgument(f"headers: the value of {name} must be visible ASCII, spaces and tabs "
+                                  "(no CR, LF or other control characters, no non-ASCII)")
+        if name.lower() in HOP_BY_HOP:
+            raise InvalidArgument(f"headers: {name} is a hop-by-hop header; Teller sets it for its own connection")
+    return tuple(headers)
 
 
 def pay_input(*, url: str, method: str, headers: Sequence[tuple[str, str]], body: bytes, wallet_id: str,
@@ -56,9 +101,10 @@ def pay_input(*, url: str, method: str, headers: Sequence[tuple[str, str]], body
         raise InvalidArgument("url is required")
     if not wallet_id:
         raise InvalidArgument("wallet_id is required")
+    checked = caller_headers(headers)
     base = sign_input(status=402, headers=(), body=b"", url=url, method=m, wallet_id=wallet_id,
                       max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols)
-    return PayInput(url, m, tuple(headers), body, base)
+    return PayInput(url, m, checked, body, base)
 
 
 def decode_receipt(status: int, headers: Sequence[tuple[str, str]], max_bytes: int) -> dict[str, Any] | None:
@@ -72,61 +118,156 @@ def decode_receipt(status: int, headers: Sequence[tuple[str, str]], max_bytes: i
     return None
 
 
+def _naming(err: TellerError, payment_id: str) -> TellerError:
+    """``err`` as the caller sees it once a proof has left: naming the payment."""
+    if err.metadata.get("payment_id") != payment_id:
+        err.metadata["payment_id"] = payment_id
+        err.message = f"payment {payment_id}: {err.message}"
+        err.args = (err.message,)
+    return err
+
+
 class Payer:
     def __init__(self, sign: Callable[[Caller, SignInput], Awaitable[SignResult]], lifecycle: Lifecycle,
-                 fetcher: Fetcher, run: Run, max_challenge_bytes: int) -> None:
+                 fetcher: Fetcher, run: Run, max_challenge_bytes: int, deadline_s: float = 60.0,
+                 keep_bytes: int = 0) -> None:
         self.sign = sign  # Sign's own path: the same batches, limits, idempotency and audit
         self.lifecycle = lifecycle
         self.fetcher = fetcher
         self.run = run  # runs blocking database work off the event loop
         self.max_challenge_bytes = max_challenge_bytes
+        self.deadline_s = deadline_s
+        self.keep_bytes = keep_bytes
+
+    def _late(self, what: str) -> Unavailable:
+        return Unavailable(f"{what} took longer than the call's deadline of {self.deadline_s:g} s "
+                           "(pay_deadline_seconds)", reason="deadline_exceeded")
 
     async def pay(self, caller: Caller, req: PayInput) -> AsyncIterator[Head | bytes]:
         """Yields the head of the final response, then its body in chunks."""
-        async with self.fetcher.open(req.method, req.url, req.headers, req.body) as first:
+        deadline = asyncio.get_running_loop().time() + self.deadline_s
+        key = req.sign.idempotency_key
+        if key:
+            earlier = await self.run(self.lifecycle.by_idempotency_key, caller.tenant_id, key)
+            if (earlier is not None and earlier.state == lc.SETTLED and earlier.wallet_id == req.sign.wallet_id
+                    and earlier.resource_url == req.url):
+                async for part in self._already_paid(earlier):
+                    yield part
+                return
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    first = await stack.enter_async_context(
+                        self.fetcher.open(req.method, req.url, req.headers, req.body))
+                    challenge_body = await first.read(self.max_challenge_bytes) if first.status == 402 else b""
+            except TimeoutError:
+                raise self._late(f"{req.url} (until its response's headers and any 402 body)") from None
             if first.status != 402:
                 yield Head(first.status, first.headers, None, None, "")
                 async for chunk in first.stream():
                     yield chunk
                 return
-            challenge_body = await first.read(self.max_challenge_bytes)
             final_url, challenge_headers = first.url, tuple(first.headers)
-        from dataclasses import replace
-
         signed = await self.sign(caller, replace(
             req.sign, status=402, headers=challenge_headers, body=challenge_body, url=final_url))
+        if key:
+            # The key's payment may have been settled by the time this call signed.
+            current = await self.run(self.lifecycle.get, signed.payment_id, caller.tenant_id)
+            if current.state == lc.SETTLED:
+                async for part in self._already_paid(current):
+                    yield part
+                return
+            if current.state in (lc.EXPIRED, lc.VOIDED):
+                raise FailedPrecondition(
+                    f"payment {current.id} for idempotency_key {key!r} is {current.state} "
+                    f"({current.state_reason or 'no reason given'}): its proof can no longer pay",
+                    reason="payment_" + current.state, metadata={"payment_id": current.id})
+        if asyncio.get_running_loop().time() >= deadline:
+            if not key:  # a reused key's proof may have left in an earlier call: then "not sent" would be false
+                await self._note(signed, caller, lc.NOT_SENT, "the call's deadline passed while signing")
+            raise _naming(self._late("signing"), signed.payment_id)
+        async for part in self._paid(caller, req, signed, final_url, deadline):
+            yield part
+
+    async def _paid(self, caller: Caller, req: PayInput, signed: SignResult, url: str,
+                    deadline: float) -> AsyncIterator[Head | bytes]:
+        """The retry with the proof. From here on the server may hold a valid proof:
+        every error names the payment, and a payment left ``signed`` says why."""
         retry_headers = [(k, v) for k, v in req.headers if k.lower() != signed.header_name.lower()]
         retry_headers.append((signed.header_name, signed.header_value))
-        async with self.fetcher.open(req.method, final_url, retry_headers, req.body) as second:
-            if second.status in (402, 403):
-                body = await second.read(self.max_challenge_bytes)
-                payment = await self.run(self.lifecycle.record_outcome, signed.payment_id, caller.tenant_id,
-                                         second.status, tuple(second.headers), body, caller.actor,
-                                         self.max_challenge_bytes)
-                reason = payment.state_reason or _problem(body) or f"HTTP {second.status}"
-                raise FailedPrecondition(
-                    f"paid (payment {signed.payment_id}), but the server answered {second.status} again: {reason}",
-                    reason="payment_refused", metadata={"payment_id": signed.payment_id,
-                                                        "server_reason": reason[:200]})
-            payment = await self.run(self.lifecycle.record_outcome, signed.payment_id, caller.tenant_id,
-                                     second.status, tuple(second.headers), b"", caller.actor,
-                                     self.max_challenge_bytes)
-            yield Head(second.status, second.headers, payment,
-                       decode_receipt(second.status, second.headers, self.max_challenge_bytes), signed.header_name)
-            async for chunk in second.stream():
-                yield chunk
+        recorded = False
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        second = await stack.enter_async_context(
+                            self.fetcher.open(req.method, url, retry_headers, req.body))
+                        refusal = (await second.read(self.max_challenge_bytes)
+                                   if second.status in (402, 403) else None)
+                except TimeoutError:
+                    raise self._late(f"the paid request to {url}") from None
+                try:
+                    payment = await self.run(self.lifecycle.record_outcome, signed.payment_id, caller.tenant_id,
+                                             second.status, tuple(second.headers), refusal or b"", caller.actor,
+                                             self.max_challenge_bytes)
+                except InvalidArgument as exc:
+                    # The server's receipt is malformed: its word is not recorded, but the
+                    # response it answered with is still the one the caller paid for.
+                    await self._note(signed, caller, lc.RECEIPT_UNREADABLE, exc.message)
+                    payment = await self.run(self.lifecycle.get, signed.payment_id, caller.tenant_id)
+                recorded = True
+                if refusal is not None:
+                    reason = (payment.state_reason if payment.state != lc.SIGNED else "") or refusal_mod.reason(
+                        second.headers, refusal) or f"HTTP {second.status}"
+                    raise FailedPrecondition(
+                        f"paid (payment {signed.payment_id}), but the server answered {second.status} again: "
+                        f"{reason}", reason="payment_refused",
+                        metadata={"payment_id": signed.payment_id, "server_reason": reason[:200]})
+                yield Head(second.status, second.headers, payment,
+                           decode_receipt(second.status, second.headers, self.max_challenge_bytes),
+                           signed.header_name)
+                async for chunk in self._keeping(second, signed.payment_id):
+                    yield chunk
+        except asyncio.CancelledError:
+            # The caller went away (or its own deadline passed) while the server held the proof.
+            if not recorded:
+                task = asyncio.get_running_loop().create_task(self._note(
+                    signed, caller, lc.ANSWER_LOST, "the caller cancelled, or its deadline passed, before the answer"))
+                _NOTES.add(task)
+                task.add_done_callback(_NOTES.discard)
+            raise
+        except TellerError as err:
+            if not recorded:
+                why = (lc.REDIRECT_REFUSED if isinstance(err, PermissionDenied) and "redirected_from" in err.metadata
+                       else lc.ANSWER_LOST)
+                await self._note(signed, caller, why, err.message)
+            elif err.reason != "payment_refused":
+                await self._note(signed, caller, lc.ANSWER_LOST, f"body cut off: {err.message}")
+            raise _naming(err, signed.payment_id) from None
+
+    async def _keeping(self, response: Response, payment_id: str) -> AsyncIterator[bytes]:
+        """The paid body, kept as it passes when the operator asked for it and it fits."""
+        kept: bytearray | None = bytearray() if self.keep_bytes > 0 and response.status < 400 else None
+        async for chunk in response.stream():
+            if kept is not None:
+                kept += chunk
+                if len(kept) > self.keep_bytes:
+                    kept = None
+            yield chunk
+        if kept is not None:
+            await self.run(self.lifecycle.keep_response, payment_id, response.status, response.headers, bytes(kept))
+
+    async def _already_paid(self, payment: Payment) -> AsyncIterator[Head | bytes]:
+        kept = await self.run(self.lifecycle.kept_response, payment.id)
+        status, headers, body = kept if kept is not None else (0, [], b"")
+        yield Head(status, list(headers), payment, None, payment.header_name, already_paid=True)
+        if body:
+            yield body
+
+    async def _note(self, signed: SignResult, caller: Caller, why: str, detail: str) -> None:
+        with contextlib.suppress(TellerError):  # the caller's error matters more than this note
+            await self.run(self.lifecycle.note_unanswered, signed.payment_id, caller.tenant_id, why, detail,
+                           caller.actor)
 
 
-def _problem(body: bytes) -> str:
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        return ""
-    if isinstance(doc, dict):
-        for key in ("error", "detail", "title"):
-            if isinstance(doc.get(key), str):
-                return str(doc[key])[:200]
-    return ""
-
-
-__all__ = ["Head", "PayInput", "Payer", "decode_receipt", "pay_input"]
+__all__ = ["Head", "PayInput", "Payer", "caller_headers", "decode_receipt", "pay_input"]

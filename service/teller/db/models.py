@@ -131,6 +131,19 @@ class Payment(Base):
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class PaidResponse(Base):
+    """The response a paid ``Pay`` got, kept (when the operator set
+    ``keep_paid_response_bytes``) so a retry with the same idempotency key of a
+    settled payment is answered without paying or re-sending the proof."""
+
+    __tablename__ = "paid_responses"
+    payment_id: Mapped[str] = mapped_column(ForeignKey("payments.id"), primary_key=True)
+    status: Mapped[int] = mapped_column(Integer)
+    headers_json: Mapped[str] = mapped_column(Text)  # [[name, value], ...] as handed to the caller
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class SpendBucket(Base):
     """Unreleased payment amounts per scope (tenant or wallet) and minute of
     ``created_ms``, kept in the same transactions that write payments and move

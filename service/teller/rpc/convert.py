@@ -91,5 +91,5 @@ def pay_head_to_proto(head: Head) -> payment_pb2.PayResponse:
         status=head.status, headers=[common_pb2.Header(name=k, value=v) for k, v in head.headers],
         payment=payment_to_proto(head.payment) if head.payment is not None else None,
         receipt_json=json.dumps(head.receipt, sort_keys=True) if head.receipt is not None else "",
-        payment_header=head.payment_header,
+        payment_header=head.payment_header, already_paid=head.already_paid,
     ))

@@ -120,8 +120,9 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         req = pay_input(url=request.url, method=request.method, headers=[(h.name, h.value) for h in request.headers],
                         body=request.body, wallet_id=request.wallet_id, max_amount=request.max_amount,
                         idempotency_key=request.idempotency_key, protocols=list(request.protocols))
-        payer = Payer(self._sign, self.app.lifecycle, self.app.fetcher, self.run,
-                      self.app.settings.max_challenge_bytes)
+        settings = self.app.settings
+        payer = Payer(self._sign, self.app.lifecycle, self.app.fetcher, self.run, settings.max_challenge_bytes,
+                      deadline_s=settings.pay_deadline_seconds, keep_bytes=settings.keep_paid_response_bytes)
         async for part in payer.pay(caller, req):
             if isinstance(part, Head):
                 yield convert.pay_head_to_proto(part)

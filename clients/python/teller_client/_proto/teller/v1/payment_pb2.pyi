@@ -96,15 +96,17 @@ class PayResponse(_message.Message):
     def __init__(self, head: _Optional[_Union[PayHead, _Mapping]] = ..., body_chunk: _Optional[bytes] = ...) -> None: ...
 
 class PayHead(_message.Message):
-    __slots__ = ("status", "headers", "payment", "receipt_json", "payment_header")
+    __slots__ = ("status", "headers", "payment", "receipt_json", "payment_header", "already_paid")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_JSON_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_HEADER_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_PAID_FIELD_NUMBER: _ClassVar[int]
     status: int
     headers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Header]
     payment: _common_pb2.PaymentRecord
     receipt_json: str
     payment_header: str
-    def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[_common_pb2.Header, _Mapping]]] = ..., payment: _Optional[_Union[_common_pb2.PaymentRecord, _Mapping]] = ..., receipt_json: _Optional[str] = ..., payment_header: _Optional[str] = ...) -> None: ...
+    already_paid: bool
+    def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[_common_pb2.Header, _Mapping]]] = ..., payment: _Optional[_Union[_common_pb2.PaymentRecord, _Mapping]] = ..., receipt_json: _Optional[str] = ..., payment_header: _Optional[str] = ..., already_paid: _Optional[bool] = ...) -> None: ...
