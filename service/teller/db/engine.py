@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from teller import files
 from teller.errors import Unavailable
 
 #: Session settings for every PostgreSQL connection Teller opens. JIT off: once a
@@ -23,9 +24,13 @@ PG_OPTIONS = "-c jit=off"
 
 def make_engine(url: str, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = make_url(url).database or ""
+        if path and path != ":memory:" and not path.startswith("file:"):
+            # Sealed keys and the audit chain: private from the start (SQLite gives
+            # its -wal and -shm files the database file's mode).
+            if not Path(path).parent.exists():
+                files.private_dir(Path(path).parent)
+            files.private_file(Path(path))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         # pysqlite's own BEGIN is deferred: two writers could both read the
