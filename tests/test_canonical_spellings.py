@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -280,3 +282,30 @@ def test_pay_never_pays_a_denied_host_in_any_spelling(payer, pay_server, host):
     if isinstance(err, PermissionDenied):
         assert err.reason == "host_not_allowed", err.reason
     assert payer.payments() == before and len(seen) == paid_before
+
+
+@pytest.fixture
+def frozen_teller(db_url: str, tmp_path: Path) -> Iterator[RunningTeller]:
+    # One minute for the whole test, so every payment lands in one bucket.
+    now = (time.time() // 60) * 60 + 1
+    running = RunningTeller(make_settings(db_url, tmp_path), clock=lambda: now)
+    yield running
+    running.stop()
+
+
+def test_a_minutes_spend_past_the_ledger_is_refused_on_both_databases(frozen_teller):
+    """Each payment fits, their sum in one minute's bucket does not: PostgreSQL raises,
+    SQLite would have turned the sum into a float (migration 0006's trigger refuses it)."""
+    teller = frozen_teller
+    t = teller.setup_tenant()
+    teller.admin().set_policy(t.tenant_id, {"unit_decimals": 6, "allow_unknown_assets": True})
+    client = teller.client(t.token)
+    sign = lambda amount: client.sign(status=402, headers=x402_v2(amount=str(amount)), body=b"",  # noqa: E731
+                                      url=OK_URL, wallet_id=t.wallet_id)
+    assert sign(2**62).payment_id
+    with pytest.raises(FailedPrecondition) as info:
+        sign(2**62 + 1)
+    assert info.value.reason == "amount_out_of_range"
+    with teller.app.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Payment).where(Payment.tenant_id == t.tenant_id)) == 1
+    assert sign(1).payment_id  # the bucket still counts exactly

@@ -47,6 +47,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("address", name=op.f("pk_wallet_addresses")),
     )
     conn = op.get_bind()
+    if conn.dialect.name == "sqlite":
+        # SQLite turns an integer sum past 2**63 - 1 into a float, silently: a minute's
+        # bucket would stop counting exactly. Refuse the write instead (PostgreSQL
+        # raises numeric_value_out_of_range by itself); Sign reports amount_out_of_range.
+        for event in ("INSERT", "UPDATE"):
+            op.execute(f"CREATE TRIGGER spend_buckets_exact_{event.lower()} BEFORE {event} ON spend_buckets "
+                       "WHEN typeof(NEW.reserved) <> 'integer' OR typeof(NEW.spent) <> 'integer' "
+                       "BEGIN SELECT RAISE(ABORT, 'amount_out_of_range: spend bucket past 2**63 - 1'); END")
     holders: dict[str, tuple[str, str]] = {}
     shared: list[tuple[str, str, str, str]] = []  # address, tenant, wallet, first holder's tenant
     for address, tenant_id, wallet_id in conn.execute(sa.text(
@@ -108,4 +116,7 @@ def _audit(conn: sa.Connection, reports: list[Report]) -> None:
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        for event in ("insert", "update"):
+            op.execute(f"DROP TRIGGER IF EXISTS spend_buckets_exact_{event}")
     op.drop_table("wallet_addresses")
