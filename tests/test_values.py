@@ -143,3 +143,29 @@ def test_policy_compares_url_hosts_canonically(host):
     p = policy.parse({"allow_unknown_assets": True, "hosts": {"deny": ["127.0.0.1"]}})
     payment = policy.Payment("eip155:1", USDC, 1, USDC, f"https://{host}/x")
     assert policy.evaluate_scope(p, "tenant", payment, {}, False).reason == "host_not_allowed"
+
+
+@settings(max_examples=200)
+@given(currency=spellings.addresses(USDC), recipient=spellings.addresses(USDC),
+       chain=st.one_of(st.just(4217), st.sampled_from([4217.0, "4217", 4217 + 2**64, 0, -1, True, None])))
+def test_mpp_tempo_requests_read_only_canonical_values(currency, recipient, chain):
+    import base64
+    import json
+
+    from teller.errors import TellerError
+    from teller.mpp import challenge as mpp_challenge
+    from teller.mpp.charge import parse_request
+
+    details = {} if chain is None else {"chainId": chain}
+    request = {"amount": "1000", "currency": currency, "recipient": recipient, "methodDetails": details}
+    encoded = base64.urlsafe_b64encode(json.dumps(request).encode()).decode().rstrip("=")
+    (ch,) = mpp_challenge.parse([("WWW-Authenticate", f'Payment id="x", realm="r", method="tempo", intent="charge", '
+                                                      f'request="{encoded}"')], 65536)
+    try:
+        req = parse_request(ch)
+    except TellerError as exc:
+        assert exc.code.name == "INVALID_ARGUMENT" and "request." in exc.message
+        return
+    # Accepted only when every field was already one spelling of the canonical value.
+    assert (req.currency, req.recipient, req.chain_id) == (USDC, USDC, 4217)
+    assert currency.lower() == recipient.lower() == USDC.lower() and currency.startswith("0x")

@@ -122,3 +122,12 @@ def test_an_existing_wide_dev_directory_and_database_are_tightened(tmp_path):
     make_engine(f"sqlite:///{db}").dispose()
     assert (_mode(data), _mode(db), _mode(data / "dev-kek"), _mode(data / "admin-token")) == (0o700, 0o600, 0o600,
                                                                                               0o600)
+
+
+def test_a_flagged_stored_policy_refuses_payments_until_set_again():
+    from teller import spend
+    from teller.errors import FailedPrecondition
+
+    with pytest.raises(FailedPrecondition) as info:
+        spend.rules_from(json.dumps({"networks": {"deny": ["eip155:08453"]}}), None)
+    assert info.value.reason == "policy_needs_review" and "policy.networks.deny[0]" in info.value.message
