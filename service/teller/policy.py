@@ -13,6 +13,7 @@ up, so a payment never counts for less than it is).
 from __future__ import annotations
 
 import calendar
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -431,9 +432,11 @@ def host_matches(pattern: str, host: str) -> bool:
     return pattern == host
 
 
+@functools.lru_cache(maxsize=4096)
 def url_host(url: str) -> str | None:
     """The URL's host in canonical form (as the fetcher reaches it), or None
-    when it has none Teller could reach."""
+    when it has none Teller could reach. Cached: a Sign evaluates it for each
+    scope and offer, and callers pay the same few URLs over and over."""
     try:
         host = urlsplit(url).hostname
     except ValueError:
