@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 from starlette.applications import Starlette
@@ -125,7 +125,7 @@ def canon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Canon]:
         teller.stop()
 
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def test_control_the_canonical_allowed_values_are_paid(canon):
@@ -159,6 +159,8 @@ def test_addresses_without_0x_are_refused_by_name(canon, field):
 
 @FAST
 @given(network=spellings.networks(BASE, names=("base",)))
+@example(network="eip155:08453")
+@example(network="eip155:\uff18\uff14\uff15\uff13")
 def test_a_denied_network_is_never_signed(canon, network):
     canon.refused(x402_v2(network=network, asset=USDC_BASE))
 
@@ -178,6 +180,8 @@ def test_a_denied_mpp_chain_is_never_signed(canon, chain):
 
 @FAST
 @given(asset=spellings.addresses(DENIED_TOKEN))
+@example(asset=DENIED_TOKEN[2:].lower())
+@example(asset="0X" + DENIED_TOKEN[2:].upper())
 def test_a_denied_asset_is_never_signed(canon, asset):
     canon.refused(x402_v2(asset=asset))
 
@@ -190,6 +194,8 @@ def test_a_denied_mpp_currency_is_never_signed(canon, asset):
 
 @FAST
 @given(payee=spellings.addresses(DENIED_PAYEE))
+@example(payee=DENIED_PAYEE[2:].lower())
+@example(payee="0X" + DENIED_PAYEE[2:].upper())
 def test_a_denied_payee_is_never_signed(canon, payee):
     canon.refused(x402_v2(pay_to=payee))
 
@@ -206,6 +212,8 @@ def test_a_denied_mpp_recipient_is_never_signed(canon, payee, split):
 @FAST
 @given(host=st.one_of(st.sampled_from(spellings.IPV4_LOOPBACK), spellings.hosts("evil.example")),
        userinfo=st.sampled_from(["", "api.example.com@"]))
+@example(host="127.1", userinfo="")
+@example(host="EVIL.example.", userinfo="")
 def test_a_denied_host_is_never_signed(canon, host, userinfo):
     canon.refused(x402_v2(), url=f"https://{userinfo}{host}/paid")
 

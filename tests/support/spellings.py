@@ -67,7 +67,7 @@ def addresses(draw: st.DrawFn, checksummed: str) -> str:
     case = draw(st.one_of(st.just(lower), st.just(upper), st.just(digits),
                           st.lists(st.booleans(), min_size=40, max_size=40).map(lambda f: _mixed_case(lower, f))))
     return draw(st.one_of(
-        st.sampled_from(["0x", "0X", "", "x", "0x0", "0x00", "00x", "0x000000000000000000000000"]).map(
+        st.sampled_from(["", "0X", "0x", "x", "0x0", "0x00", "00x", "0x000000000000000000000000"]).map(
             lambda p: p + case),
         st.sampled_from(BLANKS).flatmap(lambda b: st.sampled_from([b + "0x" + case, "0x" + case + b])),
         st.just("0x" + _fullwidth(case)),
