@@ -131,3 +131,25 @@ def test_a_flagged_stored_policy_refuses_payments_until_set_again():
     with pytest.raises(FailedPrecondition) as info:
         spend.rules_from(json.dumps({"networks": {"deny": ["eip155:08453"]}}), None)
     assert info.value.reason == "policy_needs_review" and "policy.networks.deny[0]" in info.value.message
+
+
+def test_concurrent_imports_of_one_key_leave_one_holder(teller):
+    """Racing imports into several tenants: the check may pass in all of them, the
+    primary key of wallet_addresses lets exactly one commit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    admin = teller.admin()
+    tenants = [admin.create_tenant(f"race-{i}").id for i in range(6)]
+
+    def attempt(tenant_id: str) -> str:
+        try:
+            teller.admin().import_wallet(tenant_id, KEY, "race")
+            return "ok"
+        except AlreadyExists as exc:
+            return exc.reason
+
+    with ThreadPoolExecutor(len(tenants)) as pool:
+        outcomes = list(pool.map(attempt, tenants))
+    assert sorted(outcomes) == ["address_held_by_another_tenant"] * 5 + ["ok"]
+    holders = [t for t in tenants if admin.list_wallets(t)]
+    assert len(holders) == 1
