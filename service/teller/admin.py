@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from teller import audit, auth, policy, spend
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
-from teller.db.models import ApiToken, SpendPolicy, Tenant, Wallet
+from teller.db.models import ApiToken, SpendPolicy, Tenant, Wallet, WalletAddress
 from teller.errors import AlreadyExists, InvalidArgument, NotFound
 from teller.vault import Vault
 
@@ -26,6 +26,12 @@ def _name(value: str, field: str) -> str:
     if not value or len(value) > 200:
         raise InvalidArgument(f"{field} must be 1 to 200 characters")
     return value
+
+
+class _HeldElsewhere(Exception):
+    def __init__(self, tenant_id: str) -> None:
+        super().__init__(tenant_id)
+        self.tenant_id = tenant_id
 
 
 def get_tenant(session: Session, tenant_id: str) -> Tenant:
@@ -95,11 +101,14 @@ class Admin:
         now = ms(self.clock)
         wallet_id = str(uuid.uuid4())
         imported = private_key is not None
+        new = (self.vault.import_key(tenant_id, wallet_id, private_key) if private_key is not None
+               else self.vault.generate(tenant_id, wallet_id))
         try:
             with self.db.transaction() as s:
                 get_tenant(s, tenant_id)
-                new = (self.vault.import_key(tenant_id, wallet_id, private_key) if private_key is not None
-                       else self.vault.generate(tenant_id, wallet_id))
+                holder = s.get(WalletAddress, new.address)
+                if holder is not None and holder.tenant_id != tenant_id:
+                    raise _HeldElsewhere(holder.tenant_id)
                 wallet = Wallet(
                     id=wallet_id, tenant_id=tenant_id, label=label[:200], address=new.address, state="active",
                     kek_version=new.sealed.kek_version, wrapped_data_key=new.sealed.wrapped_data_key,
@@ -107,12 +116,33 @@ class Admin:
                 )
                 s.add(wallet)
                 s.flush()
+                s.add(WalletAddress(address=new.address, tenant_id=tenant_id, wallet_id=wallet_id))
+                s.flush()
                 audit.record(s, at_ms=now, actor=OPERATOR, action="wallet.import" if imported else "wallet.create",
                              tenant_id=tenant_id, wallet_id=wallet_id,
                              details={"address": new.address, "label": label[:200]})
+        except _HeldElsewhere as held:
+            self._refuse_shared(tenant_id, new.address, held.tenant_id, now)
         except IntegrityError:
+            # A race with another import of the same key: whoever committed first holds it.
+            with self.db.transaction() as s:
+                holder = s.get(WalletAddress, new.address)
+                other = holder.tenant_id if holder is not None and holder.tenant_id != tenant_id else None
+            if other is not None:
+                self._refuse_shared(tenant_id, new.address, other, now)
             raise AlreadyExists("this tenant already has a wallet with that address") from None
         return wallet
+
+    def _refuse_shared(self, tenant_id: str, address: str, holder: str, now: int) -> NoReturn:
+        """One key in two tenants would be two budgets over one wallet: refused, and
+        the attempt is audited in the importing tenant's chain (nothing else is written)."""
+        with self.db.transaction() as s:
+            audit.record(s, at_ms=now, actor=OPERATOR, action="wallet.import", outcome="denied",
+                         reason="address_held_by_another_tenant", tenant_id=tenant_id,
+                         details={"address": address, "held_by_tenant": holder})
+        raise AlreadyExists(f"wallet address {address} already belongs to another tenant: a key can be held by one "
+                            "tenant only (two tenants would be two budgets over one wallet)",
+                            reason="address_held_by_another_tenant")
 
     def list_wallets(self, tenant_id: str) -> list[Wallet]:
         with self.db.transaction() as s:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from teller import files
 from teller.errors import ConfigError
 
 EVENT_LOOPS = ("uvloop", "asyncio")
@@ -262,11 +263,12 @@ def load(config_file: Path | None = None, env: dict[str, str] | None = None, **o
 
 
 def _dev_secret(path: Path, make: str) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.private_dir(path.parent)
     if not path.exists():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(make + "\n")
+    files.private_file(path)  # one written by an older Teller may be wider
     return path.read_text().strip()
 
 
@@ -275,6 +277,9 @@ def finalize_for_serving(settings: Settings) -> Settings:
 
     Raises ConfigError outside dev mode when the KEK or the operator token is missing.
     """
+    if settings.dev_mode:
+        # Everything --dev writes lives here, some of it secrets in plain text.
+        files.private_dir(settings.data_dir)
     if settings.kek or settings.kek_file:
         pass
     elif settings.dev_mode:

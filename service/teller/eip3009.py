@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from eth_utils import is_address, keccak
+from eth_utils import keccak
 
+from teller import values
 from teller.errors import FailedPrecondition, InvalidArgument
 from teller.keccak import keccak256
 from teller.vault.signer import TypedData
@@ -70,20 +71,27 @@ class Authorization:
 
 
 def parse_amount(text: object, field: str) -> int:
-    if not isinstance(text, str) or not text.isdigit() or not text.isascii():
-        raise InvalidArgument(f"{field} must be an integer string of atomic units, got {text!r}")
-    value = int(text)
-    if value <= 0:
+    """A positive uint256 in canonical decimal (refused by name otherwise), that
+    the ledger can count (``MAX_AMOUNT``)."""
+    try:
+        value = values.amount(text, field)
+    except values.NotCanonical as exc:
+        raise InvalidArgument(str(exc)) from None
+    if value == 0:
         raise InvalidArgument(f"{field} must be positive")
     if value > MAX_AMOUNT:
-        raise FailedPrecondition(f"{field} {text} exceeds the largest amount Teller accounts ({MAX_AMOUNT})")
+        raise FailedPrecondition(f"{field} {text} exceeds the largest amount Teller accounts ({MAX_AMOUNT})",
+                                 reason="amount_out_of_range")
     return value
 
 
 def parse_address(text: object, field: str) -> str:
-    if not isinstance(text, str) or not is_address(text):
-        raise InvalidArgument(f"{field} is not a valid EVM address: {str(text)[:80]!r}")
-    return text
+    """``0x`` and 40 hex digits (EIP-55 when mixed case), returned checksummed:
+    the one form that is signed, stored and compared."""
+    try:
+        return values.address(text, field)
+    except values.NotCanonical as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def token_from_extra(chain_id: int, asset: str, extra: Mapping[str, Any], where: str) -> Token:

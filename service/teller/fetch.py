@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
-from teller import content_coding
+from teller import content_coding, values
 from teller.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -70,10 +70,15 @@ class Allow:
                 continue
             except ValueError:
                 pass
-            if entry.startswith("*."):
-                suffixes.append(entry[1:])
+            wildcard = entry.startswith("*.")
+            try:
+                name = values.host(entry[2:] if wildcard else entry, "outbound_allow")
+            except values.NotCanonical:
+                name = entry[2:] if wildcard else entry
+            if wildcard:
+                suffixes.append("." + name)
             else:
-                hosts.add(entry)
+                hosts.add(name)
         return cls(frozenset(hosts), tuple(suffixes), tuple(networks))
 
     def host(self, host: str) -> bool:
@@ -176,7 +181,12 @@ class Fetcher:
             raise InvalidArgument("url has no host")
         if parts.username or parts.password:
             raise InvalidArgument("url must not carry credentials")
-        host = parts.hostname
+        # The host in the form the policy's host lists compare (teller.values):
+        # resolved and connected as it is compared, whatever its spelling.
+        try:
+            host = values.host(parts.hostname, "url host")
+        except values.NotCanonical as exc:
+            raise InvalidArgument(str(exc)) from None
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
@@ -227,7 +237,8 @@ class Fetcher:
                 parts = urlsplit(current)
                 netloc = f"[{address}]" if ":" in address else address
                 pinned = urlunsplit((scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
-                host_header = host if port in (80, 443) else f"{host}:{port}"
+                shown = f"[{host}]" if ":" in host else host
+                host_header = shown if port in (80, 443) else f"{shown}:{port}"
                 request = client.build_request(current_method, pinned, headers=[*sent, ("Host", host_header)],
                                                content=current_body or None,
                                                extensions={"sni_hostname": host} if scheme == "https" else {})

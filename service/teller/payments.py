@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -604,7 +605,9 @@ def _out_of_range(exc: BaseException) -> TellerError | None:
     integer): the call is refused by name rather than failed as INTERNAL.
     Nothing of it was written."""
     cause = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's error
-    if isinstance(cause, psycopg.errors.NumericValueOutOfRange):
+    # SQLite: migration 0006's trigger refuses a bucket that would turn into a float.
+    if isinstance(cause, psycopg.errors.NumericValueOutOfRange) or (
+            isinstance(cause, sqlite3.IntegrityError) and str(cause).startswith("amount_out_of_range")):
         return FailedPrecondition(
             f"this payment would take a minute's spend of its tenant or wallet past {2**63 - 1} units, "
             "the most Teller accounts", reason="amount_out_of_range")

@@ -13,6 +13,7 @@ up, so a payment never counts for less than it is).
 from __future__ import annotations
 
 import calendar
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -21,16 +22,19 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from eth_utils import is_address
-
+from teller import values
 from teller.eip3009 import MAX_AMOUNT
-from teller.errors import InvalidArgument, LimitExceeded, PermissionDenied, TellerError
+from teller.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    LimitExceeded,
+    PermissionDenied,
+    TellerError,
+)
 
 CALENDAR_UNITS = ("hour", "day", "week", "month")
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _DURATION_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_CAIP2 = re.compile(r"^[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}$")
-_HOST = re.compile(r"^(\*\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
 _NAME = re.compile(r"^[a-z0-9][-_a-z0-9]{0,31}$")
 MAX_LIST = 1000
 
@@ -151,25 +155,34 @@ def _text(doc: Mapping[str, Any], key: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+# Lists and the asset registry hold canonical values only (teller.values), the
+# same form the parsers give a payment's facts: a spelling the signature reads
+# as the same chain, address or host is the same entry here.
+
 def _network(value: str, path: str) -> str:
-    if not _CAIP2.match(value):
-        raise _fail(path, f"{value[:80]!r} is not a CAIP-2 network id (e.g. eip155:8453)")
-    if value.startswith("eip155:") and not value[7:].isdigit():
-        raise _fail(path, f"{value[:80]!r}: eip155 reference must be a chain id")
-    return value
+    try:
+        return values.network(value, path)
+    except values.NotCanonical as exc:
+        raise _fail(path, f"{value[:80]!r} {exc.problem}") from None
 
 
 def _address(value: str, path: str) -> str:
-    if not is_address(value):
-        raise _fail(path, f"{value[:80]!r} is not a valid EVM address")
-    return value.lower()
+    try:
+        return values.address(value, path).lower()
+    except values.NotCanonical as exc:
+        raise _fail(path, f"{value[:80]!r} {exc.problem}") from None
 
 
 def _host(value: str, path: str) -> str:
-    host = value.lower().rstrip(".")
-    if not _HOST.match(host) or len(host) > 253:
-        raise _fail(path, f"{value[:80]!r} is not a host name or '*.domain' pattern")
-    return host
+    wildcard = value.startswith("*.")
+    try:
+        host = values.host(value[2:] if wildcard else value, path)
+    except values.NotCanonical as exc:
+        raise _fail(path, f"{value[:80]!r} {exc.problem} (want a host name, an IP address or a '*.domain' "
+                          "pattern)") from None
+    if wildcard and values.is_ip(host):
+        raise _fail(path, f"{value[:80]!r}: a '*.' pattern needs a domain name, not an address")
+    return f"*.{host}" if wildcard else host
 
 
 def parse_duration(text: str, path: str) -> int:
@@ -393,6 +406,10 @@ class Decision:
             text = f"amount {self.amount_common} is above the {where}per-payment maximum {self.limit}"
         elif self.reason == "caller_max_amount":
             text = f"amount {payment.amount} is above the caller's max_amount {self.limit}"
+        elif self.reason == "amount_out_of_range":
+            text = (f"amount {payment.amount} is {self.amount_common} in the {where}policy's common unit, more "
+                    f"than the ledger counts ({self.limit})")
+            return FailedPrecondition(text, reason=self.reason, metadata=meta)
         elif self.reason.startswith("budget_exhausted:"):
             text = (f"amount {self.amount_common} exceeds the {where}budget {self.window!r}: "
                     f"{self.remaining} of {self.limit} left")
@@ -415,11 +432,21 @@ def host_matches(pattern: str, host: str) -> bool:
     return pattern == host
 
 
-def url_host(url: str) -> str:
+@functools.lru_cache(maxsize=4096)
+def url_host(url: str) -> str | None:
+    """The URL's host in canonical form (as the fetcher reaches it), or None
+    when it has none Teller could reach. Cached: a Sign evaluates it for each
+    scope and offer, and callers pay the same few URLs over and over."""
     try:
-        return (urlsplit(url).hostname or "").lower().rstrip(".")
+        host = urlsplit(url).hostname
     except ValueError:
-        return ""
+        return None
+    if not host:
+        return None
+    try:
+        return values.host(host, "url")
+    except values.NotCanonical:
+        return None
 
 
 def common_amount(p: Policy, payment: Payment) -> int | None:
@@ -451,9 +478,14 @@ def evaluate_scope(
     amount = common_amount(p, payment)
     if amount is None:
         return Decision(False, "asset_not_allowed", scope)
+    if amount > MAX_AMOUNT or payment.amount > MAX_AMOUNT:
+        # The ledger (a 64-bit column on PostgreSQL and SQLite alike) cannot count it.
+        return Decision(False, "amount_out_of_range", scope, MAX_AMOUNT, amount_common=amount)
     if not p.payees.permits(payment.pay_to.lower()):
         return Decision(False, "payee_not_allowed", scope)
-    if not p.hosts.permits(url_host(payment.url), host_matches):
+    host = url_host(payment.url)
+    # A URL without a readable host passes only a policy that names no hosts.
+    if (host is None and (p.hosts.allow or p.hosts.deny)) or not p.hosts.permits(host or "", host_matches):
         return Decision(False, "host_not_allowed", scope)
     if p.per_payment_max is not None and amount > p.per_payment_max:
         return Decision(False, "per_payment_max", scope, p.per_payment_max, amount_common=amount)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from teller import policy
 from teller.db.models import Payment, SpendPolicy
+from teller.errors import FailedPrecondition, InvalidArgument
 
 SPENT = "settled"
 # Everything else that is not released (signed, or failed while its
@@ -24,8 +25,14 @@ SPENT = "settled"
 
 @functools.lru_cache(maxsize=4096)
 def parsed(document: str, wallet: bool) -> policy.Policy:
-    """Policies are stored canonical and re-read on every Sign; parse each text once."""
-    return policy.parse(document, wallet=wallet)
+    """Policies are stored canonical and re-read on every Sign; parse each text once.
+    One stored before values were canonical that no longer reads (migration 0006
+    flags it) refuses every payment until the operator sets a new one."""
+    try:
+        return policy.parse(document, wallet=wallet)
+    except InvalidArgument as exc:
+        raise FailedPrecondition(f"the stored {'wallet' if wallet else 'tenant'} policy must be set again by the "
+                                 f"operator: {exc.message}", reason="policy_needs_review") from None
 
 
 @dataclass(frozen=True, slots=True)

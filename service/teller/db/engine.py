@@ -10,6 +10,7 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from teller import files
 from teller.errors import Unavailable
 
 #: Session settings for every PostgreSQL connection Teller opens. JIT off: once a
@@ -21,11 +22,22 @@ from teller.errors import Unavailable
 PG_OPTIONS = "-c jit=off"
 
 
+def private_sqlite_file(url: str) -> None:
+    """Create an SQLite database file owner-only before anything opens it: it
+    holds sealed keys and the audit chain (SQLite gives its -wal and -shm files
+    the database file's mode). A missing parent directory is made 0700."""
+    if not url.startswith("sqlite"):
+        return
+    path = make_url(url).database or ""
+    if path and path != ":memory:" and not path.startswith("file:"):
+        if not Path(path).parent.exists():
+            files.private_dir(Path(path).parent)
+        files.private_file(Path(path))
+
+
 def make_engine(url: str, pool_size: int = 10) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         # pysqlite's own BEGIN is deferred: two writers could both read the

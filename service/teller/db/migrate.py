@@ -21,6 +21,9 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    from teller.db.engine import private_sqlite_file
+
+    private_sqlite_file(url)  # alembic's engine would create it with the umask's mode
     command.upgrade(alembic_config(url), revision)
 
 

@@ -73,6 +73,17 @@ class Wallet(Base):
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class WalletAddress(Base):
+    """Which tenant holds each wallet address. One key in two tenants would be two
+    budgets over one wallet: the primary key refuses the second (the check in
+    ``Admin.create_wallet`` gives it a clear error; this is the backstop)."""
+
+    __tablename__ = "wallet_addresses"
+    address: Mapped[str] = mapped_column(String(42), primary_key=True)  # checksummed, as wallets.address
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    wallet_id: Mapped[str] = mapped_column(String(36))
+
+
 class SpendPolicy(Base):
     """A policy document for a tenant (wallet_id = "") or one of its wallets."""
 

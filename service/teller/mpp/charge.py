@@ -8,16 +8,15 @@ the vault, broadcasting in ``teller.chain``.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from eth_utils import is_address, keccak, to_checksum_address
+from eth_utils import keccak
 
-from teller import eip3009
-from teller.errors import InvalidArgument
+from teller import eip3009, values
+from teller.errors import FailedPrecondition, InvalidArgument
 from teller.keccak import keccak256
 from teller.mpp.challenge import MppChallenge
 from teller.mpp.tempo_tx import TempoCall, TempoTransaction
@@ -64,37 +63,33 @@ def _field(where: str, name: str, problem: str) -> InvalidArgument:
 
 
 def _amount(value: Any, where: str, name: str, *, allow_zero: bool) -> int:
-    if not isinstance(value, str) or not value.isascii() or not value.isdigit():
-        raise _field(where, name, f"must be an integer string of base units, got {str(value)[:40]!r}")
-    amount = int(value)
+    try:
+        amount = values.amount(value, f"{where}.{name}")
+    except values.NotCanonical as exc:
+        raise InvalidArgument(str(exc)) from None
     if amount > eip3009.MAX_AMOUNT:
-        raise _field(where, name, f"{value} exceeds the largest amount Teller accounts ({eip3009.MAX_AMOUNT})")
+        raise FailedPrecondition(f"{where}.{name}: {value} exceeds the largest amount Teller accounts "
+                                 f"({eip3009.MAX_AMOUNT})", reason="amount_out_of_range")
     if amount == 0 and not allow_zero:
         raise _field(where, name, "must be positive")
     return amount
 
 
-@functools.lru_cache(maxsize=4096)
-def _checksummed(value: str) -> str | None:
-    """``value`` as a checksummed address, or None when it is not an address.
-    Cached: a challenge's recipient and currency repeat from call to call, and
-    both the check and the checksum hash the address (~15 us of an MPP Sign)."""
-    return to_checksum_address(value) if is_address(value) else None
-
-
 def _checksum(address: str) -> str:
     """A wallet's address as it is signed into credentials (checksummed, cached)."""
-    checksummed = _checksummed(address)
-    if checksummed is None:
-        raise ValueError(f"not an address: {address[:60]!r}")
-    return checksummed
+    try:
+        return values.address(address, "address")
+    except values.NotCanonical as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _address(value: Any, where: str, name: str) -> str:
-    checksummed = _checksummed(value) if isinstance(value, str) else None
-    if checksummed is None:
-        raise _field(where, name, f"is not an address: {str(value)[:60]!r}")
-    return checksummed
+    """``0x`` + 40 hex digits (EIP-55 when mixed case), checksummed (teller.values;
+    cached there: a challenge's recipient and currency repeat from call to call)."""
+    try:
+        return values.address(value, f"{where}.{name}")
+    except values.NotCanonical as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def _memo(value: Any, where: str, name: str) -> bytes | None:
@@ -117,8 +112,12 @@ def parse_request(ch: MppChallenge) -> ChargeRequest:
     if not isinstance(details, Mapping):
         raise _field(where, "methodDetails", "must be an object")
     chain_id = details.get("chainId", 4217 if ch.method == "tempo" else None)
-    if isinstance(chain_id, bool) or not isinstance(chain_id, int) or chain_id <= 0:
-        raise _field(where, "methodDetails.chainId", "must be a positive integer")
+    if not isinstance(chain_id, int):  # a JSON number; "8453" or 8453.0 are other spellings
+        raise _field(where, "methodDetails.chainId", f"must be a positive integer, got {str(chain_id)[:40]!r}")
+    try:
+        chain_id = values.chain_id(chain_id, f"{where}.methodDetails.chainId")
+    except values.NotCanonical as exc:
+        raise InvalidArgument(str(exc)) from None
     splits: list[Transfer] = []
     raw_splits = details.get("splits") or []
     if not isinstance(raw_splits, list) or len(raw_splits) > MAX_SPLITS:

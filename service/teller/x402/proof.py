@@ -9,11 +9,11 @@ import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from teller import eip3009
+from teller import eip3009, values
 from teller.errors import FailedPrecondition, InvalidArgument, TellerError
 from teller.jsontext import compact
 from teller.x402.challenge import Offer, X402Challenge
-from teller.x402.networks import caip2, chain_id
+from teller.x402.networks import caip2
 
 HEADER_V1 = "X-PAYMENT"
 HEADER_V2 = "PAYMENT-SIGNATURE"
@@ -38,9 +38,11 @@ def payable(offer: Offer, networks: Mapping[str, int] | None = None) -> Payable:
     if offer.scheme != "exact":
         raise FailedPrecondition(f"{where}: unknown scheme {offer.scheme!r} (Teller pays 'exact')")
     try:
-        cid = chain_id(offer.network, networks)
+        network = caip2(offer.network, networks, f"{where}.network")
     except FailedPrecondition as exc:
         raise FailedPrecondition(f"{where}: {exc.message}") from None
+    cid = values.eip155_chain(network)
+    assert cid is not None
     if offer.extra.get("assetTransferMethod", "eip3009") != "eip3009":
         raise FailedPrecondition(
             f"{where}: assetTransferMethod {offer.extra.get('assetTransferMethod')!r} is not supported (eip3009 only)"
@@ -51,7 +53,7 @@ def payable(offer: Offer, networks: Mapping[str, int] | None = None) -> Payable:
     token = eip3009.token_from_extra(cid, offer.asset, offer.extra, where)
     if not 0 < offer.max_timeout_seconds <= MAX_TIMEOUT_S:
         raise InvalidArgument(f"{where}.maxTimeoutSeconds must be between 1 and {MAX_TIMEOUT_S}")
-    return Payable(offer, token, caip2(offer.network, networks), amount, pay_to, offer.max_timeout_seconds)
+    return Payable(offer, token, network, amount, pay_to, offer.max_timeout_seconds)
 
 
 def payable_offers(challenge: X402Challenge, networks: Mapping[str, int] | None = None) -> list[Payable]:
