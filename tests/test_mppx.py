@@ -1,0 +1,134 @@
+"""MPP on Tempo against mppx, the TypeScript reference implementation, on
+``anvil --network tempo --hardfork t4 --block-time 1``: Teller's Tempo charges
+must be accepted by every MPP server, not only by pympp's (which broadcasts
+without simulating). Balances are read from the chain.
+
+mppx simulates a pull credential's transaction at its own gas limit before it
+broadcasts, and answers any failure with a bare 500: its log is in each
+assertion message."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+
+import httpx
+import pytest
+from eth_utils import to_checksum_address
+
+from teller_client import Asset, Budget, FailedPrecondition, Policy
+from tests.support.harness import RunningTeller, make_settings
+from tests.support.mpp_live import MPPX_CHAIN_ARGS, PATH_USD, MppxServer, mppx_server, tempo_chain
+
+EXISTING = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"  # anvil dev account 2: holds pathUSD
+PRICE = 250_000
+
+
+def fresh_address() -> str:
+    """An address that has never held anything: a new one on every run."""
+    return to_checksum_address("0x" + secrets.token_hex(20))
+
+
+@pytest.fixture(scope="module")
+def chain():
+    with tempo_chain(*MPPX_CHAIN_ARGS) as c:
+        yield c
+
+
+@pytest.fixture
+def live(tmp_path, chain):
+    running = RunningTeller(make_settings(f"sqlite:///{tmp_path / 'teller.db'}", tmp_path,
+                                          rpc_urls={chain.network: chain.rpc_url}, reconcile_interval_seconds=0,
+                                          outbound_allow=("127.0.0.1",)))
+    yield running
+    running.stop()
+
+
+def _tenant(teller, chain, *, fund: int = 5_000_000, **policy_kw):
+    t = teller.setup_tenant(policy=Policy(assets=(Asset(chain.network, PATH_USD, 6),),
+                                          budgets=(Budget(50_000_000, "day", name="day"),), **policy_kw))
+    if fund:
+        chain.fund(t.address, fund)
+    return t
+
+
+def _route(recipient: str, amount: str = "0.25", **kw) -> dict:
+    return {"method": "tempo", "amount": amount, "recipient": recipient, **kw}
+
+
+def _decode(value: str) -> dict:
+    encoded = value.split(" ", 1)[-1]
+    return json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+
+
+def _sign(client, t, url: str):
+    unpaid = httpx.get(url, timeout=30)
+    assert unpaid.status_code == 402, unpaid.text
+    return client.sign(status=402, headers=list(unpaid.headers.items()), body=unpaid.content, url=url,
+                       wallet_id=t.wallet_id)
+
+
+def _retry(server: MppxServer, url: str, signed) -> httpx.Response:
+    paid = httpx.get(url, headers={signed.header_name: signed.header_value}, timeout=60)
+    assert paid.status_code == 200, f"mppx answered {paid.status_code} {paid.text[:300]}\n{server.log()}"
+    return paid
+
+
+def _fee_of(chain, tx_hash: str) -> int:
+    """The fee a mined transaction cost its sender, in fee-token base units (rounded up)."""
+    receipt = chain.w3.eth.get_transaction_receipt(tx_hash)
+    return -(-int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"]) // 10**12)
+
+
+@pytest.mark.parametrize("recipient", ["fresh", "existing"])
+def test_pull_mode_pays_mppx(live, chain, recipient):
+    payee = fresh_address() if recipient == "fresh" else EXISTING
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    with mppx_server(chain, {"/paid": _route(payee)}) as server:
+        before_payee, before_payer = chain.balance(payee), chain.balance(t.address)
+        signed = _sign(client, t, f"{server.url}/paid")
+        assert _decode(signed.header_value)["payload"]["type"] == "transaction"
+        paid = _retry(server, f"{server.url}/paid", signed)
+    receipt = _decode(paid.headers["payment-receipt"])
+    assert receipt["status"] == "success" and receipt["method"] == "tempo"
+    fee = _fee_of(chain, receipt["reference"])
+    assert chain.balance(payee) == before_payee + PRICE
+    assert chain.balance(t.address) == before_payer - PRICE - fee
+    record = client.record_outcome(signed.payment_id, status=200, headers=list(paid.headers.items()))
+    assert (record.state, record.tx_hash) == ("settled", receipt["reference"].lower())
+
+
+def test_push_mode_pays_a_fresh_recipient(live, chain):
+    payee = fresh_address()
+    t = _tenant(live, chain, mpp_mode="push")
+    client = live.client(t.token)
+    with mppx_server(chain, {"/paid": _route(payee)}) as server:
+        before_payer = chain.balance(t.address)
+        signed = _sign(client, t, f"{server.url}/paid")
+        cred = _decode(signed.header_value)
+        assert cred["payload"]["type"] == "hash"
+        paid = _retry(server, f"{server.url}/paid", signed)
+    assert _decode(paid.headers["payment-receipt"])["reference"].lower() == cred["payload"]["hash"].lower()
+    fee = _fee_of(chain, cred["payload"]["hash"])
+    assert chain.balance(payee) == PRICE
+    assert chain.balance(t.address) == before_payer - PRICE - fee
+
+
+def test_splits_to_new_addresses_with_a_memo(live, chain):
+    payee, first, second = fresh_address(), fresh_address(), fresh_address()
+    memo = "0x" + secrets.token_hex(32)
+    splits = [{"amount": "0.05", "recipient": first, "memo": memo}, {"amount": "0.02", "recipient": second}]
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    with mppx_server(chain, {"/split": _route(payee, "1", splits=splits)}) as server:
+        before_payer = chain.balance(t.address)
+        signed = _sign(client, t, f"{server.url}/split")
+        paid = _retry(server, f"{server.url}/split", signed)
+    reference = _decode(paid.headers["payment-receipt"])["reference"]
+    assert (chain.balance(payee), chain.balance(first), chain.balance(second)) == (930_000, 50_000, 20_000)
+    assert chain.balance(t.address) == before_payer - 1_000_000 - _fee_of(chain, reference)
+    logs = chain.w3.eth.get_transaction_receipt(reference)["logs"]
+    assert any(memo[2:] in bytes(log["data"]).hex() or any(memo[2:] == bytes(tp).hex() for tp in log["topics"])
+               for log in logs), "the split's memo is on chain"
