@@ -231,8 +231,8 @@ class Payments:
         collected = offers_mod.collect(req.headers, req.body, networks=self.networks,
                                        max_bytes=self.max_challenge_bytes,
                                        now=datetime.fromtimestamp(self.clock(), UTC))
-        prepared = self.proofs.chain_facts(collected.offers, cached_only)
         known = self._wallet_info(caller.tenant_id, req.wallet_id, cached_only)
+        prepared = self.proofs.chain_facts(collected.offers, cached_only, payer=known[0] if known else None)
         presigned = self.proofs.presign(caller.tenant_id, req, collected, prepared, *known) if known else None
         return Call(caller, req, token_secret, collected, _request_hash(req, collected), prepared, presigned)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from teller.auth import Caller
 from teller.batch_io import WalletRow
 from teller.chain import ChainReader
 from teller.clock import Clock
-from teller.errors import FailedPrecondition, TellerError
+from teller.errors import FailedPrecondition, InvalidArgument, TellerError
 from teller.keccak import keccak256
 from teller.mpp import charge as mpp_charge
 from teller.mpp.tempo_tx import TempoTransaction
@@ -39,6 +39,19 @@ class Prepared:
 
     gas_price: dict[str, int]
     domains: dict[tuple[str, str], tuple[str, str]]
+    #: Per Tempo offer (by identity: the call's own offers), its gas limit from
+    #: the chain's estimate, or why the chain refused to estimate it.
+    gas_limits: dict[int, int | TellerError] = field(default_factory=dict)
+
+    def gas_limit(self, offer: offers_mod.Offer) -> int:
+        """The offer's estimated gas limit; raises the chain's refusal."""
+        found = self.gas_limits.get(id(offer))
+        if isinstance(found, TellerError):
+            raise found
+        if found is None:
+            raise FailedPrecondition(f"no gas estimate for this Tempo payment on {offer.network} (set rpc_urls)",
+                                     reason="gas_estimate_failed")
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +99,29 @@ class Proofs:
         self.clock = clock
         self.idempotency_ttl_ms = idempotency_ttl_ms
 
-    def chain_facts(self, candidates: Sequence[offers_mod.Offer], cached_only: bool = False) -> Prepared:
-        """Chain facts the offers need (gas price, token domain), from the chain
-        reader's caches; with ``cached_only``, ``NotCached`` instead of an RPC."""
+    def chain_facts(self, candidates: Sequence[offers_mod.Offer], cached_only: bool = False,
+                    payer: str | None = None) -> Prepared:
+        """Chain facts the offers need (gas price, token domain, and for each Tempo
+        offer the gas limit the chain estimates for ``payer``'s transaction), from
+        the chain reader's caches; with ``cached_only``, ``NotCached`` instead of
+        an RPC. They are read before anything is signed or reserved."""
         gas: dict[str, int] = {}
         domains: dict[tuple[str, str], tuple[str, str]] = {}
+        limits: dict[int, int | TellerError] = {}
         for o in candidates:
             if o.scheme == "tempo/charge" and o.network not in gas:
                 try:
                     gas[o.network] = self.chain.gas_price(o.network, cached_only)
                 except FailedPrecondition:
                     pass  # no RPC for it: the offer is refused below if it is the one chosen
+            if (o.scheme == "tempo/charge" and payer is not None and o.network in gas and o.mpp is not None
+                    and o.charge is not None and o.charge.amount > 0 and not o.charge.fee_payer):
+                try:
+                    tx = mpp_charge.tempo_transaction(o.charge, o.mpp, now_s=int(self.clock()), gas_limit=1,
+                                                      gas_price=gas[o.network])
+                    limits[id(o)] = self.chain.tempo_gas_limit(o.network, payer, tx, cached_only)
+                except (FailedPrecondition, InvalidArgument) as exc:
+                    limits[id(o)] = exc  # reported if this offer is the one chosen
             if o.scheme == "evm/charge" and o.charge is not None and o.charge.domain is None:
                 key = (o.network, o.asset)
                 if key not in domains:
@@ -104,7 +129,7 @@ class Proofs:
                         domains[key] = self.chain.token_domain(o.network, o.asset, cached_only)
                     except FailedPrecondition:
                         pass
-        return Prepared(gas, domains)
+        return Prepared(gas, domains, limits)
 
     def presign(self, tenant_id: str, req: SignInput, collected: offers_mod.Collected, prepared: Prepared,
                 address: str, sealed: SealedKey) -> Presigned | None:
@@ -130,7 +155,7 @@ class Proofs:
                 and req_charge.amount > 0 and not req_charge.fee_payer and gas_price is not None):
             try:
                 tx = mpp_charge.tempo_transaction(req_charge, offer.mpp, now_s=now_s,
-                                                  gas_limit=mpp_charge.gas_limit(req_charge), gas_price=gas_price)
+                                                  gas_limit=prepared.gas_limit(offer), gas_price=gas_price)
             except TellerError:
                 return None
             raw = signer.sign_tempo_transaction(tx)
@@ -228,7 +253,7 @@ class Proofs:
             tx, raw, tx_hash = pre.tx, pre.raw, pre.nonce
         else:
             tx = mpp_charge.tempo_transaction(req, ch, now_s=ctx.now_ms // 1000,
-                                              gas_limit=mpp_charge.gas_limit(req), gas_price=gas_price)
+                                              gas_limit=prepared.gas_limit(offer), gas_price=gas_price)
             raw = signer.sign_tempo_transaction(tx)
             tx_hash = _tx_hash(raw)
         details: dict[str, Any] = {"method": ch.method, "intent": ch.intent, "mode": mode, "challenge_id": ch.id,

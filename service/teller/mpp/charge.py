@@ -216,11 +216,6 @@ def tempo_transaction(req: ChargeRequest, ch: MppChallenge, *, now_s: int, gas_l
                             calls=tuple(calls))
 
 
-def gas_limit(req: ChargeRequest) -> int:
-    """Generous for TIP-20 transfers (~80k gas each on Tempo); fees are charged on gas used."""
-    return 250_000 + 100_000 * len(req.splits)
-
-
 def proof_typed_data(ch: MppChallenge, req: ChargeRequest, account: str) -> TypedData:
     """Zero-amount charges: an EIP-712 ``Proof`` binding the paying wallet to the
     challenge (MPP proof v3: domain ``MPP``/``3``, no verifying contract)."""
