@@ -17,7 +17,7 @@ import httpx
 import pytest
 from eth_utils import to_checksum_address
 
-from teller_client import Asset, Budget, FailedPrecondition, Policy
+from teller_client import Asset, Budget, Policy
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.mpp_live import MPPX_CHAIN_ARGS, PATH_USD, MppxServer, mppx_server, tempo_chain
 
@@ -75,6 +75,17 @@ def _retry(server: MppxServer, url: str, signed) -> httpx.Response:
     return paid
 
 
+def _day(client):
+    (day,) = [w for w in client.spend() if w.scope == "tenant" and w.window == "day"]
+    return day
+
+
+def _signed_details(client, payment_id: str) -> dict:
+    events, _ = client.audit_events(action="payment.sign")
+    (event,) = [e for e in events if e.payment_id == payment_id]
+    return json.loads(event.details_json)
+
+
 def _fee_of(chain, tx_hash: str) -> int:
     """The fee a mined transaction cost its sender, in fee-token base units (rounded up)."""
     receipt = chain.w3.eth.get_transaction_receipt(tx_hash)
@@ -90,14 +101,21 @@ def test_pull_mode_pays_mppx(live, chain, recipient):
         before_payee, before_payer = chain.balance(payee), chain.balance(t.address)
         signed = _sign(client, t, f"{server.url}/paid")
         assert _decode(signed.header_value)["payload"]["type"] == "transaction"
+        details = _signed_details(client, signed.payment_id)
+        # The fee is reserved at its most (gas limit x max fee per gas) with the payment.
+        assert details["fee_max"] == -(-details["gas_limit"] * details["max_fee_per_gas"] // 10**12) > 0
+        assert (_day(client).reserved, _day(client).spent) == (PRICE + details["fee_max"], 0)
         paid = _retry(server, f"{server.url}/paid", signed)
     receipt = _decode(paid.headers["payment-receipt"])
     assert receipt["status"] == "success" and receipt["method"] == "tempo"
     fee = _fee_of(chain, receipt["reference"])
+    assert 0 < fee <= details["fee_max"]
     assert chain.balance(payee) == before_payee + PRICE
     assert chain.balance(t.address) == before_payer - PRICE - fee
     record = client.record_outcome(signed.payment_id, status=200, headers=list(paid.headers.items()))
     assert (record.state, record.tx_hash) == ("settled", receipt["reference"].lower())
+    # Trued up to the real fee once the chain shows what the transaction cost.
+    assert (_day(client).reserved, _day(client).spent) == (0, PRICE + fee)
 
 
 def test_push_mode_pays_a_fresh_recipient(live, chain):
@@ -114,6 +132,8 @@ def test_push_mode_pays_a_fresh_recipient(live, chain):
     fee = _fee_of(chain, cred["payload"]["hash"])
     assert chain.balance(payee) == PRICE
     assert chain.balance(t.address) == before_payer - PRICE - fee
+    assert 0 < fee <= _signed_details(client, signed.payment_id)["fee_max"]
+    assert (_day(client).reserved, _day(client).spent) == (0, PRICE + fee)
 
 
 def test_splits_to_new_addresses_with_a_memo(live, chain):

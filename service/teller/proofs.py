@@ -23,6 +23,7 @@ from teller.clock import Clock
 from teller.errors import FailedPrecondition, InvalidArgument, TellerError
 from teller.keccak import keccak256
 from teller.mpp import charge as mpp_charge
+from teller.mpp import gas as tempo_gas
 from teller.mpp.tempo_tx import TempoTransaction
 from teller.vault import SealedKey, Vault
 from teller.vault.signer import WalletSigner
@@ -162,6 +163,18 @@ class Proofs:
             return Presigned(offer, req.wallet_id, address, tx=tx, raw=raw, nonce=_tx_hash(raw))
         return None
 
+    @staticmethod
+    def max_fee(offer: offers_mod.Offer, prepared: Prepared) -> int:
+        """The most ``offer``'s transaction can cost its wallet in fees (fee-token
+        base units, the charged token): its estimated gas limit x the max fee per
+        gas Teller signs. 0 when Teller signs no transaction for it, or when the
+        estimate failed (signing it then fails with the chain's reason)."""
+        limit = prepared.gas_limits.get(id(offer))
+        price = prepared.gas_price.get(offer.network)
+        if not isinstance(limit, int) or price is None:
+            return 0
+        return tempo_gas.max_fee(limit, price)
+
     def signer(self, tenant_id: str, wallet: WalletRow) -> WalletSigner:
         return self.vault.signer(tenant_id, wallet.id, wallet.address,
                                  SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext))
@@ -184,7 +197,7 @@ class Proofs:
             id=str(uuid.uuid4()), tenant_id=ctx.caller.tenant_id, wallet_id=ctx.wallet.id, protocol=offer.protocol,
             version=version, scheme=offer.scheme, network=offer.network, asset=offer.asset,
             asset_name=token_domain[0], asset_version=token_domain[1], pay_to=offer.pay_to, amount=offer.amount,
-            amount_common=ctx.decision.amount_common, resource_url=req.url, nonce=nonce, valid_before=valid_before,
+            amount_common=ctx.decision.amount_common, fee_max=0, fee_common=0, fee_paid=None, resource_url=req.url, nonce=nonce, valid_before=valid_before,
             state="signed", state_reason="", tx_hash="", released_ms=None, header_name=header_name,
             header_value=header_value,
             idempotency_key=req.idempotency_key,
@@ -256,16 +269,20 @@ class Proofs:
                                               gas_limit=prepared.gas_limit(offer), gas_price=gas_price)
             raw = signer.sign_tempo_transaction(tx)
             tx_hash = _tx_hash(raw)
+        fee_max = tempo_gas.max_fee(tx.gas_limit, tx.gas_price)
         details: dict[str, Any] = {"method": ch.method, "intent": ch.intent, "mode": mode, "challenge_id": ch.id,
-                                   "realm": ch.realm, "tx_hash": tx_hash}
+                                   "realm": ch.realm, "tx_hash": tx_hash, "gas_limit": tx.gas_limit,
+                                   "max_fee_per_gas": tx.gas_price, "fee_max": fee_max}
         if mode == "pull":
             value = mpp_charge.credential(ch, {"type": "transaction", "signature": "0x" + raw.hex()}, source)
             row = self.row(offer, ctx, version=1, nonce=tx_hash, valid_before=int(tx.valid_before or 0),
                             header_name=ch.header, header_value=value)
+            row.fee_max, row.fee_common = fee_max, ctx.decision.fee_common
             return row, details, None
         # Push: the reservation commits first; the credential exists once the chain has the transfer.
         row = self.row(offer, ctx, version=1, nonce=tx_hash, valid_before=int(tx.valid_before or 0),
                         header_name=ch.header, header_value="")
+        row.fee_max, row.fee_common = fee_max, ctx.decision.fee_common
         return row, details, raw
 
 
