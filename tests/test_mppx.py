@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import time
 
 import httpx
 import pytest
 from eth_utils import to_checksum_address
 
-from teller_client import Asset, Budget, Policy
+from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, Policy
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.mpp_live import MPPX_CHAIN_ARGS, PATH_USD, MppxServer, mppx_server, tempo_chain
 
@@ -152,3 +153,105 @@ def test_splits_to_new_addresses_with_a_memo(live, chain):
     logs = chain.w3.eth.get_transaction_receipt(reference)["logs"]
     assert any(memo[2:] in bytes(log["data"]).hex() or any(memo[2:] == bytes(tp).hex() for tp in log["topics"])
                for log in logs), "the split's memo is on chain"
+
+
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_pay_and_the_httpx_transport_pay_mppx(live, chain, mode):
+    """Teller's own ``Pay`` and the client library's httpx transport, each paying a
+    fresh recipient: the request, the payment and the paid retry in one call."""
+    from teller_client import payment_info
+    from teller_client.integrations import TellerTransport
+
+    payee, other = fresh_address(), fresh_address()
+    t = _tenant(live, chain, mpp_mode=mode)
+    client = live.client(t.token)
+    with mppx_server(chain, {"/a": _route(payee), "/b": _route(other)}) as server:
+        before = chain.balance(t.address)
+        r = client.pay(f"{server.url}/a", wallet_id=t.wallet_id)
+        assert r.status == 200, f"{r.status} {r.body[:300]!r}\n{server.log()}"
+        assert r.payment is not None and r.payment.state == "settled"
+        with httpx.Client(transport=TellerTransport(client, t.wallet_id, max_amount=1_000_000), timeout=60) as http:
+            via = http.get(f"{server.url}/b")
+        assert via.status_code == 200, f"{via.status_code} {via.text[:300]}\n{server.log()}"
+        info = payment_info(via)
+        assert info is not None and info.receipt is not None
+    fees = _fee_of(chain, r.payment.tx_hash) + _fee_of(chain, info.receipt["reference"])
+    assert (chain.balance(payee), chain.balance(other)) == (PRICE, PRICE)
+    assert chain.balance(t.address) == before - 2 * PRICE - fees
+    assert (_day(client).reserved, _day(client).spent) == (0, 2 * PRICE + fees)
+
+
+def test_a_credential_is_paid_once(live, chain):
+    """mppx refuses a pull credential it has already broadcast: money moves once."""
+    payee = fresh_address()
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    with mppx_server(chain, {"/paid": _route(payee)}) as server:
+        signed = _sign(client, t, f"{server.url}/paid")
+        _retry(server, f"{server.url}/paid", signed)
+        after_first = chain.balance(t.address)
+        again = httpx.get(f"{server.url}/paid", headers={signed.header_name: signed.header_value}, timeout=60)
+    assert again.status_code != 200
+    assert (chain.balance(payee), chain.balance(t.address)) == (PRICE, after_first)
+
+
+@pytest.mark.slow
+def test_a_credential_past_its_expiry_moves_nothing(live, chain):
+    """The transaction's valid_before is no later than the challenge's expiry: once
+    it passed, mppx refuses the credential and the chain would too."""
+    payee = fresh_address()
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    with mppx_server(chain, {"/paid": _route(payee, expiresInS=7)}) as server:
+        unpaid = httpx.get(f"{server.url}/paid", timeout=30)
+        signed = client.sign(status=402, headers=list(unpaid.headers.items()), body=unpaid.content,
+                             url=f"{server.url}/paid", wallet_id=t.wallet_id)
+        before = chain.balance(t.address)
+        time.sleep(8)
+        late = httpx.get(f"{server.url}/paid", headers={signed.header_name: signed.header_value}, timeout=60)
+    assert late.status_code != 200
+    assert (chain.balance(payee), chain.balance(t.address)) == (0, before)
+    assert live.admin().reconcile()[1] == []
+    assert (_day(client).reserved, _day(client).spent) == (0, 0)
+
+
+@pytest.mark.parametrize("held", [0, 100_000])
+def test_a_wallet_that_cannot_pay_is_refused_before_signing(live, chain, held):
+    """The chain's estimate refuses it: insufficient_balance, nothing signed,
+    reserved or burned in fees."""
+    payee = fresh_address()
+    t = _tenant(live, chain, fund=held)
+    client = live.client(t.token)
+    with mppx_server(chain, {"/paid": _route(payee)}) as server:
+        with pytest.raises(FailedPrecondition) as refused:
+            _sign(client, t, f"{server.url}/paid")
+    assert refused.value.reason == "insufficient_balance"
+    assert (chain.balance(payee), chain.balance(t.address)) == (0, held)
+    assert live.admin().list_payments(t.tenant_id)[0] == []
+    assert _day(client).reserved == 0
+
+
+def test_the_fee_counts_against_budgets_and_max_fee(live, chain):
+    """Issue 17: every cost of a payment is within the budget. A budget that holds
+    the price but not the fee refuses it, and so does a max_fee below what the
+    transaction can cost; both are limit denials, audited, with nothing reserved."""
+    payee = fresh_address()
+    t = _tenant(live, chain)
+    client, admin = live.client(t.token), live.admin()
+    assets = (Asset(chain.network, PATH_USD, 6),)
+    with mppx_server(chain, {"/paid": _route(payee)}) as server:
+        admin.set_policy(t.tenant_id, Policy(assets=assets, budgets=(Budget(PRICE, "day", name="day"),)))
+        with pytest.raises(LimitExceeded) as over_budget:
+            _sign(client, t, f"{server.url}/paid")
+        assert over_budget.value.reason == "budget_exhausted:day"
+        admin.set_policy(t.tenant_id, Policy(assets=assets, max_fee=1, budgets=(Budget(10 * PRICE, "day", name="day"),)))
+        with pytest.raises(LimitExceeded) as over_fee:
+            _sign(client, t, f"{server.url}/paid")
+        assert over_fee.value.reason == "max_fee" and over_fee.value.metadata["limit"] == "1"
+        admin.set_policy(t.tenant_id, Policy(assets=assets, max_fee=100_000,
+                                             budgets=(Budget(10 * PRICE, "day", name="day"),)))
+        signed = _sign(client, t, f"{server.url}/paid")
+        _retry(server, f"{server.url}/paid", signed)
+    denials, _ = client.audit_events(action="payment.deny")
+    assert sorted(e.reason for e in denials) == ["budget_exhausted:day", "max_fee"]
+    assert chain.balance(payee) == PRICE

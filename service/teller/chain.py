@@ -324,8 +324,9 @@ class ChainReader:
 
     def send_cancel_authorization(self, network: str, asset: str, nonce: str, signature: bytes,
                                   sign_transaction: Callable[[dict[str, Any]], bytes], sender: str,
-                                  wait_s: float = 60.0) -> Sent:
-        """Broadcast ``cancelAuthorization`` from ``sender`` (the authorizer, who pays the gas)."""
+                                  wait_s: float = 60.0, max_fee_wei: int | None = None) -> Sent:
+        """Broadcast ``cancelAuthorization`` from ``sender`` (the authorizer, who pays
+        the gas), refused when it could cost more than ``max_fee_wei``."""
         def send() -> Sent:
             w3 = self._w3(network)
             sender_cs = Web3.to_checksum_address(sender)
@@ -338,6 +339,11 @@ class ChainReader:
                                            "chainId": w3.eth.chain_id})
             except ContractLogicError as exc:
                 raise FailedPrecondition(f"cancelAuthorization would revert: {exc}") from None
+            most = int(tx["gas"]) * int(tx.get("maxFeePerGas", tx.get("gasPrice", 0)))
+            if max_fee_wei is not None and most > max_fee_wei:
+                raise FailedPrecondition(
+                    f"cancelAuthorization could cost {most} wei of gas on {network}, above max_void_fee_wei "
+                    f"{max_fee_wei}", reason="max_void_fee")
             try:
                 tx_hash = w3.eth.send_raw_transaction(sign_transaction(dict(tx)))
             except Web3Exception as exc:

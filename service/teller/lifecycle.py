@@ -153,8 +153,11 @@ class Lifecycle:
     """Outcome reports and operator voids: the request-driven transitions.
     The chain-driven ones run in ``teller.reconciler``."""
 
-    def __init__(self, db: Database, chain: ChainReader, vault: Vault, clock: Clock = system_clock) -> None:
+    def __init__(self, db: Database, chain: ChainReader, vault: Vault, clock: Clock = system_clock,
+                 max_void_fee_wei: int | None = None) -> None:
         self.db = db
+        #: The most native gas a void may cost (Settings.max_void_fee_wei).
+        self.max_void_fee_wei = max_void_fee_wei
         self.chain = chain
         self.vault = vault
         self.clock = clock
@@ -278,8 +281,16 @@ class Lifecycle:
                                      "cancelAuthorization")
         try:
             sent = self.chain.send_cancel_authorization(p.network, p.asset, p.nonce, signature,
-                                                        signer.sign_evm_transaction, wallet.address)
-        except FailedPrecondition:
+                                                        signer.sign_evm_transaction, wallet.address,
+                                                        max_fee_wei=self.max_void_fee_wei)
+        except FailedPrecondition as exc:
+            if exc.reason == "max_void_fee":
+                with self.db.transaction() as s:
+                    audit.record(s, at_ms=self.now_ms(), actor=actor, action="payment.void_refused",
+                                 outcome="denied", tenant_id=p.tenant_id, reason="max_void_fee",
+                                 wallet_id=p.wallet_id, payment_id=p.id, network=p.network,
+                                 details={"message": exc.message})
+                raise
             sent = None  # it would revert: used (or canceled) already; the chain says which below
         events = self.chain.events_in_transaction(p.network, sent.tx_hash) if sent and sent.succeeded else []
         if not events:

@@ -196,7 +196,7 @@ class Payments:
     def __init__(
         self, db: Database, vault: Vault, *, networks: Mapping[str, int] | None = None,
         max_challenge_bytes: int = 256 * 1024, idempotency_ttl_s: int = 86400, clock: Clock = system_clock,
-        chain: ChainReader | None = None,
+        chain: ChainReader | None = None, max_authorization_s: int = 3600,
     ) -> None:
         self.db = db
         self.vault = vault
@@ -207,7 +207,7 @@ class Payments:
         self.chain = chain or ChainReader({})
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
         self.sql = batch_io.SqlBatchIO()
-        self.proofs = proofs.Proofs(vault, self.chain, clock, self.idempotency_ttl_ms)
+        self.proofs = proofs.Proofs(vault, self.chain, clock, self.idempotency_ttl_ms, max_authorization_s)
         # Per tenant/wallet scope, the budgets its last batch measured (a guess for the next).
         self._budgets: dict[tuple[str, str], Sequence[policy.Budget]] = {}
 

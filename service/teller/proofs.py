@@ -94,11 +94,14 @@ class NewPayment(SimpleNamespace):
 
 
 class Proofs:
-    def __init__(self, vault: Vault, chain: ChainReader, clock: Clock, idempotency_ttl_ms: int) -> None:
+    def __init__(self, vault: Vault, chain: ChainReader, clock: Clock, idempotency_ttl_ms: int,
+                 max_authorization_s: int = 3600) -> None:
         self.vault = vault
         self.chain = chain
         self.clock = clock
         self.idempotency_ttl_ms = idempotency_ttl_ms
+        #: No proof stays usable longer (Settings.max_authorization_seconds).
+        self.max_authorization_s = max_authorization_s
 
     def chain_facts(self, candidates: Sequence[offers_mod.Offer], cached_only: bool = False,
                     payer: str | None = None) -> Prepared:
@@ -147,8 +150,8 @@ class Proofs:
         now_s = int(self.clock())
         if offer.x402 is not None:
             chosen = offer.x402
-            auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, now_s, chosen.timeout_s,
-                                     os.urandom(32))
+            auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, now_s,
+                                     min(chosen.timeout_s, self.max_authorization_s), os.urandom(32))
             return Presigned(offer, req.wallet_id, address, auth=auth,
                               signature=signer.sign_typed_data(eip3009.typed_data(chosen.token, auth)))
         req_charge, gas_price = offer.charge, prepared.gas_price.get(offer.network)
@@ -156,7 +159,8 @@ class Proofs:
                 and req_charge.amount > 0 and not req_charge.fee_payer and gas_price is not None):
             try:
                 tx = mpp_charge.tempo_transaction(req_charge, offer.mpp, now_s=now_s,
-                                                  gas_limit=prepared.gas_limit(offer), gas_price=gas_price)
+                                                  gas_limit=prepared.gas_limit(offer), gas_price=gas_price,
+                                              max_valid_for_s=self.max_authorization_s)
             except TellerError:
                 return None
             raw = signer.sign_tempo_transaction(tx)
@@ -213,7 +217,7 @@ class Proofs:
             auth, signature = pre.auth, pre.signature
         else:
             auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, ctx.now_ms // 1000,
-                                     chosen.timeout_s, os.urandom(32))
+                                     min(chosen.timeout_s, self.max_authorization_s), os.urandom(32))
             signature = signer.sign_typed_data(eip3009.typed_data(chosen.token, auth))
         name, value = x402_proof.payment_header(chall, chosen, auth, signature)
         row = self.row(offer, ctx, version=chall.version, nonce="0x" + auth.nonce.hex(),
@@ -230,7 +234,8 @@ class Proofs:
             raise FailedPrecondition(f"{offer.asset} on {offer.network}: the challenge names no EIP-712 domain and "
                                      "no RPC endpoint is configured to read it (set rpc_urls)")
         token = eip3009.Token(req.chain_id, req.currency, *domain)
-        auth = mpp_charge.evm_authorization(req, ch, signer.address, ctx.now_ms // 1000)
+        auth = mpp_charge.evm_authorization(req, ch, signer.address, ctx.now_ms // 1000,
+                                            max_valid_for_s=self.max_authorization_s)
         signature = signer.sign_typed_data(eip3009.typed_data(token, auth))
         payload = {"type": "authorization", **auth.to_json(), "signature": "0x" + signature.hex()}
         value = mpp_charge.credential(ch, payload, mpp_charge.did_pkh(req.chain_id, signer.address))
@@ -266,7 +271,8 @@ class Proofs:
             tx, raw, tx_hash = pre.tx, pre.raw, pre.nonce
         else:
             tx = mpp_charge.tempo_transaction(req, ch, now_s=ctx.now_ms // 1000,
-                                              gas_limit=prepared.gas_limit(offer), gas_price=gas_price)
+                                              gas_limit=prepared.gas_limit(offer), gas_price=gas_price,
+                                              max_valid_for_s=self.max_authorization_s)
             raw = signer.sign_tempo_transaction(tx)
             tx_hash = _tx_hash(raw)
         fee_max = tempo_gas.max_fee(tx.gas_limit, tx.gas_price)
