@@ -186,12 +186,13 @@ def node_binary() -> str:
 
 
 @contextlib.contextmanager
-def mppx_server(chain: TempoChain, routes: dict[str, dict[str, Any]], realm: str = REALM,
+def mppx_server(chain: Any, routes: dict[str, dict[str, Any]], realm: str = REALM,
                 currency: str = PATH_USD) -> Iterator[MppxServer]:
     """mppx's ``tempo.charge`` (or ``evm.charge``) behind node:http, one route per entry
-    (see ``mppx_server.mjs``). Its stderr is collected for the test to read."""
+    (see ``mppx_server.mjs``), on ``chain`` (anything with ``rpc_url`` and ``w3``).
+    Its stderr is collected for the test to read."""
     config = {"rpcUrl": chain.rpc_url, "chainId": int(chain.w3.eth.chain_id), "realm": realm,
-              "secretKey": MPPX_SECRET, "currency": currency, "routes": routes}
+              "secretKey": MPPX_SECRET, "currency": currency, "routes": routes, "relayerKey": DEPLOYER_KEY}
     proc = subprocess.Popen([node_binary(), str(MPPX_SCRIPT), json.dumps(config)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None

@@ -6,7 +6,8 @@
 //
 // config: {rpcUrl, chainId, realm, secretKey, currency, routes: {path: route}}
 //   route (tempo): {method: "tempo", amount, recipient, splits?, supportedModes?, expiresInS?, description?}
-//   route (evm):   {method: "evm", amount, recipient, currency, name, version}  (EIP-3009 charge)
+//   route (evm):   {method: "evm", amount, recipient, currency, name, version}  (EIP-3009 charge;
+//                  settled by submitting transferWithAuthorization from config.relayerKey, a test key)
 // It prints "listening <port>" once it serves; errors mppx swallows into an
 // opaque 500 are written to stderr (the tests read it when a payment fails).
 import * as http from 'node:http'
@@ -19,7 +20,8 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 const pinned = createRequire(join(root, 'tools', 'chain', 'package.json'))
 const load = (name) => import(pathToFileURL(pinned.resolve(name)).href)
 const { Mppx, tempo, evm } = await load('mppx/server')
-const { createClient, http: httpTransport } = await load('viem')
+const { createClient, createPublicClient, createWalletClient, http: httpTransport } = await load('viem')
+const { privateKeyToAccount } = await load('viem/accounts')
 const { tempo: tempoChain } = await load('viem/tempo/chains')
 
 const config = JSON.parse(process.argv[2])
@@ -27,14 +29,36 @@ const chain = { ...tempoChain, id: config.chainId }
 // The local chain instead of mppx's built-in RPC map (which knows only Tempo's mainnet and testnet).
 const getClient = () => createClient({ chain, transport: httpTransport(config.rpcUrl) })
 
+const TRANSFER_WITH_AUTHORIZATION = [{
+  type: 'function', name: 'transferWithAuthorization', stateMutability: 'nonpayable', outputs: [],
+  inputs: ['from', 'to', 'value', 'validAfter', 'validBefore', 'nonce', 'signature'].map((name, i) => ({
+    name, type: ['address', 'address', 'uint256', 'uint256', 'uint256', 'bytes32', 'bytes'][i],
+  })),
+}]
+
+async function settleOnChain(token, p) {
+  const wallet = createWalletClient({
+    account: privateKeyToAccount(config.relayerKey), transport: httpTransport(config.rpcUrl),
+  })
+  const hash = await wallet.writeContract({
+    address: token, abi: TRANSFER_WITH_AUTHORIZATION, functionName: 'transferWithAuthorization', chain: null,
+    args: [p.from, p.to, BigInt(p.value), BigInt(p.validAfter), BigInt(p.validBefore), p.nonce, p.signature],
+  })
+  const receipt = await createPublicClient({ transport: httpTransport(config.rpcUrl) })
+    .waitForTransactionReceipt({ hash })
+  if (receipt.status !== 'success') throw new Error(`transferWithAuthorization ${hash} reverted`)
+  return { reference: hash }
+}
+
 const handlers = new Map()
 for (const [path, route] of Object.entries(config.routes)) {
   let method
   const options = { amount: route.amount, recipient: route.recipient }
   if (route.method === 'evm') {
     method = evm.charge({
-      currency: route.currency, recipient: route.recipient, chainId: config.chainId, getClient,
+      currency: route.currency, recipient: route.recipient, chainId: config.chainId,
       authorization: { name: route.name, version: route.version }, decimals: 6,
+      settle: (authorization) => settleOnChain(route.currency, authorization.payload),
     })
   } else {
     method = tempo.charge({ currency: config.currency, recipient: route.recipient, chainId: config.chainId, getClient })
