@@ -255,3 +255,44 @@ def test_the_fee_counts_against_budgets_and_max_fee(live, chain):
     denials, _ = client.audit_events(action="payment.deny")
     assert sorted(e.reason for e in denials) == ["budget_exhausted:day", "max_fee"]
     assert chain.balance(payee) == PRICE
+
+
+def test_a_cached_gas_limit_still_covers_a_recipient_whose_balance_dropped_to_zero(live, chain, monkeypatch):
+    """The gas limit is estimated once per sender, fee token and call shape and
+    then reused; it covers each recipient as if it held nothing, so a recipient
+    that emptied its balance since (a transfer to it creates the balance again,
+    ~250k gas more) is still paid, from the cache, without a revert."""
+    from eth_account import Account
+    from pytempo import TempoTransaction
+    from pytempo.contracts import ALPHA_USD, TIP20
+
+    recipient = Account.create()
+    estimates: list[dict] = []
+    original = type(live.app.chain)._estimate
+    monkeypatch.setattr(type(live.app.chain), "_estimate",
+                        lambda self, network, request: estimates.append(request) or original(self, network, request))
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    chain.fund(recipient.address, 1_000)  # it holds pathUSD when the limit is estimated
+    chain.fund(recipient.address, 1_000_000, token=ALPHA_USD)  # and AlphaUSD to pay its own fee below
+    with mppx_server(chain, {"/paid": _route(recipient.address)}) as server:
+        _retry(server, f"{server.url}/paid", _sign(client, t, f"{server.url}/paid"))
+        assert estimates, "the first payment asks the chain"
+        estimated = len(estimates)
+        # The recipient moves all its pathUSD away (fees in AlphaUSD): its balance is zero again.
+        held = chain.balance(recipient.address)
+        price = int(chain.w3.eth.gas_price)
+        drain = TempoTransaction.create(
+            chain_id=31337, gas_limit=1_000_000, max_fee_per_gas=price, max_priority_fee_per_gas=price,
+            nonce_key=2**256 - 1, nonce=0, valid_before=int(time.time()) + 20, fee_token=ALPHA_USD,
+            calls=(TIP20(PATH_USD).transfer(to=EXISTING, amount=held),))
+        tx_hash = chain.w3.eth.send_raw_transaction(drain.sign(recipient.key.hex()).encode())
+        assert chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)["status"] == 1
+        assert chain.balance(recipient.address) == 0
+        before_payer = chain.balance(t.address)
+        signed = _sign(client, t, f"{server.url}/paid")
+        assert len(estimates) == estimated, "the second payment uses the cached limit"
+        paid = _retry(server, f"{server.url}/paid", signed)
+    fee = _fee_of(chain, _decode(paid.headers["payment-receipt"])["reference"])
+    assert chain.balance(recipient.address) == PRICE
+    assert chain.balance(t.address) == before_payer - PRICE - fee

@@ -185,21 +185,23 @@ class ChainReader:
             self._gas_lock.release()
             raise
 
-    def tempo_gas_limit(self, network: str, sender: str, tx: TempoTransaction, cached_only: bool = False) -> int:
-        """The gas limit for ``tx`` sent by ``sender``, from the chain's estimates
-        (``teller.mpp.gas``), remembered per sender, fee token and call shape
-        (contract, selector, recipient): the limit covers each recipient as if it
-        held nothing, so it stays enough when a balance has dropped to zero since.
+    def tempo_gas_limit(self, network: str, sender: str, key: Any, build: Callable[[], TempoTransaction],
+                        cached_only: bool = False) -> int:
+        """The gas limit for the transaction ``build()`` makes, sent by ``sender``,
+        from the chain's estimates (``teller.mpp.gas``), remembered per ``key``
+        (``teller.mpp.gas.shape_key``: sender, token, call shape, recipients): the
+        limit covers each recipient as if it held nothing, so it stays enough when
+        a balance has dropped to zero since.
 
         A refusal is ``FailedPrecondition`` naming the node's reason, with reason
         ``insufficient_balance`` when the wallet cannot cover amount + fee."""
-        key = (network, tempo_gas.shape_key(tx, sender))
+        key = (network, key)
         hit = self._gas_limits.get(key)
         if hit is not None:
             return hit
         if cached_only:
             raise NotCached(f"gas limit on {network}")
-        reqs = tempo_gas.requests(tx, sender)
+        reqs = tempo_gas.requests(build(), sender)
         whole = self._estimate(network, reqs.whole)
         singles = [(self._estimate(network, actual), self._estimate(network, fresh)) for actual, fresh in reqs.singles]
         limit = tempo_gas.limit(whole, singles)

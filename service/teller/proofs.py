@@ -5,6 +5,7 @@ Keys stay behind the vault's narrow signer."""
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Sequence
@@ -120,10 +121,12 @@ class Proofs:
                     pass  # no RPC for it: the offer is refused below if it is the one chosen
             if (o.scheme == "tempo/charge" and payer is not None and o.network in gas and o.mpp is not None
                     and o.charge is not None and o.charge.amount > 0 and not o.charge.fee_payer):
+                # Built only when the limit is not cached: the estimate's transaction.
+                build = functools.partial(mpp_charge.tempo_transaction, o.charge, o.mpp, now_s=int(self.clock()),
+                                          gas_limit=1, gas_price=gas[o.network])
                 try:
-                    tx = mpp_charge.tempo_transaction(o.charge, o.mpp, now_s=int(self.clock()), gas_limit=1,
-                                                      gas_price=gas[o.network])
-                    limits[id(o)] = self.chain.tempo_gas_limit(o.network, payer, tx, cached_only)
+                    limits[id(o)] = self.chain.tempo_gas_limit(o.network, payer, tempo_gas.shape_key(o.charge, payer),
+                                                               build, cached_only)
                 except (FailedPrecondition, InvalidArgument) as exc:
                     limits[id(o)] = exc  # reported if this offer is the one chosen
             if o.scheme == "evm/charge" and o.charge is not None and o.charge.domain is None:

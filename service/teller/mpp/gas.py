@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from teller.mpp.charge import ChargeRequest
 from teller.mpp.tempo_tx import EXPIRING_NONCE_KEY, TempoCall, TempoTransaction
 
 #: Headroom over the largest estimate, in percent: for state that moves between
@@ -94,12 +95,14 @@ def fee(gas_used: int, gas_price: int) -> int:
     return -(-gas_used * gas_price // FEE_UNIT)
 
 
-def shape_key(tx: TempoTransaction, sender: str) -> tuple[Any, ...]:
+def shape_key(req: ChargeRequest, sender: str) -> tuple[Any, ...]:
     """What a cached limit is valid for: the sender (its account nonce and
-    balance shape the estimate), the fee token, and per call the contract, the
-    selector and the recipient."""
-    return (sender.lower(), tx.chain_id, tx.fee_token,
-            tuple((c.to, c.data[:4], c.data[4:36]) for c in tx.calls))
+    balance shape the estimate), the chain, the token (each call's contract and
+    the fee token), and per transfer the recipient and whether it carries a memo
+    (``transfer`` or ``transferWithMemo``; the primary transfer always does).
+    Built from the request, not the transaction: it is computed on every Sign."""
+    return (sender.lower(), req.chain_id, req.currency, req.recipient,
+            tuple((s.recipient, s.memo is not None) for s in req.splits))
 
 
 def is_insufficient_balance(error: Mapping[str, Any]) -> bool:
