@@ -92,7 +92,7 @@ def test_pull_mode_pays_the_pympp_server(live, chain):
     assert 0 < fee < 10_000  # the wallet paid its own fee, in pathUSD
     record = client.record_outcome(signed.payment_id, status=200, headers=list(paid.headers.items()))
     assert (record.state, record.tx_hash) == ("settled", receipt["reference"].lower())
-    assert _day(client.spend()).spent == 250_000
+    assert _day(client.spend()).spent == 250_000 + fee  # the price and the fee it really cost
     events, _ = client.audit_events(action="payment.sign")
     details = json.loads(events[0].details_json)
     assert (details["protocol"], details["scheme"], details["mode"]) == ("mpp", "tempo/charge", "pull")
@@ -187,7 +187,10 @@ def test_an_unused_tempo_payment_expires_and_is_released(live, chain):
         _, signed = _sign(client, t, f"{base}/soon")
     record = client.get_payment(signed.payment_id)
     assert record.valid_before <= time.time() + 8  # no later than the challenge's expiry
-    assert _day(client.spend()).reserved == 300_000
+    events, _ = client.audit_events(action="payment.sign")
+    fee_max = json.loads(events[0].details_json)["fee_max"]
+    assert fee_max > 0
+    assert _day(client.spend()).reserved == 300_000 + fee_max  # the price and the most the fee can be
     while time.time() <= record.valid_before + 1:
         time.sleep(0.5)
     chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
