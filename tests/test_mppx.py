@@ -150,6 +150,9 @@ def test_splits_to_new_addresses_with_a_memo(live, chain):
     reference = _decode(paid.headers["payment-receipt"])["reference"]
     assert (chain.balance(payee), chain.balance(first), chain.balance(second)) == (930_000, 50_000, 20_000)
     assert chain.balance(t.address) == before_payer - 1_000_000 - _fee_of(chain, reference)
+    # Nobody reported the outcome: the reconciler sees the transaction mined and trues the fee up.
+    assert live.admin().reconcile() == ({"settled": 1}, [])
+    assert (_day(client).reserved, _day(client).spent) == (0, 1_000_000 + _fee_of(chain, reference))
     logs = chain.w3.eth.get_transaction_receipt(reference)["logs"]
     assert any(memo[2:] in bytes(log["data"]).hex() or any(memo[2:] == bytes(tp).hex() for tp in log["topics"])
                for log in logs), "the split's memo is on chain"

@@ -163,7 +163,7 @@ class Proofs:
             try:
                 tx = mpp_charge.tempo_transaction(req_charge, offer.mpp, now_s=now_s,
                                                   gas_limit=prepared.gas_limit(offer), gas_price=gas_price,
-                                              max_valid_for_s=self.max_authorization_s)
+                                                  max_valid_for_s=self.max_authorization_s)
             except TellerError:
                 return None
             raw = signer.sign_tempo_transaction(tx)
@@ -204,7 +204,8 @@ class Proofs:
             id=str(uuid.uuid4()), tenant_id=ctx.caller.tenant_id, wallet_id=ctx.wallet.id, protocol=offer.protocol,
             version=version, scheme=offer.scheme, network=offer.network, asset=offer.asset,
             asset_name=token_domain[0], asset_version=token_domain[1], pay_to=offer.pay_to, amount=offer.amount,
-            amount_common=ctx.decision.amount_common, fee_max=0, fee_common=0, fee_paid=None, resource_url=req.url, nonce=nonce, valid_before=valid_before,
+            amount_common=ctx.decision.amount_common, fee_max=0, fee_common=0, fee_paid=None, resource_url=req.url,
+            nonce=nonce, valid_before=valid_before,
             state="signed", state_reason="", tx_hash="", released_ms=None, header_name=header_name,
             header_value=header_value,
             idempotency_key=req.idempotency_key,
