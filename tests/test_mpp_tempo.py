@@ -92,14 +92,14 @@ def test_pull_mode_pays_the_pympp_server(live, chain):
     assert 0 < fee < 10_000  # the wallet paid its own fee, in pathUSD
     record = client.record_outcome(signed.payment_id, status=200, headers=list(paid.headers.items()))
     assert (record.state, record.tx_hash) == ("settled", receipt["reference"].lower())
-    assert _day(client.spend()).spent == 250_000
+    assert _day(client.spend()).spent == 250_000 + fee  # the price and the fee it really cost
     events, _ = client.audit_events(action="payment.sign")
     details = json.loads(events[0].details_json)
     assert (details["protocol"], details["scheme"], details["mode"]) == ("mpp", "tempo/charge", "pull")
 
 
 def test_credential_echo_and_source_are_what_pympp_expects(live, chain):
-    t = _tenant(live, chain, fund=0)
+    t = _tenant(live, chain)
     client = live.client(t.token)
     with tempo_server(chain, RECIPIENT, {"/paid": {"amount": "0.01", "description": "weather \"now\""}}) as base:
         unpaid, signed = _sign(client, t, f"{base}/paid")
@@ -160,33 +160,23 @@ def test_payee_lists_cover_split_recipients(live, chain):
 
 
 def test_a_wallet_holding_too_little(live, chain):
+    """The chain's gas estimate refuses a payment the wallet cannot cover: Sign
+    says so by reason before anything is signed or reserved, and the wallet pays
+    no fee for a transaction that would only revert (before, it was signed,
+    broadcast, reverted, and cost the wallet its fee)."""
     t = _tenant(live, chain, fund=100_000)
     client = live.client(t.token)
-    with tempo_server(chain, RECIPIENT, {"/paid": {"amount": "0.25"}}) as base:
-        before = chain.balance(RECIPIENT)
-        _, signed = _sign(client, t, f"{base}/paid")
-        refused = httpx.get(f"{base}/paid", headers={signed.header_name: signed.header_value}, timeout=60)
-    assert refused.status_code != 200
-    assert chain.balance(RECIPIENT) == before
-    assert _day(client.spend()).reserved == 250_000  # held until the chain says what happened
-    transitions, errors = live.admin().reconcile()
-    assert errors == [] and sum(transitions.values()) == 1
-    record = client.get_payment(signed.payment_id)
-    assert record.released and record.state in ("failed", "expired")
-    if record.state == "failed":
-        assert record.state_reason == "transaction reverted"
-    day = _day(client.spend())
-    assert (day.spent, day.reserved) == (0, 0)
-
-    # Push mode: Teller's own broadcast reverts, and Sign says so.
-    live.admin().set_policy(t.tenant_id, Policy(assets=(Asset(chain.network, PATH_USD, 6),), mpp_mode="push"))
-    with tempo_server(chain, RECIPIENT, {"/paid": {"amount": "0.25"}}) as base:
-        with pytest.raises(FailedPrecondition, match="reverted"):
-            _sign(client, t, f"{base}/paid")
-    (failed,) = [p for p in live.admin().list_payments(t.tenant_id, state="failed")[0]
-                 if p.id != signed.payment_id]
-    assert failed.released and failed.state_reason == "transaction reverted"
-    assert chain.balance(RECIPIENT) == before
+    for mode in ("pull", "push"):
+        live.admin().set_policy(t.tenant_id, Policy(assets=(Asset(chain.network, PATH_USD, 6),), mpp_mode=mode,
+                                                     budgets=(Budget(50_000_000, "day", name="day"),)))
+        with tempo_server(chain, RECIPIENT, {"/paid": {"amount": "0.25"}}) as base:
+            before, held = chain.balance(RECIPIENT), chain.balance(t.address)
+            with pytest.raises(FailedPrecondition, match="cannot cover") as refused:
+                _sign(client, t, f"{base}/paid")
+        assert refused.value.reason == "insufficient_balance"
+        assert (chain.balance(RECIPIENT), chain.balance(t.address)) == (before, held)
+        assert live.admin().list_payments(t.tenant_id)[0] == []
+        assert _day(client.spend()).reserved == 0
 
 
 def test_an_unused_tempo_payment_expires_and_is_released(live, chain):
@@ -197,7 +187,10 @@ def test_an_unused_tempo_payment_expires_and_is_released(live, chain):
         _, signed = _sign(client, t, f"{base}/soon")
     record = client.get_payment(signed.payment_id)
     assert record.valid_before <= time.time() + 8  # no later than the challenge's expiry
-    assert _day(client.spend()).reserved == 300_000
+    events, _ = client.audit_events(action="payment.sign")
+    fee_max = json.loads(events[0].details_json)["fee_max"]
+    assert fee_max > 0
+    assert _day(client.spend()).reserved == 300_000 + fee_max  # the price and the most the fee can be
     while time.time() <= record.valid_before + 1:
         time.sleep(0.5)
     chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
@@ -305,7 +298,7 @@ def test_a_tempo_payment_signed_again_within_its_second_is_the_same_payment(data
     running = RunningTeller(make_settings(url, tmp_path, rpc_urls={chain.network: chain.rpc_url},
                                           reconcile_interval_seconds=0), clock=lambda: frozen)
     try:
-        t = _tenant(running, chain, fund=0)
+        t = _tenant(running, chain)
         doc = {"amount": "40000", "currency": PATH_USD, "recipient": RECIPIENT, "methodDetails": {"chainId": 31337}}
         one, two = (SimpleNamespace(headers=_hand_built(doc, f"dup-{i}"), body=b"", url="https://spec.example/d")
                     for i in (1, 2))

@@ -62,9 +62,10 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
         payments=Payments(
             db, vault, networks=settings.networks, max_challenge_bytes=settings.max_challenge_bytes,
             idempotency_ttl_s=settings.idempotency_ttl_seconds, clock=clock, chain=chain,
+            max_authorization_s=settings.max_authorization_seconds,
         ),
         chain=chain,
-        lifecycle=Lifecycle(db, chain, vault, clock),
+        lifecycle=Lifecycle(db, chain, vault, clock, max_void_fee_wei=settings.max_void_fee_wei),
         reconciler=Reconciler(db, chain, clock, lookback_blocks=settings.reconcile_lookback_blocks),
         fetcher=Fetcher(allow=settings.outbound_allow, connect_timeout_s=settings.outbound_connect_timeout_seconds,
                         read_timeout_s=settings.outbound_read_timeout_seconds,

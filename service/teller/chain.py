@@ -19,6 +19,8 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 
 from teller.errors import FailedPrecondition, Unavailable
+from teller.mpp import gas as tempo_gas
+from teller.mpp.tempo_tx import TempoTransaction
 
 T = TypeVar("T")
 
@@ -106,6 +108,9 @@ class ChainReader:
         self._gas_lock = threading.Lock()
         self._domains: dict[tuple[str, str], tuple[str, str]] = {}
         self.gas_price_ttl_s = 5.0
+        #: Tempo gas limits per (network, shape_key): see ``tempo_gas_limit``.
+        self._gas_limits: dict[tuple[str, Any], int] = {}
+        self.gas_limit_cache_size = 10_000
 
     @property
     def networks(self) -> tuple[str, ...]:
@@ -179,6 +184,48 @@ class ChainReader:
         except BaseException:
             self._gas_lock.release()
             raise
+
+    def tempo_gas_limit(self, network: str, sender: str, key: Any, build: Callable[[], TempoTransaction],
+                        cached_only: bool = False) -> int:
+        """The gas limit for the transaction ``build()`` makes, sent by ``sender``,
+        from the chain's estimates (``teller.mpp.gas``), remembered per ``key``
+        (``teller.mpp.gas.shape_key``: sender, token, call shape, recipients): the
+        limit covers each recipient as if it held nothing, so it stays enough when
+        a balance has dropped to zero since.
+
+        A refusal is ``FailedPrecondition`` naming the node's reason, with reason
+        ``insufficient_balance`` when the wallet cannot cover amount + fee."""
+        key = (network, key)
+        hit = self._gas_limits.get(key)
+        if hit is not None:
+            return hit
+        if cached_only:
+            raise NotCached(f"gas limit on {network}")
+        reqs = tempo_gas.requests(build(), sender)
+        whole = self._estimate(network, reqs.whole)
+        singles = [(self._estimate(network, actual), self._estimate(network, fresh)) for actual, fresh in reqs.singles]
+        limit = tempo_gas.limit(whole, singles)
+        if len(self._gas_limits) >= self.gas_limit_cache_size:
+            self._gas_limits.pop(next(iter(self._gas_limits)))  # the oldest entry
+        self._gas_limits[key] = limit
+        return limit
+
+    def _estimate(self, network: str, request: dict[str, Any]) -> int:
+        def ask() -> Any:
+            return self._w3(network).provider.make_request("eth_estimateGas", [request, "latest"])  # type: ignore[arg-type]
+        answer = self._call(network, "gas estimate", ask)
+        error = answer.get("error") if isinstance(answer, Mapping) else None
+        if isinstance(error, Mapping):
+            reason = str(error.get("message", ""))[:200] or "no reason given"
+            if tempo_gas.is_insufficient_balance(error):
+                raise FailedPrecondition(f"wallet {request.get('from')} cannot cover the payment and its fee on "
+                                         f"{network}: the chain says: {reason}", reason="insufficient_balance")
+            raise FailedPrecondition(f"the chain refuses to estimate this Tempo payment on {network}: {reason}",
+                                     reason="gas_estimate_failed")
+        try:
+            return int(str(answer["result"]), 16)
+        except (KeyError, TypeError, ValueError):
+            raise Unavailable(f"gas estimate on {network}: unexpected answer {str(answer)[:200]}") from None
 
     def chain_id(self, network: str) -> int:
         return self._call(network, "chain id read", lambda: int(self._w3(network).eth.chain_id))
@@ -279,8 +326,9 @@ class ChainReader:
 
     def send_cancel_authorization(self, network: str, asset: str, nonce: str, signature: bytes,
                                   sign_transaction: Callable[[dict[str, Any]], bytes], sender: str,
-                                  wait_s: float = 60.0) -> Sent:
-        """Broadcast ``cancelAuthorization`` from ``sender`` (the authorizer, who pays the gas)."""
+                                  wait_s: float = 60.0, max_fee_wei: int | None = None) -> Sent:
+        """Broadcast ``cancelAuthorization`` from ``sender`` (the authorizer, who pays
+        the gas), refused when it could cost more than ``max_fee_wei``."""
         def send() -> Sent:
             w3 = self._w3(network)
             sender_cs = Web3.to_checksum_address(sender)
@@ -293,6 +341,11 @@ class ChainReader:
                                            "chainId": w3.eth.chain_id})
             except ContractLogicError as exc:
                 raise FailedPrecondition(f"cancelAuthorization would revert: {exc}") from None
+            most = int(tx["gas"]) * int(tx.get("maxFeePerGas", tx.get("gasPrice", 0)))
+            if max_fee_wei is not None and most > max_fee_wei:
+                raise FailedPrecondition(
+                    f"cancelAuthorization could cost {most} wei of gas on {network}, above max_void_fee_wei "
+                    f"{max_fee_wei}", reason="max_void_fee")
             try:
                 tx_hash = w3.eth.send_raw_transaction(sign_transaction(dict(tx)))
             except Web3Exception as exc:

@@ -143,6 +143,15 @@ class Settings:
     idempotency_ttl_seconds: int = 24 * 3600
     """How long an idempotency key keeps returning the same proof."""
 
+    max_authorization_seconds: int = 3600
+    """The longest any proof Teller signs stays usable (x402 exact and MPP evm
+    EIP-3009 validBefore, Tempo valid_before): a server asking for longer gets
+    this, so no reservation outlives a bound the operator chose."""
+
+    max_void_fee_wei: int = 10**16
+    """The most native gas an operator's void (a ``cancelAuthorization`` the wallet
+    sends and pays for) may cost: gas limit x max fee per gas, in wei."""
+
     max_challenge_bytes: int = 256 * 1024
     """Largest 402 body or single header Teller will parse."""
 
@@ -195,6 +204,8 @@ _ENV_FIELDS = {
     "TELLER_SIGN_BATCHES_IN_FLIGHT": "sign_batches_in_flight",
     "TELLER_KEY_CACHE_SECONDS": "key_cache_seconds",
     "TELLER_IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",
+    "TELLER_MAX_AUTHORIZATION_SECONDS": "max_authorization_seconds",
+    "TELLER_MAX_VOID_FEE_WEI": "max_void_fee_wei",
     "TELLER_MAX_CHALLENGE_BYTES": "max_challenge_bytes",
     "TELLER_LOG_LEVEL": "log_level",
     "TELLER_LOG_FORMAT": "log_format",
@@ -298,7 +309,8 @@ def finalize_for_serving(settings: Settings) -> Settings:
             settings,
             admin_token=_dev_secret(settings.data_dir / "admin-token", "op_" + secrets.token_urlsafe(24)),
         )
-    for name in ("sign_batch_max", "sign_batches_in_flight", "db_pool_size", "grpc_acceptors"):
+    for name in ("sign_batch_max", "sign_batches_in_flight", "db_pool_size", "grpc_acceptors",
+                 "max_authorization_seconds"):
         if getattr(settings, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
     if not settings.pay_deadline_seconds > 0:

@@ -41,11 +41,12 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from teller import audit, eip3009, refusal, spend
-from teller.chain import AuthorizationEvent, ChainReader
+from teller.chain import AuthorizationEvent, ChainReader, Mined
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import PaidResponse, Payment, Wallet
 from teller.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from teller.mpp import gas as tempo_gas
 from teller.vault import SealedKey, Vault
 
 log = logging.getLogger("teller.lifecycle")
@@ -69,6 +70,28 @@ class Change:
     release: bool
     reason: str = ""
     tx_hash: str = ""
+    #: What the mined transaction cost the wallet in fees (fee-token base units),
+    #: when Teller's wallet sent it (Tempo): the reservation is trued up to it.
+    fee: int | None = None
+
+
+def mined_change(mined: Mined) -> Change:
+    """A mined Tempo payment: settled, or reverted (its expiring nonce is spent, so it
+    can never move money), with the fee it cost either way."""
+    fee = tempo_gas.fee(mined.gas_used, mined.gas_price)
+    if mined.succeeded:
+        return Change(SETTLED, release=False, tx_hash=mined.tx_hash, fee=fee)
+    return Change(FAILED, release=True, reason="transaction reverted", tx_hash=mined.tx_hash, fee=fee)
+
+
+def _trued_up(p: Payment, fee: int) -> tuple[int, int]:
+    """(amount_common, fee_common) once the real fee is known: the reserved fee's
+    share of amount_common becomes the real fee's, in the same common unit (the
+    ratio fee_common / fee_max is that unit's scale; rounded up)."""
+    if p.fee_max <= 0:
+        return p.amount_common, p.fee_common
+    real = min(-(-fee * p.fee_common // p.fee_max), p.fee_common)
+    return p.amount_common - p.fee_common + real, real
 
 
 def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, ...], now_ms: int, actor: str,
@@ -82,6 +105,12 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
         values["tx_hash"] = change.tx_hash
     if change.release:
         values["released_ms"] = now_ms
+    amount_common = p.amount_common
+    if change.fee is not None:
+        values["fee_paid"] = change.fee
+        if change.to == SETTLED and p.state != SETTLED:
+            amount_common, values["fee_common"] = _trued_up(p, change.fee)
+            values["amount_common"] = amount_common
     result = s.execute(
         update(Payment)
         .where(Payment.id == p.id, Payment.state.in_(from_states), Payment.released_ms.is_(None))
@@ -97,6 +126,7 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
         wallet_id=p.wallet_id, payment_id=p.id, amount=p.amount, asset=p.asset, network=p.network,
         payee=p.pay_to, resource_url=p.resource_url,
         details={"from": p.state, "to": change.to, "tx_hash": change.tx_hash, "released": change.release,
+                 **({"fee_paid": change.fee, "fee_reserved": p.fee_max} if change.fee is not None else {}),
                  **(details or {})},
     )
     was_spent = p.state == SETTLED
@@ -104,7 +134,8 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
         spend.add_to_buckets(s, p.tenant_id, p.wallet_id, p.created_ms,
                              0 if was_spent else -p.amount_common, -p.amount_common if was_spent else 0)
     elif change.to == SETTLED and not was_spent:
-        spend.add_to_buckets(s, p.tenant_id, p.wallet_id, p.created_ms, -p.amount_common, p.amount_common)
+        # Reserved at the most the fee could be, spent at what it was.
+        spend.add_to_buckets(s, p.tenant_id, p.wallet_id, p.created_ms, -p.amount_common, amount_common)
     return True
 
 
@@ -141,8 +172,11 @@ class Lifecycle:
     """Outcome reports and operator voids: the request-driven transitions.
     The chain-driven ones run in ``teller.reconciler``."""
 
-    def __init__(self, db: Database, chain: ChainReader, vault: Vault, clock: Clock = system_clock) -> None:
+    def __init__(self, db: Database, chain: ChainReader, vault: Vault, clock: Clock = system_clock,
+                 max_void_fee_wei: int | None = None) -> None:
         self.db = db
+        #: The most native gas a void may cost (Settings.max_void_fee_wei).
+        self.max_void_fee_wei = max_void_fee_wei
         self.chain = chain
         self.vault = vault
         self.clock = clock
@@ -204,6 +238,7 @@ class Lifecycle:
             said = (refusal.reason(headers, body) if generic else "") or (
                 outcome.reason if outcome.kind == "refused" else "") or "payment_refused"
         confirmed: AuthorizationEvent | None = None
+        tempo_mined: Mined | None = None
         if outcome.kind == "settled" and outcome.tx_hash and network in self.chain.networks:
             # The server's word is checked against the chain before it is recorded as settled.
             try:
@@ -211,6 +246,7 @@ class Lifecycle:
                     mined = self.chain.mined(network, outcome.tx_hash)
                     if mined is not None and mined.succeeded and mined.tx_hash == nonce.lower():
                         confirmed = AuthorizationEvent("used", asset, address, nonce, mined.tx_hash, mined.block)
+                        tempo_mined = mined
                 else:
                     for event in self.chain.events_in_transaction(network, outcome.tx_hash):
                         if (event.asset.lower(), event.authorizer.lower(), event.nonce) == (
@@ -228,7 +264,10 @@ class Lifecycle:
                 asset=p.asset, network=p.network, payee=p.pay_to, resource_url=p.resource_url,
                 details={"reported": outcome.kind, "tx_hash": outcome.tx_hash, "state": p.state},
             )
-            if confirmed is not None:
+            if tempo_mined is not None:
+                advance(s, p, mined_change(tempo_mined), from_states=LIVE, now_ms=now, actor=actor,
+                        details={"block": tempo_mined.block})
+            elif confirmed is not None:
                 apply_event(s, p, confirmed, now, actor)
             elif refused:
                 # Still reserved: the authorization stays usable until validBefore.
@@ -311,8 +350,16 @@ class Lifecycle:
                                      "cancelAuthorization")
         try:
             sent = self.chain.send_cancel_authorization(p.network, p.asset, p.nonce, signature,
-                                                        signer.sign_evm_transaction, wallet.address)
-        except FailedPrecondition:
+                                                        signer.sign_evm_transaction, wallet.address,
+                                                        max_fee_wei=self.max_void_fee_wei)
+        except FailedPrecondition as exc:
+            if exc.reason == "max_void_fee":
+                with self.db.transaction() as s:
+                    audit.record(s, at_ms=self.now_ms(), actor=actor, action="payment.void_refused",
+                                 outcome="denied", tenant_id=p.tenant_id, reason="max_void_fee",
+                                 wallet_id=p.wallet_id, payment_id=p.id, network=p.network,
+                                 details={"message": exc.message})
+                raise
             sent = None  # it would revert: used (or canceled) already; the chain says which below
         events = self.chain.events_in_transaction(p.network, sent.tx_hash) if sent and sent.succeeded else []
         if not events:
@@ -340,4 +387,5 @@ class Lifecycle:
         return current
 
 
-__all__ = ["ANSWER_LOST", "LIVE", "NOT_SENT", "RECEIPT_UNREADABLE", "REDIRECT_REFUSED", "STATES", "Change", "Lifecycle", "advance", "apply_event", "expiry"]
+__all__ = ["ANSWER_LOST", "LIVE", "NOT_SENT", "RECEIPT_UNREADABLE", "REDIRECT_REFUSED", "STATES", "Change", "Lifecycle",
+           "advance", "apply_event", "expiry", "mined_change"]

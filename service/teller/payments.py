@@ -197,7 +197,7 @@ class Payments:
     def __init__(
         self, db: Database, vault: Vault, *, networks: Mapping[str, int] | None = None,
         max_challenge_bytes: int = 256 * 1024, idempotency_ttl_s: int = 86400, clock: Clock = system_clock,
-        chain: ChainReader | None = None,
+        chain: ChainReader | None = None, max_authorization_s: int = 3600,
     ) -> None:
         self.db = db
         self.vault = vault
@@ -208,7 +208,7 @@ class Payments:
         self.chain = chain or ChainReader({})
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
         self.sql = batch_io.SqlBatchIO()
-        self.proofs = proofs.Proofs(vault, self.chain, clock, self.idempotency_ttl_ms)
+        self.proofs = proofs.Proofs(vault, self.chain, clock, self.idempotency_ttl_ms, max_authorization_s)
         # Per tenant/wallet scope, the budgets its last batch measured (a guess for the next).
         self._budgets: dict[tuple[str, str], Sequence[policy.Budget]] = {}
 
@@ -232,8 +232,8 @@ class Payments:
         collected = offers_mod.collect(req.headers, req.body, networks=self.networks,
                                        max_bytes=self.max_challenge_bytes,
                                        now=datetime.fromtimestamp(self.clock(), UTC))
-        prepared = self.proofs.chain_facts(collected.offers, cached_only)
         known = self._wallet_info(caller.tenant_id, req.wallet_id, cached_only)
+        prepared = self.proofs.chain_facts(collected.offers, cached_only, payer=known[0] if known else None)
         presigned = self.proofs.presign(caller.tenant_id, req, collected, prepared, *known) if known else None
         return Call(caller, req, token_secret, collected, _request_hash(req, collected), prepared, presigned)
 
@@ -454,7 +454,7 @@ class Payments:
         chosen: tuple[offers_mod.Offer, policy.Decision] | None = None
         first: tuple[offers_mod.Offer, policy.Decision] | None = None
         for offer in offers_mod.by_preference(call.collected.offers, preference):
-            decision = _evaluate(scopes, offer, req)
+            decision = _evaluate(scopes, offer, req, self.proofs.max_fee(offer, call.prepared))
             if decision.allowed:
                 chosen = (offer, decision)
                 break
@@ -470,7 +470,7 @@ class Payments:
         if chosen is None:
             assert first is not None
             denied, decision = first
-            denial = decision.error(_facts(denied, req.url))
+            denial = decision.error(_facts(denied, req.url, fee=self.proofs.max_fee(denied, call.prepared)))
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
                         reason=decision.reason, wallet_id=wallet.id, amount=denied.amount, asset=denied.asset,
                         network=denied.network, payee=denied.pay_to, resource_url=req.url,
@@ -548,9 +548,9 @@ class Payments:
                 row.header_value = mpp_charge.credential(
                     offer.mpp, {"type": "hash", "hash": mined.tx_hash},
                     mpp_charge.did_pkh(offer.charge.chain_id, wallet.address))
-                lifecycle.advance(s, row, lifecycle.Change("settled", release=False, tx_hash=mined.tx_hash),
-                                  from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
-                fee = -(-mined.gas_used * mined.gas_price // 10**12)  # fee-token base units, rounded up
+                change = lifecycle.mined_change(mined)
+                lifecycle.advance(s, row, change, from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
+                fee = change.fee
                 audit.record(s, at_ms=now, actor=caller.actor, action="payment.gas", tenant_id=row.tenant_id,
                              wallet_id=row.wallet_id, payment_id=row.id, network=row.network, asset=row.asset,
                              amount=fee, details={"tx_hash": mined.tx_hash, "gas_used": mined.gas_used,
@@ -561,9 +561,8 @@ class Payments:
             if mined is not None:
                 # Mined and reverted: its expiring nonce is spent, so it can never move money.
                 failure = "transaction reverted"
-                lifecycle.advance(s, row, lifecycle.Change("failed", release=True, reason=failure,
-                                                           tx_hash=mined.tx_hash),
-                                  from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
+                lifecycle.advance(s, row, lifecycle.mined_change(mined), from_states=lifecycle.LIVE, now_ms=now,
+                                  actor=caller.actor)
             else:
                 # Unknown fate: reserved until the reconciler sees it mined or expired.
                 lifecycle.advance(s, row, lifecycle.Change("failed", release=False, reason=(failure or "")[:200]),
@@ -628,15 +627,16 @@ def _scopes(locked: Sequence[_Locked | TellerError],
     return scopes
 
 
-def _facts(offer: offers_mod.Offer, url: str, payee: str | None = None) -> policy.Payment:
-    return policy.Payment(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url)
+def _facts(offer: offers_mod.Offer, url: str, payee: str | None = None, fee: int = 0) -> policy.Payment:
+    return policy.Payment(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, fee)
 
 
-def _evaluate(scopes: Sequence[policy.Scope], offer: offers_mod.Offer, req: SignInput) -> policy.Decision:
-    """The policy's decision; split recipients must pass the payee lists too."""
-    decision = policy.evaluate(scopes, _facts(offer, req.url), req.max_amount)
+def _evaluate(scopes: Sequence[policy.Scope], offer: offers_mod.Offer, req: SignInput, fee: int) -> policy.Decision:
+    """The policy's decision, with the most the payment's fee can cost; split
+    recipients must pass the payee lists too."""
+    decision = policy.evaluate(scopes, _facts(offer, req.url, fee=fee), req.max_amount)
     for payee in offer.other_payees if decision.allowed else ():
-        split = policy.evaluate(scopes, _facts(offer, req.url, payee), req.max_amount)
+        split = policy.evaluate(scopes, _facts(offer, req.url, payee, fee), req.max_amount)
         if not split.allowed:
             return split
     return decision

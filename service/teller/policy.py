@@ -78,6 +78,9 @@ class Lists:
 class Policy:
     unit_decimals: int = 6
     per_payment_max: int | None = None
+    #: The most one payment may cost in fees (a Tempo transaction's gas limit x
+    #: max fee per gas), in the common unit; None: no cap beyond the budgets.
+    max_fee: int | None = None
     budgets: tuple[Budget, ...] = ()
     networks: Lists = Lists()
     assets: tuple[Asset, ...] = ()
@@ -192,7 +195,7 @@ def parse_duration(text: str, path: str) -> int:
     return int(m.group(1)) * _DURATION_MS[m.group(2)]
 
 
-_TOP = {"unit_decimals", "per_payment_max", "budgets", "networks", "assets", "allow_unknown_assets",
+_TOP = {"unit_decimals", "per_payment_max", "max_fee", "budgets", "networks", "assets", "allow_unknown_assets",
         "deny_assets", "payees", "hosts", "protocols", "mpp_mode"}
 PROTOCOLS = ("x402", "mpp")
 MPP_MODES = ("pull", "push")
@@ -229,6 +232,7 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
     if isinstance(unit, bool) or not isinstance(unit, int) or not 0 <= unit <= 18:
         raise _fail("unit_decimals", "must be an integer from 0 to 18")
     per_payment = _amount(doc, "per_payment_max", "per_payment_max")
+    max_fee = _amount(doc, "max_fee", "max_fee")
 
     raw_budgets = doc.get("budgets", [])
     if not isinstance(raw_budgets, list) or len(raw_budgets) > 16:
@@ -303,6 +307,7 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
     return Policy(
         unit_decimals=unit,
         per_payment_max=per_payment,
+        max_fee=max_fee,
         budgets=tuple(budgets),
         networks=_lists(doc, "networks", _network),
         assets=tuple(assets),
@@ -320,6 +325,8 @@ def to_document(p: Policy, *, wallet: bool = False) -> dict[str, Any]:
     doc: dict[str, Any] = {} if wallet else {"unit_decimals": p.unit_decimals}
     if p.per_payment_max is not None:
         doc["per_payment_max"] = str(p.per_payment_max)
+    if p.max_fee is not None:
+        doc["max_fee"] = str(p.max_fee)
     doc["budgets"] = [
         {"name": b.name, "kind": "rolling" if b.rolling_ms else "calendar", "limit": str(b.limit),
          "window": b.calendar or _format_duration(b.rolling_ms)}
@@ -379,6 +386,10 @@ class Payment:
     amount: int  # token atomic units
     pay_to: str
     url: str
+    #: The most the payment can cost its wallet in fees, in the same token's
+    #: atomic units (Tempo fees are paid in the charged TIP-20 token); 0 for
+    #: proofs someone else submits.
+    fee: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +400,9 @@ class Decision:
     limit: int | None = None
     remaining: int | None = None
     window: str = ""
+    #: What the payment holds against budgets: its amount and its fee at most.
     amount_common: int = 0
+    fee_common: int = 0
 
     def error(self, payment: Payment) -> TellerError:
         meta = {"reason": self.reason, "amount": str(payment.amount)}
@@ -404,6 +417,10 @@ class Decision:
         where = f"{self.scope} " if self.scope else ""
         if self.reason == "per_payment_max":
             text = f"amount {self.amount_common} is above the {where}per-payment maximum {self.limit}"
+        elif self.reason == "max_fee":
+            text = (f"the fee this payment can cost, {self.fee_common}, is above the {where}policy's max_fee "
+                    f"{self.limit}")
+            meta["fee"] = str(payment.fee)
         elif self.reason == "caller_max_amount":
             text = f"amount {payment.amount} is above the caller's max_amount {self.limit}"
         elif self.reason == "amount_out_of_range":
@@ -411,7 +428,9 @@ class Decision:
                     f"than the ledger counts ({self.limit})")
             return FailedPrecondition(text, reason=self.reason, metadata=meta)
         elif self.reason.startswith("budget_exhausted:"):
-            text = (f"amount {self.amount_common} exceeds the {where}budget {self.window!r}: "
+            cost = (f"amount {self.amount_common - self.fee_common} + fee up to {self.fee_common}"
+                    if self.fee_common else f"amount {self.amount_common}")
+            text = (f"{cost} exceeds the {where}budget {self.window!r}: "
                     f"{self.remaining} of {self.limit} left")
         else:
             text = {
@@ -421,7 +440,7 @@ class Decision:
                 "payee_not_allowed": f"payee {payment.pay_to} is not allowed by the {where}policy",
                 "host_not_allowed": f"host of {payment.url[:200]!r} is not allowed by the {where}policy",
             }.get(self.reason, self.reason)
-        cls = LimitExceeded if self.reason in ("per_payment_max", "caller_max_amount") or \
+        cls = LimitExceeded if self.reason in ("per_payment_max", "caller_max_amount", "max_fee") or \
             self.reason.startswith("budget_exhausted:") else PermissionDenied
         return cls(text, reason=self.reason, metadata=meta)
 
@@ -449,8 +468,10 @@ def url_host(url: str) -> str | None:
         return None
 
 
-def common_amount(p: Policy, payment: Payment) -> int | None:
-    """The payment in the policy's common unit, or None when the asset is not allowed."""
+def common_amount(p: Policy, payment: Payment, amount: int | None = None) -> int | None:
+    """The payment (or ``amount`` of its asset) in the policy's common unit, or
+    None when the asset is not allowed."""
+    amount = payment.amount if amount is None else amount
     asset = p.asset(payment.network, payment.asset)
     if asset is None:
         if not p.allow_unknown_assets:
@@ -460,8 +481,8 @@ def common_amount(p: Policy, payment: Payment) -> int | None:
         decimals = asset.decimals
     shift = p.unit_decimals - decimals
     if shift >= 0:
-        return payment.amount * 10**shift
-    return -(-payment.amount // 10**-shift)  # round up
+        return amount * 10**shift
+    return -(-amount // 10**-shift)  # round up
 
 
 def evaluate_scope(
@@ -489,11 +510,16 @@ def evaluate_scope(
         return Decision(False, "host_not_allowed", scope)
     if p.per_payment_max is not None and amount > p.per_payment_max:
         return Decision(False, "per_payment_max", scope, p.per_payment_max, amount_common=amount)
+    fee = common_amount(p, payment, payment.fee) or 0
+    if p.max_fee is not None and fee > p.max_fee:
+        return Decision(False, "max_fee", scope, p.max_fee, amount_common=amount + fee, fee_common=fee)
+    # Budgets hold every cost of the payment: its amount and the most its fee can be.
+    total = amount + fee
     for b in p.budgets:
         remaining = max(b.limit - used.get(b.name, 0), 0)
-        if amount > remaining:
-            return Decision(False, f"budget_exhausted:{b.name}", scope, b.limit, remaining, b.name, amount)
-    return Decision(True, "ok", scope, amount_common=amount)
+        if total > remaining:
+            return Decision(False, f"budget_exhausted:{b.name}", scope, b.limit, remaining, b.name, total, fee)
+    return Decision(True, "ok", scope, amount_common=total, fee_common=fee)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,11 @@ Keys stay behind the vault's narrow signer."""
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,10 @@ from teller.auth import Caller
 from teller.batch_io import WalletRow
 from teller.chain import ChainReader
 from teller.clock import Clock
-from teller.errors import FailedPrecondition, TellerError
+from teller.errors import FailedPrecondition, InvalidArgument, TellerError
 from teller.keccak import keccak256
 from teller.mpp import charge as mpp_charge
+from teller.mpp import gas as tempo_gas
 from teller.mpp.tempo_tx import TempoTransaction
 from teller.vault import SealedKey, Vault
 from teller.vault.signer import WalletSigner
@@ -39,6 +41,19 @@ class Prepared:
 
     gas_price: dict[str, int]
     domains: dict[tuple[str, str], tuple[str, str]]
+    #: Per Tempo offer (by identity: the call's own offers), its gas limit from
+    #: the chain's estimate, or why the chain refused to estimate it.
+    gas_limits: dict[int, int | TellerError] = field(default_factory=dict)
+
+    def gas_limit(self, offer: offers_mod.Offer) -> int:
+        """The offer's estimated gas limit; raises the chain's refusal."""
+        found = self.gas_limits.get(id(offer))
+        if isinstance(found, TellerError):
+            raise found
+        if found is None:
+            raise FailedPrecondition(f"no gas estimate for this Tempo payment on {offer.network} (set rpc_urls)",
+                                     reason="gas_estimate_failed")
+        return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,23 +95,40 @@ class NewPayment(SimpleNamespace):
 
 
 class Proofs:
-    def __init__(self, vault: Vault, chain: ChainReader, clock: Clock, idempotency_ttl_ms: int) -> None:
+    def __init__(self, vault: Vault, chain: ChainReader, clock: Clock, idempotency_ttl_ms: int,
+                 max_authorization_s: int = 3600) -> None:
         self.vault = vault
         self.chain = chain
         self.clock = clock
         self.idempotency_ttl_ms = idempotency_ttl_ms
+        #: No proof stays usable longer (Settings.max_authorization_seconds).
+        self.max_authorization_s = max_authorization_s
 
-    def chain_facts(self, candidates: Sequence[offers_mod.Offer], cached_only: bool = False) -> Prepared:
-        """Chain facts the offers need (gas price, token domain), from the chain
-        reader's caches; with ``cached_only``, ``NotCached`` instead of an RPC."""
+    def chain_facts(self, candidates: Sequence[offers_mod.Offer], cached_only: bool = False,
+                    payer: str | None = None) -> Prepared:
+        """Chain facts the offers need (gas price, token domain, and for each Tempo
+        offer the gas limit the chain estimates for ``payer``'s transaction), from
+        the chain reader's caches; with ``cached_only``, ``NotCached`` instead of
+        an RPC. They are read before anything is signed or reserved."""
         gas: dict[str, int] = {}
         domains: dict[tuple[str, str], tuple[str, str]] = {}
+        limits: dict[int, int | TellerError] = {}
         for o in candidates:
             if o.scheme == "tempo/charge" and o.network not in gas:
                 try:
                     gas[o.network] = self.chain.gas_price(o.network, cached_only)
                 except FailedPrecondition:
                     pass  # no RPC for it: the offer is refused below if it is the one chosen
+            if (o.scheme == "tempo/charge" and payer is not None and o.network in gas and o.mpp is not None
+                    and o.charge is not None and o.charge.amount > 0 and not o.charge.fee_payer):
+                # Built only when the limit is not cached: the estimate's transaction.
+                build = functools.partial(mpp_charge.tempo_transaction, o.charge, o.mpp, now_s=int(self.clock()),
+                                          gas_limit=1, gas_price=gas[o.network])
+                try:
+                    limits[id(o)] = self.chain.tempo_gas_limit(o.network, payer, tempo_gas.shape_key(o.charge, payer),
+                                                               build, cached_only)
+                except (FailedPrecondition, InvalidArgument) as exc:
+                    limits[id(o)] = exc  # reported if this offer is the one chosen
             if o.scheme == "evm/charge" and o.charge is not None and o.charge.domain is None:
                 key = (o.network, o.asset)
                 if key not in domains:
@@ -104,7 +136,7 @@ class Proofs:
                         domains[key] = self.chain.token_domain(o.network, o.asset, cached_only)
                     except FailedPrecondition:
                         pass
-        return Prepared(gas, domains)
+        return Prepared(gas, domains, limits)
 
     def presign(self, tenant_id: str, req: SignInput, collected: offers_mod.Collected, prepared: Prepared,
                 address: str, sealed: SealedKey) -> Presigned | None:
@@ -121,8 +153,8 @@ class Proofs:
         now_s = int(self.clock())
         if offer.x402 is not None:
             chosen = offer.x402
-            auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, now_s, chosen.timeout_s,
-                                     os.urandom(32))
+            auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, now_s,
+                                     min(chosen.timeout_s, self.max_authorization_s), os.urandom(32))
             return Presigned(offer, req.wallet_id, address, auth=auth,
                               signature=signer.sign_typed_data(eip3009.typed_data(chosen.token, auth)))
         req_charge, gas_price = offer.charge, prepared.gas_price.get(offer.network)
@@ -130,12 +162,25 @@ class Proofs:
                 and req_charge.amount > 0 and not req_charge.fee_payer and gas_price is not None):
             try:
                 tx = mpp_charge.tempo_transaction(req_charge, offer.mpp, now_s=now_s,
-                                                  gas_limit=mpp_charge.gas_limit(req_charge), gas_price=gas_price)
+                                                  gas_limit=prepared.gas_limit(offer), gas_price=gas_price,
+                                                  max_valid_for_s=self.max_authorization_s)
             except TellerError:
                 return None
             raw = signer.sign_tempo_transaction(tx)
             return Presigned(offer, req.wallet_id, address, tx=tx, raw=raw, nonce=_tx_hash(raw))
         return None
+
+    @staticmethod
+    def max_fee(offer: offers_mod.Offer, prepared: Prepared) -> int:
+        """The most ``offer``'s transaction can cost its wallet in fees (fee-token
+        base units, the charged token): its estimated gas limit x the max fee per
+        gas Teller signs. 0 when Teller signs no transaction for it, or when the
+        estimate failed (signing it then fails with the chain's reason)."""
+        limit = prepared.gas_limits.get(id(offer))
+        price = prepared.gas_price.get(offer.network)
+        if not isinstance(limit, int) or price is None:
+            return 0
+        return tempo_gas.max_fee(limit, price)
 
     def signer(self, tenant_id: str, wallet: WalletRow) -> WalletSigner:
         return self.vault.signer(tenant_id, wallet.id, wallet.address,
@@ -159,7 +204,8 @@ class Proofs:
             id=str(uuid.uuid4()), tenant_id=ctx.caller.tenant_id, wallet_id=ctx.wallet.id, protocol=offer.protocol,
             version=version, scheme=offer.scheme, network=offer.network, asset=offer.asset,
             asset_name=token_domain[0], asset_version=token_domain[1], pay_to=offer.pay_to, amount=offer.amount,
-            amount_common=ctx.decision.amount_common, resource_url=req.url, nonce=nonce, valid_before=valid_before,
+            amount_common=ctx.decision.amount_common, fee_max=0, fee_common=0, fee_paid=None, resource_url=req.url,
+            nonce=nonce, valid_before=valid_before,
             state="signed", state_reason="", tx_hash="", released_ms=None, header_name=header_name,
             header_value=header_value,
             idempotency_key=req.idempotency_key,
@@ -175,7 +221,7 @@ class Proofs:
             auth, signature = pre.auth, pre.signature
         else:
             auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, ctx.now_ms // 1000,
-                                     chosen.timeout_s, os.urandom(32))
+                                     min(chosen.timeout_s, self.max_authorization_s), os.urandom(32))
             signature = signer.sign_typed_data(eip3009.typed_data(chosen.token, auth))
         name, value = x402_proof.payment_header(chall, chosen, auth, signature)
         row = self.row(offer, ctx, version=chall.version, nonce="0x" + auth.nonce.hex(),
@@ -192,7 +238,8 @@ class Proofs:
             raise FailedPrecondition(f"{offer.asset} on {offer.network}: the challenge names no EIP-712 domain and "
                                      "no RPC endpoint is configured to read it (set rpc_urls)")
         token = eip3009.Token(req.chain_id, req.currency, *domain)
-        auth = mpp_charge.evm_authorization(req, ch, signer.address, ctx.now_ms // 1000)
+        auth = mpp_charge.evm_authorization(req, ch, signer.address, ctx.now_ms // 1000,
+                                            max_valid_for_s=self.max_authorization_s)
         signature = signer.sign_typed_data(eip3009.typed_data(token, auth))
         payload = {"type": "authorization", **auth.to_json(), "signature": "0x" + signature.hex()}
         value = mpp_charge.credential(ch, payload, mpp_charge.did_pkh(req.chain_id, signer.address))
@@ -228,19 +275,24 @@ class Proofs:
             tx, raw, tx_hash = pre.tx, pre.raw, pre.nonce
         else:
             tx = mpp_charge.tempo_transaction(req, ch, now_s=ctx.now_ms // 1000,
-                                              gas_limit=mpp_charge.gas_limit(req), gas_price=gas_price)
+                                              gas_limit=prepared.gas_limit(offer), gas_price=gas_price,
+                                              max_valid_for_s=self.max_authorization_s)
             raw = signer.sign_tempo_transaction(tx)
             tx_hash = _tx_hash(raw)
+        fee_max = tempo_gas.max_fee(tx.gas_limit, tx.gas_price)
         details: dict[str, Any] = {"method": ch.method, "intent": ch.intent, "mode": mode, "challenge_id": ch.id,
-                                   "realm": ch.realm, "tx_hash": tx_hash}
+                                   "realm": ch.realm, "tx_hash": tx_hash, "gas_limit": tx.gas_limit,
+                                   "max_fee_per_gas": tx.gas_price, "fee_max": fee_max}
         if mode == "pull":
             value = mpp_charge.credential(ch, {"type": "transaction", "signature": "0x" + raw.hex()}, source)
             row = self.row(offer, ctx, version=1, nonce=tx_hash, valid_before=int(tx.valid_before or 0),
                             header_name=ch.header, header_value=value)
+            row.fee_max, row.fee_common = fee_max, ctx.decision.fee_common
             return row, details, None
         # Push: the reservation commits first; the credential exists once the chain has the transfer.
         row = self.row(offer, ctx, version=1, nonce=tx_hash, valid_before=int(tx.valid_before or 0),
                         header_name=ch.header, header_value="")
+        row.fee_max, row.fee_common = fee_max, ctx.decision.fee_common
         return row, details, raw
 
 

@@ -43,6 +43,7 @@ from teller.lifecycle import (
     apply_event,
     expiry,
     from_event,
+    mined_change,
 )
 
 log = logging.getLogger("teller.reconciler")
@@ -154,8 +155,7 @@ class Reconciler:
         for p in rows:
             mined = self.chain.mined(network, p.nonce)
             if mined is not None:
-                change = (Change(SETTLED, release=False, tx_hash=mined.tx_hash) if mined.succeeded
-                          else Change(FAILED, release=True, reason="transaction reverted", tx_hash=mined.tx_hash))
+                change = mined_change(mined)
             elif p.valid_before <= head_ts:
                 change = expiry(p)
             else:

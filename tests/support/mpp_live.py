@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from web3 import Web3
 
-from tests.support.chain import DEPLOYER_KEY, anvil
+from tests.support.chain import DEPLOYER_KEY, ROOT, anvil
 from tests.support.procs import free_port
 
 TEMPO_CHAIN_ID = 31337
@@ -63,8 +65,8 @@ class TempoChain:
 
 
 @contextlib.contextmanager
-def tempo_chain() -> Iterator[TempoChain]:
-    with anvil(*TEMPO_ARGS) as url:
+def tempo_chain(*extra: str) -> Iterator[TempoChain]:
+    with anvil(*TEMPO_ARGS, *extra) as url:
         yield TempoChain(url, Web3(Web3.HTTPProvider(url)))
 
 
@@ -155,4 +157,63 @@ def evm_server(rpc_url: str, token: Any, chain_id: int, recipient: str, amount: 
     return serve(Starlette(routes=[Route("/evm", _paid_endpoint(pay, mpp.charge(amount=amount)))]))
 
 
-__all__ = ["PATH_USD", "REALM", "TempoChain", "evm_server", "serve", "tempo_chain", "tempo_server"]
+#: mppx refuses a ``validBefore`` more than 30 s past the latest block, so its
+#: chain mines every second rather than only on transactions.
+MPPX_CHAIN_ARGS = ("--block-time", "1")
+#: mppx wants a secret key of at least 32 bytes.
+MPPX_SECRET = "test-only-mppx-secret-of-at-least-32-bytes"
+MPPX_SCRIPT = ROOT / "tests" / "support" / "mppx_server.mjs"
+
+
+@dataclass
+class MppxServer:
+    url: str
+    proc: subprocess.Popen[str]
+    _log: list[str]
+
+    def log(self) -> str:
+        """What the server wrote to stderr (mppx answers a failed verification with a bare 500)."""
+        return "\n".join(self._log)
+
+
+def node_binary() -> str:
+    found = shutil.which("node")
+    if found is None:
+        raise RuntimeError("node is not installed: ./run test installs Node.js with npm")
+    if not (ROOT / "tools" / "chain" / "node_modules" / "mppx" / "package.json").exists():
+        raise RuntimeError("mppx is not installed: run `npm ci --prefix tools/chain` (./run test does)")
+    return found
+
+
+@contextlib.contextmanager
+def mppx_server(chain: Any, routes: dict[str, dict[str, Any]], realm: str = REALM,
+                currency: str = PATH_USD) -> Iterator[MppxServer]:
+    """mppx's ``tempo.charge`` (or ``evm.charge``) behind node:http, one route per entry
+    (see ``mppx_server.mjs``), on ``chain`` (anything with ``rpc_url`` and ``w3``).
+    Its stderr is collected for the test to read."""
+    config = {"rpcUrl": chain.rpc_url, "chainId": int(chain.w3.eth.chain_id), "realm": realm,
+              "secretKey": MPPX_SECRET, "currency": currency, "routes": routes, "relayerKey": DEPLOYER_KEY}
+    proc = subprocess.Popen([node_binary(), str(MPPX_SCRIPT), json.dumps(config)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: list[str] = []
+    stderr = proc.stderr
+    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in stderr), daemon=True).start()
+    first = proc.stdout.readline()
+    if not first.startswith("listening "):
+        proc.kill()
+        proc.wait(5)
+        raise RuntimeError(f"mppx server did not start: {first!r} {' '.join(lines)[:2000]}")
+    try:
+        yield MppxServer(f"http://127.0.0.1:{int(first.split()[1])}", proc, lines)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+__all__ = ["MPPX_CHAIN_ARGS", "PATH_USD", "REALM", "MppxServer", "TempoChain", "evm_server", "mppx_server", "serve",
+           "tempo_chain", "tempo_server"]

@@ -141,6 +141,8 @@ class Policy:
     """
 
     per_payment_max: int | None = None
+    #: The most one payment may cost in fees (Tempo: gas limit x max fee per gas), common unit.
+    max_fee: int | None = None
     daily_budget: int | None = None  # shorthand for Budget(limit, "day")
     budgets: tuple[Budget, ...] = ()
     assets: tuple[Asset, ...] = ()
@@ -169,6 +171,8 @@ class Policy:
         }
         if self.per_payment_max is not None:
             doc["per_payment_max"] = str(self.per_payment_max)
+        if self.max_fee is not None:
+            doc["max_fee"] = str(self.max_fee)
         if not wallet:
             doc["assets"] = [{"network": a.network, "address": a.address, "decimals": a.decimals} for a in self.assets]
             doc["allow_unknown_assets"] = self.allow_unknown_assets

@@ -120,6 +120,12 @@ class Payment(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     # The amount in the tenant policy's common unit: what budgets count.
     amount_common: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Fees the wallet pays for a transaction Teller signs (Tempo), in fee-token base
+    # units: the most it can cost (reserved), and what it cost once mined. The
+    # fee's share of amount_common is fee_common (reserved, then trued up).
+    fee_max: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    fee_common: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    fee_paid: Mapped[int | None] = mapped_column(BigInteger, nullable=True, default=None)
     resource_url: Mapped[str] = mapped_column(Text, default="")
     nonce: Mapped[str] = mapped_column(String(66))
     valid_before: Mapped[int] = mapped_column(BigInteger)

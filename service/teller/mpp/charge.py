@@ -172,9 +172,10 @@ def transfers(req: ChargeRequest, ch: MppChallenge) -> tuple[Transfer, ...]:
     return (Transfer(req.recipient, primary, memo), *req.splits)
 
 
-def valid_before(ch: MppChallenge, now_s: int) -> int:
-    """No later than the challenge's expiry, and within Tempo's expiring-nonce window."""
-    latest = now_s + MAX_VALID_FOR_S
+def valid_before(ch: MppChallenge, now_s: int, max_valid_for_s: int = MAX_VALID_FOR_S) -> int:
+    """No later than the challenge's expiry, and within Tempo's expiring-nonce
+    window (and the operator's ``max_valid_for_s``, when shorter)."""
+    latest = now_s + min(MAX_VALID_FOR_S, max_valid_for_s)
     if ch.expires_at is not None:
         latest = min(latest, int(ch.expires_at.timestamp()))
     if latest < now_s + MIN_VALID_FOR_S:
@@ -206,18 +207,13 @@ def tip20_transfer(token: str, transfer: Transfer) -> TempoCall:
 
 
 def tempo_transaction(req: ChargeRequest, ch: MppChallenge, *, now_s: int, gas_limit: int,
-                      gas_price: int) -> TempoTransaction:
+                      gas_price: int, max_valid_for_s: int = MAX_VALID_FOR_S) -> TempoTransaction:
     """The unsigned type-0x76 transaction paying ``req`` (fees in the charged token,
     an expiring nonce)."""
     calls = [tip20_transfer(req.currency, t) for t in transfers(req, ch)]
     return TempoTransaction(chain_id=req.chain_id, gas_limit=gas_limit, gas_price=gas_price,
-                            valid_before=valid_before(ch, now_s), fee_token=bytes.fromhex(req.currency[2:]),
+                            valid_before=valid_before(ch, now_s, max_valid_for_s), fee_token=bytes.fromhex(req.currency[2:]),
                             calls=tuple(calls))
-
-
-def gas_limit(req: ChargeRequest) -> int:
-    """Generous for TIP-20 transfers (~80k gas each on Tempo); fees are charged on gas used."""
-    return 250_000 + 100_000 * len(req.splits)
 
 
 def proof_typed_data(ch: MppChallenge, req: ChargeRequest, account: str) -> TypedData:
@@ -238,13 +234,20 @@ def evm_nonce(ch: MppChallenge) -> bytes:
     return keccak(text=json.dumps([ch.id, ch.realm], separators=(",", ":"), ensure_ascii=False))
 
 
-def evm_authorization(req: ChargeRequest, ch: MppChallenge, payer: str, now_s: int) -> eip3009.Authorization:
+def evm_authorization(req: ChargeRequest, ch: MppChallenge, payer: str, now_s: int, *,
+                      max_valid_for_s: int = 3600) -> eip3009.Authorization:
+    """The EIP-3009 authorization of an evm charge: valid until the challenge
+    expires, and never longer than ``max_valid_for_s`` (a challenge expiring in
+    2099 would otherwise make a reservation that lasts decades)."""
     if req.splits:
         raise InvalidArgument(f"Payment challenge {ch.id[:40]!r}: evm charges cannot carry splits")
     if req.amount == 0:
         # A zero-value authorization still signs the realm into its nonce and could be relayed.
         raise InvalidArgument(f"Payment challenge {ch.id[:40]!r}: Teller does not sign zero-amount evm charges")
     before = int(ch.expires_at.timestamp()) if ch.expires_at is not None else now_s + 300
+    before = min(before, now_s + max_valid_for_s)
+    if before <= now_s:
+        raise InvalidArgument(f"Payment challenge {ch.id[:40]!r} expired at {ch.expires}")
     return eip3009.Authorization(payer, req.recipient, req.amount, 0, before, evm_nonce(ch))
 
 
