@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +59,10 @@ def mpp_challenges(n: int) -> list[list[tuple[str, str]]]:
     return asyncio.run(make())
 
 
-def setup_tenants(target: str, admin_token: str, count: int) -> list[tuple[str, str]]:
+def setup_tenants(target: str, admin_token: str, count: int,
+                  fund: Callable[[str], None] | None = None) -> list[tuple[str, str]]:
+    """``fund``: gives a wallet tokens first. Tempo Sign estimates its gas from
+    the chain, and a wallet that cannot cover amount + fee is refused."""
     from teller_client import AdminClient, Budget, Policy
 
     out = []
@@ -68,6 +71,8 @@ def setup_tenants(target: str, admin_token: str, count: int) -> list[tuple[str, 
             tenant = admin.create_tenant(f"bench-{i}-{time.time_ns()}")
             _, token = admin.issue_token(tenant.id)
             wallet = admin.create_wallet(tenant.id)
+            if fund is not None:
+                fund(wallet.address)
             # Limits stay on (the check is what is being measured), set high enough not to bind.
             admin.set_policy(tenant.id, Policy(allow_unknown_assets=True, budgets=(
                 Budget(10**15, "day", name="day"), Budget(10**15, "1h", kind="rolling", name="hour"))))
@@ -281,7 +286,9 @@ def main() -> int:
                     for protocol in ("x402", "mpp"):
                         for shape in ("hot tenant", "many tenants"):
                             # Fresh tenants per phase: each starts with an empty payment history.
-                            tenants = setup_tenants(targets[0], cluster.admin_token, 64)
+                            tenants = setup_tenants(targets[0], cluster.admin_token, 64,
+                                                    fund=None if protocol == "x402" else
+                                                    lambda address: chain.fund(address, 10**9))
                             chosen = tenants[:1] if shape == "hot tenant" else tenants
                             if protocol == "x402":
                                 jobs = [{"token": tok, "wallet_id": wid, "headers": x402.headers,
