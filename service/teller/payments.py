@@ -13,8 +13,6 @@ in one batch or in two workers, can both spend the last of a budget.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
@@ -26,7 +24,7 @@ import psycopg
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, auth, batch_io, observe, policy, proofs, spend
+from teller import audit, auth, batch_io, idempotency, observe, policy, proofs, spend
 from teller import offers as offers_mod
 from teller.auth import Caller
 from teller.chain import ChainReader, NotCached
@@ -75,6 +73,8 @@ class SignResult:
     asset: str
     amount: int
     pay_to: str
+    #: Headers besides the proof to set on the paid retry (MPP's Idempotency-Key).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def _parse_cap(text: str) -> int | None:
@@ -104,15 +104,9 @@ def sign_input(
 
 
 def _request_hash(req: SignInput, collected: offers_mod.Collected) -> str:
-    doc = {
-        "wallet": req.wallet_id,
-        "url": req.url,
-        "method": req.method.upper(),
-        "cap": req.max_amount,
-        "offers": [o.request_fingerprint() for o in collected.offers],
-        "resource": collected.x402.resource if collected.x402 is not None else None,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+    """What the idempotency key is bound to: the purchase, not one challenge."""
+    return idempotency.purchase_hash(wallet_id=req.wallet_id, url=req.url, method=req.method, cap=req.max_amount,
+                                     collected=collected)
 
 
 @dataclass(slots=True)
@@ -429,6 +423,14 @@ class Payments:
             if row.state == "failed":
                 raise FailedPrecondition(f"payment {row.id} failed: {row.state_reason}", reason="payment_failed")
             raise Unavailable(f"payment {row.id} is still being broadcast; retry shortly")
+        if _spent(row, now_ms):
+            # The key's one payment can never move money now: paying again under it would make
+            # the key name two payments, and handing back a dead proof would only be refused.
+            raise FailedPrecondition(
+                f"idempotency_key {key!r} names payment {row.id}, which is {row.state} and can no longer be "
+                "used; send the request with a new key to pay again", reason="idempotency_key_spent",
+                metadata={"payment_id": row.id, "state": row.state})
+        # The same purchase (a retry, perhaps with a fresh challenge): the payment already made for it.
         return row
 
     def _decide(self, call: Call, lk: _Locked, batch: _Batch, claims: Mapping[tuple[str, str], Any],
@@ -649,9 +651,19 @@ def _observe_budgets(scopes: Mapping[tuple[str, str], policy.Scope]) -> None:
                 used / budget.limit if budget.limit else 1.0)
 
 
+def _spent(row: Any, now_ms: int) -> bool:
+    """A claimed payment that can never be used: voided or expired on chain, or
+    unsettled past its validBefore."""
+    if row.state == "settled":
+        return False
+    return row.state in ("expired", "voided") or row.released_ms is not None or (
+        bool(row.valid_before) and row.valid_before * 1000 <= now_ms)
+
+
 def _result(p: Any) -> SignResult:
     return SignResult(p.header_name, p.header_value, p.id, p.protocol, p.version, p.scheme, p.network,
-                      p.asset, p.amount, p.pay_to)
+                      p.asset, p.amount, p.pay_to,
+                      idempotency.retry_headers(p.protocol, p.tenant_id, p.idempotency_key))
 
 
 __all__ = ["Payments", "SignInput", "SignResult", "sign_input"]
