@@ -46,7 +46,6 @@ IDEMPOTENT = frozenset({"GetPayment", "ListWallets", "GetSpend", "ListAuditEvent
 # connection beyond its own deadline (wait_for_ready is False).
 _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5000),
     ("grpc.keepalive_time_ms", 30000),
     ("grpc.keepalive_timeout_ms", 10000),
