@@ -270,10 +270,10 @@ export const Tenant: MessageFns<Tenant> = {
     return obj;
   },
 
-  create(base?: DeepPartial<Tenant>): Tenant {
-    return Tenant.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<Tenant>, I>>(base?: I): Tenant {
+    return Tenant.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<Tenant>): Tenant {
+  fromPartial<I extends Exact<DeepPartial<Tenant>, I>>(object: I): Tenant {
     const message = createBaseTenant();
     message.id = object.id ?? "";
     message.name = object.name ?? "";
@@ -340,10 +340,10 @@ export const CreateTenantRequest: MessageFns<CreateTenantRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<CreateTenantRequest>): CreateTenantRequest {
-    return CreateTenantRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<CreateTenantRequest>, I>>(base?: I): CreateTenantRequest {
+    return CreateTenantRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<CreateTenantRequest>): CreateTenantRequest {
+  fromPartial<I extends Exact<DeepPartial<CreateTenantRequest>, I>>(object: I): CreateTenantRequest {
     const message = createBaseCreateTenantRequest();
     message.name = object.name ?? "";
     return message;
@@ -413,10 +413,10 @@ export const DisableTenantRequest: MessageFns<DisableTenantRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<DisableTenantRequest>): DisableTenantRequest {
-    return DisableTenantRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<DisableTenantRequest>, I>>(base?: I): DisableTenantRequest {
+    return DisableTenantRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<DisableTenantRequest>): DisableTenantRequest {
+  fromPartial<I extends Exact<DeepPartial<DisableTenantRequest>, I>>(object: I): DisableTenantRequest {
     const message = createBaseDisableTenantRequest();
     message.tenantId = object.tenantId ?? "";
     return message;
@@ -466,10 +466,10 @@ export const ListTenantsRequest: MessageFns<ListTenantsRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<ListTenantsRequest>): ListTenantsRequest {
-    return ListTenantsRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ListTenantsRequest>, I>>(base?: I): ListTenantsRequest {
+    return ListTenantsRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(_: DeepPartial<ListTenantsRequest>): ListTenantsRequest {
+  fromPartial<I extends Exact<DeepPartial<ListTenantsRequest>, I>>(_: I): ListTenantsRequest {
     const message = createBaseListTenantsRequest();
     return message;
   },
@@ -534,10 +534,10 @@ export const ListTenantsResponse: MessageFns<ListTenantsResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<ListTenantsResponse>): ListTenantsResponse {
-    return ListTenantsResponse.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ListTenantsResponse>, I>>(base?: I): ListTenantsResponse {
+    return ListTenantsResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<ListTenantsResponse>): ListTenantsResponse {
+  fromPartial<I extends Exact<DeepPartial<ListTenantsResponse>, I>>(object: I): ListTenantsResponse {
     const message = createBaseListTenantsResponse();
     message.tenants = object.tenants?.map((e) => Tenant.fromPartial(e)) || [];
     return message;
@@ -622,10 +622,10 @@ export const IssueTokenRequest: MessageFns<IssueTokenRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<IssueTokenRequest>): IssueTokenRequest {
-    return IssueTokenRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<IssueTokenRequest>, I>>(base?: I): IssueTokenRequest {
+    return IssueTokenRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<IssueTokenRequest>): IssueTokenRequest {
+  fromPartial<I extends Exact<DeepPartial<IssueTokenRequest>, I>>(object: I): IssueTokenRequest {
     const message = createBaseIssueTokenRequest();
     message.tenantId = object.tenantId ?? "";
     message.description = object.description ?? "";
@@ -711,10 +711,10 @@ export const IssueTokenResponse: MessageFns<IssueTokenResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<IssueTokenResponse>): IssueTokenResponse {
-    return IssueTokenResponse.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<IssueTokenResponse>, I>>(base?: I): IssueTokenResponse {
+    return IssueTokenResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<IssueTokenResponse>): IssueTokenResponse {
+  fromPartial<I extends Exact<DeepPartial<IssueTokenResponse>, I>>(object: I): IssueTokenResponse {
     const message = createBaseIssueTokenResponse();
     message.tokenId = object.tokenId ?? "";
     message.token = object.token ?? "";
@@ -785,10 +785,10 @@ export const RevokeTokenRequest: MessageFns<RevokeTokenRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<RevokeTokenRequest>): RevokeTokenRequest {
-    return RevokeTokenRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<RevokeTokenRequest>, I>>(base?: I): RevokeTokenRequest {
+    return RevokeTokenRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<RevokeTokenRequest>): RevokeTokenRequest {
+  fromPartial<I extends Exact<DeepPartial<RevokeTokenRequest>, I>>(object: I): RevokeTokenRequest {
     const message = createBaseRevokeTokenRequest();
     message.tokenId = object.tokenId ?? "";
     return message;
@@ -838,10 +838,10 @@ export const RevokeTokenResponse: MessageFns<RevokeTokenResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<RevokeTokenResponse>): RevokeTokenResponse {
-    return RevokeTokenResponse.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<RevokeTokenResponse>, I>>(base?: I): RevokeTokenResponse {
+    return RevokeTokenResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial(_: DeepPartial<RevokeTokenResponse>): RevokeTokenResponse {
+  fromPartial<I extends Exact<DeepPartial<RevokeTokenResponse>, I>>(_: I): RevokeTokenResponse {
     const message = createBaseRevokeTokenResponse();
     return message;
   },
@@ -925,10 +925,10 @@ export const CreateWalletRequest: MessageFns<CreateWalletRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<CreateWalletRequest>): CreateWalletRequest {
-    return CreateWalletRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<CreateWalletRequest>, I>>(base?: I): CreateWalletRequest {
+    return CreateWalletRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<CreateWalletRequest>): CreateWalletRequest {
+  fromPartial<I extends Exact<DeepPartial<CreateWalletRequest>, I>>(object: I): CreateWalletRequest {
     const message = createBaseCreateWalletRequest();
     message.tenantId = object.tenantId ?? "";
     message.label = object.label ?? "";
@@ -1033,10 +1033,10 @@ export const ImportWalletRequest: MessageFns<ImportWalletRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<ImportWalletRequest>): ImportWalletRequest {
-    return ImportWalletRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ImportWalletRequest>, I>>(base?: I): ImportWalletRequest {
+    return ImportWalletRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<ImportWalletRequest>): ImportWalletRequest {
+  fromPartial<I extends Exact<DeepPartial<ImportWalletRequest>, I>>(object: I): ImportWalletRequest {
     const message = createBaseImportWalletRequest();
     message.tenantId = object.tenantId ?? "";
     message.label = object.label ?? "";
@@ -1108,10 +1108,10 @@ export const AdminListWalletsRequest: MessageFns<AdminListWalletsRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<AdminListWalletsRequest>): AdminListWalletsRequest {
-    return AdminListWalletsRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<AdminListWalletsRequest>, I>>(base?: I): AdminListWalletsRequest {
+    return AdminListWalletsRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<AdminListWalletsRequest>): AdminListWalletsRequest {
+  fromPartial<I extends Exact<DeepPartial<AdminListWalletsRequest>, I>>(object: I): AdminListWalletsRequest {
     const message = createBaseAdminListWalletsRequest();
     message.tenantId = object.tenantId ?? "";
     return message;
@@ -1238,10 +1238,10 @@ export const SpendPolicy: MessageFns<SpendPolicy> = {
     return obj;
   },
 
-  create(base?: DeepPartial<SpendPolicy>): SpendPolicy {
-    return SpendPolicy.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<SpendPolicy>, I>>(base?: I): SpendPolicy {
+    return SpendPolicy.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<SpendPolicy>): SpendPolicy {
+  fromPartial<I extends Exact<DeepPartial<SpendPolicy>, I>>(object: I): SpendPolicy {
     const message = createBaseSpendPolicy();
     message.tenantId = object.tenantId ?? "";
     message.walletId = object.walletId ?? "";
@@ -1308,10 +1308,10 @@ export const SetPolicyRequest: MessageFns<SetPolicyRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<SetPolicyRequest>): SetPolicyRequest {
-    return SetPolicyRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<SetPolicyRequest>, I>>(base?: I): SetPolicyRequest {
+    return SetPolicyRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<SetPolicyRequest>): SetPolicyRequest {
+  fromPartial<I extends Exact<DeepPartial<SetPolicyRequest>, I>>(object: I): SetPolicyRequest {
     const message = createBaseSetPolicyRequest();
     message.policy = (object.policy !== undefined && object.policy !== null)
       ? SpendPolicy.fromPartial(object.policy)
@@ -1402,10 +1402,10 @@ export const GetPolicyRequest: MessageFns<GetPolicyRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<GetPolicyRequest>): GetPolicyRequest {
-    return GetPolicyRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<GetPolicyRequest>, I>>(base?: I): GetPolicyRequest {
+    return GetPolicyRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<GetPolicyRequest>): GetPolicyRequest {
+  fromPartial<I extends Exact<DeepPartial<GetPolicyRequest>, I>>(object: I): GetPolicyRequest {
     const message = createBaseGetPolicyRequest();
     message.tenantId = object.tenantId ?? "";
     message.walletId = object.walletId ?? "";
@@ -1525,10 +1525,10 @@ export const SetFrozenRequest: MessageFns<SetFrozenRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<SetFrozenRequest>): SetFrozenRequest {
-    return SetFrozenRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<SetFrozenRequest>, I>>(base?: I): SetFrozenRequest {
+    return SetFrozenRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<SetFrozenRequest>): SetFrozenRequest {
+  fromPartial<I extends Exact<DeepPartial<SetFrozenRequest>, I>>(object: I): SetFrozenRequest {
     const message = createBaseSetFrozenRequest();
     message.tenantId = object.tenantId ?? "";
     message.walletId = object.walletId ?? "";
@@ -1581,10 +1581,10 @@ export const SetFrozenResponse: MessageFns<SetFrozenResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<SetFrozenResponse>): SetFrozenResponse {
-    return SetFrozenResponse.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<SetFrozenResponse>, I>>(base?: I): SetFrozenResponse {
+    return SetFrozenResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial(_: DeepPartial<SetFrozenResponse>): SetFrozenResponse {
+  fromPartial<I extends Exact<DeepPartial<SetFrozenResponse>, I>>(_: I): SetFrozenResponse {
     const message = createBaseSetFrozenResponse();
     return message;
   },
@@ -1672,10 +1672,10 @@ export const AdminGetSpendRequest: MessageFns<AdminGetSpendRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<AdminGetSpendRequest>): AdminGetSpendRequest {
-    return AdminGetSpendRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<AdminGetSpendRequest>, I>>(base?: I): AdminGetSpendRequest {
+    return AdminGetSpendRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<AdminGetSpendRequest>): AdminGetSpendRequest {
+  fromPartial<I extends Exact<DeepPartial<AdminGetSpendRequest>, I>>(object: I): AdminGetSpendRequest {
     const message = createBaseAdminGetSpendRequest();
     message.tenantId = object.tenantId ?? "";
     message.walletId = object.walletId ?? "";
@@ -1799,10 +1799,10 @@ export const ListPaymentsRequest: MessageFns<ListPaymentsRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<ListPaymentsRequest>): ListPaymentsRequest {
-    return ListPaymentsRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ListPaymentsRequest>, I>>(base?: I): ListPaymentsRequest {
+    return ListPaymentsRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<ListPaymentsRequest>): ListPaymentsRequest {
+  fromPartial<I extends Exact<DeepPartial<ListPaymentsRequest>, I>>(object: I): ListPaymentsRequest {
     const message = createBaseListPaymentsRequest();
     message.tenantId = object.tenantId ?? "";
     message.state = object.state ?? "";
@@ -1892,10 +1892,10 @@ export const ListPaymentsResponse: MessageFns<ListPaymentsResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<ListPaymentsResponse>): ListPaymentsResponse {
-    return ListPaymentsResponse.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ListPaymentsResponse>, I>>(base?: I): ListPaymentsResponse {
+    return ListPaymentsResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<ListPaymentsResponse>): ListPaymentsResponse {
+  fromPartial<I extends Exact<DeepPartial<ListPaymentsResponse>, I>>(object: I): ListPaymentsResponse {
     const message = createBaseListPaymentsResponse();
     message.payments = object.payments?.map((e) => PaymentRecord.fromPartial(e)) || [];
     message.nextPageToken = object.nextPageToken ?? "";
@@ -1981,10 +1981,10 @@ export const VoidPaymentRequest: MessageFns<VoidPaymentRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<VoidPaymentRequest>): VoidPaymentRequest {
-    return VoidPaymentRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<VoidPaymentRequest>, I>>(base?: I): VoidPaymentRequest {
+    return VoidPaymentRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<VoidPaymentRequest>): VoidPaymentRequest {
+  fromPartial<I extends Exact<DeepPartial<VoidPaymentRequest>, I>>(object: I): VoidPaymentRequest {
     const message = createBaseVoidPaymentRequest();
     message.paymentId = object.paymentId ?? "";
     message.reason = object.reason ?? "";
@@ -2035,10 +2035,10 @@ export const ReconcileRequest: MessageFns<ReconcileRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<ReconcileRequest>): ReconcileRequest {
-    return ReconcileRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ReconcileRequest>, I>>(base?: I): ReconcileRequest {
+    return ReconcileRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(_: DeepPartial<ReconcileRequest>): ReconcileRequest {
+  fromPartial<I extends Exact<DeepPartial<ReconcileRequest>, I>>(_: I): ReconcileRequest {
     const message = createBaseReconcileRequest();
     return message;
   },
@@ -2140,10 +2140,10 @@ export const ReconcileResponse: MessageFns<ReconcileResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<ReconcileResponse>): ReconcileResponse {
-    return ReconcileResponse.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ReconcileResponse>, I>>(base?: I): ReconcileResponse {
+    return ReconcileResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<ReconcileResponse>): ReconcileResponse {
+  fromPartial<I extends Exact<DeepPartial<ReconcileResponse>, I>>(object: I): ReconcileResponse {
     const message = createBaseReconcileResponse();
     message.transitions = (globalThis.Object.entries(object.transitions ?? {}) as [string, number][]).reduce(
       (acc: { [key: string]: number }, [key, value]: [string, number]) => {
@@ -2233,10 +2233,14 @@ export const ReconcileResponse_TransitionsEntry: MessageFns<ReconcileResponse_Tr
     return obj;
   },
 
-  create(base?: DeepPartial<ReconcileResponse_TransitionsEntry>): ReconcileResponse_TransitionsEntry {
-    return ReconcileResponse_TransitionsEntry.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ReconcileResponse_TransitionsEntry>, I>>(
+    base?: I,
+  ): ReconcileResponse_TransitionsEntry {
+    return ReconcileResponse_TransitionsEntry.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<ReconcileResponse_TransitionsEntry>): ReconcileResponse_TransitionsEntry {
+  fromPartial<I extends Exact<DeepPartial<ReconcileResponse_TransitionsEntry>, I>>(
+    object: I,
+  ): ReconcileResponse_TransitionsEntry {
     const message = createBaseReconcileResponse_TransitionsEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? 0;
@@ -2732,6 +2736,10 @@ export type DeepPartial<T> = T extends Builtin ? T
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
 
+type KeysOfUnion<T> = T extends T ? keyof T : never;
+export type Exact<P, I extends P> = P extends Builtin ? P
+  : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
 function isObject(value: any): boolean {
   return typeof value === "object" && value !== null;
 }
@@ -2745,6 +2753,6 @@ export interface MessageFns<T> {
   decode(input: BinaryReader | Uint8Array, length?: number): T;
   fromJSON(object: any): T;
   toJSON(message: T): unknown;
-  create(base?: DeepPartial<T>): T;
-  fromPartial(object: DeepPartial<T>): T;
+  create<I extends Exact<DeepPartial<T>, I>>(base?: I): T;
+  fromPartial<I extends Exact<DeepPartial<T>, I>>(object: I): T;
 }

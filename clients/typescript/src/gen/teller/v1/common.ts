@@ -233,10 +233,10 @@ export const Header: MessageFns<Header> = {
     return obj;
   },
 
-  create(base?: DeepPartial<Header>): Header {
-    return Header.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<Header>, I>>(base?: I): Header {
+    return Header.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<Header>): Header {
+  fromPartial<I extends Exact<DeepPartial<Header>, I>>(object: I): Header {
     const message = createBaseHeader();
     message.name = object.name ?? "";
     message.value = object.value ?? "";
@@ -397,10 +397,10 @@ export const Requirement: MessageFns<Requirement> = {
     return obj;
   },
 
-  create(base?: DeepPartial<Requirement>): Requirement {
-    return Requirement.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<Requirement>, I>>(base?: I): Requirement {
+    return Requirement.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<Requirement>): Requirement {
+  fromPartial<I extends Exact<DeepPartial<Requirement>, I>>(object: I): Requirement {
     const message = createBaseRequirement();
     message.protocol = object.protocol ?? "";
     message.version = object.version ?? 0;
@@ -555,10 +555,10 @@ export const Wallet: MessageFns<Wallet> = {
     return obj;
   },
 
-  create(base?: DeepPartial<Wallet>): Wallet {
-    return Wallet.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<Wallet>, I>>(base?: I): Wallet {
+    return Wallet.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<Wallet>): Wallet {
+  fromPartial<I extends Exact<DeepPartial<Wallet>, I>>(object: I): Wallet {
     const message = createBaseWallet();
     message.id = object.id ?? "";
     message.tenantId = object.tenantId ?? "";
@@ -767,10 +767,10 @@ export const WindowSpend: MessageFns<WindowSpend> = {
     return obj;
   },
 
-  create(base?: DeepPartial<WindowSpend>): WindowSpend {
-    return WindowSpend.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<WindowSpend>, I>>(base?: I): WindowSpend {
+    return WindowSpend.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<WindowSpend>): WindowSpend {
+  fromPartial<I extends Exact<DeepPartial<WindowSpend>, I>>(object: I): WindowSpend {
     const message = createBaseWindowSpend();
     message.window = object.window ?? "";
     message.limit = object.limit ?? "";
@@ -863,10 +863,10 @@ export const SpendStatus: MessageFns<SpendStatus> = {
     return obj;
   },
 
-  create(base?: DeepPartial<SpendStatus>): SpendStatus {
-    return SpendStatus.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<SpendStatus>, I>>(base?: I): SpendStatus {
+    return SpendStatus.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<SpendStatus>): SpendStatus {
+  fromPartial<I extends Exact<DeepPartial<SpendStatus>, I>>(object: I): SpendStatus {
     const message = createBaseSpendStatus();
     message.tenantId = object.tenantId ?? "";
     message.windows = object.windows?.map((e) => WindowSpend.fromPartial(e)) || [];
@@ -1183,10 +1183,10 @@ export const AuditEvent: MessageFns<AuditEvent> = {
     return obj;
   },
 
-  create(base?: DeepPartial<AuditEvent>): AuditEvent {
-    return AuditEvent.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<AuditEvent>, I>>(base?: I): AuditEvent {
+    return AuditEvent.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<AuditEvent>): AuditEvent {
+  fromPartial<I extends Exact<DeepPartial<AuditEvent>, I>>(object: I): AuditEvent {
     const message = createBaseAuditEvent();
     message.id = object.id ?? "0";
     message.tenantId = object.tenantId ?? "";
@@ -1357,10 +1357,10 @@ export const AuditFilter: MessageFns<AuditFilter> = {
     return obj;
   },
 
-  create(base?: DeepPartial<AuditFilter>): AuditFilter {
-    return AuditFilter.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<AuditFilter>, I>>(base?: I): AuditFilter {
+    return AuditFilter.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<AuditFilter>): AuditFilter {
+  fromPartial<I extends Exact<DeepPartial<AuditFilter>, I>>(object: I): AuditFilter {
     const message = createBaseAuditFilter();
     message.tenantId = object.tenantId ?? "";
     message.action = object.action ?? "";
@@ -1469,10 +1469,10 @@ export const ListAuditEventsRequest: MessageFns<ListAuditEventsRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<ListAuditEventsRequest>): ListAuditEventsRequest {
-    return ListAuditEventsRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ListAuditEventsRequest>, I>>(base?: I): ListAuditEventsRequest {
+    return ListAuditEventsRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<ListAuditEventsRequest>): ListAuditEventsRequest {
+  fromPartial<I extends Exact<DeepPartial<ListAuditEventsRequest>, I>>(object: I): ListAuditEventsRequest {
     const message = createBaseListAuditEventsRequest();
     message.filter = (object.filter !== undefined && object.filter !== null)
       ? AuditFilter.fromPartial(object.filter)
@@ -1561,10 +1561,10 @@ export const ListAuditEventsResponse: MessageFns<ListAuditEventsResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<ListAuditEventsResponse>): ListAuditEventsResponse {
-    return ListAuditEventsResponse.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ListAuditEventsResponse>, I>>(base?: I): ListAuditEventsResponse {
+    return ListAuditEventsResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<ListAuditEventsResponse>): ListAuditEventsResponse {
+  fromPartial<I extends Exact<DeepPartial<ListAuditEventsResponse>, I>>(object: I): ListAuditEventsResponse {
     const message = createBaseListAuditEventsResponse();
     message.events = object.events?.map((e) => AuditEvent.fromPartial(e)) || [];
     message.nextPageToken = object.nextPageToken ?? "";
@@ -1631,10 +1631,10 @@ export const ListWalletsResponse: MessageFns<ListWalletsResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<ListWalletsResponse>): ListWalletsResponse {
-    return ListWalletsResponse.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ListWalletsResponse>, I>>(base?: I): ListWalletsResponse {
+    return ListWalletsResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<ListWalletsResponse>): ListWalletsResponse {
+  fromPartial<I extends Exact<DeepPartial<ListWalletsResponse>, I>>(object: I): ListWalletsResponse {
     const message = createBaseListWalletsResponse();
     message.wallets = object.wallets?.map((e) => Wallet.fromPartial(e)) || [];
     return message;
@@ -2026,10 +2026,10 @@ export const PaymentRecord: MessageFns<PaymentRecord> = {
     return obj;
   },
 
-  create(base?: DeepPartial<PaymentRecord>): PaymentRecord {
-    return PaymentRecord.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<PaymentRecord>, I>>(base?: I): PaymentRecord {
+    return PaymentRecord.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<PaymentRecord>): PaymentRecord {
+  fromPartial<I extends Exact<DeepPartial<PaymentRecord>, I>>(object: I): PaymentRecord {
     const message = createBasePaymentRecord();
     message.id = object.id ?? "";
     message.tenantId = object.tenantId ?? "";
@@ -2117,10 +2117,10 @@ export const GetPaymentRequest: MessageFns<GetPaymentRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<GetPaymentRequest>): GetPaymentRequest {
-    return GetPaymentRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<GetPaymentRequest>, I>>(base?: I): GetPaymentRequest {
+    return GetPaymentRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<GetPaymentRequest>): GetPaymentRequest {
+  fromPartial<I extends Exact<DeepPartial<GetPaymentRequest>, I>>(object: I): GetPaymentRequest {
     const message = createBaseGetPaymentRequest();
     message.paymentId = object.paymentId ?? "";
     return message;
@@ -2136,6 +2136,10 @@ export type DeepPartial<T> = T extends Builtin ? T
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
 
+type KeysOfUnion<T> = T extends T ? keyof T : never;
+export type Exact<P, I extends P> = P extends Builtin ? P
+  : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
 }
@@ -2145,6 +2149,6 @@ export interface MessageFns<T> {
   decode(input: BinaryReader | Uint8Array, length?: number): T;
   fromJSON(object: any): T;
   toJSON(message: T): unknown;
-  create(base?: DeepPartial<T>): T;
-  fromPartial(object: DeepPartial<T>): T;
+  create<I extends Exact<DeepPartial<T>, I>>(base?: I): T;
+  fromPartial<I extends Exact<DeepPartial<T>, I>>(object: I): T;
 }

@@ -248,10 +248,10 @@ export const Challenge: MessageFns<Challenge> = {
     return obj;
   },
 
-  create(base?: DeepPartial<Challenge>): Challenge {
-    return Challenge.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<Challenge>, I>>(base?: I): Challenge {
+    return Challenge.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<Challenge>): Challenge {
+  fromPartial<I extends Exact<DeepPartial<Challenge>, I>>(object: I): Challenge {
     const message = createBaseChallenge();
     message.status = object.status ?? 0;
     message.headers = object.headers?.map((e) => Header.fromPartial(e)) || [];
@@ -378,10 +378,10 @@ export const SignRequest: MessageFns<SignRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<SignRequest>): SignRequest {
-    return SignRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<SignRequest>, I>>(base?: I): SignRequest {
+    return SignRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<SignRequest>): SignRequest {
+  fromPartial<I extends Exact<DeepPartial<SignRequest>, I>>(object: I): SignRequest {
     const message = createBaseSignRequest();
     message.challenge = (object.challenge !== undefined && object.challenge !== null)
       ? Challenge.fromPartial(object.challenge)
@@ -524,10 +524,10 @@ export const SignResponse: MessageFns<SignResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<SignResponse>): SignResponse {
-    return SignResponse.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<SignResponse>, I>>(base?: I): SignResponse {
+    return SignResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<SignResponse>): SignResponse {
+  fromPartial<I extends Exact<DeepPartial<SignResponse>, I>>(object: I): SignResponse {
     const message = createBaseSignResponse();
     message.headerName = object.headerName ?? "";
     message.headerValue = object.headerValue ?? "";
@@ -583,10 +583,10 @@ export const ListWalletsRequest: MessageFns<ListWalletsRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<ListWalletsRequest>): ListWalletsRequest {
-    return ListWalletsRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<ListWalletsRequest>, I>>(base?: I): ListWalletsRequest {
+    return ListWalletsRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(_: DeepPartial<ListWalletsRequest>): ListWalletsRequest {
+  fromPartial<I extends Exact<DeepPartial<ListWalletsRequest>, I>>(_: I): ListWalletsRequest {
     const message = createBaseListWalletsRequest();
     return message;
   },
@@ -655,10 +655,10 @@ export const GetSpendRequest: MessageFns<GetSpendRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<GetSpendRequest>): GetSpendRequest {
-    return GetSpendRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<GetSpendRequest>, I>>(base?: I): GetSpendRequest {
+    return GetSpendRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<GetSpendRequest>): GetSpendRequest {
+  fromPartial<I extends Exact<DeepPartial<GetSpendRequest>, I>>(object: I): GetSpendRequest {
     const message = createBaseGetSpendRequest();
     message.walletId = object.walletId ?? "";
     return message;
@@ -773,10 +773,10 @@ export const RecordOutcomeRequest: MessageFns<RecordOutcomeRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<RecordOutcomeRequest>): RecordOutcomeRequest {
-    return RecordOutcomeRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<RecordOutcomeRequest>, I>>(base?: I): RecordOutcomeRequest {
+    return RecordOutcomeRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<RecordOutcomeRequest>): RecordOutcomeRequest {
+  fromPartial<I extends Exact<DeepPartial<RecordOutcomeRequest>, I>>(object: I): RecordOutcomeRequest {
     const message = createBaseRecordOutcomeRequest();
     message.paymentId = object.paymentId ?? "";
     message.status = object.status ?? 0;
@@ -973,10 +973,10 @@ export const PayRequest: MessageFns<PayRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<PayRequest>): PayRequest {
-    return PayRequest.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<PayRequest>, I>>(base?: I): PayRequest {
+    return PayRequest.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<PayRequest>): PayRequest {
+  fromPartial<I extends Exact<DeepPartial<PayRequest>, I>>(object: I): PayRequest {
     const message = createBasePayRequest();
     message.url = object.url ?? "";
     message.method = object.method ?? "";
@@ -1070,10 +1070,10 @@ export const PayResponse: MessageFns<PayResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<PayResponse>): PayResponse {
-    return PayResponse.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<PayResponse>, I>>(base?: I): PayResponse {
+    return PayResponse.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<PayResponse>): PayResponse {
+  fromPartial<I extends Exact<DeepPartial<PayResponse>, I>>(object: I): PayResponse {
     const message = createBasePayResponse();
     switch (object.part?.$case) {
       case "head": {
@@ -1220,10 +1220,10 @@ export const PayHead: MessageFns<PayHead> = {
     return obj;
   },
 
-  create(base?: DeepPartial<PayHead>): PayHead {
-    return PayHead.fromPartial(base ?? {});
+  create<I extends Exact<DeepPartial<PayHead>, I>>(base?: I): PayHead {
+    return PayHead.fromPartial(base ?? ({} as any));
   },
-  fromPartial(object: DeepPartial<PayHead>): PayHead {
+  fromPartial<I extends Exact<DeepPartial<PayHead>, I>>(object: I): PayHead {
     const message = createBasePayHead();
     message.status = object.status ?? 0;
     message.headers = object.headers?.map((e) => Header.fromPartial(e)) || [];
@@ -1465,6 +1465,10 @@ export type DeepPartial<T> = T extends Builtin ? T
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
 
+type KeysOfUnion<T> = T extends T ? keyof T : never;
+export type Exact<P, I extends P> = P extends Builtin ? P
+  : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
 }
@@ -1474,6 +1478,6 @@ export interface MessageFns<T> {
   decode(input: BinaryReader | Uint8Array, length?: number): T;
   fromJSON(object: any): T;
   toJSON(message: T): unknown;
-  create(base?: DeepPartial<T>): T;
-  fromPartial(object: DeepPartial<T>): T;
+  create<I extends Exact<DeepPartial<T>, I>>(base?: I): T;
+  fromPartial<I extends Exact<DeepPartial<T>, I>>(object: I): T;
 }
