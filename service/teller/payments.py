@@ -24,7 +24,7 @@ import psycopg
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, auth, batch_io, idempotency, observe, policy, proofs, spend
+from teller import audit, auth, balances, batch_io, idempotency, observe, policy, proofs, spend
 from teller import offers as offers_mod
 from teller.auth import Caller
 from teller.chain import ChainReader, NotCached
@@ -121,6 +121,8 @@ class Call:
     request_hash: str
     prepared: proofs.Prepared
     presigned: proofs.Presigned | None
+    #: Offers the wallet cannot cover (by ``id``), with their refusal: skipped when deciding.
+    short: Mapping[int, FailedPrecondition] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +204,7 @@ class Payments:
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
         self.sql = batch_io.SqlBatchIO()
         self.proofs = proofs.Proofs(vault, self.chain, clock, self.idempotency_ttl_ms)
+        self.balances = balances.Balances(self.chain, db)
         # Per tenant/wallet scope, the budgets its last batch measured (a guess for the next).
         self._budgets: dict[tuple[str, str], Sequence[policy.Budget]] = {}
 
@@ -228,7 +231,20 @@ class Payments:
         prepared = self.proofs.chain_facts(collected.offers, cached_only)
         known = self._wallet_info(caller.tenant_id, req.wallet_id, cached_only)
         presigned = self.proofs.presign(caller.tenant_id, req, collected, prepared, *known) if known else None
-        return Call(caller, req, token_secret, collected, _request_hash(req, collected), prepared, presigned)
+        short = self._shortfalls(req.wallet_id, known[0], collected, cached_only) if known else {}
+        return Call(caller, req, token_secret, collected, _request_hash(req, collected), prepared, presigned, short)
+
+    def _shortfalls(self, wallet_id: str, address: str, collected: offers_mod.Collected,
+                    cached_only: bool) -> dict[int, FailedPrecondition]:
+        """The offers this wallet cannot cover, where the chain can tell (see ``balances``)."""
+        out: dict[int, FailedPrecondition] = {}
+        for o in collected.offers:
+            if self.balances.checks(o.network, o.scheme, o.amount):
+                refusal = self.balances.shortfall(wallet_id=wallet_id, address=address, network=o.network,
+                                                  asset=o.asset, amount=o.amount, cached_only=cached_only)
+                if refusal is not None:
+                    out[id(o)] = refusal
+        return out
 
     def commit(self, calls: Sequence[Call]) -> list[Outcome]:
         """Check, reserve and audit ``calls`` in one transaction (group commit: the
@@ -279,8 +295,13 @@ class Payments:
         self._observe(calls, out)
         return out
 
-    @staticmethod
-    def _observe(calls: Sequence[Call], out: Sequence[Outcome]) -> None:
+    def _observe(self, calls: Sequence[Call], out: Sequence[Outcome]) -> None:
+        for call, o in zip(calls, out, strict=True):
+            if isinstance(o, SignResult | PushPending):
+                # Counted against the wallet's balance until its next read (a replay counts too: conservative).
+                row = o.payment if isinstance(o, PushPending) else o
+                if self.balances.checks(row.network, row.scheme, row.amount):
+                    self.balances.signed(call.req.wallet_id, row.network, row.asset, row.amount)
         for o in out:
             # Policy denials (each audited as payment.deny); a disabled tenant is not one.
             if isinstance(o, PermissionDenied | LimitExceeded) and o.reason and o.reason != "tenant_disabled":
@@ -454,12 +475,24 @@ class Payments:
                       else list(rules.tenant.protocols))
         chosen: tuple[offers_mod.Offer, policy.Decision] | None = None
         first: tuple[offers_mod.Offer, policy.Decision] | None = None
+        short: tuple[offers_mod.Offer, FailedPrecondition] | None = None
         for offer in offers_mod.by_preference(call.collected.offers, preference):
+            if id(offer) in call.short:
+                # The wallet cannot cover it: no budget is held for a proof that can only fail.
+                short = short or (offer, call.short[id(offer)])
+                continue
             decision = _evaluate(scopes, offer, req)
             if decision.allowed:
                 chosen = (offer, decision)
                 break
             first = first or (offer, decision)
+        if chosen is None and first is None and short is not None:
+            offer, refusal = short
+            batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
+                        reason="insufficient_balance", wallet_id=wallet.id, amount=offer.amount, asset=offer.asset,
+                        network=offer.network, payee=offer.pay_to, resource_url=req.url,
+                        details={"protocol": offer.protocol, "scheme": offer.scheme, **refusal.metadata})
+            return refusal
         if chosen is None and first is None:
             offered = sorted({o.protocol for o in call.collected.offers})
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
