@@ -41,7 +41,7 @@ def _sign(client, r: httpx.Response, wallet_id: str, key: str):
 
 
 def test_a_payment_the_wallet_cannot_cover_is_refused_before_anything_is_reserved(tmp_path, evm):
-    running = _running(tmp_path, evm, rpc_urls={evm.network: evm.rpc_url})
+    running = _running(tmp_path, evm, rpc_urls={evm.network: evm.rpc_url}, balance_check_seconds=5.0)
     try:
         t = running.setup_tenant(policy=Policy(allow_unknown_assets=True, daily_budget=1_000_000))
         evm.mint(t.address, PRICE + 3_000)
@@ -69,14 +69,14 @@ def test_a_payment_the_wallet_cannot_cover_is_refused_before_anything_is_reserve
 
 
 def test_an_empty_wallet_is_refused_and_funding_it_lets_it_pay(tmp_path, evm):
-    running = _running(tmp_path, evm, rpc_urls={evm.network: evm.rpc_url})
-    running.app.payments.balances.ttl_s = 0.2  # the staleness bound, shortened for the test
+    # A short staleness bound, so the test sees the new balance soon.
+    running = _running(tmp_path, evm, rpc_urls={evm.network: evm.rpc_url}, balance_check_seconds=0.2)
     try:
         t = running.setup_tenant(policy=Policy(allow_unknown_assets=True))
         client = running.client(t.token)
         with resource_server(evm, PAYEE, PRICE) as base:
             r = _challenge(base)
-            with pytest.raises(FailedPrecondition, match="insufficient_balance|cannot cover"):
+            with pytest.raises(FailedPrecondition, match="cannot cover this payment"):
                 _sign(client, r, t.wallet_id, "x")
             evm.mint(t.address, PRICE)
             import time
@@ -87,8 +87,11 @@ def test_an_empty_wallet_is_refused_and_funding_it_lets_it_pay(tmp_path, evm):
         running.stop()
 
 
-def test_without_an_rpc_endpoint_there_is_no_pre_check(tmp_path, evm):
-    running = _running(tmp_path, evm)  # no rpc_urls: Teller cannot know the balance
+@pytest.mark.parametrize("settings", [{"balance_check_seconds": 5.0}, {"rpc_urls": "evm"}])
+def test_without_an_rpc_endpoint_or_the_setting_there_is_no_pre_check(tmp_path, evm, settings):
+    # No rpc_urls: Teller cannot know the balance. No balance_check_seconds: the check is off.
+    kw = {k: ({evm.network: evm.rpc_url} if v == "evm" else v) for k, v in settings.items()}
+    running = _running(tmp_path, evm, **kw)
     try:
         t = running.setup_tenant(policy=Policy(allow_unknown_assets=True))
         with resource_server(evm, PAYEE, PRICE) as base:

@@ -62,6 +62,7 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
         payments=Payments(
             db, vault, networks=settings.networks, max_challenge_bytes=settings.max_challenge_bytes,
             idempotency_ttl_s=settings.idempotency_ttl_seconds, clock=clock, chain=chain,
+            balance_check_s=settings.balance_check_seconds,
         ),
         chain=chain,
         lifecycle=Lifecycle(db, chain, vault, clock),

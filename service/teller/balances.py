@@ -6,8 +6,8 @@ only fail for want of funds (and holds no budget for it).
 
 The balance (``balanceOf`` of the offer's token) and the reserved sum (every
 unreleased, unsettled payment of the wallet in that token, from the database:
-all workers' payments) are read together and kept for ``ttl_s`` seconds (5 by
-default), refreshed in the background in the last fifth of that life, so a
+all workers' payments) are read together and kept for ``ttl_s`` seconds (the
+setting ``balance_check_seconds``; 0 turns the pre-check off), refreshed in the background in the last fifth of that life, so a
 Sign costs no round trip. Staleness bound: a figure is at most ``ttl_s`` old.
 Within it, this worker's own signatures are counted as they happen; another
 worker's signatures are seen at the next refresh, so two workers signing for
@@ -49,7 +49,7 @@ class _Figure:
 
 
 class Balances:
-    def __init__(self, chain: ChainReader, db: Database, ttl_s: float = 5.0,
+    def __init__(self, chain: ChainReader, db: Database, ttl_s: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.chain = chain
         self.db = db
@@ -60,7 +60,10 @@ class Balances:
         self._refreshing: set[tuple[str, str, str]] = set()
 
     def checks(self, network: str, scheme: str, amount: int) -> bool:
-        return amount > 0 and scheme in CHECKED_SCHEMES and network in self.chain.networks
+        """Whether a payment is checked: the pre-check is on (``ttl_s`` > 0) and the
+        chain can tell (an RPC endpoint for the network, a scheme that moves ``amount``)."""
+        return (self.ttl_s > 0 and amount > 0 and scheme in CHECKED_SCHEMES
+                and network in self.chain.networks)
 
     def shortfall(self, *, wallet_id: str, address: str, network: str, asset: str, amount: int,
                   cached_only: bool = False) -> FailedPrecondition | None:

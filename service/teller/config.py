@@ -129,6 +129,13 @@ class Settings:
     idempotency_ttl_seconds: int = 24 * 3600
     """How long an idempotency key keeps returning the same proof."""
 
+    balance_check_seconds: float = 0.0
+    """Where ``rpc_urls`` are configured, Sign refuses up front (``FAILED_PRECONDITION``
+    ``insufficient_balance``) a payment the wallet's token balance cannot cover after
+    what its unsettled payments hold, reading the balance at most this often per wallet
+    and token (the staleness bound; see ``teller.balances``). 0: no pre-check (the
+    server's refusal, then the reconciler, release the budget instead)."""
+
     max_challenge_bytes: int = 256 * 1024
     """Largest 402 body or single header Teller will parse."""
 
@@ -179,6 +186,7 @@ _ENV_FIELDS = {
     "TELLER_SIGN_BATCHES_IN_FLIGHT": "sign_batches_in_flight",
     "TELLER_KEY_CACHE_SECONDS": "key_cache_seconds",
     "TELLER_IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",
+    "TELLER_BALANCE_CHECK_SECONDS": "balance_check_seconds",
     "TELLER_MAX_CHALLENGE_BYTES": "max_challenge_bytes",
     "TELLER_LOG_LEVEL": "log_level",
     "TELLER_LOG_FORMAT": "log_format",

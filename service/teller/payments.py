@@ -192,7 +192,7 @@ class Payments:
     def __init__(
         self, db: Database, vault: Vault, *, networks: Mapping[str, int] | None = None,
         max_challenge_bytes: int = 256 * 1024, idempotency_ttl_s: int = 86400, clock: Clock = system_clock,
-        chain: ChainReader | None = None,
+        chain: ChainReader | None = None, balance_check_s: float = 0.0,
     ) -> None:
         self.db = db
         self.vault = vault
@@ -204,7 +204,7 @@ class Payments:
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
         self.sql = batch_io.SqlBatchIO()
         self.proofs = proofs.Proofs(vault, self.chain, clock, self.idempotency_ttl_ms)
-        self.balances = balances.Balances(self.chain, db)
+        self.balances = balances.Balances(self.chain, db, ttl_s=balance_check_s)
         # Per tenant/wallet scope, the budgets its last batch measured (a guess for the next).
         self._budgets: dict[tuple[str, str], Sequence[policy.Budget]] = {}
 
@@ -477,16 +477,17 @@ class Payments:
         first: tuple[offers_mod.Offer, policy.Decision] | None = None
         short: tuple[offers_mod.Offer, FailedPrecondition] | None = None
         for offer in offers_mod.by_preference(call.collected.offers, preference):
-            if id(offer) in call.short:
-                # The wallet cannot cover it: no budget is held for a proof that can only fail.
+            decision = _evaluate(scopes, offer, req)
+            if decision.allowed and id(offer) in call.short:
+                # The policy allows it but the wallet cannot cover it: no budget is held
+                # for a proof that can only fail.
                 short = short or (offer, call.short[id(offer)])
                 continue
-            decision = _evaluate(scopes, offer, req)
             if decision.allowed:
                 chosen = (offer, decision)
                 break
             first = first or (offer, decision)
-        if chosen is None and first is None and short is not None:
+        if chosen is None and short is not None:
             offer, refusal = short
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
                         reason="insufficient_balance", wallet_id=wallet.id, amount=offer.amount, asset=offer.asset,
