@@ -115,6 +115,20 @@ def test_a_hung_teller_fails_each_call_within_its_deadline(site):
             error, took = _timed(lambda: http.get(f"{site}/paid"))
         assert isinstance(error, DeadlineExceeded) and took < 2.0, (error, took)
         client.close()
+        # The caller's own HTTP timeout bounds the Sign its request makes, when it is the shorter.
+        patient = TellerClient(target, "tok", timeout=30.0)
+        with httpx.Client(transport=TellerTransport(patient, "w"), timeout=1.0) as http:
+            error, took = _timed(lambda: http.get(f"{site}/paid"))
+        assert isinstance(error, DeadlineExceeded) and took < 2.0, (error, took)
+        import requests
+
+        from teller_client.integrations import TellerAdapter
+
+        session = requests.Session()
+        session.mount("http://", TellerAdapter(patient, "w"))
+        error, took = _timed(lambda: session.get(f"{site}/paid", timeout=(0.5, 1.0)))
+        assert isinstance(error, DeadlineExceeded) and took < 2.0, (error, took)
+        patient.close()
 
 
 def test_a_hung_teller_fails_async_calls_within_their_deadline(site):

@@ -106,6 +106,11 @@ class _Base:
         self._pay_timeout = pay_timeout
         self._retry = retry
 
+    @property
+    def timeout(self) -> float:
+        """The default deadline of a call, in seconds."""
+        return self._timeout
+
     def _plan(self, name: str, timeout: float | None, idempotent: bool | None) -> tuple[float, float, Iterator[float]]:
         budget = self._timeout if timeout is None else timeout
         if budget <= 0:

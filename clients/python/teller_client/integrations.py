@@ -82,6 +82,14 @@ def _info(signed: SignedPayment, record: Any, headers: Any, error: Exception | N
                        error, key)
 
 
+def _bound(teller: Any, *timeouts: Any) -> float | None:
+    """The deadline of the Sign and RecordOutcome calls a request makes: the
+    caller's HTTP timeout (the longest of the connect/read timeouts it set)
+    when it is shorter than the Teller client's own; None: the client's."""
+    values = [float(t) for t in timeouts if isinstance(t, int | float) and not isinstance(t, bool) and t > 0]
+    return min(max(values), teller.timeout) if values else None
+
+
 def _new_key() -> str:
     return "req_" + uuid.uuid4().hex
 
@@ -92,18 +100,18 @@ def _outcome_failed(signed: SignedPayment, exc: Exception) -> None:
 
 
 def _report(teller: TellerClient, signed: SignedPayment, status: int,
-            headers: list[tuple[str, str]]) -> tuple[Any, Exception | None]:
+            headers: list[tuple[str, str]], timeout: float | None = None) -> tuple[Any, Exception | None]:
     try:
-        return teller.record_outcome(signed.payment_id, status=status, headers=headers), None
+        return teller.record_outcome(signed.payment_id, status=status, headers=headers, timeout=timeout), None
     except (TellerError, OSError) as exc:
         _outcome_failed(signed, exc)
         return None, exc
 
 
 async def _report_async(teller: AsyncTellerClient, signed: SignedPayment, status: int,
-                        headers: list[tuple[str, str]]) -> tuple[Any, Exception | None]:
+                        headers: list[tuple[str, str]], timeout: float | None = None) -> tuple[Any, Exception | None]:
     try:
-        return await teller.record_outcome(signed.payment_id, status=status, headers=headers), None
+        return await teller.record_outcome(signed.payment_id, status=status, headers=headers, timeout=timeout), None
     except (TellerError, OSError) as exc:
         _outcome_failed(signed, exc)
         return None, exc
@@ -126,6 +134,10 @@ if _httpx_mod is not None:
             key = _new_key()
             request.extensions[KEY_ATTRIBUTE] = key
         return key
+
+    def _httpx_bound(teller: Any, request: _httpx_mod.Request) -> float | None:
+        t = request.extensions.get("timeout")
+        return _bound(teller, t.get("connect"), t.get("read")) if isinstance(t, dict) else None
 
     def _httpx_retry(request: _httpx_mod.Request, body: bytes, signed: SignedPayment) -> _httpx_mod.Request:
         retry = _httpx_mod.Request(request.method, request.url, headers=request.headers, content=body,
@@ -152,12 +164,13 @@ if _httpx_mod is not None:
                 challenge = response.read()[:MAX_CHALLENGE_BYTES]
             finally:
                 response.close()
-            key = _httpx_key(request)
+            key, bound = _httpx_key(request), _httpx_bound(self.teller, request)
             signed = self.teller.sign(status=402, headers=list(response.headers.multi_items()), body=challenge,
                                       url=str(request.url), method=request.method, wallet_id=self.wallet_id,
-                                      max_amount=self.max_amount, idempotency_key=key)
+                                      max_amount=self.max_amount, idempotency_key=key, timeout=bound)
             final = self.inner.handle_request(_httpx_retry(request, body, signed))
-            record, error = _report(self.teller, signed, final.status_code, list(final.headers.multi_items()))
+            record, error = _report(self.teller, signed, final.status_code, list(final.headers.multi_items()),
+                                    bound)
             final.extensions = {**final.extensions, "teller": _info(signed, record, final.headers, error, key)}
             return final
 
@@ -183,14 +196,14 @@ if _httpx_mod is not None:
                 challenge = (await response.aread())[:MAX_CHALLENGE_BYTES]
             finally:
                 await response.aclose()
-            key = _httpx_key(request)
+            key, bound = _httpx_key(request), _httpx_bound(self.teller, request)
             signed = await self.teller.sign(status=402, headers=list(response.headers.multi_items()),
                                             body=challenge, url=str(request.url), method=request.method,
                                             wallet_id=self.wallet_id, max_amount=self.max_amount,
-                                            idempotency_key=key)
+                                            idempotency_key=key, timeout=bound)
             final = await self.inner.handle_async_request(_httpx_retry(request, body, signed))
             record, error = await _report_async(self.teller, signed, final.status_code,
-                                                list(final.headers.multi_items()))
+                                                list(final.headers.multi_items()), bound)
             final.extensions = {**final.extensions, "teller": _info(signed, record, final.headers, error, key)}
             return final
 
@@ -225,14 +238,16 @@ if _HTTPAdapter is not None:
                 key = _new_key()
                 setattr(request, KEY_ATTRIBUTE, key)
             # requests joins repeated headers with ", ": Teller reads every challenge in the joined value.
+            timeout = kwargs.get("timeout")
+            bound = _bound(self.teller, *timeout) if isinstance(timeout, tuple) else _bound(self.teller, timeout)
             signed = self.teller.sign(status=402, headers=list(response.headers.items()),
                                       body=response.content[:MAX_CHALLENGE_BYTES], url=request.url,
                                       method=request.method, wallet_id=self.wallet_id, max_amount=self.max_amount,
-                                      idempotency_key=key)
+                                      idempotency_key=key, timeout=bound)
             retry = request.copy()
             retry.headers.update(signed.retry_headers())
             final = super().send(retry, **kwargs)
-            record, error = _report(self.teller, signed, final.status_code, list(final.headers.items()))
+            record, error = _report(self.teller, signed, final.status_code, list(final.headers.items()), bound)
             final.teller = _info(signed, record, final.headers, error, key)  # type: ignore[attr-defined]
             return final
 
