@@ -112,6 +112,11 @@ for (const protocol of ["x402", "mpp"] as const) {
     const receipt = paymentInfo(first)?.receipt;
     assert.ok(receipt, "the server's receipt is decoded");
     assert.equal(paymentInfo(first)?.record?.state, "settled");
+    const record = await teller.getPayment(paymentInfo(first)!.paymentId);
+    assert.equal(record.state, "settled");
+    assert.equal(record.amount, PRICE);
+    assert.equal(record.protocol, protocol);
+    assert.match(record.txHash, /^0x[0-9a-f]{64}$/);
   });
 
   test(`${protocol}: the axios interceptor pays, and concurrent retries pay once`, async () => {
