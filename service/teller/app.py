@@ -63,6 +63,7 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
             db, vault, networks=settings.networks, max_challenge_bytes=settings.max_challenge_bytes,
             idempotency_ttl_s=settings.idempotency_ttl_seconds, clock=clock, chain=chain,
             max_authorization_s=settings.max_authorization_seconds,
+            balance_check_s=settings.balance_check_seconds,
         ),
         chain=chain,
         lifecycle=Lifecycle(db, chain, vault, clock, max_void_fee_wei=settings.max_void_fee_wei),

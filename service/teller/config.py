@@ -152,6 +152,13 @@ class Settings:
     """The most native gas an operator's void (a ``cancelAuthorization`` the wallet
     sends and pays for) may cost: gas limit x max fee per gas, in wei."""
 
+    balance_check_seconds: float = 0.0
+    """Where ``rpc_urls`` are configured, Sign refuses up front (``FAILED_PRECONDITION``
+    ``insufficient_balance``) a payment the wallet's token balance cannot cover after
+    what its unsettled payments hold, reading the balance at most this often per wallet
+    and token (the staleness bound; see ``teller.balances``). 0: no pre-check (the
+    server's refusal, then the reconciler, release the budget instead)."""
+
     max_challenge_bytes: int = 256 * 1024
     """Largest 402 body or single header Teller will parse."""
 
@@ -206,6 +213,7 @@ _ENV_FIELDS = {
     "TELLER_IDEMPOTENCY_TTL_SECONDS": "idempotency_ttl_seconds",
     "TELLER_MAX_AUTHORIZATION_SECONDS": "max_authorization_seconds",
     "TELLER_MAX_VOID_FEE_WEI": "max_void_fee_wei",
+    "TELLER_BALANCE_CHECK_SECONDS": "balance_check_seconds",
     "TELLER_MAX_CHALLENGE_BYTES": "max_challenge_bytes",
     "TELLER_LOG_LEVEL": "log_level",
     "TELLER_LOG_FORMAT": "log_format",

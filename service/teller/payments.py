@@ -13,8 +13,6 @@ in one batch or in two workers, can both spend the last of a budget.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import sqlite3
 import time
@@ -27,7 +25,7 @@ import psycopg
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, auth, batch_io, observe, policy, proofs, spend
+from teller import audit, auth, balances, batch_io, idempotency, observe, policy, proofs, spend
 from teller import offers as offers_mod
 from teller.auth import Caller
 from teller.chain import ChainReader, NotCached
@@ -76,6 +74,8 @@ class SignResult:
     asset: str
     amount: int
     pay_to: str
+    #: Headers besides the proof to set on the paid retry (MPP's Idempotency-Key).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def _parse_cap(text: str) -> int | None:
@@ -105,15 +105,9 @@ def sign_input(
 
 
 def _request_hash(req: SignInput, collected: offers_mod.Collected) -> str:
-    doc = {
-        "wallet": req.wallet_id,
-        "url": req.url,
-        "method": req.method.upper(),
-        "cap": req.max_amount,
-        "offers": [o.request_fingerprint() for o in collected.offers],
-        "resource": collected.x402.resource if collected.x402 is not None else None,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+    """What the idempotency key is bound to: the purchase, not one challenge."""
+    return idempotency.purchase_hash(wallet_id=req.wallet_id, url=req.url, method=req.method, cap=req.max_amount,
+                                     collected=collected)
 
 
 @dataclass(slots=True)
@@ -128,6 +122,8 @@ class Call:
     request_hash: str
     prepared: proofs.Prepared
     presigned: proofs.Presigned | None
+    #: Offers the wallet cannot cover (by ``id``), with their refusal: skipped when deciding.
+    short: Mapping[int, FailedPrecondition] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +193,7 @@ class Payments:
     def __init__(
         self, db: Database, vault: Vault, *, networks: Mapping[str, int] | None = None,
         max_challenge_bytes: int = 256 * 1024, idempotency_ttl_s: int = 86400, clock: Clock = system_clock,
-        chain: ChainReader | None = None, max_authorization_s: int = 3600,
+        chain: ChainReader | None = None, max_authorization_s: int = 3600, balance_check_s: float = 0.0,
     ) -> None:
         self.db = db
         self.vault = vault
@@ -209,6 +205,7 @@ class Payments:
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
         self.sql = batch_io.SqlBatchIO()
         self.proofs = proofs.Proofs(vault, self.chain, clock, self.idempotency_ttl_ms, max_authorization_s)
+        self.balances = balances.Balances(self.chain, db, ttl_s=balance_check_s)
         # Per tenant/wallet scope, the budgets its last batch measured (a guess for the next).
         self._budgets: dict[tuple[str, str], Sequence[policy.Budget]] = {}
 
@@ -235,7 +232,20 @@ class Payments:
         known = self._wallet_info(caller.tenant_id, req.wallet_id, cached_only)
         prepared = self.proofs.chain_facts(collected.offers, cached_only, payer=known[0] if known else None)
         presigned = self.proofs.presign(caller.tenant_id, req, collected, prepared, *known) if known else None
-        return Call(caller, req, token_secret, collected, _request_hash(req, collected), prepared, presigned)
+        short = self._shortfalls(req.wallet_id, known[0], collected, cached_only) if known else {}
+        return Call(caller, req, token_secret, collected, _request_hash(req, collected), prepared, presigned, short)
+
+    def _shortfalls(self, wallet_id: str, address: str, collected: offers_mod.Collected,
+                    cached_only: bool) -> dict[int, FailedPrecondition]:
+        """The offers this wallet cannot cover, where the chain can tell (see ``balances``)."""
+        out: dict[int, FailedPrecondition] = {}
+        for o in collected.offers:
+            if self.balances.checks(o.network, o.scheme, o.amount):
+                refusal = self.balances.shortfall(wallet_id=wallet_id, address=address, network=o.network,
+                                                  asset=o.asset, amount=o.amount, cached_only=cached_only)
+                if refusal is not None:
+                    out[id(o)] = refusal
+        return out
 
     def commit(self, calls: Sequence[Call]) -> list[Outcome]:
         """Check, reserve and audit ``calls`` in one transaction (group commit: the
@@ -286,8 +296,13 @@ class Payments:
         self._observe(calls, out)
         return out
 
-    @staticmethod
-    def _observe(calls: Sequence[Call], out: Sequence[Outcome]) -> None:
+    def _observe(self, calls: Sequence[Call], out: Sequence[Outcome]) -> None:
+        for call, o in zip(calls, out, strict=True):
+            if isinstance(o, SignResult | PushPending):
+                # Counted against the wallet's balance until its next read (a replay counts too: conservative).
+                row = o.payment if isinstance(o, PushPending) else o
+                if self.balances.checks(row.network, row.scheme, row.amount):
+                    self.balances.signed(call.req.wallet_id, row.network, row.asset, row.amount)
         for o in out:
             # Policy denials (each audited as payment.deny); a disabled tenant is not one.
             if isinstance(o, PermissionDenied | LimitExceeded) and o.reason and o.reason != "tenant_disabled":
@@ -430,6 +445,14 @@ class Payments:
             if row.state == "failed":
                 raise FailedPrecondition(f"payment {row.id} failed: {row.state_reason}", reason="payment_failed")
             raise Unavailable(f"payment {row.id} is still being broadcast; retry shortly")
+        if _spent(row, now_ms):
+            # The key's one payment can never move money now: paying again under it would make
+            # the key name two payments, and handing back a dead proof would only be refused.
+            raise FailedPrecondition(
+                f"idempotency_key {key!r} names payment {row.id}, which is {row.state} and can no longer be "
+                "used; send the request with a new key to pay again", reason="idempotency_key_spent",
+                metadata={"payment_id": row.id, "state": row.state})
+        # The same purchase (a retry, perhaps with a fresh challenge): the payment already made for it.
         return row
 
     def _decide(self, call: Call, lk: _Locked, batch: _Batch, claims: Mapping[tuple[str, str], Any],
@@ -453,12 +476,25 @@ class Payments:
                       else list(rules.tenant.protocols))
         chosen: tuple[offers_mod.Offer, policy.Decision] | None = None
         first: tuple[offers_mod.Offer, policy.Decision] | None = None
+        short: tuple[offers_mod.Offer, FailedPrecondition] | None = None
         for offer in offers_mod.by_preference(call.collected.offers, preference):
             decision = _evaluate(scopes, offer, req, self.proofs.max_fee(offer, call.prepared))
+            if decision.allowed and id(offer) in call.short:
+                # The policy allows it but the wallet cannot cover it: no budget is held
+                # for a proof that can only fail.
+                short = short or (offer, call.short[id(offer)])
+                continue
             if decision.allowed:
                 chosen = (offer, decision)
                 break
             first = first or (offer, decision)
+        if chosen is None and short is not None:
+            offer, refusal = short
+            batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
+                        reason="insufficient_balance", wallet_id=wallet.id, amount=offer.amount, asset=offer.asset,
+                        network=offer.network, payee=offer.pay_to, resource_url=req.url,
+                        details={"protocol": offer.protocol, "scheme": offer.scheme, **refusal.metadata})
+            return refusal
         if chosen is None and first is None:
             offered = sorted({o.protocol for o in call.collected.offers})
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
@@ -652,9 +688,19 @@ def _observe_budgets(scopes: Mapping[tuple[str, str], policy.Scope]) -> None:
                 used / budget.limit if budget.limit else 1.0)
 
 
+def _spent(row: Any, now_ms: int) -> bool:
+    """A claimed payment that can never be used: voided or expired on chain, or
+    unsettled past its validBefore."""
+    if row.state == "settled":
+        return False
+    return row.state in ("expired", "voided") or row.released_ms is not None or (
+        bool(row.valid_before) and row.valid_before * 1000 <= now_ms)
+
+
 def _result(p: Any) -> SignResult:
     return SignResult(p.header_name, p.header_value, p.id, p.protocol, p.version, p.scheme, p.network,
-                      p.asset, p.amount, p.pay_to)
+                      p.asset, p.amount, p.pay_to,
+                      idempotency.retry_headers(p.protocol, p.tenant_id, p.idempotency_key))
 
 
 __all__ = ["Payments", "SignInput", "SignResult", "sign_input"]

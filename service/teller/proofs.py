@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from eth_utils import keccak
 
-from teller import eip3009, policy
+from teller import eip3009, idempotency, policy
 from teller import offers as offers_mod
 from teller.auth import Caller
 from teller.batch_io import WalletRow
@@ -223,7 +223,10 @@ class Proofs:
             auth = eip3009.authorize(signer.address, chosen.pay_to, chosen.amount, ctx.now_ms // 1000,
                                      min(chosen.timeout_s, self.max_authorization_s), os.urandom(32))
             signature = signer.sign_typed_data(eip3009.typed_data(chosen.token, auth))
-        name, value = x402_proof.payment_header(chall, chosen, auth, signature)
+        key = ctx.req.idempotency_key
+        name, value = x402_proof.payment_header(
+            chall, chosen, auth, signature,
+            payment_id=idempotency.server_id(ctx.caller.tenant_id, key) if key else None)
         row = self.row(offer, ctx, version=chall.version, nonce="0x" + auth.nonce.hex(),
                         valid_before=auth.valid_before, header_name=name, header_value=value,
                         token_domain=(chosen.token.name, chosen.token.version))

@@ -3,9 +3,20 @@
 Needs only grpcio and protobuf; it never imports the Teller server.
 """
 
-from teller_client.client import AdminClient, AsyncTellerClient, TellerClient
+from teller_client.client import (
+    IDEMPOTENT,
+    NO_RETRY,
+    AdminClient,
+    AsyncPaidStream,
+    AsyncTellerClient,
+    PaidStream,
+    RetryPolicy,
+    TellerClient,
+)
 from teller_client.errors import (
     AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
     FailedPrecondition,
     Internal,
     InvalidArgument,
@@ -33,23 +44,30 @@ from teller_client.types import (
 )
 
 __all__ = [
+    "IDEMPOTENT",
+    "NO_RETRY",
     "AdminClient",
     "AlreadyExists",
     "Asset",
+    "AsyncPaidStream",
     "AsyncTellerClient",
     "AuditEvent",
     "Budget",
+    "Cancelled",
+    "DeadlineExceeded",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
     "LimitExceeded",
     "NotFound",
     "PaidResponse",
+    "PaidStream",
     "PaymentInfo",
     "PaymentRecord",
     "PermissionDenied",
     "Policy",
     "Requirement",
+    "RetryPolicy",
     "SignedPayment",
     "TellerClient",
     "TellerError",

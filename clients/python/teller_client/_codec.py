@@ -43,6 +43,7 @@ def signed(r: payment_pb2.SignResponse) -> SignedPayment:
     return SignedPayment(
         header_name=r.header_name, header_value=r.header_value, payment_id=r.payment_id,
         requirement=Requirement(q.protocol, q.version, q.scheme, q.network, q.asset, int(q.amount or 0), q.pay_to),
+        headers=tuple((h.name, h.value) for h in r.headers),
     )
 
 

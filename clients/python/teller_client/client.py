@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -18,7 +21,7 @@ from teller_client._proto.teller.v1 import (
     payment_pb2,
     payment_pb2_grpc,
 )
-from teller_client.errors import from_rpc_error
+from teller_client.errors import DeadlineExceeded, Internal, from_rpc_error
 from teller_client.types import (
     AuditEvent,
     PaidResponse,
@@ -32,6 +35,46 @@ from teller_client.types import (
 
 T = TypeVar("T")
 
+#: Calls that are safe to repeat: reads, RecordOutcome (the state changes it makes
+#: are guarded and happen once), and Sign when it carries an idempotency key (the
+#: retry returns the payment already made). Pay is never repeated by the client:
+#: it would fetch the URL again.
+IDEMPOTENT = frozenset({"GetPayment", "ListWallets", "GetSpend", "ListAuditEvents", "RecordOutcome",
+                        "ListTenants", "GetPolicy", "ListPayments"})
+
+# Reconnect promptly to a Teller that restarts; a call never waits for a
+# connection beyond its own deadline (wait_for_ready is False).
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.keepalive_time_ms", 30000),
+    ("grpc.keepalive_timeout_ms", 10000),
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How idempotent calls (``IDEMPOTENT``, and ``sign`` with an idempotency key)
+    are repeated when Teller is unreachable. Retries stay inside the call's
+    deadline: the deadline bounds the whole call, retries included."""
+
+    #: Attempts in all, the first included (1 turns retries off).
+    max_attempts: int = 4
+    #: Pause before the first retry, in seconds; doubled each time up to ``max_backoff``.
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    #: Status codes worth another attempt: the call did not reach a Teller that could answer.
+    retry_on: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+    def backoffs(self) -> Iterator[float]:
+        pause = self.initial_backoff
+        for _ in range(self.max_attempts - 1):
+            yield pause
+            pause = min(pause * 2, self.max_backoff)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
 
 @dataclass(frozen=True)
 class PaidStream:
@@ -41,20 +84,70 @@ class PaidStream:
     chunks: Iterator[bytes]
 
 
-class _Sync:
-    def __init__(self, target: str, token: str, *, credentials: grpc.ChannelCredentials | None = None,
-                 timeout: float = 30.0, channel: grpc.Channel | None = None) -> None:
-        self._channel = channel or (
-            grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
-        )
+@dataclass(frozen=True)
+class AsyncPaidStream:
+    """The asyncio ``pay_stream``'s result: the head and an async iterator of chunks."""
+
+    response: PaidResponse
+    chunks: AsyncIterator[bytes]
+
+
+def _deadline_error(what: str, timeout: float) -> DeadlineExceeded:
+    return DeadlineExceeded(f"{what}: no answer from Teller within {timeout:g} s")
+
+
+class _Base:
+    def __init__(self, target: str, token: str, *, timeout: float, pay_timeout: float, retry: RetryPolicy) -> None:
+        if timeout <= 0 or pay_timeout <= 0:
+            raise ValueError("timeout and pay_timeout must be positive (seconds)")
+        self._target = target
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout = timeout
+        self._pay_timeout = pay_timeout
+        self._retry = retry
 
-    def _call(self, method: Callable[..., Any], request: Any) -> Any:
-        try:
-            return method(request, metadata=self._metadata, timeout=self._timeout)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+    @property
+    def timeout(self) -> float:
+        """The default deadline of a call, in seconds."""
+        return self._timeout
+
+    def _plan(self, name: str, timeout: float | None, idempotent: bool | None) -> tuple[float, float, Iterator[float]]:
+        budget = self._timeout if timeout is None else timeout
+        if budget <= 0:
+            raise ValueError("timeout must be positive (seconds)")
+        retryable = name in IDEMPOTENT if idempotent is None else idempotent
+        backoffs = self._retry.backoffs() if retryable else iter(())
+        return budget, time.monotonic() + budget, backoffs
+
+
+class _Sync(_Base):
+    def __init__(self, target: str, token: str, *, credentials: grpc.ChannelCredentials | None = None,
+                 timeout: float = 10.0, pay_timeout: float = 120.0, retry: RetryPolicy = RetryPolicy(),
+                 channel: grpc.Channel | None = None) -> None:
+        super().__init__(target, token, timeout=timeout, pay_timeout=pay_timeout, retry=retry)
+        self._channel = channel or (
+            grpc.secure_channel(target, credentials, options=_CHANNEL_OPTIONS) if credentials
+            else grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        )
+
+    _stub: Any
+
+    def _call(self, name: str, request: Any, *, timeout: float | None = None,
+              idempotent: bool | None = None) -> Any:
+        method = getattr(self._stub, name)
+        budget, deadline, backoffs = self._plan(name, timeout, idempotent)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _deadline_error(name, budget)
+            try:
+                return method(request, metadata=self._metadata, timeout=remaining, wait_for_ready=False)
+            except grpc.RpcError as err:
+                error = from_rpc_error(err)
+            pause = next(backoffs, None) if error.code in self._retry.retry_on else None
+            if pause is None or time.monotonic() + pause >= deadline:
+                raise error
+            time.sleep(pause)
 
     def close(self) -> None:
         self._channel.close()
@@ -66,20 +159,34 @@ class _Sync:
         self.close()
 
 
-class _Async:
+class _Async(_Base):
     def __init__(self, target: str, token: str, *, credentials: grpc.ChannelCredentials | None = None,
-                 timeout: float = 30.0, channel: grpc.aio.Channel | None = None) -> None:
+                 timeout: float = 10.0, pay_timeout: float = 120.0, retry: RetryPolicy = RetryPolicy(),
+                 channel: grpc.aio.Channel | None = None) -> None:
+        super().__init__(target, token, timeout=timeout, pay_timeout=pay_timeout, retry=retry)
         self._channel = channel or (
-            grpc.aio.secure_channel(target, credentials) if credentials else grpc.aio.insecure_channel(target)
+            grpc.aio.secure_channel(target, credentials, options=_CHANNEL_OPTIONS) if credentials
+            else grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         )
-        self._metadata = (("authorization", f"Bearer {token}"),)
-        self._timeout = timeout
 
-    async def _call(self, method: Callable[..., Awaitable[Any]], request: Any) -> Any:
-        try:
-            return await method(request, metadata=self._metadata, timeout=self._timeout)
-        except grpc.RpcError as err:
-            raise from_rpc_error(err) from None
+    _stub: Any
+
+    async def _call(self, name: str, request: Any, *, timeout: float | None = None,
+                    idempotent: bool | None = None) -> Any:
+        method = getattr(self._stub, name)
+        budget, deadline, backoffs = self._plan(name, timeout, idempotent)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _deadline_error(name, budget)
+            try:
+                return await method(request, metadata=self._metadata, timeout=remaining, wait_for_ready=False)
+            except grpc.RpcError as err:
+                error = from_rpc_error(err)
+            pause = next(backoffs, None) if error.code in self._retry.retry_on else None
+            if pause is None or time.monotonic() + pause >= deadline:
+                raise error
+            await asyncio.sleep(pause)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -92,40 +199,65 @@ class _Async:
 
 
 class TellerClient(_Sync):
-    """For backend services, authenticated with a tenant API token."""
+    """For backend services, authenticated with a tenant API token.
+
+    ``timeout`` (seconds) is every call's default deadline, retries included;
+    each method takes ``timeout=`` to override it. ``pay_timeout`` bounds how
+    long ``pay``/``pay_stream`` wait for the response head (Teller fetches the
+    URL, pays and retries meanwhile); the body is read without a deadline
+    unless ``stream_timeout`` is given. ``retry`` applies to idempotent calls
+    only (see ``IDEMPOTENT``)."""
 
     def __init__(self, target: str, token: str, **kw: Any) -> None:
         super().__init__(target, token, **kw)
         self._stub = payment_pb2_grpc.PaymentServiceStub(self._channel)
 
     def sign(self, *, status: int, headers: HeadersLike, body: bytes, url: str, wallet_id: str,
-             method: str = "GET", max_amount: int | None = None, idempotency_key: str | None = None) -> SignedPayment:
-        """Hand Teller the 402 you received; get back the header to retry with."""
+             method: str = "GET", max_amount: int | None = None, idempotency_key: str | None = None,
+             timeout: float | None = None) -> SignedPayment:
+        """Hand Teller the 402 you received; get back the headers to retry with
+        (``signed.retry_headers()``). With an ``idempotency_key`` the call is
+        retried when Teller is unreachable, and a repeat for the same purchase
+        returns the same payment."""
         req = _codec.sign_request(status=status, headers=headers, body=body, url=url, method=method,
                                   wallet_id=wallet_id, max_amount=max_amount, idempotency_key=idempotency_key)
-        return _codec.signed(self._call(self._stub.Sign, req))
+        return _codec.signed(self._call("Sign", req, timeout=timeout, idempotent=bool(idempotency_key)))
 
     def pay(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (), body: bytes = b"",
             max_amount: int | None = None, idempotency_key: str | None = None,
-            protocols: Sequence[str] = ()) -> PaidResponse:
+            protocols: Sequence[str] = (), timeout: float | None = None,
+            stream_timeout: float | None = None) -> PaidResponse:
         """Teller makes the request, pays a 402 within policy, retries once and
         returns the final response (body held in memory; see ``pay_stream``)."""
         with self.pay_stream(url, wallet_id=wallet_id, method=method, headers=headers, body=body,
-                             max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols) as r:
+                             max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols,
+                             timeout=timeout, stream_timeout=stream_timeout) as r:
             return replace(r.response, body=b"".join(r.chunks))
 
     @contextlib.contextmanager
     def pay_stream(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (),
                    body: bytes = b"", max_amount: int | None = None, idempotency_key: str | None = None,
-                   protocols: Sequence[str] = ()) -> Iterator[PaidStream]:
-        """Like ``pay``, but ``.chunks`` iterates the body as it arrives."""
+                   protocols: Sequence[str] = (), timeout: float | None = None,
+                   stream_timeout: float | None = None) -> Iterator[PaidStream]:
+        """Like ``pay``, but ``.chunks`` iterates the body as it arrives.
+        ``timeout`` bounds the wait for the head (default ``pay_timeout``),
+        ``stream_timeout`` the whole call (default: none)."""
         req = _codec.pay_request(url=url, method=method, headers=headers, body=body, wallet_id=wallet_id,
                                  max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols)
-        call = self._stub.Pay(req, metadata=self._metadata, timeout=self._timeout)
+        head_timeout = self._pay_timeout if timeout is None else timeout
+        call = self._stub.Pay(req, metadata=self._metadata, timeout=stream_timeout, wait_for_ready=False)
+        # A stream's deadline covers its whole body; the head has its own, enforced here.
+        timer = threading.Timer(head_timeout, call.cancel)
+        timer.daemon = True
+        timer.start()
         try:
             first = next(call)
         except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.CANCELLED and not timer.is_alive():
+                raise _deadline_error("Pay", head_timeout) from None
             raise from_rpc_error(err) from None
+        finally:
+            timer.cancel()
         status, hdrs, record, receipt, header_name = _codec.pay_head(first.head)
 
         def chunks() -> Iterator[bytes]:
@@ -140,26 +272,31 @@ class TellerClient(_Sync):
         finally:
             call.cancel()
 
-    def record_outcome(self, payment_id: str, *, status: int, headers: HeadersLike, body: bytes = b"") -> PaymentRecord:
+    def record_outcome(self, payment_id: str, *, status: int, headers: HeadersLike, body: bytes = b"",
+                       timeout: float | None = None) -> PaymentRecord:
         """Tell Teller what the server answered to the paid retry (its receipt or refusal)."""
         req = _codec.outcome_request(payment_id, status, headers, body)
-        return _codec.payment(self._call(self._stub.RecordOutcome, req))
+        return _codec.payment(self._call("RecordOutcome", req, timeout=timeout))
 
-    def get_payment(self, payment_id: str) -> PaymentRecord:
-        return _codec.payment(self._call(self._stub.GetPayment, common_pb2.GetPaymentRequest(payment_id=payment_id)))
+    def get_payment(self, payment_id: str, *, timeout: float | None = None) -> PaymentRecord:
+        req = common_pb2.GetPaymentRequest(payment_id=payment_id)
+        return _codec.payment(self._call("GetPayment", req, timeout=timeout))
 
-    def list_wallets(self) -> list[Wallet]:
-        return _codec.wallets(self._call(self._stub.ListWallets, payment_pb2.ListWalletsRequest()))
+    def list_wallets(self, *, timeout: float | None = None) -> list[Wallet]:
+        """The tenant's wallets: their ``id`` is the ``wallet_id`` every payment names."""
+        return _codec.wallets(self._call("ListWallets", payment_pb2.ListWalletsRequest(), timeout=timeout))
 
-    def spend(self, wallet_id: str = "") -> list[WindowSpend]:
-        return _codec.spend(self._call(self._stub.GetSpend, payment_pb2.GetSpendRequest(wallet_id=wallet_id)))
+    def spend(self, wallet_id: str = "", *, timeout: float | None = None) -> list[WindowSpend]:
+        req = payment_pb2.GetSpendRequest(wallet_id=wallet_id)
+        return _codec.spend(self._call("GetSpend", req, timeout=timeout))
 
-    def audit_events(self, **filters: Any) -> tuple[list[AuditEvent], str]:
-        return _codec.audit_page(self._call(self._stub.ListAuditEvents, _codec.audit_request(**filters)))
+    def audit_events(self, *, timeout: float | None = None, **filters: Any) -> tuple[list[AuditEvent], str]:
+        return _codec.audit_page(self._call("ListAuditEvents", _codec.audit_request(**filters),
+                                            timeout=timeout))
 
 
 class AsyncTellerClient(_Async):
-    """asyncio twin of TellerClient."""
+    """asyncio twin of TellerClient (same deadlines, retries and errors)."""
 
     def __init__(self, target: str, token: str, **kw: Any) -> None:
         super().__init__(target, token, **kw)
@@ -167,28 +304,74 @@ class AsyncTellerClient(_Async):
 
     async def sign(self, *, status: int, headers: HeadersLike, body: bytes, url: str, wallet_id: str,
                    method: str = "GET", max_amount: int | None = None,
-                   idempotency_key: str | None = None) -> SignedPayment:
+                   idempotency_key: str | None = None, timeout: float | None = None) -> SignedPayment:
         req = _codec.sign_request(status=status, headers=headers, body=body, url=url, method=method,
                                   wallet_id=wallet_id, max_amount=max_amount, idempotency_key=idempotency_key)
-        return _codec.signed(await self._call(self._stub.Sign, req))
+        return _codec.signed(await self._call("Sign", req, timeout=timeout,
+                                              idempotent=bool(idempotency_key)))
+
+    async def pay(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (),
+                  body: bytes = b"", max_amount: int | None = None, idempotency_key: str | None = None,
+                  protocols: Sequence[str] = (), timeout: float | None = None,
+                  stream_timeout: float | None = None) -> PaidResponse:
+        """See ``TellerClient.pay``."""
+        async with self.pay_stream(url, wallet_id=wallet_id, method=method, headers=headers, body=body,
+                                   max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols,
+                                   timeout=timeout, stream_timeout=stream_timeout) as r:
+            return replace(r.response, body=b"".join([c async for c in r.chunks]))
+
+    @contextlib.asynccontextmanager
+    async def pay_stream(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (),
+                         body: bytes = b"", max_amount: int | None = None, idempotency_key: str | None = None,
+                         protocols: Sequence[str] = (), timeout: float | None = None,
+                         stream_timeout: float | None = None) -> AsyncIterator[AsyncPaidStream]:
+        """See ``TellerClient.pay_stream``; ``.chunks`` is an async iterator."""
+        req = _codec.pay_request(url=url, method=method, headers=headers, body=body, wallet_id=wallet_id,
+                                 max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols)
+        head_timeout = self._pay_timeout if timeout is None else timeout
+        call = self._stub.Pay(req, metadata=self._metadata, timeout=stream_timeout, wait_for_ready=False)
+        try:
+            try:
+                first = await asyncio.wait_for(call.read(), head_timeout)
+            except asyncio.TimeoutError:  # noqa: UP041 - the builtin only from Python 3.11
+                raise _deadline_error("Pay", head_timeout) from None
+            except grpc.RpcError as err:
+                raise from_rpc_error(err) from None
+            if first is grpc.aio.EOF:
+                raise Internal("Pay ended without a response head")
+            status, hdrs, record, receipt, header_name = _codec.pay_head(first.head)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                try:
+                    while (part := await call.read()) is not grpc.aio.EOF:
+                        yield part.body_chunk
+                except grpc.RpcError as err:
+                    raise from_rpc_error(err) from None
+
+            yield AsyncPaidStream(PaidResponse(status, hdrs, b"", record, receipt, header_name), chunks())
+        finally:
+            call.cancel()
 
     async def record_outcome(self, payment_id: str, *, status: int, headers: HeadersLike,
-                             body: bytes = b"") -> PaymentRecord:
+                             body: bytes = b"", timeout: float | None = None) -> PaymentRecord:
         req = _codec.outcome_request(payment_id, status, headers, body)
-        return _codec.payment(await self._call(self._stub.RecordOutcome, req))
+        return _codec.payment(await self._call("RecordOutcome", req, timeout=timeout))
 
-    async def get_payment(self, payment_id: str) -> PaymentRecord:
+    async def get_payment(self, payment_id: str, *, timeout: float | None = None) -> PaymentRecord:
         req = common_pb2.GetPaymentRequest(payment_id=payment_id)
-        return _codec.payment(await self._call(self._stub.GetPayment, req))
+        return _codec.payment(await self._call("GetPayment", req, timeout=timeout))
 
-    async def list_wallets(self) -> list[Wallet]:
-        return _codec.wallets(await self._call(self._stub.ListWallets, payment_pb2.ListWalletsRequest()))
+    async def list_wallets(self, *, timeout: float | None = None) -> list[Wallet]:
+        return _codec.wallets(await self._call("ListWallets", payment_pb2.ListWalletsRequest(),
+                                               timeout=timeout))
 
-    async def spend(self, wallet_id: str = "") -> list[WindowSpend]:
-        return _codec.spend(await self._call(self._stub.GetSpend, payment_pb2.GetSpendRequest(wallet_id=wallet_id)))
+    async def spend(self, wallet_id: str = "", *, timeout: float | None = None) -> list[WindowSpend]:
+        req = payment_pb2.GetSpendRequest(wallet_id=wallet_id)
+        return _codec.spend(await self._call("GetSpend", req, timeout=timeout))
 
-    async def audit_events(self, **filters: Any) -> tuple[list[AuditEvent], str]:
-        return _codec.audit_page(await self._call(self._stub.ListAuditEvents, _codec.audit_request(**filters)))
+    async def audit_events(self, *, timeout: float | None = None, **filters: Any) -> tuple[list[AuditEvent], str]:
+        return _codec.audit_page(await self._call("ListAuditEvents", _codec.audit_request(**filters),
+                                                  timeout=timeout))
 
 
 class AdminClient(_Sync):
@@ -199,71 +382,71 @@ class AdminClient(_Sync):
         self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def create_tenant(self, name: str) -> Tenant:
-        return _codec.tenant(self._call(self._stub.CreateTenant, admin_pb2.CreateTenantRequest(name=name)))
+        return _codec.tenant(self._call("CreateTenant", admin_pb2.CreateTenantRequest(name=name)))
 
     def disable_tenant(self, tenant_id: str) -> Tenant:
-        return _codec.tenant(self._call(self._stub.DisableTenant, admin_pb2.DisableTenantRequest(tenant_id=tenant_id)))
+        return _codec.tenant(self._call("DisableTenant", admin_pb2.DisableTenantRequest(tenant_id=tenant_id)))
 
     def list_tenants(self) -> list[Tenant]:
-        r = self._call(self._stub.ListTenants, admin_pb2.ListTenantsRequest())
+        r = self._call("ListTenants", admin_pb2.ListTenantsRequest())
         return [_codec.tenant(t) for t in r.tenants]
 
     def issue_token(self, tenant_id: str, description: str = "") -> tuple[str, str]:
         """Returns (token id, bearer token). The token is shown only once."""
-        r = self._call(self._stub.IssueToken, admin_pb2.IssueTokenRequest(tenant_id=tenant_id, description=description))
+        r = self._call("IssueToken", admin_pb2.IssueTokenRequest(tenant_id=tenant_id, description=description))
         return r.token_id, r.token
 
     def revoke_token(self, token_id: str) -> None:
-        self._call(self._stub.RevokeToken, admin_pb2.RevokeTokenRequest(token_id=token_id))
+        self._call("RevokeToken", admin_pb2.RevokeTokenRequest(token_id=token_id))
 
     def create_wallet(self, tenant_id: str, label: str = "") -> Wallet:
-        return _codec.wallet(self._call(self._stub.CreateWallet,
+        return _codec.wallet(self._call("CreateWallet",
                                         admin_pb2.CreateWalletRequest(tenant_id=tenant_id, label=label)))
 
     def import_wallet(self, tenant_id: str, private_key: str, label: str = "") -> Wallet:
         req = admin_pb2.ImportWalletRequest(tenant_id=tenant_id, label=label, private_key=private_key)
-        return _codec.wallet(self._call(self._stub.ImportWallet, req))
+        return _codec.wallet(self._call("ImportWallet", req))
 
     def list_wallets(self, tenant_id: str) -> list[Wallet]:
-        return _codec.wallets(self._call(self._stub.ListWallets, admin_pb2.AdminListWalletsRequest(tenant_id=tenant_id)))
+        return _codec.wallets(self._call("ListWallets", admin_pb2.AdminListWalletsRequest(tenant_id=tenant_id)))
 
     def set_policy(self, tenant_id: str, policy: Policy | Mapping[str, Any] | str,
                    wallet_id: str = "") -> dict[str, Any]:
         """Set the tenant's (or one wallet's) policy; returns the stored canonical document."""
-        return _codec.policy_document(self._call(self._stub.SetPolicy,
+        return _codec.policy_document(self._call("SetPolicy",
                                                  _codec.policy_request(tenant_id, policy, wallet_id)))
 
     def get_policy(self, tenant_id: str, wallet_id: str = "") -> dict[str, Any]:
         req = admin_pb2.GetPolicyRequest(tenant_id=tenant_id, wallet_id=wallet_id)
-        return _codec.policy_document(self._call(self._stub.GetPolicy, req))
+        return _codec.policy_document(self._call("GetPolicy", req))
 
     def set_frozen(self, tenant_id: str, frozen: bool, *, wallet_id: str = "", reason: str = "") -> None:
         """Freeze (or unfreeze) a tenant or one of its wallets on every replica."""
         req = admin_pb2.SetFrozenRequest(tenant_id=tenant_id, wallet_id=wallet_id, frozen=frozen, reason=reason)
-        self._call(self._stub.SetFrozen, req)
+        self._call("SetFrozen", req)
 
     def spend(self, tenant_id: str, wallet_id: str = "") -> list[WindowSpend]:
         req = admin_pb2.AdminGetSpendRequest(tenant_id=tenant_id, wallet_id=wallet_id)
-        return _codec.spend(self._call(self._stub.GetSpend, req))
+        return _codec.spend(self._call("GetSpend", req))
 
     def audit_events(self, **filters: Any) -> tuple[list[AuditEvent], str]:
-        return _codec.audit_page(self._call(self._stub.ListAuditEvents, _codec.audit_request(**filters)))
+        return _codec.audit_page(self._call("ListAuditEvents", _codec.audit_request(**filters)))
 
     def get_payment(self, payment_id: str) -> PaymentRecord:
-        return _codec.payment(self._call(self._stub.GetPayment, common_pb2.GetPaymentRequest(payment_id=payment_id)))
+        return _codec.payment(self._call("GetPayment", common_pb2.GetPaymentRequest(payment_id=payment_id)))
 
     def list_payments(self, tenant_id: str, *, state: str = "", page_size: int = 100,
                       page_token: str = "") -> tuple[list[PaymentRecord], str]:
-        r = self._call(self._stub.ListPayments, admin_pb2.ListPaymentsRequest(
+        r = self._call("ListPayments", admin_pb2.ListPaymentsRequest(
             tenant_id=tenant_id, state=state, page_size=page_size, page_token=page_token))
         return [_codec.payment(p) for p in r.payments], r.next_page_token
 
     def void_payment(self, payment_id: str, reason: str = "") -> PaymentRecord:
         """Cancel an unused authorization on chain and release its budget."""
         req = admin_pb2.VoidPaymentRequest(payment_id=payment_id, reason=reason)
-        return _codec.payment(self._call(self._stub.VoidPayment, req))
+        return _codec.payment(self._call("VoidPayment", req))
 
     def reconcile(self) -> tuple[dict[str, int], list[str]]:
         """Run one reconciler pass now; returns transitions by state and errors."""
-        r = self._call(self._stub.Reconcile, admin_pb2.ReconcileRequest())
+        r = self._call("Reconcile", admin_pb2.ReconcileRequest())
         return dict(r.transitions), list(r.errors)

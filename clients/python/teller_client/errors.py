@@ -2,7 +2,24 @@
 
 Every failed call raises a ``TellerError`` subclass chosen by status code, with
 the server's stable ``reason`` and structured ``metadata`` (for a spend-limit
-denial: ``limit``, ``remaining``, ``window``).
+denial: ``limit``, ``remaining``, ``window``)::
+
+    TellerError
+    |-- InvalidArgument     a field of the request is malformed (the message names it)
+    |-- FailedPrecondition  cannot be done in this state (reason: payment_refused,
+    |                       idempotency_key_spent, insufficient_balance, ...)
+    |-- NotFound            no such wallet / payment (another tenant's looks missing)
+    |-- AlreadyExists       the idempotency key was used for a different purchase
+    |-- Unauthenticated     bad or revoked token
+    |-- PermissionDenied    not allowed: an allowlist, a disabled tenant, a frozen wallet
+    |-- LimitExceeded       a spend limit (``limit``, ``remaining``)
+    |-- Unavailable         Teller (or a chain it needs) cannot be reached now; retry later
+    |-- DeadlineExceeded    the call's deadline passed first (Teller dead or slow)
+    |-- Cancelled           the call was cancelled
+    `-- Internal            a bug in Teller: report it
+
+``Unavailable`` and ``DeadlineExceeded`` say nothing about whether a Sign or Pay
+happened: repeat the call with the same idempotency key to learn (and never pay twice).
 """
 
 from __future__ import annotations
@@ -72,13 +89,23 @@ class Unavailable(TellerError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(TellerError):
+    """The call's deadline passed before Teller answered."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(TellerError):
+    code = grpc.StatusCode.CANCELLED
+
+
 class Internal(TellerError):
     code = grpc.StatusCode.INTERNAL
 
 
 _BY_CODE = {cls.code: cls for cls in (
     InvalidArgument, FailedPrecondition, NotFound, AlreadyExists, Unauthenticated,
-    PermissionDenied, LimitExceeded, Unavailable, Internal,
+    PermissionDenied, LimitExceeded, Unavailable, DeadlineExceeded, Cancelled, Internal,
 )}
 
 

@@ -8,7 +8,21 @@ server answered, and attach a ``PaymentInfo`` to the response
 (``payment_info(response)``). A policy denial raises the typed
 ``teller_client`` error (``LimitExceeded``, ``PermissionDenied``, ...).
 
-httpx and requests are optional: each is imported only by the class that needs it.
+Exactly once. Each payment is made under an idempotency key that names one
+logical request: the request's own ``Idempotency-Key`` header when the caller
+set one, else a key made for the request object (an httpx ``Request``, a
+requests ``PreparedRequest``) and kept on it. Sending the same request object
+again, or a new one with the same ``Idempotency-Key``, is a retry and pays at
+most once (Teller returns the payment already made, even for a fresh
+challenge); two separate requests are two payments.
+
+Reporting the outcome is best-effort: if ``RecordOutcome`` fails, the paid
+response is returned anyway (``PaymentInfo.outcome_error`` says why) and
+Teller's reconciler settles the payment from the chain.
+
+httpx and requests are optional extras: ``pip install "teller-client[httpx]"``
+or ``"teller-client[requests]"``; using a class without its extra raises an
+ImportError that names it.
 """
 
 from __future__ import annotations
@@ -16,15 +30,23 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import uuid
 from typing import TYPE_CHECKING, Any
 
+from teller_client.errors import TellerError
 from teller_client.types import PaymentInfo, SignedPayment
 
 if TYPE_CHECKING:
     from teller_client.client import AsyncTellerClient, TellerClient
 
+log = logging.getLogger("teller_client")
+
 RECEIPT_HEADERS = ("payment-response", "x-payment-response", "payment-receipt")
 MAX_CHALLENGE_BYTES = 256 * 1024
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: Where a key made for a request object is kept (httpx extensions / an attribute on requests' PreparedRequest).
+KEY_ATTRIBUTE = "teller_idempotency_key"
 
 
 def decode_receipt(headers: Any) -> dict[str, Any] | None:
@@ -55,8 +77,44 @@ def payment_info(response: Any) -> PaymentInfo | None:
     return found if isinstance(found, PaymentInfo) else None
 
 
-def _info(signed: SignedPayment, record: Any, headers: Any) -> PaymentInfo:
-    return PaymentInfo(signed.payment_id, signed.header_name, signed.requirement, record, decode_receipt(headers))
+def _info(signed: SignedPayment, record: Any, headers: Any, error: Exception | None, key: str) -> PaymentInfo:
+    return PaymentInfo(signed.payment_id, signed.header_name, signed.requirement, record, decode_receipt(headers),
+                       error, key)
+
+
+def _bound(teller: Any, *timeouts: Any) -> float | None:
+    """The deadline of the Sign and RecordOutcome calls a request makes: the
+    caller's HTTP timeout (the longest of the connect/read timeouts it set)
+    when it is shorter than the Teller client's own; None: the client's."""
+    values = [float(t) for t in timeouts if isinstance(t, int | float) and not isinstance(t, bool) and t > 0]
+    return min(max(values), teller.timeout) if values else None
+
+
+def _new_key() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+def _outcome_failed(signed: SignedPayment, exc: Exception) -> None:
+    log.warning("payment %s: reporting the outcome to Teller failed (%s); the paid response is returned and "
+                "Teller's reconciler will settle the payment", signed.payment_id, exc)
+
+
+def _report(teller: TellerClient, signed: SignedPayment, status: int,
+            headers: list[tuple[str, str]], timeout: float | None = None) -> tuple[Any, Exception | None]:
+    try:
+        return teller.record_outcome(signed.payment_id, status=status, headers=headers, timeout=timeout), None
+    except (TellerError, OSError) as exc:
+        _outcome_failed(signed, exc)
+        return None, exc
+
+
+async def _report_async(teller: AsyncTellerClient, signed: SignedPayment, status: int,
+                        headers: list[tuple[str, str]], timeout: float | None = None) -> tuple[Any, Exception | None]:
+    try:
+        return await teller.record_outcome(signed.payment_id, status=status, headers=headers, timeout=timeout), None
+    except (TellerError, OSError) as exc:
+        _outcome_failed(signed, exc)
+        return None, exc
 
 
 try:
@@ -65,6 +123,27 @@ except ImportError:  # pragma: no cover - httpx is optional
     _httpx_mod = None  # type: ignore[assignment]
 
 if _httpx_mod is not None:
+
+    def _httpx_key(request: _httpx_mod.Request) -> str:
+        """The request's idempotency key: the caller's header, else one kept on the request object."""
+        given = request.headers.get(IDEMPOTENCY_HEADER)
+        if given:
+            return str(given)
+        key = request.extensions.get(KEY_ATTRIBUTE)
+        if not isinstance(key, str):
+            key = _new_key()
+            request.extensions[KEY_ATTRIBUTE] = key
+        return key
+
+    def _httpx_bound(teller: Any, request: _httpx_mod.Request) -> float | None:
+        t = request.extensions.get("timeout")
+        return _bound(teller, t.get("connect"), t.get("read")) if isinstance(t, dict) else None
+
+    def _httpx_retry(request: _httpx_mod.Request, body: bytes, signed: SignedPayment) -> _httpx_mod.Request:
+        retry = _httpx_mod.Request(request.method, request.url, headers=request.headers, content=body,
+                                   extensions=request.extensions)
+        retry.headers.update(signed.retry_headers())
+        return retry
 
     class TellerTransport(_httpx_mod.BaseTransport):  # type: ignore[no-redef]
         """An httpx transport that pays 402s through Teller's ``Sign``."""
@@ -85,16 +164,14 @@ if _httpx_mod is not None:
                 challenge = response.read()[:MAX_CHALLENGE_BYTES]
             finally:
                 response.close()
+            key, bound = _httpx_key(request), _httpx_bound(self.teller, request)
             signed = self.teller.sign(status=402, headers=list(response.headers.multi_items()), body=challenge,
                                       url=str(request.url), method=request.method, wallet_id=self.wallet_id,
-                                      max_amount=self.max_amount)
-            retry = _httpx_mod.Request(request.method, request.url, headers=request.headers, content=body,
-                                       extensions=request.extensions)
-            retry.headers[signed.header_name] = signed.header_value
-            final = self.inner.handle_request(retry)
-            record = self.teller.record_outcome(signed.payment_id, status=final.status_code,
-                                                headers=list(final.headers.multi_items()))
-            final.extensions = {**final.extensions, "teller": _info(signed, record, final.headers)}
+                                      max_amount=self.max_amount, idempotency_key=key, timeout=bound)
+            final = self.inner.handle_request(_httpx_retry(request, body, signed))
+            record, error = _report(self.teller, signed, final.status_code, list(final.headers.multi_items()),
+                                    bound)
+            final.extensions = {**final.extensions, "teller": _info(signed, record, final.headers, error, key)}
             return final
 
         def close(self) -> None:
@@ -119,16 +196,15 @@ if _httpx_mod is not None:
                 challenge = (await response.aread())[:MAX_CHALLENGE_BYTES]
             finally:
                 await response.aclose()
+            key, bound = _httpx_key(request), _httpx_bound(self.teller, request)
             signed = await self.teller.sign(status=402, headers=list(response.headers.multi_items()),
                                             body=challenge, url=str(request.url), method=request.method,
-                                            wallet_id=self.wallet_id, max_amount=self.max_amount)
-            retry = _httpx_mod.Request(request.method, request.url, headers=request.headers, content=body,
-                                       extensions=request.extensions)
-            retry.headers[signed.header_name] = signed.header_value
-            final = await self.inner.handle_async_request(retry)
-            record = await self.teller.record_outcome(signed.payment_id, status=final.status_code,
-                                                      headers=list(final.headers.multi_items()))
-            final.extensions = {**final.extensions, "teller": _info(signed, record, final.headers)}
+                                            wallet_id=self.wallet_id, max_amount=self.max_amount,
+                                            idempotency_key=key, timeout=bound)
+            final = await self.inner.handle_async_request(_httpx_retry(request, body, signed))
+            record, error = await _report_async(self.teller, signed, final.status_code,
+                                                list(final.headers.multi_items()), bound)
+            final.extensions = {**final.extensions, "teller": _info(signed, record, final.headers, error, key)}
             return final
 
         async def aclose(self) -> None:
@@ -157,17 +233,35 @@ if _HTTPAdapter is not None:
             response = super().send(request, **kwargs)
             if response.status_code != 402:
                 return response
+            key = request.headers.get(IDEMPOTENCY_HEADER) or getattr(request, KEY_ATTRIBUTE, None)
+            if not key:
+                key = _new_key()
+                setattr(request, KEY_ATTRIBUTE, key)
             # requests joins repeated headers with ", ": Teller reads every challenge in the joined value.
+            timeout = kwargs.get("timeout")
+            bound = _bound(self.teller, *timeout) if isinstance(timeout, tuple) else _bound(self.teller, timeout)
             signed = self.teller.sign(status=402, headers=list(response.headers.items()),
                                       body=response.content[:MAX_CHALLENGE_BYTES], url=request.url,
-                                      method=request.method, wallet_id=self.wallet_id, max_amount=self.max_amount)
+                                      method=request.method, wallet_id=self.wallet_id, max_amount=self.max_amount,
+                                      idempotency_key=key, timeout=bound)
             retry = request.copy()
-            retry.headers[signed.header_name] = signed.header_value
+            retry.headers.update(signed.retry_headers())
             final = super().send(retry, **kwargs)
-            record = self.teller.record_outcome(signed.payment_id, status=final.status_code,
-                                                headers=list(final.headers.items()))
-            final.teller = _info(signed, record, final.headers)  # type: ignore[attr-defined]
+            record, error = _report(self.teller, signed, final.status_code, list(final.headers.items()), bound)
+            final.teller = _info(signed, record, final.headers, error, key)  # type: ignore[attr-defined]
             return final
+
+
+_EXTRAS = {"TellerTransport": "httpx", "AsyncTellerTransport": "httpx", "TellerAdapter": "requests"}
+
+
+def __getattr__(name: str) -> Any:
+    # Reached only when the class was not defined above: its optional extra is missing.
+    extra = _EXTRAS.get(name)
+    if extra is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    raise ImportError(f"teller_client.integrations.{name} needs {extra}: pip install \"teller-client[{extra}]\"",
+                      name=extra)
 
 
 __all__ = ["AsyncTellerTransport", "TellerAdapter", "TellerTransport", "decode_receipt", "payment_info"]

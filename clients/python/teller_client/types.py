@@ -25,6 +25,12 @@ class SignedPayment:
     header_value: str
     payment_id: str
     requirement: Requirement
+    #: Other headers to set on the retry (MPP's ``Idempotency-Key``).
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def retry_headers(self) -> dict[str, str]:
+        """Every header to set on the paid retry."""
+        return {**dict(self.headers), self.header_name: self.header_value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +86,12 @@ class PaymentInfo:
     payment_id: str
     header_name: str
     requirement: Requirement
-    record: PaymentRecord | None  # as Teller recorded it after the retry
+    record: PaymentRecord | None  # as Teller recorded it after the retry (None if reporting failed)
     receipt: dict[str, Any] | None  # the server's decoded receipt, if it sent one
+    #: Why reporting the outcome to Teller failed, if it did. The paid response is
+    #: returned anyway; Teller's reconciler settles the payment from the chain.
+    outcome_error: Exception | None = None
+    idempotency_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ def sign_result_to_proto(r: SignResult) -> payment_pb2.SignResponse:
         header_name=r.header_name,
         header_value=r.header_value,
         payment_id=r.payment_id,
+        headers=[common_pb2.Header(name=k, value=v) for k, v in r.headers],
         requirement=common_pb2.Requirement(
             protocol=r.protocol, version=r.version, scheme=r.scheme, network=r.network,
             asset=r.asset, amount=str(r.amount), pay_to=r.pay_to,

@@ -9,7 +9,7 @@ import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from teller import eip3009, values
+from teller import eip3009, idempotency, values
 from teller.errors import FailedPrecondition, InvalidArgument, TellerError
 from teller.jsontext import compact
 from teller.x402.challenge import Offer, X402Challenge
@@ -74,9 +74,11 @@ def payable_offers(challenge: X402Challenge, networks: Mapping[str, int] | None 
 
 
 def payment_header(
-    challenge: X402Challenge, chosen: Payable, auth: eip3009.Authorization, signature: bytes
+    challenge: X402Challenge, chosen: Payable, auth: eip3009.Authorization, signature: bytes,
+    payment_id: str | None = None,
 ) -> tuple[str, str]:
-    """The header name and base64 value to send on the retry."""
+    """The header name and base64 value to send on the retry. ``payment_id`` goes
+    into the ``payment-identifier`` extension when the server declared it."""
     inner = {"signature": "0x" + signature.hex(), "authorization": auth.to_json()}
     doc: dict[str, object]
     if challenge.version == 1:
@@ -92,8 +94,9 @@ def payment_header(
         doc = {"x402Version": 2, "accepted": dict(chosen.offer.raw), "payload": inner}
         if challenge.resource is not None:
             doc["resource"] = dict(challenge.resource)
-        if challenge.extensions:
-            doc["extensions"] = dict(challenge.extensions)
+        extensions = idempotency.with_payment_identifier(challenge.extensions, payment_id)
+        if extensions:
+            doc["extensions"] = extensions
         name = HEADER_V2
     return name, base64.b64encode(compact(doc)).decode("ascii")
 

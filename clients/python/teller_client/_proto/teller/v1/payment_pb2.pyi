@@ -34,16 +34,18 @@ class SignRequest(_message.Message):
     def __init__(self, challenge: _Optional[_Union[Challenge, _Mapping]] = ..., wallet_id: _Optional[str] = ..., max_amount: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class SignResponse(_message.Message):
-    __slots__ = ("header_name", "header_value", "requirement", "payment_id")
+    __slots__ = ("header_name", "header_value", "requirement", "payment_id", "headers")
     HEADER_NAME_FIELD_NUMBER: _ClassVar[int]
     HEADER_VALUE_FIELD_NUMBER: _ClassVar[int]
     REQUIREMENT_FIELD_NUMBER: _ClassVar[int]
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
     header_name: str
     header_value: str
     requirement: _common_pb2.Requirement
     payment_id: str
-    def __init__(self, header_name: _Optional[str] = ..., header_value: _Optional[str] = ..., requirement: _Optional[_Union[_common_pb2.Requirement, _Mapping]] = ..., payment_id: _Optional[str] = ...) -> None: ...
+    headers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Header]
+    def __init__(self, header_name: _Optional[str] = ..., header_value: _Optional[str] = ..., requirement: _Optional[_Union[_common_pb2.Requirement, _Mapping]] = ..., payment_id: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[_common_pb2.Header, _Mapping]]] = ...) -> None: ...
 
 class ListWalletsRequest(_message.Message):
     __slots__ = ()

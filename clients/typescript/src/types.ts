@@ -1,0 +1,88 @@
+// Plain result types (no protobuf in callers' code). Amounts are bigint atomic units.
+
+export type HeaderList = Array<[string, string]>;
+
+export interface Requirement {
+  protocol: string; // "x402" | "mpp"
+  version: number;
+  scheme: string;
+  network: string; // CAIP-2
+  asset: string;
+  amount: bigint;
+  payTo: string;
+}
+
+export interface SignedPayment {
+  headerName: string;
+  headerValue: string;
+  paymentId: string;
+  requirement: Requirement;
+  /** Every header to set on the paid retry: the proof and, for MPP with a key, Idempotency-Key. */
+  retryHeaders: Record<string, string>;
+}
+
+/** A signed payment and what became of it (signed, settled, failed, expired, voided). */
+export interface PaymentRecord {
+  id: string;
+  tenantId: string;
+  walletId: string;
+  protocol: string;
+  network: string;
+  asset: string;
+  payTo: string;
+  amount: bigint;
+  state: string;
+  stateReason: string;
+  txHash: string;
+  released: boolean;
+  validBefore: number;
+  createdAtMs: number;
+  updatedAtMs: number;
+  resourceUrl: string;
+  nonce: string;
+}
+
+export interface Wallet {
+  id: string;
+  tenantId: string;
+  label: string;
+  address: string;
+  state: string;
+  createdAtMs: number;
+}
+
+export interface WindowSpend {
+  scope: string;
+  window: string;
+  kind: string;
+  limit: bigint;
+  spent: bigint;
+  reserved: bigint;
+  remaining: bigint;
+  windowStartMs: number;
+  windowEndMs: number;
+}
+
+/** What pay() returns: the server's final answer and, when a 402 was paid, the payment and receipt. */
+export interface PaidResponse {
+  status: number;
+  headers: HeaderList;
+  body: Buffer;
+  payment: PaymentRecord | undefined;
+  receipt: Record<string, unknown> | undefined;
+  paymentHeader: string;
+}
+
+/** Attached by wrapFetch and the axios interceptor to a response whose 402 they paid. */
+export interface PaymentInfo {
+  paymentId: string;
+  headerName: string;
+  requirement: Requirement;
+  idempotencyKey: string;
+  /** As Teller recorded it after the retry; undefined when reporting failed. */
+  record: PaymentRecord | undefined;
+  /** The server's decoded receipt, if it sent one. */
+  receipt: Record<string, unknown> | undefined;
+  /** Why reporting the outcome failed; the paid response is returned anyway. */
+  outcomeError: Error | undefined;
+}

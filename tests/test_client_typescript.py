@@ -1,0 +1,85 @@
+"""The TypeScript client (clients/typescript), tested with Node's test runner
+against a real Teller and the counterparties the rest of the suite uses: the
+x402 SDK's middleware and facilitator on anvil, pympp's Tempo server on a Tempo
+anvil. This test starts them and runs ``node --test`` on the compiled tests
+(clients/typescript/test/live.test.ts), which make their own assertions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from teller_client import Policy
+from tests.support.chain import anvil, deploy_token
+from tests.support.harness import RunningTeller, make_settings
+from tests.support.mpp_live import PATH_USD, tempo_chain, tempo_server
+from tests.support.x402_live import resource_server
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "clients" / "typescript"
+PAYEE = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+RECIPIENT = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+PRICE = 7_000
+
+pytestmark = pytest.mark.slow
+
+
+def build() -> None:
+    """npm ci (when node_modules is missing), generate from proto/, compile with
+    tsc (which type-checks). ``./run test`` does this before pytest; here it runs
+    again only when a source is newer than the build."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise RuntimeError("Node.js and npm are needed for the TypeScript client: ./run test installs them")
+    if not (PACKAGE / "node_modules" / ".bin" / "tsc").exists():
+        subprocess.run(["npm", "ci", "--silent", "--no-audit", "--no-fund"], cwd=PACKAGE, check=True)
+    built = PACKAGE / "dist" / "test" / "live.test.js"
+    sources = [*(ROOT / "proto").rglob("*.proto"), *(PACKAGE / "test").rglob("*.ts"), PACKAGE / "package.json",
+               *(p for p in (PACKAGE / "src").rglob("*.ts") if "gen" not in p.relative_to(PACKAGE / "src").parts)]
+    if built.exists() and all(p.stat().st_mtime <= built.stat().st_mtime for p in sources):
+        return
+    env = {**os.environ, "PYTHON": str(Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "python")}
+    if not Path(env["PYTHON"]).exists():
+        import sys
+
+        env["PYTHON"] = sys.executable
+    subprocess.run(["npm", "run", "--silent", "gen"], cwd=PACKAGE, check=True, env=env)
+    subprocess.run(["npm", "run", "--silent", "build"], cwd=PACKAGE, check=True)
+
+
+def test_typescript_client_against_a_real_teller(tmp_path):
+    build()
+    with anvil("--chain-id", "31338") as url, tempo_chain() as tempo:
+        evm = deploy_token(url)
+        running = RunningTeller(make_settings(
+            f"sqlite:///{tmp_path / 't.db'}", tmp_path, reconcile_interval_seconds=0,
+            outbound_allow=("127.0.0.1", "localhost"),
+            rpc_urls={evm.network: evm.rpc_url, tempo.network: tempo.rpc_url}))
+        try:
+            t = running.setup_tenant(policy=Policy(allow_unknown_assets=True))
+            evm.mint(t.address, 1_000_000)
+            tempo.fund(t.address, 5_000_000)
+            with resource_server(evm, PAYEE, PRICE) as x402_url, \
+                    tempo_server(tempo, RECIPIENT, {"/weather": {"amount": "0.007"}}) as mpp_url:
+                env = {
+                    **os.environ,
+                    "TELLER_TARGET": running.target, "TELLER_TOKEN": t.token, "TELLER_WALLET_ID": t.wallet_id,
+                    "PRICE": str(PRICE),
+                    "X402_URL": x402_url, "EVM_RPC": evm.rpc_url, "EVM_TOKEN": evm.token.address,
+                    "X402_PAYEE": PAYEE,
+                    "MPP_URL": mpp_url, "TEMPO_RPC": tempo.rpc_url, "TEMPO_TOKEN": PATH_USD,
+                    "MPP_RECIPIENT": RECIPIENT,
+                }
+                out = subprocess.run(["node", "--test", "--test-reporter=spec", "dist/test/"], cwd=PACKAGE, env=env,
+                                     capture_output=True, text=True, timeout=300)
+            print(out.stdout[-20000:])
+            assert out.returncode == 0, out.stdout[-20000:] + out.stderr[-5000:]
+            # The Node tests paid: four logical purchases per protocol (fetch: the key and the
+            # request object; axios: the key; and the one whose outcome report failed).
+            payments, _ = running.admin().list_payments(t.tenant_id)
+            assert sorted(p.protocol for p in payments) == ["mpp"] * 4 + ["x402"] * 4
+        finally:
+            running.stop()
