@@ -193,8 +193,11 @@ class Payer:
                     deadline: float) -> AsyncIterator[Head | bytes]:
         """The retry with the proof. From here on the server may hold a valid proof:
         every error names the payment, and a payment left ``signed`` says why."""
-        retry_headers = [(k, v) for k, v in req.headers if k.lower() != signed.header_name.lower()]
-        retry_headers.append((signed.header_name, signed.header_value))
+        # Every header the proof comes with (MPP's Idempotency-Key too) replaces the caller's own.
+        sent = [(signed.header_name, signed.header_value), *signed.headers]
+        names = {k.lower() for k, _ in sent}
+        retry_headers = [(k, v) for k, v in req.headers if k.lower() not in names]
+        retry_headers.extend(sent)
         recorded = False
         try:
             async with contextlib.AsyncExitStack() as stack:
