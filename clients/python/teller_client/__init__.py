@@ -28,6 +28,7 @@ from teller_client.types import (
     Requirement,
     SignedPayment,
     Tenant,
+    TokenInfo,
     Wallet,
     WindowSpend,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "TellerClient",
     "TellerError",
     "Tenant",
+    "TokenInfo",
     "Unauthenticated",
     "Unavailable",
     "Wallet",
