@@ -144,12 +144,20 @@ def cmd_keys(ns: argparse.Namespace) -> int:
     settings = _settings(ns, kek_file=ns.kek_file)
     db = Database(make_engine(settings.resolved_database_url(), 2))
     try:
+        doc: dict[str, Any] = {}
         if ns.action == "rewrap":
             result = rotation.rewrap_all(db, kek_provider(settings))
-            print(f"re-wrapped {result.rewrapped} wallet key(s) under KEK {result.current_version!r}; "
-                  f"{result.already_current} already were")
+            doc.update(rewrapped=result.rewrapped, already_current=result.already_current,
+                       current_version=result.current_version)
+            if _fmt(ns) == "table":
+                print(f"re-wrapped {result.rewrapped} wallet key(s) under KEK {result.current_version!r}; "
+                      f"{result.already_current} already were")
         counts = rotation.status(db)
-        print("wallets per KEK version: " + (", ".join(f"{v}={n}" for v, n in sorted(counts.items())) or "none"))
+        doc["wallets_per_kek_version"] = dict(sorted(counts.items()))
+        if _fmt(ns) == "json":
+            print(json.dumps(doc, indent=2, sort_keys=True))
+        else:
+            print("wallets per KEK version: " + (", ".join(f"{v}={n}" for v, n in sorted(counts.items())) or "none"))
     finally:
         db.engine.dispose()
     return 0
@@ -543,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         kp = key_verbs.add_parser(verb_name, help=text)
         _server_flags(kp)
         kp.add_argument("--kek-file", type=Path, help="KEK file (or TELLER_KEK_FILE / TELLER_KEK)")
+        _output_option(kp)
     keys.set_defaults(fn=cmd_keys)
 
     pol_cmd = sub.add_parser("policy", help="offline policy tools (no server, no database)")
