@@ -107,6 +107,7 @@ def test_signed_export_verifies_offline_and_catches_rewrites_and_truncation(acti
     assert "not by the given public key" in verdict([*events, trailer], "--public-key", other).stdout
 
 
+@pytest.mark.slow  # a dozen CLI runs against the database (~70 s on a busy machine)
 def test_audit_key_rotation_keeps_old_exports_verifiable(activity, tmp_path):
     t, db, kek = activity
     first = _run("audit", "public-key", *db, env=kek).stdout.strip()
