@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
 from teller import audit_tools
@@ -50,11 +52,13 @@ def test_a_clean_log_verifies_and_its_export_verifies_offline(teller, db):
     t = _activity(teller)
     assert audit_tools.verify_database(db) == []
     out = io.StringIO()
-    n = audit_tools.export(db, t.tenant_id, out)
+    key = Ed25519PrivateKey.generate()
+    n = audit_tools.export(db, t.tenant_id, out, key, 1)
     assert n == len(_events(db, t.tenant_id)) >= 6  # tenant, token, wallet, policy, 3 signatures
     assert audit_tools.verify_file(io.StringIO(out.getvalue())) == []
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [e["seq"] for e in lines] == list(range(1, n + 1))
+    assert [e["seq"] for e in lines[:-1]] == list(range(1, n + 1))
+    assert lines[-1]["type"] == "teller.audit.export" and lines[-1]["seq"] == n
 
 
 def test_an_edited_row_is_named(teller, db):
@@ -138,7 +142,7 @@ def test_audit_commands(teller, tmp_path):
     ok = subprocess.run([*TELLER, "audit", "verify", "--database-url", url], capture_output=True, text=True)
     assert ok.returncode == 0 and "no problems" in ok.stdout
     export = subprocess.run([*TELLER, "audit", "export", "--tenant", t.tenant_id, "--database-url", url],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, env={**os.environ, "TELLER_KEK": teller.settings.kek})
     assert export.returncode == 0
     path = tmp_path / "log.jsonl"
     path.write_text(export.stdout)

@@ -71,6 +71,16 @@ class Admin:
                          details={"old_state": old, "new_state": "disabled"})
         return tenant
 
+    def enable_tenant(self, tenant_id: str) -> Tenant:
+        now = ms(self.clock)
+        with self.db.transaction() as s:
+            tenant = get_tenant(s, tenant_id)
+            old = tenant.state
+            tenant.state = "active"
+            audit.record(s, at_ms=now, actor=OPERATOR, action="tenant.enable", tenant_id=tenant_id,
+                         details={"old_state": old, "new_state": "active"})
+        return tenant
+
     def list_tenants(self) -> list[Tenant]:
         with self.db.transaction() as s:
             return list(s.scalars(select(Tenant).order_by(Tenant.created_ms, Tenant.id)))
@@ -96,6 +106,31 @@ class Admin:
                 row.revoked_ms = now
             audit.record(s, at_ms=now, actor=OPERATOR, action="token.revoke", tenant_id=row.tenant_id,
                          details={"token_id": token_id})
+
+    def list_tokens(self, tenant_id: str) -> list[ApiToken]:
+        with self.db.transaction() as s:
+            get_tenant(s, tenant_id)
+            return list(s.scalars(select(ApiToken).where(ApiToken.tenant_id == tenant_id)
+                                  .order_by(ApiToken.created_ms, ApiToken.id)))
+
+    def rotate_token(self, token_id: str) -> tuple[str, str]:
+        """Revoke a token and issue its successor in one transaction, so there is
+        never a moment with both or neither (callers switch to the new one)."""
+        now = ms(self.clock)
+        new_id, token, digest = auth.new_token()
+        with self.db.transaction() as s:
+            row = s.get(ApiToken, token_id) if token_id else None
+            if row is None:
+                raise NotFound(f"token {token_id!r} not found")
+            if row.revoked_ms is not None:
+                raise InvalidArgument(f"token_id {token_id!r} is already revoked: issue a new one instead")
+            get_tenant(s, row.tenant_id)
+            row.revoked_ms = now
+            s.add(ApiToken(id=new_id, tenant_id=row.tenant_id, secret_hash=digest, description=row.description,
+                           created_ms=now))
+            audit.record(s, at_ms=now, actor=OPERATOR, action="token.rotate", tenant_id=row.tenant_id,
+                         details={"old_token_id": token_id, "new_token_id": new_id})
+        return new_id, token
 
     def create_wallet(self, tenant_id: str, label: str = "", private_key: str | None = None) -> Wallet:
         now = ms(self.clock)
@@ -149,6 +184,19 @@ class Admin:
             get_tenant(s, tenant_id)
             return list(s.scalars(select(Wallet).where(Wallet.tenant_id == tenant_id).order_by(Wallet.created_ms)))
 
+    def disable_wallet(self, tenant_id: str, wallet_id: str) -> Wallet:
+        now = ms(self.clock)
+        if not wallet_id:
+            raise InvalidArgument("wallet_id is required")
+        with self.db.transaction() as s:
+            wallet = self._scope(s, tenant_id, wallet_id)
+            assert wallet is not None
+            old = wallet.state
+            wallet.state = "disabled"
+            audit.record(s, at_ms=now, actor=OPERATOR, action="wallet.disable", tenant_id=tenant_id,
+                         wallet_id=wallet_id, details={"old_state": old, "new_state": "disabled"})
+        return wallet
+
     def _scope(self, s: Session, tenant_id: str, wallet_id: str) -> Wallet | None:
         get_tenant(s, tenant_id)
         if not wallet_id:
@@ -193,6 +241,8 @@ class Admin:
             target: Tenant | Wallet = wallet if wallet is not None else get_tenant(s, tenant_id)
             old = bool(target.frozen)
             target.frozen = frozen
+            # An unfreeze clears the reason: what is shown is why it is frozen now.
+            target.frozen_reason = reason[:500] if frozen else ""
             audit.record(s, at_ms=now, actor=OPERATOR, action="wallet.freeze" if wallet else "tenant.freeze",
                          tenant_id=tenant_id, wallet_id=wallet_id,
                          details={"old": old, "new": frozen, "reason": reason[:500]})

@@ -39,6 +39,7 @@ from teller_client.types import (
     Requirement,
     SignedPayment,
     Tenant,
+    TokenInfo,
     Wallet,
     WindowSpend,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "TellerClient",
     "TellerError",
     "Tenant",
+    "TokenInfo",
     "Unauthenticated",
     "Unavailable",
     "Wallet",

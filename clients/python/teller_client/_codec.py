@@ -14,6 +14,7 @@ from teller_client.types import (
     Requirement,
     SignedPayment,
     Tenant,
+    TokenInfo,
     Wallet,
     WindowSpend,
 )
@@ -48,7 +49,7 @@ def signed(r: payment_pb2.SignResponse) -> SignedPayment:
 
 
 def wallet(w: common_pb2.Wallet) -> Wallet:
-    return Wallet(w.id, w.tenant_id, w.label, w.address, w.state, w.created_at_ms)
+    return Wallet(w.id, w.tenant_id, w.label, w.address, w.state, w.created_at_ms, w.frozen, w.frozen_reason)
 
 
 def wallets(r: common_pb2.ListWalletsResponse) -> list[Wallet]:
@@ -56,7 +57,11 @@ def wallets(r: common_pb2.ListWalletsResponse) -> list[Wallet]:
 
 
 def tenant(t: admin_pb2.Tenant) -> Tenant:
-    return Tenant(t.id, t.name, t.state, t.created_at_ms)
+    return Tenant(t.id, t.name, t.state, t.created_at_ms, t.frozen, t.frozen_reason)
+
+
+def token_info(t: admin_pb2.TokenInfo) -> TokenInfo:
+    return TokenInfo(t.id, t.tenant_id, t.description, t.created_at_ms, t.revoked_at_ms)
 
 
 def spend(r: common_pb2.SpendStatus) -> list[WindowSpend]:

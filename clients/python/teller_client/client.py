@@ -29,6 +29,7 @@ from teller_client.types import (
     Policy,
     SignedPayment,
     Tenant,
+    TokenInfo,
     Wallet,
     WindowSpend,
 )
@@ -387,6 +388,9 @@ class AdminClient(_Sync):
     def disable_tenant(self, tenant_id: str) -> Tenant:
         return _codec.tenant(self._call("DisableTenant", admin_pb2.DisableTenantRequest(tenant_id=tenant_id)))
 
+    def enable_tenant(self, tenant_id: str) -> Tenant:
+        return _codec.tenant(self._call(self._stub.EnableTenant, admin_pb2.EnableTenantRequest(tenant_id=tenant_id)))
+
     def list_tenants(self) -> list[Tenant]:
         r = self._call("ListTenants", admin_pb2.ListTenantsRequest())
         return [_codec.tenant(t) for t in r.tenants]
@@ -399,6 +403,16 @@ class AdminClient(_Sync):
     def revoke_token(self, token_id: str) -> None:
         self._call("RevokeToken", admin_pb2.RevokeTokenRequest(token_id=token_id))
 
+    def list_tokens(self, tenant_id: str) -> list[TokenInfo]:
+        r = self._call(self._stub.ListTokens, admin_pb2.ListTokensRequest(tenant_id=tenant_id))
+        return [_codec.token_info(t) for t in r.tokens]
+
+    def rotate_token(self, token_id: str) -> tuple[str, str]:
+        """Revoke a token and issue its replacement (same tenant and description)
+        at once; returns (new token id, bearer token), shown only once."""
+        r = self._call(self._stub.RotateToken, admin_pb2.RotateTokenRequest(token_id=token_id))
+        return r.token_id, r.token
+
     def create_wallet(self, tenant_id: str, label: str = "") -> Wallet:
         return _codec.wallet(self._call("CreateWallet",
                                         admin_pb2.CreateWalletRequest(tenant_id=tenant_id, label=label)))
@@ -409,6 +423,10 @@ class AdminClient(_Sync):
 
     def list_wallets(self, tenant_id: str) -> list[Wallet]:
         return _codec.wallets(self._call("ListWallets", admin_pb2.AdminListWalletsRequest(tenant_id=tenant_id)))
+
+    def disable_wallet(self, tenant_id: str, wallet_id: str) -> Wallet:
+        req = admin_pb2.DisableWalletRequest(tenant_id=tenant_id, wallet_id=wallet_id)
+        return _codec.wallet(self._call(self._stub.DisableWallet, req))
 
     def set_policy(self, tenant_id: str, policy: Policy | Mapping[str, Any] | str,
                    wallet_id: str = "") -> dict[str, Any]:

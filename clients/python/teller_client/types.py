@@ -102,6 +102,8 @@ class Wallet:
     address: str
     state: str
     created_at_ms: int
+    frozen: bool = False
+    frozen_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,19 @@ class Tenant:
     name: str
     state: str
     created_at_ms: int
+    frozen: bool = False
+    frozen_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """An API token as operators see it: never its secret."""
+
+    id: str
+    tenant_id: str
+    description: str
+    created_at_ms: int
+    revoked_at_ms: int  # 0: still valid
 
 
 @dataclass(frozen=True, slots=True)

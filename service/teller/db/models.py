@@ -44,6 +44,8 @@ class Tenant(Base):
     state: Mapped[str] = mapped_column(String(16), default="active")
     # Read inside every Sign transaction, so a freeze holds on all replicas at once.
     frozen: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The operator's words with the last freeze, shown by `teller admin tenant list`.
+    frozen_reason: Mapped[str] = mapped_column(String(500), default="", server_default="")
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
@@ -67,6 +69,7 @@ class Wallet(Base):
     address: Mapped[str] = mapped_column(String(42))
     state: Mapped[str] = mapped_column(String(16), default="active")
     frozen: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    frozen_reason: Mapped[str] = mapped_column(String(500), default="", server_default="")
     kek_version: Mapped[str] = mapped_column(String(64))
     wrapped_data_key: Mapped[bytes] = mapped_column(LargeBinary)
     key_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
@@ -220,3 +223,18 @@ class AuditHead(Base):
     chain: Mapped[str] = mapped_column(String(36), primary_key=True)  # tenant id, or "" for none
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditKey(Base):
+    """Teller's own Ed25519 keys that sign exported audit chain heads, sealed
+    under the KEK like wallet keys. The newest unretired one signs; retired ones
+    stay so that their public keys can still be looked up."""
+
+    __tablename__ = "audit_keys"
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # first 16 hex of SHA-256(public key)
+    public_key: Mapped[str] = mapped_column(String(64))  # raw 32 bytes, hex
+    kek_version: Mapped[str] = mapped_column(String(64))
+    wrapped_data_key: Mapped[bytes] = mapped_column(LargeBinary)
+    key_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    retired_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

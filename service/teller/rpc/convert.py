@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from teller.db.models import AuditEvent, Payment, Tenant, Wallet
+from teller.db.models import ApiToken, AuditEvent, Payment, Tenant, Wallet
 from teller.pay import Head
 from teller.payments import SignInput, SignResult, sign_input
 from teller.spend import WindowReport
@@ -39,13 +39,21 @@ def sign_result_to_proto(r: SignResult) -> payment_pb2.SignResponse:
 
 
 def tenant_to_proto(t: Tenant) -> admin_pb2.Tenant:
-    return admin_pb2.Tenant(id=t.id, name=t.name, state=t.state, created_at_ms=t.created_ms)
+    return admin_pb2.Tenant(id=t.id, name=t.name, state=t.state, created_at_ms=t.created_ms,
+                            frozen=bool(t.frozen), frozen_reason=t.frozen_reason or "")
+
+
+def token_to_proto(t: ApiToken) -> admin_pb2.TokenInfo:
+    # Only the id and metadata: the secret's hash never leaves the database.
+    return admin_pb2.TokenInfo(id=t.id, tenant_id=t.tenant_id, description=t.description,
+                               created_at_ms=t.created_ms, revoked_at_ms=t.revoked_ms or 0)
 
 
 def wallet_to_proto(w: Wallet) -> common_pb2.Wallet:
     # Only public fields: the sealed key columns never cross this edge.
     return common_pb2.Wallet(id=w.id, tenant_id=w.tenant_id, label=w.label, address=w.address,
-                             state=w.state, created_at_ms=w.created_ms)
+                             state=w.state, created_at_ms=w.created_ms, frozen=bool(w.frozen),
+                             frozen_reason=w.frozen_reason or "")
 
 
 def policy_to_proto(tenant_id: str, wallet_id: str, document: str, updated_ms: int) -> admin_pb2.SpendPolicy:

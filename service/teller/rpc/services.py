@@ -179,6 +179,25 @@ class AdminServicer(_Base, admin_pb2_grpc.AdminServiceServicer):
         tenants = await self.run(self.app.admin.list_tenants)
         return admin_pb2.ListTenantsResponse(tenants=[convert.tenant_to_proto(t) for t in tenants])
 
+    async def EnableTenant(self, request: admin_pb2.EnableTenantRequest, context: grpc.aio.ServicerContext) -> admin_pb2.Tenant:
+        self._operator(context)
+        return convert.tenant_to_proto(await self.run(self.app.admin.enable_tenant, request.tenant_id))
+
+    async def ListTokens(self, request: admin_pb2.ListTokensRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ListTokensResponse:
+        self._operator(context)
+        tokens = await self.run(self.app.admin.list_tokens, request.tenant_id)
+        return admin_pb2.ListTokensResponse(tokens=[convert.token_to_proto(t) for t in tokens])
+
+    async def RotateToken(self, request: admin_pb2.RotateTokenRequest, context: grpc.aio.ServicerContext) -> admin_pb2.IssueTokenResponse:
+        self._operator(context)
+        token_id, token = await self.run(self.app.admin.rotate_token, request.token_id)
+        return admin_pb2.IssueTokenResponse(token_id=token_id, token=token)
+
+    async def DisableWallet(self, request: admin_pb2.DisableWalletRequest, context: grpc.aio.ServicerContext) -> common_pb2.Wallet:
+        self._operator(context)
+        return convert.wallet_to_proto(await self.run(self.app.admin.disable_wallet, request.tenant_id,
+                                                      request.wallet_id))
+
     async def IssueToken(self, request: admin_pb2.IssueTokenRequest, context: grpc.aio.ServicerContext) -> admin_pb2.IssueTokenResponse:
         self._operator(context)
         token_id, token = await self.run(self.app.admin.issue_token, request.tenant_id, request.description)

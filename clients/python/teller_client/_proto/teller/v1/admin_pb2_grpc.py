@@ -52,6 +52,11 @@ class AdminServiceStub:
                 request_serializer=teller_dot_v1_dot_admin__pb2.ListTenantsRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_admin__pb2.ListTenantsResponse.FromString,
                 _registered_method=True)
+        self.EnableTenant = channel.unary_unary(
+                '/teller.v1.AdminService/EnableTenant',
+                request_serializer=teller_dot_v1_dot_admin__pb2.EnableTenantRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_admin__pb2.Tenant.FromString,
+                _registered_method=True)
         self.IssueToken = channel.unary_unary(
                 '/teller.v1.AdminService/IssueToken',
                 request_serializer=teller_dot_v1_dot_admin__pb2.IssueTokenRequest.SerializeToString,
@@ -61,6 +66,16 @@ class AdminServiceStub:
                 '/teller.v1.AdminService/RevokeToken',
                 request_serializer=teller_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_admin__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/teller.v1.AdminService/ListTokens',
+                request_serializer=teller_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RotateToken = channel.unary_unary(
+                '/teller.v1.AdminService/RotateToken',
+                request_serializer=teller_dot_v1_dot_admin__pb2.RotateTokenRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_admin__pb2.IssueTokenResponse.FromString,
                 _registered_method=True)
         self.CreateWallet = channel.unary_unary(
                 '/teller.v1.AdminService/CreateWallet',
@@ -76,6 +91,11 @@ class AdminServiceStub:
                 '/teller.v1.AdminService/ListWallets',
                 request_serializer=teller_dot_v1_dot_admin__pb2.AdminListWalletsRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_common__pb2.ListWalletsResponse.FromString,
+                _registered_method=True)
+        self.DisableWallet = channel.unary_unary(
+                '/teller.v1.AdminService/DisableWallet',
+                request_serializer=teller_dot_v1_dot_admin__pb2.DisableWalletRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_common__pb2.Wallet.FromString,
                 _registered_method=True)
         self.SetPolicy = channel.unary_unary(
                 '/teller.v1.AdminService/SetPolicy',
@@ -147,6 +167,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnableTenant(self, request, context):
+        """Undo DisableTenant: its tokens and wallets work again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IssueToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -155,6 +182,21 @@ class AdminServiceServicer:
 
     def RevokeToken(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """A tenant's tokens (never their secrets), revoked ones included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateToken(self, request, context):
+        """Issue a new token for the same tenant and description and revoke the old
+        one, in one transaction.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -173,6 +215,13 @@ class AdminServiceServicer:
 
     def ListWallets(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableWallet(self, request, context):
+        """A disabled wallet signs nothing more; its key stays sealed in the database.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -254,6 +303,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=teller_dot_v1_dot_admin__pb2.ListTenantsRequest.FromString,
                     response_serializer=teller_dot_v1_dot_admin__pb2.ListTenantsResponse.SerializeToString,
             ),
+            'EnableTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableTenant,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.EnableTenantRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_admin__pb2.Tenant.SerializeToString,
+            ),
             'IssueToken': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueToken,
                     request_deserializer=teller_dot_v1_dot_admin__pb2.IssueTokenRequest.FromString,
@@ -263,6 +317,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=teller_dot_v1_dot_admin__pb2.RevokeTokenRequest.FromString,
                     response_serializer=teller_dot_v1_dot_admin__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.ListTokensRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_admin__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RotateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateToken,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.RotateTokenRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_admin__pb2.IssueTokenResponse.SerializeToString,
             ),
             'CreateWallet': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateWallet,
@@ -278,6 +342,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListWallets,
                     request_deserializer=teller_dot_v1_dot_admin__pb2.AdminListWalletsRequest.FromString,
                     response_serializer=teller_dot_v1_dot_common__pb2.ListWalletsResponse.SerializeToString,
+            ),
+            'DisableWallet': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableWallet,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.DisableWalletRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_common__pb2.Wallet.SerializeToString,
             ),
             'SetPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.SetPolicy,
@@ -419,6 +488,33 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
+    def EnableTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/EnableTenant',
+            teller_dot_v1_dot_admin__pb2.EnableTenantRequest.SerializeToString,
+            teller_dot_v1_dot_admin__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def IssueToken(request,
             target,
             options=(),
@@ -462,6 +558,60 @@ class AdminService:
             '/teller.v1.AdminService/RevokeToken',
             teller_dot_v1_dot_admin__pb2.RevokeTokenRequest.SerializeToString,
             teller_dot_v1_dot_admin__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/ListTokens',
+            teller_dot_v1_dot_admin__pb2.ListTokensRequest.SerializeToString,
+            teller_dot_v1_dot_admin__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/RotateToken',
+            teller_dot_v1_dot_admin__pb2.RotateTokenRequest.SerializeToString,
+            teller_dot_v1_dot_admin__pb2.IssueTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -543,6 +693,33 @@ class AdminService:
             '/teller.v1.AdminService/ListWallets',
             teller_dot_v1_dot_admin__pb2.AdminListWalletsRequest.SerializeToString,
             teller_dot_v1_dot_common__pb2.ListWalletsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableWallet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/DisableWallet',
+            teller_dot_v1_dot_admin__pb2.DisableWalletRequest.SerializeToString,
+            teller_dot_v1_dot_common__pb2.Wallet.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,20 +33,24 @@ class Requirement(_message.Message):
     def __init__(self, protocol: _Optional[str] = ..., version: _Optional[int] = ..., scheme: _Optional[str] = ..., network: _Optional[str] = ..., asset: _Optional[str] = ..., amount: _Optional[str] = ..., pay_to: _Optional[str] = ...) -> None: ...
 
 class Wallet(_message.Message):
-    __slots__ = ("id", "tenant_id", "label", "address", "state", "created_at_ms")
+    __slots__ = ("id", "tenant_id", "label", "address", "state", "created_at_ms", "frozen", "frozen_reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant_id: str
     label: str
     address: str
     state: str
     created_at_ms: int
-    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., label: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+    frozen: bool
+    frozen_reason: str
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., label: _Optional[str] = ..., address: _Optional[str] = ..., state: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., frozen: _Optional[bool] = ..., frozen_reason: _Optional[str] = ...) -> None: ...
 
 class WindowSpend(_message.Message):
     __slots__ = ("window", "limit", "spent", "remaining", "window_start_ms", "window_end_ms", "reserved", "scope", "kind")

@@ -1,0 +1,75 @@
+"""The operator documentation: the configuration reference is generated from
+Settings and current, every alert has its runbook anchor, links resolve, and
+the README stays short."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OPS = ROOT / "docs" / "operations.md"
+
+#: The alerts of deploy/'s PrometheusRule; each alert's runbook_url is
+#: docs/operations.md#alert-<name in lower case>.
+ALERTS = ("TellerSigningErrors", "TellerDenialsSpike", "TellerReconcilerLag", "TellerDatabaseUnavailable",
+          "TellerKEKRewrapPending", "TellerPaymentsStuckSigned")
+
+
+def test_configuration_reference_is_current():
+    result = subprocess.run([sys.executable, "scripts/gen_config_doc.py", "--check"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    from dataclasses import fields
+
+    from teller.config import Settings
+
+    text = OPS.read_text()
+    for f in fields(Settings):
+        assert f"| `{f.name}` |" in text, f.name
+
+
+def test_config_doc_check_notices_a_stale_table(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gen_config_doc
+    finally:
+        sys.path.pop(0)
+    source = (ROOT / "service/teller/config.py").read_text()
+    doc = OPS.read_text()
+    assert gen_config_doc.updated(doc, source) == doc
+    changed = source.replace('"""host:port the gRPC server binds."""', '"""where to listen."""')
+    assert changed != source
+    assert "where to listen." in gen_config_doc.updated(doc, changed)
+
+
+def test_every_alert_has_a_runbook():
+    text = OPS.read_text()
+    for alert in ALERTS:
+        anchor = f"alert-{alert.lower()}"
+        assert f'<a id="{anchor}"></a>' in text, anchor
+        assert f"### Alert: {alert}" in text
+
+
+def test_links_between_documents_resolve():
+    # docs/upgrades.md is written on another branch (rolling upgrades); until it lands it may be absent.
+    pending = {ROOT / "docs" / "upgrades.md"}
+    for doc in [ROOT / "README.md", ROOT / "SECURITY.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if target.startswith(("http://", "https://", "#")):
+                continue
+            path = (doc.parent / target.split("#")[0]).resolve()
+            assert path.exists() or path in pending, f"{doc.name}: {target}"
+
+
+def test_readme_is_short_and_points_to_the_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 80
+    for doc in ("docs/operations.md", "docs/reference.md", "docs/performance.md"):
+        assert f"]({doc}" in readme
+    # The reference material moved, not lost.
+    reference = (ROOT / "docs" / "reference.md").read_text()
+    for section in ("## Spend policy", "## Calling it from a service", "## Protocols", "## Security model"):
+        assert section in reference
