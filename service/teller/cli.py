@@ -32,9 +32,14 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     settings = config.finalize_for_serving(
         _settings(ns, listen=ns.listen, kek_file=ns.kek_file, dev_mode=True if ns.dev else None)
     )
+    problems = config.database_problems(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
     from teller.observe import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    # Alembic narrates reading the schema revision at INFO on every start.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     if settings.dev_mode:
         logging.getLogger("teller").warning("dev mode: local KEK and operator token in %s; never use real funds",
                                             settings.data_dir)
@@ -47,12 +52,22 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
 
 def cmd_migrate(ns: argparse.Namespace) -> int:
-    from teller.db.migrate import upgrade
+    from teller.db import migrate
 
     settings = _settings(ns)
-    upgrade(settings.resolved_database_url())
-    print("database is at the newest schema")
+    print(migrate.migrate(settings.resolved_database_url(), ns.to))
     return 0
+
+
+def cmd_config_check(ns: argparse.Namespace) -> int:
+    """Every problem of the configuration a worker would serve with, one per line."""
+    problems = config.check(ns.config, database_url=ns.database_url, data_dir=ns.data_dir, listen=ns.listen,
+                            kek_file=ns.kek_file, dev_mode=True if ns.dev else None)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print("configuration ok")
+    return 1 if problems else 0
 
 
 def cmd_audit(ns: argparse.Namespace) -> int:
@@ -216,7 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     _server_flags(migrate)
+    migrate.add_argument("--to", help="migrate up or down to this revision (a rollback: see docs/upgrades.md)")
     migrate.set_defaults(fn=cmd_migrate)
+
+    config_cmd = sub.add_parser("config", help="check a configuration without serving")
+    config_verbs = config_cmd.add_subparsers(dest="action", required=True)
+    check = config_verbs.add_parser("check", help="one line per problem; exit 1 when there is any")
+    _server_flags(check)
+    check.add_argument("--listen", help="host:port to bind")
+    check.add_argument("--kek-file", help="KEK file (or TELLER_KEK_FILE / TELLER_KEK)")
+    check.add_argument("--dev", action="store_true", help="check as `serve --dev` would run")
+    check.set_defaults(fn=cmd_config_check)
 
     demo = sub.add_parser("demo", help="sign a real x402 challenge end to end on the embedded default")
     demo.add_argument("--data-dir", help="keep the demo's data here (default: a temporary dir)")
@@ -303,20 +328,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _json_errors(ns: argparse.Namespace) -> bool:
+    """Whether this run logs JSON (so its last word must be JSON too), read as
+    leniently as possible: the configuration may be what failed."""
+    try:
+        return config.load(getattr(ns, "config", None)).log_format == "json"
+    except ConfigError:
+        return os.environ.get("TELLER_LOG_FORMAT", "").strip() == "json"
+
+
+def _fail(ns: argparse.Namespace, message: str) -> None:
+    """A failure that stops the command: one line on stderr, JSON when JSON logs are on."""
+    from teller.observe import redact
+
+    message = redact(" ".join(message.split()))
+    if _json_errors(ns):
+        import time
+
+        print(json.dumps({"ts": round(time.time(), 3), "level": "ERROR", "logger": "teller", "msg": message},
+                         separators=(",", ":")), file=sys.stderr)
+    else:
+        print(f"teller: {message}", file=sys.stderr)
+
+
+#: Commands whose failures are start-up failures: one line, never a traceback.
+_ONE_LINE = {"serve", "migrate", "config", "keys"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    from teller.errors import TellerError as DomainError
+
     try:
         return int(ns.fn(ns))
     except ConfigError as exc:
-        print(f"teller: {exc}", file=sys.stderr)
+        _fail(ns, str(exc))
         return 2
+    except DomainError as exc:
+        _fail(ns, exc.message)
+        return 1
     except Exception as exc:
         from teller_client import TellerError
 
         if isinstance(exc, TellerError):
             print(f"teller: {exc}", file=sys.stderr)
             return 1
-        raise
+        if ns.command not in _ONE_LINE:
+            raise
+        # Not foreseen: still one line (the traceback only at DEBUG), and a failure exit.
+        logging.getLogger("teller").debug("start-up failed", exc_info=exc)
+        _fail(ns, f"{ns.command} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return 1
 
 
 if __name__ == "__main__":
