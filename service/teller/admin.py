@@ -49,7 +49,7 @@ class Admin:
                 tenant = Tenant(id=str(uuid.uuid4()), name=name, state="active", created_ms=now)
                 s.add(tenant)
                 s.flush()
-                audit.record(s, at_ms=now, actor=OPERATOR, action="tenant.create", tenant_id=tenant.id,
+                audit.record(s, at_ms=now, actor=auth.operator_actor(), action="tenant.create", tenant_id=tenant.id,
                              details={"name": name})
         except IntegrityError:
             raise AlreadyExists(f"a tenant named {name!r} already exists") from None
@@ -61,7 +61,7 @@ class Admin:
             tenant = get_tenant(s, tenant_id)
             old = tenant.state
             tenant.state = "disabled"
-            audit.record(s, at_ms=now, actor=OPERATOR, action="tenant.disable", tenant_id=tenant_id,
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="tenant.disable", tenant_id=tenant_id,
                          details={"old_state": old, "new_state": "disabled"})
         return tenant
 
@@ -76,7 +76,7 @@ class Admin:
             get_tenant(s, tenant_id)
             s.add(ApiToken(id=token_id, tenant_id=tenant_id, secret_hash=digest,
                            description=description[:200], created_ms=now))
-            audit.record(s, at_ms=now, actor=OPERATOR, action="token.issue", tenant_id=tenant_id,
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="token.issue", tenant_id=tenant_id,
                          details={"token_id": token_id, "description": description[:200]})
         return token_id, token
 
@@ -88,7 +88,7 @@ class Admin:
                 raise NotFound(f"token {token_id!r} not found")
             if row.revoked_ms is None:
                 row.revoked_ms = now
-            audit.record(s, at_ms=now, actor=OPERATOR, action="token.revoke", tenant_id=row.tenant_id,
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="token.revoke", tenant_id=row.tenant_id,
                          details={"token_id": token_id})
 
     def create_wallet(self, tenant_id: str, label: str = "", private_key: str | None = None) -> Wallet:
@@ -107,7 +107,7 @@ class Admin:
                 )
                 s.add(wallet)
                 s.flush()
-                audit.record(s, at_ms=now, actor=OPERATOR, action="wallet.import" if imported else "wallet.create",
+                audit.record(s, at_ms=now, actor=auth.operator_actor(), action="wallet.import" if imported else "wallet.create",
                              tenant_id=tenant_id, wallet_id=wallet_id,
                              details={"address": new.address, "label": label[:200]})
         except IntegrityError:
@@ -141,7 +141,7 @@ class Admin:
                 s.add(SpendPolicy(tenant_id=tenant_id, wallet_id=wallet_id, document=canonical, updated_ms=now))
             else:
                 row.document, row.updated_ms = canonical, now
-            audit.record(s, at_ms=now, actor=OPERATOR, action="policy.set", tenant_id=tenant_id, wallet_id=wallet_id,
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="policy.set", tenant_id=tenant_id, wallet_id=wallet_id,
                          details={"old": old, "new": json.loads(canonical)})
         return canonical, now
 
@@ -163,7 +163,7 @@ class Admin:
             target: Tenant | Wallet = wallet if wallet is not None else get_tenant(s, tenant_id)
             old = bool(target.frozen)
             target.frozen = frozen
-            audit.record(s, at_ms=now, actor=OPERATOR, action="wallet.freeze" if wallet else "tenant.freeze",
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="wallet.freeze" if wallet else "tenant.freeze",
                          tenant_id=tenant_id, wallet_id=wallet_id,
                          details={"old": old, "new": frozen, "reason": reason[:500]})
 

@@ -15,6 +15,7 @@ from teller.db.migrate import migrate as run_migrations
 from teller.errors import ConfigError
 from teller.fetch import Fetcher
 from teller.lifecycle import Lifecycle
+from teller.operators import Operators
 from teller.payments import Payments
 from teller.reconciler import Reconciler
 from teller.vault import LocalKekProvider, Vault
@@ -33,6 +34,7 @@ class App:
     lifecycle: Lifecycle
     reconciler: Reconciler
     fetcher: Fetcher
+    operators: Operators
 
     def close(self) -> None:
         self.vault.forget()
@@ -77,4 +79,5 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
         fetcher=Fetcher(allow=settings.outbound_allow, connect_timeout_s=settings.outbound_connect_timeout_seconds,
                         read_timeout_s=settings.outbound_read_timeout_seconds,
                         max_response_bytes=settings.max_response_bytes, max_redirects=settings.max_redirects),
+        operators=Operators(db, clock),
     )

@@ -211,6 +211,15 @@ def cmd_admin(ns: argparse.Namespace) -> int:
             transitions, errors = admin.reconcile()
             print(json.dumps({"transitions": transitions, "errors": errors}, indent=2))
             return 1 if errors else 0
+        elif what == ("operator", "create"):
+            op, credential = admin.create_operator(ns.name)
+            print(f"operator {op.id} {op.name}\n{credential}\n(shown once: Teller keeps only its hash)")
+        elif what == ("operator", "list"):
+            _print_table([{**asdict(o), "revoked_at_ms": o.revoked_at_ms or ""} for o in admin.list_operators()],
+                         ["id", "name", "created_by", "created_at_ms", "revoked_at_ms"])
+        elif what == ("operator", "revoke"):
+            op = admin.revoke_operator(ns.name)
+            print(f"operator {op.name} revoked")
         elif what == ("audit", "tail"):
             events, _ = admin.audit_events(tenant_id=ns.tenant or "", action=ns.action or "", page_size=ns.limit)
             for e in reversed(events):
@@ -320,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     verb(pay, "void", "payment_id").add_argument("--reason", default="")
     rec = nouns.add_parser("reconcile", help="run one reconciler pass now")
     rec.set_defaults(fn=cmd_admin, verb="run")
+    operator = nouns.add_parser("operator", help="named operator credentials, each audited by name").add_subparsers(
+        dest="verb", required=True)
+    verb(operator, "create", "name")
+    verb(operator, "list")
+    verb(operator, "revoke", "name")
     aud = nouns.add_parser("audit").add_subparsers(dest="verb", required=True)
     tail = verb(aud, "tail")
     tail.add_argument("--tenant", help="tenant id")

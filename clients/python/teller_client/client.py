@@ -21,6 +21,7 @@ from teller_client._proto.teller.v1 import (
 from teller_client.errors import from_rpc_error
 from teller_client.types import (
     AuditEvent,
+    OperatorIdentity,
     PaidResponse,
     PaymentRecord,
     Policy,
@@ -216,6 +217,18 @@ class AdminClient(_Sync):
     def revoke_token(self, token_id: str) -> None:
         self._call(self._stub.RevokeToken, admin_pb2.RevokeTokenRequest(token_id=token_id))
 
+    def create_operator(self, name: str) -> tuple[OperatorIdentity, str]:
+        """A named operator credential: (the operator, its credential, shown only once)."""
+        r = self._call(self._stub.CreateOperator, admin_pb2.CreateOperatorRequest(name=name))
+        return _operator(r.operator), r.token
+
+    def list_operators(self) -> list[OperatorIdentity]:
+        r = self._call(self._stub.ListOperators, admin_pb2.ListOperatorsRequest())
+        return [_operator(o) for o in r.operators]
+
+    def revoke_operator(self, name: str) -> OperatorIdentity:
+        return _operator(self._call(self._stub.RevokeOperator, admin_pb2.RevokeOperatorRequest(name=name)))
+
     def create_wallet(self, tenant_id: str, label: str = "") -> Wallet:
         return _codec.wallet(self._call(self._stub.CreateWallet,
                                         admin_pb2.CreateWalletRequest(tenant_id=tenant_id, label=label)))
@@ -267,3 +280,8 @@ class AdminClient(_Sync):
         """Run one reconciler pass now; returns transitions by state and errors."""
         r = self._call(self._stub.Reconcile, admin_pb2.ReconcileRequest())
         return dict(r.transitions), list(r.errors)
+
+
+def _operator(o: Any) -> OperatorIdentity:
+    return OperatorIdentity(id=o.id, name=o.name, created_at_ms=o.created_at_ms, created_by=o.created_by,
+                            revoked_at_ms=o.revoked_at_ms)
