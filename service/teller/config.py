@@ -28,8 +28,10 @@ class Settings:
     """host:port the gRPC server binds."""
 
     database_url: str = ""
-    """SQLAlchemy URL. Empty means the embedded SQLite file ``<data_dir>/teller.db``;
-    ``postgresql+psycopg://...`` selects PostgreSQL."""
+    """SQLAlchemy URL: ``postgresql+psycopg://...`` or ``sqlite:///path``. Empty means
+    the embedded SQLite file ``<data_dir>/teller.db``, which only ``--dev`` serves
+    on (and offline commands such as ``teller migrate`` use). Secret: prefer
+    ``database_url_file``."""
 
     data_dir: Path = Path(".teller")
     """Where the embedded database and dev-mode secrets live."""
@@ -82,7 +84,8 @@ class Settings:
 
     rpc_urls: dict[str, str] = field(default_factory=dict)
     """JSON-RPC endpoint per CAIP-2 network (``{"eip155:8453": "https://..."}``), for
-    reading balances and authorization states, reconciling payments and voiding them."""
+    reading balances and authorization states, reconciling payments and voiding them.
+    Secret (provider keys live in URLs): prefer ``rpc_urls_file``."""
 
     outbound_allow: tuple[str, ...] = ()
     """Hosts (``api.internal``, ``*.corp.example``) or networks (``10.1.0.0/16``) that
@@ -149,6 +152,7 @@ class Settings:
     """Largest 402 body or single header Teller will parse."""
 
     log_level: str = "INFO"
+    """DEBUG, INFO, WARNING, ERROR or CRITICAL."""
 
     log_format: str = "text"
     """``json`` for one JSON object per line (with the call's request id), or ``text``."""
