@@ -343,8 +343,7 @@ def check(config_file: Path | None = None, env: dict[str, str] | None = None, **
     names, connects to nothing."""
     problems: list[str] = []
     values = _gather(config_file, dict(os.environ if env is None else env), overrides, problems)
-    bad = {p.split(" ", 1)[0] for p in problems}
-    settings = Settings(**{k: v for k, v in values.items() if k not in bad})
+    settings = Settings(**values)  # what could not be read is a problem already, and left at its default
     problems += validate(settings, secrets_needed=not settings.dev_mode)
     problems += database_problems(settings)
     return problems

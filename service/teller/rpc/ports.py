@@ -65,7 +65,13 @@ def _probe(address: str, host: str, port: int) -> None:
     except socket.gaierror as exc:
         raise ConfigError(f"listen {address}: cannot resolve {host!r}: {exc.strerror}") from None
     for family, kind, proto, _, sockaddr in infos:
-        with socket.socket(family, kind, proto) as probe:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError as exc:
+            if exc.errno == errno.EAFNOSUPPORT:
+                continue  # e.g. IPv6 off on this host: gRPC cannot listen there either
+            raise
+        with probe:
             # Connections of a previous worker still in TIME_WAIT must not count.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
