@@ -214,3 +214,33 @@ def test_config_check(tmp_path, sqlite_url):
     for needle in ("database_url", "log_level", "log_format", "KEK", "grpc_acceptors"):
         assert sum(needle in p for p in problems) == 1, (needle, problems)
     assert "Traceback" not in bad.stderr
+
+
+def test_config_check_names_every_problem_in_process(tmp_path):
+    from teller import config
+
+    token = tmp_path / "token"
+    token.write_text("op_from_file_0123456789\n")
+    toml = tmp_path / "teller.toml"
+    toml.write_text('listen = "127.0.0.1:7402"\nlisten_port = 1\ntracing = "maybe"\n'
+                    'rpc_urls = {"base" = "https://rpc.example/KEY"}\n')
+    problems = config.check(toml, env={"TELLER_ADMIN_TOKEN": "op_x", "TELLER_ADMIN_TOKEN_FILE": str(token),
+                                       "TELLER_KEK_FILE": str(tmp_path / "missing-kek"),
+                                       "TELLER_DATABASE_URL": "sqlite:///x.db", "TELLER_METRICS_LISTEN": "9402"})
+    assert sorted(problems) == sorted([
+        f"unknown config keys in {toml}: ['listen_port']",
+        "tracing must be true or false, got 'maybe'",
+        "rpc_urls: network 'base' must be a CAIP-2 id like eip155:8453",
+        "set admin_token or admin_token_file, not both",
+        f"cannot read KEK file {tmp_path / 'missing-kek'}: No such file or directory",
+        "metrics_listen must be host:port with a port from 0 to 65535, got '9402'",
+    ])
+    assert not any("KEY" in p for p in problems)  # a secret's value is never echoed
+    url_file = tmp_path / "url"
+    url_file.write_text("sqlite:///from-file.db\n")
+    rpc = tmp_path / "rpc"
+    rpc.write_text("eip155:8453=https://a.example/KEY\neip155:1=https://b.example/KEY2\n")
+    settings = config.load(env={"TELLER_DATABASE_URL_FILE": str(url_file), "TELLER_ADMIN_TOKEN_FILE": str(token),
+                                "TELLER_RPC_URLS_FILE": str(rpc)})
+    assert (settings.database_url, settings.admin_token) == ("sqlite:///from-file.db", "op_from_file_0123456789")
+    assert settings.rpc_urls == {"eip155:8453": "https://a.example/KEY", "eip155:1": "https://b.example/KEY2"}
