@@ -167,7 +167,12 @@ def test_rolling_upgrade_with_an_expand_migration_under_load(pg_url, tmp_path):
         # addresses, balancing per call; a worker that stops leaves the rotation.
         target = "ipv4:" + ",".join(w.target for w in workers)
         outcomes: Counter[str] = Counter()
+        counting = threading.Lock()
         stop = threading.Event()
+
+        def count(outcome: str) -> None:
+            with counting:
+                outcomes[outcome] += 1
 
         def caller() -> None:
             channel = grpc.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin"),
@@ -177,9 +182,9 @@ def test_rolling_upgrade_with_an_expand_migration_under_load(pg_url, tmp_path):
                     try:
                         client.sign(status=402, headers=chall.headers, body=chall.body, url=chall.url,
                                     wallet_id=wallet.id)
-                        outcomes["ok"] += 1
+                        count("ok")
                     except TellerError as exc:
-                        outcomes[f"{exc.code.name}: {exc.message[:100]}"] += 1
+                        count(f"{exc.code.name}: {exc.message[:100]}")
 
         threads = [threading.Thread(target=caller) for _ in range(8)]
         for t in threads:
