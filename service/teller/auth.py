@@ -96,11 +96,6 @@ def authenticate_tenant(session: Session, token: str) -> Caller:
     return Caller(tenant_id=row.id, token_id=token_id)
 
 
-def check_operator(presented: str, configured: str) -> None:
-    if not configured or not hmac.compare_digest(hash_secret(presented), hash_secret(configured)):
-        raise Unauthenticated("invalid operator credential")
-
-
 def is_bootstrap(presented: str, configured: str) -> bool:
     return bool(configured) and hmac.compare_digest(hash_secret(presented), hash_secret(configured))
 
