@@ -103,3 +103,27 @@ def test_bad_server_settings_are_refused_by_name(tmp_path, overrides, needle):
 def test_settings_come_from_the_environment(tmp_path):
     settings = config.load(env={"TELLER_GRPC_ACCEPTORS": "3", "TELLER_EVENT_LOOP": "asyncio"})
     assert (settings.grpc_acceptors, settings.event_loop) == (3, "asyncio")
+
+
+def test_a_port_is_claimed_by_one_process_only():
+    import socket
+
+    from teller.rpc.ports import PortClaim
+    from tests.support.procs import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    first = PortClaim(address)
+    with pytest.raises(ConfigError, match="port in use: another Teller worker"):
+        PortClaim(address)
+    first.release()
+    PortClaim(address).release()
+    # A listener that allows sharing (SO_REUSEPORT, as gRPC's are) and holds no
+    # claim, e.g. an older Teller: refused all the same.
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", int(address.rsplit(":", 1)[1])))
+        other.listen()
+        with pytest.raises(ConfigError, match="port in use: another process"):
+            PortClaim(address)
+        with pytest.raises(ConfigError, match="port in use"):
+            PortClaim(f"0.0.0.0:{address.rsplit(':', 1)[1]}")

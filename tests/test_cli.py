@@ -37,9 +37,11 @@ def test_serve_refuses_to_start_without_a_kek(tmp_path):
 
 
 def test_serve_refuses_an_unmigrated_database(tmp_path):
+    # An explicit SQLite URL: outside dev mode a worker no longer picks the embedded file itself.
     kek = tmp_path / "kek"
     kek.write_text("v1:" + __import__("base64").b64encode(os.urandom(32)).decode())
-    result = subprocess.run([*TELLER, "serve", "--data-dir", str(tmp_path), "--kek-file", str(kek)],
+    result = subprocess.run([*TELLER, "serve", "--data-dir", str(tmp_path), "--kek-file", str(kek),
+                             "--database-url", f"sqlite:///{tmp_path / 'teller.db'}"],
                             env=_env(TELLER_ADMIN_TOKEN="x"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "run `teller migrate`" in result.stderr

@@ -55,7 +55,7 @@ class Admin:
                 tenant = Tenant(id=str(uuid.uuid4()), name=name, state="active", created_ms=now)
                 s.add(tenant)
                 s.flush()
-                audit.record(s, at_ms=now, actor=OPERATOR, action="tenant.create", tenant_id=tenant.id,
+                audit.record(s, at_ms=now, actor=auth.operator_actor(), action="tenant.create", tenant_id=tenant.id,
                              details={"name": name})
         except IntegrityError:
             raise AlreadyExists(f"a tenant named {name!r} already exists") from None
@@ -67,7 +67,7 @@ class Admin:
             tenant = get_tenant(s, tenant_id)
             old = tenant.state
             tenant.state = "disabled"
-            audit.record(s, at_ms=now, actor=OPERATOR, action="tenant.disable", tenant_id=tenant_id,
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="tenant.disable", tenant_id=tenant_id,
                          details={"old_state": old, "new_state": "disabled"})
         return tenant
 
@@ -77,7 +77,7 @@ class Admin:
             tenant = get_tenant(s, tenant_id)
             old = tenant.state
             tenant.state = "active"
-            audit.record(s, at_ms=now, actor=OPERATOR, action="tenant.enable", tenant_id=tenant_id,
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="tenant.enable", tenant_id=tenant_id,
                          details={"old_state": old, "new_state": "active"})
         return tenant
 
@@ -92,7 +92,7 @@ class Admin:
             get_tenant(s, tenant_id)
             s.add(ApiToken(id=token_id, tenant_id=tenant_id, secret_hash=digest,
                            description=description[:200], created_ms=now))
-            audit.record(s, at_ms=now, actor=OPERATOR, action="token.issue", tenant_id=tenant_id,
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="token.issue", tenant_id=tenant_id,
                          details={"token_id": token_id, "description": description[:200]})
         return token_id, token
 
@@ -104,7 +104,7 @@ class Admin:
                 raise NotFound(f"token {token_id!r} not found")
             if row.revoked_ms is None:
                 row.revoked_ms = now
-            audit.record(s, at_ms=now, actor=OPERATOR, action="token.revoke", tenant_id=row.tenant_id,
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="token.revoke", tenant_id=row.tenant_id,
                          details={"token_id": token_id})
 
     def list_tokens(self, tenant_id: str) -> list[ApiToken]:
@@ -128,7 +128,7 @@ class Admin:
             row.revoked_ms = now
             s.add(ApiToken(id=new_id, tenant_id=row.tenant_id, secret_hash=digest, description=row.description,
                            created_ms=now))
-            audit.record(s, at_ms=now, actor=OPERATOR, action="token.rotate", tenant_id=row.tenant_id,
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="token.rotate", tenant_id=row.tenant_id,
                          details={"old_token_id": token_id, "new_token_id": new_id})
         return new_id, token
 
@@ -153,7 +153,7 @@ class Admin:
                 s.flush()
                 s.add(WalletAddress(address=new.address, tenant_id=tenant_id, wallet_id=wallet_id))
                 s.flush()
-                audit.record(s, at_ms=now, actor=OPERATOR, action="wallet.import" if imported else "wallet.create",
+                audit.record(s, at_ms=now, actor=auth.operator_actor(), action="wallet.import" if imported else "wallet.create",
                              tenant_id=tenant_id, wallet_id=wallet_id,
                              details={"address": new.address, "label": label[:200]})
         except _HeldElsewhere as held:
@@ -172,7 +172,7 @@ class Admin:
         """One key in two tenants would be two budgets over one wallet: refused, and
         the attempt is audited in the importing tenant's chain (nothing else is written)."""
         with self.db.transaction() as s:
-            audit.record(s, at_ms=now, actor=OPERATOR, action="wallet.import", outcome="denied",
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="wallet.import", outcome="denied",
                          reason="address_held_by_another_tenant", tenant_id=tenant_id,
                          details={"address": address, "held_by_tenant": holder})
         raise AlreadyExists(f"wallet address {address} already belongs to another tenant: a key can be held by one "
@@ -193,7 +193,7 @@ class Admin:
             assert wallet is not None
             old = wallet.state
             wallet.state = "disabled"
-            audit.record(s, at_ms=now, actor=OPERATOR, action="wallet.disable", tenant_id=tenant_id,
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="wallet.disable", tenant_id=tenant_id,
                          wallet_id=wallet_id, details={"old_state": old, "new_state": "disabled"})
         return wallet
 
@@ -219,7 +219,7 @@ class Admin:
                 s.add(SpendPolicy(tenant_id=tenant_id, wallet_id=wallet_id, document=canonical, updated_ms=now))
             else:
                 row.document, row.updated_ms = canonical, now
-            audit.record(s, at_ms=now, actor=OPERATOR, action="policy.set", tenant_id=tenant_id, wallet_id=wallet_id,
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="policy.set", tenant_id=tenant_id, wallet_id=wallet_id,
                          details={"old": old, "new": json.loads(canonical)})
         return canonical, now
 
@@ -243,7 +243,7 @@ class Admin:
             target.frozen = frozen
             # An unfreeze clears the reason: what is shown is why it is frozen now.
             target.frozen_reason = reason[:500] if frozen else ""
-            audit.record(s, at_ms=now, actor=OPERATOR, action="wallet.freeze" if wallet else "tenant.freeze",
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="wallet.freeze" if wallet else "tenant.freeze",
                          tenant_id=tenant_id, wallet_id=wallet_id,
                          details={"old": old, "new": frozen, "reason": reason[:500]})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from teller.admin import Admin
@@ -9,13 +10,17 @@ from teller.chain import ChainReader
 from teller.clock import Clock, system_clock
 from teller.config import Settings
 from teller.db import Database, make_engine
-from teller.db.migrate import pending, upgrade
+from teller.db.migrate import check_servable
+from teller.db.migrate import migrate as run_migrations
 from teller.errors import ConfigError
 from teller.fetch import Fetcher
 from teller.lifecycle import Lifecycle
+from teller.operators import Operators
 from teller.payments import Payments
 from teller.reconciler import Reconciler
 from teller.vault import LocalKekProvider, Vault
+
+log = logging.getLogger("teller.app")
 
 
 @dataclass
@@ -29,6 +34,7 @@ class App:
     lifecycle: Lifecycle
     reconciler: Reconciler
     fetcher: Fetcher
+    operators: Operators
 
     def close(self) -> None:
         self.vault.forget()
@@ -47,11 +53,15 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
     """Build the app. Migrations run only when asked (dev mode asks by default)."""
     url = settings.resolved_database_url()
     if migrate if migrate is not None else settings.dev_mode:
-        upgrade(url)
+        run_migrations(url)
     db = Database(make_engine(url, settings.db_pool_size))
-    if pending(db.engine):
+    try:
+        found = check_servable(db.engine)
+    except ConfigError:
         db.engine.dispose()
-        raise ConfigError(f"database schema is not current: run `teller migrate` against {db.engine.url!r}")
+        raise
+    if found.kind != "current":
+        log.warning("%s", found.explain())
     vault = Vault(kek_provider(settings), settings.key_cache_seconds)
     chain = ChainReader(settings.rpc_urls)
     return App(
@@ -71,4 +81,5 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
         fetcher=Fetcher(allow=settings.outbound_allow, connect_timeout_s=settings.outbound_connect_timeout_seconds,
                         read_timeout_s=settings.outbound_read_timeout_seconds,
                         max_response_bytes=settings.max_response_bytes, max_redirects=settings.max_redirects),
+        operators=Operators(db, clock),
     )

@@ -1,23 +1,37 @@
-"""Caller authentication: tenant API tokens and the operator credential.
+"""Caller authentication: tenant API tokens and operator credentials.
 
-Tokens look like ``tlr_<id>.<secret>``; only SHA-256 of the secret is stored.
-The secret has 256 bits of entropy, so a plain hash (no KDF) is safe here.
+Tenant tokens look like ``tlr_<id>.<secret>``, named operator credentials
+``tlo_<id>.<secret>``; only SHA-256 of the secret is stored. The secret has 256
+bits of entropy, so a plain hash (no KDF) is safe here. The configured
+``admin_token`` is the bootstrap operator.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from teller.db.models import ApiToken, Tenant
+from teller.db.models import ApiToken, Operator, Tenant
 from teller.errors import PermissionDenied, Unauthenticated
 
+if TYPE_CHECKING:
+    from teller.db import Database
+
 PREFIX = "tlr_"
+OPERATOR_PREFIX = "tlo_"
+#: The operator name of the configured ``admin_token``.
+BOOTSTRAP = "bootstrap"
+
+#: The operator of the AdminService call being served (set once its credential
+#: is checked; the worker threads of the call see it too), for the audit log.
+OPERATOR_NAME: contextvars.ContextVar[str] = contextvars.ContextVar("teller_operator", default="")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +96,39 @@ def authenticate_tenant(session: Session, token: str) -> Caller:
     return Caller(tenant_id=row.id, token_id=token_id)
 
 
-def check_operator(presented: str, configured: str) -> None:
-    if not configured or not hmac.compare_digest(hash_secret(presented), hash_secret(configured)):
+def is_bootstrap(presented: str, configured: str) -> bool:
+    return bool(configured) and hmac.compare_digest(hash_secret(presented), hash_secret(configured))
+
+
+def new_operator_token() -> tuple[str, str, str]:
+    """(operator id, credential, stored hash)."""
+    op_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    return op_id, f"{OPERATOR_PREFIX}{op_id}.{secret}", hash_secret(secret)
+
+
+def authenticate_operator(db: Database, presented: str, configured: str) -> str:
+    """The name of the operator a credential belongs to: ``bootstrap`` for the
+    configured admin_token, else a named operator that is not revoked."""
+    if is_bootstrap(presented, configured):
+        return BOOTSTRAP
+    if not presented.startswith(OPERATOR_PREFIX) or "." not in presented:
         raise Unauthenticated("invalid operator credential")
+    op_id, _, secret = presented[len(OPERATOR_PREFIX):].partition(".")
+    with db.read() as s:
+        row = s.execute(select(Operator.secret_hash, Operator.revoked_ms, Operator.name)
+                        .where(Operator.id == op_id)).first()
+    if row is None or not hmac.compare_digest(row.secret_hash, hash_secret(secret)):
+        raise Unauthenticated("invalid operator credential")
+    if row.revoked_ms is not None:
+        raise Unauthenticated("operator credential revoked")
+    return str(row.name)
+
+
+def operator_actor() -> str:
+    """The audit actor of the current AdminService call: ``operator:<name>``."""
+    name = OPERATOR_NAME.get()
+    return f"operator:{name}" if name else "operator"
 
 
 def certificate_name(auth_context: dict[str, list[bytes]] | None) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from teller import cli_output, config
-from teller.errors import ConfigError, InvalidArgument, TellerError
+from teller.errors import ConfigError, InvalidArgument
 
 
 def _server_flags(p: argparse.ArgumentParser) -> None:
@@ -35,9 +35,14 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     settings = config.finalize_for_serving(
         _settings(ns, listen=ns.listen, kek_file=ns.kek_file, dev_mode=True if ns.dev else None)
     )
+    problems = config.database_problems(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
     from teller.observe import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    # Alembic narrates reading the schema revision at INFO on every start.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     if settings.dev_mode:
         logging.getLogger("teller").warning("dev mode: local KEK and operator token in %s; never use real funds",
                                             settings.data_dir)
@@ -50,11 +55,10 @@ def cmd_serve(ns: argparse.Namespace) -> int:
 
 
 def cmd_migrate(ns: argparse.Namespace) -> int:
-    from teller.db.migrate import upgrade
+    from teller.db import migrate
 
     settings = _settings(ns)
-    upgrade(settings.resolved_database_url())
-    print("database is at the newest schema")
+    print(migrate.migrate(settings.resolved_database_url(), ns.to))
     return 0
 
 
@@ -69,6 +73,15 @@ def _public_key_arg(value: str) -> bytes:
 
     path = Path(value)
     return parse_public_key(path.read_text() if path.is_file() else value)
+def cmd_config_check(ns: argparse.Namespace) -> int:
+    """Every problem of the configuration a worker would serve with, one per line."""
+    problems = config.check(ns.config, database_url=ns.database_url, data_dir=ns.data_dir, listen=ns.listen,
+                            kek_file=ns.kek_file, dev_mode=True if ns.dev else None)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print("configuration ok")
+    return 1 if problems else 0
 
 
 def cmd_audit(ns: argparse.Namespace) -> int:
@@ -393,6 +406,17 @@ def cmd_admin(ns: argparse.Namespace) -> int:
             transitions, errors = admin.reconcile()
             print(json.dumps({"transitions": transitions, "errors": errors}, indent=2))
             return 1 if errors else 0
+        elif what == ("operator", "create"):
+            op, credential = admin.create_operator(ns.name)
+            cli_output.record(fmt, {**asdict(op), "credential": credential},
+                              f"operator {op.id} {op.name}\n{credential}\n(shown once: Teller keeps only its hash)")
+        elif what == ("operator", "list"):
+            cli_output.rows(fmt, [{**asdict(o), "created": cli_output.when(o.created_at_ms),
+                                   "revoked": cli_output.when(o.revoked_at_ms)} for o in admin.list_operators()],
+                            ["id", "name", "created_by", "created", "revoked"])
+        elif what == ("operator", "revoke"):
+            op = admin.revoke_operator(ns.name)
+            cli_output.record(fmt, asdict(op), f"operator {op.name} revoked")
         elif what == ("audit", "tail"):
             events, token = _pages(lambda **page: admin.audit_events(tenant_id=ns.tenant or "",
                                                                      action=ns.action or "", **page), ns)
@@ -518,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
     _server_flags(migrate)
+    migrate.add_argument("--to", help="migrate up or down to this revision (a rollback: see docs/upgrades.md)")
     migrate.set_defaults(fn=cmd_migrate)
 
     health = sub.add_parser("health", help="gRPC health check of a worker (exit 0 when SERVING): an exec probe")
@@ -529,6 +554,14 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--tls-server-name", help="name the worker's certificate holds, if not the address's host")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     health.set_defaults(fn=cmd_health)
+    config_cmd = sub.add_parser("config", help="check a configuration without serving")
+    config_verbs = config_cmd.add_subparsers(dest="action", required=True)
+    check = config_verbs.add_parser("check", help="one line per problem; exit 1 when there is any")
+    _server_flags(check)
+    check.add_argument("--listen", help="host:port to bind")
+    check.add_argument("--kek-file", help="KEK file (or TELLER_KEK_FILE / TELLER_KEK)")
+    check.add_argument("--dev", action="store_true", help="check as `serve --dev` would run")
+    check.set_defaults(fn=cmd_config_check)
 
     demo = sub.add_parser("demo", help="sign a real x402 challenge end to end on the embedded default")
     demo.add_argument("--data-dir", help="keep the demo's data here (default: a temporary dir)")
@@ -652,6 +685,10 @@ def build_parser() -> argparse.ArgumentParser:
     verb(pay, "void", "payment_id", about="cancel an unused authorization on chain; release its budget").add_argument("--reason", default="")
     rec = nouns.add_parser("reconcile", help="run one reconciler pass now", parents=[common])
     rec.set_defaults(fn=cmd_admin, verb="run")
+    operator = noun("operator", "named operator credentials, each audited by name: create, list, revoke")
+    verb(operator, "create", "name", about="create a named operator credential (shown once)")
+    verb(operator, "list", about="every operator credential (never their secrets)")
+    verb(operator, "revoke", "name", about="revoke an operator credential on every replica")
     aud = noun("audit", "the audit log through the worker")
     tail = verb(aud, "tail", about="newest events as JSON lines, oldest first")
     tail.add_argument("--tenant", help="tenant id")
@@ -667,17 +704,50 @@ def _dry_run_flags(p: argparse.ArgumentParser) -> None:
                                                       "{status, headers, body, url}")
     p.add_argument("--url", help="the URL that answered 402 (for host rules; overrides the saved one)")
     p.add_argument("--max-amount", type=int, help="the caller's max_amount, atomic units")
+def _json_errors(ns: argparse.Namespace) -> bool:
+    """Whether this run logs JSON (so its last word must be JSON too), read as
+    leniently as possible: the configuration may be what failed."""
+    try:
+        return config.load(getattr(ns, "config", None)).log_format == "json"
+    except ConfigError:
+        return os.environ.get("TELLER_LOG_FORMAT", "").strip() == "json"
+
+
+def _fail(ns: argparse.Namespace, message: str) -> None:
+    """A failure that stops the command: one line on stderr, JSON when JSON logs are on."""
+    from teller.observe import redact
+
+    message = redact(" ".join(message.split()))
+    if _json_errors(ns):
+        import time
+
+        print(json.dumps({"ts": round(time.time(), 3), "level": "ERROR", "logger": "teller", "msg": message},
+                         separators=(",", ":")), file=sys.stderr)
+    else:
+        print(f"teller: {message}", file=sys.stderr)
+
+
+#: Commands whose failures are start-up failures: one line, never a traceback.
+_ONE_LINE = {"serve", "migrate", "config", "keys"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    from teller.errors import TellerError as DomainError
+
     try:
         return int(ns.fn(ns))
-    except (ConfigError, InvalidArgument) as exc:
-        print(f"teller: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        _fail(ns, str(exc))
         return 2
-    except (TellerError, OSError) as exc:
-        print(f"teller: {exc}", file=sys.stderr)
+    except InvalidArgument as exc:
+        _fail(ns, exc.message)
+        return 2
+    except DomainError as exc:
+        _fail(ns, exc.message)
+        return 1
+    except OSError as exc:
+        _fail(ns, str(exc))
         return 1
     except Exception as exc:
         from teller_client import TellerError as ClientError
@@ -685,7 +755,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, ClientError):
             print(f"teller: {exc}", file=sys.stderr)
             return 1
-        raise
+        if ns.command not in _ONE_LINE:
+            raise
+        # Not foreseen: still one line (the traceback only at DEBUG), and a failure exit.
+        logging.getLogger("teller").debug("start-up failed", exc_info=exc)
+        _fail(ns, f"{ns.command} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return 1
 
 
 if __name__ == "__main__":

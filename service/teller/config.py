@@ -7,12 +7,15 @@ Outside dev mode a missing KEK or operator credential stops start-up.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import secrets
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from teller import files
 from teller.errors import ConfigError
@@ -26,8 +29,10 @@ class Settings:
     """host:port the gRPC server binds."""
 
     database_url: str = ""
-    """SQLAlchemy URL. Empty means the embedded SQLite file ``<data_dir>/teller.db``;
-    ``postgresql+psycopg://...`` selects PostgreSQL."""
+    """SQLAlchemy URL: ``postgresql+psycopg://...`` or ``sqlite:///path``. Empty means
+    the embedded SQLite file ``<data_dir>/teller.db``, which only ``--dev`` serves
+    on (and offline commands such as ``teller migrate`` use). Secret: prefer
+    ``database_url_file``."""
 
     data_dir: Path = Path(".teller")
     """Where the embedded database and dev-mode secrets live."""
@@ -59,7 +64,20 @@ class Settings:
     token belongs to another tenant is refused."""
 
     admin_token: str = ""
-    """Operator credential for AdminService (compared in constant time)."""
+    """The bootstrap operator credential for AdminService (compared in constant
+    time), audited as operator ``bootstrap``. Named, revocable operator
+    credentials are made with it (``teller admin operator create``). Secret:
+    prefer ``admin_token_file``."""
+
+    admin_token_file: Path | None = None
+    """File holding ``admin_token`` (its first line)."""
+
+    database_url_file: Path | None = None
+    """File holding ``database_url`` (it may carry a password)."""
+
+    rpc_urls_file: Path | None = None
+    """File holding ``rpc_urls`` as ``network=url`` pairs, one per line or
+    comma-separated (the URLs may carry provider keys)."""
 
     networks: dict[str, int] = field(default_factory=dict)
     """Extra x402 v1 network names mapped to chain ids (e.g. ``{"anvil": 31337}``);
@@ -67,7 +85,8 @@ class Settings:
 
     rpc_urls: dict[str, str] = field(default_factory=dict)
     """JSON-RPC endpoint per CAIP-2 network (``{"eip155:8453": "https://..."}``), for
-    reading balances and authorization states, reconciling payments and voiding them."""
+    reading balances and authorization states, reconciling payments and voiding them.
+    Secret (provider keys live in URLs): prefer ``rpc_urls_file``."""
 
     outbound_allow: tuple[str, ...] = ()
     """Hosts (``api.internal``, ``*.corp.example``) or networks (``10.1.0.0/16``) that
@@ -163,6 +182,7 @@ class Settings:
     """Largest 402 body or single header Teller will parse."""
 
     log_level: str = "INFO"
+    """DEBUG, INFO, WARNING, ERROR or CRITICAL."""
 
     log_format: str = "text"
     """``json`` for one JSON object per line (with the call's request id), or ``text``."""
@@ -188,6 +208,9 @@ _ENV_FIELDS = {
     "TELLER_KEK": "kek",
     "TELLER_KEK_FILE": "kek_file",
     "TELLER_ADMIN_TOKEN": "admin_token",
+    "TELLER_ADMIN_TOKEN_FILE": "admin_token_file",
+    "TELLER_DATABASE_URL_FILE": "database_url_file",
+    "TELLER_RPC_URLS_FILE": "rpc_urls_file",
     "TELLER_ADMIN_LISTEN": "admin_listen",
     "TELLER_TLS_CERT_FILE": "tls_cert_file",
     "TELLER_TLS_KEY_FILE": "tls_key_file",
@@ -222,15 +245,44 @@ _ENV_FIELDS = {
 }
 
 
+#: Settings that hold secrets: never echoed in an error message. Each but the KEK
+#: (which has its own ``kek_file``) may instead come from ``<name>_file``.
+SECRETS = ("kek", "admin_token", "database_url", "rpc_urls")
+SECRET_FILES = {"admin_token": "admin_token_file", "database_url": "database_url_file",
+                "rpc_urls": "rpc_urls_file"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+DATABASE_SCHEMES = ("postgresql+psycopg", "sqlite")
+
+
+def _pairs(name: str, raw: str) -> list[tuple[str, str]]:
+    out = []
+    for part in (p.strip() for p in raw.replace("\n", ",").split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")  # network ids contain ':', so split on '='
+        if not sep or not key.strip():
+            shown = "an entry" if name in SECRETS else f"entry {part[:60]!r}"
+            raise ConfigError(f"{name}: {shown} must look like network=value")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
 def _coerce(name: str, raw: Any) -> Any:
     types = {f.name: f.type for f in fields(Settings)}
     kind = str(types[name])
+    shown = "(value hidden: a secret)" if name in SECRETS else repr(raw)[:80]
     try:
         if kind == "bool":
             if isinstance(raw, bool):
                 return raw
-            return str(raw).strip().lower() in {"1", "true", "yes", "on"}
+            text = str(raw).strip().lower()
+            if text not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+                raise ValueError("expected true or false")
+            return text in {"1", "true", "yes", "on"}
         if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError("expected an integer")
             return int(raw)
         if kind == "float":
             return float(raw)
@@ -241,44 +293,206 @@ def _coerce(name: str, raw: Any) -> Any:
         if kind == "dict[str, str]":
             if isinstance(raw, dict):
                 return {str(k): str(v) for k, v in raw.items()}
-            pairs = [p for p in str(raw).split(",") if p.strip()]
-            # network ids contain ':', so split on the first '=' only
-            return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+            return dict(_pairs(name, str(raw)))
         if kind == "tuple[str, ...]":
             items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
             return tuple(str(i).strip() for i in items if str(i).strip())
         if kind == "dict[str, int]":
             if isinstance(raw, dict):
                 return {str(k): int(v) for k, v in raw.items()}
-            pairs = [p for p in str(raw).split(",") if p.strip()]
-            return {k.strip(): int(v) for k, v in (p.split("=", 1) for p in pairs)}
+            return {k: int(v) for k, v in _pairs(name, str(raw))}
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"config field {name!r}: cannot use {raw!r}: {exc}") from exc
+        what = {"int": "an integer", "float": "a number", "bool": "true or false"}.get(kind, "")
+        reason = f"must be {what}" if what else f"cannot be used ({exc})"
+        raise ConfigError(f"{name} {reason}, got {shown}") from None
     return str(raw)
 
 
-def load(config_file: Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build Settings from file, environment and explicit overrides (``None`` = unset)."""
-    env = dict(os.environ if env is None else env)
+def _gather(config_file: Path | None, env: dict[str, str], overrides: dict[str, Any],
+            problems: list[str]) -> dict[str, Any]:
+    """The raw settings from every source, coerced; each unusable one is a problem."""
     values: dict[str, Any] = {}
+
+    def put(name: str, raw: Any) -> None:
+        try:
+            values[name] = _coerce(name, raw)
+        except ConfigError as exc:
+            problems.append(str(exc))
+
     path = config_file or (Path(env["TELLER_CONFIG"]) if env.get("TELLER_CONFIG") else None)
     if path is not None:
         try:
             doc = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        except OSError as exc:
+            problems.append(f"cannot read config file {path}: {exc.strerror}")
+            doc = {}
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"config file {path} is not valid TOML: {exc}")
+            doc = {}
         known = {f.name for f in fields(Settings)}
         unknown = set(doc) - known
         if unknown:
-            raise ConfigError(f"unknown config keys in {path}: {sorted(unknown)}")
-        values.update({k: _coerce(k, v) for k, v in doc.items()})
+            problems.append(f"unknown config keys in {path}: {sorted(unknown)}")
+        for k, v in doc.items():
+            if k in known:
+                put(k, v)
     for var, name in _ENV_FIELDS.items():
         if var in env and env[var] != "":
-            values[name] = _coerce(name, env[var])
+            put(name, env[var])
     for name, value in overrides.items():
         if value is not None:
-            values[name] = _coerce(name, value)
+            put(name, value)
+    for name, file_field in SECRET_FILES.items():
+        secret_file = values.get(file_field)
+        if secret_file is None:
+            continue
+        if values.get(name):
+            problems.append(f"set {name} or {file_field}, not both")
+            continue
+        try:
+            text = Path(secret_file).read_text().strip()
+        except OSError as exc:
+            problems.append(f"{file_field}: cannot read {secret_file}: {exc.strerror}")
+            continue
+        if not text:
+            problems.append(f"{file_field}: {secret_file} is empty")
+            continue
+        put(name, text if name != "admin_token" else text.splitlines()[0].strip())
+    return values
+
+
+def load(config_file: Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from file, environment and explicit overrides (``None`` = unset).
+
+    Raises ConfigError naming every setting that cannot be used, on one line."""
+    problems: list[str] = []
+    values = _gather(config_file, dict(os.environ if env is None else env), overrides, problems)
+    if problems:
+        raise ConfigError("; ".join(problems))
     return Settings(**values)
+
+
+def check(config_file: Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> list[str]:
+    """Every problem of a configuration a worker would serve with, one sentence
+    each (``teller config check``); empty when it is fine. Reads the files it
+    names, connects to nothing."""
+    problems: list[str] = []
+    values = _gather(config_file, dict(os.environ if env is None else env), overrides, problems)
+    settings = Settings(**values)  # what could not be read is a problem already, and left at its default
+    problems += validate(settings, secrets_needed=not settings.dev_mode)
+    problems += database_problems(settings)
+    return problems
+
+
+def _address_problem(name: str, address: str) -> str | None:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"{name} must be host:port with a port from 0 to 65535, got {address[:80]!r}"
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{name}: {host[:60]!r} is not an IPv6 address"
+        return None
+    if not host:
+        return None  # all interfaces
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
+        return f"{name}: {host[:60]!r} is neither an IP address nor a host name"
+    return None
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def database_problems(settings: Settings) -> list[str]:
+    """A worker outside dev mode needs a database named explicitly: it must
+    never fall back to a local SQLite file nobody else sees."""
+    if not settings.database_url and not settings.dev_mode:
+        return ["database_url is not set: set TELLER_DATABASE_URL (or TELLER_DATABASE_URL_FILE) to "
+                "postgresql+psycopg://... or sqlite:///path; only --dev uses the embedded SQLite file"]
+    return []
+
+
+def validate(settings: Settings, *, secrets_needed: bool = True) -> list[str]:
+    """Every problem of these settings, one sentence each, naming the setting."""
+    problems: list[str] = []
+    for name in ("listen", "admin_listen", "metrics_listen"):
+        value = getattr(settings, name)
+        if value or name == "listen":
+            problem = _address_problem(name, value)
+            if problem:
+                problems.append(problem)
+    if settings.database_url:
+        scheme = settings.database_url.partition("://")[0] if "://" in settings.database_url else ""
+        if scheme not in DATABASE_SCHEMES:
+            problems.append(f"database_url must start with postgresql+psycopg:// or sqlite:///, got "
+                            f"{(scheme[:30] + '://') if scheme else 'no scheme'}")
+    if settings.log_level.upper() not in LOG_LEVELS:
+        problems.append(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level[:30]!r}")
+    if settings.log_format not in LOG_FORMATS:
+        problems.append(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {settings.log_format[:30]!r}")
+    for network, url in settings.rpc_urls.items():
+        chain_id = network.removeprefix("eip155:")
+        if not network.startswith("eip155:") or not chain_id.isdigit():
+            problems.append(f"rpc_urls: network {network[:40]!r} must be a CAIP-2 id like eip155:8453")
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or " " in url:
+            problems.append(f"rpc_urls[{network[:40]!r}] must be an http:// or https:// URL")
+    for name, value in settings.networks.items():
+        if value < 1:
+            problems.append(f"networks[{name[:40]!r}] must be a positive chain id, got {value}")
+    if settings.kek or settings.kek_file:
+        from teller.vault.kek import LocalKekProvider
+
+        try:
+            if settings.kek_file is not None:
+                LocalKekProvider.from_file(settings.kek_file)
+            else:
+                LocalKekProvider.parse(settings.kek)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    elif secrets_needed:
+        problems.append("no KEK configured: set TELLER_KEK_FILE (or TELLER_KEK), or run with --dev for local use")
+    if secrets_needed and not settings.admin_token:
+        problems.append("no operator credential: set TELLER_ADMIN_TOKEN (or TELLER_ADMIN_TOKEN_FILE), "
+                        "or run with --dev")
+    for name in ("sign_batch_max", "sign_batches_in_flight", "db_pool_size", "grpc_acceptors",
+                 "max_authorization_seconds"):
+        if getattr(settings, name) < 1:
+            problems.append(f"{name} must be at least 1, got {getattr(settings, name)}")
+    if not settings.pay_deadline_seconds > 0:
+        problems.append(f"pay_deadline_seconds must be more than 0, got {settings.pay_deadline_seconds}")
+    for name in ("keep_paid_response_bytes", "max_void_fee_wei", "balance_check_seconds"):
+        if getattr(settings, name) < 0:
+            problems.append(f"{name} must not be negative, got {getattr(settings, name)}")
+    if settings.grpc_acceptors > 64:
+        problems.append(f"grpc_acceptors must be at most 64, got {settings.grpc_acceptors}")
+    for name in ("outbound_connect_timeout_seconds", "outbound_read_timeout_seconds", "max_response_bytes",
+                 "max_challenge_bytes", "idempotency_ttl_seconds"):
+        if getattr(settings, name) <= 0:
+            problems.append(f"{name} must be positive, got {getattr(settings, name)}")
+    for name in ("shutdown_grace_seconds", "reconcile_interval_seconds", "reconcile_lookback_blocks",
+                 "key_cache_seconds", "max_redirects"):
+        if getattr(settings, name) < 0:
+            problems.append(f"{name} must not be negative, got {getattr(settings, name)}")
+    if settings.event_loop not in EVENT_LOOPS:
+        problems.append(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {settings.event_loop!r}")
+    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+        problems.append("TLS needs both tls_cert_file and tls_key_file")
+    if settings.tls_client_ca_file is not None and settings.tls_cert_file is None:
+        problems.append("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(settings, name)
+        if path is not None and not Path(path).is_file():
+            problems.append(f"{name}: {path} is not a readable file")
+    return problems
 
 
 def _dev_secret(path: Path, make: str) -> str:
@@ -292,45 +506,25 @@ def _dev_secret(path: Path, make: str) -> str:
 
 
 def finalize_for_serving(settings: Settings) -> Settings:
-    """Check the secrets a serving worker needs; in dev mode, make local ones.
+    """Check the settings a serving worker needs; in dev mode, make local secrets.
 
-    Raises ConfigError outside dev mode when the KEK or the operator token is missing.
+    Raises ConfigError naming every problem (one line) outside dev mode when the
+    KEK or the operator token is missing, or when any setting is unusable.
     """
     if settings.dev_mode:
         # Everything --dev writes lives here, some of it secrets in plain text.
         files.private_dir(settings.data_dir)
-    if settings.kek or settings.kek_file:
-        pass
-    elif settings.dev_mode:
+    if not (settings.kek or settings.kek_file) and settings.dev_mode:
         import base64
 
         key = base64.b64encode(secrets.token_bytes(32)).decode()
         settings = replace(settings, kek_file=None, kek=_dev_secret(settings.data_dir / "dev-kek", f"dev1:{key}"))
-    else:
-        raise ConfigError(
-            "no KEK configured: set TELLER_KEK_FILE (or TELLER_KEK), or run with --dev for local use"
-        )
-    if not settings.admin_token:
-        if not settings.dev_mode:
-            raise ConfigError("no operator credential: set TELLER_ADMIN_TOKEN, or run with --dev")
+    if not settings.admin_token and settings.dev_mode:
         settings = replace(
             settings,
             admin_token=_dev_secret(settings.data_dir / "admin-token", "op_" + secrets.token_urlsafe(24)),
         )
-    for name in ("sign_batch_max", "sign_batches_in_flight", "db_pool_size", "grpc_acceptors",
-                 "max_authorization_seconds"):
-        if getattr(settings, name) < 1:
-            raise ConfigError(f"{name} must be at least 1, got {getattr(settings, name)}")
-    if not settings.pay_deadline_seconds > 0:
-        raise ConfigError(f"pay_deadline_seconds must be more than 0, got {settings.pay_deadline_seconds}")
-    if settings.keep_paid_response_bytes < 0:
-        raise ConfigError(f"keep_paid_response_bytes must not be negative, got {settings.keep_paid_response_bytes}")
-    if settings.grpc_acceptors > 64:
-        raise ConfigError(f"grpc_acceptors must be at most 64, got {settings.grpc_acceptors}")
-    if settings.event_loop not in EVENT_LOOPS:
-        raise ConfigError(f"event_loop must be one of {', '.join(EVENT_LOOPS)}, got {settings.event_loop!r}")
-    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
-        raise ConfigError("TLS needs both tls_cert_file and tls_key_file")
-    if settings.tls_client_ca_file is not None and settings.tls_cert_file is None:
-        raise ConfigError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
-    return settings
+    problems = validate(settings)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return replace(settings, log_level=settings.log_level.upper())

@@ -38,7 +38,7 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("teller_request
 METHOD: contextvars.ContextVar[str] = contextvars.ContextVar("teller_method", default="")
 
 #: Shapes of secrets that must never reach a log line.
-_SECRETS = re.compile(r"tlr_[A-Za-z0-9]+\.[A-Za-z0-9_\-]+|op_[A-Za-z0-9_\-]{12,}|\b(?:0x)?[0-9a-fA-F]{64}\b")
+_SECRETS = re.compile(r"tl[ro]_[A-Za-z0-9]+\.[A-Za-z0-9_\-]+|op_[A-Za-z0-9_\-]{12,}|\b(?:0x)?[0-9a-fA-F]{64}\b")
 
 
 def redact(text: str) -> str:

@@ -18,6 +18,7 @@ from teller import audit
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import Wallet
+from teller.errors import ConfigError
 from teller.vault.envelope import SealedKey, associated_data
 from teller.vault.kek import KekProvider
 
@@ -43,6 +44,16 @@ def status(db: Database) -> dict[str, int]:
 
 def rewrap_all(db: Database, kek: KekProvider, clock: Clock = system_clock, batch: int = 100) -> RewrapResult:
     current = kek.current_version
+    known = getattr(kek, "versions", None)
+    if known is not None:
+        # Checked before the first wallet: a job that stops half-way for want of
+        # an old KEK says so up front instead of failing on some wallet.
+        missing = {v: n for v, n in status(db).items() if v not in known}
+        if missing:
+            raise ConfigError(
+                "KEK version(s) " + ", ".join(f"{v!r} ({n} wallet(s))" for v, n in sorted(missing.items()))
+                + " still protect wallets but are not configured: keep the old KEK in the KEK file, after "
+                "the new one, until `teller keys status` shows no wallet on it")
     done: Counter[str] = Counter()
     after = ""
     while True:

@@ -24,6 +24,7 @@ from teller_client._proto.teller.v1 import (
 from teller_client.errors import DeadlineExceeded, Internal, from_rpc_error
 from teller_client.types import (
     AuditEvent,
+    OperatorIdentity,
     PaidResponse,
     PaymentRecord,
     Policy,
@@ -389,7 +390,7 @@ class AdminClient(_Sync):
         return _codec.tenant(self._call("DisableTenant", admin_pb2.DisableTenantRequest(tenant_id=tenant_id)))
 
     def enable_tenant(self, tenant_id: str) -> Tenant:
-        return _codec.tenant(self._call(self._stub.EnableTenant, admin_pb2.EnableTenantRequest(tenant_id=tenant_id)))
+        return _codec.tenant(self._call("EnableTenant", admin_pb2.EnableTenantRequest(tenant_id=tenant_id)))
 
     def list_tenants(self) -> list[Tenant]:
         r = self._call("ListTenants", admin_pb2.ListTenantsRequest())
@@ -404,14 +405,26 @@ class AdminClient(_Sync):
         self._call("RevokeToken", admin_pb2.RevokeTokenRequest(token_id=token_id))
 
     def list_tokens(self, tenant_id: str) -> list[TokenInfo]:
-        r = self._call(self._stub.ListTokens, admin_pb2.ListTokensRequest(tenant_id=tenant_id))
+        r = self._call("ListTokens", admin_pb2.ListTokensRequest(tenant_id=tenant_id))
         return [_codec.token_info(t) for t in r.tokens]
 
     def rotate_token(self, token_id: str) -> tuple[str, str]:
         """Revoke a token and issue its replacement (same tenant and description)
         at once; returns (new token id, bearer token), shown only once."""
-        r = self._call(self._stub.RotateToken, admin_pb2.RotateTokenRequest(token_id=token_id))
+        r = self._call("RotateToken", admin_pb2.RotateTokenRequest(token_id=token_id))
         return r.token_id, r.token
+
+    def create_operator(self, name: str) -> tuple[OperatorIdentity, str]:
+        """A named operator credential: (the operator, its credential, shown only once)."""
+        r = self._call("CreateOperator", admin_pb2.CreateOperatorRequest(name=name))
+        return _operator(r.operator), r.token
+
+    def list_operators(self) -> list[OperatorIdentity]:
+        r = self._call("ListOperators", admin_pb2.ListOperatorsRequest())
+        return [_operator(o) for o in r.operators]
+
+    def revoke_operator(self, name: str) -> OperatorIdentity:
+        return _operator(self._call("RevokeOperator", admin_pb2.RevokeOperatorRequest(name=name)))
 
     def create_wallet(self, tenant_id: str, label: str = "") -> Wallet:
         return _codec.wallet(self._call("CreateWallet",
@@ -426,7 +439,7 @@ class AdminClient(_Sync):
 
     def disable_wallet(self, tenant_id: str, wallet_id: str) -> Wallet:
         req = admin_pb2.DisableWalletRequest(tenant_id=tenant_id, wallet_id=wallet_id)
-        return _codec.wallet(self._call(self._stub.DisableWallet, req))
+        return _codec.wallet(self._call("DisableWallet", req))
 
     def set_policy(self, tenant_id: str, policy: Policy | Mapping[str, Any] | str,
                    wallet_id: str = "") -> dict[str, Any]:
@@ -468,3 +481,8 @@ class AdminClient(_Sync):
         """Run one reconciler pass now; returns transitions by state and errors."""
         r = self._call("Reconcile", admin_pb2.ReconcileRequest())
         return dict(r.transitions), list(r.errors)
+
+
+def _operator(o: Any) -> OperatorIdentity:
+    return OperatorIdentity(id=o.id, name=o.name, created_at_ms=o.created_at_ms, created_by=o.created_by,
+                            revoked_at_ms=o.revoked_at_ms)

@@ -128,6 +128,17 @@ class TokenInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class OperatorIdentity:
+    """A named operator credential (its secret is shown only when created)."""
+
+    id: str
+    name: str
+    created_at_ms: int
+    created_by: str
+    revoked_at_ms: int  # 0 while valid
+
+
+@dataclass(frozen=True, slots=True)
 class WindowSpend:
     """One budget window, in the policy's common unit."""
 

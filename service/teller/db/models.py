@@ -238,3 +238,28 @@ class AuditKey(Base):
     key_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     created_ms: Mapped[int] = mapped_column(BigInteger)
     retired_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+class Operator(Base):
+    """A named operator credential for AdminService (``tlo_<id>.<secret>``): each
+    call is audited by the name, and revoking it ends it on every replica at once.
+    The configured ``admin_token`` is the bootstrap operator and has no row."""
+
+    __tablename__ = "operators"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # SHA-256 of the credential's secret part; the credential itself is never stored.
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[str] = mapped_column(String(80))
+    revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class SchemaRevision(Base):
+    """Each migration step applied, and whether it declared itself expand-only:
+    an older release reads this to know it may serve on a schema one step ahead
+    (``teller.db.migrate``), since it lacks that step's module."""
+
+    __tablename__ = "schema_revisions"
+    revision: Mapped[str] = mapped_column(String(64), primary_key=True)
+    down_revision: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    expand_only: Mapped[bool] = mapped_column(Boolean)
+    applied_ms: Mapped[int] = mapped_column(BigInteger)

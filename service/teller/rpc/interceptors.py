@@ -239,9 +239,17 @@ def _code(exc: Exception) -> str:
     return "INTERNAL"
 
 
+_LEVELS = {grpc.StatusCode.INTERNAL: logging.ERROR, grpc.StatusCode.UNKNOWN: logging.ERROR,
+           grpc.StatusCode.DATA_LOSS: logging.ERROR, grpc.StatusCode.UNAVAILABLE: logging.WARNING}
+
+
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception, rid: str) -> None:
     if isinstance(exc, TellerError):
-        log.info("rpc %s -> %s %s", method, exc.code.name, exc.reason)
+        # A caller's mistake is routine (INFO); a dependency down deserves a look
+        # (WARNING); an INTERNAL is Teller's own failure and pages someone (ERROR).
+        level = _LEVELS.get(exc.code, logging.INFO)
+        log.log(level, "rpc %s -> %s %s: %s", method, exc.code.name, exc.reason, exc.message,
+                exc_info=exc if level >= logging.ERROR else None)
         status = to_status(exc)
         # The status's own trailing metadata (its details) replaces what was set: keep the id.
         await context.abort(status.code, status.details, (*status.trailing_metadata, ("x-request-id", rid)))

@@ -15,8 +15,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from teller import db_gauges
 from teller.app import App
 from teller.config import Settings
+from teller.errors import ConfigError
 from teller.observe import Tracing
 from teller.rpc.interceptors import Guard, GuardedServer, in_flight
+from teller.rpc.ports import PortClaim
 from teller.rpc.services import AdminServicer, PaymentServicer
 from teller_client._proto.teller.v1 import admin_pb2, admin_pb2_grpc, payment_pb2, payment_pb2_grpc
 
@@ -40,7 +42,8 @@ def credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 
 # SO_REUSEPORT (gRPC's default on Linux, asked for here in so many words): the
-# acceptors of one worker share its address.
+# acceptors of one worker share its address. Only they may: ``PortClaim``
+# keeps every other process off it.
 SERVER_OPTIONS = [("grpc.max_receive_message_length", 4 * 1024 * 1024), ("grpc.so_reuseport", 1)]
 
 
@@ -58,6 +61,21 @@ class Server:
 
     def __init__(self, app: App, listen: str) -> None:
         self.app = app
+        settings = app.settings
+        self._claims = [PortClaim(listen)]
+        try:
+            if settings.admin_listen:
+                self._claims.append(PortClaim(settings.admin_listen))
+            self._build(app, listen)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        for claim in self._claims:
+            claim.release()
+
+    def _build(self, app: App, listen: str) -> None:
         settings = app.settings
         self.pool = ThreadPoolExecutor(max_workers=max(4, settings.db_pool_size), thread_name_prefix="teller-db")
         # Every service is registered through the guard (request ids, metrics,
@@ -104,9 +122,12 @@ class Server:
 
     @staticmethod
     def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials | None) -> int:
-        port = server.add_secure_port(address, creds) if creds is not None else server.add_insecure_port(address)
+        try:
+            port = server.add_secure_port(address, creds) if creds is not None else server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0  # newer grpcio raises where older ones returned 0
         if port == 0:
-            raise OSError(f"cannot bind {address}")
+            raise ConfigError(f"listen {address}: cannot bind (port in use, or not an address of this host)")
         return port
 
     async def start(self) -> None:
@@ -148,6 +169,7 @@ class Server:
         self.pool.shutdown(wait=True)
         # Spans still queued for export leave before the process does.
         await asyncio.get_running_loop().run_in_executor(None, self.tracing.flush)
+        self._release()
 
     async def wait(self) -> None:
         await self.grpc.wait_for_termination()

@@ -16,6 +16,7 @@ from teller import auth, batch_io
 from teller.app import App
 from teller.auth import Caller
 from teller.chain import NotCached
+from teller.db.models import Operator
 from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Head, Payer, pay_input
 from teller.payments import Call, Outcome, PushPending, SignInput, SignResult
@@ -161,112 +162,138 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
 
 
 class AdminServicer(_Base, admin_pb2_grpc.AdminServiceServicer):
-    def _operator(self, context: grpc.aio.ServicerContext) -> None:
-        auth.check_operator(auth.bearer(context.invocation_metadata()), self.app.settings.admin_token)
+    async def _operator(self, context: grpc.aio.ServicerContext) -> None:
+        presented = auth.bearer(context.invocation_metadata())
+        configured = self.app.settings.admin_token
+        # The bootstrap credential needs no database; a named one is looked up on
+        # every call, so a revocation holds on every replica at once.
+        name = (auth.BOOTSTRAP if auth.is_bootstrap(presented, configured)
+                else await self.run(auth.authenticate_operator, self.app.db, presented, configured))
         if self.app.settings.tls_client_ca_file is not None:
             auth.check_certificate(context.auth_context(), "operator")
+        auth.OPERATOR_NAME.set(name)
 
     async def CreateTenant(self, request: admin_pb2.CreateTenantRequest, context: grpc.aio.ServicerContext) -> admin_pb2.Tenant:
-        self._operator(context)
+        await self._operator(context)
         return convert.tenant_to_proto(await self.run(self.app.admin.create_tenant, request.name))
 
     async def DisableTenant(self, request: admin_pb2.DisableTenantRequest, context: grpc.aio.ServicerContext) -> admin_pb2.Tenant:
-        self._operator(context)
+        await self._operator(context)
         return convert.tenant_to_proto(await self.run(self.app.admin.disable_tenant, request.tenant_id))
 
     async def ListTenants(self, request: admin_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ListTenantsResponse:
-        self._operator(context)
+        await self._operator(context)
         tenants = await self.run(self.app.admin.list_tenants)
         return admin_pb2.ListTenantsResponse(tenants=[convert.tenant_to_proto(t) for t in tenants])
 
     async def EnableTenant(self, request: admin_pb2.EnableTenantRequest, context: grpc.aio.ServicerContext) -> admin_pb2.Tenant:
-        self._operator(context)
+        await self._operator(context)
         return convert.tenant_to_proto(await self.run(self.app.admin.enable_tenant, request.tenant_id))
 
     async def ListTokens(self, request: admin_pb2.ListTokensRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ListTokensResponse:
-        self._operator(context)
+        await self._operator(context)
         tokens = await self.run(self.app.admin.list_tokens, request.tenant_id)
         return admin_pb2.ListTokensResponse(tokens=[convert.token_to_proto(t) for t in tokens])
 
     async def RotateToken(self, request: admin_pb2.RotateTokenRequest, context: grpc.aio.ServicerContext) -> admin_pb2.IssueTokenResponse:
-        self._operator(context)
+        await self._operator(context)
         token_id, token = await self.run(self.app.admin.rotate_token, request.token_id)
         return admin_pb2.IssueTokenResponse(token_id=token_id, token=token)
 
     async def DisableWallet(self, request: admin_pb2.DisableWalletRequest, context: grpc.aio.ServicerContext) -> common_pb2.Wallet:
-        self._operator(context)
+        await self._operator(context)
         return convert.wallet_to_proto(await self.run(self.app.admin.disable_wallet, request.tenant_id,
                                                       request.wallet_id))
 
     async def IssueToken(self, request: admin_pb2.IssueTokenRequest, context: grpc.aio.ServicerContext) -> admin_pb2.IssueTokenResponse:
-        self._operator(context)
+        await self._operator(context)
         token_id, token = await self.run(self.app.admin.issue_token, request.tenant_id, request.description)
         return admin_pb2.IssueTokenResponse(token_id=token_id, token=token)
 
     async def RevokeToken(self, request: admin_pb2.RevokeTokenRequest, context: grpc.aio.ServicerContext) -> admin_pb2.RevokeTokenResponse:
-        self._operator(context)
+        await self._operator(context)
         await self.run(self.app.admin.revoke_token, request.token_id)
         return admin_pb2.RevokeTokenResponse()
 
     async def CreateWallet(self, request: admin_pb2.CreateWalletRequest, context: grpc.aio.ServicerContext) -> common_pb2.Wallet:
-        self._operator(context)
+        await self._operator(context)
         return convert.wallet_to_proto(await self.run(self.app.admin.create_wallet, request.tenant_id, request.label))
 
     async def ImportWallet(self, request: admin_pb2.ImportWalletRequest, context: grpc.aio.ServicerContext) -> common_pb2.Wallet:
-        self._operator(context)
+        await self._operator(context)
         wallet = await self.run(self.app.admin.create_wallet, request.tenant_id, request.label, request.private_key)
         return convert.wallet_to_proto(wallet)
 
     async def ListWallets(self, request: admin_pb2.AdminListWalletsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListWalletsResponse:
-        self._operator(context)
+        await self._operator(context)
         wallets = await self.run(self.app.admin.list_wallets, request.tenant_id)
         return common_pb2.ListWalletsResponse(wallets=[convert.wallet_to_proto(w) for w in wallets])
 
     async def SetPolicy(self, request: admin_pb2.SetPolicyRequest, context: grpc.aio.ServicerContext) -> admin_pb2.SpendPolicy:
-        self._operator(context)
+        await self._operator(context)
         p = request.policy
         document, updated = await self.run(self.app.admin.set_policy, p.tenant_id, p.document_json, p.wallet_id)
         return convert.policy_to_proto(p.tenant_id, p.wallet_id, document, updated)
 
     async def GetPolicy(self, request: admin_pb2.GetPolicyRequest, context: grpc.aio.ServicerContext) -> admin_pb2.SpendPolicy:
-        self._operator(context)
+        await self._operator(context)
         document, updated = await self.run(self.app.admin.get_policy, request.tenant_id, request.wallet_id)
         return convert.policy_to_proto(request.tenant_id, request.wallet_id, document, updated)
 
     async def SetFrozen(self, request: admin_pb2.SetFrozenRequest, context: grpc.aio.ServicerContext) -> admin_pb2.SetFrozenResponse:
-        self._operator(context)
+        await self._operator(context)
         await self.run(self.app.admin.set_frozen, request.tenant_id, request.frozen, request.wallet_id, request.reason)
         return admin_pb2.SetFrozenResponse()
 
     async def GetSpend(self, request: admin_pb2.AdminGetSpendRequest, context: grpc.aio.ServicerContext) -> common_pb2.SpendStatus:
-        self._operator(context)
+        await self._operator(context)
         windows = await self.run(self.app.admin.spend, request.tenant_id, request.wallet_id)
         return convert.spend_to_proto(request.tenant_id, windows)
 
     async def ListAuditEvents(self, request: common_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListAuditEventsResponse:
-        self._operator(context)
+        await self._operator(context)
         return await self.run(_list_audit, self.app, request.filter.tenant_id or None, request)
 
     async def GetPayment(self, request: common_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext) -> common_pb2.PaymentRecord:
-        self._operator(context)
+        await self._operator(context)
         return convert.payment_to_proto(await self.run(self.app.lifecycle.get, request.payment_id, None))
 
     async def ListPayments(self, request: admin_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ListPaymentsResponse:
-        self._operator(context)
+        await self._operator(context)
         rows, token = await self.run(self.app.lifecycle.list, request.tenant_id, request.state, request.page_size,
                                      request.page_token)
         return admin_pb2.ListPaymentsResponse(payments=[convert.payment_to_proto(p) for p in rows],
                                               next_page_token=token)
 
     async def VoidPayment(self, request: admin_pb2.VoidPaymentRequest, context: grpc.aio.ServicerContext) -> common_pb2.PaymentRecord:
-        self._operator(context)
-        payment = await self.run(self.app.lifecycle.void, request.payment_id, "operator", request.reason)
+        await self._operator(context)
+        payment = await self.run(self.app.lifecycle.void, request.payment_id, auth.operator_actor(),
+                                 request.reason)
         return convert.payment_to_proto(payment)
 
     async def Reconcile(self, request: admin_pb2.ReconcileRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ReconcileResponse:
-        self._operator(context)
+        await self._operator(context)
         result = await self.run(self.app.reconciler.run_once)
         return admin_pb2.ReconcileResponse(transitions=dict(result.transitions), errors=result.errors)
+
+    async def CreateOperator(self, request: admin_pb2.CreateOperatorRequest, context: grpc.aio.ServicerContext) -> admin_pb2.CreateOperatorResponse:
+        await self._operator(context)
+        row, token = await self.run(self.app.operators.create, request.name)
+        return admin_pb2.CreateOperatorResponse(operator=_operator_to_proto(row), token=token)
+
+    async def ListOperators(self, request: admin_pb2.ListOperatorsRequest, context: grpc.aio.ServicerContext) -> admin_pb2.ListOperatorsResponse:
+        await self._operator(context)
+        rows = await self.run(self.app.operators.list)
+        return admin_pb2.ListOperatorsResponse(operators=[_operator_to_proto(r) for r in rows])
+
+    async def RevokeOperator(self, request: admin_pb2.RevokeOperatorRequest, context: grpc.aio.ServicerContext) -> admin_pb2.OperatorIdentity:
+        await self._operator(context)
+        return _operator_to_proto(await self.run(self.app.operators.revoke, request.name))
+
+
+def _operator_to_proto(row: Operator) -> admin_pb2.OperatorIdentity:
+    return admin_pb2.OperatorIdentity(id=row.id, name=row.name, created_at_ms=row.created_ms,
+                                      created_by=row.created_by, revoked_at_ms=row.revoked_ms or 0)
 
 
 __all__ = ["AdminServicer", "PaymentServicer"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from teller.db.migrate import record_step
 from teller.db.models import Base
 
 config = context.config
@@ -17,6 +18,7 @@ with connectable.connect() as connection:
         target_metadata=Base.metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        on_version_apply=record_step,
     )
     with context.begin_transaction():
         context.run_migrations()

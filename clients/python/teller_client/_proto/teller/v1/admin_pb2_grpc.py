@@ -142,6 +142,21 @@ class AdminServiceStub:
                 request_serializer=teller_dot_v1_dot_admin__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_admin__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
+        self.CreateOperator = channel.unary_unary(
+                '/teller.v1.AdminService/CreateOperator',
+                request_serializer=teller_dot_v1_dot_admin__pb2.CreateOperatorRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_admin__pb2.CreateOperatorResponse.FromString,
+                _registered_method=True)
+        self.ListOperators = channel.unary_unary(
+                '/teller.v1.AdminService/ListOperators',
+                request_serializer=teller_dot_v1_dot_admin__pb2.ListOperatorsRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_admin__pb2.ListOperatorsResponse.FromString,
+                _registered_method=True)
+        self.RevokeOperator = channel.unary_unary(
+                '/teller.v1.AdminService/RevokeOperator',
+                request_serializer=teller_dot_v1_dot_admin__pb2.RevokeOperatorRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_admin__pb2.OperatorIdentity.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -285,6 +300,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateOperator(self, request, context):
+        """Named operator credentials: each operator's calls are audited by its name
+        (the configured TELLER_ADMIN_TOKEN is operator "bootstrap"), and revoking
+        one ends it on every replica with the next call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperators(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOperator(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -392,6 +428,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=teller_dot_v1_dot_admin__pb2.ReconcileRequest.FromString,
                     response_serializer=teller_dot_v1_dot_admin__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'CreateOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOperator,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.CreateOperatorRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_admin__pb2.CreateOperatorResponse.SerializeToString,
+            ),
+            'ListOperators': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperators,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.ListOperatorsRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_admin__pb2.ListOperatorsResponse.SerializeToString,
+            ),
+            'RevokeOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOperator,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.RevokeOperatorRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_admin__pb2.OperatorIdentity.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -963,6 +1014,87 @@ class AdminService:
             '/teller.v1.AdminService/Reconcile',
             teller_dot_v1_dot_admin__pb2.ReconcileRequest.SerializeToString,
             teller_dot_v1_dot_admin__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/CreateOperator',
+            teller_dot_v1_dot_admin__pb2.CreateOperatorRequest.SerializeToString,
+            teller_dot_v1_dot_admin__pb2.CreateOperatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperators(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/ListOperators',
+            teller_dot_v1_dot_admin__pb2.ListOperatorsRequest.SerializeToString,
+            teller_dot_v1_dot_admin__pb2.ListOperatorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/RevokeOperator',
+            teller_dot_v1_dot_admin__pb2.RevokeOperatorRequest.SerializeToString,
+            teller_dot_v1_dot_admin__pb2.OperatorIdentity.FromString,
             options,
             channel_credentials,
             insecure,
