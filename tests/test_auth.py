@@ -107,3 +107,26 @@ def test_sign_checks_the_token_every_call(teller):
     teller.admin().revoke_token(t.token_id)
     with pytest.raises(Unauthenticated, match="revoked"):
         _sign(teller.client(t.token), t.wallet_id)
+
+
+@pytest.mark.parametrize("token", ["", "op_not-the-credential", "tlo_nosuch.secret"])
+def test_every_admin_rpc_refuses_a_caller_without_an_operator_credential(teller, token):
+    # Each AdminService method, called with an empty request: authentication must
+    # come first, whatever the request holds (a handler that forgets to await its
+    # check would answer, or fail on the empty request, instead).
+    from google.protobuf.message_factory import GetMessageClass
+
+    from teller_client._proto.teller.v1 import admin_pb2, admin_pb2_grpc
+
+    service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    with grpc.insecure_channel(teller.target) as ch:
+        stub = admin_pb2_grpc.AdminServiceStub(ch)
+        for method in service.methods:
+            request_type = GetMessageClass(method.input_type)
+            call = getattr(stub, method.name)
+            with pytest.raises(grpc.RpcError) as err:
+                result = call(request_type(), metadata=metadata, timeout=10)
+                if method.server_streaming:
+                    list(result)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, (method.name, err.value.code())
