@@ -86,7 +86,7 @@ def test_operator_commands_from_the_shell(teller, caplog):
     listing = cli("list", token=credential)
     assert listing.returncode == 0, listing.stderr
     header, row = listing.stdout.splitlines()
-    assert header.split() == ["ID", "NAME", "CREATED_BY", "CREATED_AT_MS", "REVOKED_AT_MS"]
+    assert header.split() == ["ID", "NAME", "CREATED_BY", "CREATED", "REVOKED"]
     assert row.split()[1:3] == ["dave", "operator:bootstrap"]
     assert cli("revoke", "dave").stdout.strip() == "operator dave revoked"
     refused = cli("list", token=credential)
