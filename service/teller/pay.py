@@ -10,11 +10,11 @@ reason: Teller never pays twice for one call.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from teller import untrusted_json
 from teller.auth import Caller
 from teller.db.models import Payment
 from teller.errors import FailedPrecondition, InvalidArgument
@@ -119,8 +119,8 @@ class Payer:
 
 def _problem(body: bytes) -> str:
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+        doc = untrusted_json.loads(body, "response body")
+    except InvalidArgument:
         return ""
     if isinstance(doc, dict):
         for key in ("error", "detail", "title"):

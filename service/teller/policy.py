@@ -13,7 +13,6 @@ up, so a payment never counts for less than it is).
 from __future__ import annotations
 
 import calendar
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 
 from eth_utils import is_address
 
+from teller import untrusted_json
 from teller.eip3009 import MAX_AMOUNT
 from teller.errors import InvalidArgument, LimitExceeded, PermissionDenied, TellerError
 
@@ -33,6 +33,8 @@ _CAIP2 = re.compile(r"^[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}$")
 _HOST = re.compile(r"^(\*\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
 _NAME = re.compile(r"^[a-z0-9][-_a-z0-9]{0,31}$")
 MAX_LIST = 1000
+#: A document of every list at MAX_LIST entries and every asset registered fits.
+DOCUMENT_BOUNDS = untrusted_json.Bounds(max_bytes=4 * 1024 * 1024, max_depth=16, max_values=100_000)
 
 
 # --- the document -------------------------------------------------------------
@@ -199,10 +201,7 @@ def inherit(wallet: Policy, tenant: Policy) -> Policy:
 def parse(doc: Any, *, wallet: bool = False) -> Policy:
     """Validate a policy document; errors name the field (``policy.budgets[1].limit: ...``)."""
     if isinstance(doc, (str, bytes)):
-        try:
-            doc = json.loads(doc or "{}")
-        except (ValueError, RecursionError) as exc:
-            raise InvalidArgument(f"policy is not valid JSON: {exc}") from None
+        doc = untrusted_json.loads(doc or "{}", "policy", DOCUMENT_BOUNDS)
     if not isinstance(doc, dict):
         raise InvalidArgument("policy must be a JSON object")
     unknown = set(doc) - _TOP

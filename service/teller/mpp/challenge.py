@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from teller import untrusted_json
 from teller.errors import InvalidArgument
 
 SCHEME = "payment"
@@ -191,9 +191,9 @@ def b64url_json(text: str, what: str) -> Any:
         raise InvalidArgument(f"{what} is not base64url")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text.rstrip("=")) % 4))
-        return json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidArgument(f"{what} does not decode to JSON") from None
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"{what} is not base64url") from None
+    return untrusted_json.loads(raw, what)
 
 
 def _expires(text: str) -> datetime:

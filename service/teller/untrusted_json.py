@@ -1,0 +1,151 @@
+"""JSON from outside Teller, read with Teller's own bounds.
+
+Every document a caller or a paid server hands Teller (x402 bodies and
+headers, MPP requests, opaque values and receipts, problem details, policy
+documents) goes through ``loads``. Its bounds are checked on the text before
+any parser recurses into it, so they hold whatever the interpreter's recursion
+limit is: py_ecc raises that limit to 100,000 when it is imported, and the C
+JSON parser then recurses until the stack runs out (SIGSEGV) instead of raising
+RecursionError.
+
+Bounds: size in bytes, nesting depth, number of values, length of a number
+(Python refuses to convert integers past 4,300 digits, with a ValueError no
+JSON caller expects). The parsed strings may hold neither a lone surrogate (no
+UTF-8 encoding exists: orjson, PostgreSQL and every encoder refuse it later) nor
+NUL (PostgreSQL text cannot hold it); nor may the document use NaN or Infinity
+(or numbers that overflow to it), which are not JSON. Every refusal is an ``InvalidArgument`` naming the document.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from teller.errors import InvalidArgument
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    max_bytes: int = 1024 * 1024
+    #: Nesting depth of arrays and objects. The deepest document a protocol
+    #: defines (an x402 v2 challenge with an extension's JSON schema) is ~10.
+    max_depth: int = 64
+    #: Values (scalars, arrays and objects, keys not counted) in one document.
+    max_values: int = 20_000
+    #: Characters in one number: a uint256 has 78 digits.
+    max_number_chars: int = 100
+
+
+DEFAULT = Bounds()
+
+# A JSON string (as its own grammar delimits it; escapes are checked by the parser).
+_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+# Escapes that may decode to a character the checks below refuse: a surrogate or NUL.
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
+
+
+def loads(data: bytes | str, what: str, bounds: Bounds = DEFAULT) -> Any:
+    """The document in ``data``; ``what`` names it in every refusal."""
+    if len(data) > bounds.max_bytes:
+        raise InvalidArgument(f"{what} is larger than {bounds.max_bytes} bytes")
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"{what} is not valid UTF-8") from None
+    else:
+        text = data
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgument(f"{what} holds a lone surrogate") from None
+    _check_shape(text, what, bounds)
+    try:
+        doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except ValueError as exc:  # JSONDecodeError, and the constants refused below
+        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
+    if _SUSPECT_ESCAPE.search(text):
+        _check_strings(doc, what)
+    return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    # 1e400 parses as infinity, which no JSON encoder (nor PostgreSQL's jsonb) writes back.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _check_shape(text: str, what: str, bounds: Bounds) -> None:
+    """Depth, values and number lengths, from the text alone and without recursion."""
+    opens = text.count("[") + text.count("{")
+    # Cheap upper bounds first (brackets and commas inside strings count too):
+    # a document within them needs no closer look, and most documents are.
+    if (opens <= bounds.max_depth and opens + text.count(",") + 1 <= bounds.max_values
+            and not _long_number(text, bounds)):
+        return
+    # The structure alone: every string emptied. A string left unterminated
+    # stays (and fails the parse later); its brackets can only count extra.
+    bare = _STRING.sub('""', text)
+    opens = bare.count("[") + bare.count("{")
+    # A value is the root or follows a comma or an opening bracket.
+    if opens + bare.count(",") + 1 > bounds.max_values:
+        raise InvalidArgument(f"{what} has more than {bounds.max_values} values")
+    if _long_number(bare, bounds):
+        raise InvalidArgument(f"{what} has a number longer than {bounds.max_number_chars} characters")
+    depth = 0
+    for m in _BRACKET.finditer(bare):
+        if m.group() in "[{":
+            depth += 1
+            if depth > bounds.max_depth:
+                raise InvalidArgument(f"{what} is nested more than {bounds.max_depth} deep")
+        else:
+            depth -= 1
+
+
+def _long_number(text: str, bounds: Bounds) -> bool:
+    return _number_run_longer_than(bounds.max_number_chars).search(text) is not None
+
+
+@functools.cache
+def _number_run_longer_than(n: int) -> re.Pattern[str]:
+    return re.compile(f"[-+.eE0-9]{{{n + 1},}}")
+
+
+def _check_strings(doc: Any, what: str) -> None:
+    """Refuse a lone surrogate or NUL in any key or string (the depth is already bounded)."""
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            _check_string(value, what)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                _check_string(k, what)
+                stack.append(v)
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+def _check_string(s: str, what: str) -> None:
+    if "\x00" in s:
+        raise InvalidArgument(f"{what} holds a NUL character in a string")
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"{what} holds a lone surrogate (\\ud800-\\udfff) in a string") from None
+
+
+__all__ = ["DEFAULT", "Bounds", "loads"]
