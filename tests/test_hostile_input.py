@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import FieldDescriptor
 
 from teller_client._proto.teller.v1 import (
     admin_pb2,
@@ -112,6 +115,8 @@ class _Hostile(BaseHTTPRequestHandler):
             self._send(402, b"{}", {"PAYMENT-REQUIRED": b64(v2_challenge())})
         elif path == "/paid-deep-refusal":
             self._send(402, ('{"error": "no", "x402Version": 1, "accepts": ' + deep() + "}").encode())
+        elif path == "/paid-ok":
+            self._send(200, b"ok")
         elif path == "/paid-deep-receipt":
             # Header sizes are capped by the HTTP client (16 KiB), so this is as deep as a header gets.
             self._send(200, b"ok", {"PAYMENT-RESPONSE": b64("[" * 11_000)})
@@ -266,3 +271,175 @@ def test_worker_survives_hostile_json_through_every_entry_point(worker: Worker, 
     expected = {name: grpc.StatusCode.INVALID_ARGUMENT for name in seen}
     expected["Pay /paid-deep-refusal"] = grpc.StatusCode.FAILED_PRECONDITION
     assert seen == expected
+
+
+# -- every RPC, every field --------------------------------------------------------
+
+HOSTILE_STRINGS = (
+    "", " ", "9" * 5000, "\u0661\u0662", "-1", "9" * 30, "9" * 30 + ":x", "a" * 70_000,
+    "\u202e\u00e9\U0001f600", "../../etc/passwd", "eip155:" + "9" * 100, "[" * 50_000, b64("[" * 50_000),
+    "' OR 1=1 --", "%s%n{0}", "0x" + "f" * 64, "\\ud800",
+)
+HOSTILE_BYTES = (b"", b"\xff\xfe", ("[" * DEPTH).encode(), b'{"x402Version": ' + b"1" * 5000 + b"}",
+                 b'{"x402Version": 2, "accepts": [{"amount": "\\ud800"}]}')
+HOSTILE_INTS = {"int32": (-1, -(2**31), 2**31 - 1), "int64": (-1, -(2**63), 2**63 - 1)}
+HOSTILE_AUTH = ("", "Bearer", "Bearer " + "9" * 5000, "Basic YTpi", "Bearer tlr_x.y", "Bearer tlr_" + "9" * 5000 + ".z",
+                "bearer   ")
+#: Left to their owners (see the report of h/bounds): a caller's Pay headers (h/pay).
+SKIPPED = {("PaymentService", "Pay", "headers")}
+
+
+def documented_statuses() -> dict[str, set[str]]:
+    """RPC -> the statuses docs/errors.md says it answers bad input with
+    (its own row plus the "every RPC" row)."""
+    rows: dict[str, set[str]] = {}
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    section = doc.split("## Statuses by RPC", 1)[1].split("\n## ", 1)[0]
+    for line in section.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and (cells[0] == "every RPC" or "Service." in cells[0]):
+            rows[cells[0]] = set(re.findall(r"\b[A-Z][A-Z_]+[A-Z]\b", cells[1]))
+    common = rows.pop("every RPC")
+    return {rpc: codes | common for rpc, codes in rows.items()}
+
+
+def _build(descriptor, fields: dict):
+    """A request message of ``descriptor`` from plain values (nested messages as dicts)."""
+    msg = message_factory.GetMessageClass(descriptor)()
+    for name, value in fields.items():
+        fd = descriptor.fields_by_name[name]
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.is_repeated:
+                for item in value:
+                    getattr(msg, name).add().CopyFrom(_build(fd.message_type, item))
+            else:
+                getattr(msg, name).CopyFrom(_build(fd.message_type, value))
+        elif fd.is_repeated:
+            getattr(msg, name).extend(value)
+        else:
+            setattr(msg, name, value)
+    return msg
+
+
+def _hostile_values(fd) -> tuple:
+    t = fd.type
+    if t == FieldDescriptor.TYPE_STRING:
+        return HOSTILE_STRINGS
+    if t == FieldDescriptor.TYPE_BYTES:
+        return HOSTILE_BYTES
+    if t in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_ENUM):
+        return HOSTILE_INTS["int32"]
+    if t in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64):
+        return HOSTILE_INTS["int64"]
+    if t == FieldDescriptor.TYPE_BOOL:
+        return (True, False)
+    raise AssertionError(f"no hostile values for field type {t} ({fd.full_name}): add some")
+
+
+def _mutations(descriptor, baseline: dict, skip: frozenset[str] = frozenset()):
+    """(what, fields): the baseline with one field (at any depth) made hostile."""
+    for fd in descriptor.fields:
+        if fd.name in skip:
+            continue
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            base = baseline.get(fd.name)
+            base_item = (base[0] if base else {}) if fd.is_repeated else (base or {})
+            for what, item in _mutations(fd.message_type, base_item):
+                yield f"{fd.name}.{what}", {**baseline, fd.name: [item] if fd.is_repeated else item}
+            continue
+        for v in _hostile_values(fd):
+            yield f"{fd.name}={v!r:.40}", {**baseline, fd.name: [v] if fd.is_repeated else v}
+
+
+def _baselines(w: Worker, hostile: str, victim: TenantSeat, payment_id: str, token_id: str) -> dict[str, dict]:
+    """A valid request for each RPC; the destructive ones aim at the victim tenant."""
+    t, wallet = w.seat.tenant_id, w.seat.wallet_id
+    challenge = {"status": 402, "headers": [{"name": "PAYMENT-REQUIRED", "value": b64(v2_challenge())}],
+                 "body": b"", "url": "http://127.0.0.1/paid", "method": "GET"}
+    return {
+        "PaymentService.Sign": {"challenge": challenge, "wallet_id": wallet, "max_amount": "5000",
+                                "idempotency_key": ""},
+        "PaymentService.Pay": {"url": hostile + "/paid-ok", "method": "GET", "wallet_id": wallet,
+                               "max_amount": "5000", "body": b"", "headers": [], "protocols": ["x402"]},
+        "PaymentService.RecordOutcome": {"payment_id": payment_id, "status": 200,
+                                         "headers": [{"name": "PAYMENT-RESPONSE", "value": b64("{}")}], "body": b""},
+        "PaymentService.GetPayment": {"payment_id": payment_id},
+        "PaymentService.ListWallets": {},
+        "PaymentService.GetSpend": {"wallet_id": wallet},
+        "PaymentService.ListAuditEvents": {"filter": {"tenant_id": t}, "page_size": 10, "page_token": ""},
+        "AdminService.CreateTenant": {"name": "sweep"},
+        "AdminService.DisableTenant": {"tenant_id": victim.tenant_id},
+        "AdminService.ListTenants": {},
+        "AdminService.IssueToken": {"tenant_id": t, "description": "sweep"},
+        "AdminService.RevokeToken": {"token_id": token_id},
+        "AdminService.CreateWallet": {"tenant_id": t, "label": "sweep"},
+        "AdminService.ImportWallet": {"tenant_id": t, "label": "sweep", "private_key": "0x" + "11" * 32},
+        "AdminService.ListWallets": {"tenant_id": t},
+        "AdminService.SetPolicy": {"policy": {"tenant_id": victim.tenant_id, "wallet_id": "",
+                                              "document_json": '{"allow_unknown_assets": true}'}},
+        "AdminService.GetPolicy": {"tenant_id": t, "wallet_id": ""},
+        "AdminService.SetFrozen": {"tenant_id": victim.tenant_id, "wallet_id": "", "frozen": True, "reason": "x"},
+        "AdminService.GetSpend": {"tenant_id": t, "wallet_id": ""},
+        "AdminService.ListAuditEvents": {"filter": {"tenant_id": t}, "page_size": 10, "page_token": ""},
+        "AdminService.GetPayment": {"payment_id": payment_id},
+        "AdminService.ListPayments": {"tenant_id": t, "state": "", "page_size": 10, "page_token": ""},
+        "AdminService.VoidPayment": {"payment_id": payment_id, "reason": "sweep"},
+        "AdminService.Reconcile": {},
+    }
+
+
+def _serialize(message) -> bytes:
+    return message.SerializeToString()
+
+
+def test_every_rpc_answers_hostile_fields_with_a_documented_status(worker: Worker, hostile: str) -> None:
+    w = worker
+    documented = documented_statuses()
+    victim = seat_tenant(w.cluster, "victim", {"allow_unknown_assets": True})
+    signed = payment_pb2.SignResponse.FromString(w.channel.unary_unary(
+        "/teller.v1.PaymentService/Sign", request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=lambda b: b)(sign_request(w, [("PAYMENT-REQUIRED", b64(v2_challenge()))]),
+                                           metadata=w.tenant_md(), timeout=60))
+    issued = w.admin().IssueToken(admin_pb2.IssueTokenRequest(tenant_id=victim.tenant_id), metadata=w.admin_md())
+    baselines = _baselines(w, hostile, victim, signed.payment_id, issued.token_id)
+    services = [payment_pb2.DESCRIPTOR.services_by_name["PaymentService"],
+                admin_pb2.DESCRIPTOR.services_by_name["AdminService"]]
+    every = {f"{s.name}.{m.name}" for s in services for m in s.methods}
+    assert set(baselines) == every, "a new RPC needs a baseline here (and a row in docs/errors.md)"
+    assert set(documented) == every, "docs/errors.md must list every RPC"
+
+    unexpected: list[str] = []
+    calls = 0
+    for service in services:
+        for method in service.methods:
+            rpc = f"{service.name}.{method.name}"
+            md = w.tenant_md() if service.name == "PaymentService" else w.admin_md()
+            path = f"/{service.full_name}/{method.name}"
+            ser = _serialize
+            call = (w.channel.unary_stream(path, request_serializer=ser, response_deserializer=lambda b: b)
+                    if method.server_streaming else
+                    w.channel.unary_unary(path, request_serializer=ser, response_deserializer=lambda b: b))
+            skip = frozenset(f for (s, m, f) in SKIPPED if (s, m) == (service.name, method.name))
+            cases = [(f"authorization {a[:20]!r}", baselines[rpc], (("authorization", a),)) for a in HOSTILE_AUTH]
+            cases += [(what, fields, md) for what, fields in _mutations(method.input_type, baselines[rpc], skip)]
+            for what, fields, metadata in cases:
+                calls += 1
+                try:
+                    code = answer(w, call, _build(method.input_type, fields), metadata,
+                                  stream=method.server_streaming)
+                except AssertionError as exc:
+                    assert w.alive(), str(exc)
+                    unexpected.append(f"{rpc} {what}: {str(exc)[:300]}")
+                    continue
+                if code != grpc.StatusCode.OK and code.name not in documented[rpc]:
+                    unexpected.append(f"{rpc} {what}: {code.name}")
+    assert w.alive()
+    assert calls > 500
+    assert not unexpected, "statuses docs/errors.md does not list:\n" + "\n".join(unexpected)
+
+    # An error quoting a huge input still reaches the caller as itself (its message
+    # cut to fit the trailing metadata), not as gRPC's RESOURCE_EXHAUSTED.
+    with pytest.raises(grpc.RpcError) as err:
+        w.payment().GetPayment(common_pb2.GetPaymentRequest(payment_id="a" * 70_000), metadata=w.tenant_md())
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert 100 < len(err.value.details()) <= 1000 and err.value.details().endswith("...")
