@@ -1,0 +1,125 @@
+"""teller.untrusted_json: bounds checked on the text, whatever the interpreter's
+recursion limit; and the same documents as json.loads within them."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from teller import untrusted_json
+from teller.errors import InvalidArgument, TellerError
+from teller.mpp import challenge as mpp_challenge
+from teller.rpc.interceptors import to_status
+from teller.x402 import challenge as x402_challenge
+
+loads = untrusted_json.loads
+
+
+@pytest.fixture
+def high_recursion_limit():
+    # What py_ecc does at import: with it, json's C parser recurses until the
+    # stack runs out on deep input. The bounds must not depend on this limit.
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    yield
+    sys.setrecursionlimit(old)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("[" * 100_000, "more than 20000 values"),
+    ("[" * 100_000 + "]" * 100_000, "more than 20000 values"),
+    ("[" * 65 + "]" * 65, "nested more than 64 deep"),
+    ('{"a":' * 65 + "1" + "}" * 65, "nested more than 64 deep"),
+    ("[" * 200 + '"' + "]" * 200, "nested more than 64 deep"),  # unterminated string: still counted
+    ("[" + ",".join(["0"] * 20_000) + "]", "more than 20000 values"),
+    ('{"amount": ' + "1" * 5000 + "}", "number longer than 100 characters"),
+    ("[" + "1" * 101 + "]", "number longer than 100 characters"),
+    ('"\\ud800"', "lone surrogate"),
+    ('{"\\udfff": 1}', "lone surrogate"),
+    ('["ok", "\\ud83d"]', "lone surrogate"),
+    ('"a\\u0000b"', "NUL"),
+    ("NaN", "NaN is not a JSON number"),
+    ("[-Infinity]", "Infinity is not a JSON number"),
+    ("[1e400]", "out of range"),
+    ("{", "not valid JSON"),
+])
+def test_refused_with_the_document_named(high_recursion_limit, text, problem):
+    with pytest.raises(InvalidArgument) as err:
+        loads(text, "PAYMENT-REQUIRED header")
+    assert err.value.message.startswith("PAYMENT-REQUIRED header ")
+    assert problem in err.value.message
+
+
+def test_bytes_must_be_utf8_and_within_size():
+    with pytest.raises(InvalidArgument, match="doc is not valid UTF-8"):
+        loads(b'"\xff"', "doc")
+    with pytest.raises(InvalidArgument, match="doc is larger than 10 bytes"):
+        loads(b"[" + b"0," * 10 + b"0]", "doc", untrusted_json.Bounds(max_bytes=10))
+    with pytest.raises(InvalidArgument, match="lone surrogate"):
+        loads('"\ud800"', "doc")  # a str holding one directly (a Python caller's)
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 64 + "]" * 64,
+    '["' + "[" * 10_000 + '"]',  # brackets inside strings are not structure
+    '"\\\\ud800"',  # an escaped backslash, then text: no surrogate
+    '"\\ud83d\\ude00"',  # a valid pair
+    '["' + "1" * 5000 + '"]',  # digits in a string are text (amount parsers bound them)
+    '{"a": "x,y,z", "b": [1.5e10, -0, true, false, null]}',
+    "1" * 100,
+])
+def test_within_bounds_same_as_json(high_recursion_limit, text):
+    assert loads(text, "doc") == json.loads(text)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**256), 2**256)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_round_trip_within_bounds(doc):
+    text = json.dumps(doc)
+    try:
+        assert loads(text, "doc") == json.loads(text)
+    except InvalidArgument as exc:
+        # Only the refusals the bounds promise: a surrogate or NUL that st.text() drew.
+        assert "lone surrogate" in exc.message or "NUL" in exc.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_any_bytes_give_a_document_or_invalid_argument(data):
+    try:
+        loads(data, "doc")
+    except InvalidArgument:
+        pass
+
+
+def test_parsers_refuse_deep_documents_by_name(high_recursion_limit):
+    import base64
+
+    deep = base64.b64encode(b"[" * 100_000).decode()
+    with pytest.raises(InvalidArgument, match="PAYMENT-REQUIRED header has more than"):
+        x402_challenge.parse([("PAYMENT-REQUIRED", deep)], b"", 256 * 1024)
+    with pytest.raises(InvalidArgument, match="402 body has a number longer"):
+        x402_challenge.parse([], b'{"x402Version": ' + b"1" * 5000 + b"}", 256 * 1024)
+    request = base64.urlsafe_b64encode(b'{"a": ' + b"[" * 100 + b"]" * 100 + b"}").decode().rstrip("=")
+    header = f'Payment id="a", realm="r", method="tempo", intent="charge", request="{request}"'
+    with pytest.raises(InvalidArgument, match="Payment challenge: request is nested more than 64 deep"):
+        mpp_challenge.parse([("WWW-Authenticate", header)], 256 * 1024)
+
+
+def test_status_message_and_metadata_are_cut_to_fit_trailers():
+    err = TellerError("wallet " + "a" * 70_000 + " not found", metadata={"wallet": "b" * 70_000})
+    status = to_status(err)
+    assert len(status.details) == 1000 and status.details.endswith("...")
+    assert sum(len(k) + len(v) for k, v in status.trailing_metadata) < 8 * 1024
