@@ -45,7 +45,7 @@ def high_recursion_limit():
     ("NaN", "NaN is not a JSON number"),
     ("[-Infinity]", "Infinity is not a JSON number"),
     ("[1e400]", "out of range"),
-    ("{", "not valid JSON"),
+    ("{", "does not decode to JSON"),
 ])
 def test_refused_with_the_document_named(high_recursion_limit, text, problem):
     with pytest.raises(InvalidArgument) as err:

@@ -69,7 +69,7 @@ def loads(data: bytes | str, what: str, bounds: Bounds = DEFAULT) -> Any:
     try:
         doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
     except ValueError as exc:  # JSONDecodeError, and the constants refused below
-        raise InvalidArgument(f"{what} is not valid JSON: {exc}") from None
+        raise InvalidArgument(f"{what} does not decode to JSON: {exc}") from None
     if _SUSPECT_ESCAPE.search(text):
         _check_strings(doc, what)
     return doc
