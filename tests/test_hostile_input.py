@@ -202,7 +202,7 @@ def hostile_sign_inputs(w: Worker) -> dict[str, payment_pb2.SignRequest]:
     digits = "1" * 5000
     surrogate = v2_challenge(resource={"url": "http://127.0.0.1/x", "description": "\\ud800"})
     surrogate = surrogate.replace('"\\\\ud800"', '"\\ud800"')  # json.dumps escaped the backslash: undo it
-    many = json.dumps([0] * 60_000)
+    many = v2_challenge(extensions={"bulk": [0] * 60_000})
     return {
         "x402 body nested 100,000 deep": sign_request(w, body=('{"x402Version": 1, "accepts": ' + deep() + "}").encode()),
         "PAYMENT-REQUIRED nested 100,000 deep": sign_request(w, [("PAYMENT-REQUIRED", b64("[" * DEPTH))]),
@@ -210,7 +210,7 @@ def hostile_sign_inputs(w: Worker) -> dict[str, payment_pb2.SignRequest]:
         "PAYMENT-REQUIRED with a 5,000-digit number": sign_request(
             w, [("PAYMENT-REQUIRED", b64('{"x402Version": 2, "accepts": [' + digits + "]}"))]),
         "PAYMENT-REQUIRED with a lone surrogate": sign_request(w, [("PAYMENT-REQUIRED", b64(surrogate))]),
-        "PAYMENT-REQUIRED with 60,000 elements": sign_request(w, [("PAYMENT-REQUIRED", b64(many))]),
+        "PAYMENT-REQUIRED with 60,000 values": sign_request(w, [("PAYMENT-REQUIRED", b64(many))]),
         "MPP request nested 100,000 deep": sign_request(
             w, [("WWW-Authenticate", mpp_header(b64url("[" * DEPTH)))]),
         "MPP request with a 5,000-digit number": sign_request(

@@ -30,8 +30,14 @@ def high_recursion_limit():
 
 
 @pytest.mark.parametrize("text, problem", [
-    ("[" * 100_000, "more than 20000 values"),
-    ("[" * 100_000 + "]" * 100_000, "more than 20000 values"),
+    ("[" * 100_000, "nested more than 64 deep"),
+    ("[" * 100_000 + "]" * 100_000, "nested more than 64 deep"),
+    ("[" + "[]," * 30_000 + "[]]", "more than 20000 values"),
+    # Deep only after 40,000 brackets of shallow blocks, where the depth scan stops
+    # early: so many brackets are too many values.
+    ("[" + ("[" * 63 + "]" * 63 + ",") * 320 + "[" * 70 + "]" * 71, "more than 20000 values"),
+    # The same depth after fewer blocks is seen.
+    ("[" + ("[" * 63 + "]" * 63 + ",") * 100 + "[" * 70 + "]" * 71, "nested more than 64 deep"),
     ("[" * 65 + "]" * 65, "nested more than 64 deep"),
     ('{"a":' * 65 + "1" + "}" * 65, "nested more than 64 deep"),
     ("[" * 200 + '"' + "]" * 200, "nested more than 64 deep"),  # unterminated string: still counted
@@ -108,7 +114,7 @@ def test_parsers_refuse_deep_documents_by_name(high_recursion_limit):
     import base64
 
     deep = base64.b64encode(b"[" * 100_000).decode()
-    with pytest.raises(InvalidArgument, match="PAYMENT-REQUIRED header has more than"):
+    with pytest.raises(InvalidArgument, match="PAYMENT-REQUIRED header is nested more than 64 deep"):
         x402_challenge.parse([("PAYMENT-REQUIRED", deep)], b"", 256 * 1024)
     with pytest.raises(InvalidArgument, match="402 body has a number longer"):
         x402_challenge.parse([], b'{"x402Version": ' + b"1" * 5000 + b"}", 256 * 1024)

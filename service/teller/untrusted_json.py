@@ -98,20 +98,26 @@ def _check_shape(text: str, what: str, bounds: Bounds) -> None:
     # The structure alone: every string emptied. A string left unterminated
     # stays (and fails the parse later); its brackets can only count extra.
     bare = _STRING.sub('""', text)
-    opens = bare.count("[") + bare.count("{")
-    # A value is the root or follows a comma or an opening bracket.
-    if opens + bare.count(",") + 1 > bounds.max_values:
-        raise InvalidArgument(f"{what} has more than {bounds.max_values} values")
-    if _long_number(bare, bounds):
-        raise InvalidArgument(f"{what} has a number longer than {bounds.max_number_chars} characters")
     depth = 0
-    for m in _BRACKET.finditer(bare):
+    for i, m in enumerate(_BRACKET.finditer(bare)):
         if m.group() in "[{":
             depth += 1
             if depth > bounds.max_depth:
                 raise InvalidArgument(f"{what} is nested more than {bounds.max_depth} deep")
         else:
             depth -= 1
+            if depth < 0:
+                break  # a closing bracket with nothing open: the parser stops here, recursing no further
+        if i > 2 * bounds.max_values:
+            # At least half of these opened something (depth never went below 0), so
+            # there are more values than allowed: refused just below. This keeps the
+            # loop short on a wide document.
+            break
+    # A value is the root or follows a comma or an opening bracket.
+    if bare.count("[") + bare.count("{") + bare.count(",") + 1 > bounds.max_values:
+        raise InvalidArgument(f"{what} has more than {bounds.max_values} values")
+    if _long_number(bare, bounds):
+        raise InvalidArgument(f"{what} has a number longer than {bounds.max_number_chars} characters")
 
 
 def _long_number(text: str, bounds: Bounds) -> bool:
