@@ -8,12 +8,14 @@ limit is: py_ecc raises that limit to 100,000 when it is imported, and the C
 JSON parser then recurses until the stack runs out (SIGSEGV) instead of raising
 RecursionError.
 
-Bounds: size in bytes, nesting depth, number of values, length of a number
-(Python refuses to convert integers past 4,300 digits, with a ValueError no
-JSON caller expects). The parsed strings may hold neither a lone surrogate (no
-UTF-8 encoding exists: orjson, PostgreSQL and every encoder refuse it later) nor
-NUL (PostgreSQL text cannot hold it); nor may the document use NaN or Infinity
-(or numbers that overflow to it), which are not JSON. Every refusal is an ``InvalidArgument`` naming the document.
+Bounds: size in bytes, nesting depth and number of values (on the text),
+length of a number (as the parser hands it over, before conversion: Python
+refuses integers past 4,300 digits with a ValueError no JSON caller expects).
+The parsed strings may hold neither a lone surrogate (no UTF-8 encoding exists:
+orjson, PostgreSQL and every encoder refuse it later) nor NUL (PostgreSQL text
+cannot hold it); nor may the document use NaN or Infinity (or numbers that
+overflow to it), which are not JSON. Every refusal is an ``InvalidArgument``
+naming the document.
 """
 
 from __future__ import annotations
@@ -67,33 +69,55 @@ def loads(data: bytes | str, what: str, bounds: Bounds = DEFAULT) -> Any:
                 raise InvalidArgument(f"{what} holds a lone surrogate") from None
     _check_shape(text, what, bounds)
     try:
-        doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
-    except ValueError as exc:  # JSONDecodeError, and the constants refused below
+        doc = _decoder(bounds.max_number_chars).decode(text)
+    except _Refused as exc:
+        raise InvalidArgument(f"{what} {exc}") from None
+    except ValueError as exc:  # JSONDecodeError
         raise InvalidArgument(f"{what} does not decode to JSON: {exc}") from None
-    if _SUSPECT_ESCAPE.search(text):
+    if "\\u" in text and _SUSPECT_ESCAPE.search(text):
         _check_strings(doc, what)
     return doc
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+class _Refused(ValueError):
+    """A number or constant the decoder's hooks refuse (the message completes "<what> ...")."""
 
 
-def _finite(text: str) -> float:
-    # 1e400 parses as infinity, which no JSON encoder (nor PostgreSQL's jsonb) writes back.
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return value
+@functools.cache
+def _decoder(max_number_chars: int) -> json.JSONDecoder:
+    """json's decoder with hooks for what it would otherwise accept: a number is
+    refused by its length before ``int`` or ``float`` sees it (the C scanner hands
+    over the token; only then is it converted), NaN and Infinity are refused, and
+    so is a float that overflows to infinity (no encoder, nor PostgreSQL's jsonb,
+    writes one back)."""
+
+    def number(text: str) -> None:
+        if len(text) > max_number_chars:
+            raise _Refused(f"has a number longer than {max_number_chars} characters")
+
+    def parse_int(text: str) -> int:
+        number(text)
+        return int(text)
+
+    def parse_float(text: str) -> float:
+        number(text)
+        value = float(text)
+        if not math.isfinite(value):
+            raise _Refused(f"has a number out of range: {text[:40]}")
+        return value
+
+    def parse_constant(name: str) -> Any:
+        raise _Refused(f"uses {name}, which is not a JSON number")
+
+    return json.JSONDecoder(parse_int=parse_int, parse_float=parse_float, parse_constant=parse_constant)
 
 
 def _check_shape(text: str, what: str, bounds: Bounds) -> None:
-    """Depth, values and number lengths, from the text alone and without recursion."""
+    """Depth and values, from the text alone and without recursion."""
     opens = text.count("[") + text.count("{")
     # Cheap upper bounds first (brackets and commas inside strings count too):
     # a document within them needs no closer look, and most documents are.
-    if (opens <= bounds.max_depth and opens + text.count(",") + 1 <= bounds.max_values
-            and not _long_number(text, bounds)):
+    if opens <= bounds.max_depth and opens + text.count(",") + 1 <= bounds.max_values:
         return
     # The structure alone: every string emptied. A string left unterminated
     # stays (and fails the parse later); its brackets can only count extra.
@@ -116,17 +140,6 @@ def _check_shape(text: str, what: str, bounds: Bounds) -> None:
     # A value is the root or follows a comma or an opening bracket.
     if bare.count("[") + bare.count("{") + bare.count(",") + 1 > bounds.max_values:
         raise InvalidArgument(f"{what} has more than {bounds.max_values} values")
-    if _long_number(bare, bounds):
-        raise InvalidArgument(f"{what} has a number longer than {bounds.max_number_chars} characters")
-
-
-def _long_number(text: str, bounds: Bounds) -> bool:
-    return _number_run_longer_than(bounds.max_number_chars).search(text) is not None
-
-
-@functools.cache
-def _number_run_longer_than(n: int) -> re.Pattern[str]:
-    return re.compile(f"[-+.eE0-9]{{{n + 1},}}")
 
 
 def _check_strings(doc: Any, what: str) -> None:
