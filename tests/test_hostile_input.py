@@ -262,6 +262,7 @@ def test_worker_survives_hostile_json_through_every_entry_point(worker: Worker, 
 
     assert w.alive()
     grown = vmrss(w.pid) - before
+    print(f"worker VmRSS {before / MIB:.1f} MiB before, grew by {grown / MIB:.1f} MiB over {len(seen)} hostile calls")
     assert grown < 64 * MIB, f"resident memory grew by {grown / MIB:.1f} MiB"
 
     # Hostile JSON from the caller is the caller's fault (INVALID_ARGUMENT); a
