@@ -131,3 +131,42 @@ def test_status_message_and_metadata_are_cut_to_fit_trailers():
     status = to_status(err)
     assert len(status.details) == 1000 and status.details.endswith("...")
     assert sum(len(k) + len(v) for k, v in status.trailing_metadata) < 8 * 1024
+
+
+# -- linear time on hostile text ----------------------------------------------------
+# A Sign parses on the event loop: a parser that is quadratic in its input stalls
+# every call on the worker. Each of these is 256 KiB (the default
+# max_challenge_bytes); a linear parser reads it in milliseconds.
+
+SIZE = 256 * 1024
+
+
+def _seconds(fn) -> float:
+    import time
+
+    started = time.perf_counter()
+    try:
+        fn()
+    except TellerError:
+        pass
+    return time.perf_counter() - started
+
+
+@pytest.mark.parametrize("text", [
+    '"' + '\\"' * (SIZE // 2 - 1),  # unterminated: each escaped quote must not restart a scan
+    "[" * 60 + '"' + '\\"' * (SIZE // 2 - 40),
+    '["' + "\\\\" * (SIZE // 2 - 4) + '"]',
+])
+def test_loader_is_linear_on_hostile_strings(text):
+    assert _seconds(lambda: loads(text, "doc")) < 0.5
+
+
+@pytest.mark.parametrize("value", [
+    ("Basic a, " * (SIZE // 9))[:SIZE],  # token68 challenges without end
+    ("A, " * (SIZE // 3))[:SIZE],  # bare schemes
+    ("Payment " + ", ".join(f"p{i}=1" for i in range(SIZE // 9)))[:SIZE],  # parameters without end
+    'Payment id="' + "\\a" * (SIZE // 2 - 10) + '"',  # a quoted string of escapes
+    'Payment id="' + "\\a" * (SIZE // 2 - 10),  # ... unterminated
+])
+def test_www_authenticate_reader_is_linear(value):
+    assert _seconds(lambda: mpp_challenge.parse([("WWW-Authenticate", value)], SIZE)) < 0.5

@@ -44,8 +44,11 @@ class Bounds:
 
 DEFAULT = Bounds()
 
-# A JSON string (as its own grammar delimits it; escapes are checked by the parser).
-_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
+# A JSON string as its grammar delimits it (escapes are checked by the parser);
+# one left unterminated runs to the end of the text. So every character is
+# looked at once: were an unterminated string not to match, each quote after it
+# would start another scan to the end (quadratic: a 256 KiB `"\"\"\"...` takes hours).
+_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 # Escapes that may decode to a character the checks below refuse: a surrogate or NUL.
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
@@ -119,8 +122,8 @@ def _check_shape(text: str, what: str, bounds: Bounds) -> None:
     # a document within them needs no closer look, and most documents are.
     if opens <= bounds.max_depth and opens + text.count(",") + 1 <= bounds.max_values:
         return
-    # The structure alone: every string emptied. A string left unterminated
-    # stays (and fails the parse later); its brackets can only count extra.
+    # The structure alone: every string emptied. From a string left unterminated
+    # on, nothing is structure: the parser stops there.
     bare = _STRING.sub('""', text)
     depth = 0
     for i, m in enumerate(_BRACKET.finditer(bare)):
