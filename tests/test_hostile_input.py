@@ -163,9 +163,11 @@ class Worker:
         return (("authorization", f"Bearer {self.cluster.admin_token}"),)
 
 
-@pytest.fixture
-def worker(tmp_path: Path) -> Iterator[Worker]:
-    cluster = start_cluster(f"sqlite:///{tmp_path / 't.db'}", 1, tmp_path, TELLER_OUTBOUND_ALLOW="127.0.0.1")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Worker]:
+    db_url = (f"sqlite:///{tmp_path / 't.db'}" if request.param == "sqlite"
+              else request.getfixturevalue("pg_url"))
+    cluster = start_cluster(db_url, 1, tmp_path, TELLER_OUTBOUND_ALLOW="127.0.0.1")
     try:
         seat = seat_tenant(cluster, "hostile", {"allow_unknown_assets": True})
         with grpc.insecure_channel(cluster.workers[0].target,
