@@ -69,6 +69,11 @@ def test_bytes_must_be_utf8_and_within_size():
         loads(b"[" + b"0," * 10 + b"0]", "doc", untrusted_json.Bounds(max_bytes=10))
     with pytest.raises(InvalidArgument, match="lone surrogate"):
         loads('"\ud800"', "doc")  # a str holding one directly (a Python caller's)
+    big = b'"' + b"a" * (2 * 1024 * 1024) + b'"'
+    with pytest.raises(InvalidArgument, match="doc is larger than 1048576 bytes"):
+        loads(big, "doc")
+    # A caller holding the operator's own limit (max_challenge_bytes) sets it.
+    assert len(loads(big, "doc", max_bytes=3 * 1024 * 1024)) == 2 * 1024 * 1024
 
 
 @pytest.mark.parametrize("text", [

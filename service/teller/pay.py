@@ -119,7 +119,7 @@ class Payer:
 
 def _problem(body: bytes) -> str:
     try:
-        doc = untrusted_json.loads(body, "response body")
+        doc = untrusted_json.loads(body, "response body", max_bytes=len(body))  # read within max_challenge_bytes
     except InvalidArgument:
         return ""
     if isinstance(doc, dict):

@@ -54,10 +54,13 @@ _BRACKET = re.compile(r"[\[\]{}]")
 _SUSPECT_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|0000)")
 
 
-def loads(data: bytes | str, what: str, bounds: Bounds = DEFAULT) -> Any:
-    """The document in ``data``; ``what`` names it in every refusal."""
-    if len(data) > bounds.max_bytes:
-        raise InvalidArgument(f"{what} is larger than {bounds.max_bytes} bytes")
+def loads(data: bytes | str, what: str, bounds: Bounds = DEFAULT, *, max_bytes: int | None = None) -> Any:
+    """The document in ``data``; ``what`` names it in every refusal. ``max_bytes``
+    replaces the size bound where the caller holds the operator's own limit
+    (``max_challenge_bytes``)."""
+    limit = bounds.max_bytes if max_bytes is None else max_bytes
+    if len(data) > limit:
+        raise InvalidArgument(f"{what} is larger than {limit} bytes")
     if isinstance(data, bytes):
         try:
             text = data.decode("utf-8")

@@ -38,7 +38,7 @@ def decode(status: int, headers: Sequence[tuple[str, str]], body: bytes, max_byt
         reason = "payment_refused"
         if body and len(body) <= max_bytes:
             try:
-                problem = untrusted_json.loads(body, "problem details")
+                problem = untrusted_json.loads(body, "problem details", max_bytes=max_bytes)
             except InvalidArgument:
                 problem = None
             if isinstance(problem, dict):

@@ -65,7 +65,8 @@ def b64_json(value: str, field: str) -> Any:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidArgument(f"{field} header is not valid base64") from None
-    return untrusted_json.loads(raw, f"{field} header")
+    # The header's own length was checked against the operator's limit; its decoded form is shorter.
+    return untrusted_json.loads(raw, f"{field} header", max_bytes=len(raw))
 
 
 def _field_path(err: Mapping[str, Any]) -> str:
@@ -103,7 +104,7 @@ def parse(headers: Sequence[tuple[str, str]], body: bytes, max_bytes: int) -> X4
     stripped = body.lstrip()
     if not stripped.startswith(b"{"):
         return None
-    doc = untrusted_json.loads(body, "402 body")
+    doc = untrusted_json.loads(body, "402 body", max_bytes=max_bytes)
     if not isinstance(doc, dict) or "x402Version" not in doc:
         return None
     return _from_document(doc, "402 body")
