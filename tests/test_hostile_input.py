@@ -245,6 +245,8 @@ def test_worker_survives_hostile_json_through_every_entry_point(worker: Worker, 
         "nested 100,000 deep": '{"budgets": ' + deep() + "}",
         "open 100,000 deep": "[" * DEPTH,
         "a 5,000-digit amount": '{"per_payment_max": ' + "9" * 5000 + "}",
+        "a 5,000-digit rolling window": '{"budgets": [{"name": "b", "limit": "1", "kind": "rolling", '
+                                        '"window": "' + "9" * 5000 + 'd"}]}',
         "a lone surrogate": '{"hosts": {"allow": ["\\ud800.example"]}}',
     }.items():
         policy = admin_pb2.SpendPolicy(tenant_id=w.seat.tenant_id, document_json=doc)

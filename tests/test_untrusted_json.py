@@ -175,3 +175,12 @@ def test_loader_is_linear_on_hostile_strings(text):
 ])
 def test_www_authenticate_reader_is_linear(value):
     assert _seconds(lambda: mpp_challenge.parse([("WWW-Authenticate", value)], SIZE)) < 0.5
+
+
+@pytest.mark.parametrize("window", ["9" * 5000 + "d", "\u0661\u0662d", "1000000000s"])
+def test_policy_window_digits_are_bounded_before_int(window):
+    from teller import policy
+
+    doc = json.dumps({"budgets": [{"name": "b", "limit": "1", "kind": "rolling", "window": window}]})
+    with pytest.raises(InvalidArgument, match=r"policy.budgets\[0\].window: .* is not a duration"):
+        policy.parse(doc)

@@ -27,7 +27,9 @@ from teller.eip3009 import MAX_AMOUNT
 from teller.errors import InvalidArgument, LimitExceeded, PermissionDenied, TellerError
 
 CALENDAR_UNITS = ("hour", "day", "week", "month")
-_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+# ASCII digits (\d also takes other scripts'), at most 9 of them: read before
+# int(), which refuses 4,300+ digits, and well inside a BIGINT in milliseconds.
+_DURATION = re.compile(r"^([0-9]{1,9})(s|m|h|d)$")
 _DURATION_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _CAIP2 = re.compile(r"^[-a-z0-9]{3,8}:[-_a-zA-Z0-9]{1,32}$")
 _HOST = re.compile(r"^(\*\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
