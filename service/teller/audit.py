@@ -3,6 +3,7 @@ so an event exists exactly when the action it records was committed."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,10 +111,23 @@ def list_events(
     if until_ms:
         query = query.where(AuditEvent.at_ms < until_ms)
     if page_token:
-        if not page_token.isdigit():
-            raise InvalidArgument("page_token is not a token this server issued")
-        query = query.where(AuditEvent.id < int(page_token))
+        query = query.where(AuditEvent.id < page_cursor(page_token, "page_token"))
     rows = list(session.scalars(query.order_by(AuditEvent.id.desc()).limit(size + 1)))
     more = len(rows) > size
     rows = rows[:size]
     return rows, (str(rows[-1].id) if more and rows else "")
+
+
+#: Row ids and timestamps in page tokens are SQL BIGINTs.
+_BIGINT = re.compile(r"[0-9]{1,19}")
+
+
+def page_cursor(text: str, field: str) -> int:
+    """A BIGINT cursor out of a page token: ASCII digits only (``str.isdigit``
+    admits other scripts' digits, which ``int`` may refuse), and at most what a
+    BIGINT column holds (SQLite refuses larger integers outright)."""
+    from teller.errors import InvalidArgument
+
+    if not _BIGINT.fullmatch(text) or int(text) >= 2**63:
+        raise InvalidArgument(f"{field} is not a token this server issued")
+    return int(text)

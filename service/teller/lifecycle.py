@@ -204,11 +204,12 @@ class Lifecycle:
         if state:
             q = q.where(Payment.state == state)
         if page_token:
-            created, _, pid = page_token.partition(":")
-            if not created.isdigit() or not pid:
+            created_text, _, pid = page_token.partition(":")
+            if not pid:
                 raise InvalidArgument("page_token is not a token this server issued")
-            q = q.where(or_(Payment.created_ms < int(created),
-                            and_(Payment.created_ms == int(created), Payment.id < pid)))
+            created = audit.page_cursor(created_text, "page_token")
+            q = q.where(or_(Payment.created_ms < created,
+                            and_(Payment.created_ms == created, Payment.id < pid)))
         with self.db.transaction() as s:
             rows = list(s.scalars(q.order_by(Payment.created_ms.desc(), Payment.id.desc()).limit(size + 1)))
             for r in rows:

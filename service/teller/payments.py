@@ -78,11 +78,18 @@ class SignResult:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+#: Digits of the largest uint256.
+MAX_CAP_DIGITS = 78
+
+
 def _parse_cap(text: str) -> int | None:
     if not text:
         return None
     if not text.isdigit() or not text.isascii():
         raise InvalidArgument(f"max_amount must be an integer string of atomic units, got {text[:40]!r}")
+    if len(text) > MAX_CAP_DIGITS:
+        # Checked before int(): Python refuses strings past 4,300 digits with a ValueError.
+        raise InvalidArgument(f"max_amount has {len(text)} digits; a uint256 has at most {MAX_CAP_DIGITS}")
     return int(text)
 
 

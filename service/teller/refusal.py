@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Sequence
 from typing import Any
 
+from teller import untrusted_json
+from teller.errors import InvalidArgument
 from teller.outcome import text
 
 #: Headers and bodies larger than this are not read for a reason.
@@ -27,9 +28,12 @@ def _b64_json(value: str) -> Any:
         return None
     raw = value.strip()
     try:
-        return json.loads(base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_"
-                                           if "-" in raw or "_" in raw else None))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+        # Bounded like every document a server sends: a 64 KiB one can nest deep
+        # enough to overflow the C stack under a raised recursion limit.
+        return untrusted_json.loads(base64.b64decode(raw + "=" * (-len(raw) % 4), altchars=b"-_"
+                                                     if "-" in raw or "_" in raw else None),
+                                    "refusal header", max_bytes=MAX_BYTES)
+    except (binascii.Error, ValueError, InvalidArgument):
         return None
 
 
@@ -37,8 +41,8 @@ def _body_json(body: bytes) -> Any:
     if not body or len(body) > MAX_BYTES:
         return None
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return untrusted_json.loads(body, "refusal body", max_bytes=MAX_BYTES)
+    except InvalidArgument:
         return None
 
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from teller import untrusted_json
 from teller.errors import InvalidArgument
 
 SCHEME = "payment"
 MAX_CHALLENGES = 32
+#: Parameters in one challenge (a Payment challenge defines ten; unknown ones are ignored).
+MAX_PARAMS = 64
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _METHOD = re.compile(r"[a-z0-9][a-z0-9:_-]{0,63}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,64}")
@@ -63,7 +65,10 @@ class MppChallenge:
 #: ``request`` parameter is a quoted base64 document of several hundred
 #: characters on every MPP Sign.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
-_QUOTED_RUN = re.compile(r'[^"\\\x00-\x08\x0a-\x1f]*')
+#: A quoted string's content: plain runs and backslash escapes (a backslash
+#: takes the next character as it is), read in one match, unescaped in one split.
+_QUOTED_CONTENT = re.compile(r'(?:[^"\\\x00-\x08\x0a-\x1f]++|\\.)*+', re.DOTALL)
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _BLANKS = re.compile(r"[ \t]*")
 _BLANKS_AND_COMMAS = re.compile(r"[ \t,]*")
 
@@ -95,28 +100,27 @@ class _Reader:
         return self.run(_TOKEN)
 
     def quoted(self, name: str) -> str:
-        """The quoted string at the cursor, unescaped (a backslash takes the next
-        character as it is); a bare control character or no closing quote is refused."""
+        """The quoted string at the cursor, unescaped; a bare control character or
+        no closing quote is refused. Linear in its length (one match, one split)."""
         s = self.s
         assert s[self.i] == '"'
-        self.i += 1
-        out = []
-        while True:
-            out.append(self.run(_QUOTED_RUN))
-            if self.i >= len(s):
-                break
-            c = s[self.i]
-            if c == '"':
-                self.i += 1
-                return "".join(out)
-            if c == "\\":
-                if self.i + 1 >= len(s):
-                    break
-                out.append(s[self.i + 1])
-                self.i += 2
-                continue
+        m = _QUOTED_CONTENT.match(s, self.i + 1)
+        assert m is not None  # the pattern matches the empty string
+        end = m.end()
+        if end < len(s) and s[end] == '"':
+            self.i = end + 1
+            content = m.group()
+            # split() keeps each escaped character (the group) between the runs around it.
+            return "".join(_ESCAPE.split(content)) if "\\" in content else content
+        if end < len(s) and not (end == len(s) - 1 and s[end] == "\\"):
             raise InvalidArgument(f"WWW-Authenticate: parameter {name!r} contains a control character")
         raise InvalidArgument(f"WWW-Authenticate: parameter {name!r} has an unterminated quoted string")
+
+    def next_after_blanks(self, pos: int) -> str:
+        """The character after any blanks from ``pos`` ("" at the end), without copying the rest."""
+        at = _BLANKS.match(self.s, pos)
+        assert at is not None
+        return self.s[at.end():at.end() + 1]
 
 
 def _split(value: str) -> list[tuple[str, dict[str, str]]]:
@@ -134,11 +138,15 @@ def _split(value: str) -> list[tuple[str, dict[str, str]]]:
                                   f"found {value[r.i:r.i + 20]!r}")
         params: dict[str, str] = {}
         out.append((scheme, params))
+        # Counted as each starts, whatever its form: a header of endless
+        # challenges is refused early rather than read to its end.
+        if len(out) > MAX_CHALLENGES:
+            raise InvalidArgument(f"WWW-Authenticate: more than {MAX_CHALLENGES} challenges")
         r.skip()
         if not _is_param_start(r):
             # token68 form (e.g. `Basic dXNlcg==`), or a challenge without parameters.
             m = _TOKEN68.match(value, r.i)
-            if m and (r.s[m.end():].lstrip(" \t")[:1] in ("", ",")):
+            if m and r.next_after_blanks(m.end()) in ("", ","):
                 r.i = m.end()
             continue
         while True:
@@ -162,6 +170,8 @@ def _split(value: str) -> list[tuple[str, dict[str, str]]]:
                     raise InvalidArgument(f"WWW-Authenticate: parameter {key!r} has no value")
             if key in params:
                 raise InvalidArgument(f"WWW-Authenticate: parameter {key!r} appears twice in one challenge")
+            if len(params) >= MAX_PARAMS:
+                raise InvalidArgument(f"WWW-Authenticate: a challenge with more than {MAX_PARAMS} parameters")
             params[key] = val
             r.skip()
             if r.peek() == ",":
@@ -172,8 +182,6 @@ def _split(value: str) -> list[tuple[str, dict[str, str]]]:
                 raise InvalidArgument(f"WWW-Authenticate: unexpected {value[r.i:r.i + 20]!r} after parameter "
                                       f"{key!r}")
             break
-        if len(out) > MAX_CHALLENGES:
-            raise InvalidArgument(f"WWW-Authenticate: more than {MAX_CHALLENGES} challenges")
 
 
 def _is_param_start(r: _Reader) -> bool:
@@ -181,7 +189,7 @@ def _is_param_start(r: _Reader) -> bool:
     save = r.i
     name = r.token()
     r.skip()
-    is_param = bool(name) and r.peek() == "=" and r.s[r.i + 1:].lstrip(" \t")[:1] not in ("", ",", "=")
+    is_param = bool(name) and r.peek() == "=" and r.next_after_blanks(r.i + 1) not in ("", ",", "=")
     r.i = save
     return is_param
 
@@ -191,9 +199,10 @@ def b64url_json(text: str, what: str) -> Any:
         raise InvalidArgument(f"{what} is not base64url")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text.rstrip("=")) % 4))
-        return json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise InvalidArgument(f"{what} does not decode to JSON") from None
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"{what} is not base64url") from None
+    # The header's own length was checked against the operator's limit; its decoded form is shorter.
+    return untrusted_json.loads(raw, what, max_bytes=len(raw))
 
 
 def _expires(text: str) -> datetime:

@@ -8,10 +8,10 @@ with a 402 (retry may help) or 403 (the payment was final but unusable).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 
+from teller import untrusted_json
 from teller.errors import InvalidArgument
 from teller.mpp.challenge import b64url_json
 from teller.outcome import Outcome, text
@@ -38,8 +38,8 @@ def decode(status: int, headers: Sequence[tuple[str, str]], body: bytes, max_byt
         reason = "payment_refused"
         if body and len(body) <= max_bytes:
             try:
-                problem = json.loads(body)
-            except (UnicodeDecodeError, ValueError):
+                problem = untrusted_json.loads(body, "problem details", max_bytes=max_bytes)
+            except InvalidArgument:
                 problem = None
             if isinstance(problem, dict):
                 reason = text(problem.get("detail")) or text(problem.get("title")) or reason

@@ -29,11 +29,24 @@ log = logging.getLogger("teller.rpc")
 DOMAIN = "teller.v1"
 
 
+#: The message and the ErrorInfo travel in trailing metadata, which clients
+#: refuse past 8 KiB (the caller then sees RESOURCE_EXHAUSTED instead of the
+#: error): a message that quotes a caller's 70 KB wallet id is cut to fit.
+MAX_MESSAGE_CHARS = 1000
+MAX_METADATA_VALUE_CHARS = 200
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def to_status(err: TellerError) -> grpc.Status:
-    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=err.metadata)
+    metadata = {_cut(k, 64): _cut(v, MAX_METADATA_VALUE_CHARS) for k, v in list(err.metadata.items())[:16]}
+    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
-    return rpc_status.to_status(status_pb2.Status(code=err.code.value[0], message=err.message, details=[detail]))
+    return rpc_status.to_status(status_pb2.Status(code=err.code.value[0], message=_cut(err.message, MAX_MESSAGE_CHARS),
+                                                  details=[detail]))
 
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,64}$")

@@ -1,0 +1,143 @@
+"""Fuzz targets: one per parser of untrusted input.
+
+Each target takes raw bytes (the fuzzer's input) and feeds them to a parser the
+way the outside world can: the first byte picks the entry (a header, its
+base64 form, a body, ...), the rest is the payload. A target may raise only
+``TellerError`` (a refusal naming the field); anything else is a finding.
+
+Pure functions, no atheris: ``fuzz/run.py`` drives them under atheris, and
+tests/test_fuzz.py replays the committed corpus through them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+
+from teller import audit, policy, untrusted_json
+from teller.mpp import challenge as mpp_challenge
+from teller.mpp import receipt as mpp_receipt
+from teller.mpp.charge import parse_request
+from teller.pay import pay_input
+from teller.payments import sign_input
+from teller.x402 import challenge as x402_challenge
+from teller.x402 import receipt as x402_receipt
+
+MAX = 256 * 1024  # the default max_challenge_bytes
+
+
+def _split(data: bytes) -> tuple[int, bytes, str]:
+    """(mode, payload bytes, payload as the text a gRPC string field could hold)."""
+    mode = data[0] if data else 0
+    rest = data[1:]
+    # gRPC strings are valid UTF-8: what cannot be decoded could not arrive as text.
+    return mode, rest, rest.decode("utf-8", "replace")
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def x402_challenge_target(data: bytes) -> None:
+    """x402: PAYMENT-REQUIRED as sent (text), as base64 of the fuzzed JSON, or a v1 body."""
+    mode, raw, text = _split(data)
+    if mode % 3 == 0:
+        x402_challenge.parse([("PAYMENT-REQUIRED", text)], b"", MAX)
+    elif mode % 3 == 1:
+        x402_challenge.parse([("payment-required", base64.b64encode(raw).decode())], b"", MAX)
+    else:
+        x402_challenge.parse([], raw, MAX)
+
+
+def _mpp_header(request: str, opaque: str | None = None) -> str:
+    extra = f', opaque="{opaque}"' if opaque is not None else ""
+    return (f'Payment id="fz", realm="fuzz.example", method="tempo", intent="charge", '
+            f'expires="2030-01-01T00:00:00Z", request="{request}"{extra}')
+
+
+def mpp_challenge_target(data: bytes) -> None:
+    """MPP: the WWW-Authenticate value as sent, or a valid header around a fuzzed request/opaque."""
+    mode, raw, text = _split(data)
+    if mode % 3 == 0:
+        mpp_challenge.parse([("WWW-Authenticate", text)], MAX)
+    elif mode % 3 == 1:
+        mpp_challenge.parse([("WWW-Authenticate", _mpp_header(_b64url(raw)))], MAX)
+    else:
+        mpp_challenge.parse([("WWW-Authenticate", _mpp_header(_b64url(b"{}"), _b64url(raw)))], MAX)
+
+
+def mpp_charge_request_target(data: bytes) -> None:
+    """MPP charge request: the fuzzed JSON as a tempo or an evm charge's request."""
+    mode, raw, _ = _split(data)
+    header = _mpp_header(_b64url(raw))
+    if mode % 2:
+        header = header.replace('method="tempo"', 'method="evm"')
+    for ch in mpp_challenge.parse([("WWW-Authenticate", header)], MAX):
+        parse_request(ch)
+
+
+def receipts_target(data: bytes) -> None:
+    """What a paid server answers: x402 PAYMENT-RESPONSE / X-PAYMENT-RESPONSE, MPP
+    Payment-Receipt, or a problem-details / 402 body."""
+    mode, raw, text = _split(data)
+    status = (200, 201, 402, 403, 500)[(mode >> 3) % 5]
+    which = mode % 6
+    if which == 0:
+        x402_receipt.decode(status, [("PAYMENT-RESPONSE", base64.b64encode(raw).decode())], b"", MAX)
+    elif which == 1:
+        x402_receipt.decode(status, [("X-PAYMENT-RESPONSE", text)], b"", MAX)
+    elif which == 2:
+        x402_receipt.decode(status, [], raw, MAX)
+    elif which == 3:
+        mpp_receipt.decode(status, [("Payment-Receipt", _b64url(raw))], b"", MAX)
+    elif which == 4:
+        mpp_receipt.decode(status, [("Payment-Receipt", text)], b"", MAX)
+    else:
+        mpp_receipt.decode(status, [], raw, MAX)
+
+
+def policy_document_target(data: bytes) -> None:
+    """A policy document as SetPolicy receives it (text); a valid one must
+    survive its own canonical form."""
+    mode, _, text = _split(data)
+    wallet = bool(mode % 2)
+    rules = policy.parse(text, wallet=wallet)
+    document = policy.to_document(rules, wallet=wallet)
+    again = policy.parse(json.dumps(document), wallet=wallet)
+    assert policy.to_document(again, wallet=wallet) == document, "canonical policy form is not stable"
+
+
+def caller_fields_target(data: bytes) -> None:
+    """A caller's scalar fields: page tokens, max_amount, Sign and Pay inputs."""
+    mode, _, text = _split(data)
+    which = mode % 4
+    if which == 0:
+        audit.page_cursor(text, "page_token")
+    elif which == 1:
+        sign_input(status=402, headers=(), body=b"", url="http://a.example/", method="GET", wallet_id="w",
+                   max_amount=text, idempotency_key="", protocols=())
+    elif which == 2:
+        sign_input(status=402, headers=(), body=b"", url=text, method=text, wallet_id=text, max_amount="",
+                   idempotency_key=text, protocols=tuple(text.split(",")))
+    else:
+        pay_input(url=text, method=text, headers=(), body=b"", wallet_id=text or "w", max_amount="",
+                  idempotency_key="", protocols=())
+
+
+def untrusted_json_target(data: bytes) -> None:
+    """The bounded loader itself, against json: whatever it accepts, json reads the same."""
+    mode, raw, text = _split(data)
+    doc = untrusted_json.loads(raw if mode % 2 else text, "doc")
+    assert doc == json.loads(raw if mode % 2 else text), "bounded loader and json disagree"
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "x402_challenge": x402_challenge_target,
+    "mpp_challenge": mpp_challenge_target,
+    "mpp_charge_request": mpp_charge_request_target,
+    "receipts": receipts_target,
+    "policy_document": policy_document_target,
+    "caller_fields": caller_fields_target,
+    "untrusted_json": untrusted_json_target,
+}
