@@ -62,23 +62,19 @@ class Admin:
         return tenant
 
     def disable_tenant(self, tenant_id: str) -> Tenant:
-        now = ms(self.clock)
-        with self.db.transaction() as s:
-            tenant = get_tenant(s, tenant_id)
-            old = tenant.state
-            tenant.state = "disabled"
-            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="tenant.disable", tenant_id=tenant_id,
-                         details={"old_state": old, "new_state": "disabled"})
-        return tenant
+        return self._set_tenant_state(tenant_id, "disabled", "tenant.disable")
 
     def enable_tenant(self, tenant_id: str) -> Tenant:
+        return self._set_tenant_state(tenant_id, "active", "tenant.enable")
+
+    def _set_tenant_state(self, tenant_id: str, state: str, action: str) -> Tenant:
         now = ms(self.clock)
         with self.db.transaction() as s:
             tenant = get_tenant(s, tenant_id)
             old = tenant.state
-            tenant.state = "active"
-            audit.record(s, at_ms=now, actor=auth.operator_actor(), action="tenant.enable", tenant_id=tenant_id,
-                         details={"old_state": old, "new_state": "active"})
+            tenant.state = state
+            audit.record(s, at_ms=now, actor=auth.operator_actor(), action=action, tenant_id=tenant_id,
+                         details={"old_state": old, "new_state": state})
         return tenant
 
     def list_tenants(self) -> list[Tenant]:

@@ -21,7 +21,7 @@ from teller_client._proto.teller.v1 import (
     payment_pb2,
     payment_pb2_grpc,
 )
-from teller_client.errors import DeadlineExceeded, Internal, from_rpc_error
+from teller_client.errors import DeadlineExceeded, Internal, TellerError, from_rpc_error
 from teller_client.types import (
     AuditEvent,
     OperatorIdentity,
@@ -121,6 +121,15 @@ class _Base:
         backoffs = self._retry.backoffs() if retryable else iter(())
         return budget, time.monotonic() + budget, backoffs
 
+    def _pause_or_raise(self, error: TellerError, deadline: float, backoffs: Iterator[float]) -> float:
+        """How long to wait before trying ``error``'s call again; raises ``error``
+        when the call may not be retried, or no retry fits before ``deadline``.
+        One rule for the sync and the async client."""
+        pause = next(backoffs, None) if error.code in self._retry.retry_on else None
+        if pause is None or time.monotonic() + pause >= deadline:
+            raise error
+        return pause
+
 
 class _Sync(_Base):
     def __init__(self, target: str, token: str, *, credentials: grpc.ChannelCredentials | None = None,
@@ -145,10 +154,7 @@ class _Sync(_Base):
             try:
                 return method(request, metadata=self._metadata, timeout=remaining, wait_for_ready=False)
             except grpc.RpcError as err:
-                error = from_rpc_error(err)
-            pause = next(backoffs, None) if error.code in self._retry.retry_on else None
-            if pause is None or time.monotonic() + pause >= deadline:
-                raise error
+                pause = self._pause_or_raise(from_rpc_error(err), deadline, backoffs)
             time.sleep(pause)
 
     def close(self) -> None:
@@ -184,10 +190,7 @@ class _Async(_Base):
             try:
                 return await method(request, metadata=self._metadata, timeout=remaining, wait_for_ready=False)
             except grpc.RpcError as err:
-                error = from_rpc_error(err)
-            pause = next(backoffs, None) if error.code in self._retry.retry_on else None
-            if pause is None or time.monotonic() + pause >= deadline:
-                raise error
+                pause = self._pause_or_raise(from_rpc_error(err), deadline, backoffs)
             await asyncio.sleep(pause)
 
     async def close(self) -> None:
