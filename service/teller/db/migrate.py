@@ -139,6 +139,9 @@ def migrate(url: str, to: str | None = None, extra_locations: Sequence[Path] = (
     """``teller migrate``: bring the schema to this release's head (or to ``to``,
     up or down). Returns the line to print; raises ConfigError (one line) where
     it cannot, instead of an alembic traceback."""
+    from teller.db.engine import private_sqlite_file
+
+    private_sqlite_file(url)  # before the engine below creates it with the umask's mode
     engine = create_engine(url, poolclass=pool.NullPool)
     try:
         found = schema(engine, extra_locations)
