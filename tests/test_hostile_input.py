@@ -271,10 +271,11 @@ def test_worker_survives_hostile_json_through_every_entry_point(worker: Worker, 
 
     # Hostile JSON from the caller is the caller's fault (INVALID_ARGUMENT); a
     # paid server's hostile refusal is FAILED_PRECONDITION (paid, refused again).
-    # Its hostile receipt on a 200 is INVALID_ARGUMENT naming the header, as any
-    # malformed receipt is today (what Pay answers then is h/pay's to decide).
+    # Its hostile receipt on a 200 is only unread: the caller paid, so it gets the
+    # response (the reconciler follows the payment on chain).
     expected = {name: grpc.StatusCode.INVALID_ARGUMENT for name in seen}
     expected["Pay /paid-deep-refusal"] = grpc.StatusCode.FAILED_PRECONDITION
+    expected["Pay /paid-deep-receipt"] = grpc.StatusCode.OK
     assert seen == expected
 
 
@@ -391,6 +392,13 @@ def _baselines(w: Worker, hostile: str, victim: TenantSeat, payment_id: str, tok
         "AdminService.ListPayments": {"tenant_id": t, "state": "", "page_size": 10, "page_token": ""},
         "AdminService.VoidPayment": {"payment_id": payment_id, "reason": "sweep"},
         "AdminService.Reconcile": {},
+        "AdminService.EnableTenant": {"tenant_id": victim.tenant_id},
+        "AdminService.ListTokens": {"tenant_id": t},
+        "AdminService.RotateToken": {"token_id": token_id},
+        "AdminService.DisableWallet": {"tenant_id": victim.tenant_id, "wallet_id": victim.wallet_id},
+        "AdminService.CreateOperator": {"name": "sweep"},
+        "AdminService.ListOperators": {},
+        "AdminService.RevokeOperator": {"name": "sweep-nobody"},
     }
 
 

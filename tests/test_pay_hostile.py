@@ -117,10 +117,11 @@ def test_a_caller_that_gives_up_after_the_proof_left_leaves_the_payment_saying_s
         await asyncio.sleep(10)  # holds the proof, answers nothing
 
     with hostile(script) as srv:
-        impatient = TellerClient(teller.target, tenant.token, timeout=1.0)  # shorter than Teller's deadline
+        # The caller's deadline (1 s) is shorter than Teller's own read timeout and deadline.
+        impatient = TellerClient(teller.target, tenant.token, pay_timeout=1.0)
         try:
             with pytest.raises(TellerError) as info:
-                impatient.pay(f"{srv.base}/x", wallet_id=tenant.wallet_id)
+                impatient.pay(f"{srv.base}/x", wallet_id=tenant.wallet_id, timeout=1.0)
             assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         finally:
             impatient.close()
