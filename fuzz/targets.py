@@ -6,7 +6,7 @@ base64 form, a body, ...), the rest is the payload. A target may raise only
 ``TellerError`` (a refusal naming the field); anything else is a finding.
 
 Pure functions, no atheris: ``fuzz/run.py`` drives them under atheris, and
-tests/test_fuzz.py replays the committed corpus through them.
+tests/drills/test_fuzz.py replays the committed corpus through them.
 """
 
 from __future__ import annotations

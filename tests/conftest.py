@@ -8,6 +8,20 @@ import pytest
 from tests.support import pg
 from tests.support.harness import RunningTeller, make_settings
 
+# Each layer is a folder, and its marker follows from the folder, so that
+# `-m unit` (or integration, e2e, drills) selects a layer without a decorator
+# on every test, and a test cannot sit in one layer and be marked for another.
+LAYERS = ("unit", "integration", "e2e", "drills")
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        relative = item.path.resolve().relative_to(TESTS).parts
+        if len(relative) < 2 or relative[0] not in LAYERS:
+            raise pytest.UsageError(f"{item.nodeid}: every test lives in one of tests/{{{','.join(LAYERS)}}}")
+        item.add_marker(relative[0])
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:

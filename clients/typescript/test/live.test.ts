@@ -1,6 +1,6 @@
 // Against a real Teller and the counterparties Teller's suite runs (the x402 SDK
 // server and facilitator on anvil, pympp's Tempo server on a Tempo anvil), all
-// started by tests/test_client_typescript.py, which passes their addresses in
+// started by tests/e2e/test_client_typescript.py, which passes their addresses in
 // the environment and runs `node --test` on the compiled tests.
 import assert from "node:assert/strict";
 import { createServer, Server, Socket } from "node:net";
@@ -12,7 +12,7 @@ import {
 
 const env = (name: string): string => {
   const v = process.env[name];
-  if (!v) throw new Error(`${name} is not set: run these tests through tests/test_client_typescript.py`);
+  if (!v) throw new Error(`${name} is not set: run these tests through tests/e2e/test_client_typescript.py`);
   return v;
 };
 

@@ -6,7 +6,7 @@ charged token, and no access list, fee payer, authorization list or key
 authorization. For that shape the encoding is a fixed RLP list, built here
 directly. (pytempo's general model validated the transaction and RLP-encoded it
 twice per payment through pyrlp's type inference: ~65 us, about a tenth of a
-worker's time per MPP Sign.) ``tests/test_mpp_tempo.py`` holds the signing
+worker's time per MPP Sign.) ``tests/e2e/test_mpp_tempo.py`` holds the signing
 payload and the signed transaction to pytempo's bytes for random transactions,
 and the live tests have a Tempo node accept them.
 """

@@ -19,7 +19,7 @@ from tests.support.harness import RunningTeller, make_settings
 from tests.support.mpp_live import PATH_USD, tempo_chain, tempo_server
 from tests.support.x402_live import resource_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "clients" / "typescript"
 PAYEE = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 RECIPIENT = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"

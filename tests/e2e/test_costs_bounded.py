@@ -2,7 +2,7 @@
 Authorization lifetimes (x402 exact, MPP evm) are capped by
 ``Settings.max_authorization_seconds``, and an operator's void (native gas the
 wallet pays) by ``Settings.max_void_fee_wei``. (Tempo fees against budgets and
-``max_fee``: ``tests/test_mppx.py``; the fee reservation's arithmetic below.)"""
+``max_fee``: ``tests/e2e/test_mppx.py``; the fee reservation's arithmetic below.)"""
 
 from __future__ import annotations
 

@@ -300,7 +300,7 @@ def documented_statuses() -> dict[str, set[str]]:
     """RPC -> the statuses docs/errors.md says it answers bad input with
     (its own row plus the "every RPC" row)."""
     rows: dict[str, set[str]] = {}
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
     section = doc.split("## Statuses by RPC", 1)[1].split("\n## ", 1)[0]
     for line in section.splitlines():
         cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]

@@ -26,7 +26,7 @@ from tests.support.kustomize import render
 from tests.support.procs import seat_tenant, start_cluster
 from tests.support.x402_server import sdk_v2_challenge
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 OVERLAYS = sorted(p.name for p in (ROOT / "deploy" / "kustomize" / "overlays").iterdir() if p.is_dir())

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "docs" / "operations.md"
 
 #: The alerts of deploy/'s PrometheusRule; each alert's runbook_url is

@@ -26,7 +26,7 @@ from tests.support.certs import CA, write
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.kustomize import containers, render
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TELLER = [sys.executable, "-m", "teller.cli"]
 
 

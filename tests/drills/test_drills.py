@@ -214,7 +214,7 @@ class _FlakyRpc:
 
 
 def test_a_failing_chain_rpc_makes_the_reconciler_back_off_then_catch_up(tmp_path):
-    from tests.test_reconciliation import _settle_directly
+    from tests.e2e.test_reconciliation import _settle_directly
 
     with anvil() as url:
         chain = deploy_token(url)

@@ -23,7 +23,7 @@ import yaml
 from tests.support.kustomize import containers, render
 from tests.support.procs import free_port, wait_healthy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy" / "kustomize"
 OVERLAYS = sorted(p for p in (KUSTOMIZE / "overlays").iterdir() if p.is_dir())
 WORKLOADS = ("Deployment", "Job", "StatefulSet", "DaemonSet")

@@ -11,7 +11,7 @@ import pytest
 
 from teller.errors import TellerError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "fuzz"))
 
 import run as fuzz_run  # noqa: E402
