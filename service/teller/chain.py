@@ -18,6 +18,7 @@ from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 
+from teller.clock import Clock
 from teller.errors import FailedPrecondition, Unavailable
 from teller.mpp import gas as tempo_gas
 from teller.mpp.tempo_tx import TempoTransaction
@@ -99,9 +100,11 @@ class NotCached(Exception):
 
 
 class ChainReader:
-    def __init__(self, rpc_urls: Mapping[str, str], timeout_s: float = 10.0) -> None:
+    def __init__(self, rpc_urls: Mapping[str, str], timeout_s: float = 10.0, clock: Clock = time.monotonic) -> None:
         self._urls = dict(rpc_urls)
         self._timeout = timeout_s
+        #: Measures the gas price's lifetime (monotonic; tests move it instead of sleeping).
+        self._clock = clock
         self._clients: dict[str, Web3] = {}
         self._gas: dict[str, tuple[int, float]] = {}
         # One gas price read at a time (there are few networks; a read takes milliseconds).
@@ -148,7 +151,7 @@ class ChainReader:
         for that answer."""
         hit = self._gas.get(network)
         if hit is not None:
-            left = hit[1] - time.monotonic()
+            left = hit[1] - self._clock()
             if left > 0:
                 if left < self.gas_price_ttl_s / 5:
                     self._refresh_in_background(network)
@@ -157,14 +160,14 @@ class ChainReader:
             raise NotCached(f"gas price of {network}")
         with self._gas_lock:
             hit = self._gas.get(network)
-            if hit is not None and hit[1] > time.monotonic():
+            if hit is not None and hit[1] > self._clock():
                 return hit[0]  # read by the caller this one waited for
             return self._read_gas_price(network)
 
     def _read_gas_price(self, network: str) -> int:
         """Under ``_gas_lock``."""
         price = self._call(network, "gas price read", lambda: int(self._w3(network).eth.gas_price))
-        self._gas[network] = (price, time.monotonic() + self.gas_price_ttl_s)
+        self._gas[network] = (price, self._clock() + self.gas_price_ttl_s)
         return price
 
     def _refresh_in_background(self, network: str) -> None:

@@ -59,14 +59,15 @@ def test_gas_price_is_read_once_however_many_ask_and_renewed_before_it_lapses():
     background before it lapses, so calls answered from memory never stop."""
     with anvil() as url:
         network = "eip155:31337"
-        reader = ChainReader({network: url})
+        now = [1000.0]  # the reader's clock: moved by hand, so the test never waits for the price to age
+        reader = ChainReader({network: url}, clock=lambda: now[0])
         reader.gas_price_ttl_s = ttl = 2.0
         reads: list[float] = []
         real_call = reader._call
 
         def counting(net, what, fn):  # type: ignore[no-untyped-def]
             if what == "gas price read":
-                reads.append(time.monotonic())
+                reads.append(now[0])
                 time.sleep(0.05)  # a slow RPC: the other callers arrive while it runs
             return real_call(net, what, fn)
 
@@ -80,14 +81,14 @@ def test_gas_price_is_read_once_however_many_ask_and_renewed_before_it_lapses():
         assert price > 0 and reader.gas_price(network, cached_only=True) == price and len(reads) == 1
 
         # In the last fifth of its life: still answered from memory, and renewed once, in the background.
-        time.sleep(max(0.0, reads[0] + 0.05 + ttl - 0.3 - time.monotonic()))
+        now[0] = reads[0] + ttl - 0.3
         for _ in range(50):
             assert reader.gas_price(network, cached_only=True) == price
-        deadline = time.monotonic() + 5
-        while len(reads) < 2 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 5  # the renewal's thread, on real time, holds the lock until it has stored
+        while (len(reads) < 2 or reader._gas_lock.locked()) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(reads) == 2
         # Past the first read's lifetime it is still in memory: the renewal took.
-        time.sleep(max(0.0, reads[0] + 0.05 + ttl + 0.2 - time.monotonic()))
+        now[0] = reads[0] + ttl + 0.2
         assert reader.gas_price(network, cached_only=True) == price
         assert len(reads) == 2

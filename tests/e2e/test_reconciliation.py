@@ -192,8 +192,7 @@ def test_reconciler_settles_expires_and_voids(live, chain, capsys):
     with pytest.raises(FailedPrecondition, match="only an unused authorization"):
         admin.void_payment(to_void.payment_id)
 
-    time.sleep(2.5)
-    chain.mine()
+    chain.mine(at=int(time.time()) + 3)  # a block stamped after the 2 s authorization's validBefore
     transitions, errors = admin.reconcile()
     assert errors == []
     assert transitions == {"settled": 1, "expired": 1}
@@ -274,8 +273,7 @@ def test_several_reconcilers_change_each_payment_once(pg_url, tmp_path, chain):
             (settle if i % 2 else expire).append(s)
         for s in settle:
             _settle_directly(chain, s.header_value)
-        time.sleep(2.5)
-        chain.mine()
+        chain.mine(at=int(time.time()) + 3)  # a block stamped after the 2 s authorizations' validBefore
 
         engines = [make_engine(pg_url, 4) for _ in range(4)]
         reconcilers = [Reconciler(Database(e), ChainReader({chain.network: chain.rpc_url}), use_lease=False)
@@ -317,11 +315,13 @@ def test_lease_keeps_a_second_worker_from_repeating_the_scan(pg_url, chain):
     db = Database(make_engine(pg_url, 2))
     try:
         reader = ChainReader({chain.network: chain.rpc_url})
-        first, second = Reconciler(db, reader, lease_s=0.5), Reconciler(db, reader, lease_s=0.5)
+        now = [time.time()]  # both workers' clock: the lease runs out when the test moves it
+        first, second = (Reconciler(db, reader, lambda: now[0], lease_s=0.5),
+                         Reconciler(db, reader, lambda: now[0], lease_s=0.5))
         assert first.run_once().skipped == []
         assert second.run_once().skipped == [chain.network]
         assert first.run_once().skipped == []  # the holder renews its own lease
-        time.sleep(0.6)  # the holder died: its lease runs out and another worker takes over
+        now[0] += 0.6  # the holder died: its lease runs out and another worker takes over
         assert second.run_once().skipped == []
         assert first.run_once().skipped == [chain.network]
     finally:

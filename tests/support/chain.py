@@ -64,9 +64,12 @@ class Chain:
             self.w3.eth.send_raw_transaction(acct.sign_transaction(tx).raw_transaction))
         assert receipt["status"] == 1
 
-    def mine(self) -> None:
-        """A new block stamped with the current time (anvil mines only on transactions)."""
-        self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    def mine(self, at: int | None = None) -> None:
+        """A new block stamped with the current time (anvil mines only on transactions),
+        or with ``at``: the chain's clock moves there, and later blocks go on from it
+        (a test waiting for an authorization to expire on chain moves the chain's clock
+        instead of sleeping)."""
+        self.w3.provider.make_request("evm_mine", [] if at is None else [at])  # type: ignore[arg-type]
 
     def authorization_used(self, authorizer: str, nonce: str) -> bool:
         return bool(self.token.functions.authorizationState(Web3.to_checksum_address(authorizer),
