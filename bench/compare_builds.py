@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import run as bench  # noqa: E402
 
-from tests.support import pg  # noqa: E402
-from tests.support.mpp_live import tempo_chain  # noqa: E402
-from tests.support.procs import Cluster, Worker, free_port, wait_healthy  # noqa: E402
-from tests.support.x402_server import sdk_v2_challenge  # noqa: E402
+from testbed import pg  # noqa: E402
+from testbed.procs import Cluster, Worker, free_port, wait_healthy  # noqa: E402
+from testbed.tempo import tempo_chain  # noqa: E402
+from testbed.x402_server import sdk_v2_challenge  # noqa: E402
 
 
 def checkout(rev: str, into: Path) -> Path:

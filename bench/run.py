@@ -29,10 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import pg  # noqa: E402
-from tests.support.mpp_live import PATH_USD, tempo_chain  # noqa: E402
-from tests.support.procs import Cluster, start_cluster  # noqa: E402
-from tests.support.x402_server import sdk_v2_challenge  # noqa: E402
+from testbed import pg  # noqa: E402
+from testbed.procs import Cluster, start_cluster  # noqa: E402
+from testbed.tempo import PATH_USD, tempo_chain  # noqa: E402
+from testbed.x402_server import sdk_v2_challenge  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 RECIPIENT = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
@@ -167,7 +167,7 @@ def grpc_floor(x402, callers: int, seconds: float, warmup: float, repeats: int) 
     from cpu import CpuSplit
     from driver import sign_request
 
-    from tests.support.procs import free_port
+    from testbed.procs import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(port)], stdout=subprocess.PIPE,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import pg
+from testbed import pg
 from tests.support.harness import RunningTeller, make_settings
 
 # Each layer is a folder, and its marker follows from the folder, so that

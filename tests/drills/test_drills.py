@@ -32,11 +32,11 @@ from teller.db import Database, make_engine
 from teller.errors import FailedPrecondition, InvalidArgument
 from teller.x402 import challenge as x402_challenge
 from teller_client import AdminClient, Budget, Policy, TellerClient, TellerError
-from tests.support import pg
-from tests.support.chain import anvil, deploy_token
+from testbed import pg
+from testbed.chain import anvil, deploy_token
+from testbed.procs import start_cluster
+from testbed.x402_server import sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.procs import start_cluster
-from tests.support.x402_server import sdk_v2_challenge
 
 CHALLENGE = sdk_v2_challenge(amount="1")
 

@@ -30,8 +30,8 @@ from teller_client._proto.teller.v1 import (
     payment_pb2,
     payment_pb2_grpc,
 )
-from tests.support.procs import Cluster, TenantSeat, seat_tenant, start_cluster
-from tests.support.x402_server import PAYEE, USDC_BASE_SEPOLIA
+from testbed.procs import Cluster, TenantSeat, seat_tenant, start_cluster
+from testbed.x402_server import PAYEE, USDC_BASE_SEPOLIA
 
 DEPTH = 100_000  # nested ~100,000 deep: under 256 KiB, and far past the C stack on recursion
 MIB = 1024 * 1024

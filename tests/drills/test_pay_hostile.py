@@ -25,10 +25,10 @@ from teller_client import (
     TellerError,
     Unavailable,
 )
+from testbed.x402_server import sdk_v1_challenge, sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.hostile import Request, hostile, respond, trickle
 from tests.support.hostile import head as http_head
-from tests.support.x402_server import sdk_v1_challenge, sdk_v2_challenge
 
 V2 = sdk_v2_challenge(amount="1500")
 V1 = sdk_v1_challenge(amount="1500")

@@ -22,8 +22,8 @@ from sqlalchemy import create_engine, text
 from teller.db import migrate
 from teller.errors import ConfigError
 from teller_client import AdminClient, Policy, TellerClient, TellerError
-from tests.support.procs import free_port, wait_healthy
-from tests.support.x402_server import sdk_v2_challenge
+from testbed.procs import free_port, wait_healthy
+from testbed.x402_server import sdk_v2_challenge
 
 TELLER = [sys.executable, "-m", "teller.cli"]
 

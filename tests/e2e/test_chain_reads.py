@@ -10,7 +10,7 @@ import pytest
 from teller import config
 from teller.chain import ChainReader, NotCached
 from teller.errors import FailedPrecondition, Unavailable
-from tests.support.chain import anvil, deploy_token
+from testbed.chain import anvil, deploy_token
 
 
 def test_rpc_urls_come_from_the_environment():

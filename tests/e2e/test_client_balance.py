@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from teller_client import FailedPrecondition, Policy
-from tests.support.chain import anvil, deploy_token
+from testbed.chain import anvil, deploy_token
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.x402_live import resource_server
 

@@ -16,9 +16,10 @@ import requests
 
 from teller_client import DeadlineExceeded, Policy, TellerClient, Unavailable, payment_info
 from teller_client.integrations import TellerAdapter, TellerTransport
-from tests.support.chain import anvil, deploy_token
+from testbed.chain import anvil, deploy_token
+from testbed.tempo import tempo_chain
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.mpp_live import tempo_chain, tempo_server
+from tests.support.mpp_live import tempo_server
 from tests.support.x402_live import resource_server
 
 PAYEE = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
@@ -179,7 +180,7 @@ def test_the_key_reaches_the_server(live, evm, tempo):
 
 
 def test_payment_identifier_only_when_declared(teller):
-    from tests.support.x402_server import sdk_v2_challenge
+    from testbed.x402_server import sdk_v2_challenge
 
     t = teller.setup_tenant(policy=Policy(daily_budget=100_000))
     client = teller.client(t.token)

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from teller_client import Policy
-from tests.support.chain import anvil, deploy_token
+from testbed.chain import anvil, deploy_token
+from testbed.tempo import tempo_chain
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.mpp_live import PATH_USD, tempo_chain, tempo_server
+from tests.support.mpp_live import PATH_USD, tempo_server
 from tests.support.x402_live import resource_server
 
 ROOT = Path(__file__).resolve().parents[2]

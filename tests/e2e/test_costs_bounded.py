@@ -16,9 +16,9 @@ import pytest
 from teller import policy
 from teller.errors import InvalidArgument
 from teller_client import Asset, FailedPrecondition, Policy
-from tests.support.chain import anvil, deploy_token
+from testbed.chain import anvil, deploy_token
+from testbed.x402_server import PAYEE, USDC_BASE_SEPOLIA
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.x402_server import PAYEE, USDC_BASE_SEPOLIA
 
 CAP_S = 600
 
@@ -76,7 +76,7 @@ def test_max_authorization_seconds_must_be_positive(tmp_path):
 def test_a_void_that_could_cost_more_native_gas_than_the_cap_is_refused_and_audited(tmp_path):
     import httpx
 
-    from tests.support.chain import TOKEN_NAME, TOKEN_VERSION
+    from testbed.chain import TOKEN_NAME, TOKEN_VERSION
     from tests.support.mpp_live import evm_server
 
     with anvil() as url:

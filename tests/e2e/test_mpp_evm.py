@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from teller_client import Asset, PermissionDenied, Policy
-from tests.support.chain import TOKEN_NAME, TOKEN_VERSION, anvil, deploy_token
+from testbed.chain import TOKEN_NAME, TOKEN_VERSION, anvil, deploy_token
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.mpp_live import evm_server
 
@@ -66,7 +66,7 @@ def test_the_tenants_preference_picks_the_protocol(live, chain, preference, head
 
 
 def test_mpp_only_tenant_refuses_an_x402_only_server(live, chain):
-    from tests.support.x402_server import sdk_v2_challenge
+    from testbed.x402_server import sdk_v2_challenge
 
     t = _tenant(live, chain, protocols=("mpp",))
     c = sdk_v2_challenge()

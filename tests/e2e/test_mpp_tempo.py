@@ -14,8 +14,9 @@ import pytest
 from mpp import Challenge, Credential
 
 from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, Policy
+from testbed.tempo import tempo_chain
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.mpp_live import PATH_USD, REALM, tempo_chain, tempo_server
+from tests.support.mpp_live import PATH_USD, REALM, tempo_server
 
 RECIPIENT = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 PLATFORM = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
@@ -202,7 +203,7 @@ def test_mpp_and_x402_share_one_budget(live, chain):
                                                         Asset("eip155:84532", "0x036CbD53842c5426634e7929541eC2318f3dCF7e", 6)),
                                                 budgets=(Budget(400_000, "day", name="day"),)))
     client = live.client(t.token)
-    from tests.support.x402_server import sdk_v2_challenge
+    from testbed.x402_server import sdk_v2_challenge
 
     x = sdk_v2_challenge(amount="250000")
     client.sign(status=x.status, headers=x.headers, body=x.body, url=x.url, wallet_id=t.wallet_id)

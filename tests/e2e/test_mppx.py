@@ -19,8 +19,9 @@ import pytest
 from eth_utils import to_checksum_address
 
 from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, Policy
+from testbed.tempo import tempo_chain
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.mpp_live import MPPX_CHAIN_ARGS, PATH_USD, MppxServer, mppx_server, tempo_chain
+from tests.support.mpp_live import MPPX_CHAIN_ARGS, PATH_USD, MppxServer, mppx_server
 
 EXISTING = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"  # anvil dev account 2: holds pathUSD
 PRICE = 250_000

@@ -17,7 +17,7 @@ from eth_utils import keccak
 
 from teller.mpp import charge as mpp_charge
 from teller_client import Asset, Policy
-from tests.support.chain import TOKEN_NAME, TOKEN_VERSION, anvil, deploy_token
+from testbed.chain import TOKEN_NAME, TOKEN_VERSION, anvil, deploy_token
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.mpp_live import mppx_server
 

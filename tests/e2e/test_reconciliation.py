@@ -21,10 +21,10 @@ from teller.chain import ChainReader
 from teller.db import Database, make_engine
 from teller.reconciler import Reconciler
 from teller_client import Asset, Budget, FailedPrecondition, PermissionDenied, Policy
-from tests.support.chain import TOKEN_NAME, TOKEN_VERSION, anvil, deploy_token
+from testbed.chain import TOKEN_NAME, TOKEN_VERSION, anvil, deploy_token
+from testbed.x402_server import sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.x402_live import resource_server
-from tests.support.x402_server import sdk_v2_challenge
 
 PAYEE = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
 PRICE = 25_000

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from teller_client import Asset, Policy
-from tests.support.chain import anvil, deploy_token
+from testbed.chain import anvil, deploy_token
 from tests.support.x402_live import resource_server
 
 PAYEE = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
@@ -59,7 +59,7 @@ def test_v1_payment_verified_and_settled_by_the_sdk_facilitator(teller, base_sep
     from x402.mechanisms.evm.exact import register_exact_evm_facilitator
     from x402.schemas.v1 import PaymentRequiredV1, PaymentRequirementsV1
 
-    from tests.support.chain import FACILITATOR_KEY, TOKEN_NAME, TOKEN_VERSION
+    from testbed.chain import FACILITATOR_KEY, TOKEN_NAME, TOKEN_VERSION
 
     chain = base_sepolia_chain
     t = teller.setup_tenant(policy=Policy(assets=(Asset("eip155:84532", chain.token.address, 6),)))

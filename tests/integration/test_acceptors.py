@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from teller import config
 from teller.errors import ConfigError
 from teller_client import AdminClient, TellerClient
+from testbed.x402_server import sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.x402_server import sdk_v2_challenge
 
 
 def listeners(port: int) -> int:
@@ -109,7 +109,7 @@ def test_a_port_is_claimed_by_one_process_only():
     import socket
 
     from teller.rpc.ports import PortClaim
-    from tests.support.procs import free_port
+    from testbed.procs import free_port
 
     address = f"127.0.0.1:{free_port()}"
     first = PortClaim(address)

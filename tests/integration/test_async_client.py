@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from teller_client import AsyncTellerClient, LimitExceeded, Policy
-from tests.support.x402_server import sdk_v2_challenge
+from testbed.x402_server import sdk_v2_challenge
 
 
 def test_async_client_signs_and_maps_errors(teller):

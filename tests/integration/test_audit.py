@@ -7,7 +7,7 @@ import json
 import pytest
 
 from teller_client import InvalidArgument, LimitExceeded, Policy
-from tests.support.x402_server import sdk_v2_challenge
+from testbed.x402_server import sdk_v2_challenge
 
 
 def test_every_action_is_recorded(teller):

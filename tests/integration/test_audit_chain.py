@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from teller import audit_tools
 from teller.db import Database, make_engine
-from tests.support.x402_server import sdk_v2_challenge
+from testbed.x402_server import sdk_v2_challenge
 
 TELLER = [sys.executable, "-m", "teller.cli"]
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.support.x402_server import sdk_v2_challenge
+from testbed.x402_server import sdk_v2_challenge
 
 TELLER = [sys.executable, "-m", "teller.cli"]
 

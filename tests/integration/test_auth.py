@@ -12,7 +12,7 @@ from teller_client import (
     TellerClient,
     Unauthenticated,
 )
-from tests.support.x402_server import sdk_v2_challenge
+from testbed.x402_server import sdk_v2_challenge
 
 
 def _sign(client, wallet_id):

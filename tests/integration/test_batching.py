@@ -22,9 +22,9 @@ from teller.errors import (
 from teller.payments import SignResult
 from teller.rpc.batcher import SignBatcher
 from teller_client import Budget, Policy
+from testbed.x402_server import sdk_v2_challenge
 from tests.support.batches import commit as _commit
 from tests.support.batches import prepare as _call
-from tests.support.x402_server import sdk_v2_challenge
 
 
 @pytest.fixture(params=["sqlite/session", pytest.param("postgres/session", marks=pytest.mark.postgres),

@@ -99,7 +99,7 @@ def test_operator_workflow_from_the_shell(dev_server):
     assert [b["name"] for b in stored["budgets"]] == ["day", "hour"]
 
     from teller_client import PermissionDenied, TellerClient
-    from tests.support.x402_server import sdk_v2_challenge
+    from testbed.x402_server import sdk_v2_challenge
 
     chall = sdk_v2_challenge(amount="1000")
     with TellerClient(f"127.0.0.1:{port}", token) as client:

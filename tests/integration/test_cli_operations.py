@@ -16,8 +16,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from testbed.x402_server import PAYEE, USDC_BASE_SEPOLIA, sdk_v2_challenge
 from tests.integration.test_cli import TELLER, _env, _free_port
-from tests.support.x402_server import PAYEE, USDC_BASE_SEPOLIA, sdk_v2_challenge
 
 PERMISSIVE = {"allow_unknown_assets": True, "budgets": [{"name": "day", "window": "day", "limit": "1000000"}]}
 

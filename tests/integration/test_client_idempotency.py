@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from teller import idempotency
 from teller_client import AlreadyExists, FailedPrecondition, Policy
+from testbed.x402_server import sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.x402_server import sdk_v2_challenge
 
 TOKEN = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 RECIPIENT = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testbed.procs import free_port, wait_healthy
 from tests.support.kustomize import containers, render
-from tests.support.procs import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZE = ROOT / "deploy" / "kustomize"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from teller_client import AlreadyExists, Policy
+from testbed.x402_server import sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.x402_server import sdk_v2_challenge
 
 
 def _sign(client, chall, wallet_id, key):

@@ -19,8 +19,8 @@ from x402.http.utils import decode_payment_signature_header
 from teller import audit_tools, rotation
 from teller.app import kek_provider
 from teller.db import Database, make_engine
+from testbed.x402_server import sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.x402_server import sdk_v2_challenge
 
 pytestmark = pytest.mark.postgres
 

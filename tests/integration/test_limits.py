@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from teller_client import InvalidArgument, LimitExceeded, Policy
-from tests.support.x402_server import sdk_v2_challenge
+from testbed.x402_server import sdk_v2_challenge
 
 
 def _sign(client, chall, wallet_id, **kw):

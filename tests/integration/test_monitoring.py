@@ -21,10 +21,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from teller_client import Policy
+from testbed.procs import seat_tenant, start_cluster
+from testbed.x402_server import sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.kustomize import render
-from tests.support.procs import seat_tenant, start_cluster
-from tests.support.x402_server import sdk_v2_challenge
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"

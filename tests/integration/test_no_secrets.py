@@ -9,7 +9,7 @@ from eth_account import Account
 from sqlalchemy import create_engine, inspect, text
 
 from teller_client import InvalidArgument, LimitExceeded, NotFound, Policy
-from tests.support.x402_server import sdk_v1_challenge, sdk_v2_challenge
+from testbed.x402_server import sdk_v1_challenge, sdk_v2_challenge
 
 
 def _needles(key: bytes) -> list[bytes]:

@@ -12,9 +12,9 @@ from prometheus_client import REGISTRY
 
 from teller_client import LimitExceeded, Policy
 from teller_client._proto.teller.v1 import payment_pb2, payment_pb2_grpc
+from testbed.procs import free_port, seat_tenant, start_cluster
+from testbed.x402_server import sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.procs import free_port, seat_tenant, start_cluster
-from tests.support.x402_server import sdk_v2_challenge
 
 SIGN = "/teller.v1.PaymentService/Sign"
 

@@ -17,7 +17,7 @@ from teller_client import (
     PermissionDenied,
     Policy,
 )
-from tests.support.x402_server import PAYEE, USDC_BASE_SEPOLIA, sdk_v2_challenge
+from testbed.x402_server import PAYEE, USDC_BASE_SEPOLIA, sdk_v2_challenge
 
 DAI_LIKE = "0x6B175474E89094C44Da98b954EedeAC495271d0F"
 OTHER_PAYEE = "0x1111111111111111111111111111111111111111"

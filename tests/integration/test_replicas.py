@@ -18,8 +18,8 @@ from teller_client import (
     TellerClient,
     TellerError,
 )
-from tests.support.procs import start_cluster
-from tests.support.x402_server import sdk_v2_challenge
+from testbed.procs import start_cluster
+from testbed.x402_server import sdk_v2_challenge
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

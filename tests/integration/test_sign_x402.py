@@ -15,7 +15,7 @@ from x402.schemas import PaymentPayload
 from x402.schemas.v1 import PaymentPayloadV1
 
 from teller_client import FailedPrecondition, InvalidArgument, NotFound
-from tests.support.x402_server import PAYEE, USDC_BASE_SEPOLIA, sdk_v1_challenge, sdk_v2_challenge
+from testbed.x402_server import PAYEE, USDC_BASE_SEPOLIA, sdk_v1_challenge, sdk_v2_challenge
 
 
 def recover(domain: dict, authorization: dict, signature: str) -> str:

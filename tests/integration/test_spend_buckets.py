@@ -10,8 +10,8 @@ from sqlalchemy import select, text
 from teller import lifecycle, policy, spend
 from teller.db import Database, make_engine, upgrade
 from teller.db.models import Payment
+from testbed.x402_server import sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.x402_server import sdk_v2_challenge
 
 
 class Clock:

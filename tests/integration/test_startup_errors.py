@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from teller.db import upgrade
-from tests.support.procs import free_port, wait_healthy
+from testbed.procs import free_port, wait_healthy
 
 TELLER = [sys.executable, "-m", "teller.cli"]
 

@@ -7,9 +7,9 @@ import grpc
 import pytest
 
 from teller_client import AdminClient, NotFound, PermissionDenied, TellerClient, TellerError
+from testbed.x402_server import sdk_v2_challenge
 from tests.support.certs import CA, write
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.x402_server import sdk_v2_challenge
 
 
 def _sign(client: TellerClient, wallet_id: str):

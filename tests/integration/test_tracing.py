@@ -20,8 +20,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from teller_client._proto.teller.v1 import payment_pb2, payment_pb2_grpc
-from tests.support.procs import free_port, seat_tenant, start_cluster
-from tests.support.x402_server import sdk_v2_challenge
+from testbed.procs import free_port, seat_tenant, start_cluster
+from testbed.x402_server import sdk_v2_challenge
 
 SIGN = "/teller.v1.PaymentService/Sign"
 

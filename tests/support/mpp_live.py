@@ -1,5 +1,5 @@
-"""A local Tempo chain (``anvil --network tempo``) and real MPP resource servers
-built with the official ``pympp`` server, on loopback.
+"""Real MPP resource servers built with the official ``pympp`` server (and
+mppx's), on loopback, against a local Tempo chain (``testbed.tempo``).
 
 Keys here are anvil's public development keys: test use only.
 """
@@ -19,55 +19,17 @@ from typing import Any
 import httpx
 import uvicorn
 from eth_utils import to_checksum_address
-from pytempo import TempoTransaction
-from pytempo.contracts import PATH_USD, TIP20
+from pytempo.contracts import PATH_USD
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from web3 import Web3
 
-from tests.support.chain import DEPLOYER_KEY, ROOT, anvil
-from tests.support.procs import free_port
+from testbed.chain import DEPLOYER_KEY, ROOT
+from testbed.procs import free_port
+from testbed.tempo import TEMPO_CHAIN_ID, TempoChain
 
-TEMPO_CHAIN_ID = 31337
-# Expiring nonces (what concurrent payments from one wallet rely on) need hardfork T1 or later.
-TEMPO_ARGS = ("--network", "tempo", "--hardfork", "t4")
 MPP_SECRET = "test-only-mpp-secret"
-_BALANCE_ABI = [{"type": "function", "name": "balanceOf", "stateMutability": "view",
-                 "inputs": [{"name": "a", "type": "address"}], "outputs": [{"name": "", "type": "uint256"}]}]
-
-
-@dataclass
-class TempoChain:
-    rpc_url: str
-    w3: Web3
-
-    @property
-    def network(self) -> str:
-        return f"eip155:{TEMPO_CHAIN_ID}"
-
-    def balance(self, address: str, token: str = PATH_USD) -> int:
-        contract = self.w3.eth.contract(address=to_checksum_address(token), abi=_BALANCE_ABI)
-        return int(contract.functions.balanceOf(to_checksum_address(address)).call())
-
-    def fund(self, to: str, amount: int, token: str = PATH_USD) -> None:
-        """pathUSD from anvil's dev account 0, in a Tempo transaction signed with its public test key."""
-        gas_price = int(self.w3.eth.gas_price)
-        tx = TempoTransaction.create(
-            chain_id=TEMPO_CHAIN_ID, gas_limit=300_000, max_fee_per_gas=gas_price,
-            max_priority_fee_per_gas=gas_price, nonce_key=2**256 - 1, nonce=0,
-            valid_before=int(time.time()) + 20, fee_token=token,
-            calls=(TIP20(token).transfer(to=to_checksum_address(to), amount=amount),),
-        )
-        raw = tx.sign(DEPLOYER_KEY).encode()
-        receipt = self.w3.eth.wait_for_transaction_receipt(self.w3.eth.send_raw_transaction(raw), timeout=30)
-        assert receipt["status"] == 1
-
-
-@contextlib.contextmanager
-def tempo_chain(*extra: str) -> Iterator[TempoChain]:
-    with anvil(*TEMPO_ARGS, *extra) as url:
-        yield TempoChain(url, Web3(Web3.HTTPProvider(url)))
 
 
 class _DropSyncTimeout(httpx.AsyncBaseTransport):
@@ -215,5 +177,4 @@ def mppx_server(chain: Any, routes: dict[str, dict[str, Any]], realm: str = REAL
             proc.wait(5)
 
 
-__all__ = ["MPPX_CHAIN_ARGS", "PATH_USD", "REALM", "MppxServer", "TempoChain", "evm_server", "mppx_server", "serve",
-           "tempo_chain", "tempo_server"]
+__all__ = ["MPPX_CHAIN_ARGS", "PATH_USD", "REALM", "MppxServer", "evm_server", "mppx_server", "serve", "tempo_server"]

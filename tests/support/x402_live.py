@@ -15,7 +15,7 @@ from x402.mechanisms.evm import FacilitatorWeb3Signer
 from x402.mechanisms.evm.exact import register_exact_evm_facilitator, register_exact_evm_server
 from x402.schemas import AssetAmount
 
-from tests.support.chain import FACILITATOR_KEY, TOKEN_NAME, TOKEN_VERSION, Chain
+from testbed.chain import FACILITATOR_KEY, TOKEN_NAME, TOKEN_VERSION, Chain
 from tests.support.mpp_live import serve
 
 

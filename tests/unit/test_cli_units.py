@@ -12,7 +12,7 @@ import pytest
 from teller import config, policy_dryrun, spend_report
 from teller.cli import admin_target
 from teller.errors import InvalidArgument
-from tests.support.x402_server import sdk_v2_challenge
+from testbed.x402_server import sdk_v2_challenge
 
 NOW = datetime(2026, 11, 30, 12, tzinfo=UTC)
 

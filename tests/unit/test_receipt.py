@@ -9,7 +9,7 @@ import pytest
 
 from teller.errors import InvalidArgument
 from teller.x402 import receipt
-from tests.support.x402_server import sdk_v1_challenge, sdk_v2_challenge
+from testbed.x402_server import sdk_v1_challenge, sdk_v2_challenge
 
 TX = "0x" + "12" * 32
 

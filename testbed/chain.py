@@ -17,7 +17,7 @@ from typing import Any
 
 from web3 import Web3
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from build_contracts import artifact  # noqa: E402
 
@@ -85,7 +85,7 @@ class Chain:
 
 @contextlib.contextmanager
 def anvil(*extra: str) -> Iterator[str]:
-    from tests.support.procs import free_port
+    from testbed.procs import free_port
 
     port = free_port()
     proc = subprocess.Popen([anvil_binary(), "--host", "127.0.0.1", "--port", str(port), "--silent", *extra],
