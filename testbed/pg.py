@@ -17,10 +17,11 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import URL, make_url
 
 
 def _free_port() -> int:
@@ -123,23 +124,87 @@ def server_url() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def fresh_database(server: str) -> Iterator[str]:
-    """A new empty database on ``server``, dropped afterwards."""
-    url = make_url(server)
-    if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
+def fresh_database(server: str, template: str | None = None) -> Iterator[str]:
+    """A new database on ``server``, dropped afterwards: empty, or a copy of
+    ``template`` (a database made by ``migrated_template``)."""
+    url = _server_url(server)
     name = f"teller_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
-        admin.dispose()  # the server may have restarted meanwhile (failure drills): fresh connections
-        with admin.connect() as conn:
-            conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
-            ), {"n": name})
-            time.sleep(0.05)
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        _drop(admin, name)
+
+
+class Databases:
+    """Fresh databases on one server for a test session, each made before it is
+    asked for: CREATE DATABASE costs the server ~0.3 s, which it spends on a
+    second core while the test before runs (and the drop after it, likewise).
+    One thread does all of it, in order."""
+
+    def __init__(self, server: str) -> None:
+        self._url = _server_url(server)
+        self._admin = create_engine(self._url, isolation_level="AUTOCOMMIT")
+        self._work = ThreadPoolExecutor(1, thread_name_prefix="teller-test-databases")
+        self._ready: dict[str | None, Future[str]] = {}  # by template: the next one, being made
+
+    def _create(self, template: str | None) -> str:
+        name = f"teller_test_{uuid.uuid4().hex[:12]}"
+        with self._admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
+        return name
+
+    @contextlib.contextmanager
+    def fresh(self, template: str | None = None) -> Iterator[str]:
+        """A new database, empty or a copy of ``template``, dropped afterwards."""
+        ready = self._ready.pop(template, None)
+        name = (ready or self._work.submit(self._create, template)).result()
+        self._ready[template] = self._work.submit(self._create, template)
+        try:
+            yield self._url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            self._work.submit(_drop, self._admin, name)
+
+    def close(self) -> None:
+        for ready in self._ready.values():
+            self._work.submit(_drop, self._admin, ready.result())
+        self._work.shutdown(wait=True)
+        self._admin.dispose()
+
+
+@contextlib.contextmanager
+def migrated_template(server: str) -> Iterator[str]:
+    """The name of a database on ``server`` migrated to this tree's head, to copy
+    with ``fresh_database(server, template=...)``: PostgreSQL copies it in a fifth
+    of the time the migrations take, and a test that starts a Teller on its own
+    database would otherwise run them all."""
+    from teller.db import upgrade
+
+    with fresh_database(server) as url:
+        upgrade(url)
+        name = make_url(url).database
+        assert name is not None
+        admin = create_engine(_server_url(server), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:  # a template must have no one connected when it is copied
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                         {"n": name})
         admin.dispose()
+        yield name
+
+
+def _server_url(server: str) -> URL:
+    url = make_url(server)
+    return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
+
+
+def _drop(admin: Engine, name: str) -> None:
+    admin.dispose()  # the server may have restarted meanwhile (failure drills): fresh connections
+    with admin.connect() as conn:
+        conn.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+        ), {"n": name})
+        time.sleep(0.05)
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
