@@ -51,7 +51,10 @@ class _DropSyncTimeout(httpx.AsyncBaseTransport):
 @contextlib.contextmanager
 def serve(app: Any) -> Iterator[str]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    # On leaving, a request still in its handler (a server a test made slow or hung) is
+    # given a second, then cancelled, rather than holding the test up until it ends.
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
