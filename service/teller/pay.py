@@ -38,7 +38,7 @@ from teller.errors import (
 from teller.fetch import HOP_BY_HOP, Fetcher, Response
 from teller.lifecycle import Lifecycle
 from teller.mpp import receipt as mpp_receipt
-from teller.payments import SignInput, SignResult, sign_input
+from teller.sign.call import SignInput, SignResult, sign_input
 from teller.x402 import receipt as x402_receipt
 
 T = TypeVar("T")

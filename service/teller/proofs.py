@@ -18,7 +18,6 @@ from eth_utils import keccak
 from teller import eip3009, idempotency, policy
 from teller import offers as offers_mod
 from teller.auth import Caller
-from teller.batch_io import WalletRow
 from teller.chain import ChainReader
 from teller.clock import Clock
 from teller.errors import FailedPrecondition, InvalidArgument, TellerError
@@ -26,12 +25,13 @@ from teller.keccak import keccak256
 from teller.mpp import charge as mpp_charge
 from teller.mpp import gas as tempo_gas
 from teller.mpp.tempo_tx import TempoTransaction
+from teller.sign.batch_io import WalletRow
 from teller.vault import SealedKey, Vault
 from teller.vault.signer import WalletSigner
 from teller.x402 import proof as x402_proof
 
 if TYPE_CHECKING:
-    from teller.payments import SignInput
+    from teller.sign.call import SignInput
 
 
 @dataclass(frozen=True, slots=True)

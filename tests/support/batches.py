@@ -10,7 +10,7 @@ from typing import Any
 
 from teller import auth
 from teller.auth import Caller
-from teller.payments import Call, Outcome, sign_input
+from teller.sign.call import Call, Outcome, sign_input
 
 
 def prepare(teller: Any, t: Any, chall: Any, *, secret: str | None = "token", wallet_id: str | None = None,
@@ -29,7 +29,7 @@ def commit(teller: Any, calls: Sequence[Call], driver: str) -> list[Outcome]:
     payments = teller.app.payments
     if driver == "session":
         return payments.commit(calls)
-    from teller.batch_io import AsyncPgBatchIO, conninfo
+    from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
 
     async def run() -> list[Outcome]:
         aio = AsyncPgBatchIO(conninfo(teller.app.db.engine.url.render_as_string(hide_password=False)))

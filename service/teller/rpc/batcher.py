@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from teller.payments import Call, Outcome
+from teller.sign.call import Call, Outcome
 
 
 class SignBatcher:

@@ -1,5 +1,5 @@
 """The gRPC servicers. They authenticate, convert, and hand blocking database
-work to a thread pool; the domain logic lives in teller.payments / teller.admin."""
+work to a thread pool; the domain logic lives in teller.sign / teller.admin."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ from typing import Any, TypeVar
 import grpc
 
 from teller import audit as audit_log
-from teller import auth, batch_io
+from teller import auth
 from teller.app import App
 from teller.auth import Caller
 from teller.chain import NotCached
 from teller.db.models import Operator
 from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Head, Payer, pay_input
-from teller.payments import Call, Outcome, PushPending, SignInput, SignResult
 from teller.rpc import convert
 from teller.rpc.batcher import SignBatcher
+from teller.sign.call import Call, Outcome, PushPending, SignInput, SignResult
+from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
 from teller_client._proto.teller.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -61,7 +62,7 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         super().__init__(app, pool)
         self._token_tenants: dict[str, str] = {}
         # PostgreSQL: Sign batches run on the event loop through async psycopg.
-        self.aio = (batch_io.AsyncPgBatchIO(batch_io.conninfo(app.db.engine.url.render_as_string(hide_password=False)))
+        self.aio = (AsyncPgBatchIO(conninfo(app.db.engine.url.render_as_string(hide_password=False)))
                     if app.db.is_postgres else None)
         self.batcher = SignBatcher(self._commit, max_batch=app.settings.sign_batch_max,
                                    in_flight=app.settings.sign_batches_in_flight)
