@@ -21,7 +21,7 @@ from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Head, Payer, pay_input
 from teller.rpc import convert
 from teller.rpc.batcher import SignBatcher
-from teller.sign.call import Call, Outcome, PushPending, SignInput, SignResult
+from teller.sign.call import Call, PushPending, SignInput, SignResult, Verdict
 from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
 from teller_client._proto.teller.v1 import (
     admin_pb2,
@@ -67,10 +67,10 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         self.batcher = SignBatcher(self._commit, max_batch=app.settings.sign_batch_max,
                                    in_flight=app.settings.sign_batches_in_flight)
 
-    async def _commit(self, calls: Sequence[Call]) -> list[Outcome]:
+    async def _commit(self, calls: Sequence[Call]) -> list[Verdict]:
         return await self.app.payments.commit_async(calls, self.aio, self._in_thread)
 
-    async def _in_thread(self, fn: Callable[[Sequence[Call]], list[Outcome]], calls: Sequence[Call]) -> list[Outcome]:
+    async def _in_thread(self, fn: Callable[[Sequence[Call]], list[Verdict]], calls: Sequence[Call]) -> list[Verdict]:
         return await self.run(fn, calls)
 
     async def close(self) -> None:
@@ -112,10 +112,10 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         except NotCached:
             # ... else on a thread, where it may read the database or a chain.
             call = await self.run(payments.prepare, caller, sign_in, secret)
-        outcome = await self.batcher.submit(call)
-        if isinstance(outcome, PushPending):
-            return await self.run(payments.finish, outcome)  # broadcasts: blocking
-        return payments.finish(outcome)
+        verdict = await self.batcher.submit(call)
+        if isinstance(verdict, PushPending):
+            return await self.run(payments.finish, verdict)  # broadcasts: blocking
+        return payments.finish(verdict)
 
     async def Pay(self, request: payment_pb2.PayRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[payment_pb2.PayResponse]:
         caller = await self._caller(context)

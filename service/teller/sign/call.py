@@ -1,6 +1,6 @@
 """One Sign call as it crosses the two layers: what the caller asked
 (``SignInput``), the call prepared for its batch (``Call``), and what the batch
-decided for it (``Outcome``)."""
+decided for it (``Verdict``)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class PushPending:
     offer: offers_mod.Offer
 
 
-Outcome = SignResult | PushPending | BaseException
+Verdict = SignResult | PushPending | BaseException
 
 
 def sign_result(p: Any) -> SignResult:
@@ -113,4 +113,4 @@ def sign_result(p: Any) -> SignResult:
                       idempotency.retry_headers(p.protocol, p.tenant_id, p.idempotency_key))
 
 
-__all__ = ["MAX_CAP_DIGITS", "Call", "Outcome", "PushPending", "SignInput", "SignResult", "sign_input", "sign_result"]
+__all__ = ["MAX_CAP_DIGITS", "Call", "PushPending", "SignInput", "SignResult", "Verdict", "sign_input", "sign_result"]

@@ -2,7 +2,7 @@
 idempotency claim, policy decision, signature and reservation, and the batch's
 writes. ``Planner.plan`` is a generator: it yields what it needs from the
 database (``teller.sign.batch_io``) and a driver answers; it returns one
-outcome per call.
+verdict per call.
 
 Concurrency: the batch's tenant rows are locked (SELECT ... FOR UPDATE in id
 order on PostgreSQL, BEGIN IMMEDIATE on SQLite) for the check-and-reserve, and
@@ -12,9 +12,9 @@ in one batch or in two workers, can both spend the last of a budget.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, TypeAlias, cast
 
 from teller import audit, auth, observe, policy, proofs, spend
 from teller import offers as offers_mod
@@ -28,7 +28,10 @@ from teller.errors import (
     Unavailable,
 )
 from teller.sign import batch_io
-from teller.sign.call import Call, Outcome, PushPending, SignInput, SignResult, sign_result
+from teller.sign.call import Call, PushPending, SignInput, SignResult, Verdict, sign_result
+
+#: A payment a batch knows of: read from the database, or reserved by the batch itself.
+Recorded: TypeAlias = batch_io.PaymentRow | proofs.NewPayment
 
 
 @dataclass(slots=True)
@@ -44,10 +47,10 @@ class _Batch:
     events: list[dict[str, Any]] = field(default_factory=list)
     moved: dict[str, tuple[int, str]] = field(default_factory=dict)
     buckets: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
-    claims: dict[tuple[str, str], Any] = field(default_factory=dict)
+    claims: dict[tuple[str, str], Recorded] = field(default_factory=dict)
     #: (wallet, nonce) -> the payment holding it, or None: what the batch knows of
     #: these nonces (its reads looked them up, or it reserved them itself).
-    nonces: dict[tuple[str, str], Any] = field(default_factory=dict)
+    nonces: dict[tuple[str, str], Recorded | None] = field(default_factory=dict)
     #: Per (tenant, scope name), the scope a signature of this batch counted against.
     signed_scopes: dict[tuple[str, str], policy.Scope] = field(default_factory=dict)
 
@@ -89,9 +92,9 @@ class Planner:
         self.clock = clock
         self._budgets: dict[tuple[str, str], Sequence[policy.Budget]] = {}
 
-    def plan(self, calls: Sequence[Call]) -> Generator[batch_io.Request, Any, list[Outcome]]:
+    def plan(self, calls: Sequence[Call]) -> batch_io.Plan[list[Verdict]]:
         """The batch, free of I/O: it yields what it needs from the database (a
-        driver answers) and returns one outcome per call."""
+        driver answers) and returns one verdict per call."""
         tenant_ids = sorted({c.caller.tenant_id for c in calls})
         # The batch's time, read before its locks are granted. Safe for exact limits:
         # a rolling window has no upper bound (a payment stamped later by a batch
@@ -115,7 +118,7 @@ class Planner:
                 # No such tenant, or its chain has no head yet (created here, rarely).
                 try:
                     frozen, snap.heads[tenant_id] = yield batch_io.Missing(tenant_id)
-                    snap.tenants[tenant_id] = _TenantRow(tenant_id, "active", frozen)
+                    snap.tenants[tenant_id] = batch_io.TenantRow(tenant_id, "active", frozen)
                 except TellerError as exc:
                     refused[tenant_id] = exc
         locked: list[_Locked | TellerError] = []
@@ -134,7 +137,7 @@ class Planner:
         batch = _Batch(now_ms, snap.heads, {key: {name: w.used for name, w in use.items()}
                                             for key, use in windows.items()},
                        nonces={**dict.fromkeys(nonces), **snap.nonces})
-        out: list[Outcome] = []
+        out: list[Verdict] = []
         for call, lk in zip(calls, locked, strict=True):
             if isinstance(lk, TellerError):
                 out.append(lk)
@@ -168,17 +171,18 @@ class Planner:
     # -- the locked part ----------------------------------------------------
 
     @staticmethod
-    def _check(call: Call, tenant: Any, refused: Mapping[str, TellerError], wallet: batch_io.WalletRow | None,
-               token: Any) -> _Locked:
+    def _check(call: Call, tenant: batch_io.TenantRow | None, refused: Mapping[str, TellerError],
+               wallet: batch_io.WalletRow | None, token: batch_io.TokenRow | None) -> _Locked:
         tenant_id, wallet_id = call.caller.tenant_id, call.req.wallet_id
         if call.secret is not None:
-            mine = token is not None and token.tenant_id == tenant_id
-            auth.check_secret(token.secret_hash if mine else None, token.revoked_ms if mine else None, call.secret)
+            mine = token if token is not None and token.tenant_id == tenant_id else None
+            auth.check_secret(mine.secret_hash if mine else None, mine.revoked_ms if mine else None, call.secret)
         # Another tenant's wallet is reported exactly like a missing one.
         if wallet is None or wallet.tenant_id != tenant_id:
             raise NotFound(f"wallet {wallet_id!r} not found")
         if tenant_id in refused:
             raise refused[tenant_id]
+        assert tenant is not None  # locked by the read, or by Missing (else refused)
         if tenant.state != "active":
             raise PermissionDenied("tenant is disabled", reason="tenant_disabled")
         if wallet.state != "active":
@@ -186,7 +190,7 @@ class Planner:
         return _Locked(wallet, bool(tenant.frozen), spend.rules_from(wallet.tenant_doc, wallet.wallet_doc))
 
     @staticmethod
-    def _claimed(row: Any, key: str, request_hash: str, now_ms: int) -> Generator[batch_io.Request, Any, Any]:
+    def _claimed(row: Recorded | None, key: str, request_hash: str, now_ms: int) -> batch_io.Plan[Recorded | None]:
         if row is None:
             return None
         if row.idempotency_expires_ms is not None and row.idempotency_expires_ms <= now_ms:
@@ -210,8 +214,8 @@ class Planner:
         # The same purchase (a retry, perhaps with a fresh challenge): the payment already made for it.
         return row
 
-    def _decide(self, call: Call, lk: _Locked, batch: _Batch, claims: Mapping[tuple[str, str], Any],
-                ) -> Generator[batch_io.Request, Any, SignResult | PushPending | TellerError]:
+    def _decide(self, call: Call, lk: _Locked, batch: _Batch, claims: Mapping[tuple[str, str], batch_io.PaymentRow],
+                ) -> batch_io.Plan[SignResult | PushPending | TellerError]:
         """One call, in batch order: its idempotency claim, the policy against the
         windows as the calls before it left them, then sign and reserve (or audit
         the denial). Raises a TellerError before anything of it is recorded."""
@@ -274,11 +278,11 @@ class Planner:
                        call.presigned if call.presigned is not None and call.presigned.fits(offer, wallet) else None)
         payment, raw = yield from self._sign_and_record(offer, ctx, call.prepared, batch, scopes)
         observe.child(observe.SIGNATURES, payment.protocol, payment.scheme).inc()
-        return sign_result(payment) if raw is None else PushPending(caller, payment, raw, offer)
+        # A push payment (``raw``) is always the row just reserved, never one found.
+        return sign_result(payment) if raw is None else PushPending(caller, cast(proofs.NewPayment, payment), raw, offer)
 
     def _sign_and_record(self, offer: offers_mod.Offer, ctx: proofs.Context, prepared: proofs.Prepared, batch: _Batch,
-                         scopes: Sequence[policy.Scope]) -> Generator[batch_io.Request, Any,
-                                                                      tuple[proofs.NewPayment, bytes | None]]:
+                         scopes: Sequence[policy.Scope]) -> batch_io.Plan[tuple[Recorded, bytes | None]]:
         """Sign the chosen offer and add its payment row and audit event to the
         batch. Returns the row and, for a push payment, the transaction still to
         broadcast."""
@@ -288,7 +292,7 @@ class Planner:
             # Tempo transaction signed twice within one second is the same bit for bit.
             # The chain takes only one, so return that payment rather than reserve twice.
             key = (ctx.wallet.id, row.nonce)
-            existing: Any = batch.nonces[key] if key in batch.nonces else (
+            existing = batch.nonces[key] if key in batch.nonces else (
                 yield batch_io.FindNonce(ctx.wallet.id, row.nonce))
             if existing is not None:
                 return existing, None
@@ -310,12 +314,6 @@ class _Locked:
     @property
     def wallet_rules(self) -> policy.Policy:
         return self.rules.wallet or policy.inherit(policy.DEFAULT, self.rules.tenant)
-
-
-class _TenantRow(NamedTuple):
-    id: str
-    state: str
-    frozen: bool
 
 
 def _scopes(locked: Sequence[_Locked | TellerError],
@@ -357,7 +355,7 @@ def _observe_budgets(scopes: Mapping[tuple[str, str], policy.Scope]) -> None:
                 used / budget.limit if budget.limit else 1.0)
 
 
-def _spent(row: Any, now_ms: int) -> bool:
+def _spent(row: Recorded, now_ms: int) -> bool:
     """A claimed payment that can never be used: voided or expired on chain, or
     unsettled past its validBefore."""
     if row.state == "settled":

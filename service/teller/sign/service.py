@@ -32,7 +32,7 @@ from teller.errors import (
 )
 from teller.mpp import charge as mpp_charge
 from teller.sign import batch_io
-from teller.sign.call import Call, Outcome, PushPending, SignInput, SignResult, sign_result
+from teller.sign.call import Call, PushPending, SignInput, SignResult, Verdict, sign_result
 from teller.sign.drivers.pg import AsyncPgBatchIO
 from teller.sign.drivers.sqla import SqlBatchIO
 from teller.sign.plan import Planner
@@ -64,7 +64,6 @@ class Payments:
         self.clock = clock
         self.chain = chain or ChainReader({})
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
-        self.sql = SqlBatchIO()
         self.proofs = proofs.Proofs(vault, self.chain, clock, self.idempotency_ttl_ms, max_authorization_s)
         self.balances = balances.Balances(self.chain, db, ttl_s=balance_check_s)
         self.planner = Planner(self.proofs, clock)
@@ -107,10 +106,10 @@ class Payments:
                     out[id(o)] = refusal
         return out
 
-    def commit(self, calls: Sequence[Call]) -> list[Outcome]:
+    def commit(self, calls: Sequence[Call]) -> list[Verdict]:
         """Check, reserve and audit ``calls`` in one transaction (group commit: the
         transaction, the tenant locks and the writes are shared; each call is
-        decided in order against the sums the calls before it left). One outcome
+        decided in order against the sums the calls before it left). One verdict
         per call: its result, its own error, or a push payment to finish.
 
         If the transaction itself fails, nothing of it was committed: a batch is
@@ -118,13 +117,13 @@ class Payments:
         a database that is down fails them all closed."""
         try:
             return self._commit(calls)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller(s) as their outcome
+        except Exception as exc:  # noqa: BLE001 - handed to the caller(s) as their verdict
             failed = _failed(calls, exc)
             return failed if failed is not None else [self.commit([call])[0] for call in calls]
 
     async def commit_async(self, calls: Sequence[Call], aio: AsyncPgBatchIO | None,
-                           in_thread: Callable[[Callable[[Sequence[Call]], list[Outcome]], Sequence[Call]],
-                                               Awaitable[list[Outcome]]]) -> list[Outcome]:
+                           in_thread: Callable[[Callable[[Sequence[Call]], list[Verdict]], Sequence[Call]],
+                                               Awaitable[list[Verdict]]]) -> list[Verdict]:
         """``commit`` on the event loop: on PostgreSQL the batch's statements go
         through an async psycopg connection, so a worker needs no thread (and no
         hand-over of the interpreter lock) per batch. Elsewhere, and for the rare
@@ -135,28 +134,28 @@ class Payments:
             out = await aio.run(self.planner.plan(calls))
         except batch_io.NeedsSession:
             return await in_thread(self.commit, calls)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller(s) as their outcome
+        except Exception as exc:  # noqa: BLE001 - handed to the caller(s) as their verdict
             failed = _failed(calls, exc)
             return failed if failed is not None else [(await self.commit_async([c], aio, in_thread))[0] for c in calls]
         self._observe(calls, out)
         return out
 
-    def finish(self, outcome: Outcome) -> SignResult:
-        """The caller's answer for one outcome of ``commit`` (push payments are
+    def finish(self, verdict: Verdict) -> SignResult:
+        """The caller's answer for one verdict of ``commit`` (push payments are
         broadcast here, after their reservation committed)."""
-        if isinstance(outcome, BaseException):
-            raise outcome
-        if isinstance(outcome, PushPending):
-            return self._push(outcome.caller, outcome.payment, outcome.raw, outcome.offer)
-        return outcome
+        if isinstance(verdict, BaseException):
+            raise verdict
+        if isinstance(verdict, PushPending):
+            return self._push(verdict.caller, verdict.payment, verdict.raw, verdict.offer)
+        return verdict
 
-    def _commit(self, calls: Sequence[Call]) -> list[Outcome]:
+    def _commit(self, calls: Sequence[Call]) -> list[Verdict]:
         with self.db.transaction() as s:
-            out = batch_io.drive(self.planner.plan(calls), lambda request: self.sql.answer(s, request))
+            out = batch_io.drive(self.planner.plan(calls), SqlBatchIO(s))
         self._observe(calls, out)
         return out
 
-    def _observe(self, calls: Sequence[Call], out: Sequence[Outcome]) -> None:
+    def _observe(self, calls: Sequence[Call], out: Sequence[Verdict]) -> None:
         for call, o in zip(calls, out, strict=True):
             if isinstance(o, SignResult | PushPending):
                 # Counted against the wallet's balance until its next read (a replay counts too: conservative).
@@ -232,8 +231,8 @@ class Payments:
                                  reason="payment_failed")
 
 
-def _failed(calls: Sequence[Call], exc: Exception) -> list[Outcome] | None:
-    """The outcomes of a batch whose transaction failed, or None: retry its calls
+def _failed(calls: Sequence[Call], exc: Exception) -> list[Verdict] | None:
+    """The verdicts of a batch whose transaction failed, or None: retry its calls
     one by one (nothing of it committed). A database that is down fails them all."""
     if isinstance(exc, Unavailable) and not isinstance(exc, batch_io.Contended):
         return [exc] * len(calls)

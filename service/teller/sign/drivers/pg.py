@@ -9,7 +9,7 @@ another, so a batch costs two round trips whatever its size, and no thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -24,12 +24,17 @@ from teller.sign.batch_io import (
     Contended,
     FindNonce,
     Measure,
+    Missing,
     NeedsSession,
+    PaymentRow,
+    Plan,
     Read,
     ReleaseKey,
-    Request,
     Snapshot,
+    TenantRow,
+    TokenRow,
     WalletRow,
+    Windows,
     Write,
     drive_async,
 )
@@ -48,7 +53,7 @@ _PG_WALLETS = (
     "FROM wallets w WHERE w.id = ANY(%s::text[])")
 _PG_TOKENS = "SELECT id, tenant_id, secret_hash, revoked_ms FROM api_tokens WHERE id = ANY(%s::text[])"
 _PAYMENT_COLUMNS = tuple(c.key for c in Payment.__table__.columns)
-_PAYMENT_SELECT = ", ".join(f"p.{c}" for c in _PAYMENT_COLUMNS)
+_PAYMENT_SELECT = ", ".join(f"p.{c}" for c in PaymentRow._fields)
 #: The lookups of ``payments`` by key, planned each time they run (not prepared):
 #: a generic plan made while the table was empty read all of it on every batch
 #: as it grew (21 ms a lookup at 50,000 rows; a new deployment reaches that in
@@ -93,7 +98,7 @@ def _text_array(values: Sequence[str]) -> str:
 
 # Rare (an expired idempotency key; a Tempo payment signed in the batch itself): planned where they run too.
 _PG_RELEASE = "UPDATE payments SET idempotency_key = NULL WHERE id = %s"
-_PG_NONCE = (f"SELECT {', '.join(_PAYMENT_COLUMNS)} FROM payments "  # noqa: S608 - the model's columns
+_PG_NONCE = (f"SELECT {', '.join(PaymentRow._fields)} FROM payments "  # noqa: S608 - the model's columns
              "WHERE wallet_id = %s AND nonce = %s")
 
 
@@ -212,14 +217,14 @@ class AsyncPgBatchIO:
             raise
         return conn, time.monotonic()
 
-    async def run(self, plan: Generator[Request, Any, T]) -> T:
+    async def run(self, plan: Plan[T]) -> T:
         try:
             conn, prepared = await self._take()
         except psycopg.OperationalError as exc:
             raise Unavailable("database unavailable") from exc
         batch = _PgBatch(conn)
         try:
-            result = await drive_async(plan, batch.answer)
+            result = await drive_async(plan, batch)
             if batch.begun and not batch.committed:
                 await conn.execute(b"COMMIT", prepare=False)
         except _CONTENDED as exc:
@@ -258,8 +263,8 @@ class AsyncPgBatchIO:
 
 
 class _PgBatch:
-    """One batch's transaction on one connection: BEGIN travels with the reads,
-    COMMIT with the write."""
+    """One batch's transaction on one connection (a ``batch_io.AsyncDriver``):
+    BEGIN travels with the reads, COMMIT with the write."""
 
     __slots__ = ("begun", "committed", "conn")
 
@@ -283,35 +288,36 @@ class _PgBatch:
             cur.nextset()
         return cur
 
-    async def answer(self, request: Request) -> Any:
-        if isinstance(request, Read):
-            return await self._read(request)
-        if isinstance(request, Measure):
-            st = self._statements()
-            names = _add_windows(st, request)
-            rows = await (await self._run(st)).fetchall() if st else ()
-            return spend.windows_from(names, request.scopes, rows)
-        if isinstance(request, Write):
-            st = self._statements()
-            heads = [{"chain": c, "seq": seq, "hash": h} for c, (seq, h) in request.heads.items()]
-            st.add("teller_write", *(compact(rows).decode() for rows in (
-                request.payments, request.buckets, request.events, heads)))
-            st.add("COMMIT")
-            await self._run(st)
-            self.committed = True
-            return None
-        if isinstance(request, ReleaseKey):
-            st = self._statements()
-            st.add_planned(_PG_RELEASE, request.payment_id)
-            await self._run(st)
-            return None
-        if isinstance(request, FindNonce):
-            st = self._statements()
-            st.add_planned(_PG_NONCE, request.wallet_id, request.nonce)
-            return await (await self._run(st)).fetchone()
+    async def measure(self, request: Measure) -> Windows:
+        st = self._statements()
+        names = _add_windows(st, request)
+        rows = await (await self._run(st)).fetchall() if st else ()
+        return spend.windows_from(names, request.scopes, rows)
+
+    async def write(self, request: Write) -> None:
+        st = self._statements()
+        heads = [{"chain": c, "seq": seq, "hash": h} for c, (seq, h) in request.heads.items()]
+        st.add("teller_write", *(compact(rows).decode() for rows in (
+            request.payments, request.buckets, request.events, heads)))
+        st.add("COMMIT")
+        await self._run(st)
+        self.committed = True
+
+    async def release_key(self, request: ReleaseKey) -> None:
+        st = self._statements()
+        st.add_planned(_PG_RELEASE, request.payment_id)
+        await self._run(st)
+
+    async def find_nonce(self, request: FindNonce) -> PaymentRow | None:
+        st = self._statements()
+        st.add_planned(_PG_NONCE, request.wallet_id, request.nonce)
+        row = await (await self._run(st)).fetchone()
+        return PaymentRow(*row) if row is not None else None
+
+    async def missing(self, request: Missing) -> tuple[bool, tuple[int, str]]:
         raise NeedsSession(type(request).__name__)
 
-    async def _read(self, request: Read) -> Snapshot:
+    async def read(self, request: Read) -> Snapshot:
         st = self._statements()
         tenant_ids = _text_array(request.tenant_ids)
         st.add("teller_lock", tenant_ids)
@@ -326,25 +332,25 @@ class _PgBatch:
         # After the lock: the windows are measured once the locks are granted, in the same round trip.
         names = _add_windows(st, request.measure) if request.measure is not None else None
         cur = await self._run(st)
-        tenants: dict[str, Any] = {}
+        tenants: dict[str, TenantRow] = {}
         heads: dict[str, tuple[int, str]] = {}
         for r in await cur.fetchall():
-            tenants[r.id] = r
+            tenants[r.id] = TenantRow(r.id, r.state, r.frozen)
             heads[r.id] = (int(r.seq), str(r.hash))
         cur.nextset()
         wallets = {r[0]: WalletRow(*r) for r in await cur.fetchall()}
-        tokens: dict[str, Any] = {}
+        tokens: dict[str, TokenRow] = {}
         if request.token_ids:
             cur.nextset()
-            tokens = {r.id: r for r in await cur.fetchall()}
-        claims: dict[tuple[str, str], Any] = {}
+            tokens = {r.id: TokenRow(*r) for r in await cur.fetchall()}
+        claims: dict[tuple[str, str], PaymentRow] = {}
         if request.keys:
             cur.nextset()
-            claims = {(p.tenant_id, p.idempotency_key): p for p in await cur.fetchall()}
-        nonces: dict[tuple[str, str], Any] = {}
+            claims = {(p.tenant_id, p.idempotency_key): PaymentRow(*p) for p in await cur.fetchall()}
+        nonces: dict[tuple[str, str], PaymentRow] = {}
         if request.nonces:
             cur.nextset()
-            nonces = {(p.wallet_id, p.nonce): p for p in await cur.fetchall()}
+            nonces = {(p.wallet_id, p.nonce): PaymentRow(*p) for p in await cur.fetchall()}
         windows = None
         if request.measure is not None and names is not None:
             rows: list[Any] = []
