@@ -1,7 +1,7 @@
 """The protocol between a Sign batch's plan and the driver that answers it.
 
 ``teller.sign.plan`` decides a batch without doing any I/O: it yields requests
-(``Read``, ``Measure``, ``Write``, and the rare ``Missing``, ``ReleaseKey``,
+(``Read``, ``Measure``, ``Write``, and the rare ``ReleaseKey`` and
 ``FindNonce``), each a ``Request[A]`` for the type ``A`` of its answer, and a
 driver (``Driver``, ``AsyncDriver``) answers them: ``drivers.sqla`` through a SQLAlchemy
 session on any database (the embedded SQLite default), ``drivers.pg`` through
@@ -129,20 +129,6 @@ class Read(Request[Snapshot]):
 
 
 @dataclass(frozen=True, slots=True)
-class Missing(Request[tuple[bool, tuple[int, str]]]):
-    """A tenant the lock did not find (or whose chain has no head): answered with
-    (frozen, head) after locking it, or its error thrown into the plan."""
-
-    tenant_id: str
-
-    def answer(self, driver: Driver) -> tuple[bool, tuple[int, str]]:
-        return driver.missing(self)
-
-    def answer_async(self, driver: AsyncDriver) -> Awaitable[tuple[bool, tuple[int, str]]]:
-        return driver.missing(self)
-
-
-@dataclass(frozen=True, slots=True)
 class Measure(Request[Windows]):
     scopes: Mapping[tuple[str, str], Sequence[policy.Budget]]
     now_ms: int
@@ -201,7 +187,6 @@ class Driver(Protocol):
     """Answers a plan's requests inside one transaction."""
 
     def read(self, request: Read) -> Snapshot: ...
-    def missing(self, request: Missing) -> tuple[bool, tuple[int, str]]: ...
     def measure(self, request: Measure) -> Windows: ...
     def release_key(self, request: ReleaseKey) -> None: ...
     def find_nonce(self, request: FindNonce) -> PaymentRow | None: ...
@@ -212,7 +197,6 @@ class AsyncDriver(Protocol):
     """``Driver`` on an event loop."""
 
     def read(self, request: Read) -> Awaitable[Snapshot]: ...
-    def missing(self, request: Missing) -> Awaitable[tuple[bool, tuple[int, str]]]: ...
     def measure(self, request: Measure) -> Awaitable[Windows]: ...
     def release_key(self, request: ReleaseKey) -> Awaitable[None]: ...
     def find_nonce(self, request: FindNonce) -> Awaitable[PaymentRow | None]: ...
@@ -222,11 +206,6 @@ class AsyncDriver(Protocol):
 class Contended(Unavailable):
     """The batch's transaction lost a lock wait (timeout, deadlock, serialization):
     nothing was written, and each call may well succeed on its own."""
-
-
-class NeedsSession(Exception):
-    """The async path does not answer this request (it is rare): run the batch
-    through a SQLAlchemy session instead. Nothing was written."""
 
 
 def _resume(plan: Plan[T], got: tuple[bool, Any] | None) -> tuple[bool, Any]:
@@ -265,6 +244,6 @@ async def drive_async(plan: Plan[T], driver: AsyncDriver) -> T:
     return cast(T, value)
 
 
-__all__ = ["AsyncDriver", "Contended", "Driver", "FindNonce", "Measure", "Missing", "NeedsSession", "PaymentRow",
+__all__ = ["AsyncDriver", "Contended", "Driver", "FindNonce", "Measure", "PaymentRow",
            "Plan", "Read", "ReleaseKey", "Request", "Snapshot", "TenantRow", "TokenRow", "WalletRow", "Windows",
            "Write", "drive", "drive_async"]

@@ -112,19 +112,10 @@ class Planner:
             sorted({c.caller.token_id for c in calls if c.secret is not None}),
             sorted({c.req.idempotency_key for c in calls if c.req.idempotency_key}),
             batch_io.Measure(guess, now_ms) if guess else None, nonces)
-        refused: dict[str, TellerError] = {}
-        for tenant_id in tenant_ids:
-            if tenant_id not in snap.tenants:
-                # No such tenant, or its chain has no head yet (created here, rarely).
-                try:
-                    frozen, snap.heads[tenant_id] = yield batch_io.Missing(tenant_id)
-                    snap.tenants[tenant_id] = batch_io.TenantRow(tenant_id, "active", frozen)
-                except TellerError as exc:
-                    refused[tenant_id] = exc
         locked: list[_Locked | TellerError] = []
         for call in calls:
             try:
-                locked.append(self._check(call, snap.tenants.get(call.caller.tenant_id), refused,
+                locked.append(self._check(call, snap.tenants.get(call.caller.tenant_id),
                                           snap.wallets.get(call.req.wallet_id), snap.tokens.get(call.caller.token_id)))
             except TellerError as exc:
                 locked.append(exc)
@@ -171,8 +162,8 @@ class Planner:
     # -- the locked part ----------------------------------------------------
 
     @staticmethod
-    def _check(call: Call, tenant: batch_io.TenantRow | None, refused: Mapping[str, TellerError],
-               wallet: batch_io.WalletRow | None, token: batch_io.TokenRow | None) -> _Locked:
+    def _check(call: Call, tenant: batch_io.TenantRow | None, wallet: batch_io.WalletRow | None,
+               token: batch_io.TokenRow | None) -> _Locked:
         tenant_id, wallet_id = call.caller.tenant_id, call.req.wallet_id
         if call.secret is not None:
             mine = token if token is not None and token.tenant_id == tenant_id else None
@@ -180,10 +171,9 @@ class Planner:
         # Another tenant's wallet is reported exactly like a missing one.
         if wallet is None or wallet.tenant_id != tenant_id:
             raise NotFound(f"wallet {wallet_id!r} not found")
-        if tenant_id in refused:
-            raise refused[tenant_id]
-        assert tenant is not None  # locked by the read, or by Missing (else refused)
-        if tenant.state != "active":
+        # Not locked: no such tenant (each tenant's chain head is written with it, by
+        # admin.create_tenant or migration 0004, and neither is ever deleted).
+        if tenant is None or tenant.state != "active":
             raise PermissionDenied("tenant is disabled", reason="tenant_disabled")
         if wallet.state != "active":
             raise FailedPrecondition(f"wallet {wallet_id!r} is {wallet.state}")

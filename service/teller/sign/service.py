@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import cast
 
 import psycopg
 
@@ -110,35 +111,43 @@ class Payments:
         """Check, reserve and audit ``calls`` in one transaction (group commit: the
         transaction, the tenant locks and the writes are shared; each call is
         decided in order against the sums the calls before it left). One verdict
-        per call: its result, its own error, or a push payment to finish.
-
-        If the transaction itself fails, nothing of it was committed: a batch is
-        then retried one call per transaction, so one call cannot fail the others;
-        a database that is down fails them all closed."""
-        try:
-            return self._commit(calls)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller(s) as their verdict
-            failed = _failed(calls, exc)
-            return failed if failed is not None else [self.commit([call])[0] for call in calls]
+        per call: its result, its own error, or a push payment to finish. A
+        transaction that fails is handled as ``_transactions`` says."""
+        rule = _transactions(calls)
+        batch = next(rule)
+        while True:
+            try:
+                got: list[Verdict] | Exception = self._commit(batch)
+            except Exception as exc:  # noqa: BLE001 - the rule's to judge, then the caller(s)' verdict
+                got = exc
+            try:
+                batch = rule.send(got)
+            except StopIteration as done:
+                return cast("list[Verdict]", done.value)
 
     async def commit_async(self, calls: Sequence[Call], aio: AsyncPgBatchIO | None,
                            in_thread: Callable[[Callable[[Sequence[Call]], list[Verdict]], Sequence[Call]],
                                                Awaitable[list[Verdict]]]) -> list[Verdict]:
         """``commit`` on the event loop: on PostgreSQL the batch's statements go
         through an async psycopg connection, so a worker needs no thread (and no
-        hand-over of the interpreter lock) per batch. Elsewhere, and for the rare
-        batch that needs more than the fast path offers, ``in_thread(commit)``."""
+        hand-over of the interpreter lock) per batch. Elsewhere ``in_thread(commit)``."""
         if aio is None:
             return await in_thread(self.commit, calls)
-        try:
-            out = await aio.run(self.planner.plan(calls))
-        except batch_io.NeedsSession:
-            return await in_thread(self.commit, calls)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller(s) as their verdict
-            failed = _failed(calls, exc)
-            return failed if failed is not None else [(await self.commit_async([c], aio, in_thread))[0] for c in calls]
-        self._observe(calls, out)
-        return out
+        rule = _transactions(calls)
+        batch = next(rule)
+        while True:
+            got: list[Verdict] | Exception
+            try:
+                out = await aio.run(self.planner.plan(batch))
+            except Exception as exc:  # noqa: BLE001 - the rule's to judge, then the caller(s)' verdict
+                got = exc
+            else:
+                self._observe(batch, out)
+                got = out
+            try:
+                batch = rule.send(got)
+            except StopIteration as done:
+                return cast("list[Verdict]", done.value)
 
     def finish(self, verdict: Verdict) -> SignResult:
         """The caller's answer for one verdict of ``commit`` (push payments are
@@ -231,15 +240,25 @@ class Payments:
                                  reason="payment_failed")
 
 
-def _failed(calls: Sequence[Call], exc: Exception) -> list[Verdict] | None:
-    """The verdicts of a batch whose transaction failed, or None: retry its calls
-    one by one (nothing of it committed). A database that is down fails them all."""
-    if isinstance(exc, Unavailable) and not isinstance(exc, batch_io.Contended):
-        return [exc] * len(calls)
+def _transactions(calls: Sequence[Call]) -> Generator[Sequence[Call], list[Verdict] | Exception, list[Verdict]]:
+    """The one retry rule of ``commit`` and ``commit_async``: it yields the calls
+    of each transaction to run and is sent their verdicts, or the exception that
+    failed the transaction (nothing of which was committed). The whole batch
+    first; if it fails, its calls one per transaction, so one call cannot fail
+    the others. A database that is down fails them all closed."""
+    got = yield calls
+    if not isinstance(got, Exception):
+        return got
+    if isinstance(got, Unavailable) and not isinstance(got, batch_io.Contended):
+        return [got] * len(calls)
     if len(calls) == 1:
-        return [_out_of_range(exc) or exc]
-    log.warning("a batch of %d Sign calls failed (%s); retrying them one by one", len(calls), exc)
-    return None
+        return [_out_of_range(got) or got]
+    log.warning("a batch of %d Sign calls failed (%s); retrying them one by one", len(calls), got)
+    out: list[Verdict] = []
+    for call in calls:
+        got = yield (call,)
+        out.append(got[0] if not isinstance(got, Exception) else _out_of_range(got) or got)
+    return out
 
 
 def _out_of_range(exc: BaseException) -> TellerError | None:

@@ -24,8 +24,6 @@ from teller.sign.batch_io import (
     Contended,
     FindNonce,
     Measure,
-    Missing,
-    NeedsSession,
     PaymentRow,
     Plan,
     Read,
@@ -313,9 +311,6 @@ class _PgBatch:
         st.add_planned(_PG_NONCE, request.wallet_id, request.nonce)
         row = await (await self._run(st)).fetchone()
         return PaymentRow(*row) if row is not None else None
-
-    async def missing(self, request: Missing) -> tuple[bool, tuple[int, str]]:
-        raise NeedsSession(type(request).__name__)
 
     async def read(self, request: Read) -> Snapshot:
         st = self._statements()

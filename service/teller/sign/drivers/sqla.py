@@ -8,11 +8,9 @@ from sqlalchemy.orm import Session
 
 from teller import audit, spend
 from teller.db.models import ApiToken, AuditHead, Payment, SpendPolicy, Tenant, Wallet
-from teller.errors import PermissionDenied
 from teller.sign.batch_io import (
     FindNonce,
     Measure,
-    Missing,
     PaymentRow,
     Read,
     ReleaseKey,
@@ -78,16 +76,6 @@ class SqlBatchIO:
         m = request.measure
         return Snapshot(tenants, heads, wallets, tokens, claims,
                         spend.measure_many(s, m.scopes, m.now_ms) if m is not None else None, nonces)
-
-    def missing(self, request: Missing) -> tuple[bool, tuple[int, str]]:
-        """Lock the tenant's row for the check-and-reserve (and its chain head,
-        created if it has none); returns its freeze flag and the head."""
-        s = self.s
-        row = s.execute(select(Tenant.state, Tenant.frozen).where(Tenant.id == request.tenant_id)
-                        .with_for_update()).first()
-        if row is None or row.state != "active":
-            raise PermissionDenied("tenant is disabled", reason="tenant_disabled")
-        return bool(row.frozen), audit.locked_head(s, request.tenant_id)
 
     def measure(self, request: Measure) -> Windows:
         return spend.measure_many(self.s, request.scopes, request.now_ms)
