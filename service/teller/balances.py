@@ -34,10 +34,11 @@ from teller.chain import ChainReader, NotCached
 from teller.db import Database
 from teller.db.models import Payment
 from teller.errors import FailedPrecondition, Unavailable
+from teller.states import PaymentState
 
 #: Schemes whose payment moves ``amount`` of the offer's token from the wallet.
 CHECKED_SCHEMES = ("exact", "evm/charge", "tempo/charge")
-_LIVE_UNSETTLED = ("signed", "failed")
+_LIVE_UNSETTLED = (PaymentState.SIGNED.value, PaymentState.FAILED.value)
 
 
 @dataclass(slots=True)

@@ -39,6 +39,7 @@ from teller.fetch import HOP_BY_HOP, Fetcher, Response
 from teller.lifecycle import Lifecycle
 from teller.mpp import receipt as mpp_receipt
 from teller.payments import SignInput, SignResult, sign_input
+from teller.states import PaymentState
 from teller.x402 import receipt as x402_receipt
 
 T = TypeVar("T")
@@ -149,7 +150,7 @@ class Payer:
         key = req.sign.idempotency_key
         if key:
             earlier = await self.run(self.lifecycle.by_idempotency_key, caller.tenant_id, key)
-            if (earlier is not None and earlier.state == lc.SETTLED and earlier.wallet_id == req.sign.wallet_id
+            if (earlier is not None and earlier.state == PaymentState.SETTLED and earlier.wallet_id == req.sign.wallet_id
                     and earlier.resource_url == req.url):
                 async for part in self._already_paid(earlier):
                     yield part
@@ -173,11 +174,11 @@ class Payer:
         if key:
             # The key's payment may have been settled by the time this call signed.
             current = await self.run(self.lifecycle.get, signed.payment_id, caller.tenant_id)
-            if current.state == lc.SETTLED:
+            if current.state == PaymentState.SETTLED:
                 async for part in self._already_paid(current):
                     yield part
                 return
-            if current.state in (lc.EXPIRED, lc.VOIDED):
+            if current.state in (PaymentState.EXPIRED, PaymentState.VOIDED):
                 raise FailedPrecondition(
                     f"payment {current.id} for idempotency_key {key!r} is {current.state} "
                     f"({current.state_reason or 'no reason given'}): its proof can no longer pay",
@@ -220,7 +221,7 @@ class Payer:
                     payment = await self.run(self.lifecycle.get, signed.payment_id, caller.tenant_id)
                 recorded = True
                 if refusal is not None:
-                    reason = (payment.state_reason if payment.state != lc.SIGNED else "") or refusal_mod.reason(
+                    reason = (payment.state_reason if payment.state != PaymentState.SIGNED else "") or refusal_mod.reason(
                         second.headers, refusal) or f"HTTP {second.status}"
                     raise FailedPrecondition(
                         f"paid (payment {signed.payment_id}), but the server answered {second.status} again: "

@@ -7,7 +7,7 @@ import json
 from teller.db.models import ApiToken, AuditEvent, Payment, Tenant, Wallet
 from teller.pay import Head
 from teller.payments import SignInput, SignResult, sign_input
-from teller.spend import WindowReport
+from teller.spend.store import WindowReport
 from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
 
 
