@@ -63,7 +63,10 @@ class PayInput:
 
 
 @dataclass(frozen=True, slots=True)
-class Head:
+class PayHead:
+    """The first message of a Pay stream (the proto's ``PayHead``): the paid
+    response's status and headers, and the payment made for it; the body follows."""
+
     status: int
     headers: list[tuple[str, str]]
     payment: Payment | None
@@ -144,7 +147,7 @@ class Payer:
         return Unavailable(f"{what} took longer than the call's deadline of {self.deadline_s:g} s "
                            "(pay_deadline_seconds)", reason="deadline_exceeded")
 
-    async def pay(self, caller: Caller, req: PayInput) -> AsyncIterator[Head | bytes]:
+    async def pay(self, caller: Caller, req: PayInput) -> AsyncIterator[PayHead | bytes]:
         """Yields the head of the final response, then its body in chunks."""
         deadline = asyncio.get_running_loop().time() + self.deadline_s
         key = req.sign.idempotency_key
@@ -164,7 +167,7 @@ class Payer:
             except TimeoutError:
                 raise self._late(f"{req.url} (until its response's headers and any 402 body)") from None
             if first.status != 402:
-                yield Head(first.status, first.headers, None, None, "")
+                yield PayHead(first.status, first.headers, None, None, "")
                 async for chunk in first.stream():
                     yield chunk
                 return
@@ -191,7 +194,7 @@ class Payer:
             yield part
 
     async def _paid(self, caller: Caller, req: PayInput, signed: SignResult, url: str,
-                    deadline: float) -> AsyncIterator[Head | bytes]:
+                    deadline: float) -> AsyncIterator[PayHead | bytes]:
         """The retry with the proof. From here on the server may hold a valid proof:
         every error names the payment, and a payment left ``signed`` says why."""
         # Every header the proof comes with (MPP's Idempotency-Key too) replaces the caller's own.
@@ -227,7 +230,7 @@ class Payer:
                         f"paid (payment {signed.payment_id}), but the server answered {second.status} again: "
                         f"{reason}", reason="payment_refused",
                         metadata={"payment_id": signed.payment_id, "server_reason": reason[:200]})
-                yield Head(second.status, second.headers, payment,
+                yield PayHead(second.status, second.headers, payment,
                            decode_receipt(second.status, second.headers, self.max_challenge_bytes),
                            signed.header_name)
                 async for chunk in self._keeping(second, signed.payment_id):
@@ -261,10 +264,10 @@ class Payer:
         if kept is not None:
             await self.run(self.lifecycle.keep_response, payment_id, response.status, response.headers, bytes(kept))
 
-    async def _already_paid(self, payment: Payment) -> AsyncIterator[Head | bytes]:
+    async def _already_paid(self, payment: Payment) -> AsyncIterator[PayHead | bytes]:
         kept = await self.run(self.lifecycle.kept_response, payment.id)
         status, headers, body = kept if kept is not None else (0, [], b"")
-        yield Head(status, list(headers), payment, None, payment.header_name, already_paid=True)
+        yield PayHead(status, list(headers), payment, None, payment.header_name, already_paid=True)
         if body:
             yield body
 
@@ -274,4 +277,4 @@ class Payer:
                            caller.actor)
 
 
-__all__ = ["Head", "PayInput", "Payer", "caller_headers", "decode_receipt", "pay_input"]
+__all__ = ["PayHead", "PayInput", "Payer", "caller_headers", "decode_receipt", "pay_input"]
