@@ -10,9 +10,10 @@ from sqlalchemy import select, text
 from teller import lifecycle
 from teller.db import Database, make_engine, upgrade
 from teller.db.models import Payment
-from teller.spend.ledger import WINDOWS_PG_SQL
+from teller.spend.ledger import WINDOWS_PG_SQL, bucket_delta
 from teller.spend.rules import Budget
 from teller.spend.store import _windows_statement, measure, measure_by_scan
+from teller.states import PaymentState
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.x402_server import sdk_v2_challenge
 
@@ -126,3 +127,24 @@ def test_window_cost_does_not_grow_with_history():
         reads = sql.split("FROM payments")[1:]
         assert len(reads) == 4  # reserved and spent, tenant and wallet scope
         assert all("p.created_ms >= v.st AND p.created_ms < v.ed" in r.split(")")[0] for r in reads)
+
+
+def test_one_delta_rule_reserves_settles_and_releases():
+    """Reserving, settling (at a trued-up amount) and releasing all use bucket_delta;
+    whatever path a payment takes, what it moved nets to what it still holds."""
+    signed, settled, failed = PaymentState.SIGNED, PaymentState.SETTLED, PaymentState.FAILED
+    assert bucket_delta(None, 0, signed, 700) == (700, 0)
+    assert bucket_delta(None, 0, settled, 0) == (0, 0)  # a zero-amount proof, spent at once
+    assert bucket_delta(signed, 700, settled, 650) == (-700, 650)  # the fee trued up on settling
+    assert bucket_delta(failed, 700, settled, 700) == (-700, 700)
+    assert bucket_delta(signed, 700, failed, 700) == (0, 0)  # still reserved
+    assert bucket_delta(failed, 700, None, 0) == (-700, 0)
+    assert bucket_delta(settled, 650, None, 0) == (0, -650)
+    for path in ([signed, settled], [signed, failed, None], [signed, failed, settled], [signed, None]):
+        held, state, moved = 700, None, (0, 0)
+        for new in path:
+            amount = 650 if new == settled else held
+            step = bucket_delta(state, held if state else 0, new, amount)
+            moved = (moved[0] + step[0], moved[1] + step[1])
+            state, held = new, amount
+        assert moved == ((0, 0) if state is None else bucket_delta(None, 0, state, held)), path
