@@ -46,8 +46,9 @@ class Tour:
             if before is None:
                 self.out(f"  {label:<7} {name:<7} {usd(value)} {unit}")
             else:
-                self.out(f"  {label:<7} {name:<7} {usd(before[name])} -> {usd(value)} "
-                         f"({'+' if value >= before[name] else '-'}{usd(abs(value - before[name]))}) {unit}")
+                moved = value - before[name]
+                change = f"{'+' if moved > 0 else '-'}{usd(abs(moved))}" if moved else "unchanged"
+                self.out(f"  {label:<7} {name:<7} {usd(before[name])} -> {usd(value)} ({change}) {unit}")
         return now
 
 
