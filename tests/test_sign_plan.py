@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from teller import auth, idempotency, offers, policy, proofs, spend
+from teller import auth, idempotency, offers, proofs
 from teller.auth import Caller
 from teller.chain import ChainReader
 from teller.errors import AlreadyExists, LimitExceeded, NotFound, Unauthenticated, Unavailable
@@ -33,6 +33,9 @@ from teller.sign.batch_io import (
 from teller.sign.call import Call, SignResult, Verdict, sign_input
 from teller.sign.plan import Planner
 from teller.sign.service import _transactions
+from teller.spend.ledger import WindowUse
+from teller.spend.parse import to_document
+from teller.spend.rules import Asset, Budget, Policy
 from teller.vault import LocalKekProvider, Vault
 from teller.vault.envelope import associated_data, seal
 from teller.vault.signer import address_of
@@ -44,17 +47,17 @@ KEK = LocalKekProvider([("k1", bytes(range(32)))])
 SECRET = "s3cret"
 
 
-def _wallet(wallet_id: str, tenant_id: str, tenant_policy: policy.Policy) -> WalletRow:
+def _wallet(wallet_id: str, tenant_id: str, tenant_policy: Policy) -> WalletRow:
     key = os.urandom(32)
     address = address_of(key)
     sealed = seal(key, associated_data(tenant_id, wallet_id, address), KEK)
     return WalletRow(wallet_id, tenant_id, address, "active", False, sealed.kek_version, sealed.wrapped_data_key,
-                     sealed.ciphertext, json.dumps(policy.to_document(tenant_policy)), None)
+                     sealed.ciphertext, json.dumps(to_document(tenant_policy)), None)
 
 
-def _policy(**fields: object) -> policy.Policy:
-    usdc = policy.Asset("eip155:84532", USDC_BASE_SEPOLIA.lower(), 6)
-    return policy.Policy(assets=(usdc,), **fields)  # type: ignore[arg-type]
+def _policy(**fields: object) -> Policy:
+    usdc = Asset("eip155:84532", USDC_BASE_SEPOLIA.lower(), 6)
+    return Policy(assets=(usdc,), **fields)  # type: ignore[arg-type]
 
 
 class Script:
@@ -71,7 +74,7 @@ class Script:
         self.written: Write | None = None
 
     def _windows(self, request: Measure) -> Windows:
-        return {key: {b.name: spend.WindowUse(self.used.get(key, {}).get(b.name, 0), 0) for b in budgets}
+        return {key: {b.name: WindowUse(self.used.get(key, {}).get(b.name, 0), 0) for b in budgets}
                 for key, budgets in request.scopes.items()}
 
     def read(self, request: Read) -> Snapshot:
@@ -131,7 +134,7 @@ def _events(script: Script) -> list[tuple[str, str, str]]:
 
 
 def test_the_calls_of_a_batch_spend_its_budget_in_order_and_the_one_past_it_is_denied(planner, challenge):
-    wallet = _wallet("w1", TENANT, _policy(budgets=(policy.Budget("daily", 2500, calendar="day"),)))
+    wallet = _wallet("w1", TENANT, _policy(budgets=(Budget("daily", 2500, calendar="day"),)))
     script = Script([wallet], used={("tenant", TENANT): {"daily": 500}})
     verdicts = _plan(planner, script, [_call(challenge, wallet) for _ in range(3)])
 
@@ -150,7 +153,7 @@ def test_the_calls_of_a_batch_spend_its_budget_in_order_and_the_one_past_it_is_d
 
 
 def test_a_known_tenant_has_its_windows_measured_with_the_lock(planner, challenge):
-    wallet = _wallet("w1", TENANT, _policy(budgets=(policy.Budget("daily", 2500, calendar="day"),)))
+    wallet = _wallet("w1", TENANT, _policy(budgets=(Budget("daily", 2500, calendar="day"),)))
     _plan(planner, Script([wallet]), [_call(challenge, wallet)])
     script = Script([wallet])
     _plan(planner, script, [_call(challenge, wallet)])

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, Protocol, TypeAlias, TypeVar, cast
 
-from teller import policy, spend
 from teller.errors import TellerError, Unavailable
+from teller.spend.ledger import WindowUse
+from teller.spend.rules import Budget
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -74,7 +75,7 @@ class PaymentRow(NamedTuple):
 
 
 #: Per (scope, id) measured, each budget's use of its window.
-Windows: TypeAlias = dict[tuple[str, str], dict[str, spend.WindowUse]]
+Windows: TypeAlias = dict[tuple[str, str], dict[str, WindowUse]]
 
 
 @dataclass(slots=True)
@@ -130,7 +131,7 @@ class Read(Request[Snapshot]):
 
 @dataclass(frozen=True, slots=True)
 class Measure(Request[Windows]):
-    scopes: Mapping[tuple[str, str], Sequence[policy.Budget]]
+    scopes: Mapping[tuple[str, str], Sequence[Budget]]
     now_ms: int
 
     def answer(self, driver: Driver) -> Windows:

@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from teller import idempotency, policy, proofs
+from teller import idempotency, proofs
 from teller import offers as offers_mod
 from teller.auth import Caller
 from teller.errors import FailedPrecondition, InvalidArgument
+from teller.spend.rules import PROTOCOLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ def sign_input(
             # PostgreSQL text cannot hold it: refuse it here rather than fail the write.
             raise InvalidArgument(f"{name} contains a NUL character")
     for p in protocols:
-        if p not in policy.PROTOCOLS:
+        if p not in PROTOCOLS:
             raise InvalidArgument(f"protocols: unknown protocol {p[:20]!r} (x402 or mpp)")
     return SignInput(status, headers, body, url, method, wallet_id, _parse_cap(max_amount), idempotency_key or None,
                      tuple(protocols))

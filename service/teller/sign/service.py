@@ -37,6 +37,7 @@ from teller.sign.call import Call, PushPending, SignInput, SignResult, Verdict, 
 from teller.sign.drivers.pg import AsyncPgBatchIO
 from teller.sign.drivers.sqla import SqlBatchIO
 from teller.sign.plan import Planner
+from teller.states import PaymentState
 from teller.vault import SealedKey, Vault
 
 log = logging.getLogger("teller.payments")
@@ -234,7 +235,7 @@ class Payments:
                                   actor=caller.actor)
             else:
                 # Unknown fate: reserved until the reconciler sees it mined or expired.
-                lifecycle.advance(s, row, lifecycle.Change("failed", release=False, reason=(failure or "")[:200]),
+                lifecycle.advance(s, row, lifecycle.Change(PaymentState.FAILED, release=False, reason=(failure or "")[:200]),
                                   from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
         raise FailedPrecondition(f"push payment {payment.id} failed on {payment.network}: {failure}",
                                  reason="payment_failed")

@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import namedtuple_row
 
-from teller import spend
 from teller.db.engine import PG_OPTIONS
 from teller.db.models import AuditEvent, Payment
 from teller.errors import Unavailable
@@ -35,6 +34,13 @@ from teller.sign.batch_io import (
     Windows,
     Write,
     drive_async,
+)
+from teller.spend.ledger import (
+    BUCKET_UPSERT,
+    WINDOW_FIELDS,
+    WINDOWS_PG_SQL,
+    window_rows,
+    windows_from,
 )
 
 T = TypeVar("T")
@@ -78,9 +84,7 @@ _BUCKET_COLUMNS = ("scope", "scope_id", "minute", "reserved", "spent")
 #: audit events and the chain heads they move.
 _PG_WRITE = (
     f"WITH p AS ({_json_insert('payments', _PAYMENT_COLUMNS)}), "  # noqa: S608 - the models' columns
-    f"b AS ({_json_insert('spend_buckets', _BUCKET_COLUMNS)} "
-    "ON CONFLICT (scope, scope_id, minute) DO UPDATE SET reserved = spend_buckets.reserved + EXCLUDED.reserved, "
-    "spent = spend_buckets.spent + EXCLUDED.spent), "
+    f"b AS ({_json_insert('spend_buckets', _BUCKET_COLUMNS)} {BUCKET_UPSERT}), "
     f"e AS ({_json_insert('audit_events', _EVENT_COLUMNS)}) "
     "UPDATE audit_heads h SET seq = v.seq, hash = v.hash "
     "FROM json_populate_recordset(NULL::audit_heads, %s::json) AS v WHERE h.chain = v.chain"
@@ -113,7 +117,7 @@ _PREPARED = {
     "teller_lock": ("text[]", _PG_LOCK),
     "teller_wallets": ("text[]", _PG_WALLETS),
     "teller_tokens": ("text[]", _PG_TOKENS),
-    "teller_windows": ("json", spend.WINDOWS_PG_SQL),
+    "teller_windows": ("json", WINDOWS_PG_SQL),
     "teller_write": ("json, json, json, json", _PG_WRITE),
 }
 _PREPARE_ALL = ";".join(f"PREPARE {name} ({types}) AS {_numbered(sql)}"
@@ -290,7 +294,7 @@ class _PgBatch:
         st = self._statements()
         names = _add_windows(st, request)
         rows = await (await self._run(st)).fetchall() if st else ()
-        return spend.windows_from(names, request.scopes, rows)
+        return windows_from(names, request.scopes, rows)
 
     async def write(self, request: Write) -> None:
         st = self._statements()
@@ -352,14 +356,14 @@ class _PgBatch:
             if names:  # its statement was sent
                 cur.nextset()
                 rows = await cur.fetchall()
-            windows = spend.windows_from(names, request.measure.scopes, rows)
+            windows = windows_from(names, request.measure.scopes, rows)
         return Snapshot(tenants, heads, wallets, tokens, claims, windows, nonces)
 
 
 def _add_windows(st: _Statements, request: Measure) -> list[tuple[tuple[str, str], str]]:
-    names, rows = spend.window_rows(request.scopes, request.now_ms)
+    names, rows = window_rows(request.scopes, request.now_ms)
     if rows:
-        st.add("teller_windows", compact([dict(zip(spend.WINDOW_FIELDS, row, strict=True)) for row in rows]).decode())
+        st.add("teller_windows", compact([dict(zip(WINDOW_FIELDS, row, strict=True)) for row in rows]).decode())
     return names
 
 

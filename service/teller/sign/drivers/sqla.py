@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import bindparam, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
-from teller import audit, spend
+from teller import audit
 from teller.db.models import ApiToken, AuditHead, Payment, SpendPolicy, Tenant, Wallet
 from teller.sign.batch_io import (
     FindNonce,
@@ -21,6 +21,8 @@ from teller.sign.batch_io import (
     Windows,
     Write,
 )
+from teller.spend.ledger import BUCKET_ROW_SQL
+from teller.spend.store import measure_many
 
 # The tenants of a batch and their audit chain heads, locked in id order: every
 # batch takes its locks in the same order, so two batches never deadlock.
@@ -75,10 +77,10 @@ class SqlBatchIO:
                   if request.nonces else {})
         m = request.measure
         return Snapshot(tenants, heads, wallets, tokens, claims,
-                        spend.measure_many(s, m.scopes, m.now_ms) if m is not None else None, nonces)
+                        measure_many(s, m.scopes, m.now_ms) if m is not None else None, nonces)
 
     def measure(self, request: Measure) -> Windows:
-        return spend.measure_many(self.s, request.scopes, request.now_ms)
+        return measure_many(self.s, request.scopes, request.now_ms)
 
     def release_key(self, request: ReleaseKey) -> None:
         self.s.execute(update(Payment).where(Payment.id == request.payment_id).values(idempotency_key=None))
@@ -93,7 +95,7 @@ class SqlBatchIO:
         if request.payments:
             conn.execute(insert(Payment), list(request.payments))
         if request.buckets:
-            conn.execute(text(spend.BUCKET_ROW_SQL), list(request.buckets))
+            conn.execute(text(BUCKET_ROW_SQL), list(request.buckets))
         audit.write(s, request.events, dict(request.heads))
 
 
