@@ -7,10 +7,12 @@ Keys here are anvil's public development keys: test use only.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 from eth_utils import to_checksum_address
 from pytempo import TempoTransaction
 from pytempo.contracts import PATH_USD, TIP20
@@ -58,4 +60,20 @@ def tempo_chain(*extra: str) -> Iterator[TempoChain]:
         yield TempoChain(url, Web3(Web3.HTTPProvider(url)))
 
 
-__all__ = ["PATH_USD", "TEMPO_ARGS", "TEMPO_CHAIN_ID", "TempoChain", "tempo_chain"]
+class DropSyncTimeout(httpx.AsyncBaseTransport):
+    """pympp 0.16 sends ``eth_sendRawTransactionSync`` with a timeout parameter
+    that anvil 1.7.1 rejects; the same call without it works. Test-only shim."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content or b"null")
+        if isinstance(body, dict) and body.get("method") == "eth_sendRawTransactionSync" and len(body["params"]) > 1:
+            body["params"] = body["params"][:1]
+            headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
+            request = httpx.Request("POST", request.url, headers=headers, content=json.dumps(body).encode())
+        return await self._inner.handle_async_request(request)
+
+
+__all__ = ["PATH_USD", "TEMPO_ARGS", "TEMPO_CHAIN_ID", "DropSyncTimeout", "TempoChain", "tempo_chain"]

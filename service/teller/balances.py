@@ -34,10 +34,12 @@ from teller.chain import ChainReader, NotCached
 from teller.db import Database
 from teller.db.models import Payment
 from teller.errors import FailedPrecondition, Unavailable
+from teller.spend.decision import DenialReason
+from teller.states import PaymentState
 
 #: Schemes whose payment moves ``amount`` of the offer's token from the wallet.
 CHECKED_SCHEMES = ("exact", "evm/charge", "tempo/charge")
-_LIVE_UNSETTLED = ("signed", "failed")
+_LIVE_UNSETTLED = (PaymentState.SIGNED.value, PaymentState.FAILED.value)
 
 
 @dataclass(slots=True)
@@ -88,7 +90,7 @@ class Balances:
         return FailedPrecondition(
             f"wallet {address} cannot cover this payment: it holds {fig.balance} of {asset} on {network}, "
             f"{fig.reserved + fig.since} of it reserved by payments not yet settled, and the payment is {amount}",
-            reason="insufficient_balance",
+            reason=DenialReason.INSUFFICIENT_BALANCE,
             metadata={"balance": str(fig.balance), "reserved": str(fig.reserved + fig.since),
                       "amount": str(amount), "asset": asset, "network": network})
 

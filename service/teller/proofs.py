@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from eth_utils import keccak
 
-from teller import eip3009, idempotency, policy
+from teller import eip3009, idempotency
 from teller import offers as offers_mod
 from teller.auth import Caller
-from teller.batch_io import WalletRow
 from teller.chain import ChainReader
 from teller.clock import Clock
 from teller.errors import FailedPrecondition, InvalidArgument, TellerError
@@ -26,12 +25,15 @@ from teller.keccak import keccak256
 from teller.mpp import charge as mpp_charge
 from teller.mpp import gas as tempo_gas
 from teller.mpp.tempo_tx import TempoTransaction
+from teller.sign.batch_io import WalletRow
+from teller.spend.decision import Decision
+from teller.spend.rules import PROTOCOLS
 from teller.vault import SealedKey, Vault
 from teller.vault.signer import WalletSigner
 from teller.x402 import proof as x402_proof
 
 if TYPE_CHECKING:
-    from teller.payments import SignInput
+    from teller.sign.call import SignInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,7 @@ class Context:
     caller: Caller
     req: SignInput
     wallet: WalletRow
-    decision: policy.Decision
+    decision: Decision
     now_ms: int
     request_hash: str
     mpp_mode: str
@@ -142,7 +144,7 @@ class Proofs:
                 address: str, sealed: SealedKey) -> Presigned | None:
         """The offer the tenant most likely pays, signed before the lock; the locked
         part uses it if the decision and the wallet match, else signs anew."""
-        candidates = offers_mod.by_preference(collected.offers, req.protocols or policy.PROTOCOLS)
+        candidates = offers_mod.by_preference(collected.offers, req.protocols or PROTOCOLS)
         if not candidates:
             return None
         offer = candidates[0]

@@ -19,9 +19,9 @@ from starlette.routing import Route
 from teller import audit_tools
 from teller.db import Database, make_engine
 from teller_client import Policy, TellerClient, TellerError
+from testbed.loopback import serve
 from testbed.procs import seat_tenant, start_cluster
 from testbed.x402_server import sdk_v2_challenge
-from tests.support.mpp_live import serve
 
 pytestmark = pytest.mark.postgres
 

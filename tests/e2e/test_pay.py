@@ -28,10 +28,11 @@ from teller_client import (
 from teller_client._proto.teller.v1 import payment_pb2, payment_pb2_grpc
 from teller_client.integrations import AsyncTellerTransport, TellerAdapter, TellerTransport
 from testbed.chain import anvil, deploy_token
+from testbed.loopback import serve
 from testbed.tempo import tempo_chain
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.hostile import hostile, respond
-from tests.support.mpp_live import PATH_USD, serve, tempo_server
+from tests.support.mpp_live import PATH_USD, tempo_server
 from tests.support.x402_live import resource_server
 
 PAYEE = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"

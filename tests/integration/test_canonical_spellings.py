@@ -29,9 +29,9 @@ from starlette.routing import Route
 
 from teller.db.models import Payment
 from teller_client import FailedPrecondition, InvalidArgument, PermissionDenied, TellerError
+from testbed.loopback import serve
 from tests.support import spellings
 from tests.support.harness import RunningTeller, TenantSetup, make_settings
-from tests.support.mpp_live import serve
 
 BASE = 8453
 SEPOLIA = "eip155:84532"

@@ -30,10 +30,10 @@ from teller_client import (
     Unavailable,
 )
 from teller_client.integrations import AsyncTellerTransport, TellerTransport
+from testbed.loopback import serve
 from testbed.procs import free_port
 from testbed.x402_server import sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings
-from tests.support.mpp_live import serve
 
 
 @contextlib.contextmanager

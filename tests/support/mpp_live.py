@@ -11,13 +11,11 @@ import json
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 from eth_utils import to_checksum_address
 from pytempo.contracts import PATH_USD
 from starlette.applications import Starlette
@@ -26,47 +24,10 @@ from starlette.routing import Route
 from web3 import Web3
 
 from testbed.chain import DEPLOYER_KEY, ROOT
-from testbed.procs import free_port
-from testbed.tempo import TEMPO_CHAIN_ID, TempoChain
+from testbed.loopback import serve
+from testbed.tempo import TEMPO_CHAIN_ID, DropSyncTimeout, TempoChain
 
 MPP_SECRET = "test-only-mpp-secret"
-
-
-class _DropSyncTimeout(httpx.AsyncBaseTransport):
-    """pympp 0.16 sends ``eth_sendRawTransactionSync`` with a timeout parameter
-    that anvil 1.7.1 rejects; the same call without it works. Test-only shim."""
-
-    def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content or b"null")
-        if isinstance(body, dict) and body.get("method") == "eth_sendRawTransactionSync" and len(body["params"]) > 1:
-            body["params"] = body["params"][:1]
-            headers = [(k, v) for k, v in request.headers.items() if k.lower() != "content-length"]
-            request = httpx.Request("POST", request.url, headers=headers, content=json.dumps(body).encode())
-        return await self._inner.handle_async_request(request)
-
-
-@contextlib.contextmanager
-def serve(app: Any) -> Iterator[str]:
-    port = free_port()
-    # On leaving, a request still in its handler (a server a test made slow or hung) is
-    # given a second, then cancelled, rather than holding the test up until it ends.
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        if time.time() > deadline:
-            raise RuntimeError("resource server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 REALM = "teller-tests.local"
@@ -80,7 +41,7 @@ def tempo_server(chain: TempoChain, recipient: str, routes: dict[str, dict[str, 
 
     methods = tempo.charge(recipient=recipient, chain_id=TEMPO_CHAIN_ID, rpc_url=chain.rpc_url,
                            currencies=[PATH_USD], decimals=6,
-                           http_client=httpx.AsyncClient(timeout=30, transport=_DropSyncTimeout()),
+                           http_client=httpx.AsyncClient(timeout=30, transport=DropSyncTimeout()),
                            confirmation_timeout=20)
     mpp = Mpp(methods=methods, realm=realm, secret_key=MPP_SECRET)
     return serve(Starlette(routes=[Route(path, _paid_endpoint(pay, mpp.charge(**opts)))
@@ -180,4 +141,4 @@ def mppx_server(chain: Any, routes: dict[str, dict[str, Any]], realm: str = REAL
             proc.wait(5)
 
 
-__all__ = ["MPPX_CHAIN_ARGS", "PATH_USD", "REALM", "MppxServer", "evm_server", "mppx_server", "serve", "tempo_server"]
+__all__ = ["MPPX_CHAIN_ARGS", "PATH_USD", "REALM", "MppxServer", "evm_server", "mppx_server", "tempo_server"]

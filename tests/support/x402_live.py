@@ -16,7 +16,7 @@ from x402.mechanisms.evm.exact import register_exact_evm_facilitator, register_e
 from x402.schemas import AssetAmount
 
 from testbed.chain import FACILITATOR_KEY, TOKEN_NAME, TOKEN_VERSION, Chain
-from tests.support.mpp_live import serve
+from testbed.loopback import serve
 
 
 @contextlib.contextmanager
