@@ -25,7 +25,7 @@ import psycopg
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, auth, balances, batch_io, idempotency, observe, policy, proofs, spend
+from teller import audit, auth, balances, batch_io, idempotency, observe, policy, signing, spend
 from teller import offers as offers_mod
 from teller.auth import Caller
 from teller.chain import ChainReader, NotCached
@@ -42,24 +42,12 @@ from teller.errors import (
     TellerError,
     Unavailable,
 )
-from teller.mpp import charge as mpp_charge
+from teller.schemes import Offer
+from teller.schemes.proofs import Proofs
+from teller.signing import SignInput
 from teller.vault import SealedKey, Vault
 
 log = logging.getLogger("teller.payments")
-
-
-@dataclass(frozen=True, slots=True)
-class SignInput:
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    url: str
-    method: str
-    wallet_id: str
-    max_amount: int | None = None
-    idempotency_key: str | None = None
-    #: This call's protocol preference; only protocols the tenant's policy pays are used.
-    protocols: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +115,8 @@ class Call:
     secret: str | None
     collected: offers_mod.Collected
     request_hash: str
-    prepared: proofs.Prepared
-    presigned: proofs.Presigned | None
+    prepared: signing.Prepared
+    presigned: signing.Presigned | None
     #: Offers the wallet cannot cover (by ``id``), with their refusal: skipped when deciding.
     short: Mapping[int, FailedPrecondition] = field(default_factory=dict)
 
@@ -139,9 +127,9 @@ class PushPending:
     broadcast (``Payments.finish``), outside any batch."""
 
     caller: Caller
-    payment: proofs.NewPayment
+    payment: signing.NewPayment
     raw: bytes
-    offer: offers_mod.Offer
+    offer: Offer
 
 
 Outcome = SignResult | PushPending | BaseException
@@ -172,7 +160,7 @@ class _Batch:
         self.heads[tenant_id] = self.moved[tenant_id] = (row["seq"], row["hash"])
         self.events.append(row)
 
-    def reserve(self, row: proofs.NewPayment, scopes: Sequence[policy.Scope]) -> None:
+    def reserve(self, row: signing.NewPayment, scopes: Sequence[policy.Scope]) -> None:
         self.payments.append(dict(vars(row)))
         spent = row.amount_common if row.state == spend.SPENT else 0
         minute = row.created_ms // spend.MINUTE_MS
@@ -211,7 +199,7 @@ class Payments:
         self.chain = chain or ChainReader({})
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
         self.sql = batch_io.SqlBatchIO()
-        self.proofs = proofs.Proofs(vault, self.chain, clock, self.idempotency_ttl_ms, max_authorization_s)
+        self.proofs = Proofs(vault, self.chain, clock, self.idempotency_ttl_ms, max_authorization_s)
         self.balances = balances.Balances(self.chain, db, ttl_s=balance_check_s)
         # Per tenant/wallet scope, the budgets its last batch measured (a guess for the next).
         self._budgets: dict[tuple[str, str], Sequence[policy.Budget]] = {}
@@ -247,7 +235,7 @@ class Payments:
         """The offers this wallet cannot cover, where the chain can tell (see ``balances``)."""
         out: dict[int, FailedPrecondition] = {}
         for o in collected.offers:
-            if self.balances.checks(o.network, o.scheme, o.amount):
+            if self.balances.checks(o.network, o.scheme.id, o.amount):
                 refusal = self.balances.shortfall(wallet_id=wallet_id, address=address, network=o.network,
                                                   asset=o.asset, amount=o.amount, cached_only=cached_only)
                 if refusal is not None:
@@ -481,11 +469,11 @@ class Payments:
             scopes.append(policy.Scope("wallet", lk.wallet_rules, wallet.frozen, batch.usage[("wallet", wallet.id)]))
         preference = ([p for p in req.protocols if p in rules.tenant.protocols] if req.protocols
                       else list(rules.tenant.protocols))
-        chosen: tuple[offers_mod.Offer, policy.Decision] | None = None
-        first: tuple[offers_mod.Offer, policy.Decision] | None = None
-        short: tuple[offers_mod.Offer, FailedPrecondition] | None = None
+        chosen: tuple[Offer, policy.Decision] | None = None
+        first: tuple[Offer, policy.Decision] | None = None
+        short: tuple[Offer, FailedPrecondition] | None = None
         for offer in offers_mod.by_preference(call.collected.offers, preference):
-            decision = _evaluate(scopes, offer, req, self.proofs.max_fee(offer, call.prepared))
+            decision = _evaluate(scopes, offer, req, offer.scheme.max_fee(offer, call.prepared))
             if decision.allowed and id(offer) in call.short:
                 # The policy allows it but the wallet cannot cover it: no budget is held
                 # for a proof that can only fail.
@@ -500,10 +488,10 @@ class Payments:
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
                         reason="insufficient_balance", wallet_id=wallet.id, amount=offer.amount, asset=offer.asset,
                         network=offer.network, payee=offer.pay_to, resource_url=req.url,
-                        details={"protocol": offer.protocol, "scheme": offer.scheme, **refusal.metadata})
+                        details={"protocol": offer.scheme.protocol, "scheme": offer.scheme.id, **refusal.metadata})
             return refusal
         if chosen is None and first is None:
-            offered = sorted({o.protocol for o in call.collected.offers})
+            offered = sorted({o.scheme.protocol for o in call.collected.offers})
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
                         reason="protocol_not_allowed", wallet_id=wallet.id, resource_url=req.url,
                         details={"offered": offered})
@@ -513,16 +501,16 @@ class Payments:
         if chosen is None:
             assert first is not None
             denied, decision = first
-            denial = decision.error(_facts(denied, req.url, fee=self.proofs.max_fee(denied, call.prepared)))
+            denial = decision.error(_facts(denied, req.url, fee=denied.scheme.max_fee(denied, call.prepared)))
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
                         reason=decision.reason, wallet_id=wallet.id, amount=denied.amount, asset=denied.asset,
                         network=denied.network, payee=denied.pay_to, resource_url=req.url,
-                        details={"protocol": denied.protocol, "scheme": denied.scheme, **denial.metadata})
+                        details={"protocol": denied.scheme.protocol, "scheme": denied.scheme.id, **denial.metadata})
             return denial
         offer, decision = chosen
         for scope in scopes:
             batch.signed_scopes[(caller.tenant_id, scope.name)] = scope
-        ctx = proofs.Context(caller, req, wallet, decision, batch.now_ms, call.request_hash, rules.tenant.mpp_mode,
+        ctx = signing.Context(caller, req, wallet, decision, batch.now_ms, call.request_hash, rules.tenant.mpp_mode,
                        call.presigned if call.presigned is not None and call.presigned.fits(offer, wallet) else None)
         payment, raw = yield from self._sign_and_record(offer, ctx, call.prepared, batch, scopes)
         observe.child(observe.SIGNATURES, payment.protocol, payment.scheme).inc()
@@ -545,15 +533,15 @@ class Payments:
         self._wallets[wallet_id] = (now + 30.0, tenant_id, *info)
         return info
 
-    def _sign_and_record(self, offer: offers_mod.Offer, ctx: proofs.Context, prepared: proofs.Prepared, batch: _Batch,
+    def _sign_and_record(self, offer: Offer, ctx: signing.Context, prepared: signing.Prepared, batch: _Batch,
                          scopes: Sequence[policy.Scope]) -> Generator[batch_io.Request, Any,
-                                                                      tuple[proofs.NewPayment, bytes | None]]:
+                                                                      tuple[signing.NewPayment, bytes | None]]:
         """Sign the chosen offer and add its payment row and audit event to the
         batch. Returns the row and, for a push payment, the transaction still to
         broadcast."""
         row, details, raw = self.proofs.sign(offer, ctx, prepared)
-        if offer.x402 is None and raw is None:
-            # MPP proofs are deterministic: an evm nonce is bound to its challenge, and a
+        if offer.scheme.deterministic and raw is None:
+            # Some proofs are deterministic: an evm nonce is bound to its challenge, and a
             # Tempo transaction signed twice within one second is the same bit for bit.
             # The chain takes only one, so return that payment rather than reserve twice.
             key = (ctx.wallet.id, row.nonce)
@@ -565,13 +553,13 @@ class Payments:
         batch.audit(ctx.caller.tenant_id, actor=ctx.caller.actor, action="payment.sign", wallet_id=ctx.wallet.id,
                     payment_id=row.id, amount=row.amount, asset=row.asset, network=row.network, payee=row.pay_to,
                     resource_url=ctx.req.url,
-                    details={"protocol": offer.protocol, "scheme": offer.scheme, "nonce": row.nonce,
+                    details={"protocol": offer.scheme.protocol, "scheme": offer.scheme.id, "nonce": row.nonce,
                              "valid_before": row.valid_before, **details})
         return row, raw
 
     # -- push mode, after the reservation committed -------------------------
 
-    def _push(self, caller: Caller, payment: proofs.NewPayment, raw: bytes, offer: offers_mod.Offer) -> SignResult:
+    def _push(self, caller: Caller, payment: signing.NewPayment, raw: bytes, offer: Offer) -> SignResult:
         from teller import lifecycle
 
         failure: str | None = None
@@ -585,12 +573,9 @@ class Payments:
             assert row is not None
             now = ms(self.clock)
             if mined is not None and mined.succeeded:
-                assert offer.mpp is not None and offer.charge is not None
                 wallet = s.get(Wallet, row.wallet_id)
                 assert wallet is not None
-                row.header_value = mpp_charge.credential(
-                    offer.mpp, {"type": "hash", "hash": mined.tx_hash},
-                    mpp_charge.did_pkh(offer.charge.chain_id, wallet.address))
+                row.header_value = offer.scheme.pushed(offer, mined.tx_hash, wallet.address)
                 change = lifecycle.mined_change(mined)
                 lifecycle.advance(s, row, change, from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
                 fee = change.fee
@@ -670,11 +655,11 @@ def _scopes(locked: Sequence[_Locked | TellerError],
     return scopes
 
 
-def _facts(offer: offers_mod.Offer, url: str, payee: str | None = None, fee: int = 0) -> policy.Payment:
+def _facts(offer: Offer, url: str, payee: str | None = None, fee: int = 0) -> policy.Payment:
     return policy.Payment(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, fee)
 
 
-def _evaluate(scopes: Sequence[policy.Scope], offer: offers_mod.Offer, req: SignInput, fee: int) -> policy.Decision:
+def _evaluate(scopes: Sequence[policy.Scope], offer: Offer, req: SignInput, fee: int) -> policy.Decision:
     """The policy's decision, with the most the payment's fee can cost; split
     recipients must pass the payee lists too."""
     decision = policy.evaluate(scopes, _facts(offer, req.url, fee=fee), req.max_amount)
@@ -710,4 +695,4 @@ def _result(p: Any) -> SignResult:
                       idempotency.retry_headers(p.protocol, p.tenant_id, p.idempotency_key))
 
 
-__all__ = ["Payments", "SignInput", "SignResult", "sign_input"]
+__all__ = ["Payments", "SignResult", "sign_input"]

@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from teller import untrusted_json, values
-from teller.eip3009 import MAX_AMOUNT
 from teller.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -30,6 +29,7 @@ from teller.errors import (
     PermissionDenied,
     TellerError,
 )
+from teller.values import MAX_AMOUNT
 
 CALENDAR_UNITS = ("hour", "day", "week", "month")
 # ASCII digits (\d also takes other scripts'), at most 9 of them: read before

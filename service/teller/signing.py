@@ -1,0 +1,109 @@
+"""The values one Sign call carries from step to step: what the caller asked
+(``SignInput``), the chain facts its offers need (``Prepared``), the proof
+signed before the tenant lock (``Presigned``), what the locked part decided
+(``Context``) and the payment row a batch inserts (``NewPayment``).
+
+Both the Sign flow (``teller.payments``) and the schemes (``teller.schemes``)
+use them; they depend on neither.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from teller.errors import TellerError
+
+if TYPE_CHECKING:
+    from teller.auth import Caller
+    from teller.batch_io import WalletRow
+    from teller.policy import Decision
+    from teller.schemes.base import Offer
+
+
+@dataclass(frozen=True, slots=True)
+class SignInput:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    url: str
+    method: str
+    wallet_id: str
+    max_amount: int | None = None
+    idempotency_key: str | None = None
+    #: This call's protocol preference; only protocols the tenant's policy pays are used.
+    protocols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Chain facts an offer needs before it can be signed, read before the
+    tenant lock is taken so no RPC runs while other calls wait on it."""
+
+    gas_price: dict[str, int]
+    domains: dict[tuple[str, str], tuple[str, str]]
+    #: Per offer (by identity: the call's own offers) whose transaction Teller
+    #: signs, its gas limit from the chain's estimate, or why the chain refused
+    #: to estimate it.
+    gas_limits: dict[int, int | TellerError] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Presigned:
+    """A proof signed before the lock for the offer the tenant most likely pays."""
+
+    offer: Offer[Any]
+    wallet_id: str
+    address: str
+    #: What the offer's scheme signed, in its own form (only it reads this).
+    proof: Any
+    #: A nonce the batch looks up with its reads (a Tempo transaction's hash):
+    #: set when signing the offer again would give the same one.
+    nonce: str | None = None
+
+    def fits(self, offer: Offer[Any], wallet: WalletRow) -> bool:
+        return offer is self.offer and wallet.id == self.wallet_id and wallet.address == self.address
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the locked part decided for one call: who pays, from which wallet,
+    how much (in the policy's terms), and when (the batch's time)."""
+
+    caller: Caller
+    req: SignInput
+    wallet: WalletRow
+    decision: Decision
+    now_ms: int
+    request_hash: str
+    mpp_mode: str
+    presigned: Presigned | None = None
+
+
+class NewPayment(SimpleNamespace):
+    """A payment row a batch is about to insert: the payments table's columns as
+    plain attributes (an ORM instance costs several times more to build)."""
+
+
+def new_payment(offer: Offer[Any], ctx: Context, *, version: int, nonce: str, valid_before: int, header_name: str,
+                header_value: str, token_domain: tuple[str, str] = ("", "")) -> NewPayment:
+    """The row of ``offer`` signed in ``ctx``, as a scheme fills it in. The Sign
+    flow sets what is its own (the idempotency key's expiry)."""
+    req = ctx.req
+    scheme = offer.scheme
+    return NewPayment(
+        id=str(uuid.uuid4()), tenant_id=ctx.caller.tenant_id, wallet_id=ctx.wallet.id, protocol=scheme.protocol,
+        version=version, scheme=scheme.id, network=offer.network, asset=offer.asset,
+        asset_name=token_domain[0], asset_version=token_domain[1], pay_to=offer.pay_to, amount=offer.amount,
+        amount_common=ctx.decision.amount_common, fee_max=0, fee_common=0, fee_paid=None, resource_url=req.url,
+        nonce=nonce, valid_before=valid_before,
+        state="signed", state_reason="", tx_hash="", released_ms=None, header_name=header_name,
+        header_value=header_value,
+        idempotency_key=req.idempotency_key, idempotency_expires_ms=None,
+        request_hash=ctx.request_hash, created_ms=ctx.now_ms, updated_ms=ctx.now_ms,
+    )
+
+
+__all__ = ["Context", "NewPayment", "Prepared", "Presigned", "SignInput", "new_payment"]
