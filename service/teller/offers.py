@@ -107,18 +107,17 @@ def collect(headers: Sequence[tuple[str, str]], body: bytes, *, networks: Mappin
             "challenge carries no payment requirements (no x402 PAYMENT-REQUIRED header or x402Version body, "
             "no WWW-Authenticate: Payment challenge)"
         )
-    by_protocol: dict[str, list[Offer[Any]]] = {"x402": [], "mpp": []}
+    x402_found: list[Offer[Any]] = []
     reasons: list[TellerError] = []
     if x402 is not None:
         try:
-            by_protocol["x402"] = (_remembered_x402_offers(x402, networks) if x402_challenge.remembered(headers)
-                                   else _x402_offers(x402, networks))
+            x402_found = (_remembered_x402_offers(x402, networks) if x402_challenge.remembered(headers)
+                          else _x402_offers(x402, networks))
         except TellerError as exc:
             reasons.append(exc)
     mpp_found, skipped = _mpp_offers(mpp, now)
-    by_protocol["mpp"] = mpp_found
     reasons.extend(FailedPrecondition(s) for s in skipped)
-    ordered = by_protocol["x402"] + by_protocol["mpp"]
+    ordered = x402_found + mpp_found
     if not ordered:
         detail = "; ".join(e.message for e in reasons)
         if all(isinstance(e, FailedPrecondition) for e in reasons):

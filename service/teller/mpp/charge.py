@@ -16,11 +16,11 @@ from typing import Any
 from eth_utils import keccak
 
 from teller import values
+from teller.eip712 import TypedData
 from teller.errors import FailedPrecondition, InvalidArgument
 from teller.keccak import keccak256
 from teller.mpp.challenge import MppChallenge
 from teller.mpp.tempo_tx import TempoCall, TempoTransaction
-from teller.vault.signer import TypedData
 from teller.x402 import eip3009
 
 #: Tempo accepts an expiring-nonce valid_before at most this far ahead.

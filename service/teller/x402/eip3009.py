@@ -11,9 +11,9 @@ from typing import Any
 from eth_utils import keccak
 
 from teller import values
+from teller.eip712 import TypedData
 from teller.errors import FailedPrecondition, InvalidArgument
 from teller.keccak import keccak256
-from teller.vault.signer import TypedData
 
 #: validAfter lies this far in the past to absorb clock skew (x402 reference client).
 VALID_AFTER_SKEW_S = 600
