@@ -4,12 +4,11 @@ signed before the tenant lock (``Presigned``), what the locked part decided
 (``Context``) and the payment row a batch inserts (``NewPayment``).
 
 Both the Sign flow (``teller.payments``) and the schemes (``teller.schemes``)
-use them; they depend on neither.
+use them; they import neither.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
     from teller.auth import Caller
     from teller.batch_io import WalletRow
     from teller.policy import Decision
-    from teller.schemes.base import Offer
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +52,8 @@ class Prepared:
 class Presigned:
     """A proof signed before the lock for the offer the tenant most likely pays."""
 
-    offer: Offer[Any]
+    #: The offer it was signed for (compared by identity: one call's own offers).
+    offer: object
     wallet_id: str
     address: str
     #: What the offer's scheme signed, in its own form (only it reads this).
@@ -63,7 +62,7 @@ class Presigned:
     #: set when signing the offer again would give the same one.
     nonce: str | None = None
 
-    def fits(self, offer: Offer[Any], wallet: WalletRow) -> bool:
+    def fits(self, offer: object, wallet: WalletRow) -> bool:
         return offer is self.offer and wallet.id == self.wallet_id and wallet.address == self.address
 
 
@@ -87,23 +86,4 @@ class NewPayment(SimpleNamespace):
     plain attributes (an ORM instance costs several times more to build)."""
 
 
-def new_payment(offer: Offer[Any], ctx: Context, *, version: int, nonce: str, valid_before: int, header_name: str,
-                header_value: str, token_domain: tuple[str, str] = ("", "")) -> NewPayment:
-    """The row of ``offer`` signed in ``ctx``, as a scheme fills it in. The Sign
-    flow sets what is its own (the idempotency key's expiry)."""
-    req = ctx.req
-    scheme = offer.scheme
-    return NewPayment(
-        id=str(uuid.uuid4()), tenant_id=ctx.caller.tenant_id, wallet_id=ctx.wallet.id, protocol=scheme.protocol,
-        version=version, scheme=scheme.id, network=offer.network, asset=offer.asset,
-        asset_name=token_domain[0], asset_version=token_domain[1], pay_to=offer.pay_to, amount=offer.amount,
-        amount_common=ctx.decision.amount_common, fee_max=0, fee_common=0, fee_paid=None, resource_url=req.url,
-        nonce=nonce, valid_before=valid_before,
-        state="signed", state_reason="", tx_hash="", released_ms=None, header_name=header_name,
-        header_value=header_value,
-        idempotency_key=req.idempotency_key, idempotency_expires_ms=None,
-        request_hash=ctx.request_hash, created_ms=ctx.now_ms, updated_ms=ctx.now_ms,
-    )
-
-
-__all__ = ["Context", "NewPayment", "Prepared", "Presigned", "SignInput", "new_payment"]
+__all__ = ["Context", "NewPayment", "Prepared", "Presigned", "SignInput"]

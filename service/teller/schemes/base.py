@@ -14,18 +14,20 @@ Adding a scheme adds a module and a line in that table, not branches.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum, StrEnum
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from teller.signing import Context, NewPayment, Prepared, Presigned
 
 if TYPE_CHECKING:
     from teller.chain import ChainReader
     from teller.clock import Clock
     from teller.mpp.challenge import MppChallenge
     from teller.outcome import Outcome
-    from teller.signing import Context, NewPayment, Prepared, Presigned
     from teller.vault.signer import WalletSigner
     from teller.x402.challenge import Requirement, X402Challenge
 
@@ -135,7 +137,8 @@ class Scheme(Protocol[P]):
 class X402Scheme(Scheme[P], Protocol[P]):
     """A scheme an x402 requirement names in its ``scheme`` field."""
 
-    def offer(self, requirement: Requirement, challenge: X402Challenge, networks: Any) -> Offer[P]:
+    def offer(self, requirement: Requirement, challenge: X402Challenge,
+              networks: Mapping[str, int] | None) -> Offer[P]:
         """The offer of one requirement; raises the TellerError that says why
         Teller cannot pay it."""
         ...
@@ -156,4 +159,26 @@ class MppScheme(Scheme[P], Protocol[P]):
         ...
 
 
-__all__ = ["Follow", "MppScheme", "Offer", "Scheme", "SchemeId", "X402Scheme"]
+# -- for implementations -----------------------------------------------------
+
+
+def new_payment(offer: Offer[Any], ctx: Context, *, version: int, nonce: str, valid_before: int, header_name: str,
+                header_value: str, token_domain: tuple[str, str] = ("", "")) -> NewPayment:
+    """The row of ``offer`` signed in ``ctx``, as a scheme fills it in. The Sign
+    flow sets what is its own (the idempotency key's expiry)."""
+    req = ctx.req
+    scheme = offer.scheme
+    return NewPayment(
+        id=str(uuid.uuid4()), tenant_id=ctx.caller.tenant_id, wallet_id=ctx.wallet.id, protocol=scheme.protocol,
+        version=version, scheme=scheme.id, network=offer.network, asset=offer.asset,
+        asset_name=token_domain[0], asset_version=token_domain[1], pay_to=offer.pay_to, amount=offer.amount,
+        amount_common=ctx.decision.amount_common, fee_max=0, fee_common=0, fee_paid=None, resource_url=req.url,
+        nonce=nonce, valid_before=valid_before,
+        state="signed", state_reason="", tx_hash="", released_ms=None, header_name=header_name,
+        header_value=header_value,
+        idempotency_key=req.idempotency_key, idempotency_expires_ms=None,
+        request_hash=ctx.request_hash, created_ms=ctx.now_ms, updated_ms=ctx.now_ms,
+    )
+
+
+__all__ = ["Follow", "MppScheme", "Offer", "Scheme", "SchemeId", "X402Scheme", "new_payment"]

@@ -7,20 +7,22 @@ The protocol code is ``teller.mpp.charge`` and ``teller.x402.eip3009``."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from teller.chain import ChainReader
-from teller.clock import Clock
 from teller.errors import FailedPrecondition
 from teller.mpp import charge as mpp_charge
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp.challenge import MppChallenge
 from teller.mpp.charge import Charge
 from teller.schemes import mpp_common
-from teller.schemes.base import Follow, Offer, SchemeId
-from teller.signing import Context, NewPayment, Prepared, Presigned, new_payment
-from teller.vault.signer import WalletSigner
+from teller.schemes.base import Follow, Offer, SchemeId, new_payment
 from teller.x402 import eip3009
+
+if TYPE_CHECKING:
+    from teller.chain import ChainReader
+    from teller.clock import Clock
+    from teller.signing import Context, NewPayment, Prepared, Presigned
+    from teller.vault.signer import WalletSigner
 
 
 class EvmCharge:

@@ -6,21 +6,23 @@ never followed on chain. ``teller.schemes.mpp_tempo`` reads the offers."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_utils import keccak
 
-from teller.chain import ChainReader
-from teller.clock import Clock
 from teller.errors import FailedPrecondition
 from teller.mpp import charge as mpp_charge
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp.challenge import MppChallenge
 from teller.mpp.charge import Charge, ChargeRequest
 from teller.schemes import mpp_common
-from teller.schemes.base import Follow, Offer, SchemeId
-from teller.signing import Context, NewPayment, Prepared, Presigned, new_payment
-from teller.vault.signer import WalletSigner
+from teller.schemes.base import Follow, Offer, SchemeId, new_payment
+
+if TYPE_CHECKING:
+    from teller.chain import ChainReader
+    from teller.clock import Clock
+    from teller.signing import Context, NewPayment, Prepared, Presigned
+    from teller.vault.signer import WalletSigner
 
 
 def refuse_fee_payer(ch: MppChallenge, req: ChargeRequest) -> None:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from teller.chain import ChainReader
-from teller.clock import Clock
 from teller.errors import FailedPrecondition, InvalidArgument, TellerError
 from teller.keccak import keccak256
 from teller.mpp import charge as mpp_charge
@@ -22,10 +20,15 @@ from teller.mpp.challenge import MppChallenge
 from teller.mpp.charge import Charge
 from teller.mpp.tempo_tx import TempoTransaction
 from teller.schemes import mpp_common
-from teller.schemes.base import Follow, Offer, SchemeId
+from teller.schemes.base import Follow, Offer, SchemeId, new_payment
 from teller.schemes.mpp_proof import TEMPO_PROOF, refuse_fee_payer
-from teller.signing import Context, NewPayment, Prepared, Presigned, new_payment
-from teller.vault.signer import WalletSigner
+from teller.signing import Presigned
+
+if TYPE_CHECKING:
+    from teller.chain import ChainReader
+    from teller.clock import Clock
+    from teller.signing import Context, NewPayment, Prepared
+    from teller.vault.signer import WalletSigner
 
 
 def signed_transaction(tx: TempoTransaction, signer: WalletSigner) -> bytes:

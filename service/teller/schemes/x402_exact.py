@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from teller import idempotency
-from teller.chain import ChainReader
-from teller.clock import Clock
-from teller.schemes.base import Follow, Offer, SchemeId
-from teller.signing import Context, NewPayment, Prepared, Presigned, new_payment
-from teller.vault.signer import WalletSigner
+from teller.schemes.base import Follow, Offer, SchemeId, new_payment
+from teller.signing import Presigned
 from teller.x402 import eip3009
 from teller.x402 import proof as x402_proof
 from teller.x402 import receipt as x402_receipt
 from teller.x402.challenge import Requirement, X402Challenge
+
+if TYPE_CHECKING:
+    from teller.chain import ChainReader
+    from teller.clock import Clock
+    from teller.signing import Context, NewPayment, Prepared
+    from teller.vault.signer import WalletSigner
 
 
 class Exact:
