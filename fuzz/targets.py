@@ -15,12 +15,13 @@ import base64
 import json
 from collections.abc import Callable
 
-from teller import audit, policy, untrusted_json
+from teller import audit, untrusted_json
 from teller.mpp import challenge as mpp_challenge
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp.charge import parse_request
 from teller.pay import pay_input
 from teller.payments import sign_input
+from teller.spend.parse import parse, to_document
 from teller.x402 import challenge as x402_challenge
 from teller.x402 import receipt as x402_receipt
 
@@ -102,10 +103,10 @@ def policy_document_target(data: bytes) -> None:
     survive its own canonical form."""
     mode, _, text = _split(data)
     wallet = bool(mode % 2)
-    rules = policy.parse(text, wallet=wallet)
-    document = policy.to_document(rules, wallet=wallet)
-    again = policy.parse(json.dumps(document), wallet=wallet)
-    assert policy.to_document(again, wallet=wallet) == document, "canonical policy form is not stable"
+    rules = parse(text, wallet=wallet)
+    document = to_document(rules, wallet=wallet)
+    again = parse(json.dumps(document), wallet=wallet)
+    assert to_document(again, wallet=wallet) == document, "canonical policy form is not stable"
 
 
 def caller_fields_target(data: bytes) -> None:

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from teller import policy
 from teller.errors import InvalidArgument
+from teller.spend.evaluate import evaluate
+from teller.spend.parse import parse, to_document
+from teller.spend.rules import Charge, Scope
 from teller_client import Asset, FailedPrecondition, Policy
 from tests.support.chain import anvil, deploy_token
 from tests.support.harness import RunningTeller, make_settings
@@ -108,21 +110,21 @@ def test_a_void_that_could_cost_more_native_gas_than_the_cap_is_refused_and_audi
 def test_the_fee_is_reserved_in_the_common_unit_and_counts_against_budgets():
     """Pure policy: the fee (in the paid token's units) is converted like the
     amount; max_fee and the budgets see it; per_payment_max is the price."""
-    usd18 = policy.parse({"unit_decimals": 6, "per_payment_max": "1000000", "max_fee": "5000",
+    usd18 = parse({"unit_decimals": 6, "per_payment_max": "1000000", "max_fee": "5000",
                           "budgets": [{"name": "day", "window": "day", "limit": "1004000"}],
                           "assets": [{"network": "eip155:1", "address": "0x" + "11" * 20, "decimals": 18}]})
-    pay = policy.Payment("eip155:1", "0x" + "11" * 20, 10**18, "0x" + "22" * 20, "https://a.example/", fee=3 * 10**15)
-    scope = policy.Scope("tenant", usd18, False, {"day": 0})
-    ok = policy.evaluate([scope], pay)
+    pay = Charge("eip155:1", "0x" + "11" * 20, 10**18, "0x" + "22" * 20, "https://a.example/", fee=3 * 10**15)
+    scope = Scope("tenant", usd18, False, {"day": 0})
+    ok = evaluate([scope], pay)
     assert (ok.allowed, ok.amount_common, ok.fee_common) == (True, 1_003_000, 3_000)
-    over_budget = policy.evaluate([policy.Scope("tenant", usd18, False, {"day": 2_000})], pay)
+    over_budget = evaluate([Scope("tenant", usd18, False, {"day": 2_000})], pay)
     assert over_budget.reason == "budget_exhausted:day"
-    pricey = policy.Payment("eip155:1", "0x" + "11" * 20, 10**18, "0x" + "22" * 20, "https://a.example/",
+    pricey = Charge("eip155:1", "0x" + "11" * 20, 10**18, "0x" + "22" * 20, "https://a.example/",
                             fee=6 * 10**15)
-    denied = policy.evaluate([scope], pricey)
+    denied = evaluate([scope], pricey)
     assert (denied.reason, denied.limit, denied.fee_common) == ("max_fee", 5_000, 6_000)
     error = denied.error(pricey)
     assert error.code.name == "RESOURCE_EXHAUSTED" and error.reason == "max_fee"
-    assert policy.parse(policy.to_document(usd18)).max_fee == 5_000
+    assert parse(to_document(usd18)).max_fee == 5_000
     with pytest.raises(InvalidArgument, match=r"policy\.max_fee"):
-        policy.parse({"max_fee": "-1"})
+        parse({"max_fee": "-1"})

@@ -39,9 +39,9 @@ def test_0002_carries_old_policies_over(db_url):
     with engine.connect() as conn:
         doc = json.loads(conn.execute(text("SELECT document FROM spend_policies WHERE tenant_id = 't1'")).scalar_one())
     engine.dispose()
-    from teller import policy
+    from teller.spend.parse import parse
 
-    p = policy.parse(doc)
+    p = parse(doc)
     assert p.per_payment_max == 100 and p.allow_unknown_assets
     assert [(b.name, b.calendar, b.limit) for b in p.budgets] == [("day", "day", 1000)]
 

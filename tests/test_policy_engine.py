@@ -7,8 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from teller import policy
 from teller.errors import InvalidArgument, LimitExceeded, PermissionDenied
+from teller.spend.evaluate import evaluate, evaluate_scope
+from teller.spend.parse import parse, to_document
+from teller.spend.rules import Charge, Scope, inherit
+from teller.spend.windows import CALENDAR_UNITS, calendar_bounds
 
 USDC = "0x036cbd53842c5426634e7929541ec2318f3dcf7e"
 DAI = "0x6b175474e89094c44da98b954eedeac495271d0f"
@@ -16,7 +19,7 @@ PAYEE = "0x209693bc6afc0c5328ba36faf03c514ef312287c"
 
 
 def pay(amount=1000, network="eip155:84532", asset=USDC, pay_to=PAYEE, url="https://api.example.com/x"):
-    return policy.Payment(network, asset, amount, pay_to, url)
+    return Charge(network, asset, amount, pay_to, url)
 
 
 def doc(**kw):
@@ -47,28 +50,28 @@ def doc(**kw):
 )
 def test_invalid_documents_name_the_field(document, needle):
     with pytest.raises(InvalidArgument) as info:
-        policy.parse(document)
+        parse(document)
     assert needle in info.value.message
 
 
 def test_wallet_policies_cannot_define_assets():
     with pytest.raises(InvalidArgument, match=r"policy\.assets: can only be set on the tenant policy"):
-        policy.parse(doc(), wallet=True)
+        parse(doc(), wallet=True)
 
 
 def test_canonical_document_round_trips():
-    p = policy.parse(doc(per_payment_max="10", budgets=[{"window": "1h", "kind": "rolling", "limit": "100"}],
+    p = parse(doc(per_payment_max="10", budgets=[{"window": "1h", "kind": "rolling", "limit": "100"}],
                          hosts={"allow": ["*.Example.com"]}, payees={"deny": [PAYEE.upper().replace("0X", "0x")]}))
-    assert policy.parse(policy.to_document(p)) == p
+    assert parse(to_document(p)) == p
 
 
 def test_calendar_windows_are_utc_aligned():
     # 2026-11-21 13:45:10 UTC, a Saturday
     now = 1_795_268_710_000
-    assert policy.calendar_bounds("hour", now) == (1_795_266_000_000, 1_795_269_600_000)
-    assert policy.calendar_bounds("day", now) == (1_795_219_200_000, 1_795_305_600_000)
-    assert policy.calendar_bounds("week", now)[0] == 1_795_219_200_000 - 5 * 86_400_000  # Monday
-    start, end = policy.calendar_bounds("month", now)
+    assert calendar_bounds("hour", now) == (1_795_266_000_000, 1_795_269_600_000)
+    assert calendar_bounds("day", now) == (1_795_219_200_000, 1_795_305_600_000)
+    assert calendar_bounds("week", now)[0] == 1_795_219_200_000 - 5 * 86_400_000  # Monday
+    start, end = calendar_bounds("month", now)
     assert (end - start) == 30 * 86_400_000  # November
 
 
@@ -90,47 +93,47 @@ def test_calendar_windows_are_utc_aligned():
     ],
 )
 def test_denials_have_stable_reasons_and_statuses(document, payment, reason, error):
-    d = policy.evaluate([policy.Scope("tenant", policy.parse(document), False, {})], payment)
+    d = evaluate([Scope("tenant", parse(document), False, {})], payment)
     assert (d.allowed, d.reason) == (False, reason)
     err = d.error(payment)
     assert isinstance(err, error) and err.reason == reason and err.metadata["reason"] == reason
 
 
 def test_host_wildcards_match_subdomains_only():
-    p = policy.parse(doc(hosts={"allow": ["*.example.com", "api.other.io"]}))
+    p = parse(doc(hosts={"allow": ["*.example.com", "api.other.io"]}))
     ok = [pay(url=u) for u in ("https://a.example.com/x", "https://a.b.example.com/", "http://API.other.io/")]
     bad = [pay(url=u) for u in ("https://example.com/", "https://evilexample.com/", "https://x.other.io/", "not a url")]
-    assert all(policy.evaluate_scope(p, "tenant", x, {}, False).allowed for x in ok)
-    assert not any(policy.evaluate_scope(p, "tenant", x, {}, False).allowed for x in bad)
+    assert all(evaluate_scope(p, "tenant", x, {}, False).allowed for x in ok)
+    assert not any(evaluate_scope(p, "tenant", x, {}, False).allowed for x in bad)
 
 
 def test_amounts_of_different_decimals_compare_in_the_common_unit():
-    p = policy.parse({"assets": [{"network": "eip155:1", "address": USDC, "decimals": 6},
+    p = parse({"assets": [{"network": "eip155:1", "address": USDC, "decimals": 6},
                                  {"network": "eip155:1", "address": DAI, "decimals": 18}],
                       "per_payment_max": "1000000"})  # one dollar in 6 decimals
     one_usdc = pay(1_000_000, "eip155:1", USDC)
     one_dai = pay(10**18, "eip155:1", DAI)
     a_bit_more_dai = pay(10**18 + 1, "eip155:1", DAI)  # rounds up, never down
-    assert policy.evaluate_scope(p, "t", one_usdc, {}, False).amount_common == 1_000_000
-    assert policy.evaluate_scope(p, "t", one_dai, {}, False).amount_common == 1_000_000
-    assert policy.evaluate_scope(p, "t", a_bit_more_dai, {}, False).reason == "per_payment_max"
+    assert evaluate_scope(p, "t", one_usdc, {}, False).amount_common == 1_000_000
+    assert evaluate_scope(p, "t", one_dai, {}, False).amount_common == 1_000_000
+    assert evaluate_scope(p, "t", a_bit_more_dai, {}, False).reason == "per_payment_max"
 
 
 def test_stricter_of_tenant_and_wallet_applies_and_freezes_win():
-    tenant = policy.parse(doc(per_payment_max="5000"))
-    wallet = policy.inherit(policy.parse({"per_payment_max": "500"}, wallet=True), tenant)
-    d = policy.evaluate([policy.Scope("tenant", tenant, False, {}), policy.Scope("wallet", wallet, False, {})], pay(1000))
+    tenant = parse(doc(per_payment_max="5000"))
+    wallet = inherit(parse({"per_payment_max": "500"}, wallet=True), tenant)
+    d = evaluate([Scope("tenant", tenant, False, {}), Scope("wallet", wallet, False, {})], pay(1000))
     assert (d.reason, d.scope, d.limit) == ("per_payment_max", "wallet", 500)
-    frozen = policy.evaluate([policy.Scope("tenant", tenant, False, {}), policy.Scope("wallet", wallet, True, {})], pay(10))
+    frozen = evaluate([Scope("tenant", tenant, False, {}), Scope("wallet", wallet, True, {})], pay(10))
     assert (frozen.reason, frozen.scope) == ("frozen", "wallet")
-    assert policy.evaluate([policy.Scope("tenant", tenant, True, {})], pay(10)).reason == "frozen"
+    assert evaluate([Scope("tenant", tenant, True, {})], pay(10)).reason == "frozen"
 
 
 # --- properties ---------------------------------------------------------------
 
 budget_st = st.one_of(
     st.builds(lambda lim, w: {"window": w, "kind": "calendar", "limit": str(lim)},
-              st.integers(0, 50_000), st.sampled_from(policy.CALENDAR_UNITS)),
+              st.integers(0, 50_000), st.sampled_from(CALENDAR_UNITS)),
     st.builds(lambda lim, n, u: {"window": f"{n}{u}", "kind": "rolling", "limit": str(lim)},
               st.integers(0, 50_000), st.integers(1, 90), st.sampled_from("smhd")),
 )
@@ -144,7 +147,7 @@ def policies(draw):
     d = doc(budgets=budgets)
     if draw(st.booleans()) and budgets:
         d["per_payment_max"] = str(draw(st.integers(0, min(int(b["limit"]) for b in budgets))))
-    return policy.parse(d)
+    return parse(d)
 
 
 @settings(max_examples=300, deadline=None)
@@ -163,7 +166,7 @@ def test_no_payment_stream_ever_exceeds_any_window(p, stream):
         for b in p.budgets:
             start, end = b.bounds(now)
             used[b.name] = sum(a for t, a in ledger if start <= t < end)
-        d = policy.evaluate([policy.Scope("tenant", p, False, used)], pay(amount))
+        d = evaluate([Scope("tenant", p, False, used)], pay(amount))
         if d.allowed:
             ledger.append((now, d.amount_common))
             assert p.per_payment_max is None or d.amount_common <= p.per_payment_max
@@ -185,6 +188,6 @@ def test_no_payment_stream_ever_exceeds_any_window(p, stream):
                     max_leaves=20))
 def test_arbitrary_documents_parse_or_fail_cleanly(document):
     try:
-        policy.parse(document)
+        parse(document)
     except InvalidArgument as exc:
         assert exc.message.startswith("policy")

@@ -7,9 +7,13 @@ import random
 
 from sqlalchemy import select, text
 
-from teller import lifecycle, policy, spend
+from teller import lifecycle
 from teller.db import Database, make_engine, upgrade
 from teller.db.models import Payment
+from teller.spend.ledger import WINDOWS_PG_SQL, bucket_delta
+from teller.spend.rules import Budget
+from teller.spend.store import _windows_statement, measure, measure_by_scan
+from teller.states import PaymentState
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.x402_server import sdk_v2_challenge
 
@@ -22,15 +26,15 @@ class Clock:
         return self.t
 
 
-BUDGETS = [policy.Budget("r90s", 10**12, rolling_ms=90_000), policy.Budget("r1h", 10**12, rolling_ms=3_600_000),
-           policy.Budget("hour", 10**12, calendar="hour"), policy.Budget("day", 10**12, calendar="day")]
+BUDGETS = [Budget("r90s", 10**12, rolling_ms=90_000), Budget("r1h", 10**12, rolling_ms=3_600_000),
+           Budget("hour", 10**12, calendar="hour"), Budget("day", 10**12, calendar="day")]
 
 
 def _agree(db: Database, tenant_id: str, wallet_id: str, now_ms: int) -> None:
     with db.transaction() as s:
         for column, scope_id in (("tenant", tenant_id), ("wallet", wallet_id)):
-            assert spend.measure(s, column, scope_id, BUDGETS, now_ms) == \
-                spend.measure_by_scan(s, column, scope_id, BUDGETS, now_ms), (column, now_ms)
+            assert measure(s, column, scope_id, BUDGETS, now_ms) == \
+                measure_by_scan(s, column, scope_id, BUDGETS, now_ms), (column, now_ms)
 
 
 def test_buckets_follow_every_transition(db_url, tmp_path):
@@ -109,7 +113,7 @@ def test_migration_fills_buckets_from_existing_payments(db_url):
         for offset in (0, 60_000, 200_000):
             _agree(db, "t1", "w1", base + 300_000 + offset)
         with db.transaction() as s:
-            use = spend.measure(s, "tenant", "t1", [policy.Budget("day", 10**12, calendar="day")], base + 300_000)
+            use = measure(s, "tenant", "t1", [Budget("day", 10**12, calendar="day")], base + 300_000)
         assert (use["day"].reserved, use["day"].spent) == (100 + 400 + 500, 200)
     finally:
         engine.dispose()
@@ -119,7 +123,28 @@ def test_window_cost_does_not_grow_with_history():
     """Sums read buckets, not payments: in both forms of the window query (any
     database, and PostgreSQL's) every read of payments is bounded to the edge
     minute (created_ms < the edge's end)."""
-    for sql in (spend.WINDOWS_PG_SQL, str(spend._windows_statement(2))):
+    for sql in (WINDOWS_PG_SQL, str(_windows_statement(2))):
         reads = sql.split("FROM payments")[1:]
         assert len(reads) == 4  # reserved and spent, tenant and wallet scope
         assert all("p.created_ms >= v.st AND p.created_ms < v.ed" in r.split(")")[0] for r in reads)
+
+
+def test_one_delta_rule_reserves_settles_and_releases():
+    """Reserving, settling (at a trued-up amount) and releasing all use bucket_delta;
+    whatever path a payment takes, what it moved nets to what it still holds."""
+    signed, settled, failed = PaymentState.SIGNED, PaymentState.SETTLED, PaymentState.FAILED
+    assert bucket_delta(None, 0, signed, 700) == (700, 0)
+    assert bucket_delta(None, 0, settled, 0) == (0, 0)  # a zero-amount proof, spent at once
+    assert bucket_delta(signed, 700, settled, 650) == (-700, 650)  # the fee trued up on settling
+    assert bucket_delta(failed, 700, settled, 700) == (-700, 700)
+    assert bucket_delta(signed, 700, failed, 700) == (0, 0)  # still reserved
+    assert bucket_delta(failed, 700, None, 0) == (-700, 0)
+    assert bucket_delta(settled, 650, None, 0) == (0, -650)
+    for path in ([signed, settled], [signed, failed, None], [signed, failed, settled], [signed, None]):
+        held, state, moved = 700, None, (0, 0)
+        for new in path:
+            amount = 650 if new == settled else held
+            step = bucket_delta(state, held if state else 0, new, amount)
+            moved = (moved[0] + step[0], moved[1] + step[1])
+            state, held = new, amount
+        assert moved == ((0, 0) if state is None else bucket_delta(None, 0, state, held)), path

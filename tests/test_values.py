@@ -10,8 +10,11 @@ from eth_utils import to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from teller import policy, values
+from teller import values
 from teller.errors import InvalidArgument
+from teller.spend.evaluate import evaluate_scope
+from teller.spend.parse import parse
+from teller.spend.rules import Charge
 from tests.support import spellings
 
 USDC = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
@@ -124,7 +127,7 @@ def test_ipv4_parse_agrees_with_ipaddress_on_dotted_quads():
 
 
 def test_policy_documents_are_canonicalized_when_set():
-    p = policy.parse({"networks": {"deny": ["eip155:8453"]}, "hosts": {"deny": ["127.1", "*.\uff25\uff58\uff41\uff4d\uff50\uff4c\uff45.com."]},
+    p = parse({"networks": {"deny": ["eip155:8453"]}, "hosts": {"deny": ["127.1", "*.\uff25\uff58\uff41\uff4d\uff50\uff4c\uff45.com."]},
                       "payees": {"deny": [USDC.upper().replace("0X", "0x")]}})
     assert p.hosts.deny == {"127.0.0.1", "*.example.com"}
     assert p.payees.deny == {USDC.lower()}
@@ -134,15 +137,15 @@ def test_policy_documents_are_canonicalized_when_set():
                         "policy.deny_assets[0].address"),
                        ({"hosts": {"allow": ["*.127.0.0.1"]}}, "policy.hosts.allow[0]")):
         with pytest.raises(InvalidArgument) as info:
-            policy.parse(doc)
+            parse(doc)
         assert info.value.message.startswith(field)
 
 
 @given(host=st.sampled_from(spellings.IPV4_LOOPBACK))
 def test_policy_compares_url_hosts_canonically(host):
-    p = policy.parse({"allow_unknown_assets": True, "hosts": {"deny": ["127.0.0.1"]}})
-    payment = policy.Payment("eip155:1", USDC, 1, USDC, f"https://{host}/x")
-    assert policy.evaluate_scope(p, "tenant", payment, {}, False).reason == "host_not_allowed"
+    p = parse({"allow_unknown_assets": True, "hosts": {"deny": ["127.0.0.1"]}})
+    payment = Charge("eip155:1", USDC, 1, USDC, f"https://{host}/x")
+    assert evaluate_scope(p, "tenant", payment, {}, False).reason == "host_not_allowed"
 
 
 @settings(max_examples=200)

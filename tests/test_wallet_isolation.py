@@ -125,11 +125,11 @@ def test_an_existing_wide_dev_directory_and_database_are_tightened(tmp_path):
 
 
 def test_a_flagged_stored_policy_refuses_payments_until_set_again():
-    from teller import spend
     from teller.errors import FailedPrecondition
+    from teller.spend.parse import rules_from
 
     with pytest.raises(FailedPrecondition) as info:
-        spend.rules_from(json.dumps({"networks": {"deny": ["eip155:08453"]}}), None)
+        rules_from(json.dumps({"networks": {"deny": ["eip155:08453"]}}), None)
     assert info.value.reason == "policy_needs_review" and "policy.networks.deny[0]" in info.value.message
 
 

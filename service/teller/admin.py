@@ -11,11 +11,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from teller import audit, auth, policy, spend
+from teller import audit, auth
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import ApiToken, SpendPolicy, Tenant, Wallet, WalletAddress
 from teller.errors import AlreadyExists, InvalidArgument, NotFound
+from teller.spend.parse import parse, to_document
+from teller.spend.rules import DEFAULT
+from teller.spend.store import WindowReport, report
 from teller.vault import Vault
 
 OPERATOR = "operator"
@@ -204,8 +207,8 @@ class Admin:
 
     def set_policy(self, tenant_id: str, document: str | dict[str, Any], wallet_id: str = "") -> tuple[str, int]:
         """Validate and store a policy document; returns (canonical document, updated_ms)."""
-        rules = policy.parse(document, wallet=bool(wallet_id))
-        canonical = json.dumps(policy.to_document(rules, wallet=bool(wallet_id)), sort_keys=True)
+        rules = parse(document, wallet=bool(wallet_id))
+        canonical = json.dumps(to_document(rules, wallet=bool(wallet_id)), sort_keys=True)
         now = ms(self.clock)
         with self.db.transaction() as s:
             self._scope(s, tenant_id, wallet_id)
@@ -225,7 +228,7 @@ class Admin:
             self._scope(s, tenant_id, wallet_id)
             row = s.get(SpendPolicy, (tenant_id, wallet_id))
             if row is None:
-                return json.dumps(policy.to_document(policy.DEFAULT, wallet=bool(wallet_id)), sort_keys=True), 0
+                return json.dumps(to_document(DEFAULT, wallet=bool(wallet_id)), sort_keys=True), 0
             return row.document, row.updated_ms
 
     def set_frozen(self, tenant_id: str, frozen: bool, wallet_id: str = "", reason: str = "") -> None:
@@ -243,9 +246,9 @@ class Admin:
                          tenant_id=tenant_id, wallet_id=wallet_id,
                          details={"old": old, "new": frozen, "reason": reason[:500]})
 
-    def spend(self, tenant_id: str, wallet_id: str = "") -> list[spend.WindowReport]:
+    def spend(self, tenant_id: str, wallet_id: str = "") -> list[WindowReport]:
         with self.db.transaction() as s:
             self._scope(s, tenant_id, wallet_id)
             wallets = [wallet_id] if wallet_id else list(
                 s.scalars(select(Wallet.id).where(Wallet.tenant_id == tenant_id).order_by(Wallet.created_ms)))
-            return spend.report(s, tenant_id, wallets, ms(self.clock))
+            return report(s, tenant_id, wallets, ms(self.clock))

@@ -65,8 +65,9 @@ def details_text(details: Mapping[str, Any]) -> str:
 
 def _flat(doc: Mapping[str, Any]) -> bool:
     """String keys, and values that are strings or integers (not bools or floats,
-    which the two encoders may write differently)."""
-    return all(type(k) is str and type(v) in (str, int) for k, v in doc.items())
+    which the two encoders may write differently). A str subclass (a StrEnum
+    state or reason code) is its text to both encoders."""
+    return all(type(k) is str and (type(v) in (str, int) or isinstance(v, str)) for k, v in doc.items())
 
 
 @dataclass(frozen=True, slots=True)

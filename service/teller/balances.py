@@ -35,10 +35,12 @@ from teller.db import Database
 from teller.db.models import Payment
 from teller.errors import FailedPrecondition, Unavailable
 from teller.schemes import REGISTRY
+from teller.spend.decision import DenialReason
+from teller.states import PaymentState
 
 #: Schemes whose payment moves ``amount`` of the offer's token from the wallet.
 CHECKED_SCHEMES = REGISTRY.moving_amount()
-_LIVE_UNSETTLED = ("signed", "failed")
+_LIVE_UNSETTLED = (PaymentState.SIGNED.value, PaymentState.FAILED.value)
 
 
 @dataclass(slots=True)
@@ -89,7 +91,7 @@ class Balances:
         return FailedPrecondition(
             f"wallet {address} cannot cover this payment: it holds {fig.balance} of {asset} on {network}, "
             f"{fig.reserved + fig.since} of it reserved by payments not yet settled, and the payment is {amount}",
-            reason="insufficient_balance",
+            reason=DenialReason.INSUFFICIENT_BALANCE,
             metadata={"balance": str(fig.balance), "reserved": str(fig.reserved + fig.since),
                       "amount": str(amount), "asset": asset, "network": network})
 

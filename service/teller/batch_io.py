@@ -25,7 +25,7 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy import bindparam, insert, select, text, tuple_
 from sqlalchemy.orm import Session
 
-from teller import audit, policy, spend
+from teller import audit
 from teller.db.engine import PG_OPTIONS
 from teller.db.models import (
     ApiToken,
@@ -38,6 +38,17 @@ from teller.db.models import (
 )
 from teller.errors import TellerError, Unavailable
 from teller.jsontext import compact
+from teller.spend.ledger import (
+    BUCKET_ROW_SQL,
+    BUCKET_UPSERT,
+    WINDOW_FIELDS,
+    WINDOWS_PG_SQL,
+    WindowUse,
+    window_rows,
+    windows_from,
+)
+from teller.spend.rules import Budget
+from teller.spend.store import measure_many
 
 T = TypeVar("T")
 
@@ -64,7 +75,7 @@ class Snapshot:
     wallets: dict[str, WalletRow]
     tokens: dict[str, Any]  # id -> (id, tenant_id, secret_hash, revoked_ms)
     claims: dict[tuple[str, str], Any]  # (tenant, idempotency key) -> payment row
-    windows: dict[tuple[str, str], dict[str, spend.WindowUse]] | None = None  # Read.measure's answer
+    windows: dict[tuple[str, str], dict[str, WindowUse]] | None = None  # Read.measure's answer
     nonces: dict[tuple[str, str], Any] = field(default_factory=dict)  # (wallet, nonce) -> payment row
 
 
@@ -92,7 +103,7 @@ class Missing:
 
 @dataclass(frozen=True, slots=True)
 class Measure:
-    scopes: Mapping[tuple[str, str], Sequence[policy.Budget]]
+    scopes: Mapping[tuple[str, str], Sequence[Budget]]
     now_ms: int
 
 
@@ -214,18 +225,18 @@ class SqlBatchIO:
                   if request.nonces else {})
         m = request.measure
         return Snapshot(tenants, heads, wallets, tokens, claims,
-                        spend.measure_many(s, m.scopes, m.now_ms) if m is not None else None, nonces)
+                        measure_many(s, m.scopes, m.now_ms) if m is not None else None, nonces)
 
-    def measure(self, s: Session, scopes: Mapping[tuple[str, str], Sequence[policy.Budget]],
-                now_ms: int) -> dict[tuple[str, str], dict[str, spend.WindowUse]]:
-        return spend.measure_many(s, scopes, now_ms)
+    def measure(self, s: Session, scopes: Mapping[tuple[str, str], Sequence[Budget]],
+                now_ms: int) -> dict[tuple[str, str], dict[str, WindowUse]]:
+        return measure_many(s, scopes, now_ms)
 
     def write(self, s: Session, request: Write) -> None:
         conn = s.connection()
         if request.payments:
             conn.execute(insert(Payment), list(request.payments))
         if request.buckets:
-            conn.execute(text(spend.BUCKET_ROW_SQL), list(request.buckets))
+            conn.execute(text(BUCKET_ROW_SQL), list(request.buckets))
         audit.write(s, request.events, dict(request.heads))
 
 
@@ -267,9 +278,7 @@ _BUCKET_COLUMNS = ("scope", "scope_id", "minute", "reserved", "spent")
 #: audit events and the chain heads they move.
 _PG_WRITE = (
     f"WITH p AS ({_json_insert('payments', _PAYMENT_COLUMNS)}), "  # noqa: S608 - the models' columns
-    f"b AS ({_json_insert('spend_buckets', _BUCKET_COLUMNS)} "
-    "ON CONFLICT (scope, scope_id, minute) DO UPDATE SET reserved = spend_buckets.reserved + EXCLUDED.reserved, "
-    "spent = spend_buckets.spent + EXCLUDED.spent), "
+    f"b AS ({_json_insert('spend_buckets', _BUCKET_COLUMNS)} {BUCKET_UPSERT}), "
     f"e AS ({_json_insert('audit_events', _EVENT_COLUMNS)}) "
     "UPDATE audit_heads h SET seq = v.seq, hash = v.hash "
     "FROM json_populate_recordset(NULL::audit_heads, %s::json) AS v WHERE h.chain = v.chain"
@@ -302,7 +311,7 @@ _PREPARED = {
     "teller_lock": ("text[]", _PG_LOCK),
     "teller_wallets": ("text[]", _PG_WALLETS),
     "teller_tokens": ("text[]", _PG_TOKENS),
-    "teller_windows": ("json", spend.WINDOWS_PG_SQL),
+    "teller_windows": ("json", WINDOWS_PG_SQL),
     "teller_write": ("json, json, json, json", _PG_WRITE),
 }
 _PREPARE_ALL = ";".join(f"PREPARE {name} ({types}) AS {_numbered(sql)}"
@@ -482,7 +491,7 @@ class _PgBatch:
             st = self._statements()
             names = _add_windows(st, request)
             rows = await (await self._run(st)).fetchall() if st else ()
-            return spend.windows_from(names, request.scopes, rows)
+            return windows_from(names, request.scopes, rows)
         if isinstance(request, Write):
             st = self._statements()
             heads = [{"chain": c, "seq": seq, "hash": h} for c, (seq, h) in request.heads.items()]
@@ -543,14 +552,14 @@ class _PgBatch:
             if names:  # its statement was sent
                 cur.nextset()
                 rows = await cur.fetchall()
-            windows = spend.windows_from(names, request.measure.scopes, rows)
+            windows = windows_from(names, request.measure.scopes, rows)
         return Snapshot(tenants, heads, wallets, tokens, claims, windows, nonces)
 
 
 def _add_windows(st: _Statements, request: Measure) -> list[tuple[tuple[str, str], str]]:
-    names, rows = spend.window_rows(request.scopes, request.now_ms)
+    names, rows = window_rows(request.scopes, request.now_ms)
     if rows:
-        st.add("teller_windows", compact([dict(zip(spend.WINDOW_FIELDS, row, strict=True)) for row in rows]).decode())
+        st.add("teller_windows", compact([dict(zip(WINDOW_FIELDS, row, strict=True)) for row in rows]).decode())
     return names
 
 

@@ -42,7 +42,9 @@ _KINDS: dict[str, Literal["used", "canceled"]] = {USED_TOPIC: "used", CANCELED_T
 
 
 @dataclass(frozen=True, slots=True)
-class Head:
+class Block:
+    """A network's latest block, as far as Teller reads it: its number and time."""
+
     number: int
     timestamp: int
 
@@ -284,10 +286,10 @@ class ChainReader:
         return self._call(network, "balance read", lambda: int(
             self._w3(network).eth.get_balance(Web3.to_checksum_address(owner))))
 
-    def head(self, network: str) -> Head:
-        def read() -> Head:
+    def head(self, network: str) -> Block:
+        def read() -> Block:
             block = self._w3(network).eth.get_block("latest")
-            return Head(int(block["number"]), int(block["timestamp"]))
+            return Block(int(block["number"]), int(block["timestamp"]))
         return self._call(network, "block read", read)
 
     def authorization_used(self, network: str, asset: str, authorizer: str, nonce: str,

@@ -563,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--dev", action="store_true", help="check as `serve --dev` would run")
     check.set_defaults(fn=cmd_config_check)
 
-    demo = sub.add_parser("demo", help="sign a real x402 challenge end to end on the embedded default")
+    demo = sub.add_parser("demo", help="self-check, offline: sign a real x402 challenge on the embedded default "
+                                       "and verify it (the full demo is ./run demo in a checkout)")
     demo.add_argument("--data-dir", help="keep the demo's data here (default: a temporary dir)")
     demo.set_defaults(fn=cmd_demo)
 

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from teller.db import Database
 from teller.db.models import Payment, Wallet
+from teller.states import PaymentState
 
 log = logging.getLogger("teller.gauges")
 
@@ -46,7 +47,7 @@ def refresh(db: Database, current_kek: str, now_s: float | None = None) -> None:
         with db.read() as s:
             # ix_payments_live (released_ms, state, valid_before) answers this.
             overdue = s.scalar(select(func.count()).select_from(Payment).where(
-                Payment.released_ms.is_(None), Payment.state == "signed",
+                Payment.released_ms.is_(None), Payment.state == PaymentState.SIGNED.value,
                 Payment.valid_before < now - OVERDUE_GRACE_S))
     except Exception as exc:  # noqa: BLE001 - any failure means "not usable", and is logged
         DATABASE_UP.set(0)

@@ -1,9 +1,15 @@
-"""`teller demo`: Teller doing its job on the embedded default, start to finish.
+"""`teller demo`: an installed Teller's self-check, offline, on the embedded default.
 
 Starts a dev-mode worker on a local SQLite file, creates a tenant, an API
 token and a wallet through the admin API, builds a real x402 v2 challenge
 with the official x402 SDK's resource-server code, asks Teller to sign it
 over gRPC, and checks the proof the way a server would.
+
+It needs nothing beyond Teller's own dependencies: no chain, no paid API, no
+network, so it runs from a wheel or the container image. The whole job (local
+chains, a paid API answering x402 and MPP, `Pay` settling on chain, a budget
+refusing a call) is `./run demo` in a checkout: that one needs the official
+server SDKs and anvil, which are dev dependencies and stay out of this package.
 """
 
 from __future__ import annotations
@@ -114,6 +120,8 @@ def run(data_dir: Path | None = None) -> int:
             print("audit log (newest first):")
             for e in events:
                 print(f"  #{e.id} {e.action:<14} {e.outcome:<6} {e.actor:<24} {e.amount}")
+            print("\nThat was one signature, offline. `./run demo` in a checkout shows the whole job: local chains,"
+                  " a paid API (x402 and MPP), payments settling on chain, a budget refusing a call.")
         return 0 if ok else 1
     finally:
         server.stop()

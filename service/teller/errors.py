@@ -1,21 +1,36 @@
 """The one exception root of Teller's domain.
 
-Every error a caller can see is a ``TellerError`` carrying the gRPC status it
-maps to; ``teller.rpc.interceptors`` is the only place that translates them.
+Every error a caller can see is a ``TellerError`` carrying a neutral
+``ErrorCode``; ``teller.rpc.interceptors`` is the only place that maps it to a
+gRPC status, so the modules that raise these import no transport.
 Messages name what is wrong and never contain key material.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 
-import grpc
+
+class ErrorCode(enum.Enum):
+    """What kind of failure an error is, named as the canonical status codes
+    (google.rpc.Code) that callers see, without their transport."""
+
+    INVALID_ARGUMENT = enum.auto()
+    FAILED_PRECONDITION = enum.auto()
+    NOT_FOUND = enum.auto()
+    ALREADY_EXISTS = enum.auto()
+    UNAUTHENTICATED = enum.auto()
+    PERMISSION_DENIED = enum.auto()
+    RESOURCE_EXHAUSTED = enum.auto()
+    UNAVAILABLE = enum.auto()
+    INTERNAL = enum.auto()
 
 
 class TellerError(Exception):
     """Root of every error Teller reports to a caller."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    code: ErrorCode = ErrorCode.INTERNAL
     #: Stable machine-readable reason (google.rpc.ErrorInfo.reason).
     reason: str = "internal"
 
@@ -36,50 +51,50 @@ class TellerError(Exception):
 class InvalidArgument(TellerError):
     """The request or the challenge inside it is malformed; the message names the field."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = ErrorCode.INVALID_ARGUMENT
     reason = "invalid_argument"
 
 
 class FailedPrecondition(TellerError):
     """Well-formed, but Teller cannot act on it (e.g. no payable requirement)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = ErrorCode.FAILED_PRECONDITION
     reason = "failed_precondition"
 
 
 class NotFound(TellerError):
-    code = grpc.StatusCode.NOT_FOUND
+    code = ErrorCode.NOT_FOUND
     reason = "not_found"
 
 
 class AlreadyExists(TellerError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = ErrorCode.ALREADY_EXISTS
     reason = "already_exists"
 
 
 class Unauthenticated(TellerError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = ErrorCode.UNAUTHENTICATED
     reason = "unauthenticated"
 
 
 class PermissionDenied(TellerError):
     """The caller may not do this, or the policy's allowlists refuse it."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = ErrorCode.PERMISSION_DENIED
     reason = "permission_denied"
 
 
 class LimitExceeded(TellerError):
     """A spend limit refuses the payment; metadata says which limit and what is left."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = ErrorCode.RESOURCE_EXHAUSTED
     reason = "limit_exceeded"
 
 
 class Unavailable(TellerError):
     """A dependency (the database) is down; the call may be retried."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = ErrorCode.UNAVAILABLE
     reason = "unavailable"
 
 

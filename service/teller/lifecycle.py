@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, evm_tx, refusal, spend
+from teller import audit, evm_tx, refusal
 from teller.chain import AuthorizationEvent, ChainReader, Mined
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
@@ -48,19 +48,21 @@ from teller.db.models import PaidResponse, Payment, Wallet
 from teller.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from teller.mpp import gas as tempo_gas
 from teller.schemes import REGISTRY, Follow
+from teller.spend.decision import DenialReason
+from teller.spend.store import move_buckets
+from teller.states import PaymentState
 from teller.vault import SealedKey, Vault
 from teller.x402 import eip3009
 
 log = logging.getLogger("teller.lifecycle")
 
-SIGNED, SETTLED, FAILED, EXPIRED, VOIDED = "signed", "settled", "failed", "expired", "voided"
 #: States whose authorization may still move money on chain.
-LIVE = (SIGNED, FAILED)
+LIVE = (PaymentState.SIGNED, PaymentState.FAILED)
 #: Payments made of an EIP-3009 authorization (nonce = the authorization nonce).
 EIP3009_SCHEMES = REGISTRY.following(Follow.AUTHORIZATION)
 #: Payments made of a signed transaction (nonce = the transaction hash).
 TRANSACTION_SCHEMES = REGISTRY.following(Follow.TRANSACTION)
-STATES = (SIGNED, SETTLED, FAILED, EXPIRED, VOIDED)
+STATES = tuple(PaymentState)
 #: Why a payment Pay sent the proof of is still ``signed`` (see the module docstring).
 ANSWER_LOST, REDIRECT_REFUSED, NOT_SENT = "answer_lost", "redirect_refused", "not_sent"
 RECEIPT_UNREADABLE = "receipt_unreadable"
@@ -82,8 +84,8 @@ def mined_change(mined: Mined) -> Change:
     can never move money), with the fee it cost either way."""
     fee = tempo_gas.fee(mined.gas_used, mined.gas_price)
     if mined.succeeded:
-        return Change(SETTLED, release=False, tx_hash=mined.tx_hash, fee=fee)
-    return Change(FAILED, release=True, reason="transaction reverted", tx_hash=mined.tx_hash, fee=fee)
+        return Change(PaymentState.SETTLED, release=False, tx_hash=mined.tx_hash, fee=fee)
+    return Change(PaymentState.FAILED, release=True, reason="transaction reverted", tx_hash=mined.tx_hash, fee=fee)
 
 
 def _trued_up(p: Payment, fee: int) -> tuple[int, int]:
@@ -110,7 +112,7 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
     amount_common = p.amount_common
     if change.fee is not None:
         values["fee_paid"] = change.fee
-        if change.to == SETTLED and p.state != SETTLED:
+        if change.to == PaymentState.SETTLED and p.state != PaymentState.SETTLED:
             amount_common, values["fee_common"] = _trued_up(p, change.fee)
             values["amount_common"] = amount_common
     result = s.execute(
@@ -121,7 +123,7 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
-    action = f"payment.{change.to}" if not (change.to == FAILED and change.release) else "payment.released"
+    action = f"payment.{change.to}" if not (change.to == PaymentState.FAILED and change.release) else "payment.released"
     # The audit chain head is locked before the spend buckets, as in Sign: one lock order.
     audit.record(
         s, at_ms=now_ms, actor=actor, action=action, tenant_id=p.tenant_id, reason=change.reason[:100],
@@ -131,28 +133,24 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
                  **({"fee_paid": change.fee, "fee_reserved": p.fee_max} if change.fee is not None else {}),
                  **(details or {})},
     )
-    was_spent = p.state == SETTLED
-    if change.release:
-        spend.add_to_buckets(s, p.tenant_id, p.wallet_id, p.created_ms,
-                             0 if was_spent else -p.amount_common, -p.amount_common if was_spent else 0)
-    elif change.to == SETTLED and not was_spent:
-        # Reserved at the most the fee could be, spent at what it was.
-        spend.add_to_buckets(s, p.tenant_id, p.wallet_id, p.created_ms, -p.amount_common, amount_common)
+    # Released, it holds nothing; settled, it is spent at what its fee was (it was
+    # reserved at the most the fee could be); otherwise it holds what it held.
+    move_buckets(s, p, None if change.release else change.to, amount_common)
     return True
 
 
 def from_event(event: AuthorizationEvent) -> Change:
     if event.kind == "used":
-        return Change(SETTLED, release=False, tx_hash=event.tx_hash)
-    return Change(VOIDED, release=True, reason="canceled_on_chain", tx_hash=event.tx_hash)
+        return Change(PaymentState.SETTLED, release=False, tx_hash=event.tx_hash)
+    return Change(PaymentState.VOIDED, release=True, reason="canceled_on_chain", tx_hash=event.tx_hash)
 
 
 def expiry(p: Payment) -> Change:
     # A failed payment keeps its state (the server's reason stays readable);
     # it only stops holding budget.
-    if p.state == FAILED:
-        return Change(FAILED, release=True, reason=p.state_reason)
-    return Change(EXPIRED, release=True, reason="valid_before_passed")
+    if p.state == PaymentState.FAILED:
+        return Change(PaymentState.FAILED, release=True, reason=p.state_reason)
+    return Change(PaymentState.EXPIRED, release=True, reason="valid_before_passed")
 
 
 def apply_event(s: Session, p: Payment, event: AuthorizationEvent, now_ms: int, actor: str) -> bool:
@@ -271,7 +269,7 @@ class Lifecycle:
                 apply_event(s, p, confirmed, now, actor)
             elif refused:
                 # Still reserved: the authorization stays usable until validBefore.
-                if not advance(s, p, Change(FAILED, release=False, reason=said), from_states=(SIGNED,),
+                if not advance(s, p, Change(PaymentState.FAILED, release=False, reason=said), from_states=(PaymentState.SIGNED,),
                                now_ms=now, actor=actor) and said != p.state_reason:
                     # Whatever the state, the server's latest word is kept.
                     s.execute(update(Payment).where(Payment.id == p.id).values(state_reason=said[:200])
@@ -288,7 +286,7 @@ class Lifecycle:
         reason = f"{why}: {detail}"[:200]
         with self.db.transaction() as s:
             p, _ = payment_for(s, payment_id, tenant_id)
-            result = s.execute(update(Payment).where(Payment.id == p.id, Payment.state == SIGNED)
+            result = s.execute(update(Payment).where(Payment.id == p.id, Payment.state == PaymentState.SIGNED)
                                .values(state_reason=reason, updated_ms=self.now_ms())
                                .execution_options(synchronize_session=False))
             if result.rowcount == 1:  # type: ignore[attr-defined]
@@ -358,7 +356,7 @@ class Lifecycle:
             if exc.reason == "max_void_fee":
                 with self.db.transaction() as s:
                     audit.record(s, at_ms=self.now_ms(), actor=actor, action="payment.void_refused",
-                                 outcome="denied", tenant_id=p.tenant_id, reason="max_void_fee",
+                                 outcome="denied", tenant_id=p.tenant_id, reason=DenialReason.MAX_VOID_FEE,
                                  wallet_id=p.wallet_id, payment_id=p.id, network=p.network,
                                  details={"message": exc.message})
                 raise
@@ -382,9 +380,9 @@ class Lifecycle:
             s.refresh(current)
             s.expunge(current)
         # Raised only after the transaction above committed what the chain showed.
-        if current.state == SETTLED:
+        if current.state == PaymentState.SETTLED:
             raise FailedPrecondition(f"payment {payment_id} was already settled on chain in {current.tx_hash}")
-        if current.state != VOIDED:
+        if current.state != PaymentState.VOIDED:
             raise Unavailable(f"cancelAuthorization for payment {payment_id} was not confirmed on chain")
         return current
 

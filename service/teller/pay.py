@@ -40,6 +40,7 @@ from teller.lifecycle import Lifecycle
 from teller.payments import SignResult, sign_input
 from teller.schemes import REGISTRY
 from teller.signing import SignInput
+from teller.states import PaymentState
 
 T = TypeVar("T")
 Run = Callable[..., Awaitable[Any]]
@@ -62,7 +63,10 @@ class PayInput:
 
 
 @dataclass(frozen=True, slots=True)
-class Head:
+class PayHead:
+    """The first message of a Pay stream (the proto's ``PayHead``): the paid
+    response's status and headers, and the payment made for it; the body follows."""
+
     status: int
     headers: list[tuple[str, str]]
     payment: Payment | None
@@ -147,13 +151,13 @@ class Payer:
         return Unavailable(f"{what} took longer than the call's deadline of {self.deadline_s:g} s "
                            "(pay_deadline_seconds)", reason="deadline_exceeded")
 
-    async def pay(self, caller: Caller, req: PayInput) -> AsyncIterator[Head | bytes]:
+    async def pay(self, caller: Caller, req: PayInput) -> AsyncIterator[PayHead | bytes]:
         """Yields the head of the final response, then its body in chunks."""
         deadline = asyncio.get_running_loop().time() + self.deadline_s
         key = req.sign.idempotency_key
         if key:
             earlier = await self.run(self.lifecycle.by_idempotency_key, caller.tenant_id, key)
-            if (earlier is not None and earlier.state == lc.SETTLED and earlier.wallet_id == req.sign.wallet_id
+            if (earlier is not None and earlier.state == PaymentState.SETTLED and earlier.wallet_id == req.sign.wallet_id
                     and earlier.resource_url == req.url):
                 async for part in self._already_paid(earlier):
                     yield part
@@ -167,7 +171,7 @@ class Payer:
             except TimeoutError:
                 raise self._late(f"{req.url} (until its response's headers and any 402 body)") from None
             if first.status != 402:
-                yield Head(first.status, first.headers, None, None, "")
+                yield PayHead(first.status, first.headers, None, None, "")
                 async for chunk in first.stream():
                     yield chunk
                 return
@@ -177,11 +181,11 @@ class Payer:
         if key:
             # The key's payment may have been settled by the time this call signed.
             current = await self.run(self.lifecycle.get, signed.payment_id, caller.tenant_id)
-            if current.state == lc.SETTLED:
+            if current.state == PaymentState.SETTLED:
                 async for part in self._already_paid(current):
                     yield part
                 return
-            if current.state in (lc.EXPIRED, lc.VOIDED):
+            if current.state in (PaymentState.EXPIRED, PaymentState.VOIDED):
                 raise FailedPrecondition(
                     f"payment {current.id} for idempotency_key {key!r} is {current.state} "
                     f"({current.state_reason or 'no reason given'}): its proof can no longer pay",
@@ -194,7 +198,7 @@ class Payer:
             yield part
 
     async def _paid(self, caller: Caller, req: PayInput, signed: SignResult, url: str,
-                    deadline: float) -> AsyncIterator[Head | bytes]:
+                    deadline: float) -> AsyncIterator[PayHead | bytes]:
         """The retry with the proof. From here on the server may hold a valid proof:
         every error names the payment, and a payment left ``signed`` says why."""
         # Every header the proof comes with (MPP's Idempotency-Key too) replaces the caller's own.
@@ -224,13 +228,13 @@ class Payer:
                     payment = await self.run(self.lifecycle.get, signed.payment_id, caller.tenant_id)
                 recorded = True
                 if refusal is not None:
-                    reason = (payment.state_reason if payment.state != lc.SIGNED else "") or refusal_mod.reason(
+                    reason = (payment.state_reason if payment.state != PaymentState.SIGNED else "") or refusal_mod.reason(
                         second.headers, refusal) or f"HTTP {second.status}"
                     raise FailedPrecondition(
                         f"paid (payment {signed.payment_id}), but the server answered {second.status} again: "
                         f"{reason}", reason="payment_refused",
                         metadata={"payment_id": signed.payment_id, "server_reason": reason[:200]})
-                yield Head(second.status, second.headers, payment,
+                yield PayHead(second.status, second.headers, payment,
                            decode_receipt(second.status, second.headers, self.max_challenge_bytes),
                            signed.header_name)
                 async for chunk in self._keeping(second, signed.payment_id):
@@ -264,10 +268,10 @@ class Payer:
         if kept is not None:
             await self.run(self.lifecycle.keep_response, payment_id, response.status, response.headers, bytes(kept))
 
-    async def _already_paid(self, payment: Payment) -> AsyncIterator[Head | bytes]:
+    async def _already_paid(self, payment: Payment) -> AsyncIterator[PayHead | bytes]:
         kept = await self.run(self.lifecycle.kept_response, payment.id)
         status, headers, body = kept if kept is not None else (0, [], b"")
-        yield Head(status, list(headers), payment, None, payment.header_name, already_paid=True)
+        yield PayHead(status, list(headers), payment, None, payment.header_name, already_paid=True)
         if body:
             yield body
 
@@ -277,4 +281,4 @@ class Payer:
                            caller.actor)
 
 
-__all__ = ["Head", "PayInput", "Payer", "caller_headers", "decode_receipt", "pay_input"]
+__all__ = ["PayHead", "PayInput", "Payer", "caller_headers", "decode_receipt", "pay_input"]

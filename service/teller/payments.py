@@ -25,7 +25,7 @@ import psycopg
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, auth, balances, batch_io, idempotency, observe, policy, signing, spend
+from teller import audit, auth, balances, batch_io, idempotency, observe, signing
 from teller import offers as offers_mod
 from teller.auth import Caller
 from teller.chain import ChainReader, NotCached
@@ -45,6 +45,12 @@ from teller.errors import (
 from teller.schemes import Offer
 from teller.schemes.proofs import Proofs
 from teller.signing import SignInput
+from teller.spend.decision import Decision, DenialReason
+from teller.spend.evaluate import evaluate
+from teller.spend.ledger import MINUTE_MS, bucket_delta
+from teller.spend.parse import Rules, rules_from
+from teller.spend.rules import DEFAULT, PROTOCOLS, Budget, Charge, Policy, Scope, inherit
+from teller.states import PaymentState
 from teller.vault import SealedKey, Vault
 
 log = logging.getLogger("teller.payments")
@@ -93,7 +99,7 @@ def sign_input(
             # PostgreSQL text cannot hold it: refuse it here rather than fail the write.
             raise InvalidArgument(f"{name} contains a NUL character")
     for p in protocols:
-        if p not in policy.PROTOCOLS:
+        if p not in PROTOCOLS:
             raise InvalidArgument(f"protocols: unknown protocol {p[:20]!r} (x402 or mpp)")
     return SignInput(status, headers, body, url, method, wallet_id, _parse_cap(max_amount), idempotency_key or None,
                      tuple(protocols))
@@ -153,20 +159,20 @@ class _Batch:
     #: these nonces (its reads looked them up, or it reserved them itself).
     nonces: dict[tuple[str, str], Any] = field(default_factory=dict)
     #: Per (tenant, scope name), the scope a signature of this batch counted against.
-    signed_scopes: dict[tuple[str, str], policy.Scope] = field(default_factory=dict)
+    signed_scopes: dict[tuple[str, str], Scope] = field(default_factory=dict)
 
     def audit(self, tenant_id: str, **fields: Any) -> None:
         row = audit.event(tenant_id=tenant_id, head=self.heads[tenant_id], at_ms=self.now_ms, **fields)
         self.heads[tenant_id] = self.moved[tenant_id] = (row["seq"], row["hash"])
         self.events.append(row)
 
-    def reserve(self, row: signing.NewPayment, scopes: Sequence[policy.Scope]) -> None:
+    def reserve(self, row: signing.NewPayment, scopes: Sequence[Scope]) -> None:
         self.payments.append(dict(vars(row)))
-        spent = row.amount_common if row.state == spend.SPENT else 0
-        minute = row.created_ms // spend.MINUTE_MS
+        reserved, spent = bucket_delta(None, 0, row.state, row.amount_common)
+        minute = row.created_ms // MINUTE_MS
         for key in (("tenant", row.tenant_id, minute), ("wallet", row.wallet_id, minute)):
             bucket = self.buckets.setdefault(key, [0, 0])
-            bucket[0] += row.amount_common - spent
+            bucket[0] += reserved
             bucket[1] += spent
         for scope in scopes:
             used = scope.used
@@ -202,7 +208,7 @@ class Payments:
         self.proofs = Proofs(vault, self.chain, clock, self.idempotency_ttl_ms, max_authorization_s)
         self.balances = balances.Balances(self.chain, db, ttl_s=balance_check_s)
         # Per tenant/wallet scope, the budgets its last batch measured (a guess for the next).
-        self._budgets: dict[tuple[str, str], Sequence[policy.Budget]] = {}
+        self._budgets: dict[tuple[str, str], Sequence[Budget]] = {}
 
     def sign(self, caller: Caller, req: SignInput, token_secret: str | None = None) -> SignResult:
         """Sign a payment for ``req``. With ``token_secret`` the caller's token is
@@ -380,10 +386,10 @@ class Payments:
         yield batch_io.Write(batch.payments, batch.bucket_rows(), batch.events, batch.moved)
         return out
 
-    def _guess(self, calls: Sequence[Call]) -> dict[tuple[str, str], Sequence[policy.Budget]]:
+    def _guess(self, calls: Sequence[Call]) -> dict[tuple[str, str], Sequence[Budget]]:
         """The windows the batch will most likely measure: each tenant's and wallet's
         budgets as the last batch that locked it found them (empty if one is new)."""
-        guess: dict[tuple[str, str], Sequence[policy.Budget]] = {}
+        guess: dict[tuple[str, str], Sequence[Budget]] = {}
         for call in calls:
             for key in (("tenant", call.caller.tenant_id), ("wallet", call.req.wallet_id)):
                 budgets = self._budgets.get(key)
@@ -393,7 +399,7 @@ class Payments:
                     return {}
         return guess
 
-    def _remember(self, scopes: Mapping[tuple[str, str], Sequence[policy.Budget]]) -> None:
+    def _remember(self, scopes: Mapping[tuple[str, str], Sequence[Budget]]) -> None:
         if len(self._budgets) > 100_000:
             self._budgets.clear()
         self._budgets.update(scopes)
@@ -416,7 +422,7 @@ class Payments:
             raise PermissionDenied("tenant is disabled", reason="tenant_disabled")
         if wallet.state != "active":
             raise FailedPrecondition(f"wallet {wallet_id!r} is {wallet.state}")
-        return _Locked(wallet, bool(tenant.frozen), spend.rules_from(wallet.tenant_doc, wallet.wallet_doc))
+        return _Locked(wallet, bool(tenant.frozen), rules_from(wallet.tenant_doc, wallet.wallet_doc))
 
     def _lock_tenant(self, s: Session, tenant_id: str) -> bool:
         """Lock the tenant's row for the check-and-reserve; returns its freeze flag."""
@@ -437,7 +443,7 @@ class Payments:
             raise AlreadyExists(f"idempotency_key {key!r} was already used for a different request")
         if not row.header_value:
             # A push payment whose broadcast is under way or failed: there is no proof to return.
-            if row.state == "failed":
+            if row.state == PaymentState.FAILED:
                 raise FailedPrecondition(f"payment {row.id} failed: {row.state_reason}", reason="payment_failed")
             raise Unavailable(f"payment {row.id} is still being broadcast; retry shortly")
         if _spent(row, now_ms):
@@ -464,13 +470,13 @@ class Payments:
                 call.request_hash, batch.now_ms)
             if claim is not None:
                 return _result(claim)
-        scopes = [policy.Scope("tenant", rules.tenant, lk.tenant_frozen, batch.usage[("tenant", caller.tenant_id)])]
+        scopes = [Scope("tenant", rules.tenant, lk.tenant_frozen, batch.usage[("tenant", caller.tenant_id)])]
         if rules.wallet is not None or wallet.frozen:
-            scopes.append(policy.Scope("wallet", lk.wallet_rules, wallet.frozen, batch.usage[("wallet", wallet.id)]))
+            scopes.append(Scope("wallet", lk.wallet_rules, wallet.frozen, batch.usage[("wallet", wallet.id)]))
         preference = ([p for p in req.protocols if p in rules.tenant.protocols] if req.protocols
                       else list(rules.tenant.protocols))
-        chosen: tuple[Offer, policy.Decision] | None = None
-        first: tuple[Offer, policy.Decision] | None = None
+        chosen: tuple[Offer, Decision] | None = None
+        first: tuple[Offer, Decision] | None = None
         short: tuple[Offer, FailedPrecondition] | None = None
         for offer in offers_mod.by_preference(call.collected.offers, preference):
             decision = _evaluate(scopes, offer, req, offer.scheme.max_fee(offer, call.prepared))
@@ -486,18 +492,18 @@ class Payments:
         if chosen is None and short is not None:
             offer, refusal = short
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
-                        reason="insufficient_balance", wallet_id=wallet.id, amount=offer.amount, asset=offer.asset,
+                        reason=DenialReason.INSUFFICIENT_BALANCE, wallet_id=wallet.id, amount=offer.amount, asset=offer.asset,
                         network=offer.network, payee=offer.pay_to, resource_url=req.url,
                         details={"protocol": offer.scheme.protocol, "scheme": offer.scheme.id, **refusal.metadata})
             return refusal
         if chosen is None and first is None:
             offered = sorted({o.scheme.protocol for o in call.collected.offers})
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
-                        reason="protocol_not_allowed", wallet_id=wallet.id, resource_url=req.url,
+                        reason=DenialReason.PROTOCOL_NOT_ALLOWED, wallet_id=wallet.id, resource_url=req.url,
                         details={"offered": offered})
             return PermissionDenied(
                 f"the server offers {', '.join(offered)}; the tenant's policy pays only "
-                f"{', '.join(preference) or 'nothing this call asked for'}", reason="protocol_not_allowed")
+                f"{', '.join(preference) or 'nothing this call asked for'}", reason=DenialReason.PROTOCOL_NOT_ALLOWED)
         if chosen is None:
             assert first is not None
             denied, decision = first
@@ -534,7 +540,7 @@ class Payments:
         return info
 
     def _sign_and_record(self, offer: Offer, ctx: signing.Context, prepared: signing.Prepared, batch: _Batch,
-                         scopes: Sequence[policy.Scope]) -> Generator[batch_io.Request, Any,
+                         scopes: Sequence[Scope]) -> Generator[batch_io.Request, Any,
                                                                       tuple[signing.NewPayment, bytes | None]]:
         """Sign the chosen offer and add its payment row and audit event to the
         batch. Returns the row and, for a push payment, the transaction still to
@@ -593,7 +599,7 @@ class Payments:
                                   actor=caller.actor)
             else:
                 # Unknown fate: reserved until the reconciler sees it mined or expired.
-                lifecycle.advance(s, row, lifecycle.Change("failed", release=False, reason=(failure or "")[:200]),
+                lifecycle.advance(s, row, lifecycle.Change(PaymentState.FAILED, release=False, reason=(failure or "")[:200]),
                                   from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
         raise FailedPrecondition(f"push payment {payment.id} failed on {payment.network}: {failure}",
                                  reason="payment_failed")
@@ -603,11 +609,11 @@ class Payments:
 class _Locked:
     wallet: batch_io.WalletRow
     tenant_frozen: bool
-    rules: spend.Rules
+    rules: Rules
 
     @property
-    def wallet_rules(self) -> policy.Policy:
-        return self.rules.wallet or policy.inherit(policy.DEFAULT, self.rules.tenant)
+    def wallet_rules(self) -> Policy:
+        return self.rules.wallet or inherit(DEFAULT, self.rules.tenant)
 
 
 class _TenantRow(NamedTuple):
@@ -642,10 +648,10 @@ def _out_of_range(exc: BaseException) -> TellerError | None:
 
 
 def _scopes(locked: Sequence[_Locked | TellerError],
-            calls: Sequence[Call]) -> dict[tuple[str, str], Sequence[policy.Budget]]:
+            calls: Sequence[Call]) -> dict[tuple[str, str], Sequence[Budget]]:
     """The budget windows a batch must measure: each tenant's, and each wallet's
     that has a policy of its own (or is frozen)."""
-    scopes: dict[tuple[str, str], Sequence[policy.Budget]] = {}
+    scopes: dict[tuple[str, str], Sequence[Budget]] = {}
     for call, lk in zip(calls, locked, strict=True):
         if isinstance(lk, TellerError):
             continue
@@ -655,22 +661,22 @@ def _scopes(locked: Sequence[_Locked | TellerError],
     return scopes
 
 
-def _facts(offer: Offer, url: str, payee: str | None = None, fee: int = 0) -> policy.Payment:
-    return policy.Payment(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, fee)
+def _facts(offer: Offer, url: str, payee: str | None = None, fee: int = 0) -> Charge:
+    return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, fee)
 
 
-def _evaluate(scopes: Sequence[policy.Scope], offer: Offer, req: SignInput, fee: int) -> policy.Decision:
+def _evaluate(scopes: Sequence[Scope], offer: Offer, req: SignInput, fee: int) -> Decision:
     """The policy's decision, with the most the payment's fee can cost; split
     recipients must pass the payee lists too."""
-    decision = policy.evaluate(scopes, _facts(offer, req.url, fee=fee), req.max_amount)
+    decision = evaluate(scopes, _facts(offer, req.url, fee=fee), req.max_amount)
     for payee in offer.other_payees if decision.allowed else ():
-        split = policy.evaluate(scopes, _facts(offer, req.url, payee, fee), req.max_amount)
+        split = evaluate(scopes, _facts(offer, req.url, payee, fee), req.max_amount)
         if not split.allowed:
             return split
     return decision
 
 
-def _observe_budgets(scopes: Mapping[tuple[str, str], policy.Scope]) -> None:
+def _observe_budgets(scopes: Mapping[tuple[str, str], Scope]) -> None:
     """Budget utilisation once per batch, as its signatures left the windows (not
     after each call: a batch's calls would set the same gauges many times over)."""
     for (tenant_id, name), scope in scopes.items():
@@ -683,9 +689,9 @@ def _observe_budgets(scopes: Mapping[tuple[str, str], policy.Scope]) -> None:
 def _spent(row: Any, now_ms: int) -> bool:
     """A claimed payment that can never be used: voided or expired on chain, or
     unsettled past its validBefore."""
-    if row.state == "settled":
+    if row.state == PaymentState.SETTLED:
         return False
-    return row.state in ("expired", "voided") or row.released_ms is not None or (
+    return row.state in (PaymentState.EXPIRED, PaymentState.VOIDED) or row.released_ms is not None or (
         bool(row.valid_before) and row.valid_before * 1000 <= now_ms)
 
 

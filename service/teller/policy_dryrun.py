@@ -16,9 +16,12 @@ from datetime import datetime
 from typing import Any
 
 from teller import offers as offers_mod
-from teller import policy
 from teller.errors import InvalidArgument
 from teller.schemes import Offer
+from teller.spend.decision import Decision
+from teller.spend.evaluate import evaluate
+from teller.spend.parse import parse
+from teller.spend.rules import DEFAULT, Charge, Scope, inherit
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,7 @@ def load_challenge(text: str, url: str = "") -> SavedChallenge:
 @dataclass(frozen=True, slots=True)
 class Considered:
     offer: Offer[Any]
-    decision: policy.Decision
+    decision: Decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +137,11 @@ def dry_run(
     ``frozen`` says which scopes are frozen."""
     used = used or {}
     frozen = frozen or {}
-    tenant = policy.parse(tenant_doc) if tenant_doc is not None else policy.DEFAULT
-    scopes = [policy.Scope("tenant", tenant, frozen.get("tenant", False), used.get("tenant", {}))]
+    tenant = parse(tenant_doc) if tenant_doc is not None else DEFAULT
+    scopes = [Scope("tenant", tenant, frozen.get("tenant", False), used.get("tenant", {}))]
     if wallet_doc is not None or frozen.get("wallet", False):
-        wallet = policy.inherit(policy.parse(wallet_doc, wallet=True), tenant) if wallet_doc is not None else tenant
-        scopes.append(policy.Scope("wallet", wallet, frozen.get("wallet", False), used.get("wallet", {})))
+        wallet = inherit(parse(wallet_doc, wallet=True), tenant) if wallet_doc is not None else tenant
+        scopes.append(Scope("wallet", wallet, frozen.get("wallet", False), used.get("wallet", {})))
     collected = offers_mod.collect(saved.headers, saved.body, networks=networks or {}, max_bytes=max_bytes, now=now)
     ordered = offers_mod.by_preference(collected.offers, tenant.protocols)
     skipped = tuple(sorted({o.scheme.protocol for o in collected.offers} - set(tenant.protocols)))
@@ -157,16 +160,16 @@ def dry_run(
     return DryRun(tuple(considered), None, first.decision.reason, message, skipped)
 
 
-def _facts(offer: Offer[Any], url: str, payee: str | None = None) -> policy.Payment:
-    return policy.Payment(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url)
+def _facts(offer: Offer[Any], url: str, payee: str | None = None) -> Charge:
+    return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url)
 
 
-def _evaluate(scopes: Sequence[policy.Scope], offer: Offer[Any], url: str,
-              max_amount: int | None) -> policy.Decision:
+def _evaluate(scopes: Sequence[Scope], offer: Offer[Any], url: str,
+              max_amount: int | None) -> Decision:
     # As Sign does: split recipients must pass the payee lists too.
-    decision = policy.evaluate(scopes, _facts(offer, url), max_amount)
+    decision = evaluate(scopes, _facts(offer, url), max_amount)
     for payee in offer.other_payees if decision.allowed else ():
-        split = policy.evaluate(scopes, _facts(offer, url, payee), max_amount)
+        split = evaluate(scopes, _facts(offer, url, payee), max_amount)
         if not split.allowed:
             return split
     return decision

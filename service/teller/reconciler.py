@@ -34,9 +34,7 @@ from teller.db.models import ChainCursor, Payment, Wallet
 from teller.errors import Unavailable
 from teller.lifecycle import (
     EIP3009_SCHEMES,
-    FAILED,
     LIVE,
-    SETTLED,
     TRANSACTION_SCHEMES,
     Change,
     advance,
@@ -45,6 +43,7 @@ from teller.lifecycle import (
     from_event,
     mined_change,
 )
+from teller.states import PaymentState
 
 log = logging.getLogger("teller.reconciler")
 ACTOR = "reconciler"
@@ -204,7 +203,7 @@ class Reconciler:
                         if apply_event(s, p, events[0], ms(self.clock), ACTOR):
                             result.transitions[_label(from_event(events[0]))] += 1
                     continue
-                change = Change(SETTLED, release=False, reason="used_on_chain_tx_not_found")
+                change = Change(PaymentState.SETTLED, release=False, reason="used_on_chain_tx_not_found")
             with self.db.transaction() as s:
                 if advance(s, p, change, from_states=LIVE, now_ms=ms(self.clock), actor=ACTOR,
                            details={"head_block": head_number, "head_timestamp": head_ts}):
@@ -213,7 +212,7 @@ class Reconciler:
 
 def _label(change: Change) -> str:
     """How a pass reports a transition: a failed payment that stops holding budget is "released"."""
-    return "released" if change.to == FAILED and change.release else change.to
+    return "released" if change.to == PaymentState.FAILED and change.release else str(change.to)
 
 
 __all__ = ["PassResult", "Reconciler"]

@@ -4,21 +4,50 @@ signed before the tenant lock (``Presigned``), what the locked part decided
 (``Context``) and the payment row a batch inserts (``NewPayment``).
 
 Both the Sign flow (``teller.payments``) and the schemes (``teller.schemes``)
-use them; they import neither.
+use them; they import neither, nor the database: the caller and the wallet row
+are named by what a proof reads of them (``Payer``, ``WalletKey``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from teller.errors import TellerError
 
 if TYPE_CHECKING:
-    from teller.auth import Caller
-    from teller.batch_io import WalletRow
-    from teller.policy import Decision
+    from teller.spend.decision import Decision
+
+
+class Payer(Protocol):
+    """Who pays (``teller.auth.Caller``)."""
+
+    @property
+    def tenant_id(self) -> str: ...
+
+    @property
+    def actor(self) -> str: ...
+
+
+class WalletKey(Protocol):
+    """The wallet that pays, as its row holds it (``teller.batch_io.WalletRow``):
+    its address and its sealed key."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def kek_version(self) -> str: ...
+
+    @property
+    def wrapped_data_key(self) -> bytes: ...
+
+    @property
+    def key_ciphertext(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +91,7 @@ class Presigned:
     #: set when signing the offer again would give the same one.
     nonce: str | None = None
 
-    def fits(self, offer: object, wallet: WalletRow) -> bool:
+    def fits(self, offer: object, wallet: WalletKey) -> bool:
         return offer is self.offer and wallet.id == self.wallet_id and wallet.address == self.address
 
 
@@ -71,9 +100,9 @@ class Context:
     """What the locked part decided for one call: who pays, from which wallet,
     how much (in the policy's terms), and when (the batch's time)."""
 
-    caller: Caller
+    caller: Payer
     req: SignInput
-    wallet: WalletRow
+    wallet: WalletKey
     decision: Decision
     now_ms: int
     request_hash: str
@@ -86,4 +115,4 @@ class NewPayment(SimpleNamespace):
     plain attributes (an ORM instance costs several times more to build)."""
 
 
-__all__ = ["Context", "NewPayment", "Prepared", "Presigned", "SignInput"]
+__all__ = ["Context", "NewPayment", "Payer", "Prepared", "Presigned", "SignInput", "WalletKey"]

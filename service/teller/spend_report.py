@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from teller import policy
 from teller.errors import InvalidArgument
+from teller.spend.windows import CALENDAR_UNITS, calendar_bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +38,15 @@ def report(payments: Iterable[tuple[int, str, str, str, int]], *, by: str, since
            until_ms: int) -> list[Line]:
     """``payments``: (created_ms, network, asset, state, amount). Lines in window
     order, then network, asset, state; payments outside [since, until) are left out."""
-    if by not in policy.CALENDAR_UNITS:
-        raise InvalidArgument(f"by must be one of {', '.join(policy.CALENDAR_UNITS)}, got {by!r}")
+    if by not in CALENDAR_UNITS:
+        raise InvalidArgument(f"by must be one of {', '.join(CALENDAR_UNITS)}, got {by!r}")
     if until_ms <= since_ms:
         raise InvalidArgument("until must be after since")
     sums: dict[tuple[int, int, str, str, str], list[int]] = {}
     for created, network, asset, state, amount in payments:
         if not since_ms <= created < until_ms:
             continue
-        start, end = policy.calendar_bounds(by, created)
+        start, end = calendar_bounds(by, created)
         acc = sums.setdefault((start, end, network, asset, state), [0, 0])
         acc[0] += 1
         acc[1] += amount

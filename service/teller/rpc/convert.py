@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from teller.db.models import ApiToken, AuditEvent, Payment, Tenant, Wallet
-from teller.pay import Head
+from teller.pay import PayHead
 from teller.payments import SignInput, SignResult, sign_input
-from teller.spend import WindowReport
+from teller.spend.store import WindowReport
 from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
 
 
@@ -95,7 +95,7 @@ def payment_to_proto(p: Payment) -> common_pb2.PaymentRecord:
     )
 
 
-def pay_head_to_proto(head: Head) -> payment_pb2.PayResponse:
+def pay_head_to_proto(head: PayHead) -> payment_pb2.PayResponse:
     return payment_pb2.PayResponse(head=payment_pb2.PayHead(
         status=head.status, headers=[common_pb2.Header(name=k, value=v) for k, v in head.headers],
         payment=payment_to_proto(head.payment) if head.payment is not None else None,

@@ -1,6 +1,6 @@
 """The one place domain errors become gRPC statuses.
 
-Each ``TellerError`` becomes its status code with a google.rpc.Status whose
+Each ``TellerError``'s neutral ``ErrorCode`` becomes its gRPC status code, with a google.rpc.Status whose
 details carry an ``ErrorInfo`` (reason, domain, metadata such as the limit
 and what is left). Anything else is logged and answered as INTERNAL without
 its text, so no exception message can leak data to a caller.
@@ -22,7 +22,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from teller.errors import InvalidArgument, TellerError
+from teller.errors import ErrorCode, InvalidArgument, TellerError
 from teller.observe import METHOD, REQUEST_ID, Tracing, record_call
 
 log = logging.getLogger("teller.rpc")
@@ -40,12 +40,17 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: Every ErrorCode's status: the codes are named as the canonical codes, and
+#: this table is the only place that knows they are gRPC's.
+STATUS: dict[ErrorCode, grpc.StatusCode] = {code: grpc.StatusCode[code.name] for code in ErrorCode}
+
+
 def to_status(err: TellerError) -> grpc.Status:
     metadata = {_cut(k, 64): _cut(v, MAX_METADATA_VALUE_CHARS) for k, v in list(err.metadata.items())[:16]}
     info = error_details_pb2.ErrorInfo(reason=err.reason, domain=DOMAIN, metadata=metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
-    return rpc_status.to_status(status_pb2.Status(code=err.code.value[0], message=_cut(err.message, MAX_MESSAGE_CHARS),
+    return rpc_status.to_status(status_pb2.Status(code=STATUS[err.code].value[0], message=_cut(err.message, MAX_MESSAGE_CHARS),
                                                   details=[detail]))
 
 
@@ -252,8 +257,7 @@ def _code(exc: Exception) -> str:
     return "INTERNAL"
 
 
-_LEVELS = {grpc.StatusCode.INTERNAL: logging.ERROR, grpc.StatusCode.UNKNOWN: logging.ERROR,
-           grpc.StatusCode.DATA_LOSS: logging.ERROR, grpc.StatusCode.UNAVAILABLE: logging.WARNING}
+_LEVELS = {ErrorCode.INTERNAL: logging.ERROR, ErrorCode.UNAVAILABLE: logging.WARNING}
 
 
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception, rid: str) -> None:

@@ -18,7 +18,7 @@ from teller.auth import Caller
 from teller.chain import NotCached
 from teller.db.models import Operator
 from teller.errors import InvalidArgument, PermissionDenied
-from teller.pay import Head, Payer, pay_input
+from teller.pay import Payer, PayHead, pay_input
 from teller.payments import Call, Outcome, PushPending, SignInput, SignResult
 from teller.rpc import convert
 from teller.rpc.batcher import SignBatcher
@@ -125,7 +125,7 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         payer = Payer(self._sign, self.app.lifecycle, self.app.fetcher, self.run, settings.max_challenge_bytes,
                       deadline_s=settings.pay_deadline_seconds, keep_bytes=settings.keep_paid_response_bytes)
         async for part in payer.pay(caller, req):
-            if isinstance(part, Head):
+            if isinstance(part, PayHead):
                 yield convert.pay_head_to_proto(part)
             else:
                 yield payment_pb2.PayResponse(body_chunk=part)

@@ -6,19 +6,17 @@ step is the offer's own scheme's; keys stay behind the vault's narrow signer."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from teller import offers, policy
+from teller import offers
 from teller.chain import ChainReader
 from teller.clock import Clock
 from teller.errors import TellerError
 from teller.schemes.base import Offer
-from teller.signing import Context, NewPayment, Prepared, Presigned, SignInput
+from teller.signing import Context, NewPayment, Prepared, Presigned, SignInput, WalletKey
+from teller.spend.rules import PROTOCOLS
 from teller.vault import SealedKey, Vault
 from teller.vault.signer import WalletSigner
-
-if TYPE_CHECKING:
-    from teller.batch_io import WalletRow
 
 
 class Proofs:
@@ -47,7 +45,7 @@ class Proofs:
                 address: str, sealed: SealedKey) -> Presigned | None:
         """The offer the tenant most likely pays, signed before the lock; the locked
         part uses it if the decision and the wallet match, else signs anew."""
-        candidates = offers.by_preference(collected.offers, req.protocols or policy.PROTOCOLS)
+        candidates = offers.by_preference(collected.offers, req.protocols or PROTOCOLS)
         if not candidates:
             return None
         offer = candidates[0]
@@ -58,7 +56,7 @@ class Proofs:
         return offer.scheme.presign(offer, signer, prepared, wallet_id=req.wallet_id, now_s=int(self.clock()),
                                     max_valid_for_s=self.max_authorization_s)
 
-    def signer(self, tenant_id: str, wallet: WalletRow) -> WalletSigner:
+    def signer(self, tenant_id: str, wallet: WalletKey) -> WalletSigner:
         return self.vault.signer(tenant_id, wallet.id, wallet.address,
                                  SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext))
 

@@ -79,22 +79,22 @@ def upgrade() -> None:
 
 
 def _canonicalize_policies(conn: sa.Connection) -> list[Report]:
-    from teller import policy
     from teller.errors import InvalidArgument
+    from teller.spend.parse import parse, to_document
 
     reports: list[Report] = []
     rows = conn.execute(sa.text("SELECT tenant_id, wallet_id, document FROM spend_policies")).all()
     for tenant_id, wallet_id, document in rows:
         try:
             old = json.loads(document)
-            parsed = policy.parse(old, wallet=bool(wallet_id))
+            parsed = parse(old, wallet=bool(wallet_id))
         except (InvalidArgument, ValueError) as exc:
             problem = exc.message if isinstance(exc, InvalidArgument) else str(exc)
             log.warning("policy of tenant %s%s is not canonical and was left unchanged: %s", tenant_id,
                         f" wallet {wallet_id}" if wallet_id else "", problem)
             reports.append((tenant_id, wallet_id, "policy.needs_review", {"problem": problem[:500]}))
             continue
-        new = policy.to_document(parsed, wallet=bool(wallet_id))
+        new = to_document(parsed, wallet=bool(wallet_id))
         if new != old:
             conn.execute(sa.text("UPDATE spend_policies SET document = :doc WHERE tenant_id = :t AND wallet_id = :w"),
                          {"doc": json.dumps(new, sort_keys=True), "t": tenant_id, "w": wallet_id})
