@@ -20,7 +20,7 @@ from teller.mpp import challenge as mpp_challenge
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp.charge import parse_request
 from teller.pay import pay_input
-from teller.payments import sign_input
+from teller.sign.call import sign_input
 from teller.spend.parse import parse, to_document
 from teller.x402 import challenge as x402_challenge
 from teller.x402 import receipt as x402_receipt

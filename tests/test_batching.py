@@ -19,8 +19,8 @@ from teller.errors import (
     Unauthenticated,
     Unavailable,
 )
-from teller.payments import SignResult
 from teller.rpc.batcher import SignBatcher
+from teller.sign.call import SignResult
 from teller_client import Budget, Policy
 from tests.support.batches import commit as _commit
 from tests.support.batches import prepare as _call
@@ -142,8 +142,8 @@ def test_a_failing_batch_is_retried_call_by_call(setup, monkeypatch):
     t = teller.setup_tenant()
     chall = sdk_v2_challenge(amount="1000")
     calls = [_call(teller, t, chall) for _ in range(4)]
-    payments = teller.app.payments
-    original = payments._decide
+    planner = teller.app.payments.planner
+    original = planner._decide
     poisoned = calls[2]
 
     def decide(call, *args):
@@ -151,7 +151,7 @@ def test_a_failing_batch_is_retried_call_by_call(setup, monkeypatch):
             raise RuntimeError("boom")
         return (yield from original(call, *args))
 
-    monkeypatch.setattr(payments, "_decide", decide)
+    monkeypatch.setattr(planner, "_decide", decide)
     outcomes = _commit(teller, calls, driver)
     assert [type(o).__name__ for o in outcomes] == ["SignResult", "SignResult", "RuntimeError", "SignResult"]
     assert len(_rows(teller, Payment, tenant_id=t.tenant_id)) == 3
@@ -294,7 +294,7 @@ def test_text_array_literals_round_trip_through_postgresql(pg_url):
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from teller.batch_io import _text_array, conninfo
+    from teller.sign.drivers.pg import _text_array, conninfo
 
     with psycopg.connect(conninfo(pg_url)) as conn:
         @settings(max_examples=200, deadline=None)
@@ -314,7 +314,7 @@ def test_a_tenant_locked_elsewhere_does_not_stall_the_batch(pg_teller):
 
     import psycopg
 
-    from teller.batch_io import AsyncPgBatchIO, conninfo
+    from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
 
     teller = pg_teller
     a, b = teller.setup_tenant(), teller.setup_tenant()
@@ -354,7 +354,7 @@ def test_statement_literals_round_trip_through_postgresql(pg_url):
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from teller.batch_io import _Statements, _text_array, conninfo
+    from teller.sign.drivers.pg import _Statements, _text_array, conninfo
 
     text = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)))
 
@@ -397,7 +397,7 @@ def test_batch_statements_keep_using_indexes_as_their_tables_grow(pg_teller):
     the planner sees the tables as they are now (ANALYZE or not)."""
     import psycopg
 
-    from teller.batch_io import (
+    from teller.sign.drivers.pg import (
         _PG_CLAIMS,
         _PG_NONCES,
         AsyncPgBatchIO,
@@ -464,7 +464,8 @@ def test_a_failed_or_cancelled_batch_leaves_no_transaction_open(pg_teller):
     way the tenant is free at once and the next batch signs."""
     import psycopg
 
-    from teller.batch_io import AsyncPgBatchIO, Read, conninfo
+    from teller.sign.batch_io import Read
+    from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
 
     teller = pg_teller
     t = teller.setup_tenant()
@@ -502,7 +503,7 @@ def test_a_failed_or_cancelled_batch_leaves_no_transaction_open(pg_teller):
             # Cancelled while waiting for a lock another transaction holds.
             holder = await psycopg.AsyncConnection.connect(url)
             await holder.execute("SELECT id FROM tenants WHERE id = %s FOR UPDATE", (t.tenant_id,))
-            task = asyncio.ensure_future(aio.run(teller.app.payments._plan([_call(teller, t, chall)])))
+            task = asyncio.ensure_future(aio.run(teller.app.payments.planner.plan([_call(teller, t, chall)])))
             await asyncio.sleep(0.3)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -537,7 +538,7 @@ def test_batch_rows_as_json_keep_integers_of_any_size():
 def test_the_largest_amount_is_signed_and_recorded_exactly(pg_teller):
     """The largest amount Teller accounts (2**63 - 1 atomic units) through the
     server's own batch path, in one batch with another tenant's small one."""
-    from teller.batch_io import AsyncPgBatchIO, conninfo
+    from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
 
     teller = pg_teller
     big, small = teller.setup_tenant(), teller.setup_tenant()

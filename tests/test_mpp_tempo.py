@@ -281,8 +281,8 @@ def test_a_tempo_payment_signed_again_within_its_second_is_the_same_payment(data
 
     from sqlalchemy import func, select
 
-    from teller import batch_io
     from teller.db.models import AuditEvent, Payment
+    from teller.sign import batch_io
     from tests.support.batches import commit, prepare
 
     looked_up: list[str] = []

@@ -16,8 +16,8 @@ from teller.errors import ConfigError
 from teller.fetch import Fetcher
 from teller.lifecycle import Lifecycle
 from teller.operators import Operators
-from teller.payments import Payments
 from teller.reconciler import Reconciler
+from teller.sign.service import Payments
 from teller.vault import LocalKekProvider, Vault
 
 log = logging.getLogger("teller.app")

@@ -37,8 +37,8 @@ from teller.errors import (
 )
 from teller.fetch import HOP_BY_HOP, Fetcher, Response
 from teller.lifecycle import Lifecycle
-from teller.payments import SignResult, sign_input
 from teller.schemes import REGISTRY
+from teller.sign.call import SignResult, sign_input
 from teller.signing import SignInput
 from teller.states import PaymentState
 

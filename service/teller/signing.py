@@ -3,7 +3,7 @@
 signed before the tenant lock (``Presigned``), what the locked part decided
 (``Context``) and the payment row a batch inserts (``NewPayment``).
 
-Both the Sign flow (``teller.payments``) and the schemes (``teller.schemes``)
+Both the Sign path (``teller.sign``) and the schemes (``teller.schemes``)
 use them; they import neither, nor the database: the caller and the wallet row
 are named by what a proof reads of them (``Payer``, ``WalletKey``).
 """
@@ -31,7 +31,7 @@ class Payer(Protocol):
 
 
 class WalletKey(Protocol):
-    """The wallet that pays, as its row holds it (``teller.batch_io.WalletRow``):
+    """The wallet that pays, as its row holds it (``teller.sign.batch_io.WalletRow``):
     its address and its sealed key."""
 
     @property

@@ -10,7 +10,7 @@ from typing import Any
 
 from teller import auth
 from teller.auth import Caller
-from teller.payments import Call, Outcome, sign_input
+from teller.sign.call import Call, Verdict, sign_input
 
 
 def prepare(teller: Any, t: Any, chall: Any, *, secret: str | None = "token", wallet_id: str | None = None,
@@ -24,14 +24,14 @@ def prepare(teller: Any, t: Any, chall: Any, *, secret: str | None = "token", wa
                                        real_secret if secret == "token" else secret)
 
 
-def commit(teller: Any, calls: Sequence[Call], driver: str) -> list[Outcome]:
+def commit(teller: Any, calls: Sequence[Call], driver: str) -> list[Verdict]:
     """One batch of ``calls``: ``driver`` "session" (SQLAlchemy) or "async" (psycopg)."""
     payments = teller.app.payments
     if driver == "session":
         return payments.commit(calls)
-    from teller.batch_io import AsyncPgBatchIO, conninfo
+    from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
 
-    async def run() -> list[Outcome]:
+    async def run() -> list[Verdict]:
         aio = AsyncPgBatchIO(conninfo(teller.app.db.engine.url.render_as_string(hide_password=False)))
         loop = asyncio.get_running_loop()
         try:

@@ -13,22 +13,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from teller.payments import Call, Outcome
+from teller.sign.call import Call, Verdict
 
 
 class SignBatcher:
-    def __init__(self, commit: Callable[[Sequence[Call]], Awaitable[list[Outcome]]], *, max_batch: int = 64,
+    def __init__(self, commit: Callable[[Sequence[Call]], Awaitable[list[Verdict]]], *, max_batch: int = 64,
                  in_flight: int = 1, linger: bool = True) -> None:
         self._commit = commit
         self._linger = linger
         self._max = max(1, max_batch)
         self._limit = max(1, in_flight)
-        self._queue: list[tuple[Call, asyncio.Future[Outcome]]] = []
+        self._queue: list[tuple[Call, asyncio.Future[Verdict]]] = []
         self._running: set[asyncio.Task[None]] = set()
 
-    async def submit(self, call: Call) -> Outcome:
-        """The outcome of ``call`` once its batch committed (or failed)."""
-        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+    async def submit(self, call: Call) -> Verdict:
+        """The verdict of ``call`` once its batch committed (or failed)."""
+        done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._queue.append((call, done))
         self._start()
         # A cancelled caller stops waiting; its batch still commits, as a single call would.
@@ -41,16 +41,16 @@ class SignBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _run(self, batch: list[tuple[Call, asyncio.Future[Outcome]]]) -> None:
+    async def _run(self, batch: list[tuple[Call, asyncio.Future[Verdict]]]) -> None:
         task = asyncio.current_task()
         try:
             try:
-                outcomes: Sequence[Outcome] = await self._commit([call for call, _ in batch])
+                verdicts: Sequence[Verdict] = await self._commit([call for call, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every call of the batch gets it
-                outcomes = [exc] * len(batch)
-            for (_, done), outcome in zip(batch, outcomes, strict=True):
+                verdicts = [exc] * len(batch)
+            for (_, done), verdict in zip(batch, verdicts, strict=True):
                 if not done.done():
-                    done.set_result(outcome)
+                    done.set_result(verdict)
             if self._queue and self._linger:
                 # A backlog: calls are arriving faster than batches commit. Let the
                 # ones whose requests are already in (ready to run on this loop) join

@@ -1,5 +1,5 @@
 """The gRPC servicers. They authenticate, convert, and hand blocking database
-work to a thread pool; the domain logic lives in teller.payments / teller.admin."""
+work to a thread pool; the domain logic lives in teller.sign / teller.admin."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ from typing import Any, TypeVar
 import grpc
 
 from teller import audit as audit_log
-from teller import auth, batch_io
+from teller import auth
 from teller.app import App
 from teller.auth import Caller
 from teller.chain import NotCached
 from teller.db.models import Operator
 from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Payer, PayHead, pay_input
-from teller.payments import Call, Outcome, PushPending, SignInput, SignResult
 from teller.rpc import convert
 from teller.rpc.batcher import SignBatcher
+from teller.sign.call import Call, PushPending, SignResult, Verdict
+from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
+from teller.signing import SignInput
 from teller_client._proto.teller.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -61,15 +63,15 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         super().__init__(app, pool)
         self._token_tenants: dict[str, str] = {}
         # PostgreSQL: Sign batches run on the event loop through async psycopg.
-        self.aio = (batch_io.AsyncPgBatchIO(batch_io.conninfo(app.db.engine.url.render_as_string(hide_password=False)))
+        self.aio = (AsyncPgBatchIO(conninfo(app.db.engine.url.render_as_string(hide_password=False)))
                     if app.db.is_postgres else None)
         self.batcher = SignBatcher(self._commit, max_batch=app.settings.sign_batch_max,
                                    in_flight=app.settings.sign_batches_in_flight)
 
-    async def _commit(self, calls: Sequence[Call]) -> list[Outcome]:
+    async def _commit(self, calls: Sequence[Call]) -> list[Verdict]:
         return await self.app.payments.commit_async(calls, self.aio, self._in_thread)
 
-    async def _in_thread(self, fn: Callable[[Sequence[Call]], list[Outcome]], calls: Sequence[Call]) -> list[Outcome]:
+    async def _in_thread(self, fn: Callable[[Sequence[Call]], list[Verdict]], calls: Sequence[Call]) -> list[Verdict]:
         return await self.run(fn, calls)
 
     async def close(self) -> None:
@@ -111,10 +113,10 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         except NotCached:
             # ... else on a thread, where it may read the database or a chain.
             call = await self.run(payments.prepare, caller, sign_in, secret)
-        outcome = await self.batcher.submit(call)
-        if isinstance(outcome, PushPending):
-            return await self.run(payments.finish, outcome)  # broadcasts: blocking
-        return payments.finish(outcome)
+        verdict = await self.batcher.submit(call)
+        if isinstance(verdict, PushPending):
+            return await self.run(payments.finish, verdict)  # broadcasts: blocking
+        return payments.finish(verdict)
 
     async def Pay(self, request: payment_pb2.PayRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[payment_pb2.PayResponse]:
         caller = await self._caller(context)

@@ -1,246 +1,52 @@
-"""The database side of one Sign batch.
-
-``Payments._plan`` decides a batch without doing any I/O: it yields requests
-(``Read``, ``Measure``, ``Write``, and the rare ``Missing``, ``ReleaseKey``,
-``FindNonce``) and a driver answers them. ``SqlBatchIO`` answers through a
-SQLAlchemy session on any database (the embedded SQLite default).
-``AsyncPgBatchIO`` answers on PostgreSQL through an async psycopg connection
-on the server's event loop, with its statements prepared on each connection
-(and prepared anew every few seconds, so their plans follow the tables' sizes)
-except the lookups of ``payments`` by key, which are planned where they run:
-BEGIN, the lock, the reads and the window query travel as one query string, the
-writes and COMMIT as another, so a batch costs two round trips whatever its
-size, and no thread.
+"""The Sign batch driver for PostgreSQL: async psycopg on the server's event
+loop, with its statements prepared on each connection (and prepared anew every
+few seconds, so their plans follow the tables' sizes) except the lookups of
+``payments`` by key, which are planned where they run: BEGIN, the lock, the
+reads and the window query travel as one query string, the writes and COMMIT as
+another, so a batch costs two round trips whatever its size, and no thread.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar, cast
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import bindparam, insert, select, text, tuple_
-from sqlalchemy.orm import Session
 
-from teller import audit
 from teller.db.engine import PG_OPTIONS
-from teller.db.models import (
-    ApiToken,
-    AuditEvent,
-    AuditHead,
-    Payment,
-    SpendPolicy,
-    Tenant,
-    Wallet,
-)
-from teller.errors import TellerError, Unavailable
+from teller.db.models import AuditEvent, Payment
+from teller.errors import Unavailable
 from teller.jsontext import compact
+from teller.sign.batch_io import (
+    Contended,
+    FindNonce,
+    Measure,
+    PaymentRow,
+    Plan,
+    Read,
+    ReleaseKey,
+    Snapshot,
+    TenantRow,
+    TokenRow,
+    WalletRow,
+    Windows,
+    Write,
+    drive_async,
+)
 from teller.spend.ledger import (
-    BUCKET_ROW_SQL,
     BUCKET_UPSERT,
     WINDOW_FIELDS,
     WINDOWS_PG_SQL,
-    WindowUse,
     window_rows,
     windows_from,
 )
-from teller.spend.rules import Budget
-from teller.spend.store import measure_many
 
 T = TypeVar("T")
 
-
-class WalletRow(NamedTuple):
-    id: str
-    tenant_id: str
-    address: str
-    state: str
-    frozen: bool
-    kek_version: str
-    wrapped_data_key: bytes
-    key_ciphertext: bytes
-    tenant_doc: str | None
-    wallet_doc: str | None
-
-
-@dataclass(slots=True)
-class Snapshot:
-    """What a batch read with its tenants locked (locked tenants are in ``heads``)."""
-
-    tenants: dict[str, Any]  # id -> (id, state, frozen)
-    heads: dict[str, tuple[int, str]]
-    wallets: dict[str, WalletRow]
-    tokens: dict[str, Any]  # id -> (id, tenant_id, secret_hash, revoked_ms)
-    claims: dict[tuple[str, str], Any]  # (tenant, idempotency key) -> payment row
-    windows: dict[tuple[str, str], dict[str, WindowUse]] | None = None  # Read.measure's answer
-    nonces: dict[tuple[str, str], Any] = field(default_factory=dict)  # (wallet, nonce) -> payment row
-
-
-@dataclass(frozen=True, slots=True)
-class Read:
-    """Lock these tenants and their chain heads; read wallets, tokens, claims and
-    the payments holding these (wallet, nonce) pairs; and (once the locks are
-    granted) measure these windows."""
-
-    tenant_ids: Sequence[str]
-    wallet_ids: Sequence[str]
-    token_ids: Sequence[str]
-    keys: Sequence[str]
-    measure: Measure | None = None
-    nonces: Sequence[tuple[str, str]] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Missing:
-    """A tenant the lock did not find (or whose chain has no head): answered with
-    (frozen, head) after locking it, or its error thrown into the plan."""
-
-    tenant_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Measure:
-    scopes: Mapping[tuple[str, str], Sequence[Budget]]
-    now_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseKey:
-    """An expired idempotency key, released before its new claim is written."""
-
-    payment_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class FindNonce:
-    """The payment already holding a deterministic (MPP) nonce, if any."""
-
-    wallet_id: str
-    nonce: str
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    payments: Sequence[dict[str, Any]]
-    buckets: Sequence[dict[str, Any]]
-    events: Sequence[dict[str, Any]]
-    heads: Mapping[str, tuple[int, str]]
-
-
-Request = Read | Missing | Measure | ReleaseKey | FindNonce | Write
-
-
-class Contended(Unavailable):
-    """The batch's transaction lost a lock wait (timeout, deadlock, serialization):
-    nothing was written, and each call may well succeed on its own."""
-
-
 _CONTENDED = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
-
-class NeedsSession(Exception):
-    """The async path does not answer this request (it is rare): run the batch
-    through a SQLAlchemy session instead. Nothing was written."""
-
-
-def _resume(plan: Generator[Request, Any, T], got: tuple[bool, Any] | None) -> tuple[bool, Any]:
-    """Start the plan (``got`` None), or send it an answer ``(True, value)`` or throw
-    an error ``(False, exc)`` into it where it asked. Returns ``(True, its result)``
-    once it has returned, else ``(False, its next request)``."""
-    try:
-        if got is None:
-            return False, next(plan)
-        return False, plan.send(got[1]) if got[0] else plan.throw(got[1])
-    except StopIteration as done:
-        return True, done.value
-
-
-def drive(plan: Generator[Request, Any, T], answer: Callable[[Request], Any]) -> T:
-    """Run a plan, answering each request with ``answer``; TellerErrors it raises
-    go back into the plan, where the request was made."""
-    done, value = _resume(plan, None)
-    while not done:
-        try:
-            got = (True, answer(value))
-        except TellerError as exc:
-            got = (False, exc)
-        done, value = _resume(plan, got)
-    return cast(T, value)
-
-
-async def drive_async(plan: Generator[Request, Any, T], answer: Callable[[Request], Awaitable[Any]]) -> T:
-    done, value = _resume(plan, None)
-    while not done:
-        try:
-            got = (True, await answer(value))
-        except TellerError as exc:
-            got = (False, exc)
-        done, value = _resume(plan, got)
-    return cast(T, value)
-
-
-# -- any database, through SQLAlchemy --------------------------------------
-
-# The tenants of a batch and their audit chain heads, locked in id order: every
-# batch takes its locks in the same order, so two batches never deadlock.
-_LOCK = (
-    select(Tenant.id, Tenant.state, Tenant.frozen, AuditHead.seq, AuditHead.hash)
-    .join(AuditHead, AuditHead.chain == Tenant.id)
-    .where(Tenant.id.in_(bindparam("tenant_ids", expanding=True)))
-    .order_by(Tenant.id)
-    .with_for_update(of=[Tenant, AuditHead])
-)
-_WALLETS = select(
-    Wallet.id, Wallet.tenant_id, Wallet.address, Wallet.state, Wallet.frozen, Wallet.kek_version,
-    Wallet.wrapped_data_key, Wallet.key_ciphertext,
-    select(SpendPolicy.document).where(SpendPolicy.tenant_id == Wallet.tenant_id, SpendPolicy.wallet_id == "")
-    .scalar_subquery().label("tenant_doc"),
-    select(SpendPolicy.document).where(SpendPolicy.tenant_id == Wallet.tenant_id, SpendPolicy.wallet_id == Wallet.id)
-    .scalar_subquery().label("wallet_doc"),
-).where(Wallet.id.in_(bindparam("wallet_ids", expanding=True)))
-_TOKENS = (select(ApiToken.id, ApiToken.tenant_id, ApiToken.secret_hash, ApiToken.revoked_ms)
-           .where(ApiToken.id.in_(bindparam("token_ids", expanding=True))))
-_CLAIMS = select(Payment).where(Payment.tenant_id.in_(bindparam("tenant_ids", expanding=True)),
-                                Payment.idempotency_key.in_(bindparam("keys", expanding=True)))
-_NONCES = select(Payment).where(tuple_(Payment.wallet_id, Payment.nonce).in_(bindparam("pairs", expanding=True)))
-
-
-class SqlBatchIO:
-    def read(self, s: Session, request: Read) -> Snapshot:
-        tenant_ids, wallet_ids, token_ids, keys = request.tenant_ids, request.wallet_ids, request.token_ids, request.keys
-        tenants: dict[str, Any] = {}
-        heads: dict[str, tuple[int, str]] = {}
-        for r in s.execute(_LOCK, {"tenant_ids": list(tenant_ids)}):
-            tenants[r.id] = r
-            heads[r.id] = (int(r.seq), str(r.hash))
-        wallets = {r.id: WalletRow(*r) for r in s.execute(_WALLETS, {"wallet_ids": list(wallet_ids)})}
-        tokens = {r.id: r for r in s.execute(_TOKENS, {"token_ids": list(token_ids)})} if token_ids else {}
-        claims = ({(p.tenant_id, p.idempotency_key or ""): p
-                   for p in s.scalars(_CLAIMS, {"tenant_ids": list(tenant_ids), "keys": list(keys)})}
-                  if keys else {})
-        nonces = ({(p.wallet_id, p.nonce): p for p in s.scalars(_NONCES, {"pairs": list(request.nonces)})}
-                  if request.nonces else {})
-        m = request.measure
-        return Snapshot(tenants, heads, wallets, tokens, claims,
-                        measure_many(s, m.scopes, m.now_ms) if m is not None else None, nonces)
-
-    def measure(self, s: Session, scopes: Mapping[tuple[str, str], Sequence[Budget]],
-                now_ms: int) -> dict[tuple[str, str], dict[str, WindowUse]]:
-        return measure_many(s, scopes, now_ms)
-
-    def write(self, s: Session, request: Write) -> None:
-        conn = s.connection()
-        if request.payments:
-            conn.execute(insert(Payment), list(request.payments))
-        if request.buckets:
-            conn.execute(text(BUCKET_ROW_SQL), list(request.buckets))
-        audit.write(s, request.events, dict(request.heads))
-
-
-# -- PostgreSQL, through async psycopg ---------------------------------------
 
 _PG_LOCK = ("SELECT t.id, t.state, t.frozen, h.seq, h.hash FROM tenants t JOIN audit_heads h ON h.chain = t.id "
             "WHERE t.id = ANY(%s::text[]) ORDER BY t.id FOR UPDATE OF t, h")
@@ -251,7 +57,7 @@ _PG_WALLETS = (
     "FROM wallets w WHERE w.id = ANY(%s::text[])")
 _PG_TOKENS = "SELECT id, tenant_id, secret_hash, revoked_ms FROM api_tokens WHERE id = ANY(%s::text[])"
 _PAYMENT_COLUMNS = tuple(c.key for c in Payment.__table__.columns)
-_PAYMENT_SELECT = ", ".join(f"p.{c}" for c in _PAYMENT_COLUMNS)
+_PAYMENT_SELECT = ", ".join(f"p.{c}" for c in PaymentRow._fields)
 #: The lookups of ``payments`` by key, planned each time they run (not prepared):
 #: a generic plan made while the table was empty read all of it on every batch
 #: as it grew (21 ms a lookup at 50,000 rows; a new deployment reaches that in
@@ -294,7 +100,7 @@ def _text_array(values: Sequence[str]) -> str:
 
 # Rare (an expired idempotency key; a Tempo payment signed in the batch itself): planned where they run too.
 _PG_RELEASE = "UPDATE payments SET idempotency_key = NULL WHERE id = %s"
-_PG_NONCE = (f"SELECT {', '.join(_PAYMENT_COLUMNS)} FROM payments "  # noqa: S608 - the model's columns
+_PG_NONCE = (f"SELECT {', '.join(PaymentRow._fields)} FROM payments "  # noqa: S608 - the model's columns
              "WHERE wallet_id = %s AND nonce = %s")
 
 
@@ -413,14 +219,14 @@ class AsyncPgBatchIO:
             raise
         return conn, time.monotonic()
 
-    async def run(self, plan: Generator[Request, Any, T]) -> T:
+    async def run(self, plan: Plan[T]) -> T:
         try:
             conn, prepared = await self._take()
         except psycopg.OperationalError as exc:
             raise Unavailable("database unavailable") from exc
         batch = _PgBatch(conn)
         try:
-            result = await drive_async(plan, batch.answer)
+            result = await drive_async(plan, batch)
             if batch.begun and not batch.committed:
                 await conn.execute(b"COMMIT", prepare=False)
         except _CONTENDED as exc:
@@ -459,8 +265,8 @@ class AsyncPgBatchIO:
 
 
 class _PgBatch:
-    """One batch's transaction on one connection: BEGIN travels with the reads,
-    COMMIT with the write."""
+    """One batch's transaction on one connection (a ``batch_io.AsyncDriver``):
+    BEGIN travels with the reads, COMMIT with the write."""
 
     __slots__ = ("begun", "committed", "conn")
 
@@ -484,35 +290,33 @@ class _PgBatch:
             cur.nextset()
         return cur
 
-    async def answer(self, request: Request) -> Any:
-        if isinstance(request, Read):
-            return await self._read(request)
-        if isinstance(request, Measure):
-            st = self._statements()
-            names = _add_windows(st, request)
-            rows = await (await self._run(st)).fetchall() if st else ()
-            return windows_from(names, request.scopes, rows)
-        if isinstance(request, Write):
-            st = self._statements()
-            heads = [{"chain": c, "seq": seq, "hash": h} for c, (seq, h) in request.heads.items()]
-            st.add("teller_write", *(compact(rows).decode() for rows in (
-                request.payments, request.buckets, request.events, heads)))
-            st.add("COMMIT")
-            await self._run(st)
-            self.committed = True
-            return None
-        if isinstance(request, ReleaseKey):
-            st = self._statements()
-            st.add_planned(_PG_RELEASE, request.payment_id)
-            await self._run(st)
-            return None
-        if isinstance(request, FindNonce):
-            st = self._statements()
-            st.add_planned(_PG_NONCE, request.wallet_id, request.nonce)
-            return await (await self._run(st)).fetchone()
-        raise NeedsSession(type(request).__name__)
+    async def measure(self, request: Measure) -> Windows:
+        st = self._statements()
+        names = _add_windows(st, request)
+        rows = await (await self._run(st)).fetchall() if st else ()
+        return windows_from(names, request.scopes, rows)
 
-    async def _read(self, request: Read) -> Snapshot:
+    async def write(self, request: Write) -> None:
+        st = self._statements()
+        heads = [{"chain": c, "seq": seq, "hash": h} for c, (seq, h) in request.heads.items()]
+        st.add("teller_write", *(compact(rows).decode() for rows in (
+            request.payments, request.buckets, request.events, heads)))
+        st.add("COMMIT")
+        await self._run(st)
+        self.committed = True
+
+    async def release_key(self, request: ReleaseKey) -> None:
+        st = self._statements()
+        st.add_planned(_PG_RELEASE, request.payment_id)
+        await self._run(st)
+
+    async def find_nonce(self, request: FindNonce) -> PaymentRow | None:
+        st = self._statements()
+        st.add_planned(_PG_NONCE, request.wallet_id, request.nonce)
+        row = await (await self._run(st)).fetchone()
+        return PaymentRow(*row) if row is not None else None
+
+    async def read(self, request: Read) -> Snapshot:
         st = self._statements()
         tenant_ids = _text_array(request.tenant_ids)
         st.add("teller_lock", tenant_ids)
@@ -527,25 +331,25 @@ class _PgBatch:
         # After the lock: the windows are measured once the locks are granted, in the same round trip.
         names = _add_windows(st, request.measure) if request.measure is not None else None
         cur = await self._run(st)
-        tenants: dict[str, Any] = {}
+        tenants: dict[str, TenantRow] = {}
         heads: dict[str, tuple[int, str]] = {}
         for r in await cur.fetchall():
-            tenants[r.id] = r
+            tenants[r.id] = TenantRow(r.id, r.state, r.frozen)
             heads[r.id] = (int(r.seq), str(r.hash))
         cur.nextset()
         wallets = {r[0]: WalletRow(*r) for r in await cur.fetchall()}
-        tokens: dict[str, Any] = {}
+        tokens: dict[str, TokenRow] = {}
         if request.token_ids:
             cur.nextset()
-            tokens = {r.id: r for r in await cur.fetchall()}
-        claims: dict[tuple[str, str], Any] = {}
+            tokens = {r.id: TokenRow(*r) for r in await cur.fetchall()}
+        claims: dict[tuple[str, str], PaymentRow] = {}
         if request.keys:
             cur.nextset()
-            claims = {(p.tenant_id, p.idempotency_key): p for p in await cur.fetchall()}
-        nonces: dict[tuple[str, str], Any] = {}
+            claims = {(p.tenant_id, p.idempotency_key): PaymentRow(*p) for p in await cur.fetchall()}
+        nonces: dict[tuple[str, str], PaymentRow] = {}
         if request.nonces:
             cur.nextset()
-            nonces = {(p.wallet_id, p.nonce): p for p in await cur.fetchall()}
+            nonces = {(p.wallet_id, p.nonce): PaymentRow(*p) for p in await cur.fetchall()}
         windows = None
         if request.measure is not None and names is not None:
             rows: list[Any] = []
@@ -570,5 +374,4 @@ def conninfo(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-__all__ = ["AsyncPgBatchIO", "Contended", "FindNonce", "Measure", "Missing", "NeedsSession", "Read", "ReleaseKey", "Request",
-           "Snapshot", "SqlBatchIO", "WalletRow", "Write", "conninfo", "drive", "drive_async"]
+__all__ = ["AsyncPgBatchIO", "conninfo"]

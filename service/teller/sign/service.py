@@ -1,0 +1,278 @@
+"""The Sign service: ``prepare`` does everything that needs no lock (parse,
+chain facts, sign the likely offer); ``commit`` reserves a batch of prepared
+calls in one transaction (the plan of ``teller.sign.plan``, answered by a
+SQLAlchemy session or, on PostgreSQL, async psycopg); ``finish`` hands each
+call its answer (broadcasting a push payment first).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import cast
+
+import psycopg
+
+from teller import audit, balances, idempotency, observe, signing
+from teller import offers as offers_mod
+from teller.auth import Caller
+from teller.chain import ChainReader, NotCached
+from teller.clock import Clock, ms, system_clock
+from teller.db import Database
+from teller.db.models import Payment, Wallet
+from teller.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    LimitExceeded,
+    PermissionDenied,
+    TellerError,
+    Unavailable,
+)
+from teller.schemes import Offer
+from teller.schemes.proofs import Proofs
+from teller.sign import batch_io
+from teller.sign.call import Call, PushPending, SignResult, Verdict, sign_result
+from teller.sign.drivers.pg import AsyncPgBatchIO
+from teller.sign.drivers.sqla import SqlBatchIO
+from teller.sign.plan import Planner
+from teller.signing import SignInput
+from teller.states import PaymentState
+from teller.vault import SealedKey, Vault
+
+log = logging.getLogger("teller.payments")
+
+
+def _request_hash(req: SignInput, collected: offers_mod.Collected) -> str:
+    """What the idempotency key is bound to: the purchase, not one challenge."""
+    return idempotency.purchase_hash(wallet_id=req.wallet_id, url=req.url, method=req.method, cap=req.max_amount,
+                                     collected=collected)
+
+
+class Payments:
+    """The Sign service: a call is prepared (no lock), committed with others in
+    one transaction (the plan, driven by a driver) and finished."""
+
+    def __init__(
+        self, db: Database, vault: Vault, *, networks: Mapping[str, int] | None = None,
+        max_challenge_bytes: int = 256 * 1024, idempotency_ttl_s: int = 86400, clock: Clock = system_clock,
+        chain: ChainReader | None = None, max_authorization_s: int = 3600, balance_check_s: float = 0.0,
+    ) -> None:
+        self.db = db
+        self.vault = vault
+        self.networks = dict(networks or {})
+        self.max_challenge_bytes = max_challenge_bytes
+        self.idempotency_ttl_ms = idempotency_ttl_s * 1000
+        self.clock = clock
+        self.chain = chain or ChainReader({})
+        self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
+        self.proofs = Proofs(vault, self.chain, clock, self.idempotency_ttl_ms, max_authorization_s)
+        self.balances = balances.Balances(self.chain, db, ttl_s=balance_check_s)
+        self.planner = Planner(self.proofs, clock)
+
+    def sign(self, caller: Caller, req: SignInput, token_secret: str | None = None) -> SignResult:
+        """Sign a payment for ``req``. With ``token_secret`` the caller's token is
+        verified inside the locking transaction (the RPC path); without it the
+        caller is taken as already authenticated."""
+        return self.finish(self.commit([self.prepare(caller, req, token_secret)])[0])
+
+    def prepare(self, caller: Caller, req: SignInput, token_secret: str | None = None, *,
+                cached_only: bool = False) -> Call:
+        """Everything that needs no lock: validate and parse the challenge, read the
+        chain facts its offers need, and sign the offer the tenant most likely pays.
+        Nothing leaves unless ``commit`` reserves it. With ``cached_only`` it raises
+        ``NotCached`` rather than block on the database or a chain (so an event
+        loop can run it and hand only a cold call to a thread)."""
+        if req.status != 402:
+            raise InvalidArgument(f"challenge.status must be 402, got {req.status}")
+        if not req.wallet_id:
+            raise InvalidArgument("wallet_id is required")
+        collected = offers_mod.collect(req.headers, req.body, networks=self.networks,
+                                       max_bytes=self.max_challenge_bytes,
+                                       now=datetime.fromtimestamp(self.clock(), UTC))
+        known = self._wallet_info(caller.tenant_id, req.wallet_id, cached_only)
+        prepared = self.proofs.chain_facts(collected.offers, cached_only, payer=known[0] if known else None)
+        presigned = self.proofs.presign(caller.tenant_id, req, collected, prepared, *known) if known else None
+        short = self._shortfalls(req.wallet_id, known[0], collected, cached_only) if known else {}
+        return Call(caller, req, token_secret, collected, _request_hash(req, collected), prepared, presigned, short)
+
+    def _shortfalls(self, wallet_id: str, address: str, collected: offers_mod.Collected,
+                    cached_only: bool) -> dict[int, FailedPrecondition]:
+        """The offers this wallet cannot cover, where the chain can tell (see ``balances``)."""
+        out: dict[int, FailedPrecondition] = {}
+        for o in collected.offers:
+            if self.balances.checks(o.network, o.scheme.id, o.amount):
+                refusal = self.balances.shortfall(wallet_id=wallet_id, address=address, network=o.network,
+                                                  asset=o.asset, amount=o.amount, cached_only=cached_only)
+                if refusal is not None:
+                    out[id(o)] = refusal
+        return out
+
+    def commit(self, calls: Sequence[Call]) -> list[Verdict]:
+        """Check, reserve and audit ``calls`` in one transaction (group commit: the
+        transaction, the tenant locks and the writes are shared; each call is
+        decided in order against the sums the calls before it left). One verdict
+        per call: its result, its own error, or a push payment to finish. A
+        transaction that fails is handled as ``_transactions`` says."""
+        rule = _transactions(calls)
+        batch = next(rule)
+        while True:
+            try:
+                got: list[Verdict] | Exception = self._commit(batch)
+            except Exception as exc:  # noqa: BLE001 - the rule's to judge, then the caller(s)' verdict
+                got = exc
+            try:
+                batch = rule.send(got)
+            except StopIteration as done:
+                return cast("list[Verdict]", done.value)
+
+    async def commit_async(self, calls: Sequence[Call], aio: AsyncPgBatchIO | None,
+                           in_thread: Callable[[Callable[[Sequence[Call]], list[Verdict]], Sequence[Call]],
+                                               Awaitable[list[Verdict]]]) -> list[Verdict]:
+        """``commit`` on the event loop: on PostgreSQL the batch's statements go
+        through an async psycopg connection, so a worker needs no thread (and no
+        hand-over of the interpreter lock) per batch. Elsewhere ``in_thread(commit)``."""
+        if aio is None:
+            return await in_thread(self.commit, calls)
+        rule = _transactions(calls)
+        batch = next(rule)
+        while True:
+            got: list[Verdict] | Exception
+            try:
+                out = await aio.run(self.planner.plan(batch))
+            except Exception as exc:  # noqa: BLE001 - the rule's to judge, then the caller(s)' verdict
+                got = exc
+            else:
+                self._observe(batch, out)
+                got = out
+            try:
+                batch = rule.send(got)
+            except StopIteration as done:
+                return cast("list[Verdict]", done.value)
+
+    def finish(self, verdict: Verdict) -> SignResult:
+        """The caller's answer for one verdict of ``commit`` (push payments are
+        broadcast here, after their reservation committed)."""
+        if isinstance(verdict, BaseException):
+            raise verdict
+        if isinstance(verdict, PushPending):
+            return self._push(verdict.caller, verdict.payment, verdict.raw, verdict.offer)
+        return verdict
+
+    def _commit(self, calls: Sequence[Call]) -> list[Verdict]:
+        with self.db.transaction() as s:
+            out = batch_io.drive(self.planner.plan(calls), SqlBatchIO(s))
+        self._observe(calls, out)
+        return out
+
+    def _observe(self, calls: Sequence[Call], out: Sequence[Verdict]) -> None:
+        for call, o in zip(calls, out, strict=True):
+            if isinstance(o, SignResult | PushPending):
+                # Counted against the wallet's balance until its next read (a replay counts too: conservative).
+                row = o.payment if isinstance(o, PushPending) else o
+                if self.balances.checks(row.network, row.scheme, row.amount):
+                    self.balances.signed(call.req.wallet_id, row.network, row.asset, row.amount)
+        for o in out:
+            # Policy denials (each audited as payment.deny); a disabled tenant is not one.
+            if isinstance(o, PermissionDenied | LimitExceeded) and o.reason and o.reason != "tenant_disabled":
+                observe.child(observe.DENIALS, o.reason).inc()
+        observe.SIGN_BATCH.observe(len(calls))
+
+
+    def _wallet_info(self, tenant_id: str, wallet_id: str, cached_only: bool = False) -> tuple[str, SealedKey] | None:
+        """A wallet's address and sealed key, remembered briefly: they never change
+        except by re-wrapping, and the locked path re-reads the row anyway."""
+        now = time.monotonic()
+        hit = self._wallets.get(wallet_id)
+        if hit is not None and hit[0] > now and hit[1] == tenant_id:
+            return hit[2], hit[3]
+        if cached_only:
+            raise NotCached(f"wallet {wallet_id}")
+        with self.db.read() as s:
+            w = s.get(Wallet, wallet_id)
+            if w is None or w.tenant_id != tenant_id:
+                return None
+            info = (w.address, SealedKey(w.kek_version, w.wrapped_data_key, w.key_ciphertext))
+        self._wallets[wallet_id] = (now + 30.0, tenant_id, *info)
+        return info
+
+    # -- push mode, after the reservation committed -------------------------
+
+    def _push(self, caller: Caller, payment: signing.NewPayment, raw: bytes, offer: Offer) -> SignResult:
+        from teller import lifecycle
+
+        failure: str | None = None
+        mined = None
+        try:
+            mined = self.chain.broadcast(payment.network, raw)
+        except Unavailable as exc:
+            failure = str(exc)
+        with self.db.transaction() as s:
+            row = s.get(Payment, payment.id)
+            assert row is not None
+            now = ms(self.clock)
+            if mined is not None and mined.succeeded:
+                wallet = s.get(Wallet, row.wallet_id)
+                assert wallet is not None
+                row.header_value = offer.scheme.pushed(offer, mined.tx_hash, wallet.address)
+                change = lifecycle.mined_change(mined)
+                lifecycle.advance(s, row, change, from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
+                fee = change.fee
+                audit.record(s, at_ms=now, actor=caller.actor, action="payment.gas", tenant_id=row.tenant_id,
+                             wallet_id=row.wallet_id, payment_id=row.id, network=row.network, asset=row.asset,
+                             amount=fee, details={"tx_hash": mined.tx_hash, "gas_used": mined.gas_used,
+                                                  "gas_price": mined.gas_price, "unit": "fee token base units"})
+                s.flush()
+                s.refresh(row)
+                return sign_result(row)
+            if mined is not None:
+                # Mined and reverted: its expiring nonce is spent, so it can never move money.
+                failure = "transaction reverted"
+                lifecycle.advance(s, row, lifecycle.mined_change(mined), from_states=lifecycle.LIVE, now_ms=now,
+                                  actor=caller.actor)
+            else:
+                # Unknown fate: reserved until the reconciler sees it mined or expired.
+                lifecycle.advance(s, row, lifecycle.Change(PaymentState.FAILED, release=False, reason=(failure or "")[:200]),
+                                  from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
+        raise FailedPrecondition(f"push payment {payment.id} failed on {payment.network}: {failure}",
+                                 reason="payment_failed")
+
+
+def _transactions(calls: Sequence[Call]) -> Generator[Sequence[Call], list[Verdict] | Exception, list[Verdict]]:
+    """The one retry rule of ``commit`` and ``commit_async``: it yields the calls
+    of each transaction to run and is sent their verdicts, or the exception that
+    failed the transaction (nothing of which was committed). The whole batch
+    first; if it fails, its calls one per transaction, so one call cannot fail
+    the others. A database that is down fails them all closed."""
+    got = yield calls
+    if not isinstance(got, Exception):
+        return got
+    if isinstance(got, Unavailable) and not isinstance(got, batch_io.Contended):
+        return [got] * len(calls)
+    if len(calls) == 1:
+        return [_out_of_range(got) or got]
+    log.warning("a batch of %d Sign calls failed (%s); retrying them one by one", len(calls), got)
+    out: list[Verdict] = []
+    for call in calls:
+        got = yield (call,)
+        out.append(got[0] if not isinstance(got, Exception) else _out_of_range(got) or got)
+    return out
+
+
+def _out_of_range(exc: BaseException) -> TellerError | None:
+    """A sum the database cannot hold (a minute's spend bucket is a 64-bit
+    integer): the call is refused by name rather than failed as INTERNAL.
+    Nothing of it was written."""
+    cause = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's error
+    # SQLite: migration 0006's trigger refuses a bucket that would turn into a float.
+    if isinstance(cause, psycopg.errors.NumericValueOutOfRange) or (
+            isinstance(cause, sqlite3.IntegrityError) and str(cause).startswith("amount_out_of_range")):
+        return FailedPrecondition(
+            f"this payment would take a minute's spend of its tenant or wallet past {2**63 - 1} units, "
+            "the most Teller accounts", reason="amount_out_of_range")
+    return None
+
+
+__all__ = ["Payments"]
