@@ -69,7 +69,7 @@ def _database(ns: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _public_key_arg(value: str) -> bytes:
-    from teller.audit_export import parse_public_key
+    from teller.audit.export import parse_public_key
 
     path = Path(value)
     return parse_public_key(path.read_text() if path.is_file() else value)
@@ -85,11 +85,11 @@ def cmd_config_check(ns: argparse.Namespace) -> int:
 
 
 def cmd_audit(ns: argparse.Namespace) -> int:
-    from teller import audit_tools
+    from teller.audit import tools as audit_tools
 
     fmt = _fmt(ns)
     if ns.action == "verify-export":
-        from teller.audit_export import verify_export
+        from teller.audit.export import verify_export
 
         public_key = _public_key_arg(ns.public_key)
         with (sys.stdin if ns.file == "-" else open(ns.file, encoding="utf-8")) as fh:
@@ -101,7 +101,7 @@ def cmd_audit(ns: argparse.Namespace) -> int:
             problems = audit_tools.verify_file(fh)
         what = "audit log"
     else:
-        from teller import audit_keys
+        from teller.audit import keys as audit_keys
         from teller.clock import ms, system_clock
 
         db = _database(ns)

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, evm_tx, refusal
+from teller import evm_tx, refusal
+from teller.audit import events as audit
 from teller.chain import AuthorizationEvent, ChainReader, Mined
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database

@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from teller import audit as audit_log
 from teller import auth
 from teller.app import App
+from teller.audit import events as audit_log
 from teller.auth import Caller
 from teller.chain import NotCached
 from teller.db.models import Operator

@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 
-from teller import audit, auth, observe, signing
+from teller import auth, observe, signing
 from teller import offers as offers_mod
+from teller.audit import events as audit
 from teller.clock import Clock, ms
 from teller.errors import (
     AlreadyExists,

@@ -16,8 +16,9 @@ from typing import cast
 
 import psycopg
 
-from teller import audit, balances, idempotency, observe, signing
+from teller import balances, idempotency, observe, signing
 from teller import offers as offers_mod
+from teller.audit import events as audit
 from teller.auth import Caller
 from teller.chain import ChainReader, NotCached
 from teller.clock import Clock, ms, system_clock
