@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from teller import cli_output, config
+from teller import config
+from teller.cli import output as cli_output
 from teller.errors import ConfigError, InvalidArgument
 
 
@@ -763,6 +764,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(ns, f"{ns.command} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
