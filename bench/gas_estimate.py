@@ -24,7 +24,7 @@ from eth_account import Account
 
 from teller import offers as offers_mod
 from teller.chain import ChainReader
-from teller.proofs import Proofs
+from teller.schemes.proofs import Proofs
 from testbed.tempo import PATH_USD, tempo_chain
 
 RECIPIENT = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"

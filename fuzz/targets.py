@@ -15,7 +15,8 @@ import base64
 import json
 from collections.abc import Callable
 
-from teller import audit, untrusted_json
+from teller import untrusted_json
+from teller.audit import events as audit
 from teller.mpp import challenge as mpp_challenge
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp.charge import parse_request

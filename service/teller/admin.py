@@ -11,7 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from teller import audit, auth
+from teller import auth
+from teller.audit import events as audit
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import ApiToken, SpendPolicy, Tenant, Wallet, WalletAddress

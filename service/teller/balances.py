@@ -34,11 +34,12 @@ from teller.chain import ChainReader, NotCached
 from teller.db import Database
 from teller.db.models import Payment
 from teller.errors import FailedPrecondition, Unavailable
+from teller.schemes import REGISTRY
 from teller.spend.decision import DenialReason
 from teller.states import PaymentState
 
 #: Schemes whose payment moves ``amount`` of the offer's token from the wallet.
-CHECKED_SCHEMES = ("exact", "evm/charge", "tempo/charge")
+CHECKED_SCHEMES = REGISTRY.moving_amount()
 _LIVE_UNSETTLED = (PaymentState.SIGNED.value, PaymentState.FAILED.value)
 
 

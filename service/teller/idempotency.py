@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from teller.offers import Collected, Offer
+    from teller.offers import Collected
 
 PAYMENT_IDENTIFIER = "payment-identifier"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -42,17 +42,6 @@ def server_id(tenant_id: str, key: str) -> str:
     return "teller_" + hashlib.sha256(f"{tenant_id}\x00{key}".encode()).hexdigest()[:40]
 
 
-def _terms(offer: Offer) -> object:
-    """An offer without what changes from one 402 to the next."""
-    if offer.x402 is not None:
-        # x402 requirements carry no per-challenge id: the server's own words.
-        return dict(offer.x402.offer.raw)
-    assert offer.mpp is not None
-    # id, expires, digest and opaque belong to one challenge; the request is the price.
-    return {"method": offer.mpp.method, "intent": offer.mpp.intent, "realm": offer.mpp.realm,
-            "request": dict(offer.mpp.request)}
-
-
 def purchase_hash(*, wallet_id: str, url: str, method: str, cap: int | None, collected: Collected) -> str:
     """What an idempotency key is bound to (see the module docstring)."""
     doc = {
@@ -60,7 +49,8 @@ def purchase_hash(*, wallet_id: str, url: str, method: str, cap: int | None, col
         "url": url,
         "method": method.upper(),
         "cap": cap,
-        "offers": [_terms(o) for o in collected.offers],
+        # Each offer without what changes from one 402 to the next (its scheme says what).
+        "offers": [o.scheme.purchase_terms(o) for o in collected.offers],
         "resource": collected.x402.resource if collected.x402 is not None else None,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

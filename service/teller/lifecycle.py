@@ -40,26 +40,29 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from teller import audit, eip3009, refusal
+from teller import evm_tx, refusal
+from teller.audit import events as audit
 from teller.chain import AuthorizationEvent, ChainReader, Mined
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import PaidResponse, Payment, Wallet
 from teller.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from teller.mpp import gas as tempo_gas
+from teller.schemes import REGISTRY, Follow
 from teller.spend.decision import DenialReason
 from teller.spend.store import move_buckets
 from teller.states import PaymentState
 from teller.vault import SealedKey, Vault
+from teller.x402 import eip3009
 
 log = logging.getLogger("teller.lifecycle")
 
 #: States whose authorization may still move money on chain.
 LIVE = (PaymentState.SIGNED, PaymentState.FAILED)
 #: Payments made of an EIP-3009 authorization (nonce = the authorization nonce).
-EIP3009_SCHEMES = ("exact", "evm/charge")
-#: Payments made of a signed Tempo transaction (nonce = the transaction hash).
-TEMPO_SCHEMES = ("tempo/charge",)
+EIP3009_SCHEMES = REGISTRY.following(Follow.AUTHORIZATION)
+#: Payments made of a signed transaction (nonce = the transaction hash).
+TRANSACTION_SCHEMES = REGISTRY.following(Follow.TRANSACTION)
 STATES = tuple(PaymentState)
 #: Why a payment Pay sent the proof of is still ``signed`` (see the module docstring).
 ANSWER_LOST, REDIRECT_REFUSED, NOT_SENT = "answer_lost", "redirect_refused", "not_sent"
@@ -220,14 +223,11 @@ class Lifecycle:
                        headers: Sequence[tuple[str, str]], body: bytes, actor: str,
                        max_bytes: int = 256 * 1024) -> Payment:
         """Record what the resource server answered to the paid retry."""
-        from teller.mpp import receipt as mpp_receipt
-        from teller.x402 import receipt as x402_receipt
-
         with self.db.transaction() as s:
             p, wallet = payment_for(s, payment_id, tenant_id)
-            network, asset, nonce, address, scheme = p.network, p.asset, p.nonce, wallet.address, p.scheme
-        decoder = mpp_receipt.decode if p.protocol == "mpp" else x402_receipt.decode
-        outcome = decoder(status, headers, body, max_bytes)
+            network, asset, nonce, address = p.network, p.asset, p.nonce, wallet.address
+        scheme = REGISTRY[p.scheme]
+        outcome = scheme.decode_receipt(status, headers, body, max_bytes)
         # A 402 or 403 to a paid request is a refusal whatever the protocol; its
         # reason is wherever this server put it (refusal.reason), else the decoder's.
         refused = outcome.kind == "refused" or (outcome.kind == "unknown" and status in (402, 403))
@@ -241,7 +241,7 @@ class Lifecycle:
         if outcome.kind == "settled" and outcome.tx_hash and network in self.chain.networks:
             # The server's word is checked against the chain before it is recorded as settled.
             try:
-                if scheme in TEMPO_SCHEMES:
+                if scheme.follow is Follow.TRANSACTION:
                     mined = self.chain.mined(network, outcome.tx_hash)
                     if mined is not None and mined.succeeded and mined.tx_hash == nonce.lower():
                         confirmed = AuthorizationEvent("used", asset, address, nonce, mined.tx_hash, mined.block)
@@ -349,7 +349,9 @@ class Lifecycle:
                                      "cancelAuthorization")
         try:
             sent = self.chain.send_cancel_authorization(p.network, p.asset, p.nonce, signature,
-                                                        signer.sign_evm_transaction, wallet.address,
+                                                        lambda tx: evm_tx.signed(tx, signer.address,
+                                                                                 signer.unsafe_sign_hash),
+                                                        wallet.address,
                                                         max_fee_wei=self.max_void_fee_wei)
         except FailedPrecondition as exc:
             if exc.reason == "max_void_fee":

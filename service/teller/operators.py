@@ -8,7 +8,7 @@ import re
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from teller import audit
+from teller.audit import events as audit
 from teller.auth import BOOTSTRAP, new_operator_token, operator_actor
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database

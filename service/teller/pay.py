@@ -37,10 +37,10 @@ from teller.errors import (
 )
 from teller.fetch import HOP_BY_HOP, Fetcher, Response
 from teller.lifecycle import Lifecycle
-from teller.mpp import receipt as mpp_receipt
-from teller.sign.call import SignInput, SignResult, sign_input
+from teller.schemes import REGISTRY
+from teller.sign.call import SignResult, sign_input
+from teller.signing import SignInput
 from teller.states import PaymentState
-from teller.x402 import receipt as x402_receipt
 
 T = TypeVar("T")
 Run = Callable[..., Awaitable[Any]]
@@ -111,8 +111,12 @@ def pay_input(*, url: str, method: str, headers: Sequence[tuple[str, str]], body
     return PayInput(url, m, checked, body, base)
 
 
+#: Each protocol's receipt decoder (x402, then MPP).
+_RECEIPT_DECODERS = REGISTRY.receipt_decoders()
+
+
 def decode_receipt(status: int, headers: Sequence[tuple[str, str]], max_bytes: int) -> dict[str, Any] | None:
-    for decode in (x402_receipt.decode, mpp_receipt.decode):
+    for decode in _RECEIPT_DECODERS:
         try:
             outcome = decode(status, headers, b"", max_bytes)
         except InvalidArgument:

@@ -17,6 +17,7 @@ from typing import Any
 
 from teller import offers as offers_mod
 from teller.errors import InvalidArgument
+from teller.schemes import Offer
 from teller.spend.decision import Decision
 from teller.spend.evaluate import evaluate
 from teller.spend.parse import parse
@@ -86,7 +87,7 @@ def load_challenge(text: str, url: str = "") -> SavedChallenge:
 
 @dataclass(frozen=True, slots=True)
 class Considered:
-    offer: offers_mod.Offer
+    offer: Offer[Any]
     decision: Decision
 
 
@@ -108,7 +109,7 @@ class DryRun:
     def to_json(self) -> dict[str, Any]:
         def one(c: Considered) -> dict[str, Any]:
             d = c.decision
-            return {"protocol": c.offer.protocol, "scheme": c.offer.scheme, "network": c.offer.network,
+            return {"protocol": c.offer.scheme.protocol, "scheme": c.offer.scheme.id, "network": c.offer.network,
                     "asset": c.offer.asset, "amount": str(c.offer.amount), "pay_to": c.offer.pay_to,
                     "allowed": d.allowed, "reason": d.reason, "scope": d.scope,
                     "limit": None if d.limit is None else str(d.limit),
@@ -143,7 +144,7 @@ def dry_run(
         scopes.append(Scope("wallet", wallet, frozen.get("wallet", False), used.get("wallet", {})))
     collected = offers_mod.collect(saved.headers, saved.body, networks=networks or {}, max_bytes=max_bytes, now=now)
     ordered = offers_mod.by_preference(collected.offers, tenant.protocols)
-    skipped = tuple(sorted({o.protocol for o in collected.offers} - set(tenant.protocols)))
+    skipped = tuple(sorted({o.scheme.protocol for o in collected.offers} - set(tenant.protocols)))
     considered = []
     for offer in ordered:
         decision = _evaluate(scopes, offer, saved.url, max_amount)
@@ -159,11 +160,11 @@ def dry_run(
     return DryRun(tuple(considered), None, first.decision.reason, message, skipped)
 
 
-def _facts(offer: offers_mod.Offer, url: str, payee: str | None = None) -> Charge:
+def _facts(offer: Offer[Any], url: str, payee: str | None = None) -> Charge:
     return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url)
 
 
-def _evaluate(scopes: Sequence[Scope], offer: offers_mod.Offer, url: str,
+def _evaluate(scopes: Sequence[Scope], offer: Offer[Any], url: str,
               max_amount: int | None) -> Decision:
     # As Sign does: split recipients must pass the payee lists too.
     decision = evaluate(scopes, _facts(offer, url), max_amount)

@@ -35,7 +35,7 @@ from teller.errors import Unavailable
 from teller.lifecycle import (
     EIP3009_SCHEMES,
     LIVE,
-    TEMPO_SCHEMES,
+    TRANSACTION_SCHEMES,
     Change,
     advance,
     apply_event,
@@ -138,17 +138,17 @@ class Reconciler:
             observe.RECONCILER_LAG.labels(network).set(head.number - end)
             start = end + 1
         self._expire(network, head.number, head.timestamp, result)
-        self._tempo(network, head.timestamp, result)
+        self._transactions(network, head.timestamp, result)
         observe.RECONCILER_LAG.labels(network).set(0)
         observe.RECONCILER_LAST.labels(network).set(time.time())
 
-    def _tempo(self, network: str, head_ts: int, result: PassResult) -> None:
+    def _transactions(self, network: str, head_ts: int, result: PassResult) -> None:
         """Tempo payments are transactions: mined (settled, or reverted and so
         unusable), or past their valid_before at the head and never minable."""
         with self.db.transaction() as s:
             rows = list(s.scalars(select(Payment).where(
                 Payment.released_ms.is_(None), Payment.state.in_(LIVE), Payment.network == network,
-                Payment.scheme.in_(TEMPO_SCHEMES))))
+                Payment.scheme.in_(TRANSACTION_SCHEMES))))
             for p in rows:
                 s.expunge(p)
         for p in rows:

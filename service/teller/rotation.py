@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from teller import audit
+from teller.audit import events as audit
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import Wallet

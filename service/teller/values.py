@@ -28,6 +28,8 @@ UINT256_MAX = 2**256 - 1
 #: chain in use is far below), a payment's network must fit its 64-character
 #: column, and the bound keeps every decimal conversion short.
 MAX_CHAIN_ID = 2**64 - 1
+#: Largest amount Teller accounts for (the ledger's BIGINT). Larger requests are refused.
+MAX_AMOUNT = 2**63 - 1
 _UINT256_DIGITS = len(str(UINT256_MAX))  # 78: checked before int(), never the interpreter's limit
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")  # ASCII only: no signs, blanks, '_' or other scripts' digits
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")

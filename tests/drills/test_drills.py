@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
-from teller import audit_tools
+from teller.audit import tools as audit_tools
 from teller.db import Database, make_engine
 from teller.errors import FailedPrecondition, InvalidArgument
 from teller.x402 import challenge as x402_challenge

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from teller import audit_tools
+from teller.audit import tools as audit_tools
 from teller.db import Database, make_engine
 from teller_client import Policy, TellerClient, TellerError
 from testbed.loopback import serve

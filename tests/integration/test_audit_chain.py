@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
-from teller import audit_tools
+from teller.audit import tools as audit_tools
 from teller.db import Database, make_engine
 from testbed.x402_server import sdk_v2_challenge
 
@@ -171,7 +171,7 @@ def test_migration_chains_existing_events(db_url):
     db = Database(engine)
     try:
         assert audit_tools.verify_database(db) == []
-        from teller import audit
+        from teller.audit import events as audit
 
         with db.transaction() as s:  # new events continue the migrated chain
             audit.record(s, at_ms=9, actor="operator", action="y", tenant_id="t1")

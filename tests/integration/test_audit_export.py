@@ -36,7 +36,7 @@ def activity(teller):
 
 def _rechain(events: list[dict]) -> list[dict]:
     """What a forger does after editing events: recompute every hash so the chain links again."""
-    from teller.audit_chain import GENESIS, event_hash
+    from teller.audit.chain import GENESIS, event_hash
 
     prev = GENESIS
     for seq, e in enumerate(events, 1):

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import text
 
-from teller.audit_chain import verify
+from teller.audit.chain import verify
 from teller.db.models import AuditEvent, AuditHead, Payment, SpendBucket
 from teller.errors import (
     AlreadyExists,

@@ -117,7 +117,7 @@ def test_admin_target_follows_the_configuration_beside_it(tmp_path):
 
 
 def test_every_command_has_help_and_there_is_a_version():
-    from teller.cli import build_parser
+    from teller.cli.parser import build_parser
 
     def walk(parser, path):
         for action in parser._actions:

@@ -147,7 +147,7 @@ def test_probes_speak_what_the_port_speaks(rendered):
     """With TLS on, the kubelet's plaintext `grpc:` probe fails the handshake;
     the probes must be `teller health` with the worker's CA (and, under mTLS,
     a client certificate), with flags the CLI really has."""
-    from teller.cli import build_parser
+    from teller.cli.parser import build_parser
 
     deployment = _one(rendered, "Deployment")
     (worker,) = containers(deployment)

@@ -16,8 +16,9 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from x402.http.utils import decode_payment_signature_header
 
-from teller import audit_tools, rotation
+from teller import rotation
 from teller.app import kek_provider
+from teller.audit import tools as audit_tools
 from teller.db import Database, make_engine
 from testbed.x402_server import sdk_v2_challenge
 from tests.support.harness import RunningTeller, make_settings

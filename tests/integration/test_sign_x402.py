@@ -227,16 +227,15 @@ def test_a_remembered_challenges_offers_are_worked_out_once(monkeypatch):
 
     from teller import offers
     from teller.errors import FailedPrecondition
-    from teller.x402 import proof as x402_proof
 
     counted = []
-    real = x402_proof.payable_offers
+    real = offers._x402_offers
 
     def counting(chall, networks=None):
         counted.append(chall)
         return real(chall, networks)
 
-    monkeypatch.setattr(x402_proof, "payable_offers", counting)
+    monkeypatch.setattr(offers, "_x402_offers", counting)
     monkeypatch.setattr(offers, "_OFFERS", {})
     now = datetime.now(UTC)
     nets, other_nets = {"anvil": 31337}, {"anvil": 31337}

@@ -11,7 +11,7 @@ import pytest
 from eth_account import Account
 from sqlalchemy import create_engine, text
 
-from teller.audit_tools import verify_database
+from teller.audit.tools import verify_database
 from teller.config import Settings, finalize_for_serving
 from teller.db import Database, upgrade
 from teller.db.engine import make_engine

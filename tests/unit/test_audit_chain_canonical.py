@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from teller.audit_chain import FIELDS, canonical, details_text
+from teller.audit.chain import FIELDS, canonical, details_text
 
 _VALUES = st.one_of(st.text(), st.integers(min_value=-(2**70), max_value=2**70), st.booleans(), st.none(),
                     st.floats(allow_nan=False), st.lists(st.text(), max_size=3))

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from teller import config, policy_dryrun, spend_report
-from teller.cli import admin_target
+from teller.cli.admin import admin_target
 from teller.errors import InvalidArgument
 from testbed.x402_server import sdk_v2_challenge
 

@@ -9,7 +9,7 @@ from eth_utils import keccak, to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from teller import eip3009
+from teller.x402 import eip3009
 
 addresses = st.binary(min_size=20, max_size=20).map(lambda b: to_checksum_address(b))
 uint = st.integers(min_value=0, max_value=2**256 - 1)

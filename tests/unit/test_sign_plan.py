@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from teller import auth, idempotency, offers, proofs
+from teller import auth, idempotency, offers, signing
 from teller.auth import Caller
 from teller.chain import ChainReader
 from teller.errors import AlreadyExists, LimitExceeded, NotFound, Unauthenticated, Unavailable
+from teller.schemes.proofs import Proofs
 from teller.sign import batch_io
 from teller.sign.batch_io import (
     FindNonce,
@@ -110,7 +111,7 @@ def challenge():
 
 @pytest.fixture
 def planner() -> Planner:
-    return Planner(proofs.Proofs(Vault(KEK), ChainReader({}), lambda: NOW, 86_400_000, 3600), lambda: NOW)
+    return Planner(Proofs(Vault(KEK), ChainReader({}), lambda: NOW, 86_400_000, 3600), lambda: NOW)
 
 
 def _call(chall, wallet: WalletRow, *, tenant_id: str = TENANT, key: str = "", secret: str = SECRET) -> Call:
@@ -121,7 +122,7 @@ def _call(chall, wallet: WalletRow, *, tenant_id: str = TENANT, key: str = "", s
     request_hash = idempotency.purchase_hash(wallet_id=req.wallet_id, url=req.url, method=req.method,
                                              cap=req.max_amount, collected=collected)
     return Call(Caller(tenant_id, f"tok-{tenant_id}"), req, secret, collected, request_hash,
-                proofs.Prepared({}, {}), None)
+                signing.Prepared({}, {}), None)
 
 
 def _plan(planner: Planner, script: Script, calls: Sequence[Call]) -> list[Verdict]:

@@ -9,8 +9,9 @@ import pickle
 import pytest
 from eth_account import Account
 
+from teller.eip712 import TypedData
 from teller.errors import ConfigError, InvalidArgument
-from teller.vault import KeyUnwrapError, LocalKekProvider, SealedKey, TypedData, Vault
+from teller.vault import KeyUnwrapError, LocalKekProvider, SealedKey, Vault
 from teller.vault.envelope import associated_data, open_sealed
 
 

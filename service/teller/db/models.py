@@ -209,7 +209,7 @@ class AuditEvent(Base):
     payee: Mapped[str] = mapped_column(String(64), default="")
     resource_url: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[str] = mapped_column(Text, default="{}")
-    # The per-tenant hash chain (teller.audit_chain), written in the event's own transaction.
+    # The per-tenant hash chain (teller.audit.chain), written in the event's own transaction.
     seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     prev_hash: Mapped[str] = mapped_column(String(64), default="", server_default="")
     hash: Mapped[str] = mapped_column(String(64), default="", server_default="")

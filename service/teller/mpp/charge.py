@@ -15,12 +15,13 @@ from typing import Any
 
 from eth_utils import keccak
 
-from teller import eip3009, values
+from teller import values
+from teller.eip712 import TypedData
 from teller.errors import FailedPrecondition, InvalidArgument
 from teller.keccak import keccak256
 from teller.mpp.challenge import MppChallenge
 from teller.mpp.tempo_tx import TempoCall, TempoTransaction
-from teller.vault.signer import TypedData
+from teller.x402 import eip3009
 
 #: Tempo accepts an expiring-nonce valid_before at most this far ahead.
 MAX_VALID_FOR_S = 25
@@ -58,6 +59,14 @@ class ChargeRequest:
         return f"eip155:{self.chain_id}"
 
 
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A charge challenge and its request, as parsed: what an MPP charge offer pays."""
+
+    challenge: MppChallenge
+    request: ChargeRequest
+
+
 def _field(where: str, name: str, problem: str) -> InvalidArgument:
     return InvalidArgument(f"{where}.{name}: {problem}")
 
@@ -67,9 +76,9 @@ def _amount(value: Any, where: str, name: str, *, allow_zero: bool) -> int:
         amount = values.amount(value, f"{where}.{name}")
     except values.NotCanonical as exc:
         raise InvalidArgument(str(exc)) from None
-    if amount > eip3009.MAX_AMOUNT:
+    if amount > values.MAX_AMOUNT:
         raise FailedPrecondition(f"{where}.{name}: {value} exceeds the largest amount Teller accounts "
-                                 f"({eip3009.MAX_AMOUNT})", reason="amount_out_of_range")
+                                 f"({values.MAX_AMOUNT})", reason="amount_out_of_range")
     if amount == 0 and not allow_zero:
         raise _field(where, name, "must be positive")
     return amount
@@ -263,6 +272,6 @@ def credential(ch: MppChallenge, payload: Mapping[str, Any], source: str) -> str
 
 
 __all__ = [
-    "ChargeRequest", "Transfer", "attribution_memo", "credential", "did_pkh", "evm_authorization", "evm_nonce",
+    "Charge", "ChargeRequest", "Transfer", "attribution_memo", "credential", "did_pkh", "evm_authorization", "evm_nonce",
     "parse_request", "tempo_transaction", "transfers", "valid_before",
 ]

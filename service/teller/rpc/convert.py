@@ -6,7 +6,8 @@ import json
 
 from teller.db.models import ApiToken, AuditEvent, Payment, Tenant, Wallet
 from teller.pay import PayHead
-from teller.sign.call import SignInput, SignResult, sign_input
+from teller.sign.call import SignResult, sign_input
+from teller.signing import SignInput
 from teller.spend.store import WindowReport
 from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
 

@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from teller import audit as audit_log
 from teller import auth
 from teller.app import App
+from teller.audit import events as audit_log
 from teller.auth import Caller
 from teller.chain import NotCached
 from teller.db.models import Operator
@@ -21,8 +21,9 @@ from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Payer, PayHead, pay_input
 from teller.rpc import convert
 from teller.rpc.batcher import SignBatcher
-from teller.sign.call import Call, PushPending, SignInput, SignResult, Verdict
+from teller.sign.call import Call, PushPending, SignResult, Verdict
 from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
+from teller.signing import SignInput
 from teller_client._proto.teller.v1 import (
     admin_pb2,
     admin_pb2_grpc,

@@ -1,6 +1,6 @@
-"""One Sign call as it crosses the two layers: what the caller asked
-(``SignInput``), the call prepared for its batch (``Call``), and what the batch
-decided for it (``Verdict``)."""
+"""One Sign call as it crosses the two layers: the call prepared for its batch
+(``Call``, with what the caller asked, ``teller.signing.SignInput``), and what
+the batch decided for it (``Verdict``)."""
 
 from __future__ import annotations
 
@@ -8,25 +8,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from teller import idempotency, proofs
+from teller import idempotency, signing
 from teller import offers as offers_mod
 from teller.auth import Caller
 from teller.errors import FailedPrecondition, InvalidArgument
+from teller.schemes import Offer
+from teller.signing import SignInput
 from teller.spend.rules import PROTOCOLS
-
-
-@dataclass(frozen=True, slots=True)
-class SignInput:
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    url: str
-    method: str
-    wallet_id: str
-    max_amount: int | None = None
-    idempotency_key: str | None = None
-    #: This call's protocol preference; only protocols the tenant's policy pays are used.
-    protocols: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +76,8 @@ class Call:
     secret: str | None
     collected: offers_mod.Collected
     request_hash: str
-    prepared: proofs.Prepared
-    presigned: proofs.Presigned | None
+    prepared: signing.Prepared
+    presigned: signing.Presigned | None
     #: Offers the wallet cannot cover (by ``id``), with their refusal: skipped when deciding.
     short: Mapping[int, FailedPrecondition] = field(default_factory=dict)
 
@@ -100,9 +88,9 @@ class PushPending:
     broadcast (``Payments.finish``), outside any batch."""
 
     caller: Caller
-    payment: proofs.NewPayment
+    payment: signing.NewPayment
     raw: bytes
-    offer: offers_mod.Offer
+    offer: Offer
 
 
 Verdict = SignResult | PushPending | BaseException
@@ -114,4 +102,4 @@ def sign_result(p: Any) -> SignResult:
                       idempotency.retry_headers(p.protocol, p.tenant_id, p.idempotency_key))
 
 
-__all__ = ["MAX_CAP_DIGITS", "Call", "PushPending", "SignInput", "SignResult", "Verdict", "sign_input", "sign_result"]
+__all__ = ["MAX_CAP_DIGITS", "Call", "PushPending", "SignResult", "Verdict", "sign_input", "sign_result"]

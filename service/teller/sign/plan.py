@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 
-from teller import audit, auth, observe, proofs
+from teller import auth, observe, signing
 from teller import offers as offers_mod
+from teller.audit import events as audit
 from teller.clock import Clock, ms
 from teller.errors import (
     AlreadyExists,
@@ -27,8 +28,11 @@ from teller.errors import (
     TellerError,
     Unavailable,
 )
+from teller.schemes import Offer
+from teller.schemes.proofs import Proofs
 from teller.sign import batch_io
-from teller.sign.call import Call, PushPending, SignInput, SignResult, Verdict, sign_result
+from teller.sign.call import Call, PushPending, SignResult, Verdict, sign_result
+from teller.signing import SignInput
 from teller.spend.decision import Decision, DenialReason
 from teller.spend.evaluate import evaluate
 from teller.spend.ledger import MINUTE_MS, bucket_delta
@@ -37,7 +41,7 @@ from teller.spend.rules import DEFAULT, Budget, Charge, Policy, Scope, inherit
 from teller.states import PaymentState
 
 #: A payment a batch knows of: read from the database, or reserved by the batch itself.
-Recorded: TypeAlias = batch_io.PaymentRow | proofs.NewPayment
+Recorded: TypeAlias = batch_io.PaymentRow | signing.NewPayment
 
 
 @dataclass(slots=True)
@@ -65,7 +69,7 @@ class _Batch:
         self.heads[tenant_id] = self.moved[tenant_id] = (row["seq"], row["hash"])
         self.events.append(row)
 
-    def reserve(self, row: proofs.NewPayment, scopes: Sequence[Scope]) -> None:
+    def reserve(self, row: signing.NewPayment, scopes: Sequence[Scope]) -> None:
         self.payments.append(dict(vars(row)))
         reserved, spent = bucket_delta(None, 0, row.state, row.amount_common)
         minute = row.created_ms // MINUTE_MS
@@ -93,7 +97,7 @@ class Planner:
     """Decides Sign batches. Holds, per tenant/wallet scope, the budgets its last
     batch measured (a guess for the next)."""
 
-    def __init__(self, proofs: proofs.Proofs, clock: Clock) -> None:
+    def __init__(self, proofs: Proofs, clock: Clock) -> None:
         self.proofs = proofs
         self.clock = clock
         self._budgets: dict[tuple[str, str], Sequence[Budget]] = {}
@@ -229,11 +233,11 @@ class Planner:
             scopes.append(Scope("wallet", lk.wallet_rules, wallet.frozen, batch.usage[("wallet", wallet.id)]))
         preference = ([p for p in req.protocols if p in rules.tenant.protocols] if req.protocols
                       else list(rules.tenant.protocols))
-        chosen: tuple[offers_mod.Offer, Decision] | None = None
-        first: tuple[offers_mod.Offer, Decision] | None = None
-        short: tuple[offers_mod.Offer, FailedPrecondition] | None = None
+        chosen: tuple[Offer, Decision] | None = None
+        first: tuple[Offer, Decision] | None = None
+        short: tuple[Offer, FailedPrecondition] | None = None
         for offer in offers_mod.by_preference(call.collected.offers, preference):
-            decision = _evaluate(scopes, offer, req, self.proofs.max_fee(offer, call.prepared))
+            decision = _evaluate(scopes, offer, req, offer.scheme.max_fee(offer, call.prepared))
             if decision.allowed and id(offer) in call.short:
                 # The policy allows it but the wallet cannot cover it: no budget is held
                 # for a proof that can only fail.
@@ -248,10 +252,10 @@ class Planner:
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
                         reason=DenialReason.INSUFFICIENT_BALANCE, wallet_id=wallet.id, amount=offer.amount, asset=offer.asset,
                         network=offer.network, payee=offer.pay_to, resource_url=req.url,
-                        details={"protocol": offer.protocol, "scheme": offer.scheme, **refusal.metadata})
+                        details={"protocol": offer.scheme.protocol, "scheme": offer.scheme.id, **refusal.metadata})
             return refusal
         if chosen is None and first is None:
-            offered = sorted({o.protocol for o in call.collected.offers})
+            offered = sorted({o.scheme.protocol for o in call.collected.offers})
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
                         reason=DenialReason.PROTOCOL_NOT_ALLOWED, wallet_id=wallet.id, resource_url=req.url,
                         details={"offered": offered})
@@ -261,30 +265,30 @@ class Planner:
         if chosen is None:
             assert first is not None
             denied, decision = first
-            denial = decision.error(_facts(denied, req.url, fee=self.proofs.max_fee(denied, call.prepared)))
+            denial = decision.error(_facts(denied, req.url, fee=denied.scheme.max_fee(denied, call.prepared)))
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
                         reason=decision.reason, wallet_id=wallet.id, amount=denied.amount, asset=denied.asset,
                         network=denied.network, payee=denied.pay_to, resource_url=req.url,
-                        details={"protocol": denied.protocol, "scheme": denied.scheme, **denial.metadata})
+                        details={"protocol": denied.scheme.protocol, "scheme": denied.scheme.id, **denial.metadata})
             return denial
         offer, decision = chosen
         for scope in scopes:
             batch.signed_scopes[(caller.tenant_id, scope.name)] = scope
-        ctx = proofs.Context(caller, req, wallet, decision, batch.now_ms, call.request_hash, rules.tenant.mpp_mode,
+        ctx = signing.Context(caller, req, wallet, decision, batch.now_ms, call.request_hash, rules.tenant.mpp_mode,
                        call.presigned if call.presigned is not None and call.presigned.fits(offer, wallet) else None)
         payment, raw = yield from self._sign_and_record(offer, ctx, call.prepared, batch, scopes)
         observe.child(observe.SIGNATURES, payment.protocol, payment.scheme).inc()
         # A push payment (``raw``) is always the row just reserved, never one found.
-        return sign_result(payment) if raw is None else PushPending(caller, cast(proofs.NewPayment, payment), raw, offer)
+        return sign_result(payment) if raw is None else PushPending(caller, cast(signing.NewPayment, payment), raw, offer)
 
-    def _sign_and_record(self, offer: offers_mod.Offer, ctx: proofs.Context, prepared: proofs.Prepared, batch: _Batch,
+    def _sign_and_record(self, offer: Offer, ctx: signing.Context, prepared: signing.Prepared, batch: _Batch,
                          scopes: Sequence[Scope]) -> batch_io.Plan[tuple[Recorded, bytes | None]]:
         """Sign the chosen offer and add its payment row and audit event to the
         batch. Returns the row and, for a push payment, the transaction still to
         broadcast."""
         row, details, raw = self.proofs.sign(offer, ctx, prepared)
-        if offer.x402 is None and raw is None:
-            # MPP proofs are deterministic: an evm nonce is bound to its challenge, and a
+        if offer.scheme.deterministic and raw is None:
+            # Some proofs are deterministic: an evm nonce is bound to its challenge, and a
             # Tempo transaction signed twice within one second is the same bit for bit.
             # The chain takes only one, so return that payment rather than reserve twice.
             key = (ctx.wallet.id, row.nonce)
@@ -296,7 +300,7 @@ class Planner:
         batch.audit(ctx.caller.tenant_id, actor=ctx.caller.actor, action="payment.sign", wallet_id=ctx.wallet.id,
                     payment_id=row.id, amount=row.amount, asset=row.asset, network=row.network, payee=row.pay_to,
                     resource_url=ctx.req.url,
-                    details={"protocol": offer.protocol, "scheme": offer.scheme, "nonce": row.nonce,
+                    details={"protocol": offer.scheme.protocol, "scheme": offer.scheme.id, "nonce": row.nonce,
                              "valid_before": row.valid_before, **details})
         return row, raw
 
@@ -326,11 +330,11 @@ def _scopes(locked: Sequence[_Locked | TellerError],
     return scopes
 
 
-def _facts(offer: offers_mod.Offer, url: str, payee: str | None = None, fee: int = 0) -> Charge:
+def _facts(offer: Offer, url: str, payee: str | None = None, fee: int = 0) -> Charge:
     return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, fee)
 
 
-def _evaluate(scopes: Sequence[Scope], offer: offers_mod.Offer, req: SignInput, fee: int) -> Decision:
+def _evaluate(scopes: Sequence[Scope], offer: Offer, req: SignInput, fee: int) -> Decision:
     """The policy's decision, with the most the payment's fee can cost; split
     recipients must pass the payee lists too."""
     decision = evaluate(scopes, _facts(offer, req.url, fee=fee), req.max_amount)

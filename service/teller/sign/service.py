@@ -16,8 +16,9 @@ from typing import cast
 
 import psycopg
 
-from teller import audit, balances, idempotency, observe, proofs
+from teller import balances, idempotency, observe, signing
 from teller import offers as offers_mod
+from teller.audit import events as audit
 from teller.auth import Caller
 from teller.chain import ChainReader, NotCached
 from teller.clock import Clock, ms, system_clock
@@ -31,12 +32,14 @@ from teller.errors import (
     TellerError,
     Unavailable,
 )
-from teller.mpp import charge as mpp_charge
+from teller.schemes import Offer
+from teller.schemes.proofs import Proofs
 from teller.sign import batch_io
-from teller.sign.call import Call, PushPending, SignInput, SignResult, Verdict, sign_result
+from teller.sign.call import Call, PushPending, SignResult, Verdict, sign_result
 from teller.sign.drivers.pg import AsyncPgBatchIO
 from teller.sign.drivers.sqla import SqlBatchIO
 from teller.sign.plan import Planner
+from teller.signing import SignInput
 from teller.states import PaymentState
 from teller.vault import SealedKey, Vault
 
@@ -66,7 +69,7 @@ class Payments:
         self.clock = clock
         self.chain = chain or ChainReader({})
         self._wallets: dict[str, tuple[float, str, str, SealedKey]] = {}
-        self.proofs = proofs.Proofs(vault, self.chain, clock, self.idempotency_ttl_ms, max_authorization_s)
+        self.proofs = Proofs(vault, self.chain, clock, self.idempotency_ttl_ms, max_authorization_s)
         self.balances = balances.Balances(self.chain, db, ttl_s=balance_check_s)
         self.planner = Planner(self.proofs, clock)
 
@@ -101,7 +104,7 @@ class Payments:
         """The offers this wallet cannot cover, where the chain can tell (see ``balances``)."""
         out: dict[int, FailedPrecondition] = {}
         for o in collected.offers:
-            if self.balances.checks(o.network, o.scheme, o.amount):
+            if self.balances.checks(o.network, o.scheme.id, o.amount):
                 refusal = self.balances.shortfall(wallet_id=wallet_id, address=address, network=o.network,
                                                   asset=o.asset, amount=o.amount, cached_only=cached_only)
                 if refusal is not None:
@@ -198,7 +201,7 @@ class Payments:
 
     # -- push mode, after the reservation committed -------------------------
 
-    def _push(self, caller: Caller, payment: proofs.NewPayment, raw: bytes, offer: offers_mod.Offer) -> SignResult:
+    def _push(self, caller: Caller, payment: signing.NewPayment, raw: bytes, offer: Offer) -> SignResult:
         from teller import lifecycle
 
         failure: str | None = None
@@ -212,12 +215,9 @@ class Payments:
             assert row is not None
             now = ms(self.clock)
             if mined is not None and mined.succeeded:
-                assert offer.mpp is not None and offer.charge is not None
                 wallet = s.get(Wallet, row.wallet_id)
                 assert wallet is not None
-                row.header_value = mpp_charge.credential(
-                    offer.mpp, {"type": "hash", "hash": mined.tx_hash},
-                    mpp_charge.did_pkh(offer.charge.chain_id, wallet.address))
+                row.header_value = offer.scheme.pushed(offer, mined.tx_hash, wallet.address)
                 change = lifecycle.mined_change(mined)
                 lifecycle.advance(s, row, change, from_states=lifecycle.LIVE, now_ms=now, actor=caller.actor)
                 fee = change.fee

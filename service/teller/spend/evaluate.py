@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from teller import values
-from teller.eip3009 import MAX_AMOUNT
 from teller.spend.decision import Decision, DenialReason, budget_exhausted
 from teller.spend.rules import Charge, Policy, Scope
+from teller.values import MAX_AMOUNT
 
 
 def host_matches(pattern: str, host: str) -> bool:

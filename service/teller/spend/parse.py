@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from teller import untrusted_json, values
-from teller.eip3009 import MAX_AMOUNT
 from teller.errors import FailedPrecondition, InvalidArgument
 from teller.spend.rules import (
     DEFAULT,
@@ -29,6 +28,7 @@ from teller.spend.rules import (
     inherit,
 )
 from teller.spend.windows import CALENDAR_UNITS
+from teller.values import MAX_AMOUNT
 
 # ASCII digits (\d also takes other scripts'), at most 9 of them: read before
 # int(), which refuses 4,300+ digits, and well inside a BIGINT in milliseconds.

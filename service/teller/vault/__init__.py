@@ -2,7 +2,7 @@
 
 from teller.vault.envelope import SealedKey
 from teller.vault.kek import KekProvider, KeyUnwrapError, LocalKekProvider
-from teller.vault.signer import TypedData, WalletSigner
+from teller.vault.signer import WalletSigner
 from teller.vault.vault import NewWallet, Vault
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
     "LocalKekProvider",
     "NewWallet",
     "SealedKey",
-    "TypedData",
     "Vault",
     "WalletSigner",
 ]

@@ -27,8 +27,9 @@ CACHED_HEADER_BYTES = 8 * 1024
 
 
 @dataclass(frozen=True, slots=True)
-class Offer:
-    """One entry of ``accepts``: the fields Teller reads, plus the raw JSON to echo."""
+class Requirement:
+    """One entry of ``accepts`` (x402's PaymentRequirements): the fields Teller
+    reads, plus the raw JSON to echo."""
 
     index: int
     version: int
@@ -45,7 +46,7 @@ class Offer:
 @dataclass(frozen=True, slots=True)
 class X402Challenge:
     version: int
-    offers: tuple[Offer, ...]
+    accepts: tuple[Requirement, ...]
     resource: Mapping[str, Any] | None  # v2 `resource` object, echoed in the payload
     extensions: Mapping[str, Any] | None
     error: str | None
@@ -143,19 +144,19 @@ def _from_document(doc: Any, where: str) -> X402Challenge:
         raise InvalidArgument(f"x402 {where}: accepts has {len(accepts)} entries, at most {MAX_ACCEPTS} are read")
     if version == 2:
         model = _validate(PaymentRequired, doc, where)
-        offers = tuple(
-            Offer(i, 2, r.scheme, r.network, r.asset, r.amount, r.pay_to, r.max_timeout_seconds, r.extra or {}, accepts[i])
+        accepts = tuple(
+            Requirement(i, 2, r.scheme, r.network, r.asset, r.amount, r.pay_to, r.max_timeout_seconds, r.extra or {}, accepts[i])
             for i, r in enumerate(model.accepts)
         )
         resource = doc.get("resource") if isinstance(doc.get("resource"), dict) else None
         extensions = doc.get("extensions") if isinstance(doc.get("extensions"), dict) else None
-        return X402Challenge(2, offers, resource, extensions, model.error)
+        return X402Challenge(2, accepts, resource, extensions, model.error)
     model1 = _validate(PaymentRequiredV1, doc, where)
-    offers = tuple(
-        Offer(
+    accepts = tuple(
+        Requirement(
             i, 1, r.scheme, r.network, r.asset, r.max_amount_required, r.pay_to,
             r.max_timeout_seconds, r.extra or {}, accepts[i],
         )
         for i, r in enumerate(model1.accepts)
     )
-    return X402Challenge(1, offers, None, None, model1.error)
+    return X402Challenge(1, accepts, None, None, model1.error)

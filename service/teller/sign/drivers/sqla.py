@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import bindparam, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
-from teller import audit
+from teller.audit import events as audit
 from teller.db.models import ApiToken, AuditHead, Payment, SpendPolicy, Tenant, Wallet
 from teller.sign.batch_io import (
     FindNonce,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from teller.audit_chain import GENESIS, event_hash
+from teller.audit.chain import GENESIS, event_hash
 
 revision = "0004"
 down_revision = "0003"

@@ -105,7 +105,7 @@ def _canonicalize_policies(conn: sa.Connection) -> list[Report]:
 
 
 def _audit(conn: sa.Connection, reports: list[Report]) -> None:
-    from teller import audit
+    from teller.audit import events as audit
 
     now = int(time.time() * 1000)
     with Session(bind=conn) as s:

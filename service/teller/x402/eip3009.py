@@ -11,12 +11,10 @@ from typing import Any
 from eth_utils import keccak
 
 from teller import values
+from teller.eip712 import TypedData
 from teller.errors import FailedPrecondition, InvalidArgument
 from teller.keccak import keccak256
-from teller.vault.signer import TypedData
 
-#: Largest amount Teller accounts for (BIGINT). Larger requests are refused.
-MAX_AMOUNT = 2**63 - 1
 #: validAfter lies this far in the past to absorb clock skew (x402 reference client).
 VALID_AFTER_SKEW_S = 600
 
@@ -72,15 +70,16 @@ class Authorization:
 
 def parse_amount(text: object, field: str) -> int:
     """A positive uint256 in canonical decimal (refused by name otherwise), that
-    the ledger can count (``MAX_AMOUNT``)."""
+    the ledger can count (``values.MAX_AMOUNT``)."""
     try:
         value = values.amount(text, field)
     except values.NotCanonical as exc:
         raise InvalidArgument(str(exc)) from None
     if value == 0:
         raise InvalidArgument(f"{field} must be positive")
-    if value > MAX_AMOUNT:
-        raise FailedPrecondition(f"{field} {text} exceeds the largest amount Teller accounts ({MAX_AMOUNT})",
+    if value > values.MAX_AMOUNT:
+        raise FailedPrecondition(f"{field} {text} exceeds the largest amount Teller accounts "
+                                 f"({values.MAX_AMOUNT})",
                                  reason="amount_out_of_range")
     return value
 

@@ -1,5 +1,5 @@
 """Signed audit exports. Pure: a tenant verifies an export offline with this
-module, ``teller.audit_chain`` and Teller's public key; no database, no server.
+module, ``teller.audit.chain`` and Teller's public key; no database, no server.
 
 An export is JSON Lines: the tenant's events in chain order, then one trailer
 line that signs the chain head they end at::
@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from teller.audit_chain import GENESIS, Problem, canonical, verify
+from teller.audit.chain import GENESIS, Problem, canonical, verify
 from teller.errors import InvalidArgument
 
 TRAILER_TYPE = "teller.audit.export"

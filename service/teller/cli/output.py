@@ -4,6 +4,7 @@ command supports every format."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -12,6 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 FORMATS = ("table", "json", "csv")
+
+
+def format_of(ns: argparse.Namespace) -> str:
+    """The format a command was asked for with ``--output`` (table by default)."""
+    return getattr(ns, "output", None) or "table"
 
 
 def when(ms: int | None) -> str:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from teller import audit
-from teller.audit_export import key_id, public_bytes
+from teller.audit import events as audit
+from teller.audit.export import key_id, public_bytes
 from teller.db import Database
 from teller.db.models import AuditKey
 from teller.vault.envelope import SealedKey, open_sealed, seal

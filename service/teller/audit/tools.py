@@ -12,8 +12,8 @@ from typing import IO, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from teller import audit_export
-from teller.audit_chain import GENESIS, Problem, verify
+from teller.audit import export as audit_export
+from teller.audit.chain import GENESIS, Problem, verify
 from teller.db import Database
 from teller.db.models import AuditEvent, AuditHead, Tenant
 from teller.errors import FailedPrecondition, NotFound
@@ -60,7 +60,7 @@ def verify_database(db: Database, tenant_id: str | None = None) -> list[Problem]
 
 def export(db: Database, tenant_id: str, out: IO[str], key: Ed25519PrivateKey, now_ms: int) -> int:
     """Write the tenant's chain up to its current head, then the signed trailer
-    (``teller.audit_export``). Refuses to sign a chain that does not verify."""
+    (``teller.audit.export``). Refuses to sign a chain that does not verify."""
     check_tenant(db, tenant_id)
     with db.transaction() as s:
         row = s.get(AuditHead, tenant_id)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from teller.audit_chain import GENESIS, details_text, event_hash
+from teller.audit.chain import GENESIS, details_text, event_hash
 from teller.db.models import AuditEvent, AuditHead
 
 
