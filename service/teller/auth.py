@@ -9,15 +9,14 @@ bits of entropy, so a plain hash (no KDF) is safe here. The configured
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from teller.callers import Caller, check_secret, hash_secret
 from teller.db.models import ApiToken, Operator, Tenant
 from teller.errors import PermissionDenied, Unauthenticated
 
@@ -32,20 +31,6 @@ BOOTSTRAP = "bootstrap"
 #: The operator of the AdminService call being served (set once its credential
 #: is checked; the worker threads of the call see it too), for the audit log.
 OPERATOR_NAME: contextvars.ContextVar[str] = contextvars.ContextVar("teller_operator", default="")
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    tenant_id: str
-    token_id: str
-
-    @property
-    def actor(self) -> str:
-        return f"token:{self.token_id}"
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def new_token() -> tuple[str, str, str]:
@@ -72,14 +57,6 @@ def parse_token(token: str) -> tuple[str, str]:
         raise Unauthenticated("not a Teller tenant token")
     token_id, _, secret = token[len(PREFIX) :].partition(".")
     return token_id, secret
-
-
-def check_secret(stored_hash: str | None, revoked_ms: int | None, secret: str) -> None:
-    """The token row's verdict on a presented secret (constant-time comparison)."""
-    if stored_hash is None or not hmac.compare_digest(stored_hash, hash_secret(secret)):
-        raise Unauthenticated("invalid token")
-    if revoked_ms is not None:
-        raise Unauthenticated("token revoked")
 
 
 def authenticate_tenant(session: Session, token: str) -> Caller:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from teller import lifecycle as lc
 from teller import refusal as refusal_mod
-from teller.auth import Caller
+from teller.callers import Caller
 from teller.db.models import Payment
 from teller.errors import (
     FailedPrecondition,

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class Payer(Protocol):
-    """Who pays (``teller.auth.Caller``)."""
+    """Who pays (``teller.callers.Caller``)."""
 
     @property
     def tenant_id(self) -> str: ...

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from teller import auth
-from teller.auth import Caller
+from teller.callers import Caller
 from teller.sign.call import Call, Verdict, sign_input
 
 

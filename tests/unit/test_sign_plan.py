@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from teller import auth, idempotency, offers, signing
-from teller.auth import Caller
+from teller import callers, idempotency, offers, signing
+from teller.callers import Caller
 from teller.chain import ChainReader
 from teller.errors import AlreadyExists, LimitExceeded, NotFound, Unauthenticated, Unavailable
 from teller.schemes.proofs import Proofs
@@ -81,7 +81,7 @@ class Script:
     def read(self, request: Read) -> Snapshot:
         self.asked.append(request)
         tenants = {t: TenantRow(t, "active", False) for t in request.tenant_ids}
-        tokens = {f"tok-{t}": TokenRow(f"tok-{t}", t, auth.hash_secret(SECRET), None) for t in (TENANT, OTHER)}
+        tokens = {f"tok-{t}": TokenRow(f"tok-{t}", t, callers.hash_secret(SECRET), None) for t in (TENANT, OTHER)}
         return Snapshot(tenants, {t: (0, "0" * 64) for t in tenants},
                         {w: self.wallets[w] for w in request.wallet_ids if w in self.wallets},
                         {t: tokens[t] for t in request.token_ids if t in tokens},

@@ -114,3 +114,34 @@ def verify(events: Iterable[Mapping[str, Any]], heads: Mapping[str, tuple[int, s
 
 
 __all__ = ["FIELDS", "GENESIS", "Problem", "canonical", "details_text", "event_hash", "verify"]
+
+
+def event(
+    *,
+    at_ms: int,
+    actor: str,
+    action: str,
+    head: tuple[int, str],
+    outcome: str = "ok",
+    tenant_id: str | None = None,
+    reason: str = "",
+    wallet_id: str = "",
+    payment_id: str = "",
+    amount: int | str = "",
+    asset: str = "",
+    network: str = "",
+    payee: str = "",
+    resource_url: str = "",
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One event's row, chained after ``head`` (the chain's last (seq, hash)). Pure:
+    the caller writes it, moving the head to (row["seq"], row["hash"])."""
+    row: dict[str, Any] = {
+        "tenant_id": tenant_id, "at_ms": at_ms, "actor": actor, "action": action, "outcome": outcome,
+        "reason": reason, "wallet_id": wallet_id, "payment_id": payment_id, "amount": str(amount), "asset": asset,
+        "network": network, "payee": payee, "resource_url": resource_url[:2048],
+        "details": details_text(details or {}),
+        "seq": head[0] + 1, "prev_hash": head[1],
+    }
+    row["hash"] = event_hash(row)
+    return row

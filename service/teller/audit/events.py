@@ -10,39 +10,8 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from teller.audit.chain import GENESIS, details_text, event_hash
+from teller.audit.chain import GENESIS, event
 from teller.db.models import AuditEvent, AuditHead
-
-
-def event(
-    *,
-    at_ms: int,
-    actor: str,
-    action: str,
-    head: tuple[int, str],
-    outcome: str = "ok",
-    tenant_id: str | None = None,
-    reason: str = "",
-    wallet_id: str = "",
-    payment_id: str = "",
-    amount: int | str = "",
-    asset: str = "",
-    network: str = "",
-    payee: str = "",
-    resource_url: str = "",
-    details: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One event's row, chained after ``head`` (the chain's last (seq, hash)). Pure:
-    the caller writes it, moving the head to (row["seq"], row["hash"])."""
-    row: dict[str, Any] = {
-        "tenant_id": tenant_id, "at_ms": at_ms, "actor": actor, "action": action, "outcome": outcome,
-        "reason": reason, "wallet_id": wallet_id, "payment_id": payment_id, "amount": str(amount), "asset": asset,
-        "network": network, "payee": payee, "resource_url": resource_url[:2048],
-        "details": details_text(details or {}),
-        "seq": head[0] + 1, "prev_hash": head[1],
-    }
-    row["hash"] = event_hash(row)
-    return row
 
 
 def record(session: Session, *, tenant_id: str | None = None, **fields: Any) -> tuple[int, str]:

@@ -14,7 +14,7 @@ import grpc
 from teller import auth
 from teller.app import App
 from teller.audit import events as audit_log
-from teller.auth import Caller
+from teller.callers import Caller
 from teller.chain import NotCached
 from teller.db.models import Operator
 from teller.errors import InvalidArgument, PermissionDenied

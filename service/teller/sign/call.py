@@ -10,7 +10,7 @@ from typing import Any
 
 from teller import idempotency, signing
 from teller import offers as offers_mod
-from teller.auth import Caller
+from teller.callers import Caller
 from teller.errors import FailedPrecondition, InvalidArgument
 from teller.schemes import Offer
 from teller.signing import SignInput

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 
-from teller import auth, observe, signing
+from teller import callers, observe, signing
 from teller import offers as offers_mod
-from teller.audit import events as audit
+from teller.audit.chain import event as audit_event
 from teller.clock import Clock, ms
 from teller.errors import (
     AlreadyExists,
@@ -65,7 +65,7 @@ class _Batch:
     signed_scopes: dict[tuple[str, str], Scope] = field(default_factory=dict)
 
     def audit(self, tenant_id: str, **fields: Any) -> None:
-        row = audit.event(tenant_id=tenant_id, head=self.heads[tenant_id], at_ms=self.now_ms, **fields)
+        row = audit_event(tenant_id=tenant_id, head=self.heads[tenant_id], at_ms=self.now_ms, **fields)
         self.heads[tenant_id] = self.moved[tenant_id] = (row["seq"], row["hash"])
         self.events.append(row)
 
@@ -177,7 +177,7 @@ class Planner:
         tenant_id, wallet_id = call.caller.tenant_id, call.req.wallet_id
         if call.secret is not None:
             mine = token if token is not None and token.tenant_id == tenant_id else None
-            auth.check_secret(mine.secret_hash if mine else None, mine.revoked_ms if mine else None, call.secret)
+            callers.check_secret(mine.secret_hash if mine else None, mine.revoked_ms if mine else None, call.secret)
         # Another tenant's wallet is reported exactly like a missing one.
         if wallet is None or wallet.tenant_id != tenant_id:
             raise NotFound(f"wallet {wallet_id!r} not found")

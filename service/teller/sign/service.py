@@ -19,7 +19,7 @@ import psycopg
 from teller import balances, idempotency, observe, signing
 from teller import offers as offers_mod
 from teller.audit import events as audit
-from teller.auth import Caller
+from teller.callers import Caller
 from teller.chain import ChainReader, NotCached
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
