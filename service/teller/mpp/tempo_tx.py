@@ -86,9 +86,14 @@ class TempoTransaction:
             self.fee_token)
         object.__setattr__(self, "_encoded", b"".join(rlp(item) for item in items))
 
-    def signing_hash(self) -> bytes:
+    def signing_payload(self) -> bytes:
+        """What the sender signs the hash of (ox's ``encodeForSigning``). TIP-1034
+        also hashes it, with the sender, into a channel's ``expiringNonceHash``."""
         # After the fee token: no fee payer (empty), no authorization list.
-        return keccak256(_typed(self._encoded + _EMPTY + _EMPTY_LIST))
+        return _typed(self._encoded + _EMPTY + _EMPTY_LIST)
+
+    def signing_hash(self) -> bytes:
+        return keccak256(self.signing_payload())
 
     def signed(self, signature: bytes) -> bytes:
         """The raw transaction with the sender's 65-byte ``r || s || v`` signature."""
