@@ -22,8 +22,6 @@ from teller.mpp.challenge import MppChallenge
 from teller.vault.signer import WalletSigner, address_of
 from tests.support.mpp_live import ROOT, node_binary
 
-pytestmark = pytest.mark.integration
-
 SCRIPT = ROOT / "tests" / "support" / "session_vectors.mjs"
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
