@@ -48,6 +48,10 @@ def _case(rng: random.Random) -> dict[str, object]:
         "gas": rng.randrange(21_000, 3_000_000), "gasPrice": rng.randrange(0, 10**12),
         "validBefore": rng.randrange(1_700_000_000, 2_000_000_000),
         "unit": unit,
+        "receipt": {"challengeId": f"ch-{rng.randrange(10**6)}", "spent": str(rng.randrange(0, 2**63)),
+                    "required": str(rng.randrange(0, 2**63)),
+                    **({"units": rng.randrange(0, 10**6)} if rng.random() < 0.5 else {}),
+                    **({"txHash": "0x" + rng.randbytes(32).hex()} if rng.random() < 0.5 else {})},
     }
 
 
@@ -187,3 +191,27 @@ def test_teller_parses_mppx_wire_requests(vectors):
         assert req.operator.lower() == str(c["operator"]).lower()
         assert req.chain_id == c["chainId"]
         assert req.custom_escrow == (str(c["escrow"]).lower() != ch.ESCROW_PRECOMPILE)
+
+
+def _sse_data(event: str) -> str:
+    """The data of one SSE event (one ``data:`` line: mppx writes its JSON on one line)."""
+    (line,) = [x for x in event.split("\n") if x.startswith("data: ")]
+    return line[6:]
+
+
+def test_teller_reads_mppx_receipts_and_voucher_requests(vectors):
+    for c, ours, theirs in vectors:
+        cid = ours["opened"].channel_id
+        r = c["receipt"]
+        for receipt in (session.parse_receipt(theirs["receiptHeader"], 65536),
+                        session.receipt_from_json(json.loads(_sse_data(theirs["receiptEvent"])), "event")):
+            assert receipt.challenge_id == r["challengeId"] and receipt.channel_id == cid
+            assert receipt.accepted_cumulative == int(str(c["cumulativeAmount"]))
+            assert receipt.spent == int(r["spent"]) and receipt.units == r.get("units")
+            assert receipt.tx_hash == (bytes.fromhex(r["txHash"][2:]) if "txHash" in r else None)
+        frame = json.loads(theirs["needVoucherFrame"])
+        assert frame["mpp"] == "payment-need-voucher"
+        for need in (session.parse_need_voucher(_sse_data(theirs["needVoucherEvent"]), 65536),
+                     session.parse_need_voucher(json.dumps(frame["data"]), 65536)):
+            assert need == session.NeedVoucher(cid, int(r["required"]), int(str(c["cumulativeAmount"])),
+                                               int(str(c["deposit"])))

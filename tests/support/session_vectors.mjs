@@ -7,6 +7,7 @@
 // Each case: {key, payee, operator, token, salt, authorizedSigner, escrow, chainId,
 //   deposit, cumulativeAmount, additionalDeposit, gas, gasPrice, validBefore,
 //   request: {amount, suggestedDeposit?, ...} (mppx server-side input, decimals applied here),
+//   receipt: {challengeId, spent, units?, txHash?, required},
 //   teller: {credentials: [header values], voucherSignature}}  (what Teller made, checked here)
 // Each result: mppx's/viem's channel id, voucher digest and signature, calldata,
 // expiring nonce hash and wire request, and whether mppx accepts Teller's credentials.
@@ -25,7 +26,7 @@ const { encodeFunctionData, hashTypedData, createClient, custom, maxUint256 } = 
 const { privateKeyToAccount } = await load('viem/accounts')
 const { TxEnvelopeTempo } = await load('ox/tempo')
 
-const { Channel, Voucher, escrowAbi } = Session.Precompile
+const { Channel, Protocol, Voucher, escrowAbi } = Session.Precompile
 // signTypedData with a local account signs in process; the transport is never called.
 const client = createClient({ transport: custom({ request: async () => { throw new Error('no RPC in vectors') } }) })
 
@@ -85,7 +86,18 @@ async function one(c) {
       return { ok: false, error: String(error?.message ?? error).slice(0, 400) }
     }
   })
+  // What the server says during the session, as mppx's server formats it.
+  const receipt = Protocol.createSessionReceipt({
+    challengeId: c.receipt.challengeId, channelId, acceptedCumulative: BigInt(c.cumulativeAmount),
+    spent: BigInt(c.receipt.spent), units: c.receipt.units, txHash: c.receipt.txHash,
+  })
+  const needVoucher = {
+    channelId, requiredCumulative: c.receipt.required, acceptedCumulative: c.cumulativeAmount, deposit: c.deposit,
+  }
   return {
+    receiptHeader: Protocol.serializeSessionReceipt(receipt), receiptEvent: Protocol.formatReceiptEvent(receipt),
+    needVoucherEvent: Protocol.formatNeedVoucherEvent(needVoucher),
+    needVoucherFrame: Protocol.formatNeedVoucherMessage(needVoucher),
     payer: account.address, openData, expiringNonceHash, channelId, voucherDigest, voucherSignature,
     tellerVoucherVerifies, topUpData, requestCloseData, withdrawData, request, credentials,
     signingPayload: TxEnvelopeTempo.encodeForSigning(envelope),

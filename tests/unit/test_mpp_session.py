@@ -282,3 +282,37 @@ def test_credential_payloads_have_mppx_shapes():
 def test_sessions_are_not_a_registered_scheme_yet():
     # A building block: Sign answers no session challenge until the next step wires one in.
     assert ("tempo", "session") not in REGISTRY.mpp
+
+
+def _receipt(**over: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"method": "tempo", "intent": "session", "status": "success",
+                           "timestamp": "2026-12-01T00:00:00Z", "reference": "0x" + "ab" * 32,
+                           "challengeId": "s1", "channelId": "0x" + "ab" * 32, "acceptedCumulative": "75",
+                           "spent": "50"}
+    doc.update(over)
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def test_session_receipts_read_or_name_the_field():
+    r = session.parse_receipt(_b64(_receipt(units=3)), 4096)
+    assert (r.challenge_id, r.channel_id, r.accepted_cumulative, r.spent, r.units, r.tx_hash) == (
+        "s1", bytes.fromhex("ab" * 32), 75, 50, 3, None)
+    for over, field in [({"spent": "-1"}, "spent"), ({"channelId": "0x12"}, "channelId"),
+                        ({"units": -1}, "units"), ({"units": True}, "units"), ({"txHash": "0x"}, "txHash"),
+                        ({"challengeId": ""}, "challengeId"), ({"intent": "charge"}, "not a successful")]:
+        with pytest.raises(InvalidArgument, match=field):
+            session.parse_receipt(_b64(_receipt(**over)), 4096)
+    with pytest.raises(InvalidArgument, match="larger than"):
+        session.parse_receipt(_b64(_receipt()), 16)
+
+
+def test_voucher_requests_read_or_name_the_field():
+    doc = {"channelId": "0x" + "cd" * 32, "requiredCumulative": "100", "acceptedCumulative": "75",
+           "deposit": "10000"}
+    assert session.parse_need_voucher(json.dumps(doc), 4096) == session.NeedVoucher(
+        bytes.fromhex("cd" * 32), 100, 75, 10000)
+    for key in doc:
+        with pytest.raises(InvalidArgument, match=f"payment-need-voucher.{key}"):
+            session.parse_need_voucher(json.dumps({**doc, key: 1}), 4096)
+    with pytest.raises(InvalidArgument, match="JSON object"):
+        session.parse_need_voucher("[]", 4096)

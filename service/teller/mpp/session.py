@@ -28,10 +28,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from teller import values
+from teller import untrusted_json, values
 from teller.errors import FailedPrecondition, InvalidArgument
 from teller.mpp import charge as mpp_charge
-from teller.mpp.challenge import MppChallenge
+from teller.mpp.challenge import MppChallenge, b64url_json
 from teller.mpp.channel import (
     ESCROW_PRECOMPILE,
     MAX_UINT96,
@@ -278,8 +278,86 @@ def credential(ch: MppChallenge, req: SessionRequest, payload: Mapping[str, Any]
     return mpp_charge.credential(ch, payload, mpp_charge.did_pkh(req.chain_id, payer))
 
 
+# -- what the server says during a session ------------------------------------------
+# Receipts come in the ``Payment-Receipt`` header (base64url JSON) of an HTTP
+# answer, as the data of an SSE ``payment-receipt`` event, or in a WebSocket
+# ``{"mpp": "payment-receipt", "data": ...}`` frame; a server that wants a
+# larger voucher mid-stream sends ``payment-need-voucher`` the same two ways.
+
+
+@dataclass(frozen=True, slots=True)
+class SessionReceipt:
+    """A server's acknowledgement of a session credential."""
+
+    challenge_id: str
+    channel_id: bytes
+    accepted_cumulative: int  # the highest voucher it holds
+    spent: int  # what it has charged against the channel so far
+    units: int | None
+    tx_hash: bytes | None  # the open, top-up or close transaction, when there was one
+
+
+@dataclass(frozen=True, slots=True)
+class NeedVoucher:
+    """A server's request, mid-stream, for a voucher of at least ``required_cumulative``."""
+
+    channel_id: bytes
+    required_cumulative: int
+    accepted_cumulative: int
+    deposit: int
+
+
+def _doc(value: str | bytes, what: str, max_bytes: int) -> Mapping[str, Any]:
+    doc = untrusted_json.loads(value, what, max_bytes=max_bytes)
+    if not isinstance(doc, Mapping):
+        raise InvalidArgument(f"{what}: must be a JSON object")
+    return doc
+
+
+def receipt_from_json(doc: Mapping[str, Any], what: str) -> SessionReceipt:
+    """A session receipt already read as JSON (an SSE event's or WebSocket frame's data)."""
+    if (doc.get("method"), doc.get("intent"), doc.get("status")) != (METHOD, INTENT, "success"):
+        raise InvalidArgument(f"{what}: not a successful tempo session receipt")
+    challenge_id = doc.get("challengeId")
+    if not isinstance(challenge_id, str) or not challenge_id:
+        raise _field(what, "challengeId", "must be a non-empty string")
+    units = doc.get("units")
+    if units is not None and (isinstance(units, bool) or not isinstance(units, int) or not 0 <= units < 2**63):
+        raise _field(what, "units", "must be a non-negative integer")
+    tx_hash = doc.get("txHash")
+    return SessionReceipt(
+        challenge_id=challenge_id, channel_id=_hash(doc.get("channelId"), what, "channelId"),
+        accepted_cumulative=_amount(doc.get("acceptedCumulative"), what, "acceptedCumulative"),
+        spent=_amount(doc.get("spent"), what, "spent"), units=units,
+        tx_hash=None if tx_hash is None else _hash(tx_hash, what, "txHash"),
+    )
+
+
+def parse_receipt(value: str, max_bytes: int) -> SessionReceipt:
+    """A ``Payment-Receipt`` header value of a session answer."""
+    if len(value) > max_bytes:
+        raise InvalidArgument(f"Payment-Receipt header is larger than {max_bytes} bytes")
+    doc = b64url_json(value.strip(), "Payment-Receipt header")
+    if not isinstance(doc, Mapping):
+        raise InvalidArgument("Payment-Receipt header: must be a JSON object")
+    return receipt_from_json(doc, "Payment-Receipt header")
+
+
+def parse_need_voucher(data: str | bytes, max_bytes: int) -> NeedVoucher:
+    """The data of a ``payment-need-voucher`` SSE event (or WebSocket frame's ``data``, serialized)."""
+    what = "payment-need-voucher"
+    doc = _doc(data, what, max_bytes)
+    return NeedVoucher(
+        channel_id=_hash(doc.get("channelId"), what, "channelId"),
+        required_cumulative=_amount(doc.get("requiredCumulative"), what, "requiredCumulative"),
+        accepted_cumulative=_amount(doc.get("acceptedCumulative"), what, "acceptedCumulative"),
+        deposit=_amount(doc.get("deposit"), what, "deposit"),
+    )
+
+
 __all__ = [
-    "DEFAULT_CHAIN_ID", "INTENT", "METHOD", "SESSION_PROTOCOL", "Session", "SessionRequest", "SessionSnapshot",
-    "close_payload", "credential", "open_payload", "opening_deposit", "parse_descriptor", "parse_request",
+    "DEFAULT_CHAIN_ID", "INTENT", "METHOD", "SESSION_PROTOCOL", "NeedVoucher", "Session", "SessionReceipt",
+    "SessionRequest", "SessionSnapshot", "close_payload", "credential", "open_payload", "opening_deposit",
+    "parse_descriptor", "parse_need_voucher", "parse_receipt", "parse_request", "receipt_from_json",
     "top_up_payload", "voucher_payload",
 ]
