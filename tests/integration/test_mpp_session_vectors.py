@@ -47,6 +47,7 @@ def _case(rng: random.Random) -> dict[str, object]:
         "additionalDeposit": str(rng.randrange(1, 2**63)),
         "gas": rng.randrange(21_000, 3_000_000), "gasPrice": rng.randrange(0, 10**12),
         "validBefore": rng.randrange(1_700_000_000, 2_000_000_000),
+        "validAfter": rng.randrange(1, 1_700_000_000),
         "unit": unit,
         "receipt": {"challengeId": f"ch-{rng.randrange(10**6)}", "spent": str(rng.randrange(0, 2**63)),
                     "required": str(rng.randrange(0, 2**63)),
@@ -80,7 +81,8 @@ def _teller(c: dict[str, object]) -> dict[str, object]:
     d = opened.descriptor
     top_up_tx = ch.channel_transaction(ch.top_up_call(escrow, d, int(str(c["additionalDeposit"]))),
                                        chain_id=chain_id, fee_token=d.token, gas_limit=int(str(c["gas"])),
-                                       gas_price=int(str(c["gasPrice"])), valid_before=int(str(c["validBefore"])))
+                                       gas_price=int(str(c["gasPrice"])), valid_before=int(str(c["validBefore"])),
+                                       valid_after=int(str(c["validAfter"])))
     req_doc = {"amount": str(c["unit"]), "currency": d.token, "recipient": d.payee, "unitType": "token",
                "methodDetails": {"escrowContract": escrow, "chainId": chain_id, "sessionProtocol": "v2"}}
     challenge = _challenge(req_doc)
@@ -94,7 +96,7 @@ def _teller(c: dict[str, object]) -> dict[str, object]:
         session.close_payload(d, opened.channel_id, cumulative, signature),
     ]
     return {
-        "opened": opened, "digest": typed.digest(), "signature": signature, "typed": typed,
+        "opened": opened, "top_up_tx": top_up_tx, "digest": typed.digest(), "signature": signature, "typed": typed,
         "credentials": [session.credential(challenge, req, p, signer.address) for p in payloads],
     }
 
@@ -146,6 +148,7 @@ def test_channel_id_nonce_hash_and_calldata_match_mppx(vectors):
         assert _hex(opened.tx.calls[0].data) == theirs["openData"]
         d, escrow = opened.descriptor, str(c["escrow"])
         assert _hex(ch.top_up_call(escrow, d, int(str(c["additionalDeposit"]))).data) == theirs["topUpData"]
+        assert _hex(ours["top_up_tx"].signing_payload()) == theirs["topUpSigningPayload"]
         assert _hex(ch.request_close_call(escrow, d).data) == theirs["requestCloseData"]
         assert _hex(ch.withdraw_call(escrow, d).data) == theirs["withdrawData"]
 

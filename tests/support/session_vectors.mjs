@@ -5,7 +5,7 @@
 //   node session_vectors.mjs < cases.json > results.json
 //
 // Each case: {key, payee, operator, token, salt, authorizedSigner, escrow, chainId,
-//   deposit, cumulativeAmount, additionalDeposit, gas, gasPrice, validBefore,
+//   deposit, cumulativeAmount, additionalDeposit, gas, gasPrice, validBefore, validAfter,
 //   request: {amount, suggestedDeposit?, ...} (mppx server-side input, decimals applied here),
 //   receipt: {challengeId, spent, units?, txHash?, required},
 //   teller: {credentials: [header values], voucherSignature}}  (what Teller made, checked here)
@@ -60,6 +60,13 @@ async function one(c) {
   const topUpData = encodeFunctionData({
     abi: escrowAbi, functionName: 'topUp', args: [descriptor, BigInt(c.additionalDeposit)],
   })
+  const topUpEnvelope = TxEnvelopeTempo.from({
+    chainId: c.chainId,
+    calls: [{ to: c.escrow, data: topUpData, value: 0n }],
+    gas: BigInt(c.gas), maxFeePerGas: BigInt(c.gasPrice), maxPriorityFeePerGas: BigInt(c.gasPrice),
+    nonceKey: maxUint256, nonce: 0n, validBefore: c.validBefore, validAfter: c.validAfter, feeToken: c.token,
+  })
+  const topUpSigningPayload = TxEnvelopeTempo.encodeForSigning(topUpEnvelope)
   const requestCloseData = encodeFunctionData({ abi: escrowAbi, functionName: 'requestClose', args: [descriptor] })
   const withdrawData = encodeFunctionData({ abi: escrowAbi, functionName: 'withdraw', args: [descriptor] })
   // The wire request as mppx's server puts it in a challenge (its schema's output).
@@ -99,7 +106,7 @@ async function one(c) {
     needVoucherEvent: Protocol.formatNeedVoucherEvent(needVoucher),
     needVoucherFrame: Protocol.formatNeedVoucherMessage(needVoucher),
     payer: account.address, openData, expiringNonceHash, channelId, voucherDigest, voucherSignature,
-    tellerVoucherVerifies, topUpData, requestCloseData, withdrawData, request, credentials,
+    tellerVoucherVerifies, topUpData, topUpSigningPayload, requestCloseData, withdrawData, request, credentials,
     signingPayload: TxEnvelopeTempo.encodeForSigning(envelope),
   }
 }

@@ -171,11 +171,13 @@ def withdraw_call(escrow: str, descriptor: ChannelDescriptor) -> TempoCall:
 
 
 def channel_transaction(call: TempoCall, *, chain_id: int, fee_token: str, gas_limit: int, gas_price: int,
-                        valid_before: int) -> TempoTransaction:
+                        valid_before: int, valid_after: int = 0) -> TempoTransaction:
     """An unsigned 0x76 transaction holding exactly ``call`` (an expiring nonce,
-    fees in ``fee_token``): the shape mppx verifies for open and top-up."""
+    fees in ``fee_token``): the shape mppx verifies for open and top-up. Two
+    top-ups of one amount signed in the same second would be one transaction:
+    give each its own ``valid_after`` (mppx picks a random past second)."""
     return TempoTransaction(chain_id=chain_id, gas_limit=gas_limit, gas_price=gas_price, valid_before=valid_before,
-                            fee_token=bytes.fromhex(fee_token[2:]), calls=(call,))
+                            fee_token=bytes.fromhex(fee_token[2:]), calls=(call,), valid_after=valid_after)
 
 
 def expiring_nonce_hash(tx: TempoTransaction, sender: str) -> bytes:
