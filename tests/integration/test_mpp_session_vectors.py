@@ -177,8 +177,13 @@ def test_mppx_reads_tellers_credentials(vectors):
             assert cred["source"] == f"did:pkh:eip155:{c['chainId']}:{opened.descriptor.payer}"
             if cred["action"] != "topUp":
                 assert cred["voucherValid"] is True
-        # The open transaction carried in the credential hashes to the descriptor's nonce hash.
+        # The open transaction carried in the credential hashes to the descriptor's nonce hash,
+        # and mppx's server-side transaction checks pass, with the payer recovered from it.
         assert creds[0]["txExpiringNonceHash"] == _hex(opened.descriptor.expiring_nonce_hash)
+        accepted = creds[0]["txAccepted"]
+        assert accepted["payer"].lower() == opened.descriptor.payer.lower()  # viem recovers it lower-case
+        assert accepted["deposit"] == str(c["deposit"])
+        assert creds[2]["txAccepted"]["payer"].lower() == opened.descriptor.payer.lower()
 
 
 def test_teller_parses_mppx_wire_requests(vectors):

@@ -26,7 +26,7 @@ const { encodeFunctionData, hashTypedData, createClient, custom, maxUint256 } = 
 const { privateKeyToAccount } = await load('viem/accounts')
 const { TxEnvelopeTempo } = await load('ox/tempo')
 
-const { Channel, Protocol, Voucher, escrowAbi } = Session.Precompile
+const { Chain, Channel, Protocol, Voucher, escrowAbi } = Session.Precompile
 // signTypedData with a local account signs in process; the transport is never called.
 const client = createClient({ transport: custom({ request: async () => { throw new Error('no RPC in vectors') } }) })
 
@@ -81,11 +81,32 @@ async function one(c) {
         voucherValid = Voucher.verifyVoucher(c.escrow, c.chainId, Voucher.parseVoucherFromPayload(
           payload.channelId, payload.cumulativeAmount, payload.signature), account.address)
       let txExpiringNonceHash = null
+      let txAccepted = null
       if ('transaction' in payload) {
         const tx = TxEnvelopeTempo.deserialize(payload.transaction)
         txExpiringNonceHash = Channel.computeExpiringNonceHash(tx, { sender: account.address })
+        // mppx's server-side checks of the transaction (no chain needed): one call to the
+        // escrow, the right calldata, and for an open the nonce hash of the payer recovered
+        // from the signature (the zero expectedPayer is used only when none is recovered).
+        const shared = {
+          escrowContract: c.escrow, feePayer: false, serializedTransaction: payload.transaction,
+          chainId: c.chainId, expectedCurrency: c.token, expectedChannelId: payload.channelId,
+        }
+        if (payload.action === 'open') {
+          const r = Chain.validateOpenCredentialTransaction({
+            ...shared, expectedPayer: '0x0000000000000000000000000000000000000000', expectedPayee: c.payee,
+            expectedOperator: c.operator, expectedAuthorizedSigner: payload.authorizedSigner,
+            expectedExpiringNonceHash: payload.descriptor.expiringNonceHash,
+          })
+          txAccepted = { payer: r.descriptor.payer, deposit: r.openDeposit.toString() }
+        } else {
+          Chain.validateTopUpCredentialTransaction({
+            ...shared, descriptor: payload.descriptor, additionalDeposit: BigInt(payload.additionalDeposit),
+          })
+          txAccepted = { payer: tx.from ?? null }
+        }
       }
-      return { ok: true, action: payload.action, source: cred.source, voucherValid, txExpiringNonceHash,
+      return { ok: true, action: payload.action, source: cred.source, voucherValid, txExpiringNonceHash, txAccepted,
                descriptorId: payload.descriptor
                  ? Channel.computeId({ ...payload.descriptor, chainId: c.chainId, escrow: c.escrow }) : null,
                channelId: payload.channelId }
