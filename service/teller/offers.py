@@ -20,7 +20,7 @@ from teller.schemes import REGISTRY, Offer
 from teller.x402 import challenge as x402_challenge
 
 #: What the refusals of an unknown scheme say Teller pays.
-_X402_PAID = ", ".join(repr(name) for name in REGISTRY.x402)
+_X402_PAID = ", ".join(repr(str(name)) for name in REGISTRY.x402)  # the ids as text, not enum reprs
 _MPP_PAID = " and ".join(f"{method}/{intent}" for method, intent in REGISTRY.mpp)
 
 

@@ -59,3 +59,21 @@ def test_a_tempo_transaction_is_signed_by_its_wallet_over_its_signing_hash():
     signature = raw[-65:]
     assert raw == tx.signed(signature) and signature[64] in (27, 28)
     assert Account._recover_hash(tx.signing_hash(), signature=signature) == acct.address
+
+
+def test_an_unknown_x402_scheme_is_refused_naming_the_paid_ones_as_text():
+    # The message a caller reads is the one before the schemes moved behind the
+    # registry: the paid scheme ids as quoted strings, not enum reprs.
+    import json
+    from datetime import UTC, datetime
+
+    from teller import offers
+    from teller.errors import FailedPrecondition
+
+    req = {"scheme": "upto", "network": "base-sepolia", "maxAmountRequired": "100", "resource": "http://x/y",
+           "payTo": "0x" + "11" * 20, "maxTimeoutSeconds": 60,
+           "asset": "0x036CbD53842c5426634e7929541eC2318f3dCF7e", "extra": {"name": "USDC", "version": "2"}}
+    body = json.dumps({"x402Version": 1, "error": "pay", "accepts": [req]}).encode()
+    with pytest.raises(FailedPrecondition) as info:
+        offers.collect([], body, networks={}, max_bytes=1 << 20, now=datetime.now(UTC))
+    assert info.value.message.endswith("accepts[0]: unknown scheme 'upto' (Teller pays 'exact')")
