@@ -39,9 +39,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from web3 import Web3
 
-from testbed.chain import DEPLOYER_KEY
+from testbed.chain import DEPLOYER_KEY, artifact
 from testbed.loopback import serve
-from scripts.build_contracts import artifact
 
 TEMPO_TX_TYPE = 0x76
 _DESCRIPTOR = "(address,address,address,address,bytes32,address,bytes32)"
@@ -187,6 +186,11 @@ class EscrowProxy:
         return Response(upstream.content, status_code=upstream.status_code, media_type="application/json")
 
 
+def escrow_abi() -> list[dict[str, Any]]:
+    """The test escrow's ABI (compiled from contracts/ when missing or stale)."""
+    return list(artifact("TestChannelEscrow")["abi"])  # type: ignore[call-overload]
+
+
 def deploy_escrow(rpc_url: str, registrar: str) -> str:
     """Deploys TestChannelEscrow from anvil's dev account 0; returns its address."""
     w3 = Web3(Web3.HTTPProvider(rpc_url))
@@ -211,4 +215,4 @@ def escrow_proxy(anvil_url: str) -> Iterator[tuple[str, EscrowProxy]]:
         yield url + "/", proxy
 
 
-__all__ = ["EscrowProxy", "decode_tempo_tx", "deploy_escrow", "escrow_call", "escrow_proxy"]
+__all__ = ["EscrowProxy", "decode_tempo_tx", "deploy_escrow", "escrow_abi", "escrow_call", "escrow_proxy"]

@@ -9,17 +9,20 @@ Keys are anvil's public development keys."""
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 import secrets
 from typing import Any
 
+import httpx
 import pytest
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractCustomError
 
-from scripts.build_contracts import artifact
 from testbed.chain import FACILITATOR_KEY
-from testbed.escrow_proxy import escrow_proxy
+from testbed.escrow_proxy import escrow_abi, escrow_proxy
 from testbed.tempo import TEMPO_CHAIN_ID, tempo_chain
 from tests.support.mpp_live import MPPX_CHAIN_ARGS, PATH_USD
 from tests.support.mppx_session import mppx_session_server, run_mppx_session_client
@@ -39,7 +42,7 @@ def testbed():
 
 
 def _escrow(w3: Web3, escrow: str) -> Any:
-    return w3.eth.contract(address=escrow, abi=artifact("TestChannelEscrow")["abi"])
+    return w3.eth.contract(address=escrow, abi=escrow_abi())
 
 
 def _events(w3: Web3, escrow: str, name: str, channel_id: str) -> list[dict[str, Any]]:
@@ -63,6 +66,24 @@ def _pay(server: Any, proxy_url: str, escrow: str, payer_key: str, **kw: Any) ->
         raise AssertionError(f"{exc}\n--- mppx session server ---\n{server.log()}") from None
 
 
+def _challenge(url: str) -> dict[str, Any]:
+    """The session challenge mppx's server answers an unpaid request with, decoded."""
+    response = httpx.get(url)
+    assert response.status_code == 402
+    header = response.headers["www-authenticate"]
+    assert header.startswith("Payment ")
+    params = dict(re.findall(r'(\w+)="([^"]*)"', header))
+    raw = params["request"]
+    params["request"] = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    return params
+
+
+def _credentials(log: str) -> list[dict[str, Any]]:
+    """The credentials mppx's session server received, as its script traces them."""
+    prefix = "mppx-session: credential "
+    return [json.loads(line[len(prefix):]) for line in log.splitlines() if line.startswith(prefix)]
+
+
 def _server(proxy_url: str, proxy: Any, payee: str) -> Any:
     return mppx_session_server(proxy_url, TEMPO_CHAIN_ID, proxy.escrow, PATH_USD, FACILITATOR_KEY, payee,
                                "0.01", suggested_deposit="0.03")
@@ -73,10 +94,25 @@ def test_open_vouchers_top_up_and_cooperative_close(testbed):
     w3 = chain.w3
     payee = to_checksum_address("0x" + secrets.token_hex(20))
     payer = w3.eth.account.from_key(PAYER_KEY).address
+    server_address = w3.eth.account.from_key(FACILITATOR_KEY).address
     with _server(proxy_url, proxy, payee) as server:
         out = _pay(server, proxy_url, proxy.escrow, PAYER_KEY, requests=5, maxDeposit="1", topUp="0.5")
+        challenge = _challenge(server.url + "/metered")
+        actions = _credentials(server.log())
     channel_id = out["channelId"]
     assert out["statuses"] == [200] * 10
+    # What mppx's payer sent, in order: one open, vouchers (one per paid request after the
+    # open), top-ups (its own, when the deposit ran short, and the explicit one), a close.
+    assert (challenge["method"], challenge["intent"]) == ("tempo", "session")
+    assert challenge["request"] == {
+        "amount": str(PRICE), "currency": PATH_USD, "recipient": payee, "suggestedDeposit": str(3 * PRICE),
+        "unitType": "request", "methodDetails": {"chainId": TEMPO_CHAIN_ID, "escrowContract": proxy.escrow,
+                                                 "operator": server_address, "sessionProtocol": "v2"}}
+    kinds = [a["action"] for a in actions]
+    assert kinds[0] == "open" and kinds[-1] == "close" and kinds.count("open") == 1, kinds
+    assert kinds.count("voucher") == 9 and kinds.count("topUp") >= 1, kinds
+    vouchers = [int(a["cumulativeAmount"]) for a in actions if a["action"] in ("open", "voucher", "close")]
+    assert vouchers == sorted(vouchers) and vouchers[-1] == 10 * PRICE, vouchers
     (opened,) = _events(w3, proxy.escrow, "ChannelOpened", channel_id)
     assert (opened["payer"], opened["payee"], opened["deposit"]) == (payer, payee, 3 * PRICE)
     # The proxy primed the hash mppx computed from the signed open transaction, and

@@ -10,7 +10,7 @@
 //   serverKey (an anvil dev key) is the channel's operator: it sends the settle/close
 //   transactions (mppx requires their sender to be the payee or the operator), so the
 //   payee `recipient` pays no fees and its balance moves only by what the channel pays it.
-// Route: any path. Each request costs `amount` (raw units) from the channel; the
+// Route: any path. Each request costs `amount` (display units, 6 decimals) from the channel; the
 // response is JSON {paid: true, n} with mppx's Payment-Receipt header.
 // Prints "listening <port>" once it serves; mppx's errors go to stderr.
 import * as http from 'node:http'
@@ -39,11 +39,29 @@ const method = tempo.session({
 const mppx = Mppx.create({ methods: [method], realm: config.realm, secretKey: config.secretKey })
 let served = 0
 
+// One stderr line per credential received ("mppx-session: credential <json>") with the
+// decoded payload minus signatures and transactions: what a payer sent, as the tests see it.
+function trace(req) {
+  const auth = req.headers.authorization
+  if (!auth?.startsWith('Payment ')) return
+  try {
+    const credential = JSON.parse(Buffer.from(auth.slice(8), 'base64url').toString())
+    const { signature, transaction, descriptor, ...rest } = credential.payload ?? {}
+    console.error(`mppx-session: credential ${JSON.stringify({ ...rest, source: credential.source,
+      challengeKeys: Object.keys(credential.challenge ?? {}), method: req.method,
+      hasSignature: Boolean(signature), hasTransaction: Boolean(transaction), hasDescriptor: Boolean(descriptor) })}`)
+  } catch (error) {
+    console.error(`mppx-session: undecodable credential: ${error}`)
+  }
+}
+
 const server = http.createServer(async (req, res) => {
+  trace(req)
   try {
     const result = await Mppx.toNodeListener(mppx.session({ amount: config.amount, unitType: config.unitType ?? 'request' }))(req, res)
     if (result.status === 402) {
-      console.error(`mppx-session: 402 ${req.url} auth=${req.headers.authorization ? 'yes' : 'no'}`)
+      console.error(`mppx-session: 402 ${req.method} ${req.url} auth=${req.headers.authorization ? 'yes' : 'no'} sent=${res.statusCode}`)
+
       return
     }
     if (res.writableEnded) return
