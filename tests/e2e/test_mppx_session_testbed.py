@@ -31,12 +31,21 @@ pytestmark = pytest.mark.slow
 
 PAYER_KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"  # anvil dev account 3
 FORCED_PAYER_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"  # anvil dev account 4
+STREAM_PAYER_KEY = "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba"  # anvil dev account 5
 PRICE = 10_000  # raw units per paid request: "0.01" at 6 decimals
 TRANSFER = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 
 
 @pytest.fixture(scope="module")
 def testbed():
+    with tempo_chain(*MPPX_CHAIN_ARGS) as chain, escrow_proxy(chain.rpc_url) as (proxy_url, proxy):
+        yield chain, proxy_url, proxy
+
+
+@pytest.fixture
+def own_testbed():
+    """A chain of the test's own: one that travels in time leaves its clock ahead of the
+    wall clock that mppx's client sets ``validBefore`` from."""
     with tempo_chain(*MPPX_CHAIN_ARGS) as chain, escrow_proxy(chain.rpc_url) as (proxy_url, proxy):
         yield chain, proxy_url, proxy
 
@@ -135,8 +144,8 @@ def test_open_vouchers_top_up_and_cooperative_close(testbed):
     assert _escrow(w3, proxy.escrow).functions.getChannelState(bytes.fromhex(channel_id[2:])).call() == (0, 0, 0)
 
 
-def test_forced_close_after_the_grace_period(testbed):
-    chain, proxy_url, proxy = testbed
+def test_forced_close_after_the_grace_period(own_testbed):
+    chain, proxy_url, proxy = own_testbed
     w3 = chain.w3
     payee = to_checksum_address("0x" + secrets.token_hex(20))
     payer = w3.eth.account.from_key(FORCED_PAYER_KEY)
@@ -166,3 +175,27 @@ def test_forced_close_after_the_grace_period(testbed):
     assert (closed["settledToPayee"], closed["refundedToPayer"]) == (0, opened["deposit"])
     assert _received(w3, proxy.escrow, payer.address) == opened["deposit"]
     assert chain.balance(payee) == 0
+
+
+def test_metered_sse_stream_then_cooperative_close(testbed):
+    chain, proxy_url, proxy = testbed
+    w3 = chain.w3
+    payee = to_checksum_address("0x" + secrets.token_hex(20))
+    with _server(proxy_url, proxy, payee) as server:
+        out = _pay(server, proxy_url, proxy.escrow, STREAM_PAYER_KEY, stream=server.url + "/stream/12",
+                   requests=0, maxDeposit="1")
+        actions = _credentials(server.log())
+    assert out["events"] == [f"token {i}" for i in range(1, 13)]
+    # The stream asked for vouchers in-band; the payer POSTed them (bodiless, to the
+    # stream's URL) while the stream ran, topping up when the deposit ran short.
+    kinds = [a["action"] for a in actions]
+    assert kinds[0] == "open" and kinds[-1] == "close" and "topUp" in kinds, kinds
+    assert all(a["method"] == "POST" for a in actions if a["action"] != "open"), actions
+    cumulative = int(out["cumulative"])
+    assert cumulative == 12 * PRICE
+    channel_id = out["channelId"]
+    (opened,) = _events(w3, proxy.escrow, "ChannelOpened", channel_id)
+    deposit = opened["deposit"] + sum(e["additionalDeposit"] for e in _events(w3, proxy.escrow, "TopUp", channel_id))
+    (closed,) = _events(w3, proxy.escrow, "ChannelClosed", channel_id)
+    assert (closed["settledToPayee"], closed["refundedToPayer"]) == (cumulative, deposit - cumulative)
+    assert chain.balance(payee) == cumulative

@@ -8,7 +8,8 @@
 //          topUp?, closeAfter?}
 //   Opens a channel (deposit maxDeposit, in display units), pays `requests` paid
 //   requests (one voucher each), tops up by `topUp` (display units) if given, pays
-//   `requests` more, and closes cooperatively unless closeAfter is false.
+//   `requests` more, and closes cooperatively unless closeAfter is false. With `stream`
+//   (a URL of the server's /stream route) it first reads that metered SSE stream.
 // Prints one JSON line: {channelId, cumulative, opened, closeReceipt, statuses}.
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
@@ -41,6 +42,11 @@ async function pay(n) {
   }
 }
 const out = {}
+if (config.stream) {
+  // The metered stream: mppx's client answers the server's need-voucher events itself.
+  out.events = []
+  for await (const data of await manager.sse(config.stream)) out.events.push(data)
+}
 await pay(config.requests)
 out.channelId = manager.channelId
 out.afterFirst = manager.cumulative.toString()

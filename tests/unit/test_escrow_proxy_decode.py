@@ -13,7 +13,13 @@ from pytempo import TempoTransaction
 from pytempo.contracts import PATH_USD
 from pytempo.models import Call
 
-from testbed.escrow_proxy import OPEN_SELECTOR, TOPUP_SELECTOR, EscrowCall, decode_tempo_tx, escrow_call
+from testbed.escrow_proxy import (
+    OPEN_SELECTOR,
+    TOPUP_SELECTOR,
+    EscrowCall,
+    decode_tempo_tx,
+    escrow_call,
+)
 
 PAYER_KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"
 SPONSOR_KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"
