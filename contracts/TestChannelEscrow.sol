@@ -10,7 +10,7 @@
 // (testbed/escrow_proxy.py, see testbed/README.md):
 //   - it moves the payer's TIP-20 with transferFrom, so the payer must have approved it;
 //   - it cannot compute the open transaction's expiring-nonce hash, so a registrar
-//     (set at deployment) primes it per payer with primeOpen() before the open lands.
+//     (set at deployment) primes it per (payer, salt) with primeOpen() before the open lands.
 pragma solidity 0.8.26;
 
 interface ITIP20Like {
@@ -51,7 +51,8 @@ contract TestChannelEscrow {
     mapping(bytes32 => ChannelState) private states;
     // A closed channel keeps a tombstone so its id can never be opened again.
     mapping(bytes32 => bool) public finalized;
-    mapping(address => bytes32) public primedNonceHash;
+    // Keyed by payer and salt, so one payer's concurrent opens do not take each other's hash.
+    mapping(address => mapping(bytes32 => bytes32)) public primedNonceHash;
 
     event ChannelOpened(bytes32 indexed channelId, address indexed payer, address indexed payee, address operator,
         address token, address authorizedSigner, bytes32 salt, bytes32 expiringNonceHash, uint96 deposit);
@@ -89,9 +90,9 @@ contract TestChannelEscrow {
 
     // --- test-only: the expiring-nonce hash the precompile reads from its transaction context ---
 
-    function primeOpen(address payer, bytes32 expiringNonceHash) external {
+    function primeOpen(address payer, bytes32 salt, bytes32 expiringNonceHash) external {
         if (msg.sender != registrar) revert NotRegistrar();
-        primedNonceHash[payer] = expiringNonceHash;
+        primedNonceHash[payer][salt] = expiringNonceHash;
     }
 
     // --- views ---
@@ -131,9 +132,9 @@ contract TestChannelEscrow {
         address authorizedSigner) external returns (bytes32 channelId) {
         if (deposit == 0) revert ZeroDeposit();
         if (payee == address(0)) revert ZeroPayee();
-        bytes32 nonceHash = primedNonceHash[msg.sender];
+        bytes32 nonceHash = primedNonceHash[msg.sender][salt];
         if (nonceHash == bytes32(0)) revert NoPrimedNonceHash();
-        delete primedNonceHash[msg.sender];
+        delete primedNonceHash[msg.sender][salt];
         channelId = computeChannelId(msg.sender, payee, operator, token, salt, authorizedSigner, nonceHash);
         if (states[channelId].deposit != 0 || finalized[channelId]) revert ChannelExists();
         states[channelId] = ChannelState(0, deposit, 0);

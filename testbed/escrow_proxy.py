@@ -12,8 +12,8 @@ else (every other request passes through untouched):
 2. The precompile binds the channel to the open transaction's expiring-nonce hash,
    ``keccak256(encodeForSigning(tx) ++ sender)``, which no contract can compute. Before
    forwarding an open transaction the proxy computes it and primes the escrow with it
-   (``primeOpen(payer, hash)``, callable only by the registrar); ``open`` emits it in
-   ``ChannelOpened``. Gas estimates of an open are primed with a placeholder.
+   (``primeOpen(payer, salt, hash)``, callable only by the registrar); ``open`` emits it
+   in ``ChannelOpened``. Gas estimates of an open are primed with a placeholder.
 
 Every deviation from a real Tempo node is listed in testbed/README.md. Loopback only;
 the keys are anvil's public development keys.
@@ -49,7 +49,7 @@ TOPUP_SELECTOR = keccak(text=f"topUp({_DESCRIPTOR},uint96)")[:4]
 # Gas estimates of an open run before the transaction is signed: any primed hash will do.
 ESTIMATE_NONCE_HASH = b"\x11" * 32
 _APPROVE = keccak(text="approve(address,uint256)")[:4]
-_PRIME = keccak(text="primeOpen(address,bytes32)")[:4]
+_PRIME = keccak(text="primeOpen(address,bytes32,bytes32)")[:4]
 _SEND_METHODS = {"eth_sendRawTransaction", "eth_sendRawTransactionSync"}
 
 
@@ -60,15 +60,16 @@ class EscrowCall:
     kind: str  # "open" | "topUp"
     token: str
     amount: int
+    salt: bytes = b""  # open only
 
 
 def escrow_call(to: bytes | str | None, data: bytes, escrow: str) -> EscrowCall | None:
     if not to or to_checksum_address(to) != escrow or len(data) < 4:
         return None
     if data[:4] == OPEN_SELECTOR:
-        _payee, _operator, token, deposit, _salt, _signer = abi_decode(
+        _payee, _operator, token, deposit, salt, _signer = abi_decode(
             ["address", "address", "address", "uint96", "bytes32", "address"], data[4:])
-        return EscrowCall("open", to_checksum_address(token), int(deposit))
+        return EscrowCall("open", to_checksum_address(token), int(deposit), bytes(salt))
     if data[:4] == TOPUP_SELECTOR:
         descriptor, additional = abi_decode([_DESCRIPTOR, "uint96"], data[4:])
         return EscrowCall("topUp", to_checksum_address(descriptor[3]), int(additional))
@@ -148,7 +149,7 @@ class EscrowProxy:
         approve = _APPROVE + self.escrow_word() + call.amount.to_bytes(32, "big")
         await self._as(client, payer, call.token, approve)
         if call.kind == "open":
-            prime = _PRIME + bytes(12) + bytes.fromhex(payer[2:]) + nonce_hash
+            prime = _PRIME + bytes(12) + bytes.fromhex(payer[2:]) + call.salt + nonce_hash
             await self._as(client, self.registrar, self.escrow, prime)
             self.primed.append((payer, "0x" + nonce_hash.hex()))
 

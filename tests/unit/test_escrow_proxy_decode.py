@@ -44,7 +44,7 @@ def test_expiring_nonce_hash_and_sender_match_pytempo() -> None:
     decoded = decode_tempo_tx(tx.sign(PAYER_KEY).encode())
     assert decoded.sender == sender
     assert decoded.expiring_nonce_hash == keccak(tx.encode_for_signing() + bytes.fromhex(sender[2:]))
-    assert escrow_call(decoded.calls[-1][0], decoded.calls[-1][1], ESCROW) == EscrowCall("open", PATH_USD, 30_000)
+    assert escrow_call(decoded.calls[-1][0], decoded.calls[-1][1], ESCROW) == EscrowCall("open", PATH_USD, 30_000, b"\x07" * 32)
 
 
 def test_a_sponsored_open_hashes_what_the_sender_signed_not_the_fee_payer() -> None:
