@@ -65,11 +65,16 @@ class TempoTransaction:
     valid_before: int  # unix seconds; the expiring nonce's deadline
     fee_token: bytes  # 20-byte TIP-20 token the fees are paid in
     calls: tuple[TempoCall, ...]
+    #: Unix seconds; 0 for none. Two otherwise identical expiring-nonce transactions
+    #: are one (replay protection is by hash): a session top-up sets it to tell them apart.
+    valid_after: int = 0
     _encoded: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.chain_id <= 0 or self.gas_limit <= 0 or self.gas_price < 0 or self.valid_before <= 0:
             raise ValueError("chain_id, gas_limit and valid_before must be positive, gas_price not negative")
+        if not 0 <= self.valid_after < self.valid_before:
+            raise ValueError("valid_after must be 0 (none) or before valid_before")
         if not self.calls:
             raise ValueError("a Tempo transaction needs at least one call")
         if len(self.fee_token) != 20 or any(len(c.to) != 20 for c in self.calls):
@@ -82,13 +87,18 @@ class TempoTransaction:
             [[c.to, 0, c.data] for c in self.calls],
             [],  # access list
             EXPIRING_NONCE_KEY, 0,  # nonce key, nonce
-            self.valid_before, b"",  # valid_after: none
+            self.valid_before, self.valid_after,  # 0 encodes as the empty string: none
             self.fee_token)
         object.__setattr__(self, "_encoded", b"".join(rlp(item) for item in items))
 
-    def signing_hash(self) -> bytes:
+    def signing_payload(self) -> bytes:
+        """What the sender signs the hash of (ox's ``encodeForSigning``). TIP-1034
+        also hashes it, with the sender, into a channel's ``expiringNonceHash``."""
         # After the fee token: no fee payer (empty), no authorization list.
-        return keccak256(_typed(self._encoded + _EMPTY + _EMPTY_LIST))
+        return _typed(self._encoded + _EMPTY + _EMPTY_LIST)
+
+    def signing_hash(self) -> bytes:
+        return keccak256(self.signing_payload())
 
     def signed(self, signature: bytes) -> bytes:
         """The raw transaction with the sender's 65-byte ``r || s || v`` signature."""
