@@ -199,3 +199,23 @@ def test_metered_sse_stream_then_cooperative_close(testbed):
     (closed,) = _events(w3, proxy.escrow, "ChannelClosed", channel_id)
     assert (closed["settledToPayee"], closed["refundedToPayer"]) == (cumulative, deposit - cumulative)
     assert chain.balance(payee) == cumulative
+
+
+def test_the_test_escrow_agrees_with_tellers_channel_encoding(testbed):
+    """Channel ids and voucher digests as Teller computes them (teller.mpp.channel) are the
+    ones the test escrow computes on chain, so what Teller signs is what it verifies."""
+    from teller.mpp.channel import ChannelDescriptor, channel_id, voucher_typed_data
+
+    chain, _proxy_url, proxy = testbed
+    escrow = _escrow(chain.w3, proxy.escrow)
+    descriptor = ChannelDescriptor(
+        payer=chain.w3.eth.account.from_key(PAYER_KEY).address, payee=to_checksum_address("0x" + "ab" * 20),
+        operator=chain.w3.eth.account.from_key(FACILITATOR_KEY).address, token=PATH_USD, salt=secrets.token_bytes(32),
+        authorized_signer="0x" + "00" * 20, expiring_nonce_hash=secrets.token_bytes(32))
+    ours = channel_id(descriptor, proxy.escrow, TEMPO_CHAIN_ID)
+    d = descriptor
+    assert escrow.functions.computeChannelId(d.payer, d.payee, d.operator, d.token, d.salt, d.authorized_signer,
+                                             d.expiring_nonce_hash).call() == ours
+    for amount in (1, PRICE, 2**96 - 1):
+        digest = voucher_typed_data(ours, amount, escrow=proxy.escrow, chain_id=TEMPO_CHAIN_ID).digest()
+        assert escrow.functions.getVoucherDigest(ours, amount).call() == digest
