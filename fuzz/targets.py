@@ -19,6 +19,7 @@ from teller import untrusted_json
 from teller.audit import events as audit
 from teller.mpp import challenge as mpp_challenge
 from teller.mpp import receipt as mpp_receipt
+from teller.mpp import session as mpp_session
 from teller.mpp.charge import parse_request
 from teller.pay import pay_input
 from teller.sign.call import sign_input
@@ -52,9 +53,9 @@ def x402_challenge_target(data: bytes) -> None:
         x402_challenge.parse([], raw, MAX)
 
 
-def _mpp_header(request: str, opaque: str | None = None) -> str:
+def _mpp_header(request: str, opaque: str | None = None, intent: str = "charge") -> str:
     extra = f', opaque="{opaque}"' if opaque is not None else ""
-    return (f'Payment id="fz", realm="fuzz.example", method="tempo", intent="charge", '
+    return (f'Payment id="fz", realm="fuzz.example", method="tempo", intent="{intent}", '
             f'expires="2030-01-01T00:00:00Z", request="{request}"{extra}')
 
 
@@ -77,6 +78,30 @@ def mpp_charge_request_target(data: bytes) -> None:
         header = header.replace('method="tempo"', 'method="evm"')
     for ch in mpp_challenge.parse([("WWW-Authenticate", header)], MAX):
         parse_request(ch)
+
+
+def mpp_session_target(data: bytes) -> None:
+    """MPP tempo session (teller.mpp.session): the fuzzed JSON as a session
+    challenge's request, a Payment-Receipt header (base64url of it, or as sent),
+    an SSE/WebSocket receipt's data, a payment-need-voucher event's data, or a
+    channel descriptor."""
+    mode, raw, text = _split(data)
+    which = mode % 6
+    if which == 0:
+        for ch in mpp_challenge.parse([("WWW-Authenticate", _mpp_header(_b64url(raw), intent="session"))], MAX):
+            mpp_session.parse_request(ch)
+    elif which == 1:
+        mpp_session.parse_receipt(_b64url(raw), MAX)
+    elif which == 2:
+        mpp_session.parse_receipt(text, MAX)
+    elif which == 3:
+        doc = untrusted_json.loads(raw, "payment-receipt event", max_bytes=MAX)
+        if isinstance(doc, dict):
+            mpp_session.receipt_from_json(doc, "payment-receipt event")
+    elif which == 4:
+        mpp_session.parse_need_voucher(raw if mode & 8 else text, MAX)
+    else:
+        mpp_session.parse_descriptor(untrusted_json.loads(raw, "credential", max_bytes=MAX), "credential")
 
 
 def receipts_target(data: bytes) -> None:
@@ -138,6 +163,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "x402_challenge": x402_challenge_target,
     "mpp_challenge": mpp_challenge_target,
     "mpp_charge_request": mpp_charge_request_target,
+    "mpp_session": mpp_session_target,
     "receipts": receipts_target,
     "policy_document": policy_document_target,
     "caller_fields": caller_fields_target,
