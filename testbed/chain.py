@@ -93,16 +93,18 @@ def anvil(*extra: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     w3 = Web3(Web3.HTTPProvider(url))
     deadline = time.time() + 30
-    while True:
-        try:
-            w3.eth.chain_id  # noqa: B018
-            break
-        except Exception:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError(f"anvil did not start: {proc.stderr.read() if proc.stderr else ''}") from None
-            time.sleep(0.1)
+    # The wait is inside the try: an interrupt (Ctrl-C, the demo's SIGTERM) while
+    # anvil starts must stop it too, not only a failed start.
     try:
+        while True:
+            try:
+                w3.eth.chain_id  # noqa: B018
+                break
+            except Exception:
+                if proc.poll() is not None or time.time() > deadline:
+                    proc.kill()  # before reading its stderr to the end
+                    raise RuntimeError(f"anvil did not start: {proc.stderr.read() if proc.stderr else ''}") from None
+                time.sleep(0.1)
         yield url
     finally:
         proc.terminate()
