@@ -13,6 +13,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -112,14 +113,11 @@ def node_binary() -> str:
 
 
 @contextlib.contextmanager
-def mppx_server(chain: Any, routes: dict[str, dict[str, Any]], realm: str = REALM,
-                currency: str = PATH_USD) -> Iterator[MppxServer]:
-    """mppx's ``tempo.charge`` (or ``evm.charge``) behind node:http, one route per entry
-    (see ``mppx_server.mjs``), on ``chain`` (anything with ``rpc_url`` and ``w3``).
-    Its stderr is collected for the test to read."""
-    config = {"rpcUrl": chain.rpc_url, "chainId": int(chain.w3.eth.chain_id), "realm": realm,
-              "secretKey": MPPX_SECRET, "currency": currency, "routes": routes, "relayerKey": DEPLOYER_KEY}
-    proc = subprocess.Popen([node_binary(), str(MPPX_SCRIPT), json.dumps(config)], stdout=subprocess.PIPE,
+def node_server(script: Path, config: dict[str, Any], what: str) -> Iterator[MppxServer]:
+    """A node script that prints ``listening <port>`` once it serves, run with its
+    JSON config; its stderr is collected for the test to read (mppx's own answers
+    are bare 500s). Stopped on exit."""
+    proc = subprocess.Popen([node_binary(), str(script), json.dumps(config)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None
     lines: list[str] = []
@@ -129,7 +127,7 @@ def mppx_server(chain: Any, routes: dict[str, dict[str, Any]], realm: str = REAL
     if not first.startswith("listening "):
         proc.kill()
         proc.wait(5)
-        raise RuntimeError(f"mppx server did not start: {first!r} {' '.join(lines)[:2000]}")
+        raise RuntimeError(f"{what} did not start: {first!r} {' '.join(lines)[:2000]}")
     try:
         yield MppxServer(f"http://127.0.0.1:{int(first.split()[1])}", proc, lines)
     finally:
@@ -141,4 +139,16 @@ def mppx_server(chain: Any, routes: dict[str, dict[str, Any]], realm: str = REAL
             proc.wait(5)
 
 
-__all__ = ["MPPX_CHAIN_ARGS", "PATH_USD", "REALM", "MppxServer", "evm_server", "mppx_server", "tempo_server"]
+@contextlib.contextmanager
+def mppx_server(chain: Any, routes: dict[str, dict[str, Any]], realm: str = REALM,
+                currency: str = PATH_USD) -> Iterator[MppxServer]:
+    """mppx's ``tempo.charge`` (or ``evm.charge``) behind node:http, one route per entry
+    (see ``mppx_server.mjs``), on ``chain`` (anything with ``rpc_url`` and ``w3``).
+    Its stderr is collected for the test to read."""
+    config = {"rpcUrl": chain.rpc_url, "chainId": int(chain.w3.eth.chain_id), "realm": realm,
+              "secretKey": MPPX_SECRET, "currency": currency, "routes": routes, "relayerKey": DEPLOYER_KEY}
+    with node_server(MPPX_SCRIPT, config, "mppx server") as server:
+        yield server
+
+__all__ = ["MPPX_CHAIN_ARGS", "PATH_USD", "REALM", "MppxServer", "evm_server", "mppx_server", "node_server",
+           "tempo_server"]

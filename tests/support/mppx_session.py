@@ -9,12 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 from testbed.chain import ROOT
-from tests.support.mpp_live import MPPX_SECRET, REALM, MppxServer, node_binary
+from tests.support.mpp_live import MPPX_SECRET, REALM, MppxServer, node_binary, node_server
 
 SERVER_SCRIPT = ROOT / "tests" / "support" / "mppx_session_server.mjs"
 CLIENT_SCRIPT = ROOT / "tests" / "support" / "mppx_session_client.mjs"
@@ -28,26 +27,8 @@ def mppx_session_server(rpc_url: str, chain_id: int, escrow: str, currency: str,
     config = {"rpcUrl": rpc_url, "chainId": chain_id, "realm": REALM, "secretKey": MPPX_SECRET,
               "currency": currency, "escrowContract": escrow, "serverKey": server_key,
               "recipient": recipient, "amount": amount, "suggestedDeposit": suggested_deposit}
-    proc = subprocess.Popen([node_binary(), str(SERVER_SCRIPT), json.dumps(config)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stderr is not None
-    lines: list[str] = []
-    stderr = proc.stderr
-    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in stderr), daemon=True).start()
-    first = proc.stdout.readline()
-    if not first.startswith("listening "):
-        proc.kill()
-        proc.wait(5)
-        raise RuntimeError(f"mppx session server did not start: {first!r} {' '.join(lines)[:2000]}")
-    try:
-        yield MppxServer(f"http://127.0.0.1:{int(first.split()[1])}", proc, lines)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with node_server(SERVER_SCRIPT, config, "mppx session server") as server:
+        yield server
 
 
 def run_mppx_session_client(config: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
