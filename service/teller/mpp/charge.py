@@ -67,20 +67,23 @@ class Charge:
     request: ChargeRequest
 
 
-def _field(where: str, name: str, problem: str) -> InvalidArgument:
+def field_error(where: str, name: str, problem: str) -> InvalidArgument:
     return InvalidArgument(f"{where}.{name}: {problem}")
 
 
-def _amount(value: Any, where: str, name: str, *, allow_zero: bool) -> int:
+def amount_field(value: Any, where: str, name: str, *, allow_zero: bool = True, maximum: int = values.UINT256_MAX,
+                 what: str = "uint256 amount") -> int:
+    """A request's amount: canonical decimal up to ``maximum`` (MPP charges: uint256;
+    session vouchers: uint96), and one the ledger can count."""
     try:
-        amount = values.amount(value, f"{where}.{name}")
+        amount = values.uint(value, f"{where}.{name}", maximum=maximum, what=what)
     except values.NotCanonical as exc:
         raise InvalidArgument(str(exc)) from None
     if amount > values.MAX_AMOUNT:
         raise FailedPrecondition(f"{where}.{name}: {value} exceeds the largest amount Teller accounts "
                                  f"({values.MAX_AMOUNT})", reason="amount_out_of_range")
     if amount == 0 and not allow_zero:
-        raise _field(where, name, "must be positive")
+        raise field_error(where, name, "must be positive")
     return amount
 
 
@@ -92,7 +95,7 @@ def _checksum(address: str) -> str:
         raise ValueError(str(exc)) from None
 
 
-def _address(value: Any, where: str, name: str) -> str:
+def address_field(value: Any, where: str, name: str) -> str:
     """``0x`` + 40 hex digits (EIP-55 when mixed case), checksummed (teller.values;
     cached there: a challenge's recipient and currency repeat from call to call)."""
     try:
@@ -105,11 +108,11 @@ def _memo(value: Any, where: str, name: str) -> bytes | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value.startswith("0x") or len(value) > 66:
-        raise _field(where, name, "must be 0x-prefixed hex of at most 32 bytes")
+        raise field_error(where, name, "must be 0x-prefixed hex of at most 32 bytes")
     try:
         raw = bytes.fromhex(value[2:])
     except ValueError:
-        raise _field(where, name, "must be 0x-prefixed hex of at most 32 bytes") from None
+        raise field_error(where, name, "must be 0x-prefixed hex of at most 32 bytes") from None
     return raw.ljust(32, b"\0")
 
 
@@ -119,10 +122,10 @@ def parse_request(ch: MppChallenge) -> ChargeRequest:
     r = ch.request
     details = r.get("methodDetails", {})
     if not isinstance(details, Mapping):
-        raise _field(where, "methodDetails", "must be an object")
+        raise field_error(where, "methodDetails", "must be an object")
     chain_id = details.get("chainId", 4217 if ch.method == "tempo" else None)
     if not isinstance(chain_id, int):  # a JSON number; "8453" or 8453.0 are other spellings
-        raise _field(where, "methodDetails.chainId", f"must be a positive integer, got {str(chain_id)[:40]!r}")
+        raise field_error(where, "methodDetails.chainId", f"must be a positive integer, got {str(chain_id)[:40]!r}")
     try:
         chain_id = values.chain_id(chain_id, f"{where}.methodDetails.chainId")
     except values.NotCanonical as exc:
@@ -130,36 +133,36 @@ def parse_request(ch: MppChallenge) -> ChargeRequest:
     splits: list[Transfer] = []
     raw_splits = details.get("splits") or []
     if not isinstance(raw_splits, list) or len(raw_splits) > MAX_SPLITS:
-        raise _field(where, "methodDetails.splits", f"must be a list of at most {MAX_SPLITS} splits")
+        raise field_error(where, "methodDetails.splits", f"must be a list of at most {MAX_SPLITS} splits")
     for i, sp in enumerate(raw_splits):
         path = f"methodDetails.splits[{i}]"
         if not isinstance(sp, Mapping):
-            raise _field(where, path, "must be an object")
+            raise field_error(where, path, "must be an object")
         memo = _memo(sp.get("memo"), where, f"{path}.memo")
         if memo is not None and memo[:4] == ATTRIBUTION_TAG:
             # Such a split could also pay the challenge its memo names.
-            raise _field(where, f"{path}.memo", "must not be an MPP attribution memo")
-        splits.append(Transfer(_address(sp.get("recipient"), where, f"{path}.recipient"),
-                               _amount(sp.get("amount"), where, f"{path}.amount", allow_zero=False), memo))
-    amount = _amount(r.get("amount"), where, "amount", allow_zero=True)
+            raise field_error(where, f"{path}.memo", "must not be an MPP attribution memo")
+        splits.append(Transfer(address_field(sp.get("recipient"), where, f"{path}.recipient"),
+                               amount_field(sp.get("amount"), where, f"{path}.amount", allow_zero=False), memo))
+    amount = amount_field(r.get("amount"), where, "amount", allow_zero=True)
     if splits and sum(s.amount for s in splits) >= amount:
-        raise _field(where, "methodDetails.splits", "must add up to less than amount")
+        raise field_error(where, "methodDetails.splits", "must add up to less than amount")
     modes = details.get("supportedModes", ["pull", "push"])
     if not isinstance(modes, list) or not modes or any(m not in ("pull", "push") for m in modes):
-        raise _field(where, "methodDetails.supportedModes", "must list 'pull' and/or 'push'")
+        raise field_error(where, "methodDetails.supportedModes", "must list 'pull' and/or 'push'")
     types = details.get("credentialTypes", [])
     if not isinstance(types, list) or any(not isinstance(t, str) for t in types):
-        raise _field(where, "methodDetails.credentialTypes", "must be a list of strings")
+        raise field_error(where, "methodDetails.credentialTypes", "must be a list of strings")
     domain = None
     extra = r.get("extra")
     if isinstance(extra, Mapping) and isinstance(extra.get("name"), str) and isinstance(extra.get("version"), str):
         domain = (extra["name"], extra["version"])
     fee_payer = details.get("feePayer", False)
     if not isinstance(fee_payer, bool):
-        raise _field(where, "methodDetails.feePayer", "must be true or false")
+        raise field_error(where, "methodDetails.feePayer", "must be true or false")
     return ChargeRequest(
-        method=ch.method, amount=amount, currency=_address(r.get("currency"), where, "currency"),
-        recipient=_address(r.get("recipient"), where, "recipient"), chain_id=chain_id,
+        method=ch.method, amount=amount, currency=address_field(r.get("currency"), where, "currency"),
+        recipient=address_field(r.get("recipient"), where, "recipient"), chain_id=chain_id,
         memo=_memo(details.get("memo"), where, "methodDetails.memo"), splits=tuple(splits), fee_payer=fee_payer,
         modes=tuple(modes), credential_types=tuple(types), domain=domain,
     )

@@ -102,39 +102,21 @@ class Session:
     request: SessionRequest
 
 
-def _field(where: str, name: str, problem: str) -> InvalidArgument:
-    return InvalidArgument(f"{where}.{name}: {problem}")
-
-
 def _amount(value: Any, where: str, name: str, *, allow_zero: bool = True) -> int:
-    try:
-        amount = values.uint(value, f"{where}.{name}", maximum=MAX_UINT96, what="uint96 amount")
-    except values.NotCanonical as exc:
-        raise InvalidArgument(str(exc)) from None
-    if amount > values.MAX_AMOUNT:
-        raise FailedPrecondition(f"{where}.{name}: {value} exceeds the largest amount Teller accounts "
-                                 f"({values.MAX_AMOUNT})", reason="amount_out_of_range")
-    if amount == 0 and not allow_zero:
-        raise _field(where, name, "must be positive")
-    return amount
-
-
-def _address(value: Any, where: str, name: str) -> str:
-    try:
-        return values.address(value, f"{where}.{name}")
-    except values.NotCanonical as exc:
-        raise InvalidArgument(str(exc)) from None
+    # Session amounts are uint96 on chain (the escrow's Voucher type).
+    return mpp_charge.amount_field(value, where, name, allow_zero=allow_zero, maximum=MAX_UINT96,
+                                   what="uint96 amount")
 
 
 def _hash(value: Any, where: str, name: str) -> bytes:
     if not isinstance(value, str) or not _HASH.fullmatch(value):
-        raise _field(where, name, f"must be 0x and 64 hex digits, got {repr(value)[:80]}")
+        raise mpp_charge.field_error(where, name, f"must be 0x and 64 hex digits, got {repr(value)[:80]}")
     return bytes.fromhex(value[2:])
 
 
 def _object(value: Any, where: str, name: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise _field(where, name, "must be an object")
+        raise mpp_charge.field_error(where, name, "must be an object")
     return value
 
 
@@ -142,12 +124,12 @@ def parse_descriptor(value: Any, where: str, name: str = "descriptor") -> Channe
     """A channel descriptor as JSON carries it (a snapshot's, a credential's)."""
     d = _object(value, where, name)
     return ChannelDescriptor(
-        payer=_address(d.get("payer"), where, f"{name}.payer"),
-        payee=_address(d.get("payee"), where, f"{name}.payee"),
-        operator=_address(d.get("operator"), where, f"{name}.operator"),
-        token=_address(d.get("token"), where, f"{name}.token"),
+        payer=mpp_charge.address_field(d.get("payer"), where, f"{name}.payer"),
+        payee=mpp_charge.address_field(d.get("payee"), where, f"{name}.payee"),
+        operator=mpp_charge.address_field(d.get("operator"), where, f"{name}.operator"),
+        token=mpp_charge.address_field(d.get("token"), where, f"{name}.token"),
         salt=_hash(d.get("salt"), where, f"{name}.salt"),
-        authorized_signer=_address(d.get("authorizedSigner"), where, f"{name}.authorizedSigner"),
+        authorized_signer=mpp_charge.address_field(d.get("authorizedSigner"), where, f"{name}.authorizedSigner"),
         expiring_nonce_hash=_hash(d.get("expiringNonceHash"), where, f"{name}.expiringNonceHash"),
     )
 
@@ -174,29 +156,29 @@ def parse_request(ch: MppChallenge) -> SessionRequest:
     details = _object(r.get("methodDetails"), where, "methodDetails")
     protocol = details.get("sessionProtocol")
     if protocol != SESSION_PROTOCOL:
-        raise _field(where, "methodDetails.sessionProtocol",
+        raise mpp_charge.field_error(where, "methodDetails.sessionProtocol",
                      f"must be {SESSION_PROTOCOL!r} (TIP-1034 v2, the only session protocol Teller speaks), "
                      f"got {repr(protocol)[:40]}")
     chain_id = details.get("chainId", DEFAULT_CHAIN_ID)
     if isinstance(chain_id, bool) or not isinstance(chain_id, int):  # a JSON number, as the spec says
-        raise _field(where, "methodDetails.chainId", f"must be a positive integer, got {str(chain_id)[:40]!r}")
+        raise mpp_charge.field_error(where, "methodDetails.chainId", f"must be a positive integer, got {str(chain_id)[:40]!r}")
     try:
         chain_id = values.chain_id(chain_id, f"{where}.methodDetails.chainId")
     except values.NotCanonical as exc:
         raise InvalidArgument(str(exc)) from None
     unit_type = r.get("unitType")
     if not isinstance(unit_type, str) or len(unit_type) > MAX_UNIT_TYPE or not _UNIT_TYPE.fullmatch(unit_type):
-        raise _field(where, "unitType", f"must be printable ASCII of 1 to {MAX_UNIT_TYPE} characters")
+        raise mpp_charge.field_error(where, "unitType", f"must be printable ASCII of 1 to {MAX_UNIT_TYPE} characters")
     # mppx's client takes escrowContract, else escrow: the same order here, so both pick one contract.
     if "escrowContract" in details:
-        escrow = _address(details["escrowContract"], where, "methodDetails.escrowContract")
+        escrow = mpp_charge.address_field(details["escrowContract"], where, "methodDetails.escrowContract")
     elif "escrow" in details:
-        escrow = _address(details["escrow"], where, "methodDetails.escrow")
+        escrow = mpp_charge.address_field(details["escrow"], where, "methodDetails.escrow")
     else:
         escrow = ESCROW_PRECOMPILE
     fee_payer = details.get("feePayer", False)
     if not isinstance(fee_payer, bool):
-        raise _field(where, "methodDetails.feePayer", "must be true or false")
+        raise mpp_charge.field_error(where, "methodDetails.feePayer", "must be true or false")
     suggested = r.get("suggestedDeposit")
     delta = details.get("minVoucherDelta")
     channel = details.get("channelId")
@@ -206,16 +188,16 @@ def parse_request(ch: MppChallenge) -> SessionRequest:
     return SessionRequest(
         amount=_amount(r.get("amount"), where, "amount", allow_zero=False),
         unit_type=unit_type,
-        currency=_address(r.get("currency"), where, "currency"),
-        recipient=_address(r.get("recipient"), where, "recipient"),
+        currency=mpp_charge.address_field(r.get("currency"), where, "currency"),
+        recipient=mpp_charge.address_field(r.get("recipient"), where, "recipient"),
         chain_id=chain_id,
         escrow=escrow,
-        operator=ZERO_ADDRESS if operator is None else _address(operator, where, "methodDetails.operator"),
+        operator=ZERO_ADDRESS if operator is None else mpp_charge.address_field(operator, where, "methodDetails.operator"),
         suggested_deposit=None if suggested is None else _amount(suggested, where, "suggestedDeposit"),
         min_voucher_delta=0 if delta is None else _amount(delta, where, "methodDetails.minVoucherDelta"),
         channel_id=None if channel is None else _hash(channel, where, "methodDetails.channelId"),
         fee_payer=fee_payer,
-        fee_token=None if fee_token is None else _address(fee_token, where, "methodDetails.feeToken"),
+        fee_token=None if fee_token is None else mpp_charge.address_field(fee_token, where, "methodDetails.feeToken"),
         snapshot=None if snapshot is None else _snapshot(snapshot, where),
     )
 
@@ -320,10 +302,10 @@ def receipt_from_json(doc: Mapping[str, Any], what: str) -> SessionReceipt:
         raise InvalidArgument(f"{what}: not a successful tempo session receipt")
     challenge_id = doc.get("challengeId")
     if not isinstance(challenge_id, str) or not challenge_id:
-        raise _field(what, "challengeId", "must be a non-empty string")
+        raise mpp_charge.field_error(what, "challengeId", "must be a non-empty string")
     units = doc.get("units")
     if units is not None and (isinstance(units, bool) or not isinstance(units, int) or not 0 <= units < 2**63):
-        raise _field(what, "units", "must be a non-negative integer")
+        raise mpp_charge.field_error(what, "units", "must be a non-negative integer")
     tx_hash = doc.get("txHash")
     return SessionReceipt(
         challenge_id=challenge_id, channel_id=_hash(doc.get("channelId"), what, "channelId"),
