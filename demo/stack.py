@@ -15,7 +15,7 @@ from pathlib import Path
 from eth_account import Account
 
 from testbed.chain import Chain, anvil, deploy_token
-from testbed.procs import free_port, wait_healthy
+from testbed.procs import free_port, stop, wait_healthy
 from testbed.tempo import TempoChain, tempo_chain
 
 #: Both anvils default to chain id 31337; the EVM one gets its own so each
@@ -67,12 +67,7 @@ def teller(data_dir: Path, rpc_urls: dict[str, str]) -> Iterator[TellerProcess]:
         wait_healthy(target, proc, log)
         yield TellerProcess(target, (data_dir / "admin-token").read_text().strip(), data_dir, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, 15)
 
 
 def fresh_address() -> str:

@@ -85,7 +85,7 @@ class Chain:
 
 @contextlib.contextmanager
 def anvil(*extra: str) -> Iterator[str]:
-    from testbed.procs import free_port
+    from testbed.procs import free_port, stop
 
     port = free_port()
     proc = subprocess.Popen([anvil_binary(), "--host", "127.0.0.1", "--port", str(port), "--silent", *extra],
@@ -107,8 +107,7 @@ def anvil(*extra: str) -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
 
 
 def deploy_token(url: str) -> Chain:

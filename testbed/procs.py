@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -53,6 +54,16 @@ class Cluster:
                 w.proc.wait(20)
             except subprocess.TimeoutExpired:
                 w.proc.kill()
+
+
+def stop(proc: subprocess.Popen[Any], grace: float = 10) -> None:
+    """Stop a helper process: SIGTERM, ``grace`` seconds to exit, then SIGKILL."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def wait_healthy(target: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:

@@ -26,6 +26,7 @@ from web3 import Web3
 
 from testbed.chain import DEPLOYER_KEY, ROOT
 from testbed.loopback import serve
+from testbed.procs import stop
 from testbed.tempo import TEMPO_CHAIN_ID, DropSyncTimeout, TempoChain
 
 MPP_SECRET = "test-only-mpp-secret"
@@ -131,12 +132,7 @@ def node_server(script: Path, config: dict[str, Any], what: str) -> Iterator[Mpp
     try:
         yield MppxServer(f"http://127.0.0.1:{int(first.split()[1])}", proc, lines)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
 
 
 @contextlib.contextmanager
