@@ -12,7 +12,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 
+import grpc
 import httpx
 import pytest
 from starlette.applications import Starlette
@@ -21,7 +23,9 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from teller_client import (
+    NO_RETRY,
     AsyncTellerClient,
+    Cancelled,
     DeadlineExceeded,
     LimitExceeded,
     Policy,
@@ -29,6 +33,7 @@ from teller_client import (
     TellerClient,
     Unavailable,
 )
+from teller_client._proto.teller.v1 import payment_pb2, payment_pb2_grpc
 from teller_client.integrations import AsyncTellerTransport, TellerTransport
 from testbed.loopback import serve
 from testbed.procs import free_port
@@ -165,12 +170,56 @@ def test_no_teller_at_all_is_unavailable_after_retries_within_the_deadline():
     once = TellerClient(target, "tok", timeout=3.0, retry=RetryPolicy(max_attempts=1))
     error, took = _timed(once.list_wallets)
     assert isinstance(error, Unavailable) and took < 0.2, took
-    # Sign without an idempotency key is not repeated: a retry could pay twice.
+    # Sign is repeated too: it always carries a key (see the next test).
     error, took = _timed(lambda: client.sign(status=402, headers=CHALLENGE.headers, body=b"", url=CHALLENGE.url,
                                              wallet_id="w"))
-    assert isinstance(error, Unavailable) and took < 0.2, took
+    assert isinstance(error, Unavailable) and 0.2 <= took < 3.0, took
     client.close()
     once.close()
+
+
+class _StoppingTeller(payment_pb2_grpc.PaymentServiceServicer):
+    """A PaymentService whose first answer to each key is CANCELLED, as a worker
+    that stops cancels the calls it holds (grpc/grpc#41785); it records every key."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def Sign(self, request, context):
+        self.keys.append(request.idempotency_key)
+        if self.keys.count(request.idempotency_key) == 1:
+            context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        return payment_pb2.SignResponse(header_name="X-PAYMENT", header_value="proof", payment_id="pay_1")
+
+
+def test_a_sign_cancelled_by_a_stopping_worker_is_retried_under_one_key_per_call():
+    """Two sign calls without a key: each is retried once under its own key, so the
+    retry is answered with that call's payment and the two calls stay two payments."""
+    fake = _StoppingTeller()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    payment_pb2_grpc.add_PaymentServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with TellerClient(f"127.0.0.1:{port}", "tok", timeout=5.0) as client:
+            for _ in range(2):
+                signed = client.sign(status=402, headers=CHALLENGE.headers, body=CHALLENGE.body, url=CHALLENGE.url,
+                                     wallet_id="w")
+                assert signed.payment_id == "pay_1"
+            kept = client.sign(status=402, headers=CHALLENGE.headers, body=CHALLENGE.body, url=CHALLENGE.url,
+                               wallet_id="w", idempotency_key="order-7")
+            assert kept.payment_id == "pay_1"
+        first, first_retry, second, second_retry, own, own_retry = fake.keys
+        assert first == first_retry and second == second_retry and first != second
+        assert first.startswith("call_") and len(first) == 37
+        assert own == own_retry == "order-7"
+        # A caller's own NO_RETRY still means one attempt.
+        with TellerClient(f"127.0.0.1:{port}", "tok", timeout=5.0, retry=NO_RETRY) as once:
+            error, _ = _timed(lambda: once.sign(status=402, headers=CHALLENGE.headers, body=CHALLENGE.body,
+                                                url=CHALLENGE.url, wallet_id="w"))
+        assert isinstance(error, Cancelled), error
+    finally:
+        server.stop(0)
 
 
 def test_a_restarted_teller_is_reached_by_a_retried_call(tmp_path):

@@ -62,10 +62,13 @@ def test_a_retry_meeting_a_fresh_mpp_challenge_gets_the_payment_already_made(tel
     # A different purchase under the key (another amount) is refused by name.
     with pytest.raises(AlreadyExists, match="already used for a different request"):
         _sign_mpp(client, t, mpp_evm_challenge("c-3", amount="2000"), "order-1")
-    # Without a key, each Sign is a purchase of its own.
-    other = client.sign(status=402, headers=mpp_evm_challenge("c-4"), body=b"", url="https://api.test/item",
-                        wallet_id=t.wallet_id)
-    assert other.payment_id != first.payment_id and other.headers == ()
+    # Without a key, each Sign is a purchase of its own: the client makes a key per
+    # call, so the server is told a different Idempotency-Key each time.
+    others = [client.sign(status=402, headers=mpp_evm_challenge(f"c-{n}"), body=b"", url="https://api.test/item",
+                          wallet_id=t.wallet_id) for n in (4, 5)]
+    assert len({first.payment_id, *(o.payment_id for o in others)}) == 3
+    sent = {dict(o.headers)["Idempotency-Key"] for o in others}
+    assert len(sent) == 2 and dict(first.headers)["Idempotency-Key"] not in sent
 
 
 def test_a_key_whose_payment_expired_unused_is_refused_by_name(tmp_path: Path):

@@ -12,6 +12,7 @@ from teller_client.client import (
     PaidStream,
     RetryPolicy,
     TellerClient,
+    call_key,
 )
 from teller_client.errors import (
     AlreadyExists,
@@ -80,6 +81,7 @@ __all__ = [
     "Unavailable",
     "Wallet",
     "WindowSpend",
+    "call_key",
     "decode_receipt",
     "payment_info",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -38,9 +39,9 @@ from teller_client.types import (
 T = TypeVar("T")
 
 #: Calls that are safe to repeat: reads, RecordOutcome (the state changes it makes
-#: are guarded and happen once), and Sign when it carries an idempotency key (the
-#: retry returns the payment already made). Pay is never repeated by the client:
-#: it would fetch the URL again.
+#: are guarded and happen once), and Sign, which always carries an idempotency key
+#: (the caller's, or one made per call: a repeat returns the payment already
+#: made). Pay is never repeated by the client: it would fetch the URL again.
 IDEMPOTENT = frozenset({"GetPayment", "ListWallets", "GetSpend", "ListAuditEvents", "RecordOutcome",
                         "ListTenants", "GetPolicy", "ListPayments"})
 
@@ -56,17 +57,21 @@ _CHANNEL_OPTIONS = (
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How idempotent calls (``IDEMPOTENT``, and ``sign`` with an idempotency key)
-    are repeated when Teller is unreachable. Retries stay inside the call's
-    deadline: the deadline bounds the whole call, retries included."""
+    """How idempotent calls (``IDEMPOTENT``, and ``sign``) are repeated when
+    Teller is unreachable or stopped before answering. Retries stay inside the
+    call's deadline: the deadline bounds the whole call, retries included."""
 
     #: Attempts in all, the first included (1 turns retries off).
     max_attempts: int = 4
     #: Pause before the first retry, in seconds; doubled each time up to ``max_backoff``.
     initial_backoff: float = 0.1
     max_backoff: float = 2.0
-    #: Status codes worth another attempt: the call did not reach a Teller that could answer.
-    retry_on: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+    #: Status codes worth another attempt: the call did not reach a Teller that could
+    #: answer (UNAVAILABLE), or the worker stopped while holding it (CANCELLED: a
+    #: gRPC server that shuts down cancels the calls it has received but not yet
+    #: handed to a handler, grpc/grpc#41785; the client never cancels a unary call
+    #: itself, so a CANCELLED always comes from the other side).
+    retry_on: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
     def backoffs(self) -> Iterator[float]:
         pause = self.initial_backoff
@@ -92,6 +97,13 @@ class AsyncPaidStream:
 
     response: PaidResponse
     chunks: AsyncIterator[bytes]
+
+
+def call_key(idempotency_key: str | None) -> str:
+    """The key a ``sign`` call is sent with: the caller's, or a new one for this
+    call alone, reused by the client's own retries of it. So a retried call never
+    pays twice, while two calls are two payments."""
+    return idempotency_key or "call_" + secrets.token_hex(16)
 
 
 def _deadline_error(what: str, timeout: float) -> DeadlineExceeded:
@@ -221,12 +233,14 @@ class TellerClient(_Sync):
              method: str = "GET", max_amount: int | None = None, idempotency_key: str | None = None,
              timeout: float | None = None) -> SignedPayment:
         """Hand Teller the 402 you received; get back the headers to retry with
-        (``signed.retry_headers()``). With an ``idempotency_key`` the call is
-        retried when Teller is unreachable, and a repeat for the same purchase
+        (``signed.retry_headers()``). The call is retried when Teller is
+        unreachable or stops before answering, under ``idempotency_key`` (or a
+        key made for this call, see ``call_key``): a repeat for the same purchase
         returns the same payment."""
         req = _codec.sign_request(status=status, headers=headers, body=body, url=url, method=method,
-                                  wallet_id=wallet_id, max_amount=max_amount, idempotency_key=idempotency_key)
-        return _codec.signed(self._call("Sign", req, timeout=timeout, idempotent=bool(idempotency_key)))
+                                  wallet_id=wallet_id, max_amount=max_amount,
+                                  idempotency_key=call_key(idempotency_key))
+        return _codec.signed(self._call("Sign", req, timeout=timeout, idempotent=True))
 
     def pay(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (), body: bytes = b"",
             max_amount: int | None = None, idempotency_key: str | None = None,
@@ -311,9 +325,9 @@ class AsyncTellerClient(_Async):
                    method: str = "GET", max_amount: int | None = None,
                    idempotency_key: str | None = None, timeout: float | None = None) -> SignedPayment:
         req = _codec.sign_request(status=status, headers=headers, body=body, url=url, method=method,
-                                  wallet_id=wallet_id, max_amount=max_amount, idempotency_key=idempotency_key)
-        return _codec.signed(await self._call("Sign", req, timeout=timeout,
-                                              idempotent=bool(idempotency_key)))
+                                  wallet_id=wallet_id, max_amount=max_amount,
+                                  idempotency_key=call_key(idempotency_key))
+        return _codec.signed(await self._call("Sign", req, timeout=timeout, idempotent=True))
 
     async def pay(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (),
                   body: bytes = b"", max_amount: int | None = None, idempotency_key: str | None = None,

@@ -1,6 +1,7 @@
 // The gRPC client for Teller's PaymentService on @grpc/grpc-js, with the Python
 // client's rules: a deadline bounds every call (retries included, no waiting
 // for a connection beyond it), and only idempotent calls are repeated.
+import { randomBytes } from "node:crypto";
 import { ChannelCredentials, ClientReadableStream, Metadata, ServiceError, credentials as grpcCredentials, status } from "@grpc/grpc-js";
 import * as common from "./gen/teller/v1/common";
 import * as payment from "./gen/teller/v1/payment";
@@ -21,11 +22,25 @@ export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 4, initialBackoffMs: 10
 export const NO_RETRY: RetryPolicy = { maxAttempts: 1, initialBackoffMs: 0, maxBackoffMs: 0 };
 
 /**
- * Calls safe to repeat on UNAVAILABLE: reads, recordOutcome (its state changes are
- * guarded and happen once), and sign with an idempotency key (a repeat returns the
- * payment already made). pay and sign without a key are never repeated.
+ * Calls safe to repeat on UNAVAILABLE or CANCELLED: reads, recordOutcome (its state
+ * changes are guarded and happen once), and sign, which always carries an idempotency
+ * key (the caller's, or one made for the call: a repeat returns the payment already
+ * made). pay is never repeated.
  */
 export const IDEMPOTENT = new Set(["getPayment", "listWallets", "getSpend", "listAuditEvents", "recordOutcome"]);
+
+/**
+ * Worth another attempt: the call did not reach a Teller that could answer
+ * (UNAVAILABLE), or the worker stopped while holding it (CANCELLED: a gRPC server
+ * that shuts down cancels calls it received but had not yet handed to a handler,
+ * grpc/grpc#41785; this client never cancels a unary call itself).
+ */
+const RETRY_ON = new Set<number>([status.UNAVAILABLE, status.CANCELLED]);
+
+/** The key a sign call is sent with: the caller's, or one for this call alone, reused by its retries. */
+export function callKey(idempotencyKey?: string): string {
+  return idempotencyKey || `call_${randomBytes(16).toString("hex")}`;
+}
 
 export interface ClientOptions {
   /** TLS credentials; default: plaintext (loopback or a private network only). */
@@ -130,7 +145,7 @@ export class TellerClient {
       } catch (e) {
         error = fromServiceError(e as ServiceError);
       }
-      const again = idempotent && error.code === status.UNAVAILABLE && attempt < this.retry.maxAttempts
+      const again = idempotent && RETRY_ON.has(error.code) && attempt < this.retry.maxAttempts
         && Date.now() + pause < deadline;
       if (!again) throw error;
       await sleep(pause);
@@ -144,9 +159,9 @@ export class TellerClient {
       challenge: { status: args.status, headers: toHeaders(args.headers), body: bytes(args.body), url: args.url, method: args.method ?? "GET" },
       walletId: args.walletId,
       maxAmount: args.maxAmount === undefined ? "" : String(args.maxAmount),
-      idempotencyKey: args.idempotencyKey ?? "",
+      idempotencyKey: callKey(args.idempotencyKey),
     };
-    const r = await this.call<payment.SignRequest, payment.SignResponse>("sign", req, args, Boolean(args.idempotencyKey));
+    const r = await this.call<payment.SignRequest, payment.SignResponse>("sign", req, args, true);
     const q = r.requirement;
     const retryHeaders: Record<string, string> = {};
     for (const h of r.headers) retryHeaders[h.name] = h.value;

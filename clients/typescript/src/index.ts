@@ -1,4 +1,4 @@
-export { DEFAULT_RETRY, IDEMPOTENT, NO_RETRY, TellerClient } from "./client";
+export { DEFAULT_RETRY, IDEMPOTENT, NO_RETRY, TellerClient, callKey } from "./client";
 export type { CallOptions, ClientOptions, HeadersInit, PayArgs, RetryPolicy, SignArgs } from "./client";
 export * from "./errors";
 export { IDEMPOTENCY_HEADER, decodeReceipt, paymentInfo, withTeller, wrapFetch } from "./integrations";

@@ -6,9 +6,11 @@ import assert from "node:assert/strict";
 import { createServer, Server, Socket } from "node:net";
 import { test } from "node:test";
 import axios, { type AxiosResponse } from "axios";
+import { Server as GrpcServer, ServerCredentials, status as grpcStatus, type sendUnaryData, type ServerUnaryCall } from "@grpc/grpc-js";
 import {
-  DeadlineExceeded, LimitExceeded, NO_RETRY, TellerClient, Unavailable, paymentInfo, withTeller, wrapFetch,
+  Cancelled, DeadlineExceeded, LimitExceeded, NO_RETRY, TellerClient, Unavailable, paymentInfo, withTeller, wrapFetch,
 } from "../src/index";
+import { PaymentServiceService, type SignRequest, type SignResponse } from "../src/gen/teller/v1/payment";
 
 const env = (name: string): string => {
   const v = process.env[name];
@@ -192,6 +194,38 @@ test("no Teller at all: Unavailable, retried only for idempotent calls", async (
   assert.ok(Date.now() - start < 100);
   gone.close();
   once.close();
+});
+
+test("a sign cancelled by a stopping worker is retried under one key per call", async () => {
+  // A PaymentService that answers each key's first attempt with CANCELLED, as a
+  // gRPC server that shuts down does to calls it has not started (grpc/grpc#41785).
+  const keys: string[] = [];
+  const server = new GrpcServer();
+  server.addService(PaymentServiceService, {
+    sign: (call: ServerUnaryCall<SignRequest, SignResponse>, done: sendUnaryData<SignResponse>) => {
+      keys.push(call.request.idempotencyKey);
+      if (keys.filter((k) => k === call.request.idempotencyKey).length === 1) {
+        done({ code: grpcStatus.CANCELLED, details: "CANCELLED" });
+        return;
+      }
+      done(null, { headerName: "X-PAYMENT", headerValue: "proof", paymentId: "pay_1", requirement: undefined, headers: [] });
+    },
+  } as never);
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+  const fake = new TellerClient(`127.0.0.1:${port}`, TOKEN, { timeoutMs: 5000 });
+  const args = { status: 402, headers: [], url: "https://example.com/", walletId: WALLET };
+  for (let i = 0; i < 2; i++) assert.equal((await fake.sign(args)).paymentId, "pay_1");
+  assert.equal((await fake.sign({ ...args, idempotencyKey: "order-7" })).paymentId, "pay_1");
+  const [first, firstRetry, second, secondRetry, own, ownRetry] = keys;
+  assert.equal(keys.length, 6);
+  assert.ok(first === firstRetry && second === secondRetry && first !== second && /^call_[0-9a-f]{32}$/.test(first));
+  assert.ok(own === "order-7" && ownRetry === "order-7");
+  const once = new TellerClient(`127.0.0.1:${port}`, TOKEN, { timeoutMs: 5000, retry: NO_RETRY });
+  await assert.rejects(once.sign(args), (e: unknown) => e instanceof Cancelled);
+  fake.close();
+  once.close();
+  server.forceShutdown();
 });
 
 test.after(() => teller.close());
