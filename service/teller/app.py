@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from teller.admin import Admin
 from teller.chain import ChainReader
+from teller.channels.store import Channels
 from teller.clock import Clock, system_clock
 from teller.config import Settings
 from teller.db import Database, make_engine
@@ -35,6 +36,7 @@ class App:
     reconciler: Reconciler
     fetcher: Fetcher
     operators: Operators
+    channels: Channels
 
     def close(self) -> None:
         self.vault.forget()
@@ -82,4 +84,5 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
                         read_timeout_s=settings.outbound_read_timeout_seconds,
                         max_response_bytes=settings.max_response_bytes, max_redirects=settings.max_redirects),
         operators=Operators(db, clock),
+        channels=Channels(db, vault, clock),
     )

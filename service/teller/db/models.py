@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     ForeignKey,
     Index,
     Integer,
@@ -251,6 +252,46 @@ class Operator(Base):
     created_ms: Mapped[int] = mapped_column(BigInteger)
     created_by: Mapped[str] = mapped_column(String(80))
     revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class Channel(Base):
+    """An MPP session payment channel (TIP-1034 v2) a wallet opened: its deposit,
+    and the highest voucher Teller signed on it (``cumulative``). The channel's
+    row is locked while a voucher is signed; the checks keep every total within
+    the deposit even if application logic slipped."""
+
+    __tablename__ = "channels"
+    __table_args__ = (
+        UniqueConstraint("network", "escrow", "channel_id"),
+        Index("ix_channels_tenant_state", "tenant_id", "state"),
+        CheckConstraint("cumulative >= 0 AND cumulative <= deposit", name="ck_channels_within_deposit"),
+    )
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # Teller's handle
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    wallet_id: Mapped[str] = mapped_column(ForeignKey("wallets.id"))
+    network: Mapped[str] = mapped_column(String(64))  # CAIP-2
+    escrow: Mapped[str] = mapped_column(String(42))  # checksummed
+    channel_id: Mapped[str] = mapped_column(String(66))  # 0x + 64 lowercase hex: the escrow's id
+    token: Mapped[str] = mapped_column(String(42))
+    payee: Mapped[str] = mapped_column(String(42))
+    # The descriptor every escrow call and credential names (teller.mpp.channel.ChannelDescriptor.to_json).
+    descriptor: Mapped[str] = mapped_column(Text)
+    deposit: Mapped[int] = mapped_column(BigInteger)
+    cumulative: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[str] = mapped_column(String(16))  # teller.channels.rules.ChannelState
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class Voucher(Base):
+    """Every voucher signed, by channel and total: the primary key refuses a
+    second voucher for one total, so two workers can never both sign it."""
+
+    __tablename__ = "vouchers"
+    channel: Mapped[str] = mapped_column(ForeignKey("channels.id"), primary_key=True)
+    cumulative: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    signature: Mapped[str] = mapped_column(String(132))  # 0x + r, s, v
+    created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
 class SchemaRevision(Base):

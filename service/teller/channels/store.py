@@ -1,0 +1,172 @@
+"""Channels and vouchers in the database; each voucher signed under its channel's lock.
+
+One transaction per voucher: lock the channel's row, compute the next total
+(``rules.next_cumulative``), sign it through the vault, insert the voucher,
+raise the channel's total and audit the voucher, then commit. A worker that
+dies anywhere before the commit leaves nothing: the voucher it may have
+signed was never handed out. Three backstops hold even if the lock slipped:
+the vouchers' primary key (one voucher per total), the total's
+compare-and-set update (only upwards), and the table's check (never past the
+deposit).
+
+On PostgreSQL the lock is ``SELECT ... FOR UPDATE`` on the channel's row, so
+vouchers of different channels are signed in parallel; SQLite's writers take
+the database's write lock at ``BEGIN IMMEDIATE`` (``teller.db.engine``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from teller.audit import events as audit
+from teller.channels.rules import ChannelState, check_amount, next_cumulative
+from teller.clock import Clock, ms, system_clock
+from teller.db.engine import Database
+from teller.db.models import Channel, Tenant, Voucher, Wallet
+from teller.errors import FailedPrecondition, InvalidArgument, NotFound, TellerError
+from teller.mpp.channel import ChannelDescriptor, voucher_typed_data
+from teller.vault import SealedKey, Vault
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelView:
+    """A channel as callers and operators see it."""
+
+    id: str
+    tenant_id: str
+    wallet_id: str
+    network: str
+    escrow: str
+    channel_id: str
+    token: str
+    payee: str
+    deposit: int
+    cumulative: int
+    state: str
+    created_ms: int
+    updated_ms: int
+
+    @property
+    def remaining(self) -> int:
+        return self.deposit - self.cumulative
+
+
+@dataclass(frozen=True, slots=True)
+class SignedVoucher:
+    """A voucher Teller signed: the payee may take ``cumulative`` in total."""
+
+    channel: str  # Teller's handle
+    channel_id: str  # the escrow's id, 0x-hex
+    cumulative: int
+    increment: int
+    signature: str  # 0x + r, s, v
+    deposit: int
+
+
+def _view(c: Channel) -> ChannelView:
+    return ChannelView(c.id, c.tenant_id, c.wallet_id, c.network, c.escrow, c.channel_id, c.token, c.payee, c.deposit,
+                       c.cumulative, c.state, c.created_ms, c.updated_ms)
+
+
+def chain_id_of(network: str) -> int:
+    namespace, _, reference = network.partition(":")
+    if namespace != "eip155" or not reference.isdigit():
+        raise InvalidArgument(f"channel network {network!r} is not an eip155 chain")
+    return int(reference)
+
+
+class Channels:
+    """The channels of every tenant; each method is one transaction."""
+
+    def __init__(self, db: Database, vault: Vault, clock: Clock = system_clock) -> None:
+        self.db = db
+        self.vault = vault
+        self.clock = clock
+
+    # -- open ------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def record_open(s: Session, *, tenant_id: str, wallet_id: str, network: str, escrow: str, channel_id: bytes,
+                    descriptor: ChannelDescriptor, deposit: int, now_ms: int) -> str:
+        """Add an opened channel inside the caller's transaction (the one that
+        reserves its deposit); returns Teller's handle for it."""
+        check_amount(deposit, "deposit")
+        if deposit == 0:
+            raise InvalidArgument("a channel's deposit must be positive")
+        handle = str(uuid.uuid4())
+        s.add(Channel(id=handle, tenant_id=tenant_id, wallet_id=wallet_id, network=network, escrow=escrow,
+                      channel_id="0x" + channel_id.hex(), token=descriptor.token, payee=descriptor.payee,
+                      descriptor=json.dumps(descriptor.to_json(), sort_keys=True), deposit=deposit, cumulative=0,
+                      state=ChannelState.OPEN.value, created_ms=now_ms, updated_ms=now_ms))
+        return handle
+
+    # -- vouchers --------------------------------------------------------------------------------------------
+
+    def sign_voucher(self, tenant_id: str, channel: str, increment: int, *, max_increment: int | None = None,
+                     actor: str = "") -> SignedVoucher:
+        """The next voucher on ``channel``: its total raised by ``increment``,
+        signed by the channel's wallet, recorded and audited in one transaction."""
+        check_amount(increment, "increment")
+        with self.db.transaction() as s:
+            row = s.execute(select(Channel, Wallet, Tenant).join(Wallet, Wallet.id == Channel.wallet_id)
+                            .join(Tenant, Tenant.id == Channel.tenant_id)
+                            .where(Channel.id == channel, Channel.tenant_id == tenant_id)
+                            .with_for_update(of=Channel)).one_or_none()
+            if row is None:
+                raise NotFound(f"channel {channel!r} not found")
+            c, wallet, tenant = row
+            for what, holder in ((f"tenant {tenant.id}", tenant), (f"wallet {wallet.id}", wallet)):
+                if holder.frozen or holder.state != "active":
+                    raise FailedPrecondition(f"{what} is {'frozen' if holder.frozen else holder.state}: "
+                                             "it signs no vouchers", reason="frozen" if holder.frozen else "disabled")
+            total = next_cumulative(state=c.state, current=c.cumulative, deposit=c.deposit, increment=increment,
+                                    max_increment=max_increment)
+            signer = self.vault.signer(tenant_id, wallet.id, wallet.address,
+                                       SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext))
+            typed = voucher_typed_data(bytes.fromhex(c.channel_id[2:]), total, escrow=c.escrow,
+                                       chain_id=chain_id_of(c.network))
+            signature = "0x" + signer.sign_typed_data(typed).hex()
+            now_ms = ms(self.clock)
+            s.add(Voucher(channel=c.id, cumulative=total, signature=signature, created_ms=now_ms))
+            # Only upwards, even if two transactions both got past the lock: the
+            # second finds the total moved and writes nothing.
+            moved = s.execute(update(Channel).where(Channel.id == c.id, Channel.cumulative == c.cumulative)
+                              .values(cumulative=total, updated_ms=now_ms)
+                              .execution_options(synchronize_session=False))
+            if moved.rowcount != 1:  # type: ignore[attr-defined]
+                raise TellerError(f"channel {c.id}: its total moved while locked")
+            audit.record(s, at_ms=now_ms, actor=actor, action="channel.voucher", tenant_id=tenant_id,
+                         wallet_id=c.wallet_id, amount=increment, asset=c.token, network=c.network, payee=c.payee,
+                         details={"channel": c.id, "channel_id": c.channel_id, "cumulative": str(total)})
+            return SignedVoucher(c.id, c.channel_id, total, increment, signature, c.deposit)
+
+    # -- reads -----------------------------------------------------------------------------------------------
+
+    def get(self, tenant_id: str, channel: str) -> ChannelView:
+        with self.db.read() as s:
+            c = s.scalars(select(Channel).where(Channel.id == channel, Channel.tenant_id == tenant_id)).one_or_none()
+            if c is None:
+                raise NotFound(f"channel {channel!r} not found")
+            return _view(c)
+
+    def of_tenant(self, tenant_id: str, *, state: str | None = None) -> list[ChannelView]:
+        with self.db.read() as s:
+            q = select(Channel).where(Channel.tenant_id == tenant_id)
+            if state is not None:
+                q = q.where(Channel.state == state)
+            return [_view(c) for c in s.scalars(q.order_by(Channel.created_ms, Channel.id))]
+
+    def vouchers(self, tenant_id: str, channel: str) -> list[tuple[int, str]]:
+        """The channel's vouchers as (total, signature), in increasing order."""
+        with self.db.read() as s:
+            owned = s.scalar(select(Channel.id).where(Channel.id == channel, Channel.tenant_id == tenant_id))
+            if owned is None:
+                raise NotFound(f"channel {channel!r} not found")
+            rows = s.execute(select(Voucher.cumulative, Voucher.signature).where(Voucher.channel == channel)
+                             .order_by(Voucher.cumulative))
+            return [(total, sig) for total, sig in rows]

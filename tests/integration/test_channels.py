@@ -1,0 +1,141 @@
+"""Vouchers signed under the channel's lock, on SQLite and PostgreSQL: strictly
+increasing totals that never pass the deposit, each signed by the channel's
+wallet and audited; the database refuses what the lock should have prevented."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+
+from teller.app import build
+from teller.channels.rules import ChannelState
+from teller.db.models import AuditEvent, Channel, Voucher
+from teller.errors import FailedPrecondition, LimitExceeded, NotFound
+from teller.mpp.channel import voucher_typed_data
+from tests.support.channels import CHAIN_ID, ESCROW, open_channel
+from tests.support.harness import make_settings
+
+
+@pytest.fixture
+def app(db_url, tmp_path):
+    built = build(make_settings(db_url, tmp_path), migrate=True)
+    yield built
+    built.close()
+
+
+def _signer(channel_id: str, total: int, signature: str) -> str:
+    typed = voucher_typed_data(bytes.fromhex(channel_id[2:]), total, escrow=ESCROW, chain_id=CHAIN_ID)
+    message = encode_typed_data(full_message={"types": {"EIP712Domain": [
+        {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+        {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
+        **typed.types}, "primaryType": typed.primary_type, "domain": typed.domain, "message": typed.message})
+    return Account.recover_message(message, signature=bytes.fromhex(signature[2:]))
+
+
+def test_vouchers_rise_to_the_deposit_and_no_further(app):
+    ch = open_channel(app, deposit=100)
+    totals = [app.channels.sign_voucher(ch.tenant_id, ch.handle, step, actor="t").cumulative
+              for step in (10, 25, 65)]
+    assert totals == [10, 35, 100]
+    with pytest.raises(LimitExceeded, match=r"deposit of 100 \(0 left\)"):
+        app.channels.sign_voucher(ch.tenant_id, ch.handle, 1)
+    view = app.channels.get(ch.tenant_id, ch.handle)
+    assert (view.cumulative, view.remaining, view.state) == (100, 0, "open")
+    vouchers = app.channels.vouchers(ch.tenant_id, ch.handle)
+    assert [t for t, _ in vouchers] == [10, 35, 100]
+    # Each voucher is the wallet's signature over Voucher(channelId, total) in the escrow's domain.
+    assert {_signer(ch.channel_id, t, sig) for t, sig in vouchers} == {ch.address}
+    with app.db.read() as s:
+        events = s.execute(select(AuditEvent.action, AuditEvent.amount, AuditEvent.details)
+                           .where(AuditEvent.tenant_id == ch.tenant_id, AuditEvent.action == "channel.voucher")
+                           .order_by(AuditEvent.seq)).all()
+    assert [(a, amt) for a, amt, _ in events] == [("channel.voucher", "10"), ("channel.voucher", "25"),
+                                                  ("channel.voucher", "65")]
+    assert '"cumulative":"100"' in events[-1][2]
+
+
+def test_a_refused_voucher_leaves_nothing_behind(app):
+    ch = open_channel(app, deposit=50)
+    app.channels.sign_voucher(ch.tenant_id, ch.handle, 40)
+    with pytest.raises(LimitExceeded, match="increment 20 is above the cap of 15"):
+        app.channels.sign_voucher(ch.tenant_id, ch.handle, 20, max_increment=15)
+    with pytest.raises(LimitExceeded):
+        app.channels.sign_voucher(ch.tenant_id, ch.handle, 11)
+    assert [t for t, _ in app.channels.vouchers(ch.tenant_id, ch.handle)] == [40]
+    assert app.channels.get(ch.tenant_id, ch.handle).cumulative == 40
+
+
+def test_another_tenants_channel_is_not_found(app):
+    ch = open_channel(app, deposit=50)
+    other = open_channel(app, deposit=50)
+    for call in (lambda: app.channels.sign_voucher(other.tenant_id, ch.handle, 1),
+                 lambda: app.channels.get(other.tenant_id, ch.handle),
+                 lambda: app.channels.vouchers(other.tenant_id, ch.handle)):
+        with pytest.raises(NotFound, match="not found"):
+            call()
+    assert app.channels.vouchers(ch.tenant_id, ch.handle) == []
+
+
+def test_a_closing_channel_or_a_frozen_wallet_signs_nothing(app):
+    ch = open_channel(app, deposit=50)
+    app.admin.set_frozen(ch.tenant_id, True, ch.wallet_id, "lost laptop")
+    with pytest.raises(FailedPrecondition, match=f"wallet {ch.wallet_id} is frozen"):
+        app.channels.sign_voucher(ch.tenant_id, ch.handle, 1)
+    app.admin.set_frozen(ch.tenant_id, False, ch.wallet_id)
+    app.admin.set_frozen(ch.tenant_id, True, reason="incident")
+    with pytest.raises(FailedPrecondition, match=f"tenant {ch.tenant_id} is frozen"):
+        app.channels.sign_voucher(ch.tenant_id, ch.handle, 1)
+    app.admin.set_frozen(ch.tenant_id, False)
+    assert app.channels.sign_voucher(ch.tenant_id, ch.handle, 1).cumulative == 1
+    with app.db.transaction() as s:
+        s.execute(text("UPDATE channels SET state = :s WHERE id = :id"),
+                  {"s": ChannelState.CLOSING.value, "id": ch.handle})
+    with pytest.raises(FailedPrecondition, match="the channel is closing") as e:
+        app.channels.sign_voucher(ch.tenant_id, ch.handle, 1)
+    assert e.value.reason == "channel_not_open"
+
+
+def test_the_database_refuses_a_second_voucher_for_a_total_and_a_total_past_the_deposit(app):
+    """The backstops below the lock: what a bug that skipped it would write."""
+    ch = open_channel(app, deposit=50)
+    signed = app.channels.sign_voucher(ch.tenant_id, ch.handle, 30)
+    with pytest.raises(IntegrityError), app.db.transaction() as s:
+        s.add(Voucher(channel=ch.handle, cumulative=30, signature=signed.signature, created_ms=2))
+    with pytest.raises(IntegrityError), app.db.transaction() as s:
+        s.execute(text("UPDATE channels SET cumulative = 51 WHERE id = :id"), {"id": ch.handle})
+    with app.db.read() as s:
+        assert s.scalar(select(Channel.cumulative).where(Channel.id == ch.handle)) == 30
+
+
+def test_concurrent_callers_on_one_channel_sign_one_increasing_sequence(app):
+    """16 threads race for one channel's deposit: every increment granted is in
+    the final total, no total is signed twice, and the deposit is met exactly."""
+    ch = open_channel(app, deposit=1_000)
+    granted: list[int] = []
+    refused: list[Exception] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        while True:
+            try:
+                v = app.channels.sign_voucher(ch.tenant_id, ch.handle, 7)
+            except LimitExceeded as exc:
+                with lock:
+                    refused.append(exc)
+                return
+            with lock:
+                granted.append(v.cumulative)
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(granted) == list(range(7, 1_000, 7))  # 142 vouchers, 994 in all
+    assert [t for t, _ in app.channels.vouchers(ch.tenant_id, ch.handle)] == sorted(granted)
+    assert app.channels.get(ch.tenant_id, ch.handle).cumulative == 994 and len(refused) == 16
