@@ -130,6 +130,10 @@ class EscrowProxy:
 
     async def _as(self, client: httpx.AsyncClient, sender: str, to: str, data: bytes) -> None:
         """A transaction from ``sender`` through anvil's impersonation, waited for."""
+        # anvil's impersonated send checks the sender's native balance, which a wallet
+        # that only ever paid Tempo fees in a TIP-20 token does not have: give it some.
+        if int(await self._rpc(client, "eth_getBalance", [sender, "latest"]), 16) == 0:
+            await self._rpc(client, "anvil_setBalance", [sender, hex(10**18)])
         await self._rpc(client, "anvil_impersonateAccount", [sender])
         try:
             tx_hash = await self._rpc(client, "eth_sendTransaction",

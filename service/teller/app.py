@@ -66,6 +66,7 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
         log.warning("%s", found.explain())
     vault = Vault(kek_provider(settings), settings.key_cache_seconds)
     chain = ChainReader(settings.rpc_urls)
+    channels = Channels(db, vault, clock)
     return App(
         settings=settings,
         db=db,
@@ -75,7 +76,8 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
             db, vault, networks=settings.networks, max_challenge_bytes=settings.max_challenge_bytes,
             idempotency_ttl_s=settings.idempotency_ttl_seconds, clock=clock, chain=chain,
             max_authorization_s=settings.max_authorization_seconds,
-            balance_check_s=settings.balance_check_seconds,
+            balance_check_s=settings.balance_check_seconds, session_escrows=settings.session_escrows,
+            channels=channels,
         ),
         chain=chain,
         lifecycle=Lifecycle(db, chain, vault, clock, max_void_fee_wei=settings.max_void_fee_wei),
@@ -84,5 +86,5 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
                         read_timeout_s=settings.outbound_read_timeout_seconds,
                         max_response_bytes=settings.max_response_bytes, max_redirects=settings.max_redirects),
         operators=Operators(db, clock),
-        channels=Channels(db, vault, clock),
+        channels=channels,
     )

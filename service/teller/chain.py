@@ -200,8 +200,9 @@ class ChainReader:
 
         A refusal is ``FailedPrecondition`` naming the node's reason, with reason
         ``insufficient_balance`` when the wallet cannot cover amount + fee."""
+        cached = key is not None  # None: estimated each time, never remembered
         key = (network, key)
-        hit = self._gas_limits.get(key)
+        hit = self._gas_limits.get(key) if cached else None
         if hit is not None:
             return hit
         if cached_only:
@@ -210,6 +211,8 @@ class ChainReader:
         whole = self._estimate(network, reqs.whole)
         singles = [(self._estimate(network, actual), self._estimate(network, fresh)) for actual, fresh in reqs.singles]
         limit = tempo_gas.limit(whole, singles)
+        if not cached:
+            return limit
         if len(self._gas_limits) >= self.gas_limit_cache_size:
             self._gas_limits.pop(next(iter(self._gas_limits)))  # the oldest entry
         self._gas_limits[key] = limit

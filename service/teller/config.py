@@ -88,6 +88,12 @@ class Settings:
     reading balances and authorization states, reconciling payments and voiding them.
     Secret (provider keys live in URLs): prefer ``rpc_urls_file``."""
 
+    session_escrows: dict[str, str] = field(default_factory=dict)
+    """MPP sessions: the channel escrow trusted per CAIP-2 network besides Tempo's
+    precompile (``0x4d50500000000000000000000000000000000000``, trusted everywhere),
+    e.g. ``{"eip155:31337": "0x5FbD..."}``. A session challenge naming any other
+    escrow is not paid: the escrow holds the deposit."""
+
     outbound_allow: tuple[str, ...] = ()
     """Hosts (``api.internal``, ``*.corp.example``) or networks (``10.1.0.0/16``) that
     ``Pay`` may fetch although they resolve to non-public addresses. Empty: public only."""
@@ -217,6 +223,7 @@ _ENV_FIELDS = {
     "TELLER_TLS_CLIENT_CA_FILE": "tls_client_ca_file",
     "TELLER_NETWORKS": "networks",
     "TELLER_RPC_URLS": "rpc_urls",
+    "TELLER_SESSION_ESCROWS": "session_escrows",
     "TELLER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
     "TELLER_SHUTDOWN_GRACE_SECONDS": "shutdown_grace_seconds",
     "TELLER_OUTBOUND_ALLOW": "outbound_allow",
@@ -445,6 +452,12 @@ def validate(settings: Settings, *, secrets_needed: bool = True) -> list[str]:
         parsed = urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname or " " in url:
             problems.append(f"rpc_urls[{network[:40]!r}] must be an http:// or https:// URL")
+    for network, escrow in settings.session_escrows.items():
+        chain_id = network.removeprefix("eip155:")
+        if not network.startswith("eip155:") or not chain_id.isdigit():
+            problems.append(f"session_escrows: network {network[:40]!r} must be a CAIP-2 id like eip155:4217")
+        if not re.fullmatch(r"0x[0-9a-fA-F]{40}", escrow):
+            problems.append(f"session_escrows[{network[:40]!r}] must be an address (0x and 40 hex digits)")
     for name, value in settings.networks.items():
         if value < 1:
             problems.append(f"networks[{name[:40]!r}] must be a positive chain id, got {value}")

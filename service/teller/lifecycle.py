@@ -43,12 +43,13 @@ from sqlalchemy.orm import Session
 from teller import evm_tx, refusal
 from teller.audit import events as audit
 from teller.chain import AuthorizationEvent, ChainReader, Mined
+from teller.channels.store import Channels
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import PaidResponse, Payment, Wallet
 from teller.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from teller.mpp import gas as tempo_gas
-from teller.schemes import REGISTRY, Follow
+from teller.schemes import REGISTRY, Follow, SchemeId
 from teller.spend.decision import DenialReason
 from teller.spend.store import move_buckets
 from teller.states import PaymentState
@@ -137,6 +138,9 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
     # Released, it holds nothing; settled, it is spent at what its fee was (it was
     # reserved at the most the fee could be); otherwise it holds what it held.
     move_buckets(s, p, None if change.release else change.to, amount_common)
+    if p.scheme == SchemeId.TEMPO_SESSION and change.to != PaymentState.SETTLED:
+        # The open transaction will never be mined: no channel exists to sign vouchers on.
+        Channels.open_failed(s, p.id, now_ms)
     return True
 
 

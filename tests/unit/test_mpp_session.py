@@ -279,9 +279,11 @@ def test_credential_payloads_have_mppx_shapes():
     assert doc["challenge"]["intent"] == "session"
 
 
-def test_sessions_are_not_a_registered_scheme_yet():
-    # A building block: Sign answers no session challenge until the next step wires one in.
-    assert ("tempo", "session") not in REGISTRY.mpp
+def test_sessions_are_a_registered_scheme_followed_by_their_open_transaction():
+    from teller.schemes import Follow
+
+    scheme = REGISTRY.mpp[("tempo", "session")]
+    assert scheme.id == "tempo/session" and scheme.follow is Follow.TRANSACTION and not scheme.deterministic
 
 
 def _receipt(**over: Any) -> dict[str, Any]:

@@ -25,15 +25,15 @@ def _signer(acct):
 
 
 def test_scheme_ids_are_the_stored_strings_and_the_table_follows_each_its_way():
-    assert [s.value for s in SchemeId] == ["exact", "tempo/charge", "evm/charge"]
+    assert [s.value for s in SchemeId] == ["exact", "tempo/charge", "evm/charge", "tempo/session"]
     assert list(REGISTRY.x402) == ["exact"]
-    assert list(REGISTRY.mpp) == [("tempo", "charge"), ("evm", "charge")]
+    assert list(REGISTRY.mpp) == [("tempo", "charge"), ("evm", "charge"), ("tempo", "session")]
     for sid in SchemeId:
         # A stored payment's plain string finds its scheme.
         assert REGISTRY[sid.value].id == sid
     assert REGISTRY.following(Follow.AUTHORIZATION) == ("exact", "evm/charge")
-    assert REGISTRY.following(Follow.TRANSACTION) == ("tempo/charge",)
-    assert REGISTRY.moving_amount() == {"exact", "tempo/charge", "evm/charge"}
+    assert REGISTRY.following(Follow.TRANSACTION) == ("tempo/charge", "tempo/session")
+    assert REGISTRY.moving_amount() == {"exact", "tempo/charge", "evm/charge", "tempo/session"}
     assert REGISTRY.receipt_decoders() == (x402_receipt.decode, mpp_receipt.decode)
 
 

@@ -101,6 +101,8 @@ def _outcome_failed(signed: SignedPayment, exc: Exception) -> None:
 
 def _report(teller: TellerClient, signed: SignedPayment, status: int,
             headers: list[tuple[str, str]], timeout: float | None = None) -> tuple[Any, Exception | None]:
+    if not signed.payment_id:
+        return None, None  # an MPP session voucher: no payment of its own (its channel's open is one)
     try:
         return teller.record_outcome(signed.payment_id, status=status, headers=headers, timeout=timeout), None
     except (TellerError, OSError) as exc:
@@ -110,6 +112,8 @@ def _report(teller: TellerClient, signed: SignedPayment, status: int,
 
 async def _report_async(teller: AsyncTellerClient, signed: SignedPayment, status: int,
                         headers: list[tuple[str, str]], timeout: float | None = None) -> tuple[Any, Exception | None]:
+    if not signed.payment_id:
+        return None, None  # an MPP session voucher: no payment of its own (its channel's open is one)
     try:
         return await teller.record_outcome(signed.payment_id, status=status, headers=headers, timeout=timeout), None
     except (TellerError, OSError) as exc:

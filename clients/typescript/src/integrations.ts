@@ -51,6 +51,8 @@ const newKey = () => `req_${randomUUID().replaceAll("-", "")}`;
 
 async function report(teller: TellerClient, signed: SignedPayment, status: number, headers: HeaderList,
   options: PayOptions): Promise<[PaymentInfo["record"], Error | undefined]> {
+  // An MPP session voucher is no payment of its own (its channel's open is one): nothing to report.
+  if (!signed.paymentId) return [undefined, undefined];
   try {
     return [await teller.recordOutcome(signed.paymentId, { status, headers }), undefined];
   } catch (e) {

@@ -18,17 +18,25 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from teller.audit import events as audit
 from teller.channels.rules import ChannelState, check_amount, next_cumulative
 from teller.clock import Clock, ms, system_clock
 from teller.db.engine import Database
-from teller.db.models import Channel, Tenant, Voucher, Wallet
-from teller.errors import FailedPrecondition, InvalidArgument, NotFound, TellerError
+from teller.db.models import Channel, Payment, Tenant, Voucher, Wallet
+from teller.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    TellerError,
+)
 from teller.mpp.channel import ChannelDescriptor, voucher_typed_data
 from teller.vault import SealedKey, Vault
 
@@ -66,6 +74,26 @@ class SignedVoucher:
     increment: int
     signature: str  # 0x + r, s, v
     deposit: int
+    descriptor: str  # the channel's descriptor as stored (JSON)
+    payer: str  # the wallet's address
+    network: str
+    token: str
+    payee: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wanted:
+    """The channel a session challenge asks vouchers on: one of the wallet's open
+    channels with this escrow, payee, token and operator on this network."""
+
+    tenant_id: str
+    wallet_id: str
+    network: str
+    escrow: str
+    payee: str
+    token: str
+    operator: str
+    channel_id: str | None = None  # the one the server names, preferred when it is ours
 
 
 def _view(c: Channel) -> ChannelView:
@@ -105,45 +133,121 @@ class Channels:
                       state=ChannelState.OPEN.value, created_ms=now_ms, updated_ms=now_ms))
         return handle
 
+    @staticmethod
+    def open_failed(s: Session, payment_id: str, now_ms: int) -> None:
+        """The open transaction will never be mined (expired, reverted): the channel
+        does not exist on chain, so it takes no more vouchers. Inside the
+        transaction that releases the payment's reservation."""
+        s.execute(update(Channel).where(Channel.open_payment_id == payment_id)
+                  .values(state=ChannelState.CLOSED.value, updated_ms=now_ms)
+                  .execution_options(synchronize_session=False))
+
     # -- vouchers --------------------------------------------------------------------------------------------
 
     def sign_voucher(self, tenant_id: str, channel: str, increment: int, *, max_increment: int | None = None,
-                     actor: str = "") -> SignedVoucher:
+                     actor: str = "", idempotency_key: str | None = None) -> SignedVoucher:
         """The next voucher on ``channel``: its total raised by ``increment``,
-        signed by the channel's wallet, recorded and audited in one transaction."""
+        signed by the channel's wallet, recorded and audited in one transaction.
+        A key already used returns the voucher it signed."""
         check_amount(increment, "increment")
         with self.db.transaction() as s:
-            row = s.execute(select(Channel, Wallet, Tenant).join(Wallet, Wallet.id == Channel.wallet_id)
-                            .join(Tenant, Tenant.id == Channel.tenant_id)
-                            .where(Channel.id == channel, Channel.tenant_id == tenant_id)
-                            .with_for_update(of=Channel)).one_or_none()
-            if row is None:
-                raise NotFound(f"channel {channel!r} not found")
-            c, wallet, tenant = row
-            for what, holder in ((f"tenant {tenant.id}", tenant), (f"wallet {wallet.id}", wallet)):
-                if holder.frozen or holder.state != "active":
-                    raise FailedPrecondition(f"{what} is {'frozen' if holder.frozen else holder.state}: "
-                                             "it signs no vouchers", reason="frozen" if holder.frozen else "disabled")
-            total = next_cumulative(state=c.state, current=c.cumulative, deposit=c.deposit, increment=increment,
-                                    max_increment=max_increment)
-            signer = self.vault.signer(tenant_id, wallet.id, wallet.address,
-                                       SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext))
-            typed = voucher_typed_data(bytes.fromhex(c.channel_id[2:]), total, escrow=c.escrow,
-                                       chain_id=chain_id_of(c.network))
-            signature = "0x" + signer.sign_typed_data(typed).hex()
-            now_ms = ms(self.clock)
-            s.add(Voucher(channel=c.id, cumulative=total, signature=signature, created_ms=now_ms))
-            # Only upwards, even if two transactions both got past the lock: the
-            # second finds the total moved and writes nothing.
-            moved = s.execute(update(Channel).where(Channel.id == c.id, Channel.cumulative == c.cumulative)
-                              .values(cumulative=total, updated_ms=now_ms)
-                              .execution_options(synchronize_session=False))
-            if moved.rowcount != 1:  # type: ignore[attr-defined]
-                raise TellerError(f"channel {c.id}: its total moved while locked")
-            audit.record(s, at_ms=now_ms, actor=actor, action="channel.voucher", tenant_id=tenant_id,
-                         wallet_id=c.wallet_id, amount=increment, asset=c.token, network=c.network, payee=c.payee,
-                         details={"channel": c.id, "channel_id": c.channel_id, "cumulative": str(total)})
-            return SignedVoucher(c.id, c.channel_id, total, increment, signature, c.deposit)
+            if idempotency_key:
+                replay = self._replay(s, tenant_id, idempotency_key)
+                if replay is not None:
+                    if replay.channel != channel:
+                        raise AlreadyExists(f"idempotency_key {idempotency_key!r} was already used for a "
+                                            "different request")
+                    return replay
+            return self._sign(s, tenant_id, channel, increment, max_increment, actor, idempotency_key)
+
+    def sign_next(self, want: Wanted, increment: int, *, max_increment: int | None = None, actor: str = "",
+                  idempotency_key: str | None = None,
+                  check: Callable[[Session], None] | None = None) -> SignedVoucher | None:
+        """The next voucher on the wallet's open channel that ``want`` names and
+        that has ``increment`` left, or None when there is none (the caller opens
+        one). ``check`` runs first in the transaction (the caller's token)."""
+        check_amount(increment, "increment")
+        with self.db.transaction() as s:
+            if check is not None:
+                check(s)
+            if idempotency_key:
+                # A key that names a payment is a retry of that payment (the open): its own answer.
+                if s.scalar(select(Payment.id).where(Payment.tenant_id == want.tenant_id,
+                                                     Payment.idempotency_key == idempotency_key)) is not None:
+                    return None
+                replay = self._replay(s, want.tenant_id, idempotency_key)
+                if replay is not None:
+                    if (replay.network, replay.payee, replay.token) != (want.network, want.payee, want.token):
+                        raise AlreadyExists(f"idempotency_key {idempotency_key!r} was already used for a "
+                                            "different request")
+                    return replay
+            candidates = s.execute(
+                select(Channel.id, Channel.channel_id, Channel.descriptor).where(
+                    Channel.tenant_id == want.tenant_id, Channel.wallet_id == want.wallet_id,
+                    Channel.network == want.network, Channel.escrow == want.escrow, Channel.payee == want.payee,
+                    Channel.token == want.token, Channel.state == ChannelState.OPEN.value,
+                    Channel.deposit - Channel.cumulative >= increment)
+                .order_by(Channel.created_ms, Channel.id)).all()
+            mine = [(handle, cid) for handle, cid, descriptor in candidates
+                    if json.loads(descriptor)["operator"].lower() == want.operator.lower()]
+            if not mine:
+                return None
+            named = [handle for handle, cid in mine if cid == want.channel_id]
+            handle = named[0] if named else mine[0][0]
+            try:
+                return self._sign(s, want.tenant_id, handle, increment, max_increment, actor, idempotency_key)
+            except LimitExceeded as exc:
+                if exc.reason == "channel_deposit_exhausted":
+                    return None  # spent by another caller since it was found: open another
+                raise
+
+    def _replay(self, s: Session, tenant_id: str, key: str) -> SignedVoucher | None:
+        found = s.execute(select(Voucher, Channel, Wallet.address).join(Channel, Channel.id == Voucher.channel)
+                          .join(Wallet, Wallet.id == Channel.wallet_id)
+                          .where(Voucher.tenant_id == tenant_id, Voucher.idempotency_key == key)).one_or_none()
+        if found is None:
+            return None
+        v, c, payer = found
+        below = s.scalar(select(func.max(Voucher.cumulative)).where(Voucher.channel == c.id,
+                                                                   Voucher.cumulative < v.cumulative)) or 0
+        return SignedVoucher(c.id, c.channel_id, v.cumulative, v.cumulative - below, v.signature, c.deposit,
+                             c.descriptor, payer, c.network, c.token, c.payee)
+
+    def _sign(self, s: Session, tenant_id: str, channel: str, increment: int, max_increment: int | None, actor: str,
+              idempotency_key: str | None) -> SignedVoucher:
+        row = s.execute(select(Channel, Wallet, Tenant).join(Wallet, Wallet.id == Channel.wallet_id)
+                        .join(Tenant, Tenant.id == Channel.tenant_id)
+                        .where(Channel.id == channel, Channel.tenant_id == tenant_id)
+                        .with_for_update(of=Channel)).one_or_none()
+        if row is None:
+            raise NotFound(f"channel {channel!r} not found")
+        c, wallet, tenant = row
+        for what, holder in ((f"tenant {tenant.id}", tenant), (f"wallet {wallet.id}", wallet)):
+            if holder.frozen or holder.state != "active":
+                raise FailedPrecondition(f"{what} is {'frozen' if holder.frozen else holder.state}: "
+                                         "it signs no vouchers", reason="frozen" if holder.frozen else "disabled")
+        total = next_cumulative(state=c.state, current=c.cumulative, deposit=c.deposit, increment=increment,
+                                max_increment=max_increment)
+        signer = self.vault.signer(tenant_id, wallet.id, wallet.address,
+                                   SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext))
+        typed = voucher_typed_data(bytes.fromhex(c.channel_id[2:]), total, escrow=c.escrow,
+                                   chain_id=chain_id_of(c.network))
+        signature = "0x" + signer.sign_typed_data(typed).hex()
+        now_ms = ms(self.clock)
+        s.add(Voucher(channel=c.id, cumulative=total, signature=signature, tenant_id=tenant_id,
+                      idempotency_key=idempotency_key or None, created_ms=now_ms))
+        # Only upwards, even if two transactions both got past the lock: the
+        # second finds the total moved and writes nothing.
+        moved = s.execute(update(Channel).where(Channel.id == c.id, Channel.cumulative == c.cumulative)
+                          .values(cumulative=total, updated_ms=now_ms)
+                          .execution_options(synchronize_session=False))
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            raise TellerError(f"channel {c.id}: its total moved while locked")
+        audit.record(s, at_ms=now_ms, actor=actor, action="channel.voucher", tenant_id=tenant_id,
+                     wallet_id=c.wallet_id, amount=increment, asset=c.token, network=c.network, payee=c.payee,
+                     details={"channel": c.id, "channel_id": c.channel_id, "cumulative": str(total)})
+        return SignedVoucher(c.id, c.channel_id, total, increment, signature, c.deposit, c.descriptor,
+                             wallet.address, c.network, c.token, c.payee)
 
     # -- reads -----------------------------------------------------------------------------------------------
 

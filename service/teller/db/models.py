@@ -279,6 +279,8 @@ class Channel(Base):
     deposit: Mapped[int] = mapped_column(BigInteger)
     cumulative: Mapped[int] = mapped_column(BigInteger, default=0)
     state: Mapped[str] = mapped_column(String(16))  # teller.channels.rules.ChannelState
+    # The payment that opened it (its deposit's reservation; the reconciler follows its transaction).
+    open_payment_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     created_ms: Mapped[int] = mapped_column(BigInteger)
     updated_ms: Mapped[int] = mapped_column(BigInteger)
 
@@ -288,9 +290,13 @@ class Voucher(Base):
     second voucher for one total, so two workers can never both sign it."""
 
     __tablename__ = "vouchers"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
     channel: Mapped[str] = mapped_column(ForeignKey("channels.id"), primary_key=True)
     cumulative: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     signature: Mapped[str] = mapped_column(String(132))  # 0x + r, s, v
+    # The Sign call's key: its retry gets this voucher again, not one more unit.
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 

@@ -113,6 +113,12 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         except NotCached:
             # ... else on a thread, where it may read the database or a chain.
             call = await self.run(payments.prepare, caller, sign_in, secret)
+        if payments.wants_voucher(call):
+            # An MPP session on a channel the wallet has open: a voucher, under the channel's lock.
+            voucher = await self.run(payments.voucher, call)
+            if voucher is not None:
+                return voucher
+            await self.run(payments.open_facts, call)  # none open: the batch opens one
         verdict = await self.batcher.submit(call)
         if isinstance(verdict, PushPending):
             return await self.run(payments.finish, verdict)  # broadcasts: blocking

@@ -14,6 +14,7 @@ from typing import Any
 from teller.outcome import Outcome
 from teller.schemes.base import Follow, MppScheme, Offer, Scheme, SchemeId, X402Scheme
 from teller.schemes.mpp_evm import EVM_CHARGE
+from teller.schemes.mpp_session import TEMPO_SESSION
 from teller.schemes.mpp_tempo import TEMPO_CHARGE
 from teller.schemes.x402_exact import EXACT
 
@@ -47,6 +48,6 @@ class Registry:
         return tuple(dict.fromkeys(s.decode_receipt for s in self._by_id.values()))
 
 
-REGISTRY = Registry(x402=(EXACT,), mpp=(TEMPO_CHARGE, EVM_CHARGE))
+REGISTRY = Registry(x402=(EXACT,), mpp=(TEMPO_CHARGE, EVM_CHARGE, TEMPO_SESSION))
 
 __all__ = ["REGISTRY", "Follow", "MppScheme", "Offer", "Registry", "Scheme", "SchemeId", "X402Scheme"]

@@ -39,6 +39,7 @@ class SchemeId(StrEnum):
     EXACT = "exact"
     TEMPO_CHARGE = "tempo/charge"
     EVM_CHARGE = "evm/charge"
+    TEMPO_SESSION = "tempo/session"
 
 
 class Follow(Enum):

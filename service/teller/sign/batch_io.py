@@ -176,6 +176,9 @@ class Write(Request[None]):
     buckets: Sequence[dict[str, Any]]
     events: Sequence[dict[str, Any]]
     heads: Mapping[str, tuple[int, str]]
+    #: (table, row) of other tables written with the payments: a session's channel
+    #: and its first voucher, in the transaction that reserves its deposit.
+    rows: Sequence[tuple[str, dict[str, Any]]] = ()
 
     def answer(self, driver: Driver) -> None:
         return driver.write(self)

@@ -54,6 +54,7 @@ class _Batch:
     heads: dict[str, tuple[int, str]]
     usage: dict[tuple[str, str], dict[str, int]]
     payments: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     moved: dict[str, tuple[int, str]] = field(default_factory=dict)
     buckets: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
@@ -70,7 +71,10 @@ class _Batch:
         self.events.append(row)
 
     def reserve(self, row: signing.NewPayment, scopes: Sequence[Scope]) -> None:
-        self.payments.append(dict(vars(row)))
+        columns = dict(vars(row))
+        # Rows of other tables that exist with this payment (a channel and its first voucher).
+        self.rows.extend(columns.pop("rows", ()))
+        self.payments.append(columns)
         reserved, spent = bucket_delta(None, 0, row.state, row.amount_common)
         minute = row.created_ms // MINUTE_MS
         for key in (("tenant", row.tenant_id, minute), ("wallet", row.wallet_id, minute)):
@@ -148,7 +152,7 @@ class Planner:
             except TellerError as exc:
                 out.append(exc)
         _observe_budgets(batch.signed_scopes)
-        yield batch_io.Write(batch.payments, batch.bucket_rows(), batch.events, batch.moved)
+        yield batch_io.Write(batch.payments, batch.bucket_rows(), batch.events, batch.moved, batch.rows)
         return out
 
     def _guess(self, calls: Sequence[Call]) -> dict[tuple[str, str], Sequence[Budget]]:

@@ -7,6 +7,7 @@ call its answer (broadcasting a push payment first).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -15,15 +16,18 @@ from datetime import UTC, datetime
 from typing import cast
 
 import psycopg
+from sqlalchemy import select
+from sqlalchemy.orm import Session as Session_
 
 from teller import balances, idempotency, observe, signing
 from teller import offers as offers_mod
 from teller.audit import events as audit
-from teller.callers import Caller
+from teller.callers import Caller, check_secret
 from teller.chain import ChainReader, NotCached
+from teller.channels.store import Channels, Wanted
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
-from teller.db.models import Payment, Wallet
+from teller.db.models import ApiToken, Payment, Wallet
 from teller.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -32,7 +36,10 @@ from teller.errors import (
     TellerError,
     Unavailable,
 )
+from teller.mpp.channel import ESCROW_PRECOMPILE
+from teller.mpp.session import Session
 from teller.schemes import Offer
+from teller.schemes.mpp_session import TEMPO_SESSION, voucher_credential
 from teller.schemes.proofs import Proofs
 from teller.sign import batch_io
 from teller.sign.call import Call, PushPending, SignResult, Verdict, sign_result
@@ -40,6 +47,7 @@ from teller.sign.drivers.pg import AsyncPgBatchIO
 from teller.sign.drivers.sqla import SqlBatchIO
 from teller.sign.plan import Planner
 from teller.signing import SignInput
+from teller.spend.rules import PROTOCOLS
 from teller.states import PaymentState
 from teller.vault import SealedKey, Vault
 
@@ -60,6 +68,7 @@ class Payments:
         self, db: Database, vault: Vault, *, networks: Mapping[str, int] | None = None,
         max_challenge_bytes: int = 256 * 1024, idempotency_ttl_s: int = 86400, clock: Clock = system_clock,
         chain: ChainReader | None = None, max_authorization_s: int = 3600, balance_check_s: float = 0.0,
+        session_escrows: Mapping[str, str] | None = None, channels: Channels | None = None,
     ) -> None:
         self.db = db
         self.vault = vault
@@ -72,12 +81,95 @@ class Payments:
         self.proofs = Proofs(vault, self.chain, clock, self.idempotency_ttl_ms, max_authorization_s)
         self.balances = balances.Balances(self.chain, db, ttl_s=balance_check_s)
         self.planner = Planner(self.proofs, clock)
+        self.channels = channels or Channels(db, vault, clock)
+        #: Per network, the escrows a session's deposit may go to: Tempo's precompile, and the configured one.
+        self.session_escrows = {n: e.lower() for n, e in (session_escrows or {}).items()}
 
     def sign(self, caller: Caller, req: SignInput, token_secret: str | None = None) -> SignResult:
         """Sign a payment for ``req``. With ``token_secret`` the caller's token is
         verified inside the locking transaction (the RPC path); without it the
         caller is taken as already authenticated."""
-        return self.finish(self.commit([self.prepare(caller, req, token_secret)])[0])
+        call = self.prepare(caller, req, token_secret)
+        if self.wants_voucher(call):
+            voucher = self.voucher(call)
+            if voucher is not None:
+                return voucher
+            self.open_facts(call)
+        return self.finish(self.commit([call])[0])
+
+    # -- MPP sessions: the next voucher on an open channel, outside the batch ---------------------------------
+
+    @staticmethod
+    def _session_offer(call: Call) -> Offer | None:
+        chosen = offers_mod.by_preference(call.collected.offers, call.req.protocols or PROTOCOLS)
+        return chosen[0] if chosen and chosen[0].scheme is TEMPO_SESSION else None
+
+    def wants_voucher(self, call: Call) -> bool:
+        """Whether ``call`` is an MPP session challenge (pure: no I/O), which a
+        channel the wallet has open may answer with a voucher."""
+        return self._session_offer(call) is not None
+
+    def voucher(self, call: Call) -> SignResult | None:
+        """The next voucher for ``call``'s session on the wallet's open channel
+        with that escrow, payee and token, signed under the channel's lock; None
+        when there is no such channel with the unit left (the batch then opens
+        one, reserving its deposit). A voucher reserves nothing: the deposit it
+        spends was reserved when the channel opened."""
+        offer = self._session_offer(call)
+        if offer is None:
+            return None
+        session: Session = offer.terms
+        req = session.request
+        caller, key = call.caller, call.req.idempotency_key
+        want = Wanted(caller.tenant_id, call.req.wallet_id, offer.network, req.escrow, req.recipient, req.currency,
+                      req.operator, None if req.channel_id is None else "0x" + req.channel_id.hex())
+        signed = self.channels.sign_next(want, req.amount, max_increment=call.req.max_amount, actor=caller.actor,
+                                         idempotency_key=key, check=self._token_check(caller, call.secret))
+        if signed is None:
+            return None
+        value = voucher_credential(session, signed.descriptor, signed.channel_id, signed.cumulative,
+                                   signed.signature, signed.payer)
+        return SignResult(header_name=session.challenge.header, header_value=value, payment_id="",
+                          protocol=TEMPO_SESSION.protocol, version=1, scheme=TEMPO_SESSION.id, network=offer.network,
+                          asset=offer.asset, amount=signed.increment, pay_to=offer.pay_to,
+                          headers=idempotency.retry_headers(TEMPO_SESSION.protocol, caller.tenant_id, key))
+
+    def open_facts(self, call: Call) -> None:
+        """What opening a channel for ``call``'s session needs from the chain (its
+        gas), read when no open channel could answer it with a voucher."""
+        offer = self._session_offer(call)
+        known = self._wallet_info(call.caller.tenant_id, call.req.wallet_id)
+        if offer is not None and known is not None:
+            TEMPO_SESSION.open_facts(offer, call.prepared, self.chain, payer=known[0], clock=self.clock)
+
+    @staticmethod
+    def _token_check(caller: Caller, secret: str | None) -> Callable[[Session_], None] | None:
+        """The caller's token verified inside the voucher's transaction (as the batch does for payments)."""
+        if secret is None:
+            return None
+
+        def check(s: Session_) -> None:
+            row = s.execute(select(ApiToken.secret_hash, ApiToken.revoked_ms).where(
+                ApiToken.id == caller.token_id, ApiToken.tenant_id == caller.tenant_id)).one_or_none()
+            check_secret(None if row is None else row[0], None if row is None else row[1], secret)
+        return check
+
+    def _trusted_escrows(self, collected: offers_mod.Collected) -> offers_mod.Collected:
+        """Session offers whose escrow Teller does not trust are dropped (the
+        escrow would hold the deposit); when nothing else is left, the caller is
+        told which escrow and how to trust it."""
+        untrusted = [o for o in collected.offers if o.scheme is TEMPO_SESSION
+                     and o.terms.request.escrow.lower() not in (ESCROW_PRECOMPILE.lower(),
+                                                                self.session_escrows.get(o.network))]
+        if not untrusted:
+            return collected
+        kept = tuple(o for o in collected.offers if all(o is not u for u in untrusted))
+        if not kept:
+            first = untrusted[0]
+            raise FailedPrecondition(f"the session's escrow {first.terms.request.escrow} on {first.network} is not "
+                                     "one Teller trusts with a deposit (Tempo's precompile, or session_escrows)",
+                                     reason="escrow_untrusted")
+        return dataclasses.replace(collected, offers=kept)
 
     def prepare(self, caller: Caller, req: SignInput, token_secret: str | None = None, *,
                 cached_only: bool = False) -> Call:
@@ -93,6 +185,7 @@ class Payments:
         collected = offers_mod.collect(req.headers, req.body, networks=self.networks,
                                        max_bytes=self.max_challenge_bytes,
                                        now=datetime.fromtimestamp(self.clock(), UTC))
+        collected = self._trusted_escrows(collected)
         known = self._wallet_info(caller.tenant_id, req.wallet_id, cached_only)
         prepared = self.proofs.chain_facts(collected.offers, cached_only, payer=known[0] if known else None)
         presigned = self.proofs.presign(caller.tenant_id, req, collected, prepared, *known) if known else None

@@ -77,6 +77,9 @@ def _json_insert(table: str, columns: Sequence[str]) -> str:
             f"FROM json_populate_recordset(NULL::{table}, %s::json)")
 
 
+#: The tables a payment may bring rows of (``Write.rows``): their names and columns
+#: go into SQL text, so only the schemes' own (a session's channel and voucher).
+_ROW_TABLES = frozenset({"channels", "vouchers"})
 _EVENT_COLUMNS = tuple(c.key for c in AuditEvent.__table__.columns if c.key != "id")
 _BUCKET_COLUMNS = ("scope", "scope_id", "minute", "reserved", "spent")
 #: Every write of a batch in one statement (data-modifying CTEs): payments,
@@ -299,6 +302,10 @@ class _PgBatch:
     async def write(self, request: Write) -> None:
         st = self._statements()
         heads = [{"chain": c, "seq": seq, "hash": h} for c, (seq, h) in request.heads.items()]
+        for table, row in request.rows:  # rare (a channel opened): planned where it runs
+            if table not in _ROW_TABLES:
+                raise ValueError(f"a batch writes no rows of {table!r}")
+            st.add_planned(_json_insert(table, tuple(row)), compact([row]).decode())
         st.add("teller_write", *(compact(rows).decode() for rows in (
             request.payments, request.buckets, request.events, heads)))
         st.add("COMMIT")

@@ -7,7 +7,7 @@ from sqlalchemy import bindparam, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from teller.audit import events as audit
-from teller.db.models import ApiToken, AuditHead, Payment, SpendPolicy, Tenant, Wallet
+from teller.db.models import ApiToken, AuditHead, Base, Payment, SpendPolicy, Tenant, Wallet
 from teller.sign.batch_io import (
     FindNonce,
     Measure,
@@ -94,6 +94,8 @@ class SqlBatchIO:
         conn = s.connection()
         if request.payments:
             conn.execute(insert(Payment), list(request.payments))
+        for table, row in request.rows:
+            conn.execute(insert(Base.metadata.tables[table]), [row])
         if request.buckets:
             conn.execute(text(BUCKET_ROW_SQL), list(request.buckets))
         audit.write(s, request.events, dict(request.heads))

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("deposit", sa.BigInteger(), nullable=False),
         sa.Column("cumulative", sa.BigInteger(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("open_payment_id", sa.String(length=36), nullable=True),
         sa.Column("created_ms", sa.BigInteger(), nullable=False),
         sa.Column("updated_ms", sa.BigInteger(), nullable=False),
         sa.CheckConstraint("cumulative >= 0 AND cumulative <= deposit", name="ck_channels_within_deposit"),
@@ -46,9 +47,12 @@ def upgrade() -> None:
         sa.Column("channel", sa.String(length=36), nullable=False),
         sa.Column("cumulative", sa.BigInteger(), nullable=False),
         sa.Column("signature", sa.String(length=132), nullable=False),
+        sa.Column("tenant_id", sa.String(length=36), nullable=False),
+        sa.Column("idempotency_key", sa.String(length=200), nullable=True),
         sa.Column("created_ms", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(["channel"], ["channels.id"], name=op.f("fk_vouchers_channel_channels")),
         sa.PrimaryKeyConstraint("channel", "cumulative", name=op.f("pk_vouchers")),
+        sa.UniqueConstraint("tenant_id", "idempotency_key", name=op.f("uq_vouchers_tenant_id_idempotency_key")),
     )
 
 

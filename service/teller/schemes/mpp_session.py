@@ -1,0 +1,196 @@
+"""MPP ``tempo`` method, ``session`` intent: a TIP-1034 v2 payment channel.
+
+Paying the first session challenge for a payee opens a channel: a Tempo
+transaction (0x76) calling ``open`` on the escrow with the deposit, which the
+server broadcasts, and the first voucher (one unit). That open is a payment
+like any other to the Sign path: its deposit and the transaction's most
+expensive fee are reserved against every budget window in the batch that
+signs it, and the channel's row and first voucher are written in the same
+transaction (``NewPayment.rows``). Later challenges for the same channel are
+answered with vouchers, under the channel's lock (``teller.channels.store``),
+outside the batch: they spend only what the deposit already reserved.
+
+The protocol code is ``teller.mpp.session`` (the wire) and
+``teller.mpp.channel`` (descriptor, id, voucher, escrow calls).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from teller.channels.rules import ChannelState
+from teller.errors import FailedPrecondition, InvalidArgument, TellerError
+from teller.mpp import charge as mpp_charge
+from teller.mpp import gas as tempo_gas
+from teller.mpp import receipt as mpp_receipt
+from teller.mpp import session as mpp_session
+from teller.mpp.challenge import MppChallenge
+from teller.mpp.channel import OpenedChannel, open_channel, voucher_typed_data
+from teller.mpp.session import Session
+from teller.schemes import mpp_common
+from teller.schemes.base import Follow, Offer, SchemeId, new_payment
+from teller.schemes.mpp_tempo import signed_transaction, tx_hash
+
+if TYPE_CHECKING:
+    from teller.chain import ChainReader
+    from teller.clock import Clock
+    from teller.signing import Context, NewPayment, Prepared, Presigned
+    from teller.vault.signer import WalletSigner
+
+
+
+def deposit(req: mpp_session.SessionRequest) -> int:
+    """The deposit Teller opens a channel with: the server's suggestion, and
+    never less than one unit. The caller's cap and the policy judge it as the
+    payment's amount."""
+    suggested = req.suggested_deposit if req.suggested_deposit is not None else req.amount
+    return max(suggested, req.amount)
+
+
+def _build_open(session: Session, payer: str, *, salt: bytes, gas_limit: int, gas_price: int, now_s: int,
+                max_valid_for_s: int = mpp_charge.MAX_VALID_FOR_S) -> OpenedChannel:
+    """The open transaction; like a charge's, its expiring nonce is valid for
+    seconds (Tempo's bound), within the challenge's expiry: the server
+    broadcasts it as soon as it has the credential."""
+    req = session.request
+    return open_channel(payer=payer, payee=req.recipient, token=req.currency, deposit=deposit(req), salt=salt,
+                        escrow=req.escrow, chain_id=req.chain_id, gas_limit=gas_limit, gas_price=gas_price,
+                        valid_before=mpp_charge.valid_before(session.challenge, now_s, max_valid_for_s),
+                        operator=req.operator, fee_token=req.fee_token)
+
+
+def _gas_limit(prepared: Prepared, offer: Offer[Session]) -> int:
+    found = prepared.gas_limits.get(id(offer))
+    if isinstance(found, TellerError):
+        raise found
+    if found is None:
+        raise FailedPrecondition(f"no gas estimate for opening a channel on {offer.network} (set rpc_urls)",
+                                 reason="gas_estimate_failed")
+    return found
+
+
+def voucher_credential(session: Session, descriptor_json: str, channel_id: str, cumulative: int,
+                       signature: str, payer: str) -> str:
+    """The ``Authorization: Payment`` value of a voucher on an open channel."""
+    descriptor = mpp_session.parse_descriptor(json.loads(descriptor_json), "stored channel")
+    payload = mpp_session.voucher_payload(descriptor, bytes.fromhex(channel_id[2:]), cumulative,
+                                          bytes.fromhex(signature[2:]))
+    return mpp_session.credential(session.challenge, session.request, payload, payer)
+
+
+class TempoSession:
+    id = SchemeId.TEMPO_SESSION
+    protocol = "mpp"
+    method = "tempo"
+    intent = "session"
+    follow = Follow.TRANSACTION  # the open transaction (nonce = its hash)
+    moves_amount = True  # the deposit leaves the wallet for the escrow
+    deterministic = False  # each open draws a fresh salt
+    decode_receipt = staticmethod(mpp_receipt.decode)
+
+    def offer(self, ch: MppChallenge, now: datetime) -> Offer[Session] | str:
+        req = mpp_session.parse_request(ch)  # malformed: INVALID_ARGUMENT naming the field
+        skipped = mpp_common.expired(ch, now)
+        if skipped is not None:
+            return skipped
+        return Offer(self, req.network, req.currency, deposit(req), req.recipient, Session(ch, req))
+
+    def purchase_terms(self, offer: Offer[Session]) -> object:
+        ch = offer.terms.challenge
+        return {"method": ch.method, "intent": ch.intent, "realm": ch.realm, "request": dict(ch.request)}
+
+    def chain_facts(self, offer: Offer[Session], prepared: Prepared, chain: ChainReader, *, payer: str | None,
+                    clock: Clock, cached_only: bool) -> None:
+        network, gas = offer.network, prepared.gas_price
+        if network not in gas:
+            try:
+                gas[network] = chain.gas_price(network, cached_only)
+            except FailedPrecondition:
+                pass  # no RPC for it: the offer is refused if it is the one chosen
+        # The open's gas is estimated only when no open channel answers with a
+        # voucher (``open_facts``): most session challenges never need it.
+
+    def open_facts(self, offer: Offer[Session], prepared: Prepared, chain: ChainReader, *, payer: str,
+                   clock: Clock) -> None:
+        """Add the open transaction's gas limit to ``prepared`` (read before the
+        tenant lock, like every chain fact; a refusal is kept for ``sign``)."""
+        network, gas = offer.network, prepared.gas_price
+        req = offer.terms.request
+        if network not in gas or req.fee_payer:
+            return
+        build = lambda: _build_open(offer.terms, payer, salt=os.urandom(32), gas_limit=1,  # noqa: E731
+                                    gas_price=gas[network], now_s=int(clock())).tx
+        try:
+            # Not cached (key None): opens are rare, and an escrow that holds no
+            # token yet costs more to pay into than one that does.
+            prepared.gas_limits[id(offer)] = chain.tempo_gas_limit(network, payer, None, build)
+        except (FailedPrecondition, InvalidArgument) as exc:
+            prepared.gas_limits[id(offer)] = exc
+
+    def max_fee(self, offer: Offer[Session], prepared: Prepared) -> int:
+        limit = prepared.gas_limits.get(id(offer))
+        price = prepared.gas_price.get(offer.network)
+        if not isinstance(limit, int) or price is None:
+            return 0
+        return tempo_gas.max_fee(limit, price)
+
+    def presign(self, offer: Offer[Session], signer: WalletSigner, prepared: Prepared, *, wallet_id: str,
+                now_s: int, max_valid_for_s: int) -> Presigned | None:
+        return None  # opens are rare: signed under the lock
+
+    def sign(self, offer: Offer[Session], signer: WalletSigner, ctx: Context, prepared: Prepared, *,
+             max_valid_for_s: int) -> tuple[NewPayment, dict[str, Any], bytes | None]:
+        ch, req = offer.terms.challenge, offer.terms.request
+        if req.fee_payer:
+            raise FailedPrecondition(f"Payment challenge {ch.id[:40]!r} asks for a sponsored (fee payer) channel "
+                                     "open, which Teller does not sign", reason="fee_payer_unsupported")
+        price = prepared.gas_price.get(offer.network)
+        if price is None:
+            raise FailedPrecondition(f"no RPC endpoint configured for {offer.network}: opening a channel needs "
+                                     "the chain's gas price (set rpc_urls)")
+        opened = _build_open(offer.terms, signer.address, salt=os.urandom(32),
+                             gas_limit=_gas_limit(prepared, offer), gas_price=price, now_s=ctx.now_ms // 1000,
+                             max_valid_for_s=max_valid_for_s)
+        raw = signed_transaction(opened.tx, signer)
+        first = req.amount  # the open carries the first unit's voucher
+        signature = signer.sign_typed_data(voucher_typed_data(opened.channel_id, first, escrow=req.escrow,
+                                                              chain_id=req.chain_id))
+        payload = mpp_session.open_payload(opened, raw, first, signature)
+        value = mpp_session.credential(ch, req, payload, signer.address)
+        nonce = tx_hash(raw)
+        fee_max = tempo_gas.max_fee(opened.tx.gas_limit, opened.tx.gas_price)
+        row = new_payment(offer, ctx, version=1, nonce=nonce, valid_before=int(opened.tx.valid_before or 0),
+                          header_name=ch.header, header_value=value)
+        row.fee_max, row.fee_common = fee_max, ctx.decision.fee_common
+        channel_handle = str(uuid.uuid4())
+        channel_hex = "0x" + opened.channel_id.hex()
+        # The channel and its first voucher, written in the transaction that reserves the deposit.
+        row.rows = (
+            ("channels", {"id": channel_handle, "tenant_id": row.tenant_id, "wallet_id": row.wallet_id,
+                          "network": offer.network, "escrow": req.escrow, "channel_id": channel_hex,
+                          "token": req.currency, "payee": req.recipient,
+                          "descriptor": json.dumps(opened.descriptor.to_json(), sort_keys=True),
+                          "deposit": opened.deposit, "cumulative": first, "state": ChannelState.OPEN.value,
+                          "open_payment_id": row.id, "created_ms": ctx.now_ms, "updated_ms": ctx.now_ms}),
+            # Its key is the payment's: a retry of the open gets the open again (the payment's claim).
+            ("vouchers", {"channel": channel_handle, "cumulative": first, "signature": "0x" + signature.hex(),
+                          "tenant_id": row.tenant_id, "idempotency_key": None, "created_ms": ctx.now_ms}),
+        )
+        details: dict[str, Any] = {"method": ch.method, "intent": ch.intent, "challenge_id": ch.id,
+                                   "realm": ch.realm, "tx_hash": nonce, "channel": channel_handle,
+                                   "channel_id": channel_hex, "escrow": req.escrow, "deposit": opened.deposit,
+                                   "first_voucher": first, "gas_limit": opened.tx.gas_limit,
+                                   "max_fee_per_gas": opened.tx.gas_price, "fee_max": fee_max}
+        return row, details, None
+
+    def pushed(self, offer: Offer[Session], tx_hash: str, payer: str) -> str:
+        return mpp_common.not_pushed(offer, tx_hash, payer)
+
+
+TEMPO_SESSION = TempoSession()
+
+__all__ = ["TEMPO_SESSION", "TempoSession", "deposit", "voucher_credential"]

@@ -1,0 +1,233 @@
+"""Teller pays MPP sessions: mppx's session server (TIP-1034 v2) on a local Tempo
+chain with the project's escrow behind the escrow proxy (docs/sessions-testbed.md).
+The first paid request opens a channel (deposit and the open's fee reserved in the
+batch that signs it); every later one is answered with a voucher under the
+channel's lock. mppx verifies each against the chain's ChannelOpened event and its
+own voucher rules; the chain shows where the deposit went."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+
+import httpx
+import pytest
+from eth_utils import to_checksum_address
+
+from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, Policy
+from testbed.chain import FACILITATOR_KEY
+from testbed.escrow_proxy import escrow_abi, escrow_proxy
+from testbed.tempo import TEMPO_CHAIN_ID, tempo_chain
+from tests.support.harness import RunningTeller, make_settings
+from tests.support.mpp_live import MPPX_CHAIN_ARGS, PATH_USD
+from tests.support.mppx_session import mppx_session_server
+
+pytestmark = pytest.mark.slow
+
+PRICE = 100  # raw units per paid request: "0.0001" at 6 decimals
+DEPOSIT = 200_000  # the server's suggested deposit: "0.2", 2,000 requests
+VOUCHERS = int(os.environ.get("TELLER_TEST_VOUCHERS", "1000"))
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    with tempo_chain(*MPPX_CHAIN_ARGS) as chain, escrow_proxy(chain.rpc_url) as (proxy_url, proxy):
+        yield chain, proxy_url, proxy
+
+
+@pytest.fixture
+def live(tmp_path, testbed):
+    chain, proxy_url, proxy = testbed
+    running = RunningTeller(make_settings(
+        f"sqlite:///{tmp_path / 'teller.db'}", tmp_path, rpc_urls={chain.network: proxy_url},
+        reconcile_interval_seconds=0, session_escrows={chain.network: proxy.escrow}))
+    yield running
+    running.stop()
+
+
+def _tenant(teller, chain, *, fund: int = 1_000_000, day: int = 50_000_000):
+    t = teller.setup_tenant(policy=Policy(assets=(Asset(chain.network, PATH_USD, 6),),
+                                          budgets=(Budget(day, "day", name="day"),)))
+    chain.fund(t.address, fund)
+    return t
+
+
+def _decode(value: str) -> dict:
+    encoded = value.split(" ", 1)[-1]
+    return json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+
+
+HTTP = httpx.Client(timeout=60)  # one keep-alive connection for a stream's requests
+
+
+def _paid_request(client, t, url: str, server) -> tuple[dict, httpx.Response]:
+    unpaid = HTTP.get(url)
+    assert unpaid.status_code == 402, unpaid.text
+    signed = client.sign(status=402, headers=list(unpaid.headers.items()), body=unpaid.content, url=url,
+                         wallet_id=t.wallet_id)
+    paid = HTTP.get(url, headers=signed.retry_headers())
+    assert paid.status_code == 200, f"mppx answered {paid.status_code} {paid.text[:300]}\n{server.log()[-3000:]}"
+    return _decode(signed.header_value)["payload"], paid
+
+
+def _day(client):
+    return next(w for w in client.spend() if w.scope == "tenant" and w.window == "day")
+
+
+def _events(w3, escrow: str, name: str, channel_id: str) -> list[dict]:
+    logs = getattr(w3.eth.contract(address=escrow, abi=escrow_abi()).events, name)().get_logs(from_block=0)
+    return [dict(e["args"]) for e in logs if "0x" + bytes(e["args"]["channelId"]).hex() == channel_id.lower()]
+
+
+def _server(proxy_url, proxy, payee):
+    return mppx_session_server(proxy_url, TEMPO_CHAIN_ID, proxy.escrow, PATH_USD, FACILITATOR_KEY, payee,
+                               "0.0001", suggested_deposit="0.2")
+
+
+def test_one_open_then_a_thousand_vouchers_that_mppx_accepts(live, testbed):
+    chain, proxy_url, proxy = testbed
+    payee = to_checksum_address("0x" + secrets.token_hex(20))
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    with _server(proxy_url, proxy, payee) as server:
+        url = server.url + "/metered"
+        opened, _ = _paid_request(client, t, url, server)
+        assert opened["action"] == "open" and opened["cumulativeAmount"] == str(PRICE)
+        channel_id = opened["channelId"]
+        # The deposit and the open's most expensive fee are reserved against the day.
+        reserved = _day(client).reserved
+        assert DEPOSIT < reserved < DEPOSIT + 50_000, reserved
+        totals = []
+        for _ in range(VOUCHERS):
+            payload, paid = _paid_request(client, t, url, server)
+            assert payload["action"] == "voucher" and payload["channelId"] == channel_id
+            totals.append(int(payload["cumulativeAmount"]))
+        receipt = _decode(paid.headers["payment-receipt"])
+    # One strictly increasing sequence, one unit per request, each accepted by mppx.
+    assert totals == [PRICE * n for n in range(2, VOUCHERS + 2)]
+    assert int(receipt["acceptedCumulative"]) == totals[-1]
+    # On chain: the open moved the deposit from the wallet into the escrow.
+    (event,) = _events(chain.w3, proxy.escrow, "ChannelOpened", channel_id)
+    assert (event["payer"], event["payee"], event["deposit"]) == (t.address, payee, DEPOSIT)
+    channel = live.app.channels.of_tenant(t.tenant_id)
+    assert [(c.channel_id, c.deposit, c.cumulative, c.state) for c in channel] == \
+        [(channel_id, DEPOSIT, totals[-1], "open")]
+    # Still reserved: vouchers spend inside the deposit, they reserve nothing more.
+    assert _day(client).reserved == reserved
+
+
+def test_a_deposit_the_budget_cannot_hold_opens_nothing(live, testbed):
+    chain, proxy_url, proxy = testbed
+    payee = to_checksum_address("0x" + secrets.token_hex(20))
+    t = _tenant(live, chain, day=100_000)  # below the 200,000 deposit
+    client = live.client(t.token)
+    with _server(proxy_url, proxy, payee) as server:
+        unpaid = httpx.get(server.url + "/metered", timeout=30)
+        with pytest.raises(LimitExceeded, match="day"):
+            client.sign(status=402, headers=list(unpaid.headers.items()), body=unpaid.content,
+                        url=server.url + "/metered", wallet_id=t.wallet_id)
+    assert live.app.channels.of_tenant(t.tenant_id) == []
+
+
+def test_an_escrow_teller_does_not_trust_gets_no_deposit(tmp_path, testbed):
+    chain, proxy_url, proxy = testbed
+    running = RunningTeller(make_settings(f"sqlite:///{tmp_path / 'teller.db'}", tmp_path,
+                                          rpc_urls={chain.network: proxy_url}, reconcile_interval_seconds=0))
+    try:
+        t = _tenant(running, chain)
+        client = running.client(t.token)
+        with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as server:
+            unpaid = httpx.get(server.url + "/metered", timeout=30)
+            with pytest.raises(FailedPrecondition, match=re.escape(f"escrow {proxy.escrow} on {chain.network} "
+                                                                   "is not one Teller trusts")) as refused:
+                client.sign(status=402, headers=list(unpaid.headers.items()), body=unpaid.content,
+                            url=server.url + "/metered", wallet_id=t.wallet_id)
+        assert refused.value.reason == "escrow_untrusted"
+    finally:
+        running.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db(request, tmp_path, testbed):
+    """A Teller on SQLite, or on PostgreSQL (whose batch writes the channel through async psycopg)."""
+    chain, proxy_url, proxy = testbed
+    url = f"sqlite:///{tmp_path / 'teller.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    short = request.node.get_closest_marker("short_validity")  # how long an open stays minable, when it matters
+    running = RunningTeller(make_settings(url, tmp_path, rpc_urls={chain.network: proxy_url},
+                                          reconcile_interval_seconds=0,
+                                          max_authorization_seconds=short.args[0] if short else 3600,
+                                          session_escrows={chain.network: proxy.escrow}))
+    yield running
+    running.stop()
+
+
+def _sign(client, t, url: str, key: str | None = None):
+    unpaid = HTTP.get(url)
+    assert unpaid.status_code == 402, unpaid.text
+    return client.sign(status=402, headers=list(unpaid.headers.items()), body=unpaid.content, url=url,
+                       wallet_id=t.wallet_id, idempotency_key=key)
+
+
+def test_a_retry_under_the_same_key_gets_the_same_open_or_voucher(any_db, testbed):
+    """A Sign retried with its key (a lost answer) never signs one more unit: the
+    open's retry is the open, a voucher's retry is that voucher, each under a
+    fresh challenge; mppx accepts what the retry carries."""
+    chain, proxy_url, proxy = testbed
+    t = _tenant(any_db, chain)
+    client = any_db.client(t.token)
+    with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as server:
+        url = server.url + "/metered"
+        first = _sign(client, t, url, "open-1")
+        again = _sign(client, t, url, "open-1")
+        assert again.payment_id == first.payment_id and _decode(again.header_value)["payload"]["action"] == "open"
+        assert _decode(again.header_value)["payload"] == _decode(first.header_value)["payload"]
+        assert HTTP.get(url, headers=again.retry_headers()).status_code == 200, server.log()[-2000:]
+        lost = _sign(client, t, url, "v-1")  # its answer never reaches the server
+        retried = _sign(client, t, url, "v-1")
+        assert retried.payment_id == "" and retried.requirement.amount == PRICE
+        a, b = (_decode(s.header_value)["payload"] for s in (lost, retried))
+        assert (a["action"], a["cumulativeAmount"], a["signature"]) == ("voucher", str(2 * PRICE), b["signature"])
+        assert b["cumulativeAmount"] == str(2 * PRICE)
+        assert HTTP.get(url, headers=retried.retry_headers()).status_code == 200, server.log()[-2000:]
+        nxt = _decode(_sign(client, t, url, "v-2").header_value)["payload"]
+        assert nxt["cumulativeAmount"] == str(3 * PRICE)
+    (channel,) = any_db.app.channels.of_tenant(t.tenant_id)
+    assert channel.cumulative == 3 * PRICE
+    assert [total for total, _ in any_db.app.channels.vouchers(t.tenant_id, channel.id)] == [PRICE, 2 * PRICE,
+                                                                                             3 * PRICE]
+
+
+@pytest.mark.short_validity(10)
+def test_an_open_never_sent_expires_and_closes_its_channel(any_db, testbed):
+    """The open transaction's credential never reaches the server: once it can no
+    longer be mined, the reconciler releases the deposit and closes the channel in
+    Teller, and the next challenge opens a new one."""
+    import time
+
+    chain, proxy_url, proxy = testbed
+    t = _tenant(any_db, chain)
+    client = any_db.client(t.token)
+    with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as server:
+        url = server.url + "/metered"
+        lost = _sign(client, t, url)
+        assert _decode(lost.header_value)["payload"]["action"] == "open"
+        assert _day(client).reserved > DEPOSIT
+        # A voucher for it is still signed (the channel may yet open) ...
+        assert _decode(_sign(client, t, url).header_value)["payload"]["action"] == "voucher"
+        time.sleep(11)  # short_validity(10): the open's valid_before has passed
+        for _ in range(20):
+            any_db.app.reconciler.run_once()
+            if client.get_payment(lost.payment_id).state == "expired":
+                break
+            time.sleep(1)
+        assert client.get_payment(lost.payment_id).state == "expired"
+        assert _day(client).reserved == 0
+        (closed,) = any_db.app.channels.of_tenant(t.tenant_id)
+        assert closed.state == "closed"
+        # ... and after it, a new channel.
+        reopened = _sign(client, t, url)
+        assert _decode(reopened.header_value)["payload"]["action"] == "open"
+        assert HTTP.get(url, headers=reopened.retry_headers()).status_code == 200, server.log()[-2000:]
