@@ -26,19 +26,21 @@ class OpenChannel:
     channel_id: str
 
 
-def open_channel(app: App, deposit: int) -> OpenChannel:
-    tenant = app.admin.create_tenant(f"ch-{os.urandom(3).hex()}")
-    wallet = app.admin.create_wallet(tenant.id, "main")
+def open_channel(app: App, deposit: int, tenant_id: str | None = None) -> OpenChannel:
+    """A channel of a new wallet, of a new tenant unless ``tenant_id`` names one."""
+    if tenant_id is None:
+        tenant_id = app.admin.create_tenant(f"ch-{os.urandom(3).hex()}").id
+    wallet = app.admin.create_wallet(tenant_id, "main")
     payee = Account.create().address
     descriptor = ChannelDescriptor(payer=wallet.address, payee=payee, operator="0x" + "00" * 20, token=TOKEN,
                                    salt=os.urandom(32), authorized_signer=wallet.address,
                                    expiring_nonce_hash=os.urandom(32))
     cid = channel_id(descriptor, ESCROW, CHAIN_ID)
     with app.db.transaction() as s:
-        handle = app.channels.record_open(s, tenant_id=tenant.id, wallet_id=wallet.id, network=NETWORK,
+        handle = app.channels.record_open(s, tenant_id=tenant_id, wallet_id=wallet.id, network=NETWORK,
                                           escrow=ESCROW, channel_id=cid, descriptor=descriptor, deposit=deposit,
                                           now_ms=1)
-    return OpenChannel(tenant.id, wallet.id, wallet.address, handle, "0x" + cid.hex())
+    return OpenChannel(tenant_id, wallet.id, wallet.address, handle, "0x" + cid.hex())
 
 
 def sign_until_refused(settings: object, tenant_id: str, handle: str, increments: list[int], out: str) -> None:
