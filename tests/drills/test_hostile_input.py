@@ -294,6 +294,7 @@ HOSTILE_AUTH = ("", "Bearer", "Bearer " + "9" * 5000, "Basic YTpi", "Bearer tlr_
 #: Left to its owner: a caller's own Pay headers (non-ASCII or CRLF in a name or
 #: value reach httpx, which refuses them with an exception Teller does not map yet).
 SKIPPED = {("PaymentService", "Pay", "headers")}
+NO_CHANNEL = "00000000-0000-0000-0000-000000000000"
 
 
 def documented_statuses() -> dict[str, set[str]]:
@@ -374,6 +375,10 @@ def _baselines(w: Worker, hostile: str, victim: TenantSeat, payment_id: str, tok
         "PaymentService.ListWallets": {},
         "PaymentService.GetSpend": {"wallet_id": wallet},
         "PaymentService.ListAuditEvents": {"filter": {"tenant_id": t}, "page_size": 10, "page_token": ""},
+        "PaymentService.ListChannels": {"state": "open", "page_size": 10, "page_token": ""},
+        # No channel is open on this worker: the id is NOT_FOUND, and the paging fields are
+        # checked before the lookup, so their hostile values still reach their parsers.
+        "PaymentService.GetChannelVouchers": {"id": NO_CHANNEL, "page_size": 10, "page_token": ""},
         "AdminService.CreateTenant": {"name": "sweep"},
         "AdminService.DisableTenant": {"tenant_id": victim.tenant_id},
         "AdminService.ListTenants": {},
@@ -392,6 +397,8 @@ def _baselines(w: Worker, hostile: str, victim: TenantSeat, payment_id: str, tok
         "AdminService.ListPayments": {"tenant_id": t, "state": "", "page_size": 10, "page_token": ""},
         "AdminService.VoidPayment": {"payment_id": payment_id, "reason": "sweep"},
         "AdminService.Reconcile": {},
+        "AdminService.ListChannels": {"tenant_id": t, "state": "open", "page_size": 10, "page_token": ""},
+        "AdminService.GetChannelVouchers": {"tenant_id": t, "id": NO_CHANNEL, "page_size": 10, "page_token": ""},
         "AdminService.EnableTenant": {"tenant_id": victim.tenant_id},
         "AdminService.ListTokens": {"tenant_id": t},
         "AdminService.RotateToken": {"token_id": token_id},

@@ -16,6 +16,8 @@ import pytest
 from teller_client import Policy
 from testbed.chain import anvil, deploy_token
 from testbed.tempo import tempo_chain
+from tests.support.channel_rows import add_channel, set_state
+from tests.support.channels import open_channel
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.mpp_live import PATH_USD, tempo_server
 from tests.support.x402_live import resource_server
@@ -74,7 +76,8 @@ def test_typescript_client_against_a_real_teller(tmp_path):
                     "MPP_URL": mpp_url, "TEMPO_RPC": tempo.rpc_url, "TEMPO_TOKEN": PATH_USD,
                     "MPP_RECIPIENT": RECIPIENT,
                 }
-                out = subprocess.run(["node", "--test", "--test-reporter=spec", "dist/test/"], cwd=PACKAGE, env=env,
+                out = subprocess.run(["node", "--test", "--test-reporter=spec", "dist/test/live.test.js"],
+                                     cwd=PACKAGE, env=env,
                                      capture_output=True, text=True, timeout=300)
             print(out.stdout[-20000:])
             assert out.returncode == 0, out.stdout[-20000:] + out.stderr[-5000:]
@@ -84,3 +87,26 @@ def test_typescript_client_against_a_real_teller(tmp_path):
             assert sorted(p.protocol for p in payments) == ["mpp"] * 4 + ["x402"] * 4
         finally:
             running.stop()
+
+
+def test_typescript_client_reads_channels(tmp_path):
+    """listChannels and getChannel against a real Teller holding channels and vouchers (no chain needed)."""
+    build()
+    running = RunningTeller(make_settings(f"sqlite:///{tmp_path / 't.db'}", tmp_path))
+    try:
+        app = running.app
+        ch = open_channel(app, deposit=100)
+        for step in (10, 25, 40):
+            app.channels.sign_voucher(ch.tenant_id, ch.handle, step)
+        newer = add_channel(app, ch, 50, at_ms=2)
+        set_state(app, newer, "closed")
+        theirs = open_channel(app, deposit=100)
+        _, token = running.admin().issue_token(ch.tenant_id, "ts")
+        env = {**os.environ, "TELLER_TARGET": running.target, "TELLER_TOKEN": token, "CHANNEL_ID": ch.handle,
+               "NEWER_CHANNEL_ID": newer, "OTHER_TENANT_CHANNEL_ID": theirs.handle}
+        out = subprocess.run(["node", "--test", "--test-reporter=spec", "dist/test/channels.test.js"], cwd=PACKAGE,
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout[-20000:] + out.stderr[-5000:]
+        assert "pass 3" in out.stdout, out.stdout  # the spec reporter's summary: all three ran
+    finally:
+        running.stop()

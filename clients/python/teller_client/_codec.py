@@ -9,12 +9,15 @@ from typing import Any
 from teller_client._proto.teller.v1 import admin_pb2, common_pb2, payment_pb2
 from teller_client.types import (
     AuditEvent,
+    Channel,
+    ChannelVouchers,
     PaymentRecord,
     Policy,
     Requirement,
     SignedPayment,
     Tenant,
     TokenInfo,
+    Voucher,
     Wallet,
     WindowSpend,
 )
@@ -133,3 +136,23 @@ def pay_head(h: payment_pb2.PayHead) -> tuple[int, list[tuple[str, str]], Paymen
                                               str]:
     return (h.status, [(x.name, x.value) for x in h.headers], payment(h.payment) if h.HasField("payment") else None,
             json.loads(h.receipt_json) if h.receipt_json else None, h.payment_header)
+
+
+def channel(c: common_pb2.Channel) -> Channel:
+    return Channel(
+        id=c.id, tenant_id=c.tenant_id, wallet_id=c.wallet_id, network=c.network, escrow=c.escrow,
+        channel_id=c.channel_id, token=c.token, payee=c.payee, deposit=int(c.deposit or 0), spent=int(c.spent or 0),
+        remaining=int(c.remaining or 0), state=c.state, created_at_ms=c.created_at_ms, updated_at_ms=c.updated_at_ms,
+    )
+
+
+def channel_page(r: common_pb2.ListChannelsResponse) -> tuple[list[Channel], str]:
+    return [channel(c) for c in r.channels], r.next_page_token
+
+
+def channel_vouchers(r: common_pb2.GetChannelVouchersResponse) -> ChannelVouchers:
+    return ChannelVouchers(
+        channel=channel(r.channel),
+        vouchers=tuple(Voucher(int(v.cumulative or 0), v.signature, v.created_at_ms) for v in r.vouchers),
+        next_page_token=r.next_page_token,
+    )

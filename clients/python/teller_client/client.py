@@ -25,6 +25,8 @@ from teller_client._proto.teller.v1 import (
 from teller_client.errors import DeadlineExceeded, Internal, TellerError, from_rpc_error
 from teller_client.types import (
     AuditEvent,
+    Channel,
+    ChannelVouchers,
     OperatorIdentity,
     PaidResponse,
     PaymentRecord,
@@ -43,7 +45,7 @@ T = TypeVar("T")
 #: (the caller's, or one made per call: a repeat returns the payment already
 #: made). Pay is never repeated by the client: it would fetch the URL again.
 IDEMPOTENT = frozenset({"GetPayment", "ListWallets", "GetSpend", "ListAuditEvents", "RecordOutcome",
-                        "ListTenants", "GetPolicy", "ListPayments"})
+                        "ListTenants", "GetPolicy", "ListPayments", "ListChannels", "GetChannelVouchers"})
 
 # Reconnect promptly to a Teller that restarts; a call never waits for a
 # connection beyond its own deadline (wait_for_ready is False).
@@ -313,6 +315,20 @@ class TellerClient(_Sync):
         return _codec.audit_page(self._call("ListAuditEvents", _codec.audit_request(**filters),
                                             timeout=timeout))
 
+    def list_channels(self, *, state: str = "", page_size: int = 100, page_token: str = "",
+                      timeout: float | None = None) -> tuple[list[Channel], str]:
+        """The tenant's MPP session channels, newest first (``state``: open,
+        closing or closed), and the token of the next page ("" at the end)."""
+        req = payment_pb2.ListChannelsRequest(state=state, page_size=page_size, page_token=page_token)
+        return _codec.channel_page(self._call("ListChannels", req, timeout=timeout))
+
+    def get_channel(self, channel: str, *, page_size: int = 100, page_token: str = "",
+                    timeout: float | None = None) -> ChannelVouchers:
+        """One of the tenant's channels (``channel`` is its ``Channel.id``) and a
+        page of its vouchers, highest total first."""
+        req = payment_pb2.GetChannelVouchersRequest(id=channel, page_size=page_size, page_token=page_token)
+        return _codec.channel_vouchers(self._call("GetChannelVouchers", req, timeout=timeout))
+
 
 class AsyncTellerClient(_Async):
     """asyncio twin of TellerClient (same deadlines, retries and errors)."""
@@ -391,6 +407,18 @@ class AsyncTellerClient(_Async):
     async def audit_events(self, *, timeout: float | None = None, **filters: Any) -> tuple[list[AuditEvent], str]:
         return _codec.audit_page(await self._call("ListAuditEvents", _codec.audit_request(**filters),
                                                   timeout=timeout))
+
+    async def list_channels(self, *, state: str = "", page_size: int = 100, page_token: str = "",
+                            timeout: float | None = None) -> tuple[list[Channel], str]:
+        """See ``TellerClient.list_channels``."""
+        req = payment_pb2.ListChannelsRequest(state=state, page_size=page_size, page_token=page_token)
+        return _codec.channel_page(await self._call("ListChannels", req, timeout=timeout))
+
+    async def get_channel(self, channel: str, *, page_size: int = 100, page_token: str = "",
+                          timeout: float | None = None) -> ChannelVouchers:
+        """See ``TellerClient.get_channel``."""
+        req = payment_pb2.GetChannelVouchersRequest(id=channel, page_size=page_size, page_token=page_token)
+        return _codec.channel_vouchers(await self._call("GetChannelVouchers", req, timeout=timeout))
 
 
 class AdminClient(_Sync):
@@ -493,6 +521,20 @@ class AdminClient(_Sync):
         """Cancel an unused authorization on chain and release its budget."""
         req = admin_pb2.VoidPaymentRequest(payment_id=payment_id, reason=reason)
         return _codec.payment(self._call("VoidPayment", req))
+
+    def list_channels(self, tenant_id: str, *, state: str = "", page_size: int = 100,
+                      page_token: str = "") -> tuple[list[Channel], str]:
+        """A tenant's MPP session channels, newest first, and the next page's token."""
+        r = self._call("ListChannels", admin_pb2.AdminListChannelsRequest(
+            tenant_id=tenant_id, state=state, page_size=page_size, page_token=page_token))
+        return _codec.channel_page(r)
+
+    def get_channel(self, tenant_id: str, channel: str, *, page_size: int = 100,
+                    page_token: str = "") -> ChannelVouchers:
+        """One of a tenant's channels and a page of its vouchers, highest total first."""
+        r = self._call("GetChannelVouchers", admin_pb2.AdminGetChannelVouchersRequest(
+            tenant_id=tenant_id, id=channel, page_size=page_size, page_token=page_token))
+        return _codec.channel_vouchers(r)
 
     def reconcile(self) -> tuple[dict[str, int], list[str]]:
         """Run one reconciler pass now; returns transitions by state and errors."""

@@ -154,6 +154,50 @@ class WindowSpend:
 
 
 @dataclass(frozen=True, slots=True)
+class Channel:
+    """An MPP session payment channel a wallet opened, and how much of its
+    deposit the vouchers Teller signed have promised (amounts in atomic units).
+
+    ``state``: ``open`` (Teller signs vouchers on it), ``closing`` (a close was
+    asked for; no more vouchers), ``closed`` (settled and refunded on chain).
+    """
+
+    id: str  # Teller's id for the channel: what get_channel takes
+    tenant_id: str
+    wallet_id: str
+    network: str  # CAIP-2
+    escrow: str
+    channel_id: str  # the escrow's id for the channel, 0x + 64 hex
+    token: str
+    payee: str
+    deposit: int
+    spent: int  # the highest voucher's total: all the payee can take
+    remaining: int  # deposit - spent
+    state: str
+    created_at_ms: int
+    updated_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Voucher:
+    """A voucher Teller signed: the payee may take ``cumulative`` in total."""
+
+    cumulative: int
+    signature: str  # 0x + r, s, v
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelVouchers:
+    """``get_channel``'s result: the channel and a page of its vouchers, highest
+    total first; ``next_page_token`` continues the vouchers ("" when there are no more)."""
+
+    channel: Channel
+    vouchers: tuple[Voucher, ...]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
 class Budget:
     limit: int
     window: str = "day"  # calendar: hour|day|week|month; rolling: "90s", "15m", "1h", "30d"

@@ -6,7 +6,9 @@ import { ChannelCredentials, ClientReadableStream, Metadata, ServiceError, crede
 import * as common from "./gen/teller/v1/common";
 import * as payment from "./gen/teller/v1/payment";
 import { DeadlineExceeded, Internal, TellerError, fromServiceError } from "./errors";
-import type { HeaderList, PaidResponse, PaymentRecord, SignedPayment, Wallet, WindowSpend } from "./types";
+import type {
+  Channel, ChannelPage, ChannelVouchers, HeaderList, PaidResponse, PaymentRecord, SignedPayment, Wallet, WindowSpend,
+} from "./types";
 
 export type HeadersInit = HeaderList | Record<string, string> | Iterable<[string, string]>;
 
@@ -27,7 +29,9 @@ export const NO_RETRY: RetryPolicy = { maxAttempts: 1, initialBackoffMs: 0, maxB
  * key (the caller's, or one made for the call: a repeat returns the payment already
  * made). pay is never repeated.
  */
-export const IDEMPOTENT = new Set(["getPayment", "listWallets", "getSpend", "listAuditEvents", "recordOutcome"]);
+export const IDEMPOTENT = new Set([
+  "getPayment", "listWallets", "getSpend", "listAuditEvents", "recordOutcome", "listChannels", "getChannelVouchers",
+]);
 
 /**
  * Worth another attempt: the call did not reach a Teller that could answer
@@ -69,6 +73,13 @@ export interface SignArgs extends CallOptions {
   idempotencyKey?: string;
 }
 
+export interface PageArgs extends CallOptions {
+  /** Default 100, at most 1000. */
+  pageSize?: number;
+  /** The nextPageToken of the previous page. */
+  pageToken?: string;
+}
+
 export interface PayArgs extends CallOptions {
   walletId: string;
   method?: string;
@@ -96,6 +107,15 @@ export function paymentRecord(p: common.PaymentRecord): PaymentRecord {
     payTo: p.payTo, amount: BigInt(p.amount || "0"), state: p.state, stateReason: p.stateReason, txHash: p.txHash,
     released: p.released, validBefore: Number(p.validBefore), createdAtMs: Number(p.createdAtMs),
     updatedAtMs: Number(p.updatedAtMs), resourceUrl: p.resourceUrl, nonce: p.nonce,
+  };
+}
+
+function channel(c: common.Channel): Channel {
+  return {
+    id: c.id, tenantId: c.tenantId, walletId: c.walletId, network: c.network, escrow: c.escrow, channelId: c.channelId,
+    token: c.token, payee: c.payee, deposit: BigInt(c.deposit || "0"), spent: BigInt(c.spent || "0"),
+    remaining: BigInt(c.remaining || "0"), state: c.state, createdAtMs: Number(c.createdAtMs),
+    updatedAtMs: Number(c.updatedAtMs),
   };
 }
 
@@ -198,6 +218,25 @@ export class TellerClient {
       reserved: BigInt(w.reserved || "0"), remaining: BigInt(w.remaining || "0"),
       windowStartMs: Number(w.windowStartMs), windowEndMs: Number(w.windowEndMs),
     }));
+  }
+
+  /** The tenant's MPP session channels, newest first; `state` filters (open, closing, closed). */
+  async listChannels(args: { state?: string } & PageArgs = {}): Promise<ChannelPage> {
+    const req: payment.ListChannelsRequest = { state: args.state ?? "", pageSize: args.pageSize ?? 0, pageToken: args.pageToken ?? "" };
+    const r = await this.call<payment.ListChannelsRequest, common.ListChannelsResponse>("listChannels", req, args);
+    return { channels: r.channels.map(channel), nextPageToken: r.nextPageToken };
+  }
+
+  /** One of the tenant's channels (its Channel.id) and a page of its vouchers, highest total first. */
+  async getChannel(id: string, args: PageArgs = {}): Promise<ChannelVouchers> {
+    const req: payment.GetChannelVouchersRequest = { id, pageSize: args.pageSize ?? 0, pageToken: args.pageToken ?? "" };
+    const r = await this.call<payment.GetChannelVouchersRequest, common.GetChannelVouchersResponse>("getChannelVouchers", req, args);
+    if (r.channel === undefined) throw new Internal("GetChannelVouchers answered without the channel", status.INTERNAL);
+    return {
+      channel: channel(r.channel),
+      vouchers: r.vouchers.map((v) => ({ cumulative: BigInt(v.cumulative || "0"), signature: v.signature, createdAtMs: Number(v.createdAtMs) })),
+      nextPageToken: r.nextPageToken,
+    };
   }
 
   /**

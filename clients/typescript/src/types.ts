@@ -63,6 +63,50 @@ export interface WindowSpend {
   windowEndMs: number;
 }
 
+/**
+ * An MPP session payment channel a wallet opened, and how much of its deposit the
+ * vouchers Teller signed have promised (open, closing or closed).
+ */
+export interface Channel {
+  /** Teller's id for the channel: what getChannel takes. */
+  id: string;
+  tenantId: string;
+  walletId: string;
+  network: string; // CAIP-2
+  escrow: string;
+  /** The escrow's id for the channel, 0x + 64 hex. */
+  channelId: string;
+  token: string;
+  payee: string;
+  deposit: bigint;
+  /** The highest voucher's total: all the payee can take. */
+  spent: bigint;
+  remaining: bigint;
+  state: string;
+  createdAtMs: number;
+  updatedAtMs: number;
+}
+
+/** A voucher Teller signed: the payee may take `cumulative` in total. */
+export interface Voucher {
+  cumulative: bigint;
+  signature: string;
+  createdAtMs: number;
+}
+
+/** listChannels' result: channels newest first, and the next page's token ("" at the end). */
+export interface ChannelPage {
+  channels: Channel[];
+  nextPageToken: string;
+}
+
+/** getChannel's result: the channel and a page of its vouchers, highest total first. */
+export interface ChannelVouchers {
+  channel: Channel;
+  vouchers: Voucher[];
+  nextPageToken: string;
+}
+
 /** What pay() returns: the server's final answer and, when a 402 was paid, the payment and receipt. */
 export interface PaidResponse {
   status: number;

@@ -177,6 +177,13 @@ def cmd_admin(ns: argparse.Namespace) -> int:
             p = admin.void_payment(ns.payment_id, ns.reason)
             output.record(fmt, asdict(p),
                           f"payment {p.id} {p.state} (cancelAuthorization {p.tx_hash}); its budget is released")
+        elif what == ("channel", "list"):
+            rows, token = _pages(lambda **page: admin.list_channels(ns.tenant, state=ns.state or "", **page), ns)
+            output.rows(fmt, [_channel_view(asdict(c)) for c in rows],
+                        ["id", "state", "deposit", "spent", "remaining", "network", "payee", "wallet_id", "created"],
+                        key="channels", next_page_token=token)
+        elif what == ("channel", "show"):
+            _channel_show(admin, ns, fmt)
         elif what == ("reconcile", "run"):
             transitions, errors = admin.reconcile()
             print(json.dumps({"transitions": transitions, "errors": errors}, indent=2))
@@ -210,6 +217,39 @@ def cmd_admin(ns: argparse.Namespace) -> int:
                 except KeyboardInterrupt:
                     return 0
     return 0
+
+
+def _channel_view(d: dict[str, Any]) -> dict[str, Any]:
+    return {**d, "created": output.when(d.get("created_at_ms")), "updated": output.when(d.get("updated_at_ms"))}
+
+
+#: The channel's fields `channel show` prints above its vouchers, in this order.
+_CHANNEL_FIELDS = ("id", "state", "deposit", "spent", "remaining", "network", "escrow", "channel_id", "token",
+                   "payee", "wallet_id", "created", "updated")
+
+
+def _channel_show(admin: Any, ns: argparse.Namespace, fmt: str) -> None:
+    """The channel, then its vouchers (a page, or every page with --all)."""
+    first: list[Any] = []
+
+    def fetch(**page: Any) -> tuple[list[Any], str]:
+        got = admin.get_channel(ns.tenant, ns.channel, **page)
+        first.append(got.channel)
+        return list(got.vouchers), got.next_page_token
+
+    vouchers, token = _pages(fetch, ns)
+    channel = _channel_view(asdict(first[0]))
+    rows = [{**asdict(v), "created": output.when(v.created_at_ms)} for v in vouchers]
+    if fmt == "json":
+        print(json.dumps({"channel": asdict(first[0]), "vouchers": [asdict(v) for v in vouchers],
+                          "next_page_token": token}, indent=2, sort_keys=True))
+        return
+    if fmt == "table":
+        width = max(len(f) for f in _CHANNEL_FIELDS)
+        for f in _CHANNEL_FIELDS:
+            print(f"{f.upper().ljust(width)}  {channel[f]}".rstrip())
+        print(f"\n{len(vouchers)} voucher(s){' on this page' if token else ''}, highest total first:")
+    output.rows(fmt, rows, ["cumulative", "created", "signature"], key="vouchers", next_page_token=token)
 
 
 def _admin_policy_test(admin: Any, ns: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from teller.channels.rules import ChannelState
 from teller.cli import output
 from teller.cli.admin import cmd_admin
 from teller.cli.commands import (
@@ -235,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     plist.add_argument("--state", help="signed, settled, failed, expired or voided")
     _paging(plist, 50)
     verb(pay, "void", "payment_id", about="cancel an unused authorization on chain; release its budget").add_argument("--reason", default="")
+    chan = noun("channel", "MPP session channels: list, show (deposit, spent, state, vouchers)")
+    clist = verb(chan, "list", about="a tenant's channels, newest first: deposit, spent, remaining, state")
+    clist.add_argument("--tenant", required=True, help="tenant id")
+    clist.add_argument("--state", choices=[s.value for s in ChannelState], help="only channels in this state")
+    _paging(clist, 50)
+    cshow = verb(chan, "show", about="one channel and its vouchers, highest total first")
+    cshow.add_argument("channel", metavar="ID", help="the channel's id (the ID column of `channel list`)")
+    cshow.add_argument("--tenant", required=True, help="the channel's tenant id")
+    _paging(cshow, 50)
     rec = nouns.add_parser("reconcile", help="run one reconciler pass now", parents=[common])
     rec.set_defaults(fn=cmd_admin, verb="run")
     operator = noun("operator", "named operator credentials, each audited by name: create, list, revoke")

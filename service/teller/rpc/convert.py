@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from teller.channels.reads import ChannelDetail
+from teller.channels.store import ChannelView
 from teller.db.models import ApiToken, AuditEvent, Payment, Tenant, Wallet
 from teller.pay import PayHead
 from teller.sign.call import SignResult, sign_input
@@ -103,3 +105,26 @@ def pay_head_to_proto(head: PayHead) -> payment_pb2.PayResponse:
         receipt_json=json.dumps(head.receipt, sort_keys=True) if head.receipt is not None else "",
         payment_header=head.payment_header, already_paid=head.already_paid,
     ))
+
+
+def channel_to_proto(c: ChannelView) -> common_pb2.Channel:
+    # spent: the highest voucher's total, all the payee can take whether or not it has settled yet.
+    return common_pb2.Channel(
+        id=c.id, tenant_id=c.tenant_id, wallet_id=c.wallet_id, network=c.network, escrow=c.escrow,
+        channel_id=c.channel_id, token=c.token, payee=c.payee, deposit=str(c.deposit), spent=str(c.cumulative),
+        remaining=str(c.remaining), state=c.state, created_at_ms=c.created_ms, updated_at_ms=c.updated_ms,
+    )
+
+
+def channels_to_proto(rows: list[ChannelView], next_page_token: str) -> common_pb2.ListChannelsResponse:
+    return common_pb2.ListChannelsResponse(channels=[channel_to_proto(c) for c in rows],
+                                           next_page_token=next_page_token)
+
+
+def channel_detail_to_proto(d: ChannelDetail) -> common_pb2.GetChannelVouchersResponse:
+    return common_pb2.GetChannelVouchersResponse(
+        channel=channel_to_proto(d.channel),
+        vouchers=[common_pb2.Voucher(cumulative=str(v.cumulative), signature=v.signature, created_at_ms=v.created_ms)
+                  for v in d.vouchers],
+        next_page_token=d.next_page_token,
+    )

@@ -16,6 +16,7 @@ from teller.app import App
 from teller.audit import events as audit_log
 from teller.callers import Caller
 from teller.chain import NotCached
+from teller.channels import reads as channel_reads
 from teller.db.models import Operator
 from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Payer, PayHead, pay_input
@@ -168,6 +169,18 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
             raise PermissionDenied("filter.tenant_id must be empty or your own tenant")
         return await self.run(_list_audit, self.app, caller.tenant_id, request)
 
+    async def ListChannels(self, request: payment_pb2.ListChannelsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListChannelsResponse:
+        caller = await self._caller(context)
+        rows, token = await self.run(channel_reads.list_channels, self.app.db, caller.tenant_id, request.state,
+                                     request.page_size, request.page_token)
+        return convert.channels_to_proto(rows, token)
+
+    async def GetChannelVouchers(self, request: payment_pb2.GetChannelVouchersRequest, context: grpc.aio.ServicerContext) -> common_pb2.GetChannelVouchersResponse:
+        caller = await self._caller(context)
+        detail = await self.run(channel_reads.channel_detail, self.app.db, caller.tenant_id, request.id,
+                                request.page_size, request.page_token)
+        return convert.channel_detail_to_proto(detail)
+
 
 class AdminServicer(_Base, admin_pb2_grpc.AdminServiceServicer):
     async def _operator(self, context: grpc.aio.ServicerContext) -> None:
@@ -283,6 +296,18 @@ class AdminServicer(_Base, admin_pb2_grpc.AdminServiceServicer):
         await self._operator(context)
         result = await self.run(self.app.reconciler.run_once)
         return admin_pb2.ReconcileResponse(transitions=dict(result.transitions), errors=result.errors)
+
+    async def ListChannels(self, request: admin_pb2.AdminListChannelsRequest, context: grpc.aio.ServicerContext) -> common_pb2.ListChannelsResponse:
+        await self._operator(context)
+        rows, token = await self.run(channel_reads.list_channels, self.app.db, request.tenant_id, request.state,
+                                     request.page_size, request.page_token)
+        return convert.channels_to_proto(rows, token)
+
+    async def GetChannelVouchers(self, request: admin_pb2.AdminGetChannelVouchersRequest, context: grpc.aio.ServicerContext) -> common_pb2.GetChannelVouchersResponse:
+        await self._operator(context)
+        detail = await self.run(channel_reads.channel_detail, self.app.db, request.tenant_id, request.id,
+                                request.page_size, request.page_token)
+        return convert.channel_detail_to_proto(detail)
 
     async def CreateOperator(self, request: admin_pb2.CreateOperatorRequest, context: grpc.aio.ServicerContext) -> admin_pb2.CreateOperatorResponse:
         await self._operator(context)

@@ -238,6 +238,30 @@ class ReconcileResponse(_message.Message):
     errors: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, transitions: _Optional[_Mapping[str, int]] = ..., errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class AdminListChannelsRequest(_message.Message):
+    __slots__ = ("tenant_id", "state", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    state: str
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., state: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class AdminGetChannelVouchersRequest(_message.Message):
+    __slots__ = ("tenant_id", "id", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    id: str
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
 class OperatorIdentity(_message.Message):
     __slots__ = ("id", "name", "created_at_ms", "created_by", "revoked_at_ms")
     ID_FIELD_NUMBER: _ClassVar[int]

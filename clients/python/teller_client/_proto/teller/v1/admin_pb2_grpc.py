@@ -142,6 +142,16 @@ class AdminServiceStub:
                 request_serializer=teller_dot_v1_dot_admin__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_admin__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
+        self.ListChannels = channel.unary_unary(
+                '/teller.v1.AdminService/ListChannels',
+                request_serializer=teller_dot_v1_dot_admin__pb2.AdminListChannelsRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_common__pb2.ListChannelsResponse.FromString,
+                _registered_method=True)
+        self.GetChannelVouchers = channel.unary_unary(
+                '/teller.v1.AdminService/GetChannelVouchers',
+                request_serializer=teller_dot_v1_dot_admin__pb2.AdminGetChannelVouchersRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.FromString,
+                _registered_method=True)
         self.CreateOperator = channel.unary_unary(
                 '/teller.v1.AdminService/CreateOperator',
                 request_serializer=teller_dot_v1_dot_admin__pb2.CreateOperatorRequest.SerializeToString,
@@ -300,6 +310,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListChannels(self, request, context):
+        """A tenant's MPP session channels (deposit, spent, state), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChannelVouchers(self, request, context):
+        """One of a tenant's channels and a page of its vouchers, highest total first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateOperator(self, request, context):
         """Named operator credentials: each operator's calls are audited by its name
         (the configured TELLER_ADMIN_TOKEN is operator "bootstrap"), and revoking
@@ -428,6 +452,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=teller_dot_v1_dot_admin__pb2.ReconcileRequest.FromString,
                     response_serializer=teller_dot_v1_dot_admin__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'ListChannels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChannels,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.AdminListChannelsRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_common__pb2.ListChannelsResponse.SerializeToString,
+            ),
+            'GetChannelVouchers': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChannelVouchers,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.AdminGetChannelVouchersRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.SerializeToString,
             ),
             'CreateOperator': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateOperator,
@@ -1014,6 +1048,60 @@ class AdminService:
             '/teller.v1.AdminService/Reconcile',
             teller_dot_v1_dot_admin__pb2.ReconcileRequest.SerializeToString,
             teller_dot_v1_dot_admin__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChannels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/ListChannels',
+            teller_dot_v1_dot_admin__pb2.AdminListChannelsRequest.SerializeToString,
+            teller_dot_v1_dot_common__pb2.ListChannelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChannelVouchers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/GetChannelVouchers',
+            teller_dot_v1_dot_admin__pb2.AdminGetChannelVouchersRequest.SerializeToString,
+            teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.FromString,
             options,
             channel_credentials,
             insecure,

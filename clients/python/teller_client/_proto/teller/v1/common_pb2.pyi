@@ -203,3 +203,63 @@ class GetPaymentRequest(_message.Message):
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     payment_id: str
     def __init__(self, payment_id: _Optional[str] = ...) -> None: ...
+
+class Channel(_message.Message):
+    __slots__ = ("id", "tenant_id", "wallet_id", "network", "escrow", "channel_id", "token", "payee", "deposit", "spent", "remaining", "state", "created_at_ms", "updated_at_ms")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    WALLET_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    ESCROW_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PAYEE_FIELD_NUMBER: _ClassVar[int]
+    DEPOSIT_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    tenant_id: str
+    wallet_id: str
+    network: str
+    escrow: str
+    channel_id: str
+    token: str
+    payee: str
+    deposit: str
+    spent: str
+    remaining: str
+    state: str
+    created_at_ms: int
+    updated_at_ms: int
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., wallet_id: _Optional[str] = ..., network: _Optional[str] = ..., escrow: _Optional[str] = ..., channel_id: _Optional[str] = ..., token: _Optional[str] = ..., payee: _Optional[str] = ..., deposit: _Optional[str] = ..., spent: _Optional[str] = ..., remaining: _Optional[str] = ..., state: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ...) -> None: ...
+
+class Voucher(_message.Message):
+    __slots__ = ("cumulative", "signature", "created_at_ms")
+    CUMULATIVE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    cumulative: str
+    signature: str
+    created_at_ms: int
+    def __init__(self, cumulative: _Optional[str] = ..., signature: _Optional[str] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+
+class ListChannelsResponse(_message.Message):
+    __slots__ = ("channels", "next_page_token")
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    channels: _containers.RepeatedCompositeFieldContainer[Channel]
+    next_page_token: str
+    def __init__(self, channels: _Optional[_Iterable[_Union[Channel, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetChannelVouchersResponse(_message.Message):
+    __slots__ = ("channel", "vouchers", "next_page_token")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    VOUCHERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    channel: Channel
+    vouchers: _containers.RepeatedCompositeFieldContainer[Voucher]
+    next_page_token: str
+    def __init__(self, channel: _Optional[_Union[Channel, _Mapping]] = ..., vouchers: _Optional[_Iterable[_Union[Voucher, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -73,6 +73,16 @@ class PaymentServiceStub:
                 request_serializer=teller_dot_v1_dot_common__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_common__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.ListChannels = channel.unary_unary(
+                '/teller.v1.PaymentService/ListChannels',
+                request_serializer=teller_dot_v1_dot_payment__pb2.ListChannelsRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_common__pb2.ListChannelsResponse.FromString,
+                _registered_method=True)
+        self.GetChannelVouchers = channel.unary_unary(
+                '/teller.v1.PaymentService/GetChannelVouchers',
+                request_serializer=teller_dot_v1_dot_payment__pb2.GetChannelVouchersRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentServiceServicer:
@@ -128,6 +138,22 @@ class PaymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListChannels(self, request, context):
+        """The tenant's MPP session channels, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChannelVouchers(self, request, context):
+        """One of the tenant's channels and a page of its vouchers, highest total
+        first; another tenant's channel is NOT_FOUND. (Not "GetChannel": grpc-js
+        clients have a getChannel() of their own.)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +191,16 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=teller_dot_v1_dot_common__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=teller_dot_v1_dot_common__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'ListChannels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChannels,
+                    request_deserializer=teller_dot_v1_dot_payment__pb2.ListChannelsRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_common__pb2.ListChannelsResponse.SerializeToString,
+            ),
+            'GetChannelVouchers': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChannelVouchers,
+                    request_deserializer=teller_dot_v1_dot_payment__pb2.GetChannelVouchersRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +395,60 @@ class PaymentService:
             '/teller.v1.PaymentService/ListAuditEvents',
             teller_dot_v1_dot_common__pb2.ListAuditEventsRequest.SerializeToString,
             teller_dot_v1_dot_common__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChannels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.PaymentService/ListChannels',
+            teller_dot_v1_dot_payment__pb2.ListChannelsRequest.SerializeToString,
+            teller_dot_v1_dot_common__pb2.ListChannelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChannelVouchers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.PaymentService/GetChannelVouchers',
+            teller_dot_v1_dot_payment__pb2.GetChannelVouchersRequest.SerializeToString,
+            teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.FromString,
             options,
             channel_credentials,
             insecure,
