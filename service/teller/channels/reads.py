@@ -15,7 +15,7 @@ from sqlalchemy import and_, or_, select
 
 from teller.audit.events import page_cursor
 from teller.channels.rules import ChannelState
-from teller.channels.store import ChannelView, _view
+from teller.channels.store import ChannelView, view_of
 from teller.db.engine import Database
 from teller.db.models import Channel, Tenant, Voucher
 from teller.errors import InvalidArgument, NotFound
@@ -70,7 +70,7 @@ def list_channels(db: Database, tenant_id: str, state: str = "", page_size: int 
     with db.read() as s:
         if s.get(Tenant, tenant_id) is None:
             raise NotFound(f"tenant {tenant_id!r} not found")
-        rows = [_view(c) for c in s.scalars(q.order_by(Channel.created_ms.desc(), Channel.id.desc())
+        rows = [view_of(c) for c in s.scalars(q.order_by(Channel.created_ms.desc(), Channel.id.desc())
                                             .limit(size + 1))]
     more = len(rows) > size
     rows = rows[:size]
@@ -100,7 +100,7 @@ def channel_detail(db: Database, tenant_id: str, channel: str, page_size: int = 
         c = s.scalars(select(Channel).where(Channel.id == channel, Channel.tenant_id == tenant_id)).one_or_none()
         if c is None:
             raise NotFound(f"channel {channel!r} not found")
-        view = _view(c)
+        view = view_of(c)
     more = len(vouchers) > size
     vouchers = vouchers[:size]
     return ChannelDetail(view, vouchers, str(vouchers[-1].cumulative) if more and vouchers else "")

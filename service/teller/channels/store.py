@@ -96,7 +96,8 @@ class Wanted:
     channel_id: str | None = None  # the one the server names, preferred when it is ours
 
 
-def _view(c: Channel) -> ChannelView:
+def view_of(c: Channel) -> ChannelView:
+    """A channel row as callers and operators see it."""
     return ChannelView(c.id, c.tenant_id, c.wallet_id, c.network, c.escrow, c.channel_id, c.token, c.payee, c.deposit,
                        c.cumulative, c.state, c.created_ms, c.updated_ms)
 
@@ -256,14 +257,14 @@ class Channels:
             c = s.scalars(select(Channel).where(Channel.id == channel, Channel.tenant_id == tenant_id)).one_or_none()
             if c is None:
                 raise NotFound(f"channel {channel!r} not found")
-            return _view(c)
+            return view_of(c)
 
     def of_tenant(self, tenant_id: str, *, state: str | None = None) -> list[ChannelView]:
         with self.db.read() as s:
             q = select(Channel).where(Channel.tenant_id == tenant_id)
             if state is not None:
                 q = q.where(Channel.state == state)
-            return [_view(c) for c in s.scalars(q.order_by(Channel.created_ms, Channel.id))]
+            return [view_of(c) for c in s.scalars(q.order_by(Channel.created_ms, Channel.id))]
 
     def vouchers(self, tenant_id: str, channel: str) -> list[tuple[int, str]]:
         """The channel's vouchers as (total, signature), in increasing order."""
