@@ -178,6 +178,12 @@ class Payer:
             final_url, challenge_headers = first.url, tuple(first.headers)
         signed = await self.sign(caller, replace(
             req.sign, status=402, headers=challenge_headers, body=challenge_body, url=final_url))
+        if not signed.payment_id:
+            # An MPP session voucher: no payment of its own to look up or record (its
+            # channel's open is one; the voucher is recorded on the channel).
+            async for part in self._voucher_paid(req, signed, final_url, deadline):
+                yield part
+            return
         if key:
             # The key's payment may have been settled by the time this call signed.
             current = await self.run(self.lifecycle.get, signed.payment_id, caller.tenant_id)
@@ -255,6 +261,30 @@ class Payer:
             elif err.reason != "payment_refused":
                 await self._note(signed, caller, lc.ANSWER_LOST, f"body cut off: {err.message}")
             raise _naming(err, signed.payment_id) from None
+
+    async def _voucher_paid(self, req: PayInput, signed: SignResult, url: str,
+                            deadline: float) -> AsyncIterator[PayHead | bytes]:
+        """The retry with a session voucher: the server's answer, streamed."""
+        sent = [(signed.header_name, signed.header_value), *signed.headers]
+        names = {k.lower() for k, _ in sent}
+        retry_headers = [*((k, v) for k, v in req.headers if k.lower() not in names), *sent]
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    second = await stack.enter_async_context(
+                        self.fetcher.open(req.method, url, retry_headers, req.body))
+                    refusal = (await second.read(self.max_challenge_bytes)
+                               if second.status in (402, 403) else None)
+            except TimeoutError:
+                raise self._late(f"the paid request to {url}") from None
+            if refusal is not None:
+                reason = refusal_mod.reason(second.headers, refusal) or f"HTTP {second.status}"
+                raise FailedPrecondition(f"the server answered a session voucher with {second.status}: {reason}",
+                                         reason="payment_refused", metadata={"server_reason": reason[:200]})
+            yield PayHead(second.status, second.headers, None,
+                          decode_receipt(second.status, second.headers, self.max_challenge_bytes), signed.header_name)
+            async for chunk in second.stream():
+                yield chunk
 
     async def _keeping(self, response: Response, payment_id: str) -> AsyncIterator[bytes]:
         """The paid body, kept as it passes when the operator asked for it and it fits."""

@@ -43,7 +43,8 @@ def live(tmp_path, testbed):
     chain, proxy_url, proxy = testbed
     running = RunningTeller(make_settings(
         f"sqlite:///{tmp_path / 'teller.db'}", tmp_path, rpc_urls={chain.network: proxy_url},
-        reconcile_interval_seconds=0, session_escrows={chain.network: proxy.escrow}))
+        reconcile_interval_seconds=0, session_escrows={chain.network: proxy.escrow},
+        outbound_allow=("127.0.0.1",)))
     yield running
     running.stop()
 
@@ -231,3 +232,22 @@ def test_an_open_never_sent_expires_and_closes_its_channel(any_db, testbed):
         reopened = _sign(client, t, url)
         assert _decode(reopened.header_value)["payload"]["action"] == "open"
         assert HTTP.get(url, headers=reopened.retry_headers()).status_code == 200, server.log()[-2000:]
+
+
+def test_pay_opens_then_pays_each_request_with_a_voucher(live, testbed):
+    """Through Pay (Teller makes the call): the first request opens the channel and
+    is recorded as the channel's payment; the next ones go out with vouchers."""
+    chain, proxy_url, proxy = testbed
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as server:
+        url = server.url + "/metered"
+        first = client.pay(url, wallet_id=t.wallet_id)
+        assert first.status == 200 and json.loads(first.body)["paid"] is True, server.log()[-2000:]
+        assert first.payment is not None and (first.payment.protocol, first.payment.amount) == ("mpp", DEPOSIT)
+        later = [client.pay(url, wallet_id=t.wallet_id) for _ in range(5)]
+        assert all(r.status == 200 and r.payment is None for r in later)
+        receipts = [r.receipt for r in later]
+        assert [int(r["acceptedCumulative"]) for r in receipts] == [PRICE * n for n in range(2, 7)]
+    (channel,) = live.app.channels.of_tenant(t.tenant_id)
+    assert channel.cumulative == 6 * PRICE
