@@ -379,6 +379,8 @@ def _baselines(w: Worker, hostile: str, victim: TenantSeat, payment_id: str, tok
         # No channel is open on this worker: the id is NOT_FOUND, and the paging fields are
         # checked before the lookup, so their hostile values still reach their parsers.
         "PaymentService.GetChannelVouchers": {"id": NO_CHANNEL, "page_size": 10, "page_token": ""},
+        # The same: NOT_FOUND, after the url is checked.
+        "PaymentService.CloseChannel": {"id": NO_CHANNEL, "url": hostile + "/paid-ok"},
         "AdminService.CreateTenant": {"name": "sweep"},
         "AdminService.DisableTenant": {"tenant_id": victim.tenant_id},
         "AdminService.ListTenants": {},

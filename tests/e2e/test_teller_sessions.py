@@ -15,7 +15,7 @@ import secrets
 
 import httpx
 import pytest
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 
 from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, Policy
 from testbed.chain import FACILITATOR_KEY
@@ -81,6 +81,17 @@ def _day(client):
 def _events(w3, escrow: str, name: str, channel_id: str) -> list[dict]:
     logs = getattr(w3.eth.contract(address=escrow, abi=escrow_abi()).events, name)().get_logs(from_block=0)
     return [dict(e["args"]) for e in logs if "0x" + bytes(e["args"]["channelId"]).hex() == channel_id.lower()]
+
+
+TRANSFER = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
+
+
+def _received(w3, sender: str, to: str) -> int:
+    """The token sent from ``sender`` to ``to``, summed from its Transfer logs."""
+    topic = lambda a: "0x" + "00" * 12 + a[2:].lower()  # noqa: E731
+    logs = w3.eth.get_logs({"fromBlock": 0, "address": to_checksum_address(PATH_USD),
+                            "topics": [TRANSFER, topic(sender), topic(to)]})
+    return sum(int.from_bytes(bytes(log["data"])[:32], "big") for log in logs)
 
 
 def _server(proxy_url, proxy, payee):
@@ -251,3 +262,48 @@ def test_pay_opens_then_pays_each_request_with_a_voucher(live, testbed):
         assert [int(r["acceptedCumulative"]) for r in receipts] == [PRICE * n for n in range(2, 7)]
     (channel,) = live.app.channels.of_tenant(t.tenant_id)
     assert channel.cumulative == 6 * PRICE
+
+
+def test_close_channel_pays_the_payee_the_last_voucher_and_refunds_the_rest(live, testbed):
+    """CloseChannel sends the final voucher; mppx closes on chain: the payee gets
+    exactly the last voucher's total, the wallet the rest of the deposit, and no
+    voucher is signed on the channel afterwards."""
+    chain, proxy_url, proxy = testbed
+    payee = to_checksum_address("0x" + secrets.token_hex(20))
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    with _server(proxy_url, proxy, payee) as server:
+        url = server.url + "/metered"
+        for _ in range(12):
+            _paid_request(client, t, url, server)
+        (channel,) = live.app.channels.of_tenant(t.tenant_id)
+        assert channel.cumulative == 12 * PRICE
+        closed = client.close_channel(channel.id, url)
+        assert (closed.id, closed.cumulative, closed.status) == (channel.id, 12 * PRICE, 204), server.log()[-2000:]
+        assert closed.receipt is not None and closed.receipt["txHash"], closed
+        assert live.app.channels.get(t.tenant_id, channel.id).state == "closing"
+        # No more vouchers on it: the next challenge opens another channel.
+        reopened = _sign(client, t, url)
+        assert _decode(reopened.header_value)["payload"]["action"] == "open"
+    (event,) = _events(chain.w3, proxy.escrow, "ChannelClosed", channel.channel_id)
+    assert (event["settledToPayee"], event["refundedToPayer"]) == (12 * PRICE, DEPOSIT - 12 * PRICE)
+    assert chain.balance(payee) == 12 * PRICE
+    # The refund reached the wallet (read from the token's Transfer logs: the testbed's
+    # emulated allowance costs the wallet fees of its own, docs/sessions-testbed.md).
+    assert _received(chain.w3, proxy.escrow, t.address) == DEPOSIT - 12 * PRICE
+
+
+def test_a_close_the_server_refuses_leaves_the_channel_open(live, testbed):
+    chain, proxy_url, proxy = testbed
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as server:
+        url = server.url + "/metered"
+        _paid_request(client, t, url, server)
+        (channel,) = live.app.channels.of_tenant(t.tenant_id)
+    # Another payee's server: its challenge is not this channel's.
+    with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as other:
+        with pytest.raises(FailedPrecondition, match="no session challenge for channel") as refused:
+            client.close_channel(channel.id, other.url + "/metered")
+    assert refused.value.reason == "no_session_challenge"
+    assert live.app.channels.get(t.tenant_id, channel.id).state == "closing"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import threading
 import time
@@ -27,6 +28,7 @@ from teller_client.types import (
     AuditEvent,
     Channel,
     ChannelVouchers,
+    ClosedChannel,
     OperatorIdentity,
     PaidResponse,
     PaymentRecord,
@@ -328,6 +330,15 @@ class TellerClient(_Sync):
         page of its vouchers, highest total first."""
         req = payment_pb2.GetChannelVouchersRequest(id=channel, page_size=page_size, page_token=page_token)
         return _codec.channel_vouchers(self._call("GetChannelVouchers", req, timeout=timeout))
+
+    def close_channel(self, channel: str, url: str, *, timeout: float | None = None) -> ClosedChannel:
+        """Close a session channel cooperatively at ``url`` (the session's URL):
+        Teller sends the server the final voucher; the refund of the rest of the
+        deposit is released from the budget once the chain shows it. Waits up to
+        ``pay_timeout`` by default (the server closes on chain before answering)."""
+        req = payment_pb2.CloseChannelRequest(id=channel, url=url)
+        r = self._call("CloseChannel", req, timeout=self._pay_timeout if timeout is None else timeout)
+        return ClosedChannel(r.id, int(r.cumulative), r.status, json.loads(r.receipt_json) if r.receipt_json else None)
 
 
 class AsyncTellerClient(_Async):

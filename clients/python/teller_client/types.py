@@ -198,6 +198,18 @@ class ChannelVouchers:
 
 
 @dataclass(frozen=True, slots=True)
+class ClosedChannel:
+    """``close_channel``'s result: the final voucher's total (what the payee is
+    paid; the rest of the deposit is refunded), the server's HTTP status and its
+    session receipt (``txHash``: the close transaction), when it sent one."""
+
+    id: str
+    cumulative: int
+    status: int
+    receipt: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Budget:
     limit: int
     window: str = "day"  # calendar: hour|day|week|month; rolling: "90s", "15m", "1h", "30d"

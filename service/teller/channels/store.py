@@ -250,6 +250,50 @@ class Channels:
         return SignedVoucher(c.id, c.channel_id, total, increment, signature, c.deposit, c.descriptor,
                              wallet.address, c.network, c.token, c.payee)
 
+    # -- cooperative close ----------------------------------------------------------------------------------
+
+    def begin_close(self, tenant_id: str, channel: str, *, actor: str = "") -> SignedVoucher:
+        """Stop signing vouchers on ``channel`` (state ``closing``) and return its
+        final voucher: the highest total signed, which the close hands the payee.
+        A channel already closing returns it again (a close may be sent twice)."""
+        with self.db.transaction() as s:
+            row = s.execute(select(Channel, Wallet.address).join(Wallet, Wallet.id == Channel.wallet_id)
+                            .where(Channel.id == channel, Channel.tenant_id == tenant_id)
+                            .with_for_update(of=Channel)).one_or_none()
+            if row is None:
+                raise NotFound(f"channel {channel!r} not found")
+            c, payer = row
+            if c.state == ChannelState.CLOSED:
+                raise FailedPrecondition(f"channel {channel} is closed already", reason="channel_not_open")
+            last = s.execute(select(Voucher.cumulative, Voucher.signature).where(Voucher.channel == c.id)
+                             .order_by(Voucher.cumulative.desc()).limit(1)).one_or_none()
+            if c.state == ChannelState.OPEN:
+                now_ms = ms(self.clock)
+                c.state, c.updated_ms = ChannelState.CLOSING.value, now_ms
+                audit.record(s, at_ms=now_ms, actor=actor, action="channel.close_requested", tenant_id=tenant_id,
+                             wallet_id=c.wallet_id, amount=c.cumulative, asset=c.token, network=c.network,
+                             payee=c.payee, details={"channel": c.id, "channel_id": c.channel_id,
+                                                     "deposit": str(c.deposit), "cumulative": str(c.cumulative)})
+            total, signature = last if last is not None else (0, "")
+            if total != c.cumulative:
+                raise TellerError(f"channel {c.id}: its total {c.cumulative} has no voucher")
+            return SignedVoucher(c.id, c.channel_id, total, 0, signature, c.deposit, c.descriptor, payer,
+                                 c.network, c.token, c.payee)
+
+    def cancel_close(self, tenant_id: str, channel: str, why: str, *, actor: str = "") -> None:
+        """The server did not take the close: the channel is open again (the final
+        voucher it was sent adds nothing to what it already held)."""
+        with self.db.transaction() as s:
+            c = s.scalars(select(Channel).where(Channel.id == channel, Channel.tenant_id == tenant_id)
+                          .with_for_update()).one_or_none()
+            if c is None or c.state != ChannelState.CLOSING:
+                return
+            now_ms = ms(self.clock)
+            c.state, c.updated_ms = ChannelState.OPEN.value, now_ms
+            audit.record(s, at_ms=now_ms, actor=actor, action="channel.close_refused", tenant_id=tenant_id,
+                         wallet_id=c.wallet_id, asset=c.token, network=c.network, payee=c.payee,
+                         reason=why[:100], details={"channel": c.id, "channel_id": c.channel_id})
+
     # -- reads -----------------------------------------------------------------------------------------------
 
     def get(self, tenant_id: str, channel: str) -> ChannelView:

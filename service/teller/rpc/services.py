@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from teller.audit import events as audit_log
 from teller.callers import Caller
 from teller.chain import NotCached
 from teller.channels import reads as channel_reads
+from teller.channels.close import Closer
 from teller.db.models import Operator
 from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Payer, PayHead, pay_input
@@ -180,6 +182,20 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         detail = await self.run(channel_reads.channel_detail, self.app.db, caller.tenant_id, request.id,
                                 request.page_size, request.page_token)
         return convert.channel_detail_to_proto(detail)
+
+    async def CloseChannel(self, request: payment_pb2.CloseChannelRequest, context: grpc.aio.ServicerContext) -> payment_pb2.CloseChannelResponse:
+        caller = await self._caller(context)
+        if not request.id:
+            raise InvalidArgument("id is required: the channel to close (Channel.id)")
+        url = request.url
+        if not url or len(url) > 8192 or not url.isascii() or not url.isprintable():
+            raise InvalidArgument("url is required: the session's URL, printable ASCII of at most 8192 characters")
+        closer = Closer(self.app.channels, self.app.fetcher, self.run,
+                        max_challenge_bytes=self.app.settings.max_challenge_bytes, clock=self.app.payments.clock)
+        closed = await closer.close(caller, request.id, url)
+        return payment_pb2.CloseChannelResponse(
+            id=closed.channel, cumulative=str(closed.cumulative), status=closed.status,
+            receipt_json=json.dumps(closed.receipt, sort_keys=True) if closed.receipt is not None else "")
 
 
 class AdminServicer(_Base, admin_pb2_grpc.AdminServiceServicer):

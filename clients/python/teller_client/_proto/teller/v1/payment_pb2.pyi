@@ -7,6 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CloseChannelRequest(_message.Message):
+    __slots__ = ("id", "url")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    url: str
+    def __init__(self, id: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+
+class CloseChannelResponse(_message.Message):
+    __slots__ = ("id", "cumulative", "status", "receipt_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CUMULATIVE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    cumulative: str
+    status: int
+    receipt_json: str
+    def __init__(self, id: _Optional[str] = ..., cumulative: _Optional[str] = ..., status: _Optional[int] = ..., receipt_json: _Optional[str] = ...) -> None: ...
+
 class Challenge(_message.Message):
     __slots__ = ("status", "headers", "body", "url", "method")
     STATUS_FIELD_NUMBER: _ClassVar[int]

@@ -83,6 +83,11 @@ class PaymentServiceStub:
                 request_serializer=teller_dot_v1_dot_payment__pb2.GetChannelVouchersRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.FromString,
                 _registered_method=True)
+        self.CloseChannel = channel.unary_unary(
+                '/teller.v1.PaymentService/CloseChannel',
+                request_serializer=teller_dot_v1_dot_payment__pb2.CloseChannelRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_payment__pb2.CloseChannelResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentServiceServicer:
@@ -154,6 +159,19 @@ class PaymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloseChannel(self, request, context):
+        """Close one of the tenant's channels cooperatively: Teller stops signing its
+        vouchers, asks `url` (the session's URL) for a fresh challenge and sends the
+        server the final voucher; the server's close transaction pays the payee that
+        total and refunds the rest of the deposit. The reconciler marks the channel
+        closed, and releases the refund from the budget, once the chain shows it.
+        A server that refuses: FAILED_PRECONDITION `close_refused` (the channel is
+        open again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +219,11 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.GetChannelVouchers,
                     request_deserializer=teller_dot_v1_dot_payment__pb2.GetChannelVouchersRequest.FromString,
                     response_serializer=teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.SerializeToString,
+            ),
+            'CloseChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseChannel,
+                    request_deserializer=teller_dot_v1_dot_payment__pb2.CloseChannelRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_payment__pb2.CloseChannelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +472,33 @@ class PaymentService:
             '/teller.v1.PaymentService/GetChannelVouchers',
             teller_dot_v1_dot_payment__pb2.GetChannelVouchersRequest.SerializeToString,
             teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.PaymentService/CloseChannel',
+            teller_dot_v1_dot_payment__pb2.CloseChannelRequest.SerializeToString,
+            teller_dot_v1_dot_payment__pb2.CloseChannelResponse.FromString,
             options,
             channel_credentials,
             insecure,
