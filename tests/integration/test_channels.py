@@ -4,6 +4,7 @@ wallet and audited; the database refuses what the lock should have prevented."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -14,8 +15,9 @@ from sqlalchemy.exc import IntegrityError
 
 from teller.app import build
 from teller.channels.rules import ChannelState
+from teller.channels.store import Wanted
 from teller.db.models import AuditEvent, Channel, Voucher
-from teller.errors import FailedPrecondition, LimitExceeded, NotFound
+from teller.errors import AlreadyExists, FailedPrecondition, LimitExceeded, NotFound
 from teller.mpp.channel import voucher_typed_data
 from tests.support.channels import CHAIN_ID, ESCROW, open_channel
 from tests.support.harness import make_settings
@@ -139,3 +141,33 @@ def test_concurrent_callers_on_one_channel_sign_one_increasing_sequence(app):
     assert sorted(granted) == list(range(7, 1_000, 7))  # 142 vouchers, 994 in all
     assert [t for t, _ in app.channels.vouchers(ch.tenant_id, ch.handle)] == sorted(granted)
     assert app.channels.get(ch.tenant_id, ch.handle).cumulative == 994 and len(refused) == 16
+
+
+def _wanted(app, ch) -> Wanted:
+    view = app.channels.get(ch.tenant_id, ch.handle)
+    return Wanted(ch.tenant_id, ch.wallet_id, view.network, view.escrow, view.payee, view.token, "0x" + "00" * 20)
+
+
+def test_the_next_voucher_goes_on_the_open_channel_until_it_runs_out_then_the_caller_is_told(app):
+    ch = open_channel(app, deposit=25)
+    want = _wanted(app, ch)
+    assert [app.channels.sign_next(want, 10).cumulative for _ in range(2)] == [10, 20]
+    # Not a second channel beside it: the caller is told to close this one.
+    with pytest.raises(LimitExceeded, match=f"channel {ch.handle} .* has 5 left") as e:
+        app.channels.sign_next(want, 10)
+    assert e.value.reason == "channel_deposit_exhausted" and e.value.metadata["channel"] == ch.handle
+    # Another payee, or another operator: no channel of theirs is open, so one is opened.
+    assert app.channels.sign_next(dataclasses.replace(want, payee="0x" + "ab" * 20), 10) is None
+    assert app.channels.sign_next(dataclasses.replace(want, operator="0x" + "cd" * 20), 10) is None
+
+
+def test_a_voucher_key_replays_its_voucher_and_a_payment_key_is_left_to_the_payment(app):
+    ch = open_channel(app, deposit=100)
+    want = _wanted(app, ch)
+    first = app.channels.sign_next(want, 10, idempotency_key="k-1")
+    again = app.channels.sign_next(want, 10, idempotency_key="k-1")
+    assert (again.cumulative, again.signature, again.increment) == (first.cumulative, first.signature, 10)
+    assert app.channels.sign_next(want, 10, idempotency_key="k-2").cumulative == 20
+    with pytest.raises(AlreadyExists, match="'k-1' was already used for a different request"):
+        app.channels.sign_next(dataclasses.replace(want, token="0x" + "ef" * 20), 10, idempotency_key="k-1")
+    assert [t for t, _ in app.channels.vouchers(ch.tenant_id, ch.handle)] == [10, 20]

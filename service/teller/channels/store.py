@@ -183,24 +183,27 @@ class Channels:
                                             "different request")
                     return replay
             candidates = s.execute(
-                select(Channel.id, Channel.channel_id, Channel.descriptor).where(
-                    Channel.tenant_id == want.tenant_id, Channel.wallet_id == want.wallet_id,
-                    Channel.network == want.network, Channel.escrow == want.escrow, Channel.payee == want.payee,
-                    Channel.token == want.token, Channel.state == ChannelState.OPEN.value,
-                    Channel.deposit - Channel.cumulative >= increment)
+                select(Channel.id, Channel.channel_id, Channel.descriptor, Channel.deposit - Channel.cumulative)
+                .where(Channel.tenant_id == want.tenant_id, Channel.wallet_id == want.wallet_id,
+                       Channel.network == want.network, Channel.escrow == want.escrow, Channel.payee == want.payee,
+                       Channel.token == want.token, Channel.state == ChannelState.OPEN.value)
                 .order_by(Channel.created_ms, Channel.id)).all()
-            mine = [(handle, cid) for handle, cid, descriptor in candidates
+            mine = [(handle, cid, left) for handle, cid, descriptor, left in candidates
                     if json.loads(descriptor)["operator"].lower() == want.operator.lower()]
             if not mine:
-                return None
-            named = [handle for handle, cid in mine if cid == want.channel_id]
-            handle = named[0] if named else mine[0][0]
-            try:
-                return self._sign(s, want.tenant_id, handle, increment, max_increment, actor, idempotency_key)
-            except LimitExceeded as exc:
-                if exc.reason == "channel_deposit_exhausted":
-                    return None  # spent by another caller since it was found: open another
-                raise
+                return None  # none open: the caller opens one
+            roomy = [(handle, cid) for handle, cid, left in mine if left >= increment]
+            if not roomy:
+                # Not another channel beside it: each would hold a deposit of its own until
+                # closed, and callers racing at the end of one would open one each.
+                handle, cid, left = mine[0]
+                raise LimitExceeded(
+                    f"channel {handle} ({cid}) has {left} left of its deposit, less than the {increment} asked: "
+                    "close it (CloseChannel) and the next challenge opens a new one", reason="channel_deposit_exhausted",
+                    metadata={"channel": handle, "remaining": str(left)})
+            named = [handle for handle, cid in roomy if cid == want.channel_id]
+            handle = named[0] if named else roomy[0][0]
+            return self._sign(s, want.tenant_id, handle, increment, max_increment, actor, idempotency_key)
 
     def _replay(self, s: Session, tenant_id: str, key: str) -> SignedVoucher | None:
         found = s.execute(select(Voucher, Channel, Wallet.address).join(Channel, Channel.id == Voucher.channel)
