@@ -17,7 +17,7 @@ import httpx
 import pytest
 from eth_utils import keccak, to_checksum_address
 
-from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, Policy
+from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, PermissionDenied, Policy
 from testbed.chain import FACILITATOR_KEY
 from testbed.escrow_proxy import escrow_abi, escrow_proxy
 from testbed.tempo import TEMPO_CHAIN_ID, tempo_chain
@@ -307,3 +307,37 @@ def test_a_close_the_server_refuses_leaves_the_channel_open(live, testbed):
             client.close_channel(channel.id, other.url + "/metered")
     assert refused.value.reason == "no_session_challenge"
     assert live.app.channels.get(t.tenant_id, channel.id).state == "closing"
+
+
+def test_the_policy_judges_each_unit_caps_the_deposit_and_still_holds_after_the_open(live, testbed):
+    """per_payment_max judges one unit (the open's first voucher and each later one),
+    max_channel_deposit the deposit; a payee denied after the channel opened gets no
+    more vouchers, although its deposit is already out."""
+    chain, proxy_url, proxy = testbed
+    payee = to_checksum_address("0x" + secrets.token_hex(20))
+    assets = (Asset(chain.network, PATH_USD, 6),)
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    admin = live.admin()
+    with _server(proxy_url, proxy, payee) as server:
+        url = server.url + "/metered"
+        admin.set_policy(t.tenant_id, Policy(assets=assets, per_payment_max=PRICE, max_channel_deposit=DEPOSIT - 1,
+                                             daily_budget=50_000_000))
+        unpaid = HTTP.get(url)
+        with pytest.raises(LimitExceeded, match="max_channel_deposit|deposit") as capped:
+            client.sign(status=402, headers=list(unpaid.headers.items()), body=unpaid.content, url=url,
+                        wallet_id=t.wallet_id)
+        assert capped.value.reason == "max_channel_deposit"
+        admin.set_policy(t.tenant_id, Policy(assets=assets, per_payment_max=PRICE, max_channel_deposit=DEPOSIT,
+                                             daily_budget=50_000_000))
+        for _ in range(3):
+            _paid_request(client, t, url, server)  # a deposit of 2,000 units, each unit within per_payment_max
+        admin.set_policy(t.tenant_id, Policy(assets=assets, per_payment_max=PRICE, daily_budget=50_000_000,
+                                             payees_deny=(payee,)))
+        unpaid = HTTP.get(url)
+        with pytest.raises(PermissionDenied) as denied:
+            client.sign(status=402, headers=list(unpaid.headers.items()), body=unpaid.content, url=url,
+                        wallet_id=t.wallet_id)
+        assert denied.value.reason == "payee_not_allowed"
+    (channel,) = live.app.channels.of_tenant(t.tenant_id)
+    assert channel.cumulative == 3 * PRICE

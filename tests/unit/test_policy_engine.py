@@ -191,3 +191,26 @@ def test_arbitrary_documents_parse_or_fail_cleanly(document):
         parse(document)
     except InvalidArgument as exc:
         assert exc.message.startswith("policy")
+
+
+def test_a_channel_open_is_judged_per_unit_and_held_at_its_deposit():
+    """An MPP session's open: per_payment_max and the caller's cap judge one unit's
+    price (as they judge each voucher); max_channel_deposit caps the deposit; the
+    budgets hold the whole deposit, rounded up into the common unit."""
+    p = parse(doc(per_payment_max="100", max_channel_deposit="250000",
+                  budgets=[{"window": "day", "limit": "300000"}]))
+    opening = Charge("eip155:84532", USDC, 100, PAYEE, "https://api.example.com/x", fee=7, deposit=200_000)
+    d = evaluate_scope(p, "t", opening, {}, False)
+    assert d.allowed and (d.amount_common, d.fee_common) == (200_007, 7)
+    assert evaluate_scope(p, "t", Charge(**{**_fields(opening), "amount": 101}), {}, False).reason == "per_payment_max"
+    too_deep = evaluate_scope(p, "t", Charge(**{**_fields(opening), "deposit": 250_001}), {}, False)
+    assert (too_deep.reason, too_deep.limit) == ("max_channel_deposit", 250_000)
+    assert isinstance(too_deep.error(opening), LimitExceeded)
+    # The budget sees the deposit, not the unit: 100,000 already used leaves less than 200,007.
+    assert evaluate_scope(p, "t", opening, {"day": 100_000}, False).reason == "budget_exhausted:day"
+    assert evaluate([Scope("tenant", p, False, {})], opening, caller_cap=99).reason == "caller_max_amount"
+    assert to_document(parse(to_document(p)))["max_channel_deposit"] == "250000"
+
+
+def _fields(charge: Charge) -> dict:
+    return {f: getattr(charge, f) for f in Charge.__dataclass_fields__}

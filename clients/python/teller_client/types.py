@@ -235,6 +235,8 @@ class Policy:
     per_payment_max: int | None = None
     #: The most one payment may cost in fees (Tempo: gas limit x max fee per gas), common unit.
     max_fee: int | None = None
+    #: The largest deposit an MPP session channel may hold, common unit (the budgets hold it while it is out).
+    max_channel_deposit: int | None = None
     daily_budget: int | None = None  # shorthand for Budget(limit, "day")
     budgets: tuple[Budget, ...] = ()
     assets: tuple[Asset, ...] = ()
@@ -265,6 +267,8 @@ class Policy:
             doc["per_payment_max"] = str(self.per_payment_max)
         if self.max_fee is not None:
             doc["max_fee"] = str(self.max_fee)
+        if self.max_channel_deposit is not None:
+            doc["max_channel_deposit"] = str(self.max_channel_deposit)
         if not wallet:
             doc["assets"] = [{"network": a.network, "address": a.address, "decimals": a.decimals} for a in self.assets]
             doc["allow_unknown_assets"] = self.allow_unknown_assets

@@ -71,6 +71,13 @@ class Offer(Generic[P]):
     pay_to: str
     terms: P
     other_payees: tuple[str, ...] = ()  # MPP split recipients
+    #: An MPP session's open: the channel's deposit (``amount`` is then one unit's price).
+    deposit: int | None = None
+
+    @property
+    def moves(self) -> int:
+        """What paying it takes out of the wallet: the deposit of a channel's open, else the amount."""
+        return self.amount if self.deposit is None else self.deposit
 
 
 class Scheme(Protocol[P]):

@@ -97,7 +97,10 @@ class TempoSession:
         skipped = mpp_common.expired(ch, now)
         if skipped is not None:
             return skipped
-        return Offer(self, req.network, req.currency, deposit(req), req.recipient, Session(ch, req))
+        # The policy and the caller's cap judge one unit's price, as they judge each
+        # voucher; the budgets hold the deposit.
+        return Offer(self, req.network, req.currency, req.amount, req.recipient, Session(ch, req),
+                     deposit=deposit(req))
 
     def purchase_terms(self, offer: Offer[Session]) -> object:
         ch = offer.terms.challenge
@@ -165,6 +168,8 @@ class TempoSession:
         fee_max = tempo_gas.max_fee(opened.tx.gas_limit, opened.tx.gas_price)
         row = new_payment(offer, ctx, version=1, nonce=nonce, valid_before=int(opened.tx.valid_before or 0),
                           header_name=ch.header, header_value=value)
+        # The payment is the deposit leaving the wallet (its budgets hold the deposit: amount_common).
+        row.amount = opened.deposit
         row.fee_max, row.fee_common = fee_max, ctx.decision.fee_common
         channel_handle = str(uuid.uuid4())
         channel_hex = "0x" + opened.channel_id.hex()

@@ -335,7 +335,7 @@ def _scopes(locked: Sequence[_Locked | TellerError],
 
 
 def _facts(offer: Offer, url: str, payee: str | None = None, fee: int = 0) -> Charge:
-    return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, fee)
+    return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, fee, offer.deposit)
 
 
 def _evaluate(scopes: Sequence[Scope], offer: Offer, req: SignInput, fee: int) -> Decision:

@@ -47,7 +47,9 @@ from teller.sign.drivers.pg import AsyncPgBatchIO
 from teller.sign.drivers.sqla import SqlBatchIO
 from teller.sign.plan import Planner
 from teller.signing import SignInput
-from teller.spend.rules import PROTOCOLS
+from teller.spend import store as spend_store
+from teller.spend.evaluate import evaluate_scope
+from teller.spend.rules import PROTOCOLS, Charge
 from teller.states import PaymentState
 from teller.vault import SealedKey, Vault
 
@@ -124,7 +126,7 @@ class Payments:
         want = Wanted(caller.tenant_id, call.req.wallet_id, offer.network, req.escrow, req.recipient, req.currency,
                       req.operator, None if req.channel_id is None else "0x" + req.channel_id.hex())
         signed = self.channels.sign_next(want, req.amount, max_increment=call.req.max_amount, actor=caller.actor,
-                                         idempotency_key=key, check=self._token_check(caller, call.secret))
+                                         idempotency_key=key, check=self._voucher_check(call, offer))
         if signed is None:
             return None
         value = voucher_credential(session, signed.descriptor, signed.channel_id, signed.cumulative,
@@ -143,15 +145,27 @@ class Payments:
             TEMPO_SESSION.open_facts(offer, call.prepared, self.chain, payer=known[0], clock=self.clock)
 
     @staticmethod
-    def _token_check(caller: Caller, secret: str | None) -> Callable[[Session_], None] | None:
-        """The caller's token verified inside the voucher's transaction (as the batch does for payments)."""
-        if secret is None:
-            return None
+    def _voucher_check(call: Call, offer: Offer) -> Callable[[Session_], None]:
+        """What the voucher's transaction checks first, as the batch does for a
+        payment: the caller's token, and the tenant's and wallet's policies as
+        they stand now (a payee denied since the channel opened gets no more;
+        ``per_payment_max`` judges each voucher's increment). The budgets are not
+        asked: the deposit the voucher spends is already held."""
+        caller, secret = call.caller, call.secret
+        charge = Charge(offer.network, offer.asset, offer.amount, offer.pay_to, call.req.url)
 
         def check(s: Session_) -> None:
-            row = s.execute(select(ApiToken.secret_hash, ApiToken.revoked_ms).where(
-                ApiToken.id == caller.token_id, ApiToken.tenant_id == caller.tenant_id)).one_or_none()
-            check_secret(None if row is None else row[0], None if row is None else row[1], secret)
+            if secret is not None:
+                row = s.execute(select(ApiToken.secret_hash, ApiToken.revoked_ms).where(
+                    ApiToken.id == caller.token_id, ApiToken.tenant_id == caller.tenant_id)).one_or_none()
+                check_secret(None if row is None else row[0], None if row is None else row[1], secret)
+            tenant, wallets = spend_store.policies(s, caller.tenant_id, [call.req.wallet_id])
+            for name, policy in (("tenant", tenant), ("wallet", wallets.get(call.req.wallet_id))):
+                if policy is None:
+                    continue
+                decision = evaluate_scope(dataclasses.replace(policy, budgets=()), name, charge, {}, False)
+                if not decision.allowed:
+                    raise decision.error(charge)
         return check
 
     def _trusted_escrows(self, collected: offers_mod.Collected) -> offers_mod.Collected:
@@ -197,9 +211,9 @@ class Payments:
         """The offers this wallet cannot cover, where the chain can tell (see ``balances``)."""
         out: dict[int, FailedPrecondition] = {}
         for o in collected.offers:
-            if self.balances.checks(o.network, o.scheme.id, o.amount):
+            if self.balances.checks(o.network, o.scheme.id, o.moves):
                 refusal = self.balances.shortfall(wallet_id=wallet_id, address=address, network=o.network,
-                                                  asset=o.asset, amount=o.amount, cached_only=cached_only)
+                                                  asset=o.asset, amount=o.moves, cached_only=cached_only)
                 if refusal is not None:
                     out[id(o)] = refusal
         return out

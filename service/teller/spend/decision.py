@@ -25,6 +25,7 @@ class DenialReason(StrEnum):
     PAYEE_NOT_ALLOWED = "payee_not_allowed"
     HOST_NOT_ALLOWED = "host_not_allowed"
     PER_PAYMENT_MAX = "per_payment_max"
+    MAX_CHANNEL_DEPOSIT = "max_channel_deposit"
     MAX_FEE = "max_fee"
     CALLER_MAX_AMOUNT = "caller_max_amount"
     #: Recorded with the budget's name: ``budget_exhausted:<name>`` (see ``budget_exhausted``).
@@ -41,7 +42,8 @@ class DenialReason(StrEnum):
 ALLOWED = "ok"
 _BUDGET_PREFIX = f"{DenialReason.BUDGET_EXHAUSTED}:"
 #: Refusals that are a limit running out (RESOURCE_EXHAUSTED), not a rule (PERMISSION_DENIED).
-_LIMITS = frozenset((DenialReason.PER_PAYMENT_MAX, DenialReason.CALLER_MAX_AMOUNT, DenialReason.MAX_FEE))
+_LIMITS = frozenset((DenialReason.PER_PAYMENT_MAX, DenialReason.CALLER_MAX_AMOUNT, DenialReason.MAX_FEE,
+                     DenialReason.MAX_CHANNEL_DEPOSIT))
 
 
 def budget_exhausted(name: str) -> str:

@@ -80,6 +80,14 @@ def evaluate_scope(
         return Decision(False, DenialReason.HOST_NOT_ALLOWED, scope)
     if p.per_payment_max is not None and amount > p.per_payment_max:
         return Decision(False, DenialReason.PER_PAYMENT_MAX, scope, p.per_payment_max, amount_common=amount)
+    if charge.deposit is not None:
+        # A channel's open: the budgets hold its whole deposit, rounded up like any amount.
+        amount = common_amount(p, charge, charge.deposit) or 0
+        if amount > MAX_AMOUNT or charge.deposit > MAX_AMOUNT:
+            return Decision(False, DenialReason.AMOUNT_OUT_OF_RANGE, scope, MAX_AMOUNT, amount_common=amount)
+        if p.max_channel_deposit is not None and amount > p.max_channel_deposit:
+            return Decision(False, DenialReason.MAX_CHANNEL_DEPOSIT, scope, p.max_channel_deposit,
+                            amount_common=amount)
     fee = common_amount(p, charge, charge.fee) or 0
     if p.max_fee is not None and fee > p.max_fee:
         return Decision(False, DenialReason.MAX_FEE, scope, p.max_fee, amount_common=amount + fee, fee_common=fee)

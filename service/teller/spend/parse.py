@@ -129,8 +129,8 @@ def parse_duration(text: str, path: str) -> int:
     return int(m.group(1)) * _DURATION_MS[m.group(2)]
 
 
-_TOP = {"unit_decimals", "per_payment_max", "max_fee", "budgets", "networks", "assets", "allow_unknown_assets",
-        "deny_assets", "payees", "hosts", "protocols", "mpp_mode"}
+_TOP = {"unit_decimals", "per_payment_max", "max_fee", "max_channel_deposit", "budgets", "networks", "assets",
+        "allow_unknown_assets", "deny_assets", "payees", "hosts", "protocols", "mpp_mode"}
 
 
 def parse(doc: Any, *, wallet: bool = False) -> Policy:
@@ -151,6 +151,7 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
         raise _fail("unit_decimals", "must be an integer from 0 to 18")
     per_payment = _amount(doc, "per_payment_max", "per_payment_max")
     max_fee = _amount(doc, "max_fee", "max_fee")
+    max_deposit = _amount(doc, "max_channel_deposit", "max_channel_deposit")
 
     raw_budgets = doc.get("budgets", [])
     if not isinstance(raw_budgets, list) or len(raw_budgets) > 16:
@@ -226,6 +227,7 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
         unit_decimals=unit,
         per_payment_max=per_payment,
         max_fee=max_fee,
+        max_channel_deposit=max_deposit,
         budgets=tuple(budgets),
         networks=_lists(doc, "networks", _network),
         assets=tuple(assets),
@@ -245,6 +247,8 @@ def to_document(p: Policy, *, wallet: bool = False) -> dict[str, Any]:
         doc["per_payment_max"] = str(p.per_payment_max)
     if p.max_fee is not None:
         doc["max_fee"] = str(p.max_fee)
+    if p.max_channel_deposit is not None:
+        doc["max_channel_deposit"] = str(p.max_channel_deposit)
     doc["budgets"] = [
         {"name": b.name, "kind": "rolling" if b.rolling_ms else "calendar", "limit": str(b.limit),
          "window": b.calendar or _format_duration(b.rolling_ms)}

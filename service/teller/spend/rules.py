@@ -66,6 +66,9 @@ class Policy:
     #: The most one payment may cost in fees (a Tempo transaction's gas limit x
     #: max fee per gas), in the common unit; None: no cap beyond the budgets.
     max_fee: int | None = None
+    #: The largest deposit an MPP session channel may hold, in the common unit;
+    #: None: no cap beyond the budgets (which hold every deposit while it is out).
+    max_channel_deposit: int | None = None
     budgets: tuple[Budget, ...] = ()
     networks: Lists = Lists()
     assets: tuple[Asset, ...] = ()
@@ -112,6 +115,10 @@ class Charge:
     #: atomic units (Tempo fees are paid in the charged TIP-20 token); 0 for
     #: proofs someone else submits.
     fee: int = 0
+    #: An MPP session's open: the channel's deposit, which the budgets hold (and
+    #: ``max_channel_deposit`` caps), while ``amount`` is one unit's price, which
+    #: ``per_payment_max`` and the caller's cap judge as they judge each voucher.
+    deposit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

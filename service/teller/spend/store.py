@@ -43,6 +43,9 @@ def _policies(s: Session, tenant_id: str, wallet_ids: Sequence[str]) -> tuple[Po
     return tenant, {w: inherit(parsed(d, True), tenant) for w, d in docs.items()}
 
 
+policies = _policies
+
+
 @functools.lru_cache(maxsize=256)
 def _scan_statement(column: str, windows: tuple[tuple[str, bool], ...]) -> Select[Any]:
     """The window-sum query for a shape of budgets, built once: the bounds are
