@@ -324,7 +324,7 @@ def test_the_policy_judges_each_unit_caps_the_deposit_and_still_holds_after_the_
         admin.set_policy(t.tenant_id, Policy(assets=assets, per_payment_max=PRICE, max_channel_deposit=DEPOSIT - 1,
                                              daily_budget=50_000_000))
         unpaid = HTTP.get(url)
-        with pytest.raises(LimitExceeded, match="max_channel_deposit|deposit") as capped:
+        with pytest.raises(LimitExceeded) as capped:
             client.sign(status=402, headers=list(unpaid.headers.items()), body=unpaid.content, url=url,
                         wallet_id=t.wallet_id)
         assert capped.value.reason == "max_channel_deposit"
