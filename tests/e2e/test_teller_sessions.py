@@ -213,6 +213,7 @@ def test_a_retry_under_the_same_key_gets_the_same_open_or_voucher(any_db, testbe
 
 
 @pytest.mark.short_validity(10)
+@pytest.mark.parametrize("any_db", ["sqlite"], indirect=True)  # the expiry is the reconciler's, not a driver's
 def test_an_open_never_sent_expires_and_closes_its_channel(any_db, testbed):
     """The open transaction's credential never reaches the server: once it can no
     longer be mined, the reconciler releases the deposit and closes the channel in
