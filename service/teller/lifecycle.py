@@ -125,6 +125,10 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
+    if p.scheme == SchemeId.TEMPO_SESSION and change.to != PaymentState.SETTLED:
+        # The open transaction will never be mined: no channel exists to sign vouchers on.
+        # Its row is locked before the audit chain head, as a voucher locks them.
+        Channels.open_failed(s, p.id, now_ms)
     action = f"payment.{change.to}" if not (change.to == PaymentState.FAILED and change.release) else "payment.released"
     # The audit chain head is locked before the spend buckets, as in Sign: one lock order.
     audit.record(
@@ -138,9 +142,6 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
     # Released, it holds nothing; settled, it is spent at what its fee was (it was
     # reserved at the most the fee could be); otherwise it holds what it held.
     move_buckets(s, p, None if change.release else change.to, amount_common)
-    if p.scheme == SchemeId.TEMPO_SESSION and change.to != PaymentState.SETTLED:
-        # The open transaction will never be mined: no channel exists to sign vouchers on.
-        Channels.open_failed(s, p.id, now_ms)
     return True
 
 

@@ -318,3 +318,21 @@ def test_voucher_requests_read_or_name_the_field():
             session.parse_need_voucher(json.dumps({**doc, key: 1}), 4096)
     with pytest.raises(InvalidArgument, match="JSON object"):
         session.parse_need_voucher("[]", 4096)
+
+
+def test_a_session_offer_is_one_unit_held_at_its_deposit_and_one_purchase_whatever_the_server_knows():
+    from datetime import UTC, datetime
+
+    from teller.schemes.mpp_session import TEMPO_SESSION
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    offer = TEMPO_SESSION.offer(_challenge(_request()), now)
+    assert not isinstance(offer, str)
+    assert (offer.amount, offer.deposit, offer.moves, offer.pay_to) == (25, 10_000, 10_000, PAYEE)
+    # A retry of an open that reached the server meets a challenge naming the channel: the same purchase.
+    named = TEMPO_SESSION.offer(_challenge(_request(methodDetails={"channelId": "0x" + "ab" * 32})), now)
+    assert not isinstance(named, str)
+    assert TEMPO_SESSION.purchase_terms(named) == TEMPO_SESSION.purchase_terms(offer)
+    dearer = TEMPO_SESSION.offer(_challenge(_request(amount="26")), now)
+    assert not isinstance(dearer, str)
+    assert TEMPO_SESSION.purchase_terms(dearer) != TEMPO_SESSION.purchase_terms(offer)

@@ -103,8 +103,14 @@ class TempoSession:
                      deposit=deposit(req))
 
     def purchase_terms(self, offer: Offer[Session]) -> object:
-        ch = offer.terms.challenge
-        return {"method": ch.method, "intent": ch.intent, "realm": ch.realm, "request": dict(ch.request)}
+        # The channel's terms, not what the server says of a channel it may already
+        # hold (channelId, sessionSnapshot): a retry of an open that reached it
+        # meets a challenge that names the channel, and is the same purchase.
+        ch, req = offer.terms.challenge, offer.terms.request
+        return {"method": ch.method, "intent": ch.intent, "realm": ch.realm, "amount": str(req.amount),
+                "unit": req.unit_type, "currency": req.currency, "recipient": req.recipient,
+                "chain": req.chain_id, "escrow": req.escrow, "operator": req.operator,
+                "deposit": str(deposit(req))}
 
     def chain_facts(self, offer: Offer[Session], prepared: Prepared, chain: ChainReader, *, payer: str | None,
                     clock: Clock, cached_only: bool) -> None:
