@@ -50,8 +50,8 @@ from teller.errors import TellerError  # noqa: E402
 from teller.mpp.channel import voucher_typed_data  # noqa: E402
 from teller.vault.signer import WalletSigner, address_of  # noqa: E402
 from testbed import pg  # noqa: E402
-from tests.support.channels import CHAIN_ID, ESCROW, open_channel  # noqa: E402
-from tests.support.harness import make_settings  # noqa: E402
+from testbed.channels import CHAIN_ID, ESCROW, open_channel  # noqa: E402
+from testbed.settings import make_settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 #: Far more than any run signs: no case ends because a deposit ran out.

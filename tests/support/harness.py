@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import os
 import secrets
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import grpc
 
@@ -15,19 +12,7 @@ from teller.clock import Clock, system_clock
 from teller.config import Settings
 from teller.rpc.server import BackgroundServer
 from teller_client import AdminClient, Policy, TellerClient
-
-
-def make_settings(database_url: str, data_dir: Path, **kw: object) -> Settings:
-    kek = base64.b64encode(os.urandom(32)).decode()
-    base = Settings(
-        listen="127.0.0.1:0",
-        database_url=database_url,
-        data_dir=data_dir,
-        kek=f"test1:{kek}",
-        admin_token="op_" + secrets.token_urlsafe(16),
-        networks={"anvil": 31337},
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
+from testbed.settings import make_settings
 
 
 @dataclass
@@ -80,3 +65,5 @@ class RunningTeller:
             c.close()
         self.server.stop()
         self.app.close()
+
+__all__ = ["RunningTeller", "TenantSetup", "make_settings"]
