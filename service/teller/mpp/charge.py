@@ -60,7 +60,7 @@ class ChargeRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class Charge:
+class ChargeTerms:
     """A charge challenge and its request, as parsed: what an MPP charge offer pays."""
 
     challenge: MppChallenge
@@ -275,6 +275,16 @@ def credential(ch: MppChallenge, payload: Mapping[str, Any], source: str) -> str
 
 
 __all__ = [
-    "Charge", "ChargeRequest", "Transfer", "attribution_memo", "credential", "did_pkh", "evm_authorization", "evm_nonce",
-    "parse_request", "tempo_transaction", "transfers", "valid_before",
+    "ChargeRequest",
+    "ChargeTerms",
+    "Transfer",
+    "attribution_memo",
+    "credential",
+    "did_pkh",
+    "evm_authorization",
+    "evm_nonce",
+    "parse_request",
+    "tempo_transaction",
+    "transfers",
+    "valid_before",
 ]

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from teller.mpp.challenge import MppChallenge
-from teller.mpp.charge import Charge, ChargeRequest
+from teller.mpp.charge import ChargeRequest, ChargeTerms
 from teller.schemes.base import Offer, Scheme
 
 
@@ -18,12 +18,12 @@ def expired(ch: MppChallenge, now: datetime) -> str | None:
     return None
 
 
-def charge_offer(scheme: Scheme[Charge], ch: MppChallenge, req: ChargeRequest) -> Offer[Charge]:
-    return Offer(scheme, req.network, req.currency, req.amount, req.recipient, Charge(ch, req),
+def charge_offer(scheme: Scheme[ChargeTerms], ch: MppChallenge, req: ChargeRequest) -> Offer[ChargeTerms]:
+    return Offer(scheme, req.network, req.currency, req.amount, req.recipient, ChargeTerms(ch, req),
                  tuple(s.recipient for s in req.splits))
 
 
-def purchase_terms(offer: Offer[Charge]) -> object:
+def purchase_terms(offer: Offer[ChargeTerms]) -> object:
     ch = offer.terms.challenge
     # id, expires, digest and opaque belong to one challenge; the request is the price.
     return {"method": ch.method, "intent": ch.intent, "realm": ch.realm, "request": dict(ch.request)}

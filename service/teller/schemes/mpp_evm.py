@@ -13,7 +13,7 @@ from teller.errors import FailedPrecondition
 from teller.mpp import charge as mpp_charge
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp.challenge import MppChallenge
-from teller.mpp.charge import Charge
+from teller.mpp.charge import ChargeTerms
 from teller.schemes import mpp_common
 from teller.schemes.base import Follow, Offer, SchemeId, new_payment
 from teller.x402 import eip3009
@@ -37,7 +37,7 @@ class EvmCharge:
     purchase_terms = staticmethod(mpp_common.purchase_terms)
     pushed = staticmethod(mpp_common.not_pushed)
 
-    def offer(self, ch: MppChallenge, now: datetime) -> Offer[Charge] | str:
+    def offer(self, ch: MppChallenge, now: datetime) -> Offer[ChargeTerms] | str:
         req = mpp_charge.parse_request(ch)  # malformed: INVALID_ARGUMENT naming the field
         skipped = mpp_common.expired(ch, now)
         if skipped is not None:
@@ -47,7 +47,7 @@ class EvmCharge:
                     f"({', '.join(req.credential_types)})")
         return mpp_common.charge_offer(self, ch, req)
 
-    def chain_facts(self, offer: Offer[Charge], prepared: Prepared, chain: ChainReader, *, payer: str | None,
+    def chain_facts(self, offer: Offer[ChargeTerms], prepared: Prepared, chain: ChainReader, *, payer: str | None,
                     clock: Clock, cached_only: bool) -> None:
         if offer.terms.request.domain is not None:
             return
@@ -58,14 +58,14 @@ class EvmCharge:
             except FailedPrecondition:
                 pass  # no RPC for it: the offer is refused if it is the one chosen
 
-    def max_fee(self, offer: Offer[Charge], prepared: Prepared) -> int:
+    def max_fee(self, offer: Offer[ChargeTerms], prepared: Prepared) -> int:
         return 0  # the server sends the transaction and pays its gas
 
-    def presign(self, offer: Offer[Charge], signer: WalletSigner, prepared: Prepared, *, wallet_id: str, now_s: int,
+    def presign(self, offer: Offer[ChargeTerms], signer: WalletSigner, prepared: Prepared, *, wallet_id: str, now_s: int,
                 max_valid_for_s: int) -> Presigned | None:
         return None  # cheap to sign under the lock, and its domain may be unknown until then
 
-    def sign(self, offer: Offer[Charge], signer: WalletSigner, ctx: Context, prepared: Prepared, *,
+    def sign(self, offer: Offer[ChargeTerms], signer: WalletSigner, ctx: Context, prepared: Prepared, *,
              max_valid_for_s: int) -> tuple[NewPayment, dict[str, Any], bytes | None]:
         ch, req = offer.terms.challenge, offer.terms.request
         domain = req.domain or prepared.domains.get((offer.network, offer.asset))

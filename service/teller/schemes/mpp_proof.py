@@ -14,7 +14,7 @@ from teller.errors import FailedPrecondition
 from teller.mpp import charge as mpp_charge
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp.challenge import MppChallenge
-from teller.mpp.charge import Charge, ChargeRequest
+from teller.mpp.charge import ChargeRequest, ChargeTerms
 from teller.schemes import mpp_common
 from teller.schemes.base import Follow, Offer, SchemeId, new_payment
 
@@ -41,18 +41,18 @@ class TempoProof:
     purchase_terms = staticmethod(mpp_common.purchase_terms)
     pushed = staticmethod(mpp_common.not_pushed)
 
-    def chain_facts(self, offer: Offer[Charge], prepared: Prepared, chain: ChainReader, *, payer: str | None,
+    def chain_facts(self, offer: Offer[ChargeTerms], prepared: Prepared, chain: ChainReader, *, payer: str | None,
                     clock: Clock, cached_only: bool) -> None:
         return None
 
-    def max_fee(self, offer: Offer[Charge], prepared: Prepared) -> int:
+    def max_fee(self, offer: Offer[ChargeTerms], prepared: Prepared) -> int:
         return 0
 
-    def presign(self, offer: Offer[Charge], signer: WalletSigner, prepared: Prepared, *, wallet_id: str, now_s: int,
+    def presign(self, offer: Offer[ChargeTerms], signer: WalletSigner, prepared: Prepared, *, wallet_id: str, now_s: int,
                 max_valid_for_s: int) -> Presigned | None:
         return None
 
-    def sign(self, offer: Offer[Charge], signer: WalletSigner, ctx: Context, prepared: Prepared, *,
+    def sign(self, offer: Offer[ChargeTerms], signer: WalletSigner, ctx: Context, prepared: Prepared, *,
              max_valid_for_s: int) -> tuple[NewPayment, dict[str, Any], bytes | None]:
         ch, req = offer.terms.challenge, offer.terms.request
         refuse_fee_payer(ch, req)

@@ -17,7 +17,7 @@ from teller.mpp import charge as mpp_charge
 from teller.mpp import gas as tempo_gas
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp.challenge import MppChallenge
-from teller.mpp.charge import Charge
+from teller.mpp.charge import ChargeTerms
 from teller.mpp.tempo_tx import TempoTransaction
 from teller.schemes import mpp_common
 from teller.schemes.base import Follow, Offer, SchemeId, new_payment
@@ -42,7 +42,7 @@ def tx_hash(raw: bytes) -> str:
     return "0x" + keccak256(raw).hex()
 
 
-def gas_limit(prepared: Prepared, offer: Offer[Charge]) -> int:
+def gas_limit(prepared: Prepared, offer: Offer[ChargeTerms]) -> int:
     """The offer's estimated gas limit; raises the chain's refusal."""
     found = prepared.gas_limits.get(id(offer))
     if isinstance(found, TellerError):
@@ -64,7 +64,7 @@ class TempoCharge:
     decode_receipt = staticmethod(mpp_receipt.decode)
     purchase_terms = staticmethod(mpp_common.purchase_terms)
 
-    def offer(self, ch: MppChallenge, now: datetime) -> Offer[Charge] | str:
+    def offer(self, ch: MppChallenge, now: datetime) -> Offer[ChargeTerms] | str:
         req = mpp_charge.parse_request(ch)  # malformed: INVALID_ARGUMENT naming the field
         skipped = mpp_common.expired(ch, now)
         if skipped is not None:
@@ -72,7 +72,7 @@ class TempoCharge:
         # Nothing moves for an amount of zero: a proof, not a transaction.
         return mpp_common.charge_offer(TEMPO_PROOF if req.amount == 0 else self, ch, req)
 
-    def chain_facts(self, offer: Offer[Charge], prepared: Prepared, chain: ChainReader, *, payer: str | None,
+    def chain_facts(self, offer: Offer[ChargeTerms], prepared: Prepared, chain: ChainReader, *, payer: str | None,
                     clock: Clock, cached_only: bool) -> None:
         network, gas = offer.network, prepared.gas_price
         if network not in gas:
@@ -91,7 +91,7 @@ class TempoCharge:
             except (FailedPrecondition, InvalidArgument) as exc:
                 prepared.gas_limits[id(offer)] = exc  # reported if this offer is the one chosen
 
-    def max_fee(self, offer: Offer[Charge], prepared: Prepared) -> int:
+    def max_fee(self, offer: Offer[ChargeTerms], prepared: Prepared) -> int:
         """The most the transaction can cost its wallet in fees (fee-token base
         units, the charged token): its estimated gas limit x the max fee per gas
         Teller signs. 0 when the estimate failed (signing then fails with the
@@ -102,7 +102,7 @@ class TempoCharge:
             return 0
         return tempo_gas.max_fee(limit, price)
 
-    def presign(self, offer: Offer[Charge], signer: WalletSigner, prepared: Prepared, *, wallet_id: str, now_s: int,
+    def presign(self, offer: Offer[ChargeTerms], signer: WalletSigner, prepared: Prepared, *, wallet_id: str, now_s: int,
                 max_valid_for_s: int) -> Presigned | None:
         ch, req = offer.terms.challenge, offer.terms.request
         price = prepared.gas_price.get(offer.network)
@@ -116,7 +116,7 @@ class TempoCharge:
         raw = signed_transaction(tx, signer)
         return Presigned(offer, wallet_id, signer.address, (tx, raw), tx_hash(raw))
 
-    def sign(self, offer: Offer[Charge], signer: WalletSigner, ctx: Context, prepared: Prepared, *,
+    def sign(self, offer: Offer[ChargeTerms], signer: WalletSigner, ctx: Context, prepared: Prepared, *,
              max_valid_for_s: int) -> tuple[NewPayment, dict[str, Any], bytes | None]:
         ch, req = offer.terms.challenge, offer.terms.request
         refuse_fee_payer(ch, req)
@@ -151,7 +151,7 @@ class TempoCharge:
         row.fee_max, row.fee_common = fee_max, ctx.decision.fee_common
         return row, details, raw
 
-    def pushed(self, offer: Offer[Charge], tx_hash: str, payer: str) -> str:
+    def pushed(self, offer: Offer[ChargeTerms], tx_hash: str, payer: str) -> str:
         ch, req = offer.terms.challenge, offer.terms.request
         return mpp_charge.credential(ch, {"type": "hash", "hash": tx_hash}, mpp_charge.did_pkh(req.chain_id, payer))
 
