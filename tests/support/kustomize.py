@@ -42,3 +42,10 @@ def render(directory: Path) -> list[Doc]:
 def containers(doc: Doc) -> list[Doc]:
     pod = doc.get("spec", {}).get("template", {}).get("spec", {})
     return list(pod.get("containers", [])) + list(pod.get("initContainers", []))
+
+
+def alert_rules(directory: Path) -> list[Doc]:
+    """The alerting rules of the one PrometheusRule `directory` renders: the one
+    list of Teller's alerts the tests read (the monitoring tests and the runbooks')."""
+    (rule,) = [d for d in render(directory) if d["kind"] == "PrometheusRule"]
+    return [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
