@@ -15,8 +15,12 @@ import base64
 import json
 from collections.abc import Callable
 
+import h11
+import httpx
+
 from teller import untrusted_json
 from teller.audit import events as audit
+from teller.fetch import TELLER_SETS
 from teller.mpp import challenge as mpp_challenge
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp import session as mpp_session
@@ -135,10 +139,37 @@ def policy_document_target(data: bytes) -> None:
     assert to_document(again, wallet=wallet) == document, "canonical policy form is not stable"
 
 
+def _caller_headers(raw: bytes) -> list[tuple[str, str]]:
+    """Pay's ``headers`` from the payload: headers separated by 0xfe, name and value
+    by 0xff. Neither byte occurs in UTF-8, so every character a gRPC string can
+    hold (CR, LF, NUL, colons, non-ASCII) can be in a name or a value."""
+    headers = []
+    for item in raw.split(b"\xfe") if raw else ():
+        name, _, value = item.partition(b"\xff")
+        headers.append((name.decode("utf-8", "replace"), value.decode("utf-8", "replace")))
+    return headers
+
+
+def _sent_as_is(headers: tuple[tuple[str, str], ...]) -> None:
+    """What Pay accepts from a caller, its HTTP client (httpx, over h11) writes as it
+    is: no header refused there (an error that is not the caller's) and none split
+    or joined on the wire."""
+    sent = [(k, v) for k, v in headers if k.lower() not in TELLER_SETS]  # as the fetcher sends them
+    request = httpx.Request("GET", "http://a.example/", headers=[*sent, ("Host", "a.example")])
+    wire = h11.Connection(h11.CLIENT).send(
+        h11.Request(method="GET", target="/", headers=request.headers.raw))
+    assert wire is not None
+    lines = wire.split(b"\r\n")
+    assert lines[0] == b"GET / HTTP/1.1" and lines[-2:] == [b"", b""], wire[:200]
+    written = [line for line in lines[1:-2] if not line.lower().startswith(b"host:")]
+    assert written == [f"{k}: {v}".encode("ascii") for k, v in sent], "headers changed on the wire"
+
+
 def caller_fields_target(data: bytes) -> None:
-    """A caller's scalar fields: page tokens, max_amount, Sign and Pay inputs."""
-    mode, _, text = _split(data)
-    which = mode % 4
+    """A caller's scalar fields: page tokens, max_amount, Sign and Pay inputs, and
+    Pay's headers (a list, or one value), which when accepted must reach the wire as they are."""
+    mode, raw, text = _split(data)
+    which = mode % 6
     if which == 0:
         audit.page_cursor(text, "page_token")
     elif which == 1:
@@ -147,9 +178,14 @@ def caller_fields_target(data: bytes) -> None:
     elif which == 2:
         sign_input(status=402, headers=(), body=b"", url=text, method=text, wallet_id=text, max_amount="",
                    idempotency_key=text, protocols=tuple(text.split(",")))
-    else:
+    elif which == 3:
         pay_input(url=text, method=text, headers=(), body=b"", wallet_id=text or "w", max_amount="",
                   idempotency_key="", protocols=())
+    else:
+        headers = _caller_headers(raw) if which == 4 else [("X-Fuzz", text)]
+        accepted = pay_input(url="http://a.example/", method="GET", headers=headers, body=b"", wallet_id="w",
+                             max_amount="", idempotency_key="", protocols=())
+        _sent_as_is(accepted.headers)
 
 
 def untrusted_json_target(data: bytes) -> None:

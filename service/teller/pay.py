@@ -91,6 +91,10 @@ def caller_headers(headers: Sequence[tuple[str, str]]) -> tuple[tuple[str, str],
         if not _VALUE.fullmatch(value):
             raise InvalidArgument(f"headers: the value of {name} must be visible ASCII, spaces and tabs "
                                   "(no CR, LF or other control characters, no non-ASCII)")
+        if value != value.strip(" \t"):
+            # RFC 9110 field-value: whitespace around it is not part of it; the HTTP
+            # layer refuses to send it (which would read as the server being unreachable).
+            raise InvalidArgument(f"headers: the value of {name} must not begin or end with a space or tab")
         if name.lower() in HOP_BY_HOP:
             raise InvalidArgument(f"headers: {name} is a hop-by-hop header; Teller sets it for its own connection")
     return tuple(headers)

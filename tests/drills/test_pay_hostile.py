@@ -357,6 +357,11 @@ def test_an_mpp_style_problem_details_refusal_is_the_reason(teller, tenant):
     ("X-Note", "caf\u00e9", "X-Note"),
     ("X-Note", "a\r\nX-Injected: 1", "X-Note"),
     ("X-Note", "a\nb", "X-Note"),
+    ("X-Note", "a\x00b", "headers[0].value"),
+    # Whitespace around a value is not part of it (RFC 9110): the HTTP layer would refuse to send it.
+    ("X-Note", " padded", "X-Note"),
+    ("X-Note", "padded\t", "X-Note"),
+    ("X-Nul\x00", "1", "headers[0].name"),
     ("X-Bad\r\nInjected", "1", "X-Bad"),
     ("bad name", "1", "bad name"),
     ("", "1", "header name"),
