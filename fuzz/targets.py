@@ -22,6 +22,7 @@ from teller import untrusted_json
 from teller.audit import events as audit
 from teller.fetch import TELLER_SETS
 from teller.mpp import challenge as mpp_challenge
+from teller.mpp import channel_events
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp import session as mpp_session
 from teller.mpp.charge import parse_request
@@ -106,6 +107,24 @@ def mpp_session_target(data: bytes) -> None:
         mpp_session.parse_need_voucher(raw if mode & 8 else text, MAX)
     else:
         mpp_session.parse_descriptor(untrusted_json.loads(raw, "credential", max_bytes=MAX), "credential")
+
+
+def channel_events_target(data: bytes) -> None:
+    """An escrow log as a chain's node returns it (teller.mpp.channel_events): the
+    first byte picks the first topic (one of the four events, or none of them)
+    and how many topics follow it; the rest is those topics' 32-byte words, then
+    the log's data. Whatever decodes stays within its ABI types."""
+    mode, raw, _ = _split(data)
+    kinds = channel_events.TOPICS
+    which, count = mode % (len(kinds) + 1), (mode >> 3) % 6
+    first = [kinds[which]] if which < len(kinds) else [raw[:32]]
+    words = [raw[32 * i:32 * (i + 1)] for i in range(count)]
+    event = channel_events.decode(address="0x5FbDB2315678afecb367f032d93F642f64180aa3", topics=first + words,
+                                  data=raw[32 * count:], tx_hash=b"\x22" * 32, block=7, log_index=3)
+    if event is not None:
+        assert 0 <= event.log.position < 2**63, "a position outside a signed 64-bit column"
+        amounts = [getattr(event, f) for f in event.__slots__ if f != "log"]  # type: ignore[attr-defined]
+        assert all(0 <= a < 2**256 for a in amounts), f"amounts outside uint256: {amounts}"
 
 
 def receipts_target(data: bytes) -> None:
@@ -200,6 +219,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "mpp_challenge": mpp_challenge_target,
     "mpp_charge_request": mpp_charge_request_target,
     "mpp_session": mpp_session_target,
+    "channel_events": channel_events_target,
     "receipts": receipts_target,
     "policy_document": policy_document_target,
     "caller_fields": caller_fields_target,

@@ -2,12 +2,15 @@
 
 Used to see what happened to an authorization after it left Teller (balances,
 ``authorizationState``, the ``AuthorizationUsed`` / ``AuthorizationCanceled``
-events) and to broadcast a wallet's ``cancelAuthorization``. Every web3 or
-transport failure becomes ``Unavailable`` here, and nowhere else.
+events) and to a payment channel (the escrow's events, decoded by
+``teller.mpp.channel_events``), and to broadcast a wallet's
+``cancelAuthorization``. Every web3 or transport failure becomes
+``Unavailable`` here, and nowhere else.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -20,10 +23,13 @@ from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 
 from teller.clock import Clock
 from teller.errors import FailedPrecondition, Unavailable
+from teller.mpp import channel_events
 from teller.mpp import gas as tempo_gas
+from teller.mpp.channel_events import ChannelEvent, MalformedEvent
 from teller.mpp.tempo_tx import TempoTransaction
 
 T = TypeVar("T")
+log = logging.getLogger("teller.chain")
 
 _ERC20_EIP3009_ABI = [
     {"type": "function", "name": "balanceOf", "stateMutability": "view",
@@ -95,6 +101,35 @@ def _event(log: Mapping[str, Any]) -> AuthorizationEvent | None:
         authorizer=to_checksum_address("0x" + topics[1][-40:]), nonce=topics[2],
         tx_hash=_hex(log["transactionHash"]), block=int(log["blockNumber"]),
     )
+
+
+def _raw(value: Any) -> Any:
+    """A log field as bytes when it is hex text (raw JSON-RPC); as given otherwise (web3's HexBytes)."""
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return bytes.fromhex(value[2:])
+        except ValueError:
+            return value
+    return value
+
+
+def _channel_event(entry: Mapping[str, Any]) -> ChannelEvent | None:
+    try:
+        return channel_events.decode(
+            address=entry.get("address"),  # type: ignore[arg-type]
+            topics=[_raw(t) for t in entry.get("topics") or ()], data=_raw(entry.get("data")),
+            tx_hash=_raw(entry.get("transactionHash")), block=entry.get("blockNumber"),  # type: ignore[arg-type]
+            log_index=entry.get("logIndex"))  # type: ignore[arg-type]
+    except MalformedEvent as exc:
+        # Skipped, not guessed at: a close never seen keeps its whole deposit counted
+        # (Teller counts more than was spent, never less).
+        log.warning("malformed escrow event in transaction %s, block %s: %s",
+                    str(entry.get("transactionHash"))[:80], str(entry.get("blockNumber"))[:20], exc)
+        return None
+
+
+#: Channel ids per ``eth_getLogs`` of ``channel_events`` (nodes bound a filter's size).
+CHANNEL_IDS_PER_QUERY = 200
 
 
 class NotCached(Exception):
@@ -324,6 +359,33 @@ class ChainReader:
                                                    "toBlock": to_block, "topics": topics})
             return [e for e in map(_event, logs) if e is not None]
         return self._call(network, "event read", read)
+
+    def channel_events(self, network: str, escrows: Iterable[str], channel_ids: Iterable[str], from_block: int,
+                       to_block: int) -> list[ChannelEvent]:
+        """The escrows' ``Settled``, ``CloseRequested``, ``CloseRequestCancelled``
+        and ``ChannelClosed`` logs of the given channels (0x-hex ids), in chain
+        order. The channel ids go in the filter (``topics[1]``, indexed), a few
+        hundred per ``eth_getLogs``: an escrow is shared by every payer on the
+        chain, and only these channels are Teller's. A log that does not fit its
+        event's ABI is skipped with a warning."""
+        addresses = sorted({Web3.to_checksum_address(a) for a in escrows})
+        ids = sorted({i.lower() for i in channel_ids})
+        if not addresses or not ids or from_block > to_block:
+            return []
+        kinds = ["0x" + t.hex() for t in channel_events.TOPICS]
+
+        def read() -> list[ChannelEvent]:
+            found: list[ChannelEvent] = []
+            for start in range(0, len(ids), CHANNEL_IDS_PER_QUERY):
+                logs = self._w3(network).eth.get_logs({
+                    "address": addresses, "fromBlock": from_block, "toBlock": to_block,
+                    "topics": [kinds, ids[start:start + CHANNEL_IDS_PER_QUERY]]})  # type: ignore[typeddict-item]
+                found.extend(e for e in map(_channel_event, logs) if e is not None)
+            # Only the asked-for channels and escrows, whatever the node sent back.
+            id_set, address_set = set(ids), set(addresses)
+            wanted = [e for e in found if e.log.channel_id in id_set and e.log.escrow in address_set]
+            return sorted(wanted, key=lambda e: e.log.position)
+        return self._call(network, "channel event read", read)
 
     def events_in_transaction(self, network: str, tx_hash: str) -> list[AuthorizationEvent]:
         """The authorization events a mined transaction emitted ([] if not mined or reverted)."""

@@ -7,11 +7,16 @@ Per network, one pass
    one ``eth_getLogs`` per chunk however many payments are in flight;
 2. expires payments whose ``validBefore`` lies at or before the head block's
    timestamp and whose nonce is unused at that block. Block timestamps never
-   decrease, so such an authorization can never be used again.
+   decrease, so such an authorization can never be used again;
+3. follows Tempo payments (signed transactions) by their receipts;
+4. scans the escrow events of the open and closing MPP session channels
+   (settled, close requested or cancelled, closed) from a cursor of their own
+   (``channels:<network>``), applying each in its own transaction
+   (``teller.channels.lifecycle``).
 
-Several workers may run this at once. A lease on the cursor row keeps them
+Several workers may run this at once. A lease on each cursor row keeps them
 from repeating each other's RPC calls; correctness rests on the guarded
-updates in ``teller.lifecycle`` alone.
+updates in ``teller.lifecycle`` and ``teller.channels.lifecycle`` alone.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from teller import observe
-from teller.chain import AuthorizationEvent, ChainReader
+from teller.chain import AuthorizationEvent, Block, ChainReader
+from teller.channels import lifecycle as channel_lifecycle
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import ChainCursor, Payment, Wallet
@@ -43,10 +49,14 @@ from teller.lifecycle import (
     from_event,
     mined_change,
 )
+from teller.mpp.channel_events import ChannelEvent
 from teller.states import PaymentState
 
 log = logging.getLogger("teller.reconciler")
 ACTOR = "reconciler"
+#: The escrow event scan's cursor is ``chain_cursors`` row ``channels:<network>``,
+#: apart from the authorization scan's (``<network>``): each moves at its own pace.
+CHANNEL_CURSOR = "channels:"
 
 
 @dataclass
@@ -83,15 +93,16 @@ class Reconciler:
 
     # -- cursor and lease -------------------------------------------------
 
-    def _claim(self, network: str, head: int) -> int | None:
-        """The last scanned block, if this worker holds the network's lease."""
+    def _claim(self, cursor: str, head: int) -> int | None:
+        """The last scanned block, if this worker holds the cursor's lease
+        (a cursor is a network's, or ``CHANNEL_CURSOR`` + a network's)."""
         now = ms(self.clock)
         try:
             with self.db.transaction() as s:
-                row = s.execute(select(ChainCursor).where(ChainCursor.network == network).with_for_update()
+                row = s.execute(select(ChainCursor).where(ChainCursor.network == cursor).with_for_update()
                                 ).scalar_one_or_none()
                 if row is None:
-                    row = ChainCursor(network=network, block=max(head - self.lookback_blocks, -1), updated_ms=now)
+                    row = ChainCursor(network=cursor, block=max(head - self.lookback_blocks, -1), updated_ms=now)
                     s.add(row)
                 elif self.use_lease and row.lease_owner != self.owner and row.lease_until_ms > now:
                     return None
@@ -101,9 +112,9 @@ class Reconciler:
         except IntegrityError:
             return None  # another worker created the cursor a moment ago
 
-    def _advance_cursor(self, network: str, block: int) -> None:
+    def _advance_cursor(self, cursor: str, block: int) -> None:
         with self.db.transaction() as s:
-            row = s.execute(select(ChainCursor).where(ChainCursor.network == network).with_for_update()).scalar_one()
+            row = s.execute(select(ChainCursor).where(ChainCursor.network == cursor).with_for_update()).scalar_one()
             if block > row.block:
                 row.block = block
             row.updated_ms = ms(self.clock)
@@ -139,8 +150,40 @@ class Reconciler:
             start = end + 1
         self._expire(network, head.number, head.timestamp, result)
         self._transactions(network, head.timestamp, result)
+        self._channels(network, head, result)
         observe.RECONCILER_LAG.labels(network).set(0)
         observe.RECONCILER_LAST.labels(network).set(time.time())
+
+    def _channels(self, network: str, head: Block, result: PassResult) -> None:
+        """Escrow events of the network's open and closing channels, up to ``head``.
+        The channels are read after the head: a channel recorded later opens in a
+        later block, so the scan misses none of its events."""
+        key = CHANNEL_CURSOR + network
+        cursor = self._claim(key, head.number)
+        if cursor is None:
+            result.skipped.append(key)
+            return
+        with self.db.read() as s:
+            channels = channel_lifecycle.followed(s, network)
+        start = cursor + 1
+        while start <= head.number:
+            end = min(start + self.chunk_blocks - 1, head.number)
+            if channels.channel_ids:
+                for event in self.chain.channel_events(network, channels.escrows, channels.channel_ids, start, end):
+                    self._apply_channel_event(network, event, result)
+            self._advance_cursor(key, end)
+            start = end + 1
+
+    def _apply_channel_event(self, network: str, event: ChannelEvent, result: PassResult) -> None:
+        with self.db.read() as s:
+            open_tx = channel_lifecycle.open_to_settle(s, network, event)
+        # A close seen before the open's receipt was: the open is settled first, from its receipt.
+        mined = self.chain.mined(network, open_tx) if open_tx is not None else None
+        with self.db.transaction() as s:
+            action = channel_lifecycle.apply(s, network, event, now_ms=ms(self.clock), actor=ACTOR,
+                                             open_mined=mined)
+        if action is not None:
+            result.transitions[action] += 1
 
     def _transactions(self, network: str, head_ts: int, result: PassResult) -> None:
         """Tempo payments are transactions: mined (settled, or reverted and so

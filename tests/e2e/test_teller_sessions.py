@@ -17,6 +17,9 @@ import httpx
 import pytest
 from eth_utils import keccak, to_checksum_address
 
+from teller.mpp import challenge as mpp_challenge
+from teller.mpp import gas as tempo_gas
+from teller.mpp import session as mpp_session
 from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, PermissionDenied, Policy
 from testbed.chain import FACILITATOR_KEY
 from testbed.escrow_proxy import escrow_abi, escrow_proxy
@@ -92,6 +95,17 @@ def _received(w3, sender: str, to: str) -> int:
     logs = w3.eth.get_logs({"fromBlock": 0, "address": to_checksum_address(PATH_USD),
                             "topics": [TRANSFER, topic(sender), topic(to)]})
     return sum(int.from_bytes(bytes(log["data"])[:32], "big") for log in logs)
+
+
+def _emulation_fees(w3, owner: str) -> int:
+    """What the escrow proxy's ``approve`` transactions from ``owner`` cost it: the
+    testbed's emulation of the precompile's allowance-free transfer
+    (docs/sessions-testbed.md, deviation 2); no Tempo node charges them."""
+    approval = "0x" + keccak(text="Approval(address,address,uint256)").hex()
+    logs = w3.eth.get_logs({"fromBlock": 0, "address": to_checksum_address(PATH_USD),
+                            "topics": [approval, "0x" + "00" * 12 + owner[2:].lower()]})
+    receipts = [w3.eth.get_transaction_receipt(h) for h in {log["transactionHash"] for log in logs}]
+    return sum(tempo_gas.fee(r["gasUsed"], r["effectiveGasPrice"]) for r in receipts)
 
 
 def _server(proxy_url, proxy, payee):
@@ -342,3 +356,70 @@ def test_the_policy_judges_each_unit_caps_the_deposit_and_still_holds_after_the_
         assert denied.value.reason == "payee_not_allowed"
     (channel,) = live.app.channels.of_tenant(t.tenant_id)
     assert channel.cumulative == 3 * PRICE
+
+
+def test_a_cooperative_close_leaves_counted_only_what_the_payee_got_and_the_fee(any_db, testbed):
+    """The payee closes the channel with Teller's last voucher (mppx closes on chain
+    when it gets a close credential); the reconciler reads the escrow's
+    ChannelClosed, closes the channel in Teller and stops counting the refunded
+    part of the deposit: the day's spend is what the payee got plus the open's fee,
+    to the unit, as the chain's balances show."""
+    chain, proxy_url, proxy = testbed
+    payee = to_checksum_address("0x" + secrets.token_hex(20))
+    t = _tenant(any_db, chain)
+    client = any_db.client(t.token)
+    funded = chain.balance(t.address)
+    requests = 25
+    with _server(proxy_url, proxy, payee) as server:
+        url = server.url + "/metered"
+        opened = _sign(client, t, url)
+        open_payload = _decode(opened.header_value)["payload"]
+        assert open_payload["action"] == "open"
+        assert HTTP.get(url, headers=opened.retry_headers()).status_code == 200, server.log()[-2000:]
+        for _ in range(requests - 1):
+            _paid_request(client, t, url, server)
+        (channel,) = any_db.app.channels.of_tenant(t.tenant_id)
+        total, signature = any_db.app.channels.vouchers(t.tenant_id, channel.id)[-1]
+        assert total == requests * PRICE
+        # The close: Teller's highest voucher, under a fresh challenge, POSTed without a body.
+        unpaid = HTTP.get(url)
+        (challenge,) = [c for c in mpp_challenge.parse(list(unpaid.headers.items()), 64 * 1024)
+                        if c.intent == "session"]
+        request = mpp_session.parse_request(challenge)
+        descriptor = mpp_session.parse_descriptor(open_payload["descriptor"], "open credential")
+        payload = mpp_session.close_payload(descriptor, bytes.fromhex(channel.channel_id[2:]), total,
+                                            bytes.fromhex(signature[2:]))
+        closing = HTTP.post(url, headers={challenge.header: mpp_session.credential(challenge, request, payload,
+                                                                                  t.address)})
+        # mppx answers a close with no content and its receipt, naming the close transaction.
+        assert closing.status_code == 204, f"{closing.status_code} {closing.text[:300]}\n{server.log()[-3000:]}"
+        close_tx = _decode(closing.headers["payment-receipt"])["txHash"]
+    (closed,) = _events(chain.w3, proxy.escrow, "ChannelClosed", channel.channel_id)
+    settled_before = sum(e["deltaPaid"] for e in _events(chain.w3, proxy.escrow, "Settled", channel.channel_id))
+    payee_got = settled_before + closed["settledToPayee"]
+    assert payee_got == total and closed["refundedToPayer"] == DEPOSIT - total
+    # Before the reconciler: open in Teller, the whole deposit and the most the fee could be reserved.
+    assert any_db.app.channels.get(t.tenant_id, channel.id).state == "open"
+    assert _day(client).reserved > DEPOSIT
+    result = any_db.app.reconciler.run_once()
+    assert not result.errors, result.errors
+    assert result.transitions["channel.closed"] == 1 and result.transitions["settled"] == 1, result.transitions
+    assert any_db.app.channels.get(t.tenant_id, channel.id).state == "closed"
+    (audited,) = client.audit_events(action="channel.closed")[0]
+    assert audited.payment_id == opened.payment_id and audited.actor == "reconciler"
+    details = json.loads(audited.details_json)
+    assert (details["tx_hash"], details["settled_to_payee"], details["refunded_to_payer"]) == (
+        close_tx.lower(), str(closed["settledToPayee"]), str(closed["refundedToPayer"]))
+    payment = any_db.app.lifecycle.get(opened.payment_id, t.tenant_id)
+    assert payment.state == "settled" and payment.fee_paid is not None and payment.fee_paid > 0
+    day = _day(client)
+    assert (day.reserved, day.spent) == (0, payee_got + payment.fee_paid)
+    # The chain agrees: the payee holds what it got, the wallet paid that and the fee, the channel is gone.
+    assert chain.balance(payee) == payee_got
+    assert chain.balance(t.address) == funded - payee_got - payment.fee_paid - _emulation_fees(chain.w3, t.address)
+    state = chain.w3.eth.contract(address=proxy.escrow, abi=escrow_abi()).functions.getChannelState(
+        bytes.fromhex(channel.channel_id[2:])).call()
+    assert tuple(state) == (0, 0, 0)
+    # Another pass finds nothing more to do.
+    again = any_db.app.reconciler.run_once()
+    assert "channel.closed" not in again.transitions and _day(client).spent == payee_got + payment.fee_paid

@@ -59,3 +59,21 @@ def next_cumulative(*, state: str, current: int, deposit: int, increment: int, m
                             reason="channel_deposit_exhausted",
                             metadata={"limit": str(deposit), "remaining": str(deposit - current)})
     return total
+
+
+def counted_after_close(*, amount_common: int, fee_common: int, deposit: int, refunded: int) -> int:
+    """What a channel's open payment counts against budgets once the chain shows
+    ``refunded`` of its ``deposit`` back in the wallet: the fee, and the share of
+    the deposit in the common unit (``amount_common - fee_common``) that was not
+    refunded. The refunded share is rounded down, so the kept share is rounded up:
+    Teller never counts less than the chain shows spent. A refund the chain
+    reports above the deposit (a top-up Teller did not make) refunds the whole
+    deposit and no more."""
+    check_amount(deposit, "deposit")
+    if deposit == 0:
+        raise InvalidArgument("a channel's deposit must be positive")
+    deposit_common = amount_common - fee_common
+    if deposit_common < 0 or fee_common < 0:
+        raise InvalidArgument(f"a payment counting {amount_common} cannot hold a fee of {fee_common}")
+    refunded = min(max(refunded, 0), deposit)
+    return amount_common - deposit_common * refunded // deposit

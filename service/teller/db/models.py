@@ -180,7 +180,8 @@ class SpendBucket(Base):
 
 
 class ChainCursor(Base):
-    """How far the reconciler has scanned a network's authorization events."""
+    """How far the reconciler has scanned a network's authorization events (row
+    ``<network>``) and its channels' escrow events (row ``channels:<network>``)."""
 
     __tablename__ = "chain_cursors"
     network: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -281,6 +282,10 @@ class Channel(Base):
     state: Mapped[str] = mapped_column(String(16))  # teller.channels.rules.ChannelState
     # The payment that opened it (its deposit's reservation; the reconciler follows its transaction).
     open_payment_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    # Where on chain the last escrow event the reconciler applied to it was
+    # (teller.mpp.channel_events.EventLog.position); events at or before it change
+    # nothing, so each applies once and in chain order (teller.channels.lifecycle).
+    last_event: Mapped[int | None] = mapped_column(BigInteger, nullable=True, default=None)
     created_ms: Mapped[int] = mapped_column(BigInteger)
     updated_ms: Mapped[int] = mapped_column(BigInteger)
 

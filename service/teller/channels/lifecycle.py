@@ -1,0 +1,174 @@
+"""What the chain does to a channel after it opens: the escrow's events
+(``teller.mpp.channel_events``), applied by the reconciler one at a time, each
+in one transaction with its audit row.
+
+    open    --CloseRequested--------> closing   (no more vouchers: rules.next_cumulative)
+    closing --CloseRequestCancelled-> open
+    open|closing --ChannelClosed----> closed    (the refunded part of the deposit stops counting)
+    Settled: audited only (the payee took what a voucher promised; the deposit counted it already)
+
+A channel's open payment counts its whole deposit (and its fee) from the Sign
+that opened it; once the chain shows the channel closed, the part of the
+deposit refunded to the wallet stops counting (``rules.counted_after_close``),
+in the buckets of the payment's minute (``teller.spend.store.move_buckets``).
+If that payment is not settled yet (its transaction's receipt not processed),
+it is settled first, as ``teller.reconciler`` would have, in the same
+transaction: the chain cannot close a channel whose open was not mined.
+
+Each event applies to its channel once, in chain order: the channel keeps the
+position of the last one applied (``channels.last_event``) and ignores any at
+or before it, so a pass that reads a block range again, or two workers that
+read the same logs, change nothing twice, and a late worker cannot undo a
+newer event with an older one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from teller.audit import events as audit
+from teller.chain import Mined
+from teller.channels.rules import ChannelState, counted_after_close
+from teller.db.models import Channel, Payment
+from teller.lifecycle import LIVE, Change, advance, mined_change
+from teller.mpp.channel_events import (
+    ChannelClosed,
+    ChannelEvent,
+    CloseRequestCancelled,
+    CloseRequested,
+    Settled,
+)
+from teller.spend.store import move_buckets
+from teller.states import PaymentState
+
+#: The states in which the chain may still move a channel's money.
+FOLLOWED = (ChannelState.OPEN.value, ChannelState.CLOSING.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Followed:
+    """The channels of a network the reconciler reads escrow events for."""
+
+    escrows: tuple[str, ...]
+    channel_ids: tuple[str, ...]
+
+
+def followed(s: Session, network: str) -> Followed:
+    """The escrows and ids of the network's open and closing channels."""
+    rows = s.execute(select(Channel.escrow, Channel.channel_id).where(
+        Channel.network == network, Channel.state.in_(FOLLOWED))).all()
+    return Followed(tuple(sorted({e for e, _ in rows})), tuple(sorted({c for _, c in rows})))
+
+
+def _where(network: str, event: ChannelEvent) -> Any:
+    return ((Channel.network == network) & (Channel.escrow == event.log.escrow)
+            & (Channel.channel_id == event.log.channel_id))
+
+
+def open_to_settle(s: Session, network: str, event: ChannelEvent) -> str | None:
+    """The hash of the transaction that opened ``event``'s channel, when the event
+    closes the channel and that open's payment is not settled yet: the
+    reconciler reads its receipt before ``apply``, which settles it first."""
+    if not isinstance(event, ChannelClosed):
+        return None
+    row = s.execute(select(Payment.nonce).join(Channel, Channel.open_payment_id == Payment.id).where(
+        _where(network, event), Channel.state.in_(FOLLOWED), Payment.state.in_(LIVE),
+        Payment.released_ms.is_(None))).first()
+    return None if row is None else str(row[0])
+
+
+#: The audit action of each event applied.
+ACTIONS: dict[type, str] = {Settled: "channel.settled", CloseRequested: "channel.close_requested",
+                            CloseRequestCancelled: "channel.close_cancelled", ChannelClosed: "channel.closed"}
+
+
+def apply(s: Session, network: str, event: ChannelEvent, *, now_ms: int, actor: str,
+          open_mined: Mined | None = None) -> str | None:
+    """Apply one escrow event to the channel it names, in the caller's
+    transaction; returns the audit action recorded. Returns None, having written
+    nothing, when the channel is not Teller's, is closed already, or has seen
+    this event or a later one. ``open_mined``: the receipt of the channel's open
+    transaction, when ``open_to_settle`` named it."""
+    payment: Payment | None = None
+    if isinstance(event, ChannelClosed):
+        # The payment's row before the channel's: the lifecycle's transitions lock a
+        # payment, then (an open that failed) its channel; one order for both.
+        opened_by = s.scalar(select(Channel.open_payment_id).where(_where(network, event)))
+        if opened_by is not None:
+            payment = s.execute(select(Payment).where(Payment.id == opened_by).with_for_update()).scalar_one_or_none()
+    c = s.execute(select(Channel).where(_where(network, event)).with_for_update()).scalar_one_or_none()
+    if c is None or c.state not in FOLLOWED:
+        return None
+    if c.last_event is not None and event.log.position <= c.last_event:
+        return None
+    action = ACTIONS[type(event)]
+    c.last_event = event.log.position
+    c.updated_ms = now_ms
+    details: dict[str, object] = {"channel": c.id, "channel_id": c.channel_id, "escrow": c.escrow,
+                                  "tx_hash": event.log.tx_hash, "block": event.log.block,
+                                  "log_index": event.log.log_index, "from": c.state}
+    fields: dict[str, Any] = {"tenant_id": c.tenant_id, "wallet_id": c.wallet_id, "asset": c.token,
+                              "network": c.network, "payee": c.payee, "payment_id": c.open_payment_id or ""}
+    if isinstance(event, Settled):
+        audit.record(s, at_ms=now_ms, actor=actor, action=action, amount=str(event.delta_paid),
+                     details={**details, "cumulative_amount": str(event.cumulative_amount),
+                              "delta_paid": str(event.delta_paid), "new_settled": str(event.new_settled)},
+                     **fields)
+    elif isinstance(event, CloseRequested):
+        if c.state == ChannelState.OPEN:
+            c.state = ChannelState.CLOSING.value
+        audit.record(s, at_ms=now_ms, actor=actor, action=action,
+                     details={**details, "to": c.state, "grace_end": event.grace_end}, **fields)
+    elif isinstance(event, CloseRequestCancelled):
+        if c.state == ChannelState.CLOSING:
+            c.state = ChannelState.OPEN.value
+        audit.record(s, at_ms=now_ms, actor=actor, action=action,
+                     details={**details, "to": c.state}, **fields)
+    else:
+        c.state = ChannelState.CLOSED.value
+        _closed(s, c, payment, event, now_ms=now_ms, actor=actor, open_mined=open_mined, details=details,
+                fields=fields)
+    s.flush()
+    return action
+
+
+def _closed(s: Session, c: Channel, p: Payment | None, event: ChannelClosed, *, now_ms: int, actor: str,
+            open_mined: Mined | None, details: dict[str, object], fields: dict[str, Any]) -> None:
+    """The channel is closed on chain: settle its open payment if it was not yet,
+    then count only the part of the deposit that did not come back."""
+    if p is not None and p.released_ms is None and p.state in LIVE:
+        change = Change(PaymentState.SETTLED, release=False, reason="channel_closed_on_chain")
+        if open_mined is not None and open_mined.succeeded and open_mined.tx_hash == p.nonce.lower():
+            change = mined_change(open_mined)
+        advance(s, p, change, from_states=LIVE, now_ms=now_ms, actor=actor,
+                details={"channel": c.id, "seen": "ChannelClosed", "block": event.log.block})
+        s.refresh(p)
+    counted = p if p is not None and p.released_ms is None and p.state == PaymentState.SETTLED else None
+    before = after = 0
+    if counted is not None:
+        before = counted.amount_common
+        after = counted_after_close(amount_common=counted.amount_common, fee_common=counted.fee_common,
+                                    deposit=counted.amount, refunded=event.refunded_to_payer)
+    refunded = min(event.refunded_to_payer, c.deposit)
+    # The audit chain head before the spend buckets, as everywhere.
+    audit.record(s, at_ms=now_ms, actor=actor, action=ACTIONS[ChannelClosed], amount=str(c.deposit - refunded),
+                 details={**details, "to": c.state, "settled_to_payee": str(event.settled_to_payee),
+                          "refunded_to_payer": str(event.refunded_to_payer),
+                          **({"counted_before": before, "counted_after": after} if counted is not None else {})},
+                 **fields)
+    if counted is not None and after != before:
+        moved = s.execute(update(Payment).where(Payment.id == counted.id, Payment.state == PaymentState.SETTLED,
+                                                Payment.released_ms.is_(None), Payment.amount_common == before)
+                          .values(amount_common=after, updated_ms=now_ms)
+                          .execution_options(synchronize_session=False))
+        if moved.rowcount == 1:  # type: ignore[attr-defined]
+            # The row object still reads as it was (settled, counting ``before``):
+            # the buckets move by the difference.
+            move_buckets(s, counted, PaymentState.SETTLED, after)
+
+
+__all__ = ["ACTIONS", "FOLLOWED", "Followed", "apply", "followed", "open_to_settle"]
