@@ -130,6 +130,14 @@ def decode_receipt(status: int, headers: Sequence[tuple[str, str]], max_bytes: i
     return None
 
 
+def _with_proof(headers: Sequence[tuple[str, str]], signed: SignResult) -> list[tuple[str, str]]:
+    """The caller's headers for the paid retry, with every header the proof comes
+    with (MPP's Idempotency-Key too) replacing the caller's own."""
+    sent = [(signed.header_name, signed.header_value), *signed.headers]
+    names = {k.lower() for k, _ in sent}
+    return [*((k, v) for k, v in headers if k.lower() not in names), *sent]
+
+
 def _naming(err: TellerError, payment_id: str) -> TellerError:
     """``err`` as the caller sees it once a proof has left: naming the payment."""
     if err.metadata.get("payment_id") != payment_id:
@@ -211,11 +219,7 @@ class Payer:
                     deadline: float) -> AsyncIterator[PayHead | bytes]:
         """The retry with the proof. From here on the server may hold a valid proof:
         every error names the payment, and a payment left ``signed`` says why."""
-        # Every header the proof comes with (MPP's Idempotency-Key too) replaces the caller's own.
-        sent = [(signed.header_name, signed.header_value), *signed.headers]
-        names = {k.lower() for k, _ in sent}
-        retry_headers = [(k, v) for k, v in req.headers if k.lower() not in names]
-        retry_headers.extend(sent)
+        retry_headers = _with_proof(req.headers, signed)
         recorded = False
         try:
             async with contextlib.AsyncExitStack() as stack:
@@ -269,9 +273,7 @@ class Payer:
     async def _voucher_paid(self, req: PayInput, signed: SignResult, url: str,
                             deadline: float) -> AsyncIterator[PayHead | bytes]:
         """The retry with a session voucher: the server's answer, streamed."""
-        sent = [(signed.header_name, signed.header_value), *signed.headers]
-        names = {k.lower() for k, _ in sent}
-        retry_headers = [*((k, v) for k, v in req.headers if k.lower() not in names), *sent]
+        retry_headers = _with_proof(req.headers, signed)
         async with contextlib.AsyncExitStack() as stack:
             try:
                 async with asyncio.timeout_at(deadline):

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from teller.channels.rules import ChannelState
-from teller.errors import FailedPrecondition, InvalidArgument, TellerError
+from teller.errors import FailedPrecondition, InvalidArgument
 from teller.mpp import charge as mpp_charge
 from teller.mpp import gas as tempo_gas
 from teller.mpp import receipt as mpp_receipt
@@ -33,7 +33,7 @@ from teller.mpp.channel import OpenedChannel, open_channel, voucher_typed_data
 from teller.mpp.session import Session
 from teller.schemes import mpp_common
 from teller.schemes.base import Follow, Offer, SchemeId, new_payment
-from teller.schemes.mpp_tempo import signed_transaction, tx_hash
+from teller.schemes.mpp_tempo import gas_limit, signed_transaction, tx_hash
 
 if TYPE_CHECKING:
     from teller.chain import ChainReader
@@ -61,16 +61,6 @@ def _build_open(session: Session, payer: str, *, salt: bytes, gas_limit: int, ga
                         escrow=req.escrow, chain_id=req.chain_id, gas_limit=gas_limit, gas_price=gas_price,
                         valid_before=mpp_charge.valid_before(session.challenge, now_s, max_valid_for_s),
                         operator=req.operator, fee_token=req.fee_token)
-
-
-def _gas_limit(prepared: Prepared, offer: Offer[Session]) -> int:
-    found = prepared.gas_limits.get(id(offer))
-    if isinstance(found, TellerError):
-        raise found
-    if found is None:
-        raise FailedPrecondition(f"no gas estimate for opening a channel on {offer.network} (set rpc_urls)",
-                                 reason="gas_estimate_failed")
-    return found
 
 
 def voucher_credential(session: Session, descriptor_json: str, channel_id: str, cumulative: int,
@@ -162,7 +152,7 @@ class TempoSession:
             raise FailedPrecondition(f"no RPC endpoint configured for {offer.network}: opening a channel needs "
                                      "the chain's gas price (set rpc_urls)")
         opened = _build_open(offer.terms, signer.address, salt=os.urandom(32),
-                             gas_limit=_gas_limit(prepared, offer), gas_price=price, now_s=ctx.now_ms // 1000,
+                             gas_limit=gas_limit(prepared, offer), gas_price=price, now_s=ctx.now_ms // 1000,
                              max_valid_for_s=max_valid_for_s)
         raw = signed_transaction(opened.tx, signer)
         first = req.amount  # the open carries the first unit's voucher

@@ -42,8 +42,9 @@ def tx_hash(raw: bytes) -> str:
     return "0x" + keccak256(raw).hex()
 
 
-def gas_limit(prepared: Prepared, offer: Offer[ChargeTerms]) -> int:
-    """The offer's estimated gas limit; raises the chain's refusal."""
+def gas_limit(prepared: Prepared, offer: Offer[Any]) -> int:
+    """The estimated gas limit of the Tempo transaction that pays ``offer`` (a
+    charge, or a session's open); raises the chain's refusal."""
     found = prepared.gas_limits.get(id(offer))
     if isinstance(found, TellerError):
         raise found
