@@ -89,6 +89,11 @@ def main() -> None:
     x402 = sdk_v2_challenge(amount="1000")
     protocols = [p for p in args.protocols.split(",") if p]
     runs: dict[str, dict[str, list[dict]]] = {p: {"base": [], "head": []} for p in protocols}
+    # The machine's two gauges, measured in this run (neither depends on Teller's
+    # build): each build's Sign/s is also given as a ratio to them.
+    limit = bench.in_process_limit_fresh(3.0)
+    floor = bench.grpc_floor(x402, args.callers, args.seconds, args.warmup, args.repeats)["throughput"]
+    print(f"in-process limit {limit}, gRPC floor {floor:.0f}/s", flush=True)
     with tempfile.TemporaryDirectory() as tmp, bench.bench_server() as server, tempo_chain() as chain:
         base_code = checkout(base_rev, Path(tmp) / "base")
         for protocol in protocols:
@@ -120,19 +125,28 @@ def main() -> None:
                           f"p99 {r['p99_ms']:5.1f} ms errors {r['errors']}", flush=True)
     summary = {}
     lines = [f"# {head_rev} against {base_rev}: {args.callers} callers, 1 worker, hot tenant", "",
-             f"{args.repeats} runs per build, interleaved; median of the runs.", "",
-             "| protocol | base Sign/s | head Sign/s | head/base | base p99 ms | head p99 ms |", "|---|---:|---:|---:|---:|---:|"]
+             f"{args.repeats} runs per build, interleaved; median of the runs. Gauges of this run: in-process "
+             f"limit {limit['x402']:.0f} x402 / {limit['mpp']:.0f} MPP signatures/s, gRPC floor {floor:.0f} calls/s.",
+             "",
+             "| protocol | base Sign/s | head Sign/s | head/base | base / head vs in-process | "
+             "base / head vs gRPC floor | base p99 ms | head p99 ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for protocol, by_build in runs.items():
         med = {b: {k: statistics.median(r[k] for r in rs) for k in ("throughput", "p99_ms")}
                for b, rs in by_build.items()}
         ratio = med["head"]["throughput"] / med["base"]["throughput"]
         summary[protocol] = {"base": med["base"], "head": med["head"], "ratio": ratio, "runs": by_build}
+        vs_limit = [med[b]["throughput"] / limit[protocol] for b in ("base", "head")]
+        vs_floor = [med[b]["throughput"] / floor for b in ("base", "head")]
+        summary[protocol].update(vs_in_process=vs_limit, vs_grpc_floor=vs_floor)
         lines.append(f"| {protocol} | {med['base']['throughput']:.0f} | {med['head']['throughput']:.0f} | "
-                     f"{ratio:.0%} | {med['base']['p99_ms']:.1f} | {med['head']['p99_ms']:.1f} |")
+                     f"{ratio:.0%} | {vs_limit[0]:.0%} / {vs_limit[1]:.0%} | {vs_floor[0]:.1%} / {vs_floor[1]:.1%} | "
+                     f"{med['base']['p99_ms']:.1f} | {med['head']['p99_ms']:.1f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"compare-{base_rev}"
     stem.with_suffix(".json").write_text(json.dumps({"base": base_rev, "head": head_rev, "callers": args.callers,
-                                                     "seconds": args.seconds, "summary": summary}, indent=1))
+                                                     "seconds": args.seconds, "in_process_per_s": limit,
+                                                     "grpc_floor_per_s": floor, "summary": summary}, indent=1))
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
