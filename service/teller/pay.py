@@ -219,18 +219,10 @@ class Payer:
                     deadline: float) -> AsyncIterator[PayHead | bytes]:
         """The retry with the proof. From here on the server may hold a valid proof:
         every error names the payment, and a payment left ``signed`` says why."""
-        retry_headers = _with_proof(req.headers, signed)
         recorded = False
         try:
             async with contextlib.AsyncExitStack() as stack:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        second = await stack.enter_async_context(
-                            self.fetcher.open(req.method, url, retry_headers, req.body))
-                        refusal = (await second.read(self.max_challenge_bytes)
-                                   if second.status in (402, 403) else None)
-                except TimeoutError:
-                    raise self._late(f"the paid request to {url}") from None
+                second, refusal = await self._send_paid(stack, req, signed, url, deadline)
                 try:
                     payment = await self.run(self.lifecycle.record_outcome, signed.payment_id, caller.tenant_id,
                                              second.status, tuple(second.headers), refusal or b"", caller.actor,
@@ -270,19 +262,24 @@ class Payer:
                 await self._note(signed, caller, lc.ANSWER_LOST, f"body cut off: {err.message}")
             raise _naming(err, signed.payment_id) from None
 
+    async def _send_paid(self, stack: contextlib.AsyncExitStack, req: PayInput, signed: SignResult, url: str,
+                         deadline: float) -> tuple[Response, bytes | None]:
+        """The paid retry, sent: its response (held open on ``stack``) and, for a
+        402 or 403, the refusal's body."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                second = await stack.enter_async_context(
+                    self.fetcher.open(req.method, url, _with_proof(req.headers, signed), req.body))
+                refusal = await second.read(self.max_challenge_bytes) if second.status in (402, 403) else None
+        except TimeoutError:
+            raise self._late(f"the paid request to {url}") from None
+        return second, refusal
+
     async def _voucher_paid(self, req: PayInput, signed: SignResult, url: str,
                             deadline: float) -> AsyncIterator[PayHead | bytes]:
         """The retry with a session voucher: the server's answer, streamed."""
-        retry_headers = _with_proof(req.headers, signed)
         async with contextlib.AsyncExitStack() as stack:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    second = await stack.enter_async_context(
-                        self.fetcher.open(req.method, url, retry_headers, req.body))
-                    refusal = (await second.read(self.max_challenge_bytes)
-                               if second.status in (402, 403) else None)
-            except TimeoutError:
-                raise self._late(f"the paid request to {url}") from None
+            second, refusal = await self._send_paid(stack, req, signed, url, deadline)
             if refusal is not None:
                 reason = refusal_mod.reason(second.headers, refusal) or f"HTTP {second.status}"
                 raise FailedPrecondition(f"the server answered a session voucher with {second.status}: {reason}",

@@ -33,7 +33,7 @@ from teller.mpp.channel import OpenedChannel, open_channel, voucher_typed_data
 from teller.mpp.session import Session
 from teller.schemes import mpp_common
 from teller.schemes.base import Follow, Offer, SchemeId, new_payment
-from teller.schemes.mpp_tempo import gas_limit, signed_transaction, tx_hash
+from teller.schemes.mpp_tempo import gas_limit, max_fee, read_gas_price, signed_transaction, tx_hash
 
 if TYPE_CHECKING:
     from teller.chain import ChainReader
@@ -104,12 +104,7 @@ class TempoSession:
 
     def chain_facts(self, offer: Offer[Session], prepared: Prepared, chain: ChainReader, *, payer: str | None,
                     clock: Clock, cached_only: bool) -> None:
-        network, gas = offer.network, prepared.gas_price
-        if network not in gas:
-            try:
-                gas[network] = chain.gas_price(network, cached_only)
-            except FailedPrecondition:
-                pass  # no RPC for it: the offer is refused if it is the one chosen
+        read_gas_price(offer.network, prepared, chain, cached_only)
         # The open's gas is estimated only when no open channel answers with a
         # voucher (``open_facts``): most session challenges never need it.
 
@@ -131,11 +126,7 @@ class TempoSession:
             prepared.gas_limits[id(offer)] = exc
 
     def max_fee(self, offer: Offer[Session], prepared: Prepared) -> int:
-        limit = prepared.gas_limits.get(id(offer))
-        price = prepared.gas_price.get(offer.network)
-        if not isinstance(limit, int) or price is None:
-            return 0
-        return tempo_gas.max_fee(limit, price)
+        return max_fee(offer, prepared)
 
     def presign(self, offer: Offer[Session], signer: WalletSigner, prepared: Prepared, *, wallet_id: str,
                 now_s: int, max_valid_for_s: int) -> Presigned | None:

@@ -54,6 +54,28 @@ def gas_limit(prepared: Prepared, offer: Offer[Any]) -> int:
     return found
 
 
+def read_gas_price(network: str, prepared: Prepared, chain: ChainReader, cached_only: bool) -> None:
+    """Add ``network``'s gas price to ``prepared`` once per call; without an RPC
+    for it, nothing (the offer is refused if it is the one chosen)."""
+    if network not in prepared.gas_price:
+        try:
+            prepared.gas_price[network] = chain.gas_price(network, cached_only)
+        except FailedPrecondition:
+            pass
+
+
+def max_fee(offer: Offer[Any], prepared: Prepared) -> int:
+    """The most the Tempo transaction paying ``offer`` can cost its wallet in fees
+    (fee-token base units, the charged token): its estimated gas limit x the max
+    fee per gas Teller signs. 0 when the estimate failed (signing then fails with
+    the chain's reason)."""
+    limit = prepared.gas_limits.get(id(offer))
+    price = prepared.gas_price.get(offer.network)
+    if not isinstance(limit, int) or price is None:
+        return 0
+    return tempo_gas.max_fee(limit, price)
+
+
 class TempoCharge:
     id = SchemeId.TEMPO_CHARGE
     protocol = "mpp"
@@ -76,11 +98,7 @@ class TempoCharge:
     def chain_facts(self, offer: Offer[ChargeTerms], prepared: Prepared, chain: ChainReader, *, payer: str | None,
                     clock: Clock, cached_only: bool) -> None:
         network, gas = offer.network, prepared.gas_price
-        if network not in gas:
-            try:
-                gas[network] = chain.gas_price(network, cached_only)
-            except FailedPrecondition:
-                pass  # no RPC for it: the offer is refused if it is the one chosen
+        read_gas_price(network, prepared, chain, cached_only)
         req = offer.terms.request
         if payer is not None and network in gas and not req.fee_payer:
             # Built only when the limit is not cached: the estimate's transaction.
@@ -93,15 +111,7 @@ class TempoCharge:
                 prepared.gas_limits[id(offer)] = exc  # reported if this offer is the one chosen
 
     def max_fee(self, offer: Offer[ChargeTerms], prepared: Prepared) -> int:
-        """The most the transaction can cost its wallet in fees (fee-token base
-        units, the charged token): its estimated gas limit x the max fee per gas
-        Teller signs. 0 when the estimate failed (signing then fails with the
-        chain's reason)."""
-        limit = prepared.gas_limits.get(id(offer))
-        price = prepared.gas_price.get(offer.network)
-        if not isinstance(limit, int) or price is None:
-            return 0
-        return tempo_gas.max_fee(limit, price)
+        return max_fee(offer, prepared)
 
     def presign(self, offer: Offer[ChargeTerms], signer: WalletSigner, prepared: Prepared, *, wallet_id: str, now_s: int,
                 max_valid_for_s: int) -> Presigned | None:
@@ -159,4 +169,4 @@ class TempoCharge:
 
 TEMPO_CHARGE = TempoCharge()
 
-__all__ = ["TEMPO_CHARGE", "TempoCharge", "gas_limit", "signed_transaction", "tx_hash"]
+__all__ = ["TEMPO_CHARGE", "TempoCharge", "gas_limit", "max_fee", "read_gas_price", "signed_transaction", "tx_hash"]
