@@ -27,7 +27,10 @@ VERIFY = ROOT / "tests" / "support" / "verify_vouchers.mjs"
 def _granted(path: Path) -> dict[int, int]:
     if not path.exists():
         return {}
-    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error ")]
+    assert not errors, f"{path.name}: {errors[:3]}"
+    rows = [line.split() for line in lines]
     return {int(total): int(step) for total, step in rows if step}
 
 
