@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from teller.app import build
 from teller.channels.rules import ChannelState
-from teller.channels.store import Wanted
+from teller.channels.store import TopUpWanted, Wanted
 from teller.db.models import AuditEvent, Channel, Voucher
 from teller.errors import AlreadyExists, FailedPrecondition, LimitExceeded, NotFound
 from teller.mpp.channel import voucher_typed_data
@@ -148,14 +148,14 @@ def _wanted(app, ch) -> Wanted:
     return Wanted(ch.tenant_id, ch.wallet_id, view.network, view.escrow, view.payee, view.token, "0x" + "00" * 20)
 
 
-def test_the_next_voucher_goes_on_the_open_channel_until_it_runs_out_then_the_caller_is_told(app):
+def test_the_next_voucher_goes_on_the_open_channel_until_it_runs_out_then_it_is_to_be_topped_up(app):
     ch = open_channel(app, deposit=25)
     want = _wanted(app, ch)
     assert [app.channels.sign_next(want, 10).cumulative for _ in range(2)] == [10, 20]
-    # Not a second channel beside it: the caller is told to close this one.
-    with pytest.raises(LimitExceeded, match=f"channel {ch.handle} .* has 5 left") as e:
-        app.channels.sign_next(want, 10)
-    assert e.value.reason == "channel_deposit_exhausted" and e.value.metadata["channel"] == ch.handle
+    # Not a second channel beside it: this one is to be topped up (the Sign batch does it).
+    wanted = app.channels.sign_next(want, 10)
+    assert isinstance(wanted, TopUpWanted)
+    assert (wanted.channel, wanted.deposit, wanted.cumulative, wanted.opened_with) == (ch.handle, 25, 20, 25)
     # Another payee, or another operator: no channel of theirs is open, so one is opened.
     assert app.channels.sign_next(dataclasses.replace(want, payee="0x" + "ab" * 20), 10) is None
     assert app.channels.sign_next(dataclasses.replace(want, operator="0x" + "cd" * 20), 10) is None

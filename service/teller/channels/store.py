@@ -28,7 +28,7 @@ from teller.audit import events as audit
 from teller.channels.rules import ChannelState, check_amount, next_cumulative
 from teller.clock import Clock, ms, system_clock
 from teller.db.engine import Database
-from teller.db.models import Channel, Payment, Tenant, Voucher, Wallet
+from teller.db.models import Channel, ChannelTopUp, Payment, Tenant, Voucher, Wallet
 from teller.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -82,6 +82,20 @@ class SignedVoucher:
 
 
 @dataclass(frozen=True, slots=True)
+class TopUpWanted:
+    """No open channel has the unit left: the one to top up, as it stood when
+    read (the batch that tops it up reads it again under its lock)."""
+
+    channel: str  # Teller's handle
+    channel_id: str
+    descriptor: str  # as stored (JSON)
+    escrow: str
+    deposit: int
+    cumulative: int
+    opened_with: int  # the deposit it was opened with
+
+
+@dataclass(frozen=True, slots=True)
 class Wanted:
     """The channel a session challenge asks vouchers on: one of the wallet's open
     channels with this escrow, payee, token and operator on this network."""
@@ -100,6 +114,14 @@ def view_of(c: Channel) -> ChannelView:
     """A channel row as callers and operators see it."""
     return ChannelView(c.id, c.tenant_id, c.wallet_id, c.network, c.escrow, c.channel_id, c.token, c.payee, c.deposit,
                        c.cumulative, c.state, c.created_ms, c.updated_ms)
+
+
+def exhausted(handle: str, channel_id: str, left: int, increment: int, why: str = "") -> LimitExceeded:
+    """The refusal of a voucher no channel has room for, and none may be topped up for."""
+    return LimitExceeded(
+        f"channel {handle} ({channel_id}) has {left} left of its deposit, less than the {increment} asked"
+        f"{why}: close it (CloseChannel) and the next challenge opens a new one", reason="channel_deposit_exhausted",
+        metadata={"channel": handle, "remaining": str(left)})
 
 
 def chain_id_of(network: str) -> int:
@@ -143,6 +165,23 @@ class Channels:
                   .values(state=ChannelState.CLOSED.value, updated_ms=now_ms)
                   .execution_options(synchronize_session=False))
 
+    @staticmethod
+    def top_up_failed(s: Session, payment_id: str, now_ms: int) -> int | None:
+        """A top-up's transaction will never be mined: the channel's deposit goes
+        back down by what it added, inside the transaction that releases the
+        payment's reservation. Vouchers already signed into it stay signed (the
+        escrow pays none past the real deposit); the deposit goes no lower than
+        them, and the channel then takes no more. Returns the deposit now, or
+        None when the payment is no top-up."""
+        top = s.get(ChannelTopUp, payment_id)
+        if top is None:
+            return None
+        c = s.execute(select(Channel).where(Channel.id == top.channel).with_for_update()).scalar_one()
+        c.deposit = max(c.deposit - top.added, c.cumulative)
+        c.updated_ms = now_ms
+        s.flush()
+        return c.deposit
+
     # -- vouchers --------------------------------------------------------------------------------------------
 
     def sign_voucher(self, tenant_id: str, channel: str, increment: int, *, max_increment: int | None = None,
@@ -163,25 +202,32 @@ class Channels:
 
     def sign_next(self, want: Wanted, increment: int, *, max_increment: int | None = None, actor: str = "",
                   idempotency_key: str | None = None,
-                  check: Callable[[Session], None] | None = None) -> SignedVoucher | None:
+                  check: Callable[[Session], None] | None = None) -> SignedVoucher | TopUpWanted | None:
         """The next voucher on the wallet's open channel that ``want`` names and
-        that has ``increment`` left, or None when there is none (the caller opens
-        one). ``check`` runs first in the transaction (the caller's token)."""
+        that has ``increment`` left; None when there is none (the caller opens
+        one); the channel to top up when one is open but none has the unit left.
+        ``check`` runs first in the transaction (the caller's token)."""
         check_amount(increment, "increment")
+        topped: str | None = None
         with self.db.transaction() as s:
             if check is not None:
                 check(s)
             if idempotency_key:
-                # A key that names a payment is a retry of that payment (the open): its own answer.
-                if s.scalar(select(Payment.id).where(Payment.tenant_id == want.tenant_id,
-                                                     Payment.idempotency_key == idempotency_key)) is not None:
-                    return None
                 replay = self._replay(s, want.tenant_id, idempotency_key)
                 if replay is not None:
                     if (replay.network, replay.payee, replay.token) != (want.network, want.payee, want.token):
                         raise AlreadyExists(f"idempotency_key {idempotency_key!r} was already used for a "
                                             "different request")
                     return replay
+                paid = s.execute(select(Payment.id, ChannelTopUp.channel)
+                                 .outerjoin(ChannelTopUp, ChannelTopUp.payment_id == Payment.id)
+                                 .where(Payment.tenant_id == want.tenant_id,
+                                        Payment.idempotency_key == idempotency_key)).first()
+                if paid is not None and paid[1] is None:
+                    # A key that names the open is a retry of the open: its own answer.
+                    return None
+                # A key that names a top-up: the voucher it was made for, on that channel, follows.
+                topped = None if paid is None else paid[1]
             candidates = s.execute(
                 select(Channel.id, Channel.channel_id, Channel.descriptor, Channel.deposit - Channel.cumulative)
                 .where(Channel.tenant_id == want.tenant_id, Channel.wallet_id == want.wallet_id,
@@ -192,15 +238,20 @@ class Channels:
                     if json.loads(descriptor)["operator"].lower() == want.operator.lower()]
             if not mine:
                 return None  # none open: the caller opens one
-            roomy = [(handle, cid) for handle, cid, left in mine if left >= increment]
+            roomy = [(handle, cid) for handle, cid, left in mine if left >= increment
+                     and (topped is None or handle == topped)]
             if not roomy:
                 # Not another channel beside it: each would hold a deposit of its own until
                 # closed, and callers racing at the end of one would open one each.
-                handle, cid, left = mine[0]
-                raise LimitExceeded(
-                    f"channel {handle} ({cid}) has {left} left of its deposit, less than the {increment} asked: "
-                    "close it (CloseChannel) and the next challenge opens a new one", reason="channel_deposit_exhausted",
-                    metadata={"channel": handle, "remaining": str(left)})
+                ours = [m for m in mine if m[1] == want.channel_id]
+                handle, cid, left = ours[0] if ours else mine[0]
+                if topped is None:
+                    c = s.get(Channel, handle)
+                    assert c is not None
+                    opened = s.scalar(select(Payment.amount).where(Payment.id == c.open_payment_id))
+                    return TopUpWanted(handle, cid, c.descriptor, c.escrow, c.deposit, c.cumulative,
+                                       opened if opened is not None else c.deposit)
+                raise exhausted(handle, cid, left, increment)
             named = [handle for handle, cid in roomy if cid == want.channel_id]
             handle = named[0] if named else roomy[0][0]
             return self._sign(s, want.tenant_id, handle, increment, max_increment, actor, idempotency_key)

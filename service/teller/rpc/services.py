@@ -18,14 +18,16 @@ from teller.audit import events as audit_log
 from teller.callers import Caller
 from teller.chain import NotCached
 from teller.channels import reads as channel_reads
+from teller.channels import top_up
 from teller.channels.close import Closer
 from teller.db.models import Operator
 from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Payer, PayHead, pay_input
 from teller.rpc import convert
 from teller.rpc.batcher import SignBatcher
-from teller.sign.call import Call, PushPending, SignResult, Verdict
+from teller.sign.call import Call, PushPending, Revisit, SignResult, Verdict
 from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
+from teller.sign.service import TOP_UP_ROUNDS
 from teller.signing import SignInput
 from teller_client._proto.teller.v1 import (
     admin_pb2,
@@ -117,11 +119,26 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
             # ... else on a thread, where it may read the database or a chain.
             call = await self.run(payments.prepare, caller, sign_in, secret)
         if payments.wants_voucher(call):
-            # An MPP session on a channel the wallet has open: a voucher, under the channel's lock.
-            voucher = await self.run(payments.voucher, call)
-            if voucher is not None:
-                return voucher
-            await self.run(payments.open_facts, call)  # none open: the batch opens one
+            for _ in range(TOP_UP_ROUNDS):
+                # An MPP session on a channel the wallet has open: a voucher, under the channel's lock.
+                voucher = await self.run(payments.voucher, call)
+                if voucher is not None:
+                    return voucher
+                await self.run(payments.open_facts, call)  # none open: the batch opens one
+                if call.top_up is None:
+                    break
+                # The channel has no room: the batch tops it up, the server takes the top-up,
+                # and the next voucher (the caller's answer) fits the raised deposit.
+                try:
+                    topped = payments.finish(await self.batcher.submit(call))
+                except Revisit:
+                    continue
+                finally:
+                    call.top_up = None
+                await top_up.deliver(self.app.fetcher, call.req.url, topped.header_name, topped.header_value,
+                                     self.app.settings.max_challenge_bytes)
+            else:
+                raise payments.top_up_gave_out(call)
         verdict = await self.batcher.submit(call)
         if isinstance(verdict, PushPending):
             return await self.run(payments.finish, verdict)  # broadcasts: blocking

@@ -12,6 +12,7 @@ in one batch or in two workers, can both spend the last of a budget.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
@@ -23,6 +24,7 @@ from teller.clock import Clock, ms
 from teller.errors import (
     AlreadyExists,
     FailedPrecondition,
+    LimitExceeded,
     NotFound,
     PermissionDenied,
     TellerError,
@@ -31,10 +33,10 @@ from teller.errors import (
 from teller.schemes import Offer
 from teller.schemes.proofs import Proofs
 from teller.sign import batch_io
-from teller.sign.call import Call, PushPending, SignResult, Verdict, sign_result
+from teller.sign.call import Call, PushPending, Revisit, SignResult, Verdict, sign_result
 from teller.signing import SignInput
 from teller.spend.decision import Decision, DenialReason
-from teller.spend.evaluate import evaluate
+from teller.spend.evaluate import channel_room, evaluate
 from teller.spend.ledger import MINUTE_MS, bucket_delta
 from teller.spend.parse import Rules, rules_from
 from teller.spend.rules import DEFAULT, Budget, Charge, Policy, Scope, inherit
@@ -72,8 +74,9 @@ class _Batch:
 
     def reserve(self, row: signing.NewPayment, scopes: Sequence[Scope]) -> None:
         columns = dict(vars(row))
-        # Rows of other tables that exist with this payment (a channel and its first voucher).
+        # Rows of other tables that exist with this payment (a channel and its first voucher; a top-up).
         self.rows.extend(columns.pop("rows", ()))
+        columns.pop("raises", None)
         self.payments.append(columns)
         reserved, spent = bucket_delta(None, 0, row.state, row.amount_common)
         minute = row.created_ms // MINUTE_MS
@@ -219,7 +222,7 @@ class Planner:
         return row
 
     def _decide(self, call: Call, lk: _Locked, batch: _Batch, claims: Mapping[tuple[str, str], batch_io.PaymentRow],
-                ) -> batch_io.Plan[SignResult | PushPending | TellerError]:
+                ) -> batch_io.Plan[SignResult | PushPending | TellerError | Revisit]:
         """One call, in batch order: its idempotency claim, the policy against the
         windows as the calls before it left them, then sign and reserve (or audit
         the denial). Raises a TellerError before anything of it is recorded."""
@@ -240,7 +243,13 @@ class Planner:
         chosen: tuple[Offer, Decision] | None = None
         first: tuple[Offer, Decision] | None = None
         short: tuple[Offer, FailedPrecondition] | None = None
-        for offer in offers_mod.by_preference(call.collected.offers, preference):
+        candidates = offers_mod.by_preference(call.collected.offers, preference)
+        if call.top_up is not None:
+            top = yield from self._top_up(call, scopes, batch)
+            if not isinstance(top, Offer):
+                return top
+            candidates = [top]
+        for offer in candidates:
             decision = _evaluate(scopes, offer, req, offer.scheme.max_fee(offer, call.prepared))
             if decision.allowed and id(offer) in call.short:
                 # The policy allows it but the wallet cannot cover it: no budget is held
@@ -285,12 +294,60 @@ class Planner:
         # A push payment (``raw``) is always the row just reserved, never one found.
         return sign_result(payment) if raw is None else PushPending(caller, cast(signing.NewPayment, payment), raw, offer)
 
+    def _top_up(self, call: Call, scopes: Sequence[Scope],
+                batch: _Batch) -> batch_io.Plan[Offer | TellerError | Revisit]:
+        """The top-up ``call`` asks for, decided on its channel as it stands under
+        the channel's lock: Revisit when another call topped it up (or it closed)
+        since it was read; the refusal when the policy's ``max_channel_deposit``
+        leaves too little room for the next voucher; else the top-up offer, for
+        as much as the cap allows of what it asked."""
+        asked = call.top_up
+        assert asked is not None
+        top = asked.terms
+        row = yield batch_io.LockChannel(call.caller.tenant_id, top.channel)
+        if row is None or row.state != "open" or row.deposit - row.cumulative >= top.increment:
+            return Revisit()
+        shortfall = row.cumulative + top.increment - row.deposit
+        amount = max(top.amount, shortfall)
+        charge = _facts(asked, call.req.url)
+        for scope in scopes:
+            room = channel_room(scope.policy, charge, row.deposit)
+            if room is not None:
+                amount = min(amount, room)
+        if amount < shortfall:
+            left = row.deposit - row.cumulative
+            refusal = LimitExceeded(
+                f"channel {top.channel} ({top.channel_id}) has {left} left of its deposit of {row.deposit}, less "
+                f"than the {top.increment} asked, and max_channel_deposit leaves no room to top it up: close it "
+                "(CloseChannel) and the next challenge opens a new one", reason="channel_deposit_exhausted",
+                metadata={"channel": top.channel, "remaining": str(left), "deposit": str(row.deposit)})
+            batch.audit(call.caller.tenant_id, actor=call.caller.actor, action="payment.deny", outcome="denied",
+                        reason="channel_deposit_exhausted", wallet_id=call.req.wallet_id, amount=shortfall,
+                        asset=asked.asset, network=asked.network, payee=asked.pay_to, resource_url=call.req.url,
+                        details={"protocol": asked.scheme.protocol, "scheme": asked.scheme.id, "action": "topUp",
+                                 **refusal.metadata})
+            return refusal
+        offer = dataclasses.replace(asked, terms=top.at(row.deposit, row.cumulative, amount), deposit=amount,
+                                    channel_deposit=row.deposit + amount)
+        # Its gas was estimated for the offer as asked (the amount changes no gas but calldata's).
+        gas = call.prepared.gas_limits.get(id(asked))
+        if gas is not None:
+            call.prepared.gas_limits[id(offer)] = gas
+        return offer
+
     def _sign_and_record(self, offer: Offer, ctx: signing.Context, prepared: signing.Prepared, batch: _Batch,
                          scopes: Sequence[Scope]) -> batch_io.Plan[tuple[Recorded, bytes | None]]:
         """Sign the chosen offer and add its payment row and audit event to the
         batch. Returns the row and, for a push payment, the transaction still to
         broadcast."""
         row, details, raw = self.proofs.sign(offer, ctx, prepared)
+        raises = getattr(row, "raises", None)
+        if raises is not None:
+            # A top-up: the channel's deposit goes up in the transaction that reserves it
+            # (the channel is locked since ``_top_up``; the compare-and-set is the backstop).
+            channel, before, after = raises
+            if not (yield batch_io.RaiseDeposit(channel, before, after, batch.now_ms)):
+                raise TellerError(f"channel {channel}: its deposit moved while locked")
         if offer.scheme.deterministic and raw is None:
             # Some proofs are deterministic: an evm nonce is bound to its challenge, and a
             # Tempo transaction signed twice within one second is the same bit for bit.
@@ -335,7 +392,8 @@ def _scopes(locked: Sequence[_Locked | TellerError],
 
 
 def _facts(offer: Offer, url: str, payee: str | None = None, fee: int = 0) -> Charge:
-    return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, fee, offer.deposit)
+    return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, fee, offer.deposit,
+                  offer.channel_deposit)
 
 
 def _evaluate(scopes: Sequence[Scope], offer: Offer, req: SignInput, fee: int) -> Decision:

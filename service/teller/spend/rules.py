@@ -119,6 +119,10 @@ class Charge:
     #: ``max_channel_deposit`` caps), while ``amount`` is one unit's price, which
     #: ``per_payment_max`` and the caller's cap judge as they judge each voucher.
     deposit: int | None = None
+    #: An MPP session's top-up: the channel's whole deposit once topped up (what
+    #: ``max_channel_deposit`` caps), while ``deposit`` is what the top-up adds
+    #: (what the budgets hold). None: the deposit is the channel's whole (an open).
+    channel_deposit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,24 @@ from sqlalchemy import bindparam, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from teller.audit import events as audit
-from teller.db.models import ApiToken, AuditHead, Base, Payment, SpendPolicy, Tenant, Wallet
+from teller.channels.rules import ChannelState
+from teller.db.models import (
+    ApiToken,
+    AuditHead,
+    Base,
+    Channel,
+    Payment,
+    SpendPolicy,
+    Tenant,
+    Wallet,
+)
 from teller.sign.batch_io import (
+    ChannelRow,
     FindNonce,
+    LockChannel,
     Measure,
     PaymentRow,
+    RaiseDeposit,
     Read,
     ReleaseKey,
     Snapshot,
@@ -88,6 +101,20 @@ class SqlBatchIO:
     def find_nonce(self, request: FindNonce) -> PaymentRow | None:
         row = self.s.execute(_NONCE, {"wallet_id": request.wallet_id, "nonce": request.nonce}).first()
         return PaymentRow(*row) if row is not None else None
+
+    def lock_channel(self, request: LockChannel) -> ChannelRow | None:
+        row = self.s.execute(select(Channel.id, Channel.wallet_id, Channel.state, Channel.deposit, Channel.cumulative)
+                             .where(Channel.id == request.channel, Channel.tenant_id == request.tenant_id)
+                             .with_for_update()).first()
+        return ChannelRow(*row) if row is not None else None
+
+    def raise_deposit(self, request: RaiseDeposit) -> bool:
+        moved = self.s.execute(update(Channel).where(Channel.id == request.channel,
+                                                     Channel.deposit == request.before,
+                                                     Channel.state == ChannelState.OPEN.value)
+                               .values(deposit=request.after, updated_ms=request.now_ms)
+                               .execution_options(synchronize_session=False))
+        return moved.rowcount == 1  # type: ignore[attr-defined]
 
     def write(self, request: Write) -> None:
         s = self.s
