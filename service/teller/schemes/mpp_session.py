@@ -211,7 +211,7 @@ class TempoSession:
         build = lambda: _build_top_up(top, gas_limit=1, gas_price=gas[network], now_s=now_s,  # noqa: E731
                                       valid_after=_valid_after(now_s))
         try:
-            prepared.gas_limits[id(offer)] = chain.tempo_gas_limit(network, payer, None, build)
+            prepared.gas_limits[id(offer)] = chain.tempo_gas_limit(network, payer, None, build, fresh=False)
         except (FailedPrecondition, InvalidArgument) as exc:
             prepared.gas_limits[id(offer)] = exc
 
