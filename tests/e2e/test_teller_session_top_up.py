@@ -19,7 +19,8 @@ from teller.db.models import Channel, ChannelTopUp
 from testbed.chain import FACILITATOR_KEY
 from testbed.escrow_proxy import escrow_abi
 from testbed.tempo import TEMPO_CHAIN_ID
-from tests.e2e.test_teller_sessions import (  # noqa: F401 - the fixtures, shared
+from tests.e2e import test_teller_sessions as sessions
+from tests.e2e.test_teller_sessions import (
     PRICE,
     VOUCHERS,
     _day,
@@ -28,13 +29,14 @@ from tests.e2e.test_teller_sessions import (  # noqa: F401 - the fixtures, share
     _events,
     _paid_request,
     _tenant,
-    live,
-    testbed,
 )
 from tests.support.mpp_live import PATH_USD
 from tests.support.mppx_session import mppx_session_server
 
 pytestmark = pytest.mark.slow
+
+# The sessions' fixtures: a Tempo chain with the escrow proxy (per module), a Teller on SQLite.
+testbed, live = sessions.testbed, sessions.live
 
 SMALL = 40_000  # the server's suggested deposit ("0.04"): 400 requests a deposit
 

@@ -181,7 +181,8 @@ class FindNonce(Request[PaymentRow | None]):
 @dataclass(frozen=True, slots=True)
 class LockChannel(Request[ChannelRow | None]):
     """Lock a tenant's channel (a top-up is decided on it) and read it: a second
-    top-up of the same channel waits here, then finds the deposit raised."""
+    top-up of the same channel waits here, then finds the deposit raised. Asked
+    before ``Read``: a channel's lock comes before its tenant's audit chain head."""
 
     tenant_id: str
     channel: str

@@ -66,6 +66,8 @@ class _Batch:
     nonces: dict[tuple[str, str], Recorded | None] = field(default_factory=dict)
     #: Per (tenant, scope name), the scope a signature of this batch counted against.
     signed_scopes: dict[tuple[str, str], Scope] = field(default_factory=dict)
+    #: The channels the batch's top-ups are for, locked, as its top-ups leave them.
+    channels: dict[str, batch_io.ChannelRow | None] = field(default_factory=dict)
 
     def audit(self, tenant_id: str, **fields: Any) -> None:
         row = audit_event(tenant_id=tenant_id, head=self.heads[tenant_id], at_ms=self.now_ms, **fields)
@@ -124,6 +126,12 @@ class Planner:
         # is read with the lock (else one round trip each, holding it).
         nonces = sorted({(c.presigned.wallet_id, c.presigned.nonce) for c in calls
                          if c.presigned is not None and c.presigned.nonce is not None})
+        # Channels to top up are locked first: a voucher locks its channel, then the
+        # tenant's audit chain head, and the batch takes that head with its tenant.
+        channels: dict[str, batch_io.ChannelRow | None] = {}
+        for tenant_id, handle in sorted({(c.caller.tenant_id, c.top_up.terms.channel) for c in calls
+                                         if c.top_up is not None}, key=lambda tc: tc[1]):
+            channels[handle] = yield batch_io.LockChannel(tenant_id, handle)
         snap: batch_io.Snapshot = yield batch_io.Read(
             tenant_ids, sorted({c.req.wallet_id for c in calls}),
             sorted({c.caller.token_id for c in calls if c.secret is not None}),
@@ -144,7 +152,7 @@ class Planner:
             windows = yield batch_io.Measure(scopes, now_ms)
         batch = _Batch(now_ms, snap.heads, {key: {name: w.used for name, w in use.items()}
                                             for key, use in windows.items()},
-                       nonces={**dict.fromkeys(nonces), **snap.nonces})
+                       nonces={**dict.fromkeys(nonces), **snap.nonces}, channels=channels)
         out: list[Verdict] = []
         for call, lk in zip(calls, locked, strict=True):
             if isinstance(lk, TellerError):
@@ -245,7 +253,7 @@ class Planner:
         short: tuple[Offer, FailedPrecondition] | None = None
         candidates = offers_mod.by_preference(call.collected.offers, preference)
         if call.top_up is not None:
-            top = yield from self._top_up(call, scopes, batch)
+            top = self._top_up(call, scopes, batch)
             if not isinstance(top, Offer):
                 return top
             candidates = [top]
@@ -294,8 +302,8 @@ class Planner:
         # A push payment (``raw``) is always the row just reserved, never one found.
         return sign_result(payment) if raw is None else PushPending(caller, cast(signing.NewPayment, payment), raw, offer)
 
-    def _top_up(self, call: Call, scopes: Sequence[Scope],
-                batch: _Batch) -> batch_io.Plan[Offer | TellerError | Revisit]:
+    @staticmethod
+    def _top_up(call: Call, scopes: Sequence[Scope], batch: _Batch) -> Offer | TellerError | Revisit:
         """The top-up ``call`` asks for, decided on its channel as it stands under
         the channel's lock: Revisit when another call topped it up (or it closed)
         since it was read; the refusal when the policy's ``max_channel_deposit``
@@ -304,7 +312,7 @@ class Planner:
         asked = call.top_up
         assert asked is not None
         top = asked.terms
-        row = yield batch_io.LockChannel(call.caller.tenant_id, top.channel)
+        row = batch.channels.get(top.channel)
         if row is None or row.state != "open" or row.deposit - row.cumulative >= top.increment:
             return Revisit()
         shortfall = row.cumulative + top.increment - row.deposit
@@ -348,6 +356,9 @@ class Planner:
             channel, before, after = raises
             if not (yield batch_io.RaiseDeposit(channel, before, after, batch.now_ms)):
                 raise TellerError(f"channel {channel}: its deposit moved while locked")
+            locked = batch.channels.get(channel)
+            if locked is not None:  # a later call of this batch sees the deposit raised
+                batch.channels[channel] = locked._replace(deposit=after)
         if offer.scheme.deterministic and raw is None:
             # Some proofs are deterministic: an evm nonce is bound to its challenge, and a
             # Tempo transaction signed twice within one second is the same bit for bit.
