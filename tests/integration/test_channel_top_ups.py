@@ -135,7 +135,7 @@ def test_callers_that_find_the_channel_exhausted_at_once_top_it_up_once(app):
         start.wait()
         try:
             got = int(_payload(t.sign())["cumulativeAmount"])
-        except BaseException as exc:  # noqa: BLE001 - the test reads it
+        except BaseException as exc:  # the test reads it
             with lock:
                 errors.append(exc)
             return
