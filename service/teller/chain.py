@@ -363,8 +363,8 @@ class ChainReader:
 
     def channel_events(self, network: str, escrows: Iterable[str], channel_ids: Iterable[str], from_block: int,
                        to_block: int) -> list[ChannelEvent]:
-        """The escrows' ``Settled``, ``CloseRequested``, ``CloseRequestCancelled``
-        and ``ChannelClosed`` logs of the given channels (0x-hex ids), in chain
+        """The escrows' ``Settled``, ``CloseRequested``, ``CloseRequestCancelled``,
+        ``TopUp`` and ``ChannelClosed`` logs of the given channels (0x-hex ids), in chain
         order. The channel ids go in the filter (``topics[1]``, indexed), a few
         hundred per ``eth_getLogs``: an escrow is shared by every payer on the
         chain, and only these channels are Teller's. A log that does not fit its

@@ -93,6 +93,11 @@ def test_a_thousand_vouchers_with_top_ups_then_a_close_leave_exactly_what_the_ch
     result = live.app.reconciler.run_once()
     assert not result.errors, result.errors
     assert result.transitions["channel.closed"] == 1, result.transitions
+    # The reconciler read the escrow's TopUp events: each confirms Teller's top-up of that transaction.
+    assert result.transitions["channel.topped_up"] == top_ups, result.transitions
+    confirmed = [json.loads(e.details_json) for e in client.audit_events(action="channel.topped_up")[0]]
+    assert sorted(d["top_up_payment"] for d in confirmed) == sorted(ids)
+    assert all(d["confirmed"] for d in confirmed)
     payments = [live.app.lifecycle.get(p, t.tenant_id) for p in [closed_open_id(live, channel.id), *ids]]
     assert all(p.state == "settled" and p.fee_paid for p in payments), payments
     fees = sum(p.fee_paid for p in payments)

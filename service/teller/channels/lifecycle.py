@@ -6,6 +6,7 @@ in one transaction with its audit row.
     closing --CloseRequestCancelled-> open
     open|closing --ChannelClosed----> closed    (the refunded part of the deposit stops counting)
     Settled: audited only (the payee took what a voucher promised; the deposit counted it already)
+    TopUp: audited, confirming the top-up payment of that transaction (its receipt settles it)
 
 A channel's open payment counts its whole deposit (and its fee) from the Sign
 that opened it; once the chain shows the channel closed, the part of the
@@ -41,6 +42,7 @@ from teller.mpp.channel_events import (
     CloseRequestCancelled,
     CloseRequested,
     Settled,
+    TopUp,
 )
 from teller.spend.store import move_buckets
 from teller.states import PaymentState
@@ -83,7 +85,8 @@ def open_to_settle(s: Session, network: str, event: ChannelEvent) -> str | None:
 
 #: The audit action of each event applied.
 ACTIONS: dict[type, str] = {Settled: "channel.settled", CloseRequested: "channel.close_requested",
-                            CloseRequestCancelled: "channel.close_cancelled", ChannelClosed: "channel.closed"}
+                            CloseRequestCancelled: "channel.close_cancelled", ChannelClosed: "channel.closed",
+                            TopUp: "channel.topped_up"}
 
 
 def apply(s: Session, network: str, event: ChannelEvent, *, now_ms: int, actor: str,
@@ -125,6 +128,17 @@ def apply(s: Session, network: str, event: ChannelEvent, *, now_ms: int, actor: 
                      details={**details, "cumulative_amount": str(event.cumulative_amount),
                               "delta_paid": str(event.delta_paid), "new_settled": str(event.new_settled)},
                      **fields)
+    elif isinstance(event, TopUp):
+        # Teller's own top-up is the payment whose transaction emitted it; the chain's
+        # deposit is what the escrow now holds (Teller's may still count a top-up pending).
+        ours = s.execute(select(Payment.id, ChannelTopUp.added).join(ChannelTopUp, ChannelTopUp.payment_id == Payment.id)
+                         .where(ChannelTopUp.channel == c.id, Payment.nonce == event.log.tx_hash)).first()
+        audit.record(s, at_ms=now_ms, actor=actor, action=action, amount=str(event.additional_deposit),
+                     details={**details, "added": str(event.additional_deposit),
+                              "deposit_on_chain": str(event.new_deposit), "deposit": str(c.deposit),
+                              "top_up_payment": None if ours is None else ours[0],
+                              "confirmed": ours is not None and ours[1] == event.additional_deposit},
+                     **{**fields, "payment_id": "" if ours is None else ours[0]})
     elif isinstance(event, CloseRequested):
         if c.state == ChannelState.OPEN:
             c.state = ChannelState.CLOSING.value
