@@ -219,3 +219,71 @@ def test_a_retry_under_the_key_is_the_same_top_up_and_the_same_voucher(app):
     assert _payload(replay) == _payload(voucher)
     assert [p for p, _, _ in t.top_ups()] == [first.payment_id]
     assert t.channel().deposit == 2 * DEPOSIT
+
+
+def _top_up_payment(app, o, added: int, fee: int, created_ms: int) -> tuple[str, str]:
+    """A top-up of ``o``'s channel as the Sign batch records it: its payment
+    (what it adds and the most its fee can be), its row, the deposit raised."""
+    import os
+    import uuid
+
+    from sqlalchemy import text, update
+
+    from teller.db.models import Channel
+    from teller.spend.ledger import BUCKET_ROW_SQL, MINUTE_MS, bucket_delta
+
+    tx = "0x" + os.urandom(32).hex()
+    p = Payment(id=str(uuid.uuid4()), tenant_id=o.channel.tenant_id, wallet_id=o.channel.wallet_id, protocol="mpp",
+                version=1, scheme="tempo/session", network=NETWORK, asset=TOKEN, pay_to=PAYEE, amount=added,
+                amount_common=added + fee, fee_max=fee, fee_common=fee, resource_url=URL, nonce=tx,
+                valid_before=2**40, state="signed", header_name="Authorization", header_value="Payment x",
+                request_hash="0" * 64, created_ms=created_ms, updated_ms=created_ms)
+    with app.db.transaction() as s:
+        c = s.get(Channel, o.channel.handle)
+        s.add(p)
+        s.add(ChannelTopUp(payment_id=p.id, channel=c.id, added=added, deposit_before=c.deposit,
+                           created_ms=created_ms))
+        s.execute(update(Channel).where(Channel.id == c.id).values(deposit=c.deposit + added))
+        reserved, spent = bucket_delta(None, 0, "signed", p.amount_common)
+        s.execute(text(BUCKET_ROW_SQL), [{"scope": scope, "scope_id": sid, "minute": created_ms // MINUTE_MS,
+                                          "reserved": reserved, "spent": spent}
+                                         for scope, sid in (("tenant", o.channel.tenant_id),
+                                                            ("wallet", o.channel.wallet_id))])
+    return p.id, tx
+
+
+def test_a_close_counts_exactly_what_the_payee_got_across_the_open_and_its_top_ups(app):
+    """The refund comes back to the newest deposits first: the last top-up whole,
+    then part of the one before; together the payments count the payee's share
+    and each its own fee, to the unit."""
+    from teller.chain import Mined
+    from teller.channels import lifecycle as channel_lifecycle
+    from teller.mpp import gas as tempo_gas
+    from teller.mpp.channel_events import ChannelClosed, EventLog
+    from teller.spend.rules import Budget
+    from teller.spend.store import measure
+    from tests.support.channels import open_with_payment
+
+    t0 = 1_795_000_000_000
+    o = open_with_payment(app, 1_000, fee_max=50, fee_common=50, created_ms=t0)
+    tops = [_top_up_payment(app, o, 1_000, 40, t0 + 1_000), _top_up_payment(app, o, 1_000, 40, t0 + 2_000)]
+    fees = {}
+    for pid, tx, gas in [(o.payment_id, o.open_tx, 2_000_000), *[(p, x, 1_500_000) for p, x in tops]]:
+        mined = Mined(tx, True, 3, gas, 2 * 10**7)
+        fees[pid] = tempo_gas.fee(gas, 2 * 10**7)  # below the fee reserved: trued down
+        with app.db.transaction() as s:
+            assert lifecycle.advance(s, s.get(Payment, pid), lifecycle.mined_change(mined),
+                                     from_states=lifecycle.LIVE, now_ms=t0 + 3_000, actor="test")
+    # The payee got 1,300 of the 3,000 deposited; 1,700 came back.
+    log = EventLog(ESCROW, o.channel.channel_id, o.channel.address, PAYEE,
+                   "0x" + "77" * 32, 10, 0)
+    with app.db.transaction() as s:
+        assert channel_lifecycle.apply(s, NETWORK, ChannelClosed(log, 1_300, 1_700), now_ms=t0 + 4_000,
+                                       actor="test") == "channel.closed"
+    with app.db.read() as s:
+        counted = {pid: s.get(Payment, pid).amount_common for pid in fees}
+        day = measure(s, "tenant", o.channel.tenant_id, [Budget("day", 10**15, calendar="day")], t0 + 4_000)["day"]
+    # The last top-up came back whole, the first top-up 700 of its 1,000, the open none.
+    assert counted == {o.payment_id: 1_000 + fees[o.payment_id], tops[0][0]: 300 + fees[tops[0][0]],
+                       tops[1][0]: fees[tops[1][0]]}
+    assert (day.reserved, day.spent) == (0, 1_300 + sum(fees.values()))
