@@ -24,7 +24,7 @@ from teller import offers as offers_mod
 from teller.audit import events as audit
 from teller.callers import Caller, check_secret
 from teller.chain import ChainReader, NotCached
-from teller.channels.store import Channels, TopUpWanted, Wanted
+from teller.channels.store import Ask, Channels, TopUpWanted, Wanted
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import ApiToken, Payment, Wallet
@@ -139,29 +139,60 @@ class Payments:
         when there is no such channel with the unit left (the batch then opens
         one, reserving its deposit). A voucher reserves nothing: the deposit it
         spends was reserved when the channel opened."""
+        answer = self.vouchers([call])[0]
+        if isinstance(answer, TellerError):
+            raise answer
+        return answer
+
+    def voucher_channel(self, call: Call) -> Wanted | None:
+        """The channel ``call``'s session asks a voucher on (pure): calls with the
+        same one may be signed together (``vouchers``)."""
         offer = self._session_offer(call)
         if offer is None:
             return None
-        session: Session = offer.terms
-        req = session.request
-        caller, key = call.caller, call.req.idempotency_key
-        want = Wanted(caller.tenant_id, call.req.wallet_id, offer.network, req.escrow, req.recipient, req.currency,
-                      req.operator, None if req.channel_id is None else "0x" + req.channel_id.hex())
-        signed = self.channels.sign_next(want, req.amount, max_increment=call.req.max_amount, actor=caller.actor,
-                                         idempotency_key=key, check=self._voucher_check(call, offer))
-        if signed is None:
-            return None
-        if isinstance(signed, TopUpWanted):
-            # The channel has less than the unit left: the batch tops it up (``call.top_up``).
-            call.top_up = top_up_offer(offer, signed.channel, signed.channel_id, signed.descriptor, signed.escrow,
-                                       signed.deposit, signed.cumulative, signed.opened_with)
-            return None
-        value = voucher_credential(session, signed.descriptor, signed.channel_id, signed.cumulative,
-                                   signed.signature, signed.payer)
-        return SignResult(header_name=session.challenge.header, header_value=value, payment_id="",
-                          protocol=TEMPO_SESSION.protocol, version=1, scheme=TEMPO_SESSION.id, network=offer.network,
-                          asset=offer.asset, amount=signed.increment, pay_to=offer.pay_to,
-                          headers=idempotency.retry_headers(TEMPO_SESSION.protocol, caller.tenant_id, key))
+        req = offer.terms.request
+        return Wanted(call.caller.tenant_id, call.req.wallet_id, offer.network, req.escrow, req.recipient,
+                      req.currency, req.operator, None if req.channel_id is None else "0x" + req.channel_id.hex())
+
+    def vouchers(self, calls: Sequence[Call]) -> list[SignResult | TellerError | None]:
+        """``voucher`` for calls that share one ``voucher_channel``, in one
+        transaction under one lock of the channel (``Channels.sign_next_many``):
+        under load the transaction's cost is shared by every voucher in it."""
+        want = self.voucher_channel(calls[0])
+        actor = calls[0].caller.actor
+        if want is None or any(self.voucher_channel(c) != want or c.caller.actor != actor for c in calls[1:]):
+            # One transaction, one audit event: one channel and one actor.
+            raise TellerError("vouchers of different channels or actors cannot be signed together")
+        offers = [self._session_offer(c) for c in calls]
+        asks = []
+        for call, offer in zip(calls, offers, strict=True):
+            assert offer is not None
+            asks.append(Ask(offer.terms.request.amount, call.req.max_amount, call.req.idempotency_key,
+                            self._voucher_check(call, offer),
+                            (call.caller.token_id, call.secret, call.req.url, offer.amount)))
+        answers = self.channels.sign_next_many(want, asks, actor=actor)
+        out: list[SignResult | TellerError | None] = []
+        for call, offer, signed in zip(calls, offers, answers, strict=True):
+            if isinstance(signed, TopUpWanted):
+                # The channel has less than the unit left: the batch tops it up (``call.top_up``).
+                assert offer is not None
+                call.top_up = top_up_offer(offer, signed.channel, signed.channel_id, signed.descriptor,
+                                           signed.escrow, signed.deposit, signed.cumulative, signed.opened_with)
+                out.append(None)
+                continue
+            if signed is None or isinstance(signed, TellerError):
+                out.append(signed)
+                continue
+            assert offer is not None
+            session: Session = offer.terms
+            value = voucher_credential(session, signed.descriptor, signed.channel_id, signed.cumulative,
+                                       signed.signature, signed.payer)
+            out.append(SignResult(header_name=session.challenge.header, header_value=value, payment_id="",
+                                  protocol=TEMPO_SESSION.protocol, version=1, scheme=TEMPO_SESSION.id,
+                                  network=offer.network, asset=offer.asset, amount=signed.increment,
+                                  pay_to=offer.pay_to, headers=idempotency.retry_headers(
+                                      TEMPO_SESSION.protocol, call.caller.tenant_id, call.req.idempotency_key)))
+        return out
 
     def open_facts(self, call: Call) -> None:
         """What opening a channel for ``call``'s session needs from the chain (its
