@@ -113,6 +113,8 @@ def test_a_thousand_vouchers_with_top_ups_then_a_close_leave_exactly_what_the_ch
     # Teller's spend is what the chain shows, to the unit.
     day = _day(client)
     assert (day.reserved, day.spent) == (0, wallet_paid)
+    print(f"\nvouchers={len(totals)} top_ups={top_ups} deposit={channel.deposit} payee={last} "
+          f"refund={event['refundedToPayer']} fees={[p.fee_paid for p in payments]} spent={day.spent}")
 
 
 def closed_open_id(live, handle: str) -> str:
