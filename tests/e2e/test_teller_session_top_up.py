@@ -30,13 +30,27 @@ from tests.e2e.test_teller_sessions import (
     _paid_request,
     _tenant,
 )
+from tests.support.harness import RunningTeller, make_settings
 from tests.support.mpp_live import PATH_USD
 from tests.support.mppx_session import mppx_session_server
 
 pytestmark = pytest.mark.slow
 
-# The sessions' fixtures: a Tempo chain with the escrow proxy (per module), a Teller on SQLite.
-testbed, live = sessions.testbed, sessions.live
+# The sessions' chain: a Tempo chain with the escrow proxy (per module).
+testbed = sessions.testbed
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db(request, tmp_path, testbed):
+    """A Teller on SQLite, or on PostgreSQL (whose Sign batches lock the channel and
+    raise its deposit through async psycopg), that may POST top-ups to the local server."""
+    chain, proxy_url, proxy = testbed
+    url = f"sqlite:///{tmp_path / 'teller.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    running = RunningTeller(make_settings(url, tmp_path, rpc_urls={chain.network: proxy_url},
+                                          reconcile_interval_seconds=0, session_escrows={chain.network: proxy.escrow},
+                                          outbound_allow=("127.0.0.1",)))
+    yield running
+    running.stop()
 
 SMALL = 40_000  # the server's suggested deposit ("0.04"): 400 requests a deposit
 
@@ -46,7 +60,8 @@ def _server(proxy_url, proxy, payee):
                                "0.0001", suggested_deposit="0.04")
 
 
-def test_a_thousand_vouchers_with_top_ups_then_a_close_leave_exactly_what_the_chain_shows(live, testbed):
+def test_a_thousand_vouchers_with_top_ups_then_a_close_leave_exactly_what_the_chain_shows(any_db, testbed):
+    live = any_db
     chain, proxy_url, proxy = testbed
     payee = to_checksum_address("0x" + secrets.token_hex(20))
     t = _tenant(live, chain)

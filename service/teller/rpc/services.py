@@ -138,7 +138,9 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
                 if call.top_up is None:
                     break
                 # The channel has no room: the batch tops it up, the server takes the top-up,
-                # and the next voucher (the caller's answer) fits the raised deposit.
+                # and the next voucher (the caller's answer) fits the raised deposit. Nothing is
+                # reserved for a top-up Teller may not deliver (outbound_allow).
+                await self.app.fetcher.check(call.req.url)
                 try:
                     topped = payments.finish(await self.batcher.submit(call))
                 except Revisit:
