@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from teller.callers import Caller
 from teller.chain import NotCached
 from teller.channels import reads as channel_reads
 from teller.channels.close import Closer
+from teller.channels.forced import ForcedClose
 from teller.db.models import Operator
 from teller.errors import InvalidArgument, PermissionDenied
 from teller.pay import Payer, PayHead, pay_input
@@ -187,6 +189,13 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         caller = await self._caller(context)
         if not request.id:
             raise InvalidArgument("id is required: the channel to close (Channel.id)")
+        if request.force:
+            forced = ForcedClose(self.app.db, self.app.vault, self.app.chain, self.app.payments.clock)
+            got = await self.run(functools.partial(forced.request, caller.tenant_id, request.id, actor=caller.actor))
+            channel = await self.run(self.app.channels.get, caller.tenant_id, got.channel)
+            return payment_pb2.CloseChannelResponse(id=got.channel, cumulative=str(channel.cumulative),
+                                                    tx_hash=got.tx_hash, payment_id=got.payment_id,
+                                                    grace_end=got.grace_end or 0)
         url = request.url
         if not url or len(url) > 8192 or not url.isascii() or not url.isprintable():
             raise InvalidArgument("url is required: the session's URL, printable ASCII of at most 8192 characters")
