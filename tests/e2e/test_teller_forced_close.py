@@ -49,7 +49,8 @@ def own(tmp_path):
     with tempo_chain(*MPPX_CHAIN_ARGS) as chain, escrow_proxy(chain.rpc_url) as (proxy_url, proxy):
         running = RunningTeller(make_settings(
             f"sqlite:///{tmp_path / 'teller.db'}", tmp_path, rpc_urls={chain.network: proxy_url},
-            reconcile_interval_seconds=0, session_escrows={chain.network: proxy.escrow}))
+            reconcile_interval_seconds=0, session_escrows={chain.network: proxy.escrow},
+            outbound_allow=("127.0.0.1",)))
         try:
             yield chain, proxy_url, proxy, running
         finally:
