@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import subprocess
 import time
 from typing import Any
 
@@ -32,6 +33,7 @@ from teller_client import Asset, Budget, FailedPrecondition, Policy
 from testbed.chain import FACILITATOR_KEY
 from testbed.escrow_proxy import escrow_abi, escrow_proxy
 from testbed.tempo import TEMPO_CHAIN_ID, tempo_chain
+from tests.integration.test_cli import TELLER, _env
 from tests.support.harness import RunningTeller, make_settings
 from tests.support.mpp_live import MPPX_CHAIN_ARGS, PATH_USD
 from tests.support.mppx_session import mppx_session_server
@@ -274,8 +276,16 @@ def test_a_payee_that_closes_during_the_grace_period_wins(own):
         for _ in range(5):
             _paid(client, t, url, server)
         (channel,) = teller.app.channels.of_tenant(t.tenant_id)
-        forced = client.close_channel(channel.id, force=True)
-        assert forced.grace_end
+        # This time an operator forces it: `teller admin channel close --force`.
+        done = subprocess.run([*TELLER, "admin", "channel", "close", channel.id, "--tenant", t.tenant_id, "--force",
+                               "-o", "json", "--target", teller.admin_target, "--token", teller.settings.admin_token],
+                              env=_env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        forced = json.loads(done.stdout)
+        assert forced["grace_end"] and forced["tx_hash"] and forced["cumulative"] == 5 * PRICE
+        with teller.app.db.read() as s:
+            actors = list(s.scalars(select(AuditEvent.actor).where(AuditEvent.action == "channel.force_close")))
+        assert actors == ["operator:bootstrap"]
         # mppx's own close credential is refused while a close request is pending ...
         with pytest.raises(FailedPrecondition, match=r"pending close request|refused"):
             client.close_channel(channel.id, url)
@@ -285,7 +295,7 @@ def test_a_payee_that_closes_during_the_grace_period_wins(own):
                     bytes.fromhex(signature[2:]))
     teller.app.reconciler.run_once()
     assert _row(teller, channel.id).state == "closed"
-    _travel_past(w3, forced.grace_end)
+    _travel_past(w3, forced["grace_end"])
     after = teller.app.reconciler.run_once()
     assert "channel.withdraw" not in after.transitions and not after.errors, after
     assert _row(teller, channel.id).withdraw_payment_id is None

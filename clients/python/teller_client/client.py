@@ -553,6 +553,14 @@ class AdminClient(_Sync):
             tenant_id=tenant_id, id=channel, page_size=page_size, page_token=page_token))
         return _codec.channel_vouchers(r)
 
+    def close_channel(self, tenant_id: str, channel: str, *, force: bool = True,
+                      timeout: float | None = None) -> ClosedChannel:
+        """Close one of a tenant's channels by force (operators close no other way):
+        the wallet sends ``requestClose``; the reconciler withdraws after ``grace_end``."""
+        r = self._call("CloseChannel", admin_pb2.AdminCloseChannelRequest(tenant_id=tenant_id, id=channel,
+                                                                          force=force), timeout=timeout)
+        return ClosedChannel(r.id, int(r.cumulative), 0, None, r.tx_hash, r.payment_id, r.grace_end or None)
+
     def reconcile(self) -> tuple[dict[str, int], list[str]]:
         """Run one reconciler pass now; returns transitions by state and errors."""
         r = self._call("Reconcile", admin_pb2.ReconcileRequest())

@@ -334,6 +334,21 @@ class AdminServicer(_Base, admin_pb2_grpc.AdminServiceServicer):
                                 request.page_size, request.page_token)
         return convert.channel_detail_to_proto(detail)
 
+    async def CloseChannel(self, request: admin_pb2.AdminCloseChannelRequest, context: grpc.aio.ServicerContext) -> admin_pb2.AdminCloseChannelResponse:
+        await self._operator(context)
+        if not request.tenant_id or not request.id:
+            raise InvalidArgument("tenant_id and id are required: the channel to close and its tenant")
+        if not request.force:
+            raise InvalidArgument("force must be set: operators close channels by force only (a cooperative "
+                                  "close is the tenant's PaymentService.CloseChannel, with the session's URL)")
+        forced = ForcedClose(self.app.db, self.app.vault, self.app.chain, self.app.payments.clock)
+        got = await self.run(functools.partial(forced.request, request.tenant_id, request.id,
+                                               actor=auth.operator_actor()))
+        channel = await self.run(self.app.channels.get, request.tenant_id, got.channel)
+        return admin_pb2.AdminCloseChannelResponse(id=got.channel, cumulative=str(channel.cumulative),
+                                                   tx_hash=got.tx_hash, payment_id=got.payment_id,
+                                                   grace_end=got.grace_end or 0)
+
     async def CreateOperator(self, request: admin_pb2.CreateOperatorRequest, context: grpc.aio.ServicerContext) -> admin_pb2.CreateOperatorResponse:
         await self._operator(context)
         row, token = await self.run(self.app.operators.create, request.name)
