@@ -17,10 +17,12 @@ from teller.app import build
 from teller.chain import Block, ChainReader, Mined
 from teller.channels.forced import ForcedClose
 from teller.db.models import AuditEvent, Channel, Payment
-from teller.errors import LimitExceeded
+from teller.errors import LimitExceeded, Unavailable
 from teller.mpp import gas as tempo_gas
 from teller.mpp.channel import _REQUEST_CLOSE, _WITHDRAW
-from teller.mpp.channel_events import CloseRequested, EventLog
+from teller.channels import lifecycle as channel_lifecycle
+from teller.mpp.channel_events import CloseRequestCancelled, CloseRequested, EventLog
+from teller.reconciler import Reconciler
 from teller.schemes.mpp_tempo import tx_hash
 from teller.spend.rules import Budget
 from teller.spend.store import measure
@@ -42,6 +44,7 @@ class ForcingChain(ChainReader):
         super().__init__({NETWORK: "http://127.0.0.1:9"})
         self.sent: list[bytes] = []
         self.lock = threading.Lock()
+        self.lose_next = False
 
     def head(self, network: str) -> Block:
         return Block(100, GRACE_END + 1)
@@ -54,7 +57,16 @@ class ForcingChain(ChainReader):
         build()
         return GAS_LIMIT
 
+    def authorization_events(self, *args, **kw):
+        return []
+
+    def mined(self, network: str, tx: str) -> Mined | None:
+        return None  # a transaction the broadcast lost: never mined
+
     def broadcast(self, network: str, raw: bytes, wait_s: float = 30.0) -> Mined:
+        if self.lose_next:
+            self.lose_next = False
+            raise Unavailable("broadcast on eip155:31337 failed: the node went away")
         time.sleep(0.3)
         with self.lock:
             self.sent.append(raw)
@@ -185,3 +197,35 @@ def test_no_withdraw_before_the_grace_period_ends_or_after_a_cancellation(app):
     early = Block(100, GRACE_END - 1)  # withdraw reverts before the grace end: not even estimated
     assert ForcedClose(app.db, app.vault, chain).withdraw_due(NETWORK, early, errors.append) == []
     assert chain.of(_WITHDRAW) == [] and not errors
+
+
+def test_a_request_lost_in_the_broadcast_expires_and_may_be_sent_again_and_a_cancellation_reopens(app):
+    chain = ForcingChain()
+    o = _opened(app)
+    tenant, handle = o.channel.tenant_id, o.channel.handle
+    chain.lose_next = True
+    with pytest.raises(Unavailable, match="was sent, not seen mined"):
+        ForcedClose(app.db, app.vault, chain).request(tenant, handle)
+    lost = _channel(app, o).force_payment_id
+    assert _channel(app, o).state == "closing" and chain.sent == []
+    # Its fate is unknown: asked again meanwhile, the same request, nothing sent.
+    again = ForcedClose(app.db, app.vault, chain).request(tenant, handle)
+    assert (again.payment_id, again.grace_end) == (lost, None) and chain.sent == []
+    assert _day(app, o) == (200_000 + 20_000 + FEE_MAX, 0)
+    # The reconciler sees its deadline pass unmined (the head's time is past it): released.
+    result = Reconciler(app.db, chain, use_lease=False, forced=ForcedClose(app.db, app.vault, chain)).run_once()
+    assert result.transitions["expired"] == 1 and not result.errors, result
+    assert _day(app, o) == (200_000 + 20_000, 0)
+    # Now a new request may go out.
+    sent = ForcedClose(app.db, app.vault, chain).request(tenant, handle)
+    assert sent.payment_id != lost and sent.grace_end == GRACE_END and len(chain.of(_REQUEST_CLOSE)) == 1
+    # A top-up on chain cancels the request: open again, nothing to withdraw, vouchers again.
+    log = EventLog(ESCROW, o.channel.channel_id, o.channel.address, "0x" + "00" * 19 + "02", "0x" + "ab" * 32,
+                   500, 0)
+    with app.db.transaction() as s:
+        assert channel_lifecycle.apply(s, NETWORK, CloseRequestCancelled(log), now_ms=int(time.time() * 1000),
+                                       actor="test") == "channel.close_cancelled"
+    c = _channel(app, o)
+    assert (c.state, c.grace_end, c.force_payment_id) == ("open", None, None)
+    assert ForcedClose(app.db, app.vault, chain).withdraw_due(NETWORK, chain.head(NETWORK), print) == []
+    assert app.channels.sign_voucher(tenant, handle, 10).cumulative == 10

@@ -27,11 +27,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from teller.audit import events as audit
@@ -211,10 +213,15 @@ class ForcedClose:
         chain_id = chain_id_of(facts.network)
         price = self.chain.gas_price(facts.network)
         now_s = int(self.clock()) if now_s is None else now_s
+        # A random past second, as mppx gives its top-ups: a transaction sent again in the
+        # second its lost predecessor was (expired, reverted) is then not the same one,
+        # which the payments' (wallet, nonce) key would refuse.
+        valid_after = max(now_s - 1 - secrets.randbelow(600), 0)
 
         def tx(limit: int) -> TempoTransaction:
             return channel_transaction(call, chain_id=chain_id, fee_token=facts.token, gas_limit=limit,
-                                       gas_price=price, valid_before=now_s + MAX_VALID_FOR_S)
+                                       gas_price=price, valid_before=now_s + MAX_VALID_FOR_S,
+                                       valid_after=valid_after)
         # Estimated each time (key None), and as it is: the call's first argument is
         # the payer, not a recipient. A channel the escrow would refuse the call on
         # (closed by the payee, grace period not over) fails here, before any fee.
@@ -245,6 +252,15 @@ class ForcedClose:
         """The claim: under the channel's lock, no live or mined claim of this kind,
         the fee within every budget; then the payment, the channel's change and the
         audit event. A refusal by the policy is audited and raised."""
+        try:
+            return self._claim_once(facts, channel, action, actor, tx, valid_before, fee_max, details)
+        except IntegrityError:
+            # The backstop: this very transaction already holds a payment (the same
+            # one signed twice). Nothing was written; it is someone's claim already.
+            return None
+
+    def _claim_once(self, facts: _Facts, channel: str, action: str, actor: str, tx: str, valid_before: int,
+                    fee_max: int, details: dict[str, object]) -> str | None:
         column = _CLAIM[action]
         refused: TellerError | None = None
         with self.db.transaction() as s:
