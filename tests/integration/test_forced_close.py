@@ -15,12 +15,12 @@ from sqlalchemy import select
 
 from teller.app import build
 from teller.chain import Block, ChainReader, Mined
+from teller.channels import lifecycle as channel_lifecycle
 from teller.channels.forced import ForcedClose
 from teller.db.models import AuditEvent, Channel, Payment
 from teller.errors import LimitExceeded, Unavailable
 from teller.mpp import gas as tempo_gas
 from teller.mpp.channel import _REQUEST_CLOSE, _WITHDRAW
-from teller.channels import lifecycle as channel_lifecycle
 from teller.mpp.channel_events import CloseRequestCancelled, CloseRequested, EventLog
 from teller.reconciler import Reconciler
 from teller.schemes.mpp_tempo import tx_hash
