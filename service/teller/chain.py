@@ -226,7 +226,7 @@ class ChainReader:
             raise
 
     def tempo_gas_limit(self, network: str, sender: str, key: Any, build: Callable[[], TempoTransaction],
-                        cached_only: bool = False) -> int:
+                        cached_only: bool = False, fresh: bool = True) -> int:
         """The gas limit for the transaction ``build()`` makes, sent by ``sender``,
         from the chain's estimates (``teller.mpp.gas``), remembered per ``key``
         (``teller.mpp.gas.shape_key``: sender, token, call shape, recipients): the
@@ -234,7 +234,8 @@ class ChainReader:
         a balance has dropped to zero since.
 
         A refusal is ``FailedPrecondition`` naming the node's reason, with reason
-        ``insufficient_balance`` when the wallet cannot cover amount + fee."""
+        ``insufficient_balance`` when the wallet cannot cover amount + fee.
+        ``fresh=False``: calls that pay no recipient (``teller.mpp.gas.requests``)."""
         cached = key is not None  # None: estimated each time, never remembered
         key = (network, key)
         hit = self._gas_limits.get(key) if cached else None
@@ -242,7 +243,7 @@ class ChainReader:
             return hit
         if cached_only:
             raise NotCached(f"gas limit on {network}")
-        reqs = tempo_gas.requests(build(), sender)
+        reqs = tempo_gas.requests(build(), sender, fresh=fresh)
         whole = self._estimate(network, reqs.whole)
         singles = [(self._estimate(network, actual), self._estimate(network, fresh)) for actual, fresh in reqs.singles]
         limit = tempo_gas.limit(whole, singles)

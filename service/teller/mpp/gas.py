@@ -67,13 +67,16 @@ def _to_fresh(call: TempoCall) -> TempoCall:
     return TempoCall(call.to, data)
 
 
-def requests(tx: TempoTransaction, sender: str) -> Requests:
+def requests(tx: TempoTransaction, sender: str, *, fresh: bool = True) -> Requests:
+    """``fresh=False`` for calls whose first argument is not a recipient (an
+    escrow's ``requestClose(descriptor)`` names the payer there, and any other
+    payer reverts): each call is then estimated only as it is."""
     base = _base(tx, sender)
     whole = dict(base, calls=[{"to": "0x" + c.to.hex(), "value": "0x0", "data": "0x" + c.data.hex()}
                               for c in tx.calls])
     singles = tuple(
         (dict(base, to="0x" + c.to.hex(), data="0x" + c.data.hex()),
-         dict(base, to="0x" + c.to.hex(), data="0x" + _to_fresh(c).data.hex()))
+         dict(base, to="0x" + c.to.hex(), data="0x" + (_to_fresh(c) if fresh else c).data.hex()))
         for c in tx.calls)
     return Requests(whole, singles)
 
