@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from teller.admin import Admin
 from teller.chain import ChainReader
+from teller.channels.forced import ForcedClose
 from teller.channels.store import Channels
 from teller.clock import Clock, system_clock
 from teller.config import Settings
@@ -81,7 +82,8 @@ def build(settings: Settings, clock: Clock = system_clock, *, migrate: bool | No
         ),
         chain=chain,
         lifecycle=Lifecycle(db, chain, vault, clock, max_void_fee_wei=settings.max_void_fee_wei),
-        reconciler=Reconciler(db, chain, clock, lookback_blocks=settings.reconcile_lookback_blocks),
+        reconciler=Reconciler(db, chain, clock, lookback_blocks=settings.reconcile_lookback_blocks,
+                              forced=ForcedClose(db, vault, chain, clock)),
         fetcher=Fetcher(allow=settings.outbound_allow, connect_timeout_s=settings.outbound_connect_timeout_seconds,
                         read_timeout_s=settings.outbound_read_timeout_seconds,
                         max_response_bytes=settings.max_response_bytes, max_redirects=settings.max_redirects),

@@ -226,7 +226,7 @@ class ChainReader:
             raise
 
     def tempo_gas_limit(self, network: str, sender: str, key: Any, build: Callable[[], TempoTransaction],
-                        cached_only: bool = False, *, fresh: bool = True) -> int:
+                        cached_only: bool = False, fresh: bool = True) -> int:
         """The gas limit for the transaction ``build()`` makes, sent by ``sender``,
         from the chain's estimates (``teller.mpp.gas``), remembered per ``key``
         (``teller.mpp.gas.shape_key``: sender, token, call shape, recipients): the
@@ -235,7 +235,7 @@ class ChainReader:
 
         A refusal is ``FailedPrecondition`` naming the node's reason, with reason
         ``insufficient_balance`` when the wallet cannot cover amount + fee.
-        ``fresh``: as ``teller.mpp.gas.requests``."""
+        ``fresh=False``: calls that pay no recipient (``teller.mpp.gas.requests``)."""
         cached = key is not None  # None: estimated each time, never remembered
         key = (network, key)
         hit = self._gas_limits.get(key) if cached else None
@@ -363,8 +363,8 @@ class ChainReader:
 
     def channel_events(self, network: str, escrows: Iterable[str], channel_ids: Iterable[str], from_block: int,
                        to_block: int) -> list[ChannelEvent]:
-        """The escrows' ``Settled``, ``CloseRequested``, ``CloseRequestCancelled``,
-        ``TopUp`` and ``ChannelClosed`` logs of the given channels (0x-hex ids), in chain
+        """The escrows' ``Settled``, ``CloseRequested``, ``CloseRequestCancelled``
+        and ``ChannelClosed`` logs of the given channels (0x-hex ids), in chain
         order. The channel ids go in the filter (``topics[1]``, indexed), a few
         hundred per ``eth_getLogs``: an escrow is shared by every payer on the
         chain, and only these channels are Teller's. A log that does not fit its

@@ -12,7 +12,10 @@ Per network, one pass
 4. scans the escrow events of the open and closing MPP session channels
    (settled, close requested or cancelled, closed) from a cursor of their own
    (``channels:<network>``), applying each in its own transaction
-   (``teller.channels.lifecycle``).
+   (``teller.channels.lifecycle``);
+5. sends the wallet's ``withdraw`` for each forced close whose grace period
+   ended at or before the head block's time (``teller.channels.forced``); the
+   next pass sees its ``ChannelClosed``.
 
 Several workers may run this at once. A lease on each cursor row keeps them
 from repeating each other's RPC calls; correctness rests on the guarded
@@ -34,6 +37,7 @@ from sqlalchemy.orm import Session
 from teller import observe
 from teller.chain import AuthorizationEvent, Block, ChainReader
 from teller.channels import lifecycle as channel_lifecycle
+from teller.channels.forced import ForcedClose
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import ChainCursor, Payment, Wallet
@@ -70,7 +74,7 @@ class Reconciler:
     def __init__(
         self, db: Database, chain: ChainReader, clock: Clock = system_clock, *,
         lookback_blocks: int = 10_000, chunk_blocks: int = 2_000, lease_s: float = 30.0,
-        use_lease: bool = True,
+        use_lease: bool = True, forced: ForcedClose | None = None,
     ) -> None:
         self.db = db
         self.chain = chain
@@ -80,6 +84,8 @@ class Reconciler:
         self.chunk_blocks = chunk_blocks
         self.lease_ms = int(lease_s * 1000)
         self.use_lease = use_lease
+        #: Sends the withdraw of forced closes whose grace period is over (None: not this worker's job).
+        self.forced = forced
 
     def run_once(self) -> PassResult:
         result = PassResult()
@@ -151,6 +157,11 @@ class Reconciler:
         self._expire(network, head.number, head.timestamp, result)
         self._transactions(network, head.timestamp, result)
         self._channels(network, head, result)
+        if self.forced is not None:
+            # After the event scan: a payee's close during the grace period, once seen, wins.
+            # Not under the cursor's lease: each withdraw is claimed in the database.
+            for _ in self.forced.withdraw_due(network, head, lambda why: result.errors.append(f"{network}: {why}")):
+                result.transitions["channel.withdraw"] += 1
         observe.RECONCILER_LAG.labels(network).set(0)
         observe.RECONCILER_LAST.labels(network).set(time.time())
 

@@ -435,6 +435,7 @@ def _baselines(w: Worker, hostile: str, victim: TenantSeat, payment_id: str, tok
         "AdminService.Reconcile": {},
         "AdminService.ListChannels": {"tenant_id": t, "state": "open", "page_size": 10, "page_token": ""},
         "AdminService.GetChannelVouchers": {"tenant_id": t, "id": NO_CHANNEL, "page_size": 10, "page_token": ""},
+        "AdminService.CloseChannel": {"tenant_id": t, "id": NO_CHANNEL, "force": True},
         "AdminService.EnableTenant": {"tenant_id": victim.tenant_id},
         "AdminService.ListTokens": {"tenant_id": t},
         "AdminService.RotateToken": {"token_id": token_id},

@@ -108,3 +108,21 @@ def test_channel_show_lists_its_vouchers_highest_first(running):
     assert "NOT_FOUND" in wrong.stderr and ch.handle in wrong.stderr
     help_text = cli(running, "channel", "show", "--help").stdout
     assert "--tenant" in help_text and "--page-token" in help_text and "vouchers" in help_text
+
+
+def test_channel_close_is_by_force_only_and_names_the_tenant(running):
+    ch = open_channel(running.app, deposit=100)
+    # Without --force argparse refuses it: an operator has no session URL to close cooperatively with.
+    refused = cli(running, "channel", "close", ch.handle, "--tenant", ch.tenant_id, code=2)
+    assert "--force" in refused.stderr
+    other = open_channel(running.app, deposit=5)
+    wrong = cli(running, "channel", "close", ch.handle, "--tenant", other.tenant_id, "--force", code=1)
+    assert "NOT_FOUND" in wrong.stderr and ch.handle in wrong.stderr
+    assert running.app.channels.get(ch.tenant_id, ch.handle).state == "open"
+    # The RPC says the same to a client that leaves force unset.
+    from teller_client import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="force must be set"):
+        running.admin().close_channel(ch.tenant_id, ch.handle, force=False)
+    help_text = cli(running, "channel", "close", "--help").stdout
+    assert "requestClose" in help_text and "grace period" in help_text

@@ -336,3 +336,21 @@ def test_a_session_offer_is_one_unit_held_at_its_deposit_and_one_purchase_whatev
     dearer = TEMPO_SESSION.offer(_challenge(_request(amount="26")), now)
     assert not isinstance(dearer, str)
     assert TEMPO_SESSION.purchase_terms(dearer) != TEMPO_SESSION.purchase_terms(offer)
+
+
+def test_a_forced_close_call_is_estimated_as_it_is():
+    """requestClose and withdraw name the payer first: the gas estimate must not
+    swap it for a fresh address (any other payer reverts), unlike a transfer's recipient."""
+    from teller.mpp import gas as tempo_gas
+
+    payer = to_checksum_address("0x" + "11" * 20)
+    d = chn.ChannelDescriptor(payer=payer, payee=to_checksum_address("0x" + "22" * 20), operator=chn.ZERO_ADDRESS,
+                              token=to_checksum_address("0x20c0000000000000000000000000000000000000"),
+                              salt=b"\x01" * 32, authorized_signer=payer, expiring_nonce_hash=b"\x02" * 32)
+    for call in (chn.request_close_call(chn.ESCROW_PRECOMPILE, d), chn.withdraw_call(chn.ESCROW_PRECOMPILE, d)):
+        tx = chn.channel_transaction(call, chain_id=4217, fee_token=d.token, gas_limit=1, gas_price=1,
+                                     valid_before=100, valid_after=40)
+        ((actual, fresh),) = tempo_gas.requests(tx, payer, fresh=False).singles
+        assert actual == fresh and actual["data"] == "0x" + call.data.hex()
+        ((_, swapped),) = tempo_gas.requests(tx, payer).singles
+        assert swapped["data"] != actual["data"]  # what a transfer's estimate does

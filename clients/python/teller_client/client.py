@@ -331,14 +331,20 @@ class TellerClient(_Sync):
         req = payment_pb2.GetChannelVouchersRequest(id=channel, page_size=page_size, page_token=page_token)
         return _codec.channel_vouchers(self._call("GetChannelVouchers", req, timeout=timeout))
 
-    def close_channel(self, channel: str, url: str, *, timeout: float | None = None) -> ClosedChannel:
+    def close_channel(self, channel: str, url: str = "", *, force: bool = False,
+                      timeout: float | None = None) -> ClosedChannel:
         """Close a session channel cooperatively at ``url`` (the session's URL):
         Teller sends the server the final voucher; the refund of the rest of the
         deposit is released from the budget once the chain shows it. Waits up to
-        ``pay_timeout`` by default (the server closes on chain before answering)."""
-        req = payment_pb2.CloseChannelRequest(id=channel, url=url)
+        ``pay_timeout`` by default (the server closes on chain before answering).
+
+        ``force=True`` closes without the server (``url`` is not needed): the
+        wallet sends the escrow's ``requestClose`` (its fee reserved like a
+        payment's), and after ``grace_end`` the reconciler sends ``withdraw``."""
+        req = payment_pb2.CloseChannelRequest(id=channel, url=url, force=force)
         r = self._call("CloseChannel", req, timeout=self._pay_timeout if timeout is None else timeout)
-        return ClosedChannel(r.id, int(r.cumulative), r.status, json.loads(r.receipt_json) if r.receipt_json else None)
+        return ClosedChannel(r.id, int(r.cumulative), r.status, json.loads(r.receipt_json) if r.receipt_json else None,
+                             r.tx_hash, r.payment_id, r.grace_end or None)
 
 
 class AsyncTellerClient(_Async):
@@ -546,6 +552,14 @@ class AdminClient(_Sync):
         r = self._call("GetChannelVouchers", admin_pb2.AdminGetChannelVouchersRequest(
             tenant_id=tenant_id, id=channel, page_size=page_size, page_token=page_token))
         return _codec.channel_vouchers(r)
+
+    def close_channel(self, tenant_id: str, channel: str, *, force: bool = True,
+                      timeout: float | None = None) -> ClosedChannel:
+        """Close one of a tenant's channels by force (operators close no other way):
+        the wallet sends ``requestClose``; the reconciler withdraws after ``grace_end``."""
+        r = self._call("CloseChannel", admin_pb2.AdminCloseChannelRequest(tenant_id=tenant_id, id=channel,
+                                                                          force=force), timeout=timeout)
+        return ClosedChannel(r.id, int(r.cumulative), 0, None, r.tx_hash, r.payment_id, r.grace_end or None)
 
     def reconcile(self) -> tuple[dict[str, int], list[str]]:
         """Run one reconciler pass now; returns transitions by state and errors."""

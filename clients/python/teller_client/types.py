@@ -201,12 +201,18 @@ class ChannelVouchers:
 class ClosedChannel:
     """``close_channel``'s result: the final voucher's total (what the payee is
     paid; the rest of the deposit is refunded), the server's HTTP status and its
-    session receipt (``txHash``: the close transaction), when it sent one."""
+    session receipt (``txHash``: the close transaction), when it sent one. A
+    forced close has no server: status 0, no receipt."""
 
     id: str
     cumulative: int
     status: int
     receipt: dict[str, Any] | None
+    #: A forced close (``force=True``): the requestClose transaction, the payment
+    #: holding its fee, and the chain time from which the wallet may withdraw.
+    tx_hash: str = ""
+    payment_id: str = ""
+    grace_end: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

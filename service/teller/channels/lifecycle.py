@@ -2,7 +2,8 @@
 (``teller.mpp.channel_events``), applied by the reconciler one at a time, each
 in one transaction with its audit row.
 
-    open    --CloseRequested--------> closing   (no more vouchers: rules.next_cumulative)
+    open    --CloseRequested--------> closing   (no more vouchers: rules.next_cumulative; its grace_end
+                                                kept: the reconciler withdraws after it, teller.channels.forced)
     closing --CloseRequestCancelled-> open
     open|closing --ChannelClosed----> closed    (the refunded part of the deposit stops counting)
     Settled: audited only (the payee took what a voucher promised; the deposit counted it already)
@@ -142,11 +143,16 @@ def apply(s: Session, network: str, event: ChannelEvent, *, now_ms: int, actor: 
     elif isinstance(event, CloseRequested):
         if c.state == ChannelState.OPEN:
             c.state = ChannelState.CLOSING.value
+        # From then on the wallet may withdraw (teller.channels.forced): only the payer
+        # can request a close, so the request is Teller's own, whichever worker sent it.
+        c.grace_end = event.grace_end
         audit.record(s, at_ms=now_ms, actor=actor, action=action,
                      details={**details, "to": c.state, "grace_end": event.grace_end}, **fields)
     elif isinstance(event, CloseRequestCancelled):
         if c.state == ChannelState.CLOSING:
             c.state = ChannelState.OPEN.value
+        # Nothing to withdraw; a later forced close sends a requestClose of its own.
+        c.grace_end = c.force_payment_id = None
         audit.record(s, at_ms=now_ms, actor=actor, action=action,
                      details={**details, "to": c.state}, **fields)
     else:

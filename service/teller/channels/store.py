@@ -475,8 +475,8 @@ class Channels:
         with self.db.transaction() as s:
             c = s.scalars(select(Channel).where(Channel.id == channel, Channel.tenant_id == tenant_id)
                           .with_for_update()).one_or_none()
-            if c is None or c.state != ChannelState.CLOSING:
-                return
+            if c is None or c.state != ChannelState.CLOSING or c.force_payment_id is not None:
+                return  # a forced close under way keeps it closing (teller.channels.forced)
             now_ms = ms(self.clock)
             c.state, c.updated_ms = ChannelState.OPEN.value, now_ms
             audit.record(s, at_ms=now_ms, actor=actor, action="channel.close_refused", tenant_id=tenant_id,

@@ -184,6 +184,11 @@ def cmd_admin(ns: argparse.Namespace) -> int:
                         key="channels", next_page_token=token)
         elif what == ("channel", "show"):
             _channel_show(admin, ns, fmt)
+        elif what == ("channel", "close"):
+            c = admin.close_channel(ns.tenant, ns.channel, force=ns.force)
+            when = f"withdraw from chain time {c.grace_end}" if c.grace_end else "grace end not read yet"
+            output.record(fmt, asdict(c), f"channel {c.id} closing: requestClose {c.tx_hash} ({when}; "
+                                          "the reconciler withdraws)")
         elif what == ("reconcile", "run"):
             transitions, errors = admin.reconcile()
             print(json.dumps({"transitions": transitions, "errors": errors}, indent=2))

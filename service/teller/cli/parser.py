@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     plist.add_argument("--state", help="signed, settled, failed, expired or voided")
     _paging(plist, 50)
     verb(pay, "void", "payment_id", about="cancel an unused authorization on chain; release its budget").add_argument("--reason", default="")
-    chan = noun("channel", "MPP session channels: list, show (deposit, spent, state, vouchers)")
+    chan = noun("channel", "MPP session channels: list, show (deposit, spent, state, vouchers), close --force")
     clist = verb(chan, "list", about="a tenant's channels, newest first: deposit, spent, remaining, state")
     clist.add_argument("--tenant", required=True, help="tenant id")
     clist.add_argument("--state", choices=[s.value for s in ChannelState], help="only channels in this state")
@@ -245,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     cshow.add_argument("channel", metavar="ID", help="the channel's id (the ID column of `channel list`)")
     cshow.add_argument("--tenant", required=True, help="the channel's tenant id")
     _paging(cshow, 50)
+    cclose = verb(chan, "close", about="close a channel by force: the wallet's requestClose now, withdraw by the "
+                                       "reconciler after the grace period (its fees count against the budgets)")
+    cclose.add_argument("channel", metavar="ID", help="the channel's id (the ID column of `channel list`)")
+    cclose.add_argument("--tenant", required=True, help="the channel's tenant id")
+    cclose.add_argument("--force", action="store_true", required=True,
+                        help="required: operators close without the payee's server (TIP-1034 forced close)")
     rec = nouns.add_parser("reconcile", help="run one reconciler pass now", parents=[common])
     rec.set_defaults(fn=cmd_admin, verb="run")
     operator = noun("operator", "named operator credentials, each audited by name: create, list, revoke")

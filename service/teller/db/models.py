@@ -286,6 +286,13 @@ class Channel(Base):
     # (teller.mpp.channel_events.EventLog.position); events at or before it change
     # nothing, so each applies once and in chain order (teller.channels.lifecycle).
     last_event: Mapped[int | None] = mapped_column(BigInteger, nullable=True, default=None)
+    # A forced close (teller.channels.forced): the chain time (unix seconds) from which
+    # the payer may withdraw, from the escrow's CloseRequested; the fee payments of the
+    # requestClose and withdraw transactions. A live withdraw payment is the one
+    # reconciler's claim to send it.
+    grace_end: Mapped[int | None] = mapped_column(BigInteger, nullable=True, default=None)
+    force_payment_id: Mapped[str | None] = mapped_column(String(36), nullable=True, default=None)
+    withdraw_payment_id: Mapped[str | None] = mapped_column(String(36), nullable=True, default=None)
     created_ms: Mapped[int] = mapped_column(BigInteger)
     updated_ms: Mapped[int] = mapped_column(BigInteger)
 

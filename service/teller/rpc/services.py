@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from teller.chain import NotCached
 from teller.channels import reads as channel_reads
 from teller.channels import top_up
 from teller.channels.close import Closer
+from teller.channels.forced import ForcedClose
 from teller.db.models import Operator
 from teller.errors import InvalidArgument, PermissionDenied, TellerError
 from teller.pay import Payer, PayHead, pay_input
@@ -216,6 +218,13 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         caller = await self._caller(context)
         if not request.id:
             raise InvalidArgument("id is required: the channel to close (Channel.id)")
+        if request.force:
+            forced = ForcedClose(self.app.db, self.app.vault, self.app.chain, self.app.payments.clock)
+            got = await self.run(functools.partial(forced.request, caller.tenant_id, request.id, actor=caller.actor))
+            channel = await self.run(self.app.channels.get, caller.tenant_id, got.channel)
+            return payment_pb2.CloseChannelResponse(id=got.channel, cumulative=str(channel.cumulative),
+                                                    tx_hash=got.tx_hash, payment_id=got.payment_id,
+                                                    grace_end=got.grace_end or 0)
         url = request.url
         if not url or len(url) > 8192 or not url.isascii() or not url.isprintable():
             raise InvalidArgument("url is required: the session's URL, printable ASCII of at most 8192 characters")
@@ -353,6 +362,21 @@ class AdminServicer(_Base, admin_pb2_grpc.AdminServiceServicer):
         detail = await self.run(channel_reads.channel_detail, self.app.db, request.tenant_id, request.id,
                                 request.page_size, request.page_token)
         return convert.channel_detail_to_proto(detail)
+
+    async def CloseChannel(self, request: admin_pb2.AdminCloseChannelRequest, context: grpc.aio.ServicerContext) -> admin_pb2.AdminCloseChannelResponse:
+        await self._operator(context)
+        if not request.tenant_id or not request.id:
+            raise InvalidArgument("tenant_id and id are required: the channel to close and its tenant")
+        if not request.force:
+            raise InvalidArgument("force must be set: operators close channels by force only (a cooperative "
+                                  "close is the tenant's PaymentService.CloseChannel, with the session's URL)")
+        forced = ForcedClose(self.app.db, self.app.vault, self.app.chain, self.app.payments.clock)
+        got = await self.run(functools.partial(forced.request, request.tenant_id, request.id,
+                                               actor=auth.operator_actor()))
+        channel = await self.run(self.app.channels.get, request.tenant_id, got.channel)
+        return admin_pb2.AdminCloseChannelResponse(id=got.channel, cumulative=str(channel.cumulative),
+                                                   tx_hash=got.tx_hash, payment_id=got.payment_id,
+                                                   grace_end=got.grace_end or 0)
 
     async def CreateOperator(self, request: admin_pb2.CreateOperatorRequest, context: grpc.aio.ServicerContext) -> admin_pb2.CreateOperatorResponse:
         await self._operator(context)

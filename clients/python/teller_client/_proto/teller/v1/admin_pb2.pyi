@@ -262,6 +262,30 @@ class AdminGetChannelVouchersRequest(_message.Message):
     page_token: str
     def __init__(self, tenant_id: _Optional[str] = ..., id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
+class AdminCloseChannelRequest(_message.Message):
+    __slots__ = ("tenant_id", "id", "force")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    id: str
+    force: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class AdminCloseChannelResponse(_message.Message):
+    __slots__ = ("id", "cumulative", "tx_hash", "payment_id", "grace_end")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CUMULATIVE_FIELD_NUMBER: _ClassVar[int]
+    TX_HASH_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_END_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    cumulative: str
+    tx_hash: str
+    payment_id: str
+    grace_end: int
+    def __init__(self, id: _Optional[str] = ..., cumulative: _Optional[str] = ..., tx_hash: _Optional[str] = ..., payment_id: _Optional[str] = ..., grace_end: _Optional[int] = ...) -> None: ...
+
 class OperatorIdentity(_message.Message):
     __slots__ = ("id", "name", "created_at_ms", "created_by", "revoked_at_ms")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -152,6 +152,11 @@ class AdminServiceStub:
                 request_serializer=teller_dot_v1_dot_admin__pb2.AdminGetChannelVouchersRequest.SerializeToString,
                 response_deserializer=teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.FromString,
                 _registered_method=True)
+        self.CloseChannel = channel.unary_unary(
+                '/teller.v1.AdminService/CloseChannel',
+                request_serializer=teller_dot_v1_dot_admin__pb2.AdminCloseChannelRequest.SerializeToString,
+                response_deserializer=teller_dot_v1_dot_admin__pb2.AdminCloseChannelResponse.FromString,
+                _registered_method=True)
         self.CreateOperator = channel.unary_unary(
                 '/teller.v1.AdminService/CreateOperator',
                 request_serializer=teller_dot_v1_dot_admin__pb2.CreateOperatorRequest.SerializeToString,
@@ -324,6 +329,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloseChannel(self, request, context):
+        """Close one of a tenant's channels by force (`force` must be set: a cooperative
+        close is the tenant's, PaymentService.CloseChannel with the session's URL):
+        the wallet sends `requestClose`, its fee reserved against the budgets, and the
+        reconciler sends `withdraw` after the grace period. Audited by the operator's name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateOperator(self, request, context):
         """Named operator credentials: each operator's calls are audited by its name
         (the configured TELLER_ADMIN_TOKEN is operator "bootstrap"), and revoking
@@ -462,6 +477,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetChannelVouchers,
                     request_deserializer=teller_dot_v1_dot_admin__pb2.AdminGetChannelVouchersRequest.FromString,
                     response_serializer=teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.SerializeToString,
+            ),
+            'CloseChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseChannel,
+                    request_deserializer=teller_dot_v1_dot_admin__pb2.AdminCloseChannelRequest.FromString,
+                    response_serializer=teller_dot_v1_dot_admin__pb2.AdminCloseChannelResponse.SerializeToString,
             ),
             'CreateOperator': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateOperator,
@@ -1102,6 +1122,33 @@ class AdminService:
             '/teller.v1.AdminService/GetChannelVouchers',
             teller_dot_v1_dot_admin__pb2.AdminGetChannelVouchersRequest.SerializeToString,
             teller_dot_v1_dot_common__pb2.GetChannelVouchersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/teller.v1.AdminService/CloseChannel',
+            teller_dot_v1_dot_admin__pb2.AdminCloseChannelRequest.SerializeToString,
+            teller_dot_v1_dot_admin__pb2.AdminCloseChannelResponse.FromString,
             options,
             channel_credentials,
             insecure,

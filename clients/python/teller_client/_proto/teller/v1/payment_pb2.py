@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from teller_client._proto.teller.v1 import common_pb2 as teller_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17teller/v1/payment.proto\x12\tteller.v1\x1a\x16teller/v1/common.proto\".\n\x13\x43loseChannelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\"\\\n\x14\x43loseChannelResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncumulative\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\x05\x12\x14\n\x0creceipt_json\x18\x04 \x01(\t\"j\n\tChallenge\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\"\n\x07headers\x18\x02 \x03(\x0b\x32\x11.teller.v1.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\"v\n\x0bSignRequest\x12\'\n\tchallenge\x18\x01 \x01(\x0b\x32\x14.teller.v1.Challenge\x12\x11\n\twallet_id\x18\x02 \x01(\t\x12\x12\n\nmax_amount\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\x9e\x01\n\x0cSignResponse\x12\x13\n\x0bheader_name\x18\x01 \x01(\t\x12\x14\n\x0cheader_value\x18\x02 \x01(\t\x12+\n\x0brequirement\x18\x03 \x01(\x0b\x32\x16.teller.v1.Requirement\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\"\n\x07headers\x18\x05 \x03(\x0b\x32\x11.teller.v1.Header\"\x14\n\x12ListWalletsRequest\"$\n\x0fGetSpendRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"K\n\x13ListChannelsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x19GetChannelVouchersRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"l\n\x14RecordOutcomeRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\x05\x12\"\n\x07headers\x18\x03 \x03(\x0b\x32\x11.teller.v1.Header\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\"\xae\x01\n\nPayRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\"\n\x07headers\x18\x03 \x03(\x0b\x32\x11.teller.v1.Header\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\x11\n\twallet_id\x18\x05 \x01(\t\x12\x12\n\nmax_amount\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x11\n\tprotocols\x18\x08 \x03(\t\"O\n\x0bPayResponse\x12\"\n\x04head\x18\x01 \x01(\x0b\x32\x12.teller.v1.PayHeadH\x00\x12\x14\n\nbody_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xac\x01\n\x07PayHead\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\"\n\x07headers\x18\x02 \x03(\x0b\x32\x11.teller.v1.Header\x12)\n\x07payment\x18\x03 \x01(\x0b\x32\x18.teller.v1.PaymentRecord\x12\x14\n\x0creceipt_json\x18\x04 \x01(\t\x12\x16\n\x0epayment_header\x18\x05 \x01(\t\x12\x14\n\x0c\x61lready_paid\x18\x06 \x01(\x08\x32\x80\x06\n\x0ePaymentService\x12\x37\n\x04Sign\x12\x16.teller.v1.SignRequest\x1a\x17.teller.v1.SignResponse\x12\x36\n\x03Pay\x12\x15.teller.v1.PayRequest\x1a\x16.teller.v1.PayResponse0\x01\x12J\n\rRecordOutcome\x12\x1f.teller.v1.RecordOutcomeRequest\x1a\x18.teller.v1.PaymentRecord\x12\x44\n\nGetPayment\x12\x1c.teller.v1.GetPaymentRequest\x1a\x18.teller.v1.PaymentRecord\x12L\n\x0bListWallets\x12\x1d.teller.v1.ListWalletsRequest\x1a\x1e.teller.v1.ListWalletsResponse\x12>\n\x08GetSpend\x12\x1a.teller.v1.GetSpendRequest\x1a\x16.teller.v1.SpendStatus\x12X\n\x0fListAuditEvents\x12!.teller.v1.ListAuditEventsRequest\x1a\".teller.v1.ListAuditEventsResponse\x12O\n\x0cListChannels\x12\x1e.teller.v1.ListChannelsRequest\x1a\x1f.teller.v1.ListChannelsResponse\x12\x61\n\x12GetChannelVouchers\x12$.teller.v1.GetChannelVouchersRequest\x1a%.teller.v1.GetChannelVouchersResponse\x12O\n\x0c\x43loseChannel\x12\x1e.teller.v1.CloseChannelRequest\x1a\x1f.teller.v1.CloseChannelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17teller/v1/payment.proto\x12\tteller.v1\x1a\x16teller/v1/common.proto\"=\n\x13\x43loseChannelRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x94\x01\n\x14\x43loseChannelResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncumulative\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\x05\x12\x14\n\x0creceipt_json\x18\x04 \x01(\t\x12\x0f\n\x07tx_hash\x18\x05 \x01(\t\x12\x12\n\npayment_id\x18\x06 \x01(\t\x12\x11\n\tgrace_end\x18\x07 \x01(\x03\"j\n\tChallenge\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\"\n\x07headers\x18\x02 \x03(\x0b\x32\x11.teller.v1.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x0e\n\x06method\x18\x05 \x01(\t\"v\n\x0bSignRequest\x12\'\n\tchallenge\x18\x01 \x01(\x0b\x32\x14.teller.v1.Challenge\x12\x11\n\twallet_id\x18\x02 \x01(\t\x12\x12\n\nmax_amount\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\x9e\x01\n\x0cSignResponse\x12\x13\n\x0bheader_name\x18\x01 \x01(\t\x12\x14\n\x0cheader_value\x18\x02 \x01(\t\x12+\n\x0brequirement\x18\x03 \x01(\x0b\x32\x16.teller.v1.Requirement\x12\x12\n\npayment_id\x18\x04 \x01(\t\x12\"\n\x07headers\x18\x05 \x03(\x0b\x32\x11.teller.v1.Header\"\x14\n\x12ListWalletsRequest\"$\n\x0fGetSpendRequest\x12\x11\n\twallet_id\x18\x01 \x01(\t\"K\n\x13ListChannelsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x19GetChannelVouchersRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"l\n\x14RecordOutcomeRequest\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\x05\x12\"\n\x07headers\x18\x03 \x03(\x0b\x32\x11.teller.v1.Header\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\"\xae\x01\n\nPayRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\"\n\x07headers\x18\x03 \x03(\x0b\x32\x11.teller.v1.Header\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x12\x11\n\twallet_id\x18\x05 \x01(\t\x12\x12\n\nmax_amount\x18\x06 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x11\n\tprotocols\x18\x08 \x03(\t\"O\n\x0bPayResponse\x12\"\n\x04head\x18\x01 \x01(\x0b\x32\x12.teller.v1.PayHeadH\x00\x12\x14\n\nbody_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xac\x01\n\x07PayHead\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\"\n\x07headers\x18\x02 \x03(\x0b\x32\x11.teller.v1.Header\x12)\n\x07payment\x18\x03 \x01(\x0b\x32\x18.teller.v1.PaymentRecord\x12\x14\n\x0creceipt_json\x18\x04 \x01(\t\x12\x16\n\x0epayment_header\x18\x05 \x01(\t\x12\x14\n\x0c\x61lready_paid\x18\x06 \x01(\x08\x32\x80\x06\n\x0ePaymentService\x12\x37\n\x04Sign\x12\x16.teller.v1.SignRequest\x1a\x17.teller.v1.SignResponse\x12\x36\n\x03Pay\x12\x15.teller.v1.PayRequest\x1a\x16.teller.v1.PayResponse0\x01\x12J\n\rRecordOutcome\x12\x1f.teller.v1.RecordOutcomeRequest\x1a\x18.teller.v1.PaymentRecord\x12\x44\n\nGetPayment\x12\x1c.teller.v1.GetPaymentRequest\x1a\x18.teller.v1.PaymentRecord\x12L\n\x0bListWallets\x12\x1d.teller.v1.ListWalletsRequest\x1a\x1e.teller.v1.ListWalletsResponse\x12>\n\x08GetSpend\x12\x1a.teller.v1.GetSpendRequest\x1a\x16.teller.v1.SpendStatus\x12X\n\x0fListAuditEvents\x12!.teller.v1.ListAuditEventsRequest\x1a\".teller.v1.ListAuditEventsResponse\x12O\n\x0cListChannels\x12\x1e.teller.v1.ListChannelsRequest\x1a\x1f.teller.v1.ListChannelsResponse\x12\x61\n\x12GetChannelVouchers\x12$.teller.v1.GetChannelVouchersRequest\x1a%.teller.v1.GetChannelVouchersResponse\x12O\n\x0c\x43loseChannel\x12\x1e.teller.v1.CloseChannelRequest\x1a\x1f.teller.v1.CloseChannelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,31 +33,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'teller.v1.payment_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLOSECHANNELREQUEST']._serialized_start=62
-  _globals['_CLOSECHANNELREQUEST']._serialized_end=108
-  _globals['_CLOSECHANNELRESPONSE']._serialized_start=110
-  _globals['_CLOSECHANNELRESPONSE']._serialized_end=202
-  _globals['_CHALLENGE']._serialized_start=204
-  _globals['_CHALLENGE']._serialized_end=310
-  _globals['_SIGNREQUEST']._serialized_start=312
-  _globals['_SIGNREQUEST']._serialized_end=430
-  _globals['_SIGNRESPONSE']._serialized_start=433
-  _globals['_SIGNRESPONSE']._serialized_end=591
-  _globals['_LISTWALLETSREQUEST']._serialized_start=593
-  _globals['_LISTWALLETSREQUEST']._serialized_end=613
-  _globals['_GETSPENDREQUEST']._serialized_start=615
-  _globals['_GETSPENDREQUEST']._serialized_end=651
-  _globals['_LISTCHANNELSREQUEST']._serialized_start=653
-  _globals['_LISTCHANNELSREQUEST']._serialized_end=728
-  _globals['_GETCHANNELVOUCHERSREQUEST']._serialized_start=730
-  _globals['_GETCHANNELVOUCHERSREQUEST']._serialized_end=808
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=810
-  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=918
-  _globals['_PAYREQUEST']._serialized_start=921
-  _globals['_PAYREQUEST']._serialized_end=1095
-  _globals['_PAYRESPONSE']._serialized_start=1097
-  _globals['_PAYRESPONSE']._serialized_end=1176
-  _globals['_PAYHEAD']._serialized_start=1179
-  _globals['_PAYHEAD']._serialized_end=1351
-  _globals['_PAYMENTSERVICE']._serialized_start=1354
-  _globals['_PAYMENTSERVICE']._serialized_end=2122
+  _globals['_CLOSECHANNELREQUEST']._serialized_end=123
+  _globals['_CLOSECHANNELRESPONSE']._serialized_start=126
+  _globals['_CLOSECHANNELRESPONSE']._serialized_end=274
+  _globals['_CHALLENGE']._serialized_start=276
+  _globals['_CHALLENGE']._serialized_end=382
+  _globals['_SIGNREQUEST']._serialized_start=384
+  _globals['_SIGNREQUEST']._serialized_end=502
+  _globals['_SIGNRESPONSE']._serialized_start=505
+  _globals['_SIGNRESPONSE']._serialized_end=663
+  _globals['_LISTWALLETSREQUEST']._serialized_start=665
+  _globals['_LISTWALLETSREQUEST']._serialized_end=685
+  _globals['_GETSPENDREQUEST']._serialized_start=687
+  _globals['_GETSPENDREQUEST']._serialized_end=723
+  _globals['_LISTCHANNELSREQUEST']._serialized_start=725
+  _globals['_LISTCHANNELSREQUEST']._serialized_end=800
+  _globals['_GETCHANNELVOUCHERSREQUEST']._serialized_start=802
+  _globals['_GETCHANNELVOUCHERSREQUEST']._serialized_end=880
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_start=882
+  _globals['_RECORDOUTCOMEREQUEST']._serialized_end=990
+  _globals['_PAYREQUEST']._serialized_start=993
+  _globals['_PAYREQUEST']._serialized_end=1167
+  _globals['_PAYRESPONSE']._serialized_start=1169
+  _globals['_PAYRESPONSE']._serialized_end=1248
+  _globals['_PAYHEAD']._serialized_start=1251
+  _globals['_PAYHEAD']._serialized_end=1423
+  _globals['_PAYMENTSERVICE']._serialized_start=1426
+  _globals['_PAYMENTSERVICE']._serialized_end=2194
 # @@protoc_insertion_point(module_scope)

@@ -8,24 +8,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CloseChannelRequest(_message.Message):
-    __slots__ = ("id", "url")
+    __slots__ = ("id", "url", "force")
     ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     url: str
-    def __init__(self, id: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, id: _Optional[str] = ..., url: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class CloseChannelResponse(_message.Message):
-    __slots__ = ("id", "cumulative", "status", "receipt_json")
+    __slots__ = ("id", "cumulative", "status", "receipt_json", "tx_hash", "payment_id", "grace_end")
     ID_FIELD_NUMBER: _ClassVar[int]
     CUMULATIVE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_JSON_FIELD_NUMBER: _ClassVar[int]
+    TX_HASH_FIELD_NUMBER: _ClassVar[int]
+    PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_END_FIELD_NUMBER: _ClassVar[int]
     id: str
     cumulative: str
     status: int
     receipt_json: str
-    def __init__(self, id: _Optional[str] = ..., cumulative: _Optional[str] = ..., status: _Optional[int] = ..., receipt_json: _Optional[str] = ...) -> None: ...
+    tx_hash: str
+    payment_id: str
+    grace_end: int
+    def __init__(self, id: _Optional[str] = ..., cumulative: _Optional[str] = ..., status: _Optional[int] = ..., receipt_json: _Optional[str] = ..., tx_hash: _Optional[str] = ..., payment_id: _Optional[str] = ..., grace_end: _Optional[int] = ...) -> None: ...
 
 class Challenge(_message.Message):
     __slots__ = ("status", "headers", "body", "url", "method")

@@ -167,6 +167,13 @@ class PaymentServiceServicer:
         closed, and releases the refund from the budget, once the chain shows it.
         A server that refuses: FAILED_PRECONDITION `close_refused` (the channel is
         open again).
+        With `force` (no server needed, `url` ignored): the wallet sends the
+        escrow's `requestClose` itself, its fee reserved against the budgets like a
+        payment's; the channel is `closing` at once (no more vouchers), and once the
+        chain's time passes `grace_end` the reconciler sends `withdraw`, which
+        refunds the deposit minus what the payee settled. The payee may still close
+        with its last voucher until then. Asked again, it answers with the same
+        request. A fee the budgets refuse: RESOURCE_EXHAUSTED, as for a payment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
