@@ -205,6 +205,25 @@ class Channels:
             handle = named[0] if named else roomy[0][0]
             return self._sign(s, want.tenant_id, handle, increment, max_increment, actor, idempotency_key)
 
+    def sign_to(self, want: Wanted, total: int, *, max_increment: int | None = None, actor: str = "",
+                check: Callable[[Session, int], None] | None = None) -> SignedVoucher:
+        """A voucher for ``total`` on the channel ``want.channel_id`` names (a metered
+        stream's request for the next voucher), signed under the channel's lock: the
+        increment is what ``total`` adds to the channel's total as it stands under
+        the lock, judged by ``check(session, increment)`` before it is signed. A total
+        the channel already reached gets its highest voucher again, nothing new."""
+        check_amount(total, "total")
+        with self.db.transaction() as s:
+            handle = s.scalar(select(Channel.id).where(
+                Channel.tenant_id == want.tenant_id, Channel.wallet_id == want.wallet_id,
+                Channel.network == want.network, Channel.escrow == want.escrow, Channel.payee == want.payee,
+                Channel.token == want.token, Channel.channel_id == want.channel_id))
+            if handle is None:
+                raise FailedPrecondition(f"channel {want.channel_id} is not one of wallet {want.wallet_id}'s channels "
+                                         f"with escrow {want.escrow}, payee {want.payee} and token {want.token}",
+                                         reason="stream_channel_mismatch")
+            return self._sign(s, want.tenant_id, handle, 0, max_increment, actor, None, to_total=total, check=check)
+
     def _replay(self, s: Session, tenant_id: str, key: str) -> SignedVoucher | None:
         found = s.execute(select(Voucher, Channel, Wallet.address).join(Channel, Channel.id == Voucher.channel)
                           .join(Wallet, Wallet.id == Channel.wallet_id)
@@ -218,7 +237,8 @@ class Channels:
                              c.descriptor, payer, c.network, c.token, c.payee)
 
     def _sign(self, s: Session, tenant_id: str, channel: str, increment: int, max_increment: int | None, actor: str,
-              idempotency_key: str | None) -> SignedVoucher:
+              idempotency_key: str | None, *, to_total: int | None = None,
+              check: Callable[[Session, int], None] | None = None) -> SignedVoucher:
         row = s.execute(select(Channel, Wallet, Tenant).join(Wallet, Wallet.id == Channel.wallet_id)
                         .join(Tenant, Tenant.id == Channel.tenant_id)
                         .where(Channel.id == channel, Channel.tenant_id == tenant_id)
@@ -230,6 +250,18 @@ class Channels:
             if holder.frozen or holder.state != "active":
                 raise FailedPrecondition(f"{what} is {'frozen' if holder.frozen else holder.state}: "
                                          "it signs no vouchers", reason="frozen" if holder.frozen else "disabled")
+        if to_total is not None:
+            increment = to_total - c.cumulative
+            if increment <= 0:
+                # Already promised (another call on the channel went further): the same voucher again.
+                last = s.scalar(select(Voucher.signature).where(Voucher.channel == c.id,
+                                                                Voucher.cumulative == c.cumulative))
+                if last is None:
+                    raise TellerError(f"channel {c.id}: its total {c.cumulative} has no voucher")
+                return SignedVoucher(c.id, c.channel_id, c.cumulative, 0, last, c.deposit, c.descriptor,
+                                     wallet.address, c.network, c.token, c.payee)
+        if check is not None:
+            check(s, increment)
         total = next_cumulative(state=c.state, current=c.cumulative, deposit=c.deposit, increment=increment,
                                 max_increment=max_increment)
         signer = self.vault.signer(tenant_id, wallet.id, wallet.address,
