@@ -133,7 +133,7 @@ class StreamVouchers(Protocol):
     def session_offer(self, req: SignInput) -> Offer | None: ...
 
     def stream_voucher(self, caller: Caller, offer: Offer, req: SignInput, channel_id: str, total: int,
-                       stream_left: int | None) -> tuple[str, str, int]: ...
+                       stream_cap: int | None, stream_paid: int) -> tuple[str, str, int]: ...
 
 
 def _paid_channel(signed: SignResult) -> tuple[bytes, int] | None:
@@ -364,14 +364,14 @@ class Payer:
         assert self.vouchers is not None
         channel = "0x" + meter.channel_id.hex()
         name, value, increment = await self.run(self.vouchers.stream_voucher, caller, offer, req.sign, channel,
-                                                total, meter.left)
+                                                total, meter.cap, meter.paid)
         meter.signed(increment)
         status, headers, body = await self._post_voucher(url, name, value)
         if status == 402:
             fresh = await self.run(self.vouchers.session_offer, replace(req.sign, headers=tuple(headers), body=body))
             if fresh is not None:
                 name, value, again = await self.run(self.vouchers.stream_voucher, caller, fresh, req.sign, channel,
-                                                    total, meter.left)
+                                                    total, meter.cap, meter.paid)
                 meter.signed(again)  # zero: the channel already reached ``total``
                 status, headers, body = await self._post_voucher(url, name, value)
         if not 200 <= status < 300:

@@ -44,10 +44,6 @@ class Meter:
     receipt: mpp_session.SessionReceipt | None = None
     _in_a_row: int = field(default=0)
 
-    @property
-    def left(self) -> int | None:
-        return None if self.cap is None else self.cap - self.paid
-
     def on_event(self, event: sse.Event) -> mpp_session.NeedVoucher | None:
         """The voucher request ``event`` makes, or None; an error when it is one no
         payer should answer."""

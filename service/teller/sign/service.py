@@ -161,24 +161,26 @@ class Payments:
         return chosen[0] if chosen and chosen[0].scheme is TEMPO_SESSION else None
 
     def stream_voucher(self, caller: Caller, offer: Offer, req: SignInput, channel_id: str, total: int,
-                       stream_left: int | None) -> tuple[str, str, int]:
+                       stream_cap: int | None, stream_paid: int) -> tuple[str, str, int]:
         """A voucher for ``total`` on ``channel_id`` (a metered stream's in-band
         request), as the header (name, value) that carries it, and what it adds to
         the channel's total. Signed under the channel's lock; the increment is
         judged as a voucher's is (the policy as it stands, ``per_payment_max``, the
-        caller's ``max_amount``) and against ``stream_left``, what the caller's
-        ``max_stream_amount`` leaves of this call."""
+        caller's ``max_amount``) and against ``stream_cap``, the caller's
+        ``max_stream_amount``, of which the call's stream vouchers used ``stream_paid``."""
         session: Session = offer.terms
         sreq = session.request
         want = Wanted(caller.tenant_id, req.wallet_id, offer.network, sreq.escrow, sreq.recipient, sreq.currency,
                       sreq.operator, channel_id)
 
         def check(s: Session_, increment: int) -> None:
-            if stream_left is not None and increment > stream_left:
+            if stream_cap is not None and stream_paid + increment > stream_cap:
                 raise LimitExceeded(
-                    f"the stream's next voucher adds {increment}, more than the {stream_left} left of this call's "
-                    "max_stream_amount: the stream ends here, with everything paid for so far delivered",
-                    reason="stream_cap", metadata={"limit": str(stream_left), "amount": str(increment)})
+                    f"the stream's next voucher would add {increment} to the {stream_paid} its vouchers added in "
+                    f"this call, past max_stream_amount {stream_cap}: the stream ends here, with everything paid "
+                    "for so far delivered", reason="stream_cap",
+                    metadata={"limit": str(stream_cap), "remaining": str(stream_cap - stream_paid),
+                              "amount": str(increment)})
             _check_policies(s, caller.tenant_id, req.wallet_id,
                             Charge(offer.network, offer.asset, increment, offer.pay_to, req.url))
 
