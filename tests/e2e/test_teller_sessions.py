@@ -502,3 +502,24 @@ def test_max_stream_amount_stops_the_stream_at_the_cap(live, testbed):
     assert max(total for total, _ in live.app.channels.vouchers(t.tenant_id, channel.id)) == PRICE + cap
     assert [int(p["cumulativeAmount"]) for p, _ in posted] == [PRICE * n for n in range(2, 7)]
     assert [d for k, d in _sse(bytes(got)) if k == "message"] == [f"token {i}" for i in range(1, 7)]
+
+
+def test_the_httpx_pay_transport_streams_a_metered_response_as_it_arrives(live, testbed):
+    """teller_client's TellerPayTransport: a plain httpx client streams mppx's metered
+    SSE route through Pay, token by token, Teller paying the vouchers under the
+    transport's max_stream_amount."""
+    from teller_client.integrations import TellerPayTransport
+
+    chain, proxy_url, proxy = testbed
+    t = _tenant(live, chain)
+    tokens = 8
+    transport = TellerPayTransport(live.client(t.token), t.wallet_id, max_stream_amount=tokens * PRICE)
+    with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as server, \
+            httpx.Client(transport=transport) as http, http.stream("GET", server.url + f"/stream/{tokens}") as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert r.extensions["teller_pay"].payment.amount == DEPOSIT  # the open
+        pieces = list(r.iter_bytes())
+    assert len(pieces) > tokens  # handed on as they came, not gathered
+    assert [d for k, d in _sse(b"".join(pieces)) if k == "message"] == [f"token {i}" for i in range(1, tokens + 1)]
+    (channel,) = live.app.channels.of_tenant(t.tenant_id)
+    assert channel.cumulative == tokens * PRICE

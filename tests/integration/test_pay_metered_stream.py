@@ -185,7 +185,7 @@ def test_a_voucher_post_the_server_refuses_ends_the_stream(teller, channel):
     t, payee, cid, handle = channel
     fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, 200), _message("two"), _need(cid, 300)],
                        post_status=500)
-    body, error = _run(teller, t, fake)
+    _, error = _run(teller, t, fake)
     assert isinstance(error, FailedPrecondition) and error.reason == "payment_refused", error
     assert "voucher for 200 with 500" in str(error)
     assert len(fake.posted) == 1 and _total(teller, t, handle) == 200
