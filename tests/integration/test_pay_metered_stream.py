@@ -18,7 +18,7 @@ import pytest
 from eth_account import Account
 
 from teller.mpp.channel import ChannelDescriptor, channel_id
-from teller_client import Asset, FailedPrecondition, LimitExceeded, Policy
+from teller_client import Asset, FailedPrecondition, LimitExceeded, PermissionDenied, Policy
 from testbed.channels import CHAIN_ID, ESCROW, NETWORK, TOKEN
 from tests.support.harness import RunningTeller, make_settings
 
@@ -47,28 +47,33 @@ class FakeSession:
     ``post_status``."""
 
     def __init__(self, payee: str, channel: str, stream: Callable[[FakeSession], list[bytes]],
-                 post_status: int = 200) -> None:
-        self.payee, self.channel, self.stream, self.post_status = payee, channel, stream, post_status
+                 post_status: int | list[int] = 200) -> None:
+        self.payee, self.channel, self.stream = payee, channel, stream
+        self.post_statuses = post_status if isinstance(post_status, list) else None
+        self.post_status = post_status if isinstance(post_status, int) else 200
         self.posted: list[dict] = []
+        self.challenges: list[str] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
                 pass
 
+            def challenge(self) -> None:
+                request = {"amount": str(PRICE), "unitType": "token", "currency": TOKEN, "recipient": fake.payee,
+                           "suggestedDeposit": str(DEPOSIT),
+                           "methodDetails": {"chainId": CHAIN_ID, "sessionProtocol": "v2", "channelId": fake.channel}}
+                expires = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                fake.challenges.append(f"c{os.urandom(4).hex()}")
+                self.send_response(402)
+                self.send_header("WWW-Authenticate", f'Payment id="{fake.challenges[-1]}", realm="fake.test", '
+                                 f'method="tempo", intent="session", request="{_b64(request)}", expires="{expires}"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_GET(self) -> None:
                 if not self.headers.get("Authorization"):
-                    request = {"amount": str(PRICE), "unitType": "token", "currency": TOKEN, "recipient": fake.payee,
-                               "suggestedDeposit": str(DEPOSIT),
-                               "methodDetails": {"chainId": CHAIN_ID, "sessionProtocol": "v2",
-                                                 "channelId": fake.channel}}
-                    expires = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
-                    self.send_response(402)
-                    self.send_header("WWW-Authenticate", f'Payment id="c{os.urandom(4).hex()}", realm="fake.test", '
-                                     f'method="tempo", intent="session", request="{_b64(request)}", '
-                                     f'expires="{expires}"')
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self.challenge()
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -82,7 +87,11 @@ class FakeSession:
                 auth = self.headers.get("Authorization", "")
                 encoded = auth.split(" ", 1)[-1]
                 fake.posted.append(json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))))
-                self.send_response(fake.post_status)
+                status = fake.post_statuses.pop(0) if fake.post_statuses else fake.post_status
+                if status == 402:
+                    self.challenge()
+                    return
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -126,7 +135,7 @@ def _run(teller, t, fake: FakeSession, **kw: object) -> tuple[bytes, BaseExcepti
             assert r.response.status == 200
             for chunk in r.chunks:
                 got += chunk
-    except (FailedPrecondition, LimitExceeded) as exc:
+    except (FailedPrecondition, LimitExceeded, PermissionDenied) as exc:
         return bytes(got), exc
     finally:
         fake.close()
@@ -207,3 +216,55 @@ def test_the_per_voucher_cap_and_the_stream_cap_hold(teller, channel):
     assert "past max_stream_amount 200" in str(error)
     # This call's own voucher raised the total to 200; its stream added 300 and 400, then stopped.
     assert _total(teller, t, handle) == 4 * PRICE
+
+
+def test_a_voucher_post_answered_with_a_fresh_challenge_resends_the_same_voucher_once(teller, channel):
+    """The stream's challenge expired (mppx's last five minutes): the server answers the
+    voucher's POST with 402 and a fresh challenge; Teller sends the same voucher (same
+    total, same signature) in the new challenge, and signs nothing more for it."""
+    t, payee, cid, handle = channel
+    fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, 200), _message("two")],
+                       post_status=[402, 200])
+    body, error = _run(teller, t, fake)
+    assert error is None and body.endswith(_message("two"))
+    first, again = fake.posted
+    assert first["payload"] == again["payload"] and first["payload"]["cumulativeAmount"] == "200"
+    assert (first["challenge"]["id"], again["challenge"]["id"]) == (fake.challenges[0], fake.challenges[1])
+    assert [total for total, _ in teller.app.channels.vouchers(t.tenant_id, handle)] == [PRICE, 200]
+
+
+def test_a_refused_fresh_challenge_ends_the_stream(teller, channel):
+    t, payee, cid, handle = channel
+    fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, 200)], post_status=[402, 402])
+    _, error = _run(teller, t, fake)
+    assert isinstance(error, FailedPrecondition) and error.reason == "payment_refused", error
+    assert len(fake.posted) == 2 and _total(teller, t, handle) == 200
+
+
+def test_each_stream_voucher_meets_the_policy_as_it_stands(teller, channel):
+    """per_payment_max judges each increment; a wallet frozen, or a payee denied, after
+    the stream began gets no more vouchers."""
+    t, payee, cid, handle = channel
+    admin = teller.admin()
+    admin.set_policy(t.tenant_id, Policy(assets=(Asset(NETWORK, TOKEN, 6),), per_payment_max=PRICE))
+    fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, 3 * PRICE)])
+    _, error = _run(teller, t, fake)
+    assert isinstance(error, LimitExceeded) and error.reason == "per_payment_max", error
+    assert _total(teller, t, handle) == PRICE
+
+    def freeze_then_ask(f: FakeSession) -> list[bytes]:
+        admin.set_frozen(t.tenant_id, True, wallet_id=t.wallet_id, reason="drill")
+        return [_message("one"), _need(cid, 3 * PRICE)]
+
+    _, error = _run(teller, t, FakeSession(payee, cid, freeze_then_ask))
+    assert isinstance(error, FailedPrecondition) and error.reason == "frozen", error
+    assert _total(teller, t, handle) == 2 * PRICE  # the request's own voucher, signed before the freeze
+    admin.set_frozen(t.tenant_id, False, wallet_id=t.wallet_id)
+
+    def deny_then_ask(f: FakeSession) -> list[bytes]:
+        admin.set_policy(t.tenant_id, Policy(assets=(Asset(NETWORK, TOKEN, 6),), payees_deny=(payee,)))
+        return [_message("one"), _need(cid, 4 * PRICE)]
+
+    _, error = _run(teller, t, FakeSession(payee, cid, deny_then_ask))
+    assert error is not None and "payee" in str(error).lower(), error
+    assert _total(teller, t, handle) == 3 * PRICE
