@@ -13,6 +13,11 @@ chunks. Once the proof has left, every error names the payment (message and
 ``payment_id`` in its metadata) and the payment says what happened (see
 ``teller.lifecycle``). A retry with the idempotency key of a settled payment is
 answered from what Teller kept, never paid or sent again.
+
+A metered MPP session stream (an event stream paid with a session credential)
+is relayed byte for byte while each ``payment-need-voucher`` event it carries
+gets the next voucher, POSTed as mppx's client does (``_body``; the rules are
+``teller.mpp.metered``, the cap the caller's ``max_stream_amount``).
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ class PayInput:
     sign: SignInput  # everything but the challenge, which comes from the server
     #: The most a metered stream's in-band voucher requests may add in this call (None: no cap of its own).
     max_stream_amount: int | None = None
+    #: The MPP session offer the request was paid under, read as it was signed (its challenge
+    #: may expire during a long stream): what a metered stream's vouchers answer.
+    session: Offer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +230,8 @@ class Payer:
             final_url, challenge_headers = first.url, tuple(first.headers)
         sign_req = replace(req.sign, status=402, headers=challenge_headers, body=challenge_body, url=final_url)
         signed = await self.sign(caller, sign_req)
-        req = replace(req, sign=sign_req)  # what a metered stream's vouchers answer
+        if self.vouchers is not None and signed.scheme == SchemeId.TEMPO_SESSION:
+            req = replace(req, sign=sign_req, session=self.vouchers.session_offer(sign_req))  # pure: no I/O
         if not signed.payment_id:
             # An MPP session voucher: no payment of its own to look up or record (its
             # channel's open is one; the voucher is recorded on the channel).
@@ -332,11 +341,9 @@ class Payer:
         ``payment-need-voucher`` events are answered as they pass: the next voucher
         is signed and POSTed to ``url``, as mppx's client does, while the stream
         waits for it. The payment events go on to the caller like every other byte."""
-        offer, paid = None, None
-        if (self.vouchers is not None and signed.scheme == SchemeId.TEMPO_SESSION and response.status < 300
-                and sse.is_event_stream(response.headers)):
+        offer, paid = req.session, None
+        if offer is not None and response.status < 300 and sse.is_event_stream(response.headers):
             paid = _paid_channel(signed)
-            offer = await self.run(self.vouchers.session_offer, req.sign) if paid is not None else None
         if offer is None or paid is None:
             async for chunk in response.stream():
                 yield chunk
