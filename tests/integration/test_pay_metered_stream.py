@@ -268,3 +268,39 @@ def test_each_stream_voucher_meets_the_policy_as_it_stands(teller, channel):
     _, error = _run(teller, t, FakeSession(payee, cid, deny_then_ask))
     assert error is not None and "payee" in str(error).lower(), error
     assert _total(teller, t, handle) == 3 * PRICE
+
+
+def test_the_async_httpx_pay_transport_streams_and_stops_at_the_cap(teller, channel):
+    """AsyncTellerPayTransport: httpx.AsyncClient through Pay, the body read as it comes,
+    the cap ending it with LimitExceeded after the chunks paid for."""
+    import asyncio
+
+    import httpx
+
+    from teller_client import AsyncTellerClient
+    from teller_client.integrations import AsyncTellerPayTransport
+
+    t, payee, cid, handle = channel
+    script = [m for n in range(2, 6) for m in (_message(f"t{n}"), _need(cid, PRICE * n))]
+    fake = FakeSession(payee, cid, lambda f: script)
+
+    async def scenario() -> tuple[list[bytes], BaseException | None]:
+        got: list[bytes] = []
+        async with AsyncTellerClient(teller.target, t.token) as client:
+            transport = AsyncTellerPayTransport(client, t.wallet_id, max_stream_amount=2 * PRICE)
+            async with httpx.AsyncClient(transport=transport) as http, http.stream("GET", fake.url) as r:
+                assert r.status_code == 200 and r.extensions["teller_pay"].payment is None  # a voucher paid it
+                try:
+                    async for chunk in r.aiter_raw():
+                        got.append(chunk)
+                except LimitExceeded as exc:
+                    return got, exc
+        return got, None
+
+    try:
+        got, error = asyncio.run(scenario())
+    finally:
+        fake.close()
+    assert isinstance(error, LimitExceeded) and error.reason == "stream_cap", error
+    assert b"".join(got).startswith(_message("t2") + _need(cid, 2 * PRICE) + _message("t3"))
+    assert _total(teller, t, handle) == 3 * PRICE  # its own voucher, then two for the stream
