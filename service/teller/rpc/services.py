@@ -143,10 +143,12 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         caller = await self._caller(context)
         req = pay_input(url=request.url, method=request.method, headers=[(h.name, h.value) for h in request.headers],
                         body=request.body, wallet_id=request.wallet_id, max_amount=request.max_amount,
-                        idempotency_key=request.idempotency_key, protocols=list(request.protocols))
+                        idempotency_key=request.idempotency_key, protocols=list(request.protocols),
+                        max_stream_amount=request.max_stream_amount)
         settings = self.app.settings
         payer = Payer(self._sign, self.app.lifecycle, self.app.fetcher, self.run, settings.max_challenge_bytes,
-                      deadline_s=settings.pay_deadline_seconds, keep_bytes=settings.keep_paid_response_bytes)
+                      deadline_s=settings.pay_deadline_seconds, keep_bytes=settings.keep_paid_response_bytes,
+                      vouchers=self.app.payments)
         async for part in payer.pay(caller, req):
             if isinstance(part, PayHead):
                 yield convert.pay_head_to_proto(part)

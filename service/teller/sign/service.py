@@ -56,6 +56,18 @@ from teller.vault import SealedKey, Vault
 log = logging.getLogger("teller.payments")
 
 
+def _check_policies(s: Session_, tenant_id: str, wallet_id: str, charge: Charge) -> None:
+    """The tenant's and wallet's policies as they stand, budgets aside (a voucher
+    spends a deposit they already hold): the error of the first that refuses."""
+    tenant, wallets = spend_store.policies(s, tenant_id, [wallet_id])
+    for name, policy in (("tenant", tenant), ("wallet", wallets.get(wallet_id))):
+        if policy is None:
+            continue
+        decision = evaluate_scope(dataclasses.replace(policy, budgets=()), name, charge, {}, False)
+        if not decision.allowed:
+            raise decision.error(charge)
+
+
 def _request_hash(req: SignInput, collected: offers_mod.Collected) -> str:
     """What the idempotency key is bound to: the purchase, not one challenge."""
     return idempotency.purchase_hash(wallet_id=req.wallet_id, url=req.url, method=req.method, cap=req.max_amount,
@@ -165,6 +177,47 @@ class Payments:
                                       TEMPO_SESSION.protocol, call.caller.tenant_id, call.req.idempotency_key)))
         return out
 
+    # -- MPP sessions: a metered stream's vouchers (Pay) -----------------------------------------------------
+
+    def session_offer(self, req: SignInput) -> Offer | None:
+        """The session offer of the challenge ``req`` answers, read as Sign reads it
+        (pure: no I/O), when a session is what the call would pay; kept by Pay for
+        the vouchers the paid stream asks for."""
+        collected = offers_mod.collect(req.headers, req.body, networks=self.networks,
+                                       max_bytes=self.max_challenge_bytes,
+                                       now=datetime.fromtimestamp(self.clock(), UTC))
+        chosen = offers_mod.by_preference(self._trusted_escrows(collected).offers, req.protocols or PROTOCOLS)
+        return chosen[0] if chosen and chosen[0].scheme is TEMPO_SESSION else None
+
+    def stream_voucher(self, caller: Caller, offer: Offer, req: SignInput, channel_id: str, total: int,
+                       stream_cap: int | None, stream_paid: int) -> tuple[str, str, int]:
+        """A voucher for ``total`` on ``channel_id`` (a metered stream's in-band
+        request), as the header (name, value) that carries it, and what it adds to
+        the channel's total. Signed under the channel's lock; the increment is
+        judged as a voucher's is (the policy as it stands, ``per_payment_max``, the
+        caller's ``max_amount``) and against ``stream_cap``, the caller's
+        ``max_stream_amount``, of which the call's stream vouchers used ``stream_paid``."""
+        session: Session = offer.terms
+        sreq = session.request
+        want = Wanted(caller.tenant_id, req.wallet_id, offer.network, sreq.escrow, sreq.recipient, sreq.currency,
+                      sreq.operator, channel_id)
+
+        def check(s: Session_, increment: int) -> None:
+            if stream_cap is not None and stream_paid + increment > stream_cap:
+                raise LimitExceeded(
+                    f"the stream's next voucher would add {increment} to the {stream_paid} its vouchers added in "
+                    f"this call, past max_stream_amount {stream_cap}: the stream ends here, with everything paid "
+                    "for so far delivered", reason="stream_cap",
+                    metadata={"limit": str(stream_cap), "remaining": str(stream_cap - stream_paid),
+                              "amount": str(increment)})
+            _check_policies(s, caller.tenant_id, req.wallet_id,
+                            Charge(offer.network, offer.asset, increment, offer.pay_to, req.url))
+
+        signed = self.channels.sign_to(want, total, max_increment=req.max_amount, actor=caller.actor, check=check)
+        value = voucher_credential(session, signed.descriptor, signed.channel_id, signed.cumulative,
+                                   signed.signature, signed.payer)
+        return session.challenge.header, value, signed.increment
+
     def open_facts(self, call: Call) -> None:
         """What opening a channel for ``call``'s session needs from the chain (its
         gas), read when no open channel could answer it with a voucher."""
@@ -188,13 +241,7 @@ class Payments:
                 row = s.execute(select(ApiToken.secret_hash, ApiToken.revoked_ms).where(
                     ApiToken.id == caller.token_id, ApiToken.tenant_id == caller.tenant_id)).one_or_none()
                 check_secret(None if row is None else row[0], None if row is None else row[1], secret)
-            tenant, wallets = spend_store.policies(s, caller.tenant_id, [call.req.wallet_id])
-            for name, policy in (("tenant", tenant), ("wallet", wallets.get(call.req.wallet_id))):
-                if policy is None:
-                    continue
-                decision = evaluate_scope(dataclasses.replace(policy, budgets=()), name, charge, {}, False)
-                if not decision.allowed:
-                    raise decision.error(charge)
+            _check_policies(s, caller.tenant_id, call.req.wallet_id, charge)
         return check
 
     def _trusted_escrows(self, collected: offers_mod.Collected) -> offers_mod.Collected:
