@@ -318,15 +318,19 @@ export class TellerClient {
   /**
    * Close one of the tenant's MPP session channels cooperatively: Teller stops
    * signing vouchers on it and sends the final voucher to `url` (the session's URL);
-   * the server's close pays the payee that total and refunds the rest. Not repeated
-   * by the client; `timeoutMs` defaults to payTimeoutMs.
+   * the server's close pays the payee that total and refunds the rest. With
+   * `force` (and no `url`), the wallet asks the escrow itself (requestClose): no more
+   * vouchers, and after the grace period Teller's reconciler withdraws the rest. Not
+   * repeated by the client; `timeoutMs` defaults to payTimeoutMs.
    */
-  async closeChannel(id: string, url: string, opts: CallOptions = {}): Promise<ClosedChannel> {
+  async closeChannel(id: string, url: string, opts: CallOptions & { force?: boolean } = {}): Promise<ClosedChannel> {
     const r = await this.call<payment.CloseChannelRequest, payment.CloseChannelResponse>(
-      "closeChannel", { id, url }, { timeoutMs: opts.timeoutMs ?? this.payTimeoutMs }, false);
+      "closeChannel", { id, url, force: opts.force ?? false }, { timeoutMs: opts.timeoutMs ?? this.payTimeoutMs },
+      false);
     return {
       id: r.id, cumulative: BigInt(r.cumulative || "0"), status: r.status,
       receipt: r.receiptJson ? (JSON.parse(r.receiptJson) as Record<string, unknown>) : undefined,
+      txHash: r.txHash, paymentId: r.paymentId, graceEnd: Number(r.graceEnd || 0),
     };
   }
 }

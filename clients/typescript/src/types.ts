@@ -134,6 +134,11 @@ export interface ClosedChannel {
   cumulative: bigint;
   status: number;
   receipt: Record<string, unknown> | undefined;
+  /** A forced close: the requestClose transaction, the payment holding its fee, and
+   * the chain time (unix seconds) from which the reconciler withdraws (0: not read yet). */
+  txHash: string;
+  paymentId: string;
+  graceEnd: number;
 }
 
 /** Attached by wrapFetch and the axios interceptor to a response whose 402 they paid. */
