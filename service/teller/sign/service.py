@@ -45,7 +45,7 @@ from teller.sign import batch_io
 from teller.sign.call import Call, PushPending, SignResult, Verdict, sign_result
 from teller.sign.drivers.pg import AsyncPgBatchIO
 from teller.sign.drivers.sqla import SqlBatchIO
-from teller.sign.plan import Planner
+from teller.sign.plan import CHANNEL_OPENING, Planner
 from teller.signing import SignInput
 from teller.spend import store as spend_store
 from teller.spend.evaluate import evaluate_scope
@@ -54,6 +54,18 @@ from teller.states import PaymentState
 from teller.vault import SealedKey, Vault
 
 log = logging.getLogger("teller.payments")
+
+#: How long a session challenge whose channel another call has just opened waits
+#: before it takes a voucher on that channel: time for the open to reach the
+#: server, which refuses a voucher on a channel whose open it has not seen (mppx:
+#: "channel not found"). A voucher it refuses costs nothing: the next one covers it.
+OPENING_PAUSE_S = 0.25
+
+
+def channel_opening(verdict: Verdict) -> bool:
+    """Whether ``verdict`` says another call has just opened this call's channel
+    (the batch opened none for it): the caller is answered with a voucher on it."""
+    return isinstance(verdict, Unavailable) and verdict.reason == CHANNEL_OPENING
 
 
 def _request_hash(req: SignInput, collected: offers_mod.Collected) -> str:
@@ -97,7 +109,11 @@ class Payments:
             if voucher is not None:
                 return voucher
             self.open_facts(call)
-        return self.finish(self.commit([call])[0])
+        verdict = self.commit([call])[0]
+        if channel_opening(verdict):
+            time.sleep(OPENING_PAUSE_S)
+            return self.voucher(call) or self.finish(verdict)
+        return self.finish(verdict)
 
     # -- MPP sessions: the next voucher on an open channel, outside the batch ---------------------------------
 
@@ -125,8 +141,15 @@ class Payments:
         caller, key = call.caller, call.req.idempotency_key
         want = Wanted(caller.tenant_id, call.req.wallet_id, offer.network, req.escrow, req.recipient, req.currency,
                       req.operator, None if req.channel_id is None else "0x" + req.channel_id.hex())
-        signed = self.channels.sign_next(want, req.amount, max_increment=call.req.max_amount, actor=caller.actor,
-                                         idempotency_key=key, check=self._voucher_check(call, offer))
+        denied: list[tuple[str, TellerError]] = []
+        try:
+            signed = self.channels.sign_next(want, req.amount, max_increment=call.req.max_amount,
+                                             actor=caller.actor, idempotency_key=key,
+                                             check=self._voucher_check(call, offer, denied))
+        except TellerError as exc:
+            if denied and denied[0][1] is exc:
+                self._audit_voucher_denial(call, offer, denied[0][0], exc)
+            raise
         if signed is None:
             return None
         value = voucher_credential(session, signed.descriptor, signed.channel_id, signed.cumulative,
@@ -144,13 +167,28 @@ class Payments:
         if offer is not None and known is not None:
             TEMPO_SESSION.open_facts(offer, call.prepared, self.chain, payer=known[0], clock=self.clock)
 
+    def _audit_voucher_denial(self, call: Call, offer: Offer, reason: str, error: TellerError) -> None:
+        """A voucher the policy refused, audited as the batch audits a payment it
+        refuses (``payment.deny``). Its own transaction: the voucher's rolled back,
+        and a refusal changes nothing else to write it with."""
+        caller = call.caller
+        with self.db.transaction() as s:
+            audit.record(s, at_ms=ms(self.clock), actor=caller.actor, action="payment.deny", outcome="denied",
+                         reason=reason, tenant_id=caller.tenant_id, wallet_id=call.req.wallet_id,
+                         amount=offer.amount, asset=offer.asset, network=offer.network, payee=offer.pay_to,
+                         resource_url=call.req.url,
+                         details={"protocol": offer.scheme.protocol, "scheme": offer.scheme.id, "voucher": True,
+                                  **error.metadata})
+        observe.child(observe.DENIALS, reason).inc()
+
     @staticmethod
-    def _voucher_check(call: Call, offer: Offer) -> Callable[[Session_], None]:
+    def _voucher_check(call: Call, offer: Offer, denied: list[tuple[str, TellerError]]) -> Callable[[Session_], None]:
         """What the voucher's transaction checks first, as the batch does for a
         payment: the caller's token, and the tenant's and wallet's policies as
         they stand now (a payee denied since the channel opened gets no more;
         ``per_payment_max`` judges each voucher's increment). The budgets are not
-        asked: the deposit the voucher spends is already held."""
+        asked: the deposit the voucher spends is already held. A policy's refusal
+        is put in ``denied`` (the caller audits it) before it is raised."""
         caller, secret = call.caller, call.secret
         charge = Charge(offer.network, offer.asset, offer.amount, offer.pay_to, call.req.url)
 
@@ -165,7 +203,9 @@ class Payments:
                     continue
                 decision = evaluate_scope(dataclasses.replace(policy, budgets=()), name, charge, {}, False)
                 if not decision.allowed:
-                    raise decision.error(charge)
+                    error = decision.error(charge)
+                    denied.append((decision.reason, error))
+                    raise error
         return check
 
     def _trusted_escrows(self, collected: offers_mod.Collected) -> offers_mod.Collected:
@@ -383,4 +423,4 @@ def _out_of_range(exc: BaseException) -> TellerError | None:
     return None
 
 
-__all__ = ["Payments"]
+__all__ = ["OPENING_PAUSE_S", "Payments", "channel_opening"]
