@@ -14,7 +14,13 @@ being threads of this process unless said otherwise:
 4. 32 channels of one tenant, one caller thread each (every voucher's audit
    event locks its tenant's audit chain head);
 5. the 32-caller cases again with the threads spread over two processes, a
-   Teller each: one process's threads share its GIL.
+   Teller each: one process's threads share its GIL;
+6. through ``Sign`` over gRPC (PostgreSQL): a worker serving session
+   challenges, its callers threads of another process using the Python
+   client, one channel with 1 and 32 callers and 32 channels with one each.
+   Vouchers asked of one channel meanwhile are signed together
+   (``teller.rpc.batcher.ChannelBatchers``); direct ``sign_voucher`` calls
+   (1-5) are not.
 
 Every rate is also given as a ratio to (1). Writes bench/results/vouchers.{json,md}.
 """
@@ -39,6 +45,8 @@ from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from sqlalchemy import func, select
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -46,6 +54,7 @@ from run import bench_server, server_settings, settle  # noqa: E402
 
 from teller.app import App, build  # noqa: E402
 from teller.config import Settings  # noqa: E402
+from teller.db.models import AuditEvent  # noqa: E402
 from teller.errors import TellerError  # noqa: E402
 from teller.mpp.channel import voucher_typed_data  # noqa: E402
 from teller.vault.signer import WalletSigner, address_of  # noqa: E402
@@ -208,6 +217,116 @@ def run_cases(name: str, app: App, settings: Settings, seconds: float, warmup: f
     return rows
 
 
+#: (case, caller threads, channels) through Sign over gRPC.
+SIGN_CASES = [("Sign, one channel", 1, 1), ("Sign, one channel", 32, 1), ("Sign, 32 channels, 32 tenants", 32, 32)]
+
+
+def session_challenge(payee: str, token: str, unit: int = 1) -> str:
+    """An MPP session challenge for a channel's payee and token on the test escrow."""
+    import base64
+
+    request = {"amount": str(unit), "currency": token, "recipient": payee, "unitType": "token",
+               "methodDetails": {"escrowContract": ESCROW, "chainId": CHAIN_ID, "sessionProtocol": "v2"}}
+    encoded = base64.urlsafe_b64encode(json.dumps(request).encode()).decode().rstrip("=")
+    return f'Payment id="bench", realm="bench", method="tempo", intent="session", request="{encoded}"'
+
+
+def sign_callers(target: str, jobs: list[tuple[str, str, str]], warmup: float, seconds: float,
+                 conn: Connection) -> None:
+    """A caller process: a thread per (token, wallet, challenge) in ``jobs``,
+    each calling Sign back to back; the window opens ``warmup`` seconds after
+    every thread's first call returned (the first call of a wallet unwraps its
+    key) and lasts ``seconds``. Sends what ``call_loop`` returns."""
+    from teller_client import TellerClient
+    from teller_client import TellerError as ClientError
+
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+
+    first = threading.Barrier(len(jobs) + 1)
+    window: list[float] = []
+
+    def caller(token: str, wallet_id: str, challenge: str) -> None:
+        client = TellerClient(target, token)
+        mine: list[float] = []
+
+        def sign() -> None:
+            client.sign(status=402, headers=[("WWW-Authenticate", challenge)], body=b"",
+                        url="http://bench.test/stream", wallet_id=wallet_id)
+        sign()
+        first.wait()
+        first.wait()  # the window is set
+        begin, end = window
+        while (t0 := time.monotonic()) < end:
+            try:
+                sign()
+            except ClientError as exc:
+                with lock:
+                    errors[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
+                time.sleep(0.01)
+                continue
+            t1 = time.monotonic()
+            if begin <= t1 <= end:
+                mine.append(t1 - t0)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=caller, args=job) for job in jobs]
+    for th in threads:
+        th.start()
+    first.wait()
+    window.extend((time.monotonic() + warmup, time.monotonic() + warmup + seconds))
+    cpu = time.process_time()
+    first.wait()
+    for th in threads:
+        th.join()
+    conn.send({"latencies": latencies, "errors": errors, "signed": Counter(), "cpu": time.process_time() - cpu})
+
+
+def run_sign_cases(app: App, seconds: float, warmup: float, between: Callable[[], None]) -> list[dict]:
+    """The Sign cases (6): a gRPC server on ``app``, callers in a process of their own."""
+    from teller.rpc.server import BackgroundServer
+
+    server = BackgroundServer(app, "127.0.0.1:0")
+    rows = []
+    try:
+        for case, callers, channels in SIGN_CASES:
+            jobs = []
+            opened = [open_channel(app, DEPOSIT) for _ in range(channels)]
+            tokens = {o.tenant_id: app.admin.issue_token(o.tenant_id, "bench")[1] for o in opened}
+            for o in opened:
+                app.admin.set_policy(o.tenant_id, {"allow_unknown_assets": True})
+            for i in range(callers):
+                o = opened[i % channels]
+                view = app.channels.get(o.tenant_id, o.handle)
+                jobs.append((tokens[o.tenant_id], o.wallet_id, session_challenge(view.payee, view.token)))
+            between()
+            mine, theirs = multiprocessing.get_context("spawn").Pipe()
+            proc = multiprocessing.get_context("spawn").Process(
+                target=sign_callers, args=(f"127.0.0.1:{server.port}", jobs, warmup, seconds, theirs))
+            proc.start()
+            result = mine.recv()
+            proc.join(30)
+            latencies = sorted(result["latencies"]) or [float("nan")]
+            signed = sum(app.channels.get(o.tenant_id, o.handle).cumulative for o in opened)
+            with app.db.read() as s:
+                batches = s.scalar(select(func.count()).select_from(AuditEvent).where(
+                    AuditEvent.action == "channel.voucher", AuditEvent.tenant_id.in_([o.tenant_id for o in opened])))
+            r = {"database": "PostgreSQL", "case": case, "callers": callers, "processes": 1,
+                 "vouchers_per_s": len(latencies) / seconds, "calls": len(latencies),
+                 "p50_ms": 1000 * latencies[len(latencies) // 2],
+                 "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)], "cores": result["cpu"] / seconds,
+                 "errors": dict(result["errors"]), "vouchers_per_batch": signed / max(batches or 0, 1)}
+            rows.append(r)
+            print(f"PostgreSQL {case:30} {callers:2} callers: {r['vouchers_per_s']:6.0f}/s p50 {r['p50_ms']:6.1f} "
+                  f"p99 {r['p99_ms']:6.1f} ms, {r['vouchers_per_batch']:.1f} vouchers per batch, "
+                  f"errors {r['errors']}", flush=True)
+    finally:
+        server.stop()
+    return rows
+
+
 def git_revision() -> str:
     out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT, capture_output=True,
                          text=True, check=False).stdout.strip()
@@ -232,6 +351,7 @@ def main() -> int:
             with pg.fresh_database(server) as url, teller(url, Path(tmp, "pg")) as (app, settings):
                 # A CHECKPOINT before each case: one case's writes do not slow the next.
                 rows = run_cases("PostgreSQL", app, settings, args.seconds, args.warmup, lambda: settle(server))
+                rows += run_sign_cases(app, args.seconds, args.warmup, lambda: settle(server))
         lite = Path(tmp, "lite")
         with teller(f"sqlite:///{lite / 'teller.db'}", lite) as (app, settings):
             rows += run_cases("SQLite", app, settings, args.seconds, args.warmup)

@@ -5,6 +5,7 @@ wallet and audited; the database refuses what the lock should have prevented."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 
 import pytest
@@ -15,9 +16,15 @@ from sqlalchemy.exc import IntegrityError
 
 from teller.app import build
 from teller.channels.rules import ChannelState
-from teller.channels.store import Wanted
+from teller.channels.store import Ask, Wanted
 from teller.db.models import AuditEvent, Channel, Voucher
-from teller.errors import AlreadyExists, FailedPrecondition, LimitExceeded, NotFound
+from teller.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+)
 from teller.mpp.channel import voucher_typed_data
 from tests.support.channels import CHAIN_ID, ESCROW, open_channel
 from tests.support.harness import make_settings
@@ -171,3 +178,45 @@ def test_a_voucher_key_replays_its_voucher_and_a_payment_key_is_left_to_the_paym
     with pytest.raises(AlreadyExists, match="'k-1' was already used for a different request"):
         app.channels.sign_next(dataclasses.replace(want, token="0x" + "ef" * 20), 10, idempotency_key="k-1")
     assert [t for t, _ in app.channels.vouchers(ch.tenant_id, ch.handle)] == [10, 20]
+
+
+def test_a_batch_signs_each_ask_in_turn_under_one_lock_and_one_audit_event(app):
+    ch = open_channel(app, deposit=100)
+    want = _wanted(app, ch)
+    checks: list[str] = []
+
+    def check(name: str):
+        def run(s) -> None:
+            checks.append(name)
+            if name == "denied":
+                raise PermissionDenied("payee denied by the test")
+        return run
+
+    asks = [Ask(10, idempotency_key="a", check=check("ok"), check_key="ok"),
+            Ask(30, max_increment=20),  # above its own cap: refused alone
+            Ask(20, check=check("ok"), check_key="ok"),  # the same check: run once per batch
+            Ask(5, idempotency_key="a"),  # the same key as the first: the same voucher
+            Ask(5, check=check("denied"), check_key="denied"),
+            Ask(80),  # past the deposit (30 signed, 70 left): refused alone
+            Ask(70)]
+    out = app.channels.sign_next_many(want, asks, actor="t")
+    assert [o.cumulative if hasattr(o, "cumulative") else type(o).__name__ for o in out] == [
+        10, "LimitExceeded", 30, 10, "PermissionDenied", "LimitExceeded", 100]
+    assert out[0].signature == out[3].signature and checks == ["ok", "denied"]
+    assert out[1].reason == "voucher_increment_cap" and out[5].reason == "channel_deposit_exhausted"
+    assert [t for t, _ in app.channels.vouchers(ch.tenant_id, ch.handle)] == [10, 30, 100]
+    assert {_signer(ch.channel_id, t, sig) for t, sig in app.channels.vouchers(ch.tenant_id, ch.handle)} == {
+        ch.address}
+    with app.db.read() as s:
+        events = s.execute(select(AuditEvent.amount, AuditEvent.details).where(
+            AuditEvent.tenant_id == ch.tenant_id, AuditEvent.action == "channel.voucher")).all()
+    # One event for the batch: three vouchers, from 0 to 100.
+    assert [(amt, json.loads(d)["vouchers"], json.loads(d)["from"], json.loads(d)["cumulative"]) for amt, d in events] == [("100", 3, "0", "100")]
+    # The key answers its voucher again in a later batch.
+    assert app.channels.sign_next(want, 5, idempotency_key="a").cumulative == 10
+
+
+def test_a_batch_with_no_open_channel_answers_each_ask_none(app):
+    ch = open_channel(app, deposit=10)
+    want = dataclasses.replace(_wanted(app, ch), payee="0x" + "ab" * 20)
+    assert app.channels.sign_next_many(want, [Ask(1), Ask(2)]) == [None, None]

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from teller.audit import events as audit
@@ -79,6 +79,29 @@ class SignedVoucher:
     network: str
     token: str
     payee: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One caller's request for the next voucher."""
+
+    increment: int
+    max_increment: int | None = None  # the caller's cap per voucher
+    idempotency_key: str | None = None
+    #: Run first in the transaction (the caller's token, the policy as it stands).
+    check: Callable[[Session], None] | None = None
+    #: Asks of one batch with the same key share one run of ``check``.
+    check_key: Hashable | None = None
+
+
+class _Unset:
+    """An ask not answered yet."""
+
+
+_UNSET = _Unset()
+#: What each ask of a batch gets: its voucher, None (no channel open: the caller
+#: opens one), or the error that refused it alone.
+Answer = SignedVoucher | TellerError | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +182,10 @@ class Channels:
                         raise AlreadyExists(f"idempotency_key {idempotency_key!r} was already used for a "
                                             "different request")
                     return replay
-            return self._sign(s, tenant_id, channel, increment, max_increment, actor, idempotency_key)
+            out = self._sign_many(s, tenant_id, channel, [Ask(increment, max_increment, idempotency_key)], actor)[0]
+            if isinstance(out, TellerError):
+                raise out
+            return out
 
     def sign_next(self, want: Wanted, increment: int, *, max_increment: int | None = None, actor: str = "",
                   idempotency_key: str | None = None,
@@ -167,43 +193,117 @@ class Channels:
         """The next voucher on the wallet's open channel that ``want`` names and
         that has ``increment`` left, or None when there is none (the caller opens
         one). ``check`` runs first in the transaction (the caller's token)."""
-        check_amount(increment, "increment")
+        out = self.sign_next_many(want, [Ask(increment, max_increment, idempotency_key, check)], actor=actor)[0]
+        if isinstance(out, TellerError):
+            raise out
+        return out
+
+    def sign_next_many(self, want: Wanted, asks: Sequence[Ask], *, actor: str = "") -> list[Answer]:
+        """``sign_next`` for several callers of one channel at once, in one
+        transaction: the channel is locked once, each ask gets the next total in
+        turn, and the vouchers are written and audited together. Each ask gets
+        its own answer (a voucher, None to open a channel, or the error that
+        refused it alone); an error of the database fails them all."""
+        for ask in asks:
+            check_amount(ask.increment, "increment")
+        out: list[Answer | _Unset] = [_UNSET] * len(asks)
         with self.db.transaction() as s:
-            if check is not None:
-                check(s)
-            if idempotency_key:
-                # A key that names a payment is a retry of that payment (the open): its own answer.
-                if s.scalar(select(Payment.id).where(Payment.tenant_id == want.tenant_id,
-                                                     Payment.idempotency_key == idempotency_key)) is not None:
-                    return None
-                replay = self._replay(s, want.tenant_id, idempotency_key)
-                if replay is not None:
-                    if (replay.network, replay.payee, replay.token) != (want.network, want.payee, want.token):
-                        raise AlreadyExists(f"idempotency_key {idempotency_key!r} was already used for a "
-                                            "different request")
-                    return replay
-            candidates = s.execute(
-                select(Channel.id, Channel.channel_id, Channel.descriptor, Channel.deposit - Channel.cumulative)
-                .where(Channel.tenant_id == want.tenant_id, Channel.wallet_id == want.wallet_id,
-                       Channel.network == want.network, Channel.escrow == want.escrow, Channel.payee == want.payee,
-                       Channel.token == want.token, Channel.state == ChannelState.OPEN.value)
-                .order_by(Channel.created_ms, Channel.id)).all()
-            mine = [(handle, cid, left) for handle, cid, descriptor, left in candidates
-                    if json.loads(descriptor)["operator"].lower() == want.operator.lower()]
-            if not mine:
-                return None  # none open: the caller opens one
-            roomy = [(handle, cid) for handle, cid, left in mine if left >= increment]
-            if not roomy:
-                # Not another channel beside it: each would hold a deposit of its own until
-                # closed, and callers racing at the end of one would open one each.
-                handle, cid, left = mine[0]
-                raise LimitExceeded(
-                    f"channel {handle} ({cid}) has {left} left of its deposit, less than the {increment} asked: "
-                    "close it (CloseChannel) and the next challenge opens a new one", reason="channel_deposit_exhausted",
-                    metadata={"channel": handle, "remaining": str(left)})
-            named = [handle for handle, cid in roomy if cid == want.channel_id]
-            handle = named[0] if named else roomy[0][0]
-            return self._sign(s, want.tenant_id, handle, increment, max_increment, actor, idempotency_key)
+            checked: dict[Hashable, TellerError | None] = {}
+            by_key: dict[str, int] = {}  # an idempotency key's first ask in this batch
+            pending: list[int] = []
+            replays = self._replays(s, want, [a.idempotency_key for a in asks if a.idempotency_key])
+            for i, ask in enumerate(asks):
+                try:
+                    self._check(s, ask, checked)
+                    if ask.idempotency_key:
+                        if ask.idempotency_key in by_key:
+                            continue  # answered as the first ask with its key is (below)
+                        by_key[ask.idempotency_key] = i
+                        if ask.idempotency_key in replays:
+                            out[i] = replays[ask.idempotency_key]
+                            continue
+                    pending.append(i)
+                except TellerError as exc:
+                    out[i] = exc
+            if pending:
+                self._sign_pending(s, want, asks, pending, out, actor)
+        for i, ask in enumerate(asks):
+            if out[i] is _UNSET and ask.idempotency_key:
+                out[i] = out[by_key[ask.idempotency_key]]  # the same key twice in one batch: one voucher
+        return [o for o in out if not isinstance(o, _Unset)]
+
+    @staticmethod
+    def _check(s: Session, ask: Ask, checked: dict[Hashable, TellerError | None]) -> None:
+        """Run ``ask``'s check, once per ``check_key`` in a batch (callers of one
+        token and one policy question share its answer)."""
+        if ask.check is None:
+            return
+        if ask.check_key is not None and ask.check_key in checked:
+            earlier = checked[ask.check_key]
+            if earlier is not None:
+                raise earlier
+            return
+        try:
+            ask.check(s)
+        except TellerError as exc:
+            if ask.check_key is not None:
+                checked[ask.check_key] = exc
+            raise
+        if ask.check_key is not None:
+            checked[ask.check_key] = None
+
+    def _replays(self, s: Session, want: Wanted, keys: list[str]) -> dict[str, Answer]:
+        """What keys already used answer, in two queries for a whole batch: None
+        for a key that names a payment (a retry of the open: its own answer), else
+        the voucher it signed. Keys never used are not in the result."""
+        if not keys:
+            return {}
+        found: dict[str, Answer] = dict.fromkeys(s.scalars(select(Payment.idempotency_key).where(
+            Payment.tenant_id == want.tenant_id, Payment.idempotency_key.in_(keys))))
+        used = s.scalars(select(Voucher.idempotency_key).where(
+            Voucher.tenant_id == want.tenant_id, Voucher.idempotency_key.in_([k for k in keys if k not in found])))
+        for key in used:
+            if key is None:
+                continue
+            replay = self._replay(s, want.tenant_id, key)
+            if replay is not None and (replay.network, replay.payee, replay.token) != (want.network, want.payee,
+                                                                                       want.token):
+                found[key] = AlreadyExists(f"idempotency_key {key!r} was already used for a different request")
+            else:
+                found[key] = replay
+        return found
+
+    def _sign_pending(self, s: Session, want: Wanted, asks: Sequence[Ask], pending: list[int],
+                      out: list[Answer | _Unset], actor: str) -> None:
+        candidates = s.execute(
+            select(Channel.id, Channel.channel_id, Channel.descriptor, Channel.deposit - Channel.cumulative)
+            .where(Channel.tenant_id == want.tenant_id, Channel.wallet_id == want.wallet_id,
+                   Channel.network == want.network, Channel.escrow == want.escrow, Channel.payee == want.payee,
+                   Channel.token == want.token, Channel.state == ChannelState.OPEN.value)
+            .order_by(Channel.created_ms, Channel.id)).all()
+        mine = [(handle, cid, left) for handle, cid, descriptor, left in candidates
+                if json.loads(descriptor)["operator"].lower() == want.operator.lower()]
+        if not mine:
+            for i in pending:
+                out[i] = None  # none open: the caller opens one
+            return
+        first = asks[pending[0]].increment
+        roomy = [(handle, cid) for handle, cid, left in mine if left >= first]
+        if not roomy:
+            # Not another channel beside it: each would hold a deposit of its own until
+            # closed, and callers racing at the end of one would open one each.
+            handle, cid, left = mine[0]
+            for i in pending:
+                out[i] = LimitExceeded(
+                    f"channel {handle} ({cid}) has {left} left of its deposit, less than the {asks[i].increment} "
+                    "asked: close it (CloseChannel) and the next challenge opens a new one",
+                    reason="channel_deposit_exhausted", metadata={"channel": handle, "remaining": str(left)})
+            return
+        named = [handle for handle, cid in roomy if cid == want.channel_id]
+        handle = named[0] if named else roomy[0][0]
+        for i, answer in zip(pending, self._sign_many(s, want.tenant_id, handle, [asks[i] for i in pending], actor),
+                             strict=True):
+            out[i] = answer
 
     def _replay(self, s: Session, tenant_id: str, key: str) -> SignedVoucher | None:
         found = s.execute(select(Voucher, Channel, Wallet.address).join(Channel, Channel.id == Voucher.channel)
@@ -217,8 +317,13 @@ class Channels:
         return SignedVoucher(c.id, c.channel_id, v.cumulative, v.cumulative - below, v.signature, c.deposit,
                              c.descriptor, payer, c.network, c.token, c.payee)
 
-    def _sign(self, s: Session, tenant_id: str, channel: str, increment: int, max_increment: int | None, actor: str,
-              idempotency_key: str | None) -> SignedVoucher:
+    def _sign_many(self, s: Session, tenant_id: str, channel: str, asks: Sequence[Ask],
+                   actor: str) -> list[SignedVoucher | TellerError]:
+        """Each ask's voucher on ``channel``, in order, under one lock of its row:
+        every total is the one before raised by the ask's increment (an ask the
+        rules refuse gets its error and moves nothing). The vouchers are inserted
+        together, the total moved once (compare-and-set) and the batch audited as
+        one event."""
         row = s.execute(select(Channel, Wallet, Tenant).join(Wallet, Wallet.id == Channel.wallet_id)
                         .join(Tenant, Tenant.id == Channel.tenant_id)
                         .where(Channel.id == channel, Channel.tenant_id == tenant_id)
@@ -230,16 +335,30 @@ class Channels:
             if holder.frozen or holder.state != "active":
                 raise FailedPrecondition(f"{what} is {'frozen' if holder.frozen else holder.state}: "
                                          "it signs no vouchers", reason="frozen" if holder.frozen else "disabled")
-        total = next_cumulative(state=c.state, current=c.cumulative, deposit=c.deposit, increment=increment,
-                                max_increment=max_increment)
         signer = self.vault.signer(tenant_id, wallet.id, wallet.address,
                                    SealedKey(wallet.kek_version, wallet.wrapped_data_key, wallet.key_ciphertext))
-        typed = voucher_typed_data(bytes.fromhex(c.channel_id[2:]), total, escrow=c.escrow,
-                                   chain_id=chain_id_of(c.network))
-        signature = "0x" + signer.sign_typed_data(typed).hex()
+        chain_id = chain_id_of(c.network)
         now_ms = ms(self.clock)
-        s.add(Voucher(channel=c.id, cumulative=total, signature=signature, tenant_id=tenant_id,
-                      idempotency_key=idempotency_key or None, created_ms=now_ms))
+        answers: list[SignedVoucher | TellerError] = []
+        rows: list[dict[str, object]] = []
+        total = c.cumulative
+        for ask in asks:
+            try:
+                nxt = next_cumulative(state=c.state, current=total, deposit=c.deposit, increment=ask.increment,
+                                      max_increment=ask.max_increment)
+            except TellerError as exc:
+                answers.append(exc)
+                continue
+            typed = voucher_typed_data(bytes.fromhex(c.channel_id[2:]), nxt, escrow=c.escrow, chain_id=chain_id)
+            signature = "0x" + signer.sign_typed_data(typed).hex()
+            rows.append({"channel": c.id, "cumulative": nxt, "signature": signature, "tenant_id": tenant_id,
+                         "idempotency_key": ask.idempotency_key or None, "created_ms": now_ms})
+            answers.append(SignedVoucher(c.id, c.channel_id, nxt, ask.increment, signature, c.deposit, c.descriptor,
+                                         wallet.address, c.network, c.token, c.payee))
+            total = nxt
+        if not rows:
+            return answers
+        s.connection().execute(insert(Voucher), rows)
         # Only upwards, even if two transactions both got past the lock: the
         # second finds the total moved and writes nothing.
         moved = s.execute(update(Channel).where(Channel.id == c.id, Channel.cumulative == c.cumulative)
@@ -247,11 +366,13 @@ class Channels:
                           .execution_options(synchronize_session=False))
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             raise TellerError(f"channel {c.id}: its total moved while locked")
+        # One event per batch: the vouchers table holds each voucher; the event says
+        # how many were signed, from which total to which, and who asked.
         audit.record(s, at_ms=now_ms, actor=actor, action="channel.voucher", tenant_id=tenant_id,
-                     wallet_id=c.wallet_id, amount=increment, asset=c.token, network=c.network, payee=c.payee,
-                     details={"channel": c.id, "channel_id": c.channel_id, "cumulative": str(total)})
-        return SignedVoucher(c.id, c.channel_id, total, increment, signature, c.deposit, c.descriptor,
-                             wallet.address, c.network, c.token, c.payee)
+                     wallet_id=c.wallet_id, amount=total - c.cumulative, asset=c.token, network=c.network,
+                     payee=c.payee, details={"channel": c.id, "channel_id": c.channel_id, "cumulative": str(total),
+                                             "vouchers": len(rows), "from": str(c.cumulative)})
+        return answers
 
     # -- cooperative close ----------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Group commit for Sign.
+"""Group commit for Sign, and for the vouchers of one channel.
 
 Calls that arrive while a batch is in the database wait and go together in the
 next one: one transaction, one lock per tenant, one window query, one write for
@@ -6,30 +6,47 @@ all of them (see ``Payments.commit``). Under load a batch is as large as the
 calls that queued during the one before it, so the database's per-transaction
 cost is shared and a hot tenant's lock is taken once per batch instead of once
 per call; with one caller a batch is that one call and adds no wait.
+
+MPP session vouchers go the same way, one ``Batcher`` per channel
+(``ChannelBatchers``): a channel's vouchers are signed one after another
+under its row lock, so without batching its callers queue on that lock, one
+transaction each.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Generic, TypeVar
 
 from teller.sign.call import Call, Verdict
 
+T = TypeVar("T")
+R = TypeVar("R")
 
-class SignBatcher:
-    def __init__(self, commit: Callable[[Sequence[Call]], Awaitable[list[Verdict]]], *, max_batch: int = 64,
+
+class Batcher(Generic[T, R]):
+    """Items submitted while a batch is committing go together in the next one;
+    ``commit`` answers each item of a batch (an exception answers it too)."""
+
+    def __init__(self, commit: Callable[[Sequence[T]], Awaitable[Sequence[R]]], *, max_batch: int = 64,
                  in_flight: int = 1, linger: bool = True) -> None:
         self._commit = commit
         self._linger = linger
         self._max = max(1, max_batch)
         self._limit = max(1, in_flight)
-        self._queue: list[tuple[Call, asyncio.Future[Verdict]]] = []
+        self._queue: list[tuple[T, asyncio.Future[R | BaseException]]] = []
         self._running: set[asyncio.Task[None]] = set()
 
-    async def submit(self, call: Call) -> Verdict:
-        """The verdict of ``call`` once its batch committed (or failed)."""
-        done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-        self._queue.append((call, done))
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or committing."""
+        return not self._queue and not self._running
+
+    async def submit(self, item: T) -> R | BaseException:
+        """The answer to ``item`` once its batch committed (or failed)."""
+        done: asyncio.Future[R | BaseException] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, done))
         self._start()
         # A cancelled caller stops waiting; its batch still commits, as a single call would.
         return await done
@@ -41,11 +58,12 @@ class SignBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _run(self, batch: list[tuple[Call, asyncio.Future[Verdict]]]) -> None:
+    async def _run(self, batch: list[tuple[T, asyncio.Future[R | BaseException]]]) -> None:
         task = asyncio.current_task()
         try:
+            verdicts: Sequence[R | BaseException]
             try:
-                verdicts: Sequence[Verdict] = await self._commit([call for call, _ in batch])
+                verdicts = await self._commit([item for item, _ in batch])
             except Exception as exc:  # noqa: BLE001 - every call of the batch gets it
                 verdicts = [exc] * len(batch)
             for (_, done), verdict in zip(batch, verdicts, strict=True):
@@ -64,4 +82,30 @@ class SignBatcher:
         self._start()
 
 
-__all__ = ["SignBatcher"]
+#: Sign's batcher: payments of any tenant, one transaction per batch.
+SignBatcher = Batcher[Call, Verdict]
+
+
+class ChannelBatchers(Generic[R]):
+    """One ``Batcher`` per channel (any hashable key naming it), one batch in
+    flight each: a channel's vouchers are signed in order under its lock, while
+    different channels' batches run side by side. A channel's batcher is dropped
+    when it falls idle."""
+
+    def __init__(self, commit: Callable[[Sequence[Call]], Awaitable[Sequence[R]]], *, max_batch: int = 64) -> None:
+        self._commit = commit
+        self._max = max_batch
+        self._batchers: dict[Hashable, Batcher[Call, R]] = {}
+
+    async def submit(self, key: Hashable, call: Call) -> R | BaseException:
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batcher = self._batchers[key] = Batcher(self._commit, max_batch=self._max, in_flight=1)
+        try:
+            return await batcher.submit(call)
+        finally:
+            if batcher.idle and self._batchers.get(key) is batcher:
+                del self._batchers[key]
+
+
+__all__ = ["Batcher", "ChannelBatchers", "SignBatcher"]

@@ -20,10 +20,10 @@ from teller.chain import NotCached
 from teller.channels import reads as channel_reads
 from teller.channels.close import Closer
 from teller.db.models import Operator
-from teller.errors import InvalidArgument, PermissionDenied
+from teller.errors import InvalidArgument, PermissionDenied, TellerError
 from teller.pay import Payer, PayHead, pay_input
 from teller.rpc import convert
-from teller.rpc.batcher import SignBatcher
+from teller.rpc.batcher import ChannelBatchers, SignBatcher
 from teller.sign.call import Call, PushPending, SignResult, Verdict
 from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
 from teller.sign.service import OPENING_PAUSE_S, channel_opening
@@ -71,6 +71,12 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
                     if app.db.is_postgres else None)
         self.batcher = SignBatcher(self._commit, max_batch=app.settings.sign_batch_max,
                                    in_flight=app.settings.sign_batches_in_flight)
+        # MPP session vouchers: one batch at a time per channel (and actor: one audit event each).
+        self.vouchers: ChannelBatchers[SignResult | TellerError | None] = ChannelBatchers(
+            self._vouchers, max_batch=app.settings.sign_batch_max)
+
+    async def _vouchers(self, calls: Sequence[Call]) -> list[SignResult | TellerError | None]:
+        return await self.run(self.app.payments.vouchers, calls)
 
     async def _commit(self, calls: Sequence[Call]) -> list[Verdict]:
         return await self.app.payments.commit_async(calls, self.aio, self._in_thread)
@@ -117,17 +123,23 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         except NotCached:
             # ... else on a thread, where it may read the database or a chain.
             call = await self.run(payments.prepare, caller, sign_in, secret)
-        if payments.wants_voucher(call):
-            # An MPP session on a channel the wallet has open: a voucher, under the channel's lock.
-            voucher = await self.run(payments.voucher, call)
+        channel = payments.voucher_channel(call)
+        if channel is not None:
+            # An MPP session on a channel the wallet has open: a voucher, under the channel's lock,
+            # in one transaction with the other vouchers asked of that channel meanwhile.
+            voucher = await self.vouchers.submit((channel, caller.actor), call)
+            if isinstance(voucher, BaseException):
+                raise voucher
             if voucher is not None:
                 return voucher
             await self.run(payments.open_facts, call)  # none open: the batch opens one
         verdict = await self.batcher.submit(call)
-        if channel_opening(verdict):
+        if channel is not None and channel_opening(verdict):
             # Another call opened this payee's channel a moment ago: a voucher on it, not a second deposit.
             await asyncio.sleep(OPENING_PAUSE_S)
-            voucher = await self.run(payments.voucher, call)
+            voucher = await self.vouchers.submit((channel, caller.actor), call)
+            if isinstance(voucher, BaseException):
+                raise voucher
             if voucher is not None:
                 return voucher
         if isinstance(verdict, PushPending):

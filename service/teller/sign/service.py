@@ -24,7 +24,7 @@ from teller import offers as offers_mod
 from teller.audit import events as audit
 from teller.callers import Caller, check_secret
 from teller.chain import ChainReader, NotCached
-from teller.channels.store import Channels, Wanted
+from teller.channels.store import Ask, Channels, Wanted
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import ApiToken, Payment, Wallet
@@ -133,31 +133,58 @@ class Payments:
         when there is no such channel with the unit left (the batch then opens
         one, reserving its deposit). A voucher reserves nothing: the deposit it
         spends was reserved when the channel opened."""
+        answer = self.vouchers([call])[0]
+        if isinstance(answer, TellerError):
+            raise answer
+        return answer
+
+    def voucher_channel(self, call: Call) -> Wanted | None:
+        """The channel ``call``'s session asks a voucher on (pure): calls with the
+        same one may be signed together (``vouchers``)."""
         offer = self._session_offer(call)
         if offer is None:
             return None
-        session: Session = offer.terms
-        req = session.request
-        caller, key = call.caller, call.req.idempotency_key
-        want = Wanted(caller.tenant_id, call.req.wallet_id, offer.network, req.escrow, req.recipient, req.currency,
-                      req.operator, None if req.channel_id is None else "0x" + req.channel_id.hex())
-        denied: list[tuple[str, TellerError]] = []
-        try:
-            signed = self.channels.sign_next(want, req.amount, max_increment=call.req.max_amount,
-                                             actor=caller.actor, idempotency_key=key,
-                                             check=self._voucher_check(call, offer, denied))
-        except TellerError as exc:
-            if denied and denied[0][1] is exc:
-                self._audit_voucher_denial(call, offer, denied[0][0], exc)
-            raise
-        if signed is None:
-            return None
-        value = voucher_credential(session, signed.descriptor, signed.channel_id, signed.cumulative,
-                                   signed.signature, signed.payer)
-        return SignResult(header_name=session.challenge.header, header_value=value, payment_id="",
-                          protocol=TEMPO_SESSION.protocol, version=1, scheme=TEMPO_SESSION.id, network=offer.network,
-                          asset=offer.asset, amount=signed.increment, pay_to=offer.pay_to,
-                          headers=idempotency.retry_headers(TEMPO_SESSION.protocol, caller.tenant_id, key))
+        req = offer.terms.request
+        return Wanted(call.caller.tenant_id, call.req.wallet_id, offer.network, req.escrow, req.recipient,
+                      req.currency, req.operator, None if req.channel_id is None else "0x" + req.channel_id.hex())
+
+    def vouchers(self, calls: Sequence[Call]) -> list[SignResult | TellerError | None]:
+        """``voucher`` for calls that share one ``voucher_channel``, in one
+        transaction under one lock of the channel (``Channels.sign_next_many``):
+        under load the transaction's cost is shared by every voucher in it."""
+        want = self.voucher_channel(calls[0])
+        actor = calls[0].caller.actor
+        if want is None or any(self.voucher_channel(c) != want or c.caller.actor != actor for c in calls[1:]):
+            # One transaction, one audit event: one channel and one actor.
+            raise TellerError("vouchers of different channels or actors cannot be signed together")
+        offers = [self._session_offer(c) for c in calls]
+        asks = []
+        denials: dict[int, str] = {}  # id of a policy's refusal -> its reason
+        for call, offer in zip(calls, offers, strict=True):
+            assert offer is not None
+            asks.append(Ask(offer.terms.request.amount, call.req.max_amount, call.req.idempotency_key,
+                            self._voucher_check(call, offer, denials),
+                            (call.caller.token_id, call.secret, call.req.url, offer.amount)))
+        answers = self.channels.sign_next_many(want, asks, actor=actor)
+        refused = [(call, offer, denials[id(a)], a) for call, offer, a in zip(calls, offers, answers, strict=True)
+                   if isinstance(a, TellerError) and id(a) in denials and offer is not None]
+        if refused:
+            self._audit_voucher_denials(refused)
+        out: list[SignResult | TellerError | None] = []
+        for call, offer, signed in zip(calls, offers, answers, strict=True):
+            if signed is None or isinstance(signed, TellerError):
+                out.append(signed)
+                continue
+            assert offer is not None
+            session: Session = offer.terms
+            value = voucher_credential(session, signed.descriptor, signed.channel_id, signed.cumulative,
+                                       signed.signature, signed.payer)
+            out.append(SignResult(header_name=session.challenge.header, header_value=value, payment_id="",
+                                  protocol=TEMPO_SESSION.protocol, version=1, scheme=TEMPO_SESSION.id,
+                                  network=offer.network, asset=offer.asset, amount=signed.increment,
+                                  pay_to=offer.pay_to, headers=idempotency.retry_headers(
+                                      TEMPO_SESSION.protocol, call.caller.tenant_id, call.req.idempotency_key)))
+        return out
 
     def open_facts(self, call: Call) -> None:
         """What opening a channel for ``call``'s session needs from the chain (its
@@ -167,28 +194,31 @@ class Payments:
         if offer is not None and known is not None:
             TEMPO_SESSION.open_facts(offer, call.prepared, self.chain, payer=known[0], clock=self.clock)
 
-    def _audit_voucher_denial(self, call: Call, offer: Offer, reason: str, error: TellerError) -> None:
-        """A voucher the policy refused, audited as the batch audits a payment it
-        refuses (``payment.deny``). Its own transaction: the voucher's rolled back,
-        and a refusal changes nothing else to write it with."""
-        caller = call.caller
+    def _audit_voucher_denials(self, refused: Sequence[tuple[Call, Offer, str, TellerError]]) -> None:
+        """Vouchers the policy refused, each audited as the batch audits a payment
+        it refuses (``payment.deny``). In a transaction of their own, after the
+        vouchers': a refusal changes nothing to write it with."""
+        now_ms = ms(self.clock)
         with self.db.transaction() as s:
-            audit.record(s, at_ms=ms(self.clock), actor=caller.actor, action="payment.deny", outcome="denied",
-                         reason=reason, tenant_id=caller.tenant_id, wallet_id=call.req.wallet_id,
-                         amount=offer.amount, asset=offer.asset, network=offer.network, payee=offer.pay_to,
-                         resource_url=call.req.url,
-                         details={"protocol": offer.scheme.protocol, "scheme": offer.scheme.id, "voucher": True,
-                                  **error.metadata})
-        observe.child(observe.DENIALS, reason).inc()
+            for call, offer, reason, error in refused:
+                caller = call.caller
+                audit.record(s, at_ms=now_ms, actor=caller.actor, action="payment.deny", outcome="denied",
+                             reason=reason, tenant_id=caller.tenant_id, wallet_id=call.req.wallet_id,
+                             amount=offer.amount, asset=offer.asset, network=offer.network, payee=offer.pay_to,
+                             resource_url=call.req.url,
+                             details={"protocol": offer.scheme.protocol, "scheme": offer.scheme.id, "voucher": True,
+                                      **error.metadata})
+        for _, _, reason, _ in refused:
+            observe.child(observe.DENIALS, reason).inc()
 
     @staticmethod
-    def _voucher_check(call: Call, offer: Offer, denied: list[tuple[str, TellerError]]) -> Callable[[Session_], None]:
+    def _voucher_check(call: Call, offer: Offer, denials: dict[int, str]) -> Callable[[Session_], None]:
         """What the voucher's transaction checks first, as the batch does for a
         payment: the caller's token, and the tenant's and wallet's policies as
         they stand now (a payee denied since the channel opened gets no more;
         ``per_payment_max`` judges each voucher's increment). The budgets are not
         asked: the deposit the voucher spends is already held. A policy's refusal
-        is put in ``denied`` (the caller audits it) before it is raised."""
+        is put in ``denials`` (the caller audits it) before it is raised."""
         caller, secret = call.caller, call.secret
         charge = Charge(offer.network, offer.asset, offer.amount, offer.pay_to, call.req.url)
 
@@ -204,7 +234,7 @@ class Payments:
                 decision = evaluate_scope(dataclasses.replace(policy, budgets=()), name, charge, {}, False)
                 if not decision.allowed:
                     error = decision.error(charge)
-                    denied.append((decision.reason, error))
+                    denials[id(error)] = decision.reason
                     raise error
         return check
 
