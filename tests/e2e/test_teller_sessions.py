@@ -356,6 +356,11 @@ def test_the_policy_judges_each_unit_caps_the_deposit_and_still_holds_after_the_
         assert denied.value.reason == "payee_not_allowed"
     (channel,) = live.app.channels.of_tenant(t.tenant_id)
     assert channel.cumulative == 3 * PRICE
+    # Each refusal audited, the voucher's as the open's: payment.deny with its reason.
+    events, _ = admin.audit_events(tenant_id=t.tenant_id, action="payment.deny")
+    assert sorted(e.reason for e in events) == ["max_channel_deposit", "payee_not_allowed"]
+    voucher_denial = next(e for e in events if e.reason == "payee_not_allowed")
+    assert voucher_denial.payee.lower() == payee.lower() and json.loads(voucher_denial.details_json)["voucher"]
 
 
 def test_a_cooperative_close_leaves_counted_only_what_the_payee_got_and_the_fee(any_db, testbed):

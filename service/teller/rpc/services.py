@@ -28,6 +28,7 @@ from teller.rpc import convert
 from teller.rpc.batcher import ChannelBatchers, SignBatcher
 from teller.sign.call import Call, PushPending, SignResult, Verdict
 from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
+from teller.sign.service import OPENING_PAUSE_S, channel_opening
 from teller.signing import SignInput
 from teller_client._proto.teller.v1 import (
     admin_pb2,
@@ -135,6 +136,14 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
                 return voucher
             await self.run(payments.open_facts, call)  # none open: the batch opens one
         verdict = await self.batcher.submit(call)
+        if channel is not None and channel_opening(verdict):
+            # Another call opened this payee's channel a moment ago: a voucher on it, not a second deposit.
+            await asyncio.sleep(OPENING_PAUSE_S)
+            voucher = await self.vouchers.submit((channel, caller.actor), call)
+            if isinstance(voucher, BaseException):
+                raise voucher
+            if voucher is not None:
+                return voucher
         if isinstance(verdict, PushPending):
             return await self.run(payments.finish, verdict)  # broadcasts: blocking
         return payments.finish(verdict)

@@ -74,6 +74,23 @@ class PaymentRow(NamedTuple):
     request_hash: str
 
 
+class ChannelRow(NamedTuple):
+    """A session channel that is not closed (open or closing), read with its
+    tenant locked: what ``max_open_channels`` counts, and what tells a first
+    challenge that another call has just opened its channel."""
+
+    id: str
+    tenant_id: str
+    wallet_id: str
+    network: str
+    escrow: str
+    channel_id: str
+    payee: str
+    token: str
+    descriptor: str
+    state: str
+
+
 #: Per (scope, id) measured, each budget's use of its window.
 Windows: TypeAlias = dict[tuple[str, str], dict[str, WindowUse]]
 
@@ -89,6 +106,8 @@ class Snapshot:
     claims: dict[tuple[str, str], PaymentRow]  # (tenant, idempotency key) -> its payment
     windows: Windows | None = None  # Read.measure's answer
     nonces: dict[tuple[str, str], PaymentRow] = field(default_factory=dict)  # (wallet, nonce) -> its payment
+    #: Per tenant of ``Read.channel_tenants``, its channels that are not closed.
+    channels: dict[str, list[ChannelRow]] = field(default_factory=dict)
 
 
 class Request(Generic[A]):
@@ -121,6 +140,10 @@ class Read(Request[Snapshot]):
     keys: Sequence[str]
     measure: Measure | None = None
     nonces: Sequence[tuple[str, str]] = ()
+    #: Tenants whose channels that are not closed to read (those with a session
+    #: challenge in the batch): read after the lock, so every open committed
+    #: before it is counted.
+    channel_tenants: Sequence[str] = ()
 
     def answer(self, driver: Driver) -> Snapshot:
         return driver.read(self)
@@ -248,6 +271,6 @@ async def drive_async(plan: Plan[T], driver: AsyncDriver) -> T:
     return cast(T, value)
 
 
-__all__ = ["AsyncDriver", "Contended", "Driver", "FindNonce", "Measure", "PaymentRow",
+__all__ = ["AsyncDriver", "ChannelRow", "Contended", "Driver", "FindNonce", "Measure", "PaymentRow",
            "Plan", "Read", "ReleaseKey", "Request", "Snapshot", "TenantRow", "TokenRow", "WalletRow", "Windows",
            "Write", "drive", "drive_async"]

@@ -7,8 +7,19 @@ from sqlalchemy import bindparam, insert, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from teller.audit import events as audit
-from teller.db.models import ApiToken, AuditHead, Base, Payment, SpendPolicy, Tenant, Wallet
+from teller.channels.rules import ChannelState
+from teller.db.models import (
+    ApiToken,
+    AuditHead,
+    Base,
+    Channel,
+    Payment,
+    SpendPolicy,
+    Tenant,
+    Wallet,
+)
 from teller.sign.batch_io import (
+    ChannelRow,
     FindNonce,
     Measure,
     PaymentRow,
@@ -47,6 +58,9 @@ _PAYMENT_ROW = select(*(Payment.__table__.c[name] for name in PaymentRow._fields
 _CLAIMS = _PAYMENT_ROW.where(Payment.tenant_id.in_(bindparam("tenant_ids", expanding=True)),
                              Payment.idempotency_key.in_(bindparam("keys", expanding=True)))
 _NONCES = _PAYMENT_ROW.where(tuple_(Payment.wallet_id, Payment.nonce).in_(bindparam("pairs", expanding=True)))
+_CHANNELS = (select(*(Channel.__table__.c[name] for name in ChannelRow._fields))
+             .where(Channel.tenant_id.in_(bindparam("tenant_ids", expanding=True)),
+                    Channel.state != ChannelState.CLOSED.value))
 _NONCE = _PAYMENT_ROW.where(Payment.wallet_id == bindparam("wallet_id"), Payment.nonce == bindparam("nonce"))
 
 
@@ -75,9 +89,13 @@ class SqlBatchIO:
                   if keys else {})
         nonces = ({(p.wallet_id, p.nonce): PaymentRow(*p) for p in s.execute(_NONCES, {"pairs": list(request.nonces)})}
                   if request.nonces else {})
+        channels: dict[str, list[ChannelRow]] = {t: [] for t in request.channel_tenants}
+        if request.channel_tenants:
+            for c in s.execute(_CHANNELS, {"tenant_ids": list(request.channel_tenants)}):
+                channels[c.tenant_id].append(ChannelRow(*c))
         m = request.measure
         return Snapshot(tenants, heads, wallets, tokens, claims,
-                        measure_many(s, m.scopes, m.now_ms) if m is not None else None, nonces)
+                        measure_many(s, m.scopes, m.now_ms) if m is not None else None, nonces, channels)
 
     def measure(self, request: Measure) -> Windows:
         return measure_many(self.s, request.scopes, request.now_ms)
