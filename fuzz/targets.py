@@ -12,6 +12,7 @@ tests/drills/test_fuzz.py replays the committed corpus through them.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Callable
 
@@ -20,9 +21,10 @@ import httpx
 
 from teller import untrusted_json
 from teller.audit import events as audit
+from teller.errors import FailedPrecondition
 from teller.fetch import TELLER_SETS
 from teller.mpp import challenge as mpp_challenge
-from teller.mpp import channel_events
+from teller.mpp import channel_events, metered, sse
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp import session as mpp_session
 from teller.mpp.charge import parse_request
@@ -107,6 +109,25 @@ def mpp_session_target(data: bytes) -> None:
         mpp_session.parse_need_voucher(raw if mode & 8 else text, MAX)
     else:
         mpp_session.parse_descriptor(untrusted_json.loads(raw, "credential", max_bytes=MAX), "credential")
+
+
+def metered_stream_target(data: bytes) -> None:
+    """A metered session stream's bytes (teller.mpp.sse, teller.mpp.metered): the
+    first byte picks where the stream is cut into chunks; every event the bounded
+    reader finds goes through the payer's rules. Whatever is cut wherever, the
+    reader finds the same events, and none holds more than its bound."""
+    mode, raw, _ = _split(data)
+    bound = 256
+    step = 1 + mode % 17
+    whole = sse.SseReader(bound).feed(raw)
+    cut = sse.SseReader(bound)
+    pieces = [e for i in range(0, len(raw), step) for e in cut.feed(raw[i:i + step])]
+    assert pieces == whole, "the events depend on where the bytes were split"
+    meter = metered.Meter(bytes(32), 0, None, bound)
+    for event in whole:
+        assert len(event.data) <= bound, "an event's data past the reader's bound was kept"
+        with contextlib.suppress(FailedPrecondition):
+            meter.on_event(event)
 
 
 def channel_events_target(data: bytes) -> None:
@@ -220,6 +241,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "mpp_charge_request": mpp_charge_request_target,
     "mpp_session": mpp_session_target,
     "channel_events": channel_events_target,
+    "metered_stream": metered_stream_target,
     "receipts": receipts_target,
     "policy_document": policy_document_target,
     "caller_fields": caller_fields_target,

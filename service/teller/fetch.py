@@ -171,6 +171,9 @@ class Fetcher:
         self._timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s, write=read_timeout_s,
                                       pool=connect_timeout_s)
         self._transport = transport
+        # One TLS context for every call: building one (loading the CA bundle) costs tens of
+        # ms, which each call's own client paid, and a metered stream pays once per voucher.
+        self._ssl = httpx.create_ssl_context(trust_env=False)
 
     async def check(self, url: str) -> tuple[str, str, int, str]:
         """(scheme, host, port, address to connect to) for a URL Teller may fetch."""
@@ -220,7 +223,7 @@ class Fetcher:
                    body: bytes) -> AsyncIterator[Response]:
         """The response after at most ``max_redirects`` checked redirects; its body still streaming."""
         async with httpx.AsyncClient(timeout=self._timeout, follow_redirects=False, trust_env=False,
-                                     transport=self._transport) as client:
+                                     transport=self._transport, verify=self._ssl) as client:
             current, current_method, current_body = url, method.upper(), body
             previous = url
             sent = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP | TELLER_SETS]

@@ -13,6 +13,11 @@ chunks. Once the proof has left, every error names the payment (message and
 ``payment_id`` in its metadata) and the payment says what happened (see
 ``teller.lifecycle``). A retry with the idempotency key of a settled payment is
 answered from what Teller kept, never paid or sent again.
+
+A metered MPP session stream (an event stream paid with a session credential)
+is relayed byte for byte while each ``payment-need-voucher`` event it carries
+gets the next voucher, POSTed as mppx's client does (``_body``; the rules are
+``teller.mpp.metered``, the cap the caller's ``max_stream_amount``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from teller import lifecycle as lc
 from teller import refusal as refusal_mod
@@ -37,7 +42,10 @@ from teller.errors import (
 )
 from teller.fetch import HOP_BY_HOP, Fetcher, Response
 from teller.lifecycle import Lifecycle
-from teller.schemes import REGISTRY
+from teller.mpp import metered, sse
+from teller.mpp.challenge import b64url_json
+from teller.schemes import REGISTRY, Offer
+from teller.schemes.base import SchemeId
 from teller.sign.call import SignResult, sign_input
 from teller.signing import SignInput
 from teller.states import PaymentState
@@ -60,6 +68,11 @@ class PayInput:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     sign: SignInput  # everything but the challenge, which comes from the server
+    #: The most a metered stream's in-band voucher requests may add in this call (None: no cap of its own).
+    max_stream_amount: int | None = None
+    #: The MPP session offer the request was paid under, read as it was signed (its challenge
+    #: may expire during a long stream): what a metered stream's vouchers answer.
+    session: Offer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +114,8 @@ def caller_headers(headers: Sequence[tuple[str, str]]) -> tuple[tuple[str, str],
 
 
 def pay_input(*, url: str, method: str, headers: Sequence[tuple[str, str]], body: bytes, wallet_id: str,
-              max_amount: str, idempotency_key: str, protocols: Sequence[str]) -> PayInput:
+              max_amount: str, idempotency_key: str, protocols: Sequence[str],
+              max_stream_amount: str = "") -> PayInput:
     m = (method or "GET").upper()
     if m not in _METHODS:
         raise InvalidArgument(f"method must be one of {', '.join(sorted(_METHODS))}, got {method[:20]!r}")
@@ -112,7 +126,32 @@ def pay_input(*, url: str, method: str, headers: Sequence[tuple[str, str]], body
     checked = caller_headers(headers)
     base = sign_input(status=402, headers=(), body=b"", url=url, method=m, wallet_id=wallet_id,
                       max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols)
-    return PayInput(url, m, checked, body, base)
+    stream_cap = None
+    if max_stream_amount:
+        if not (max_stream_amount.isascii() and max_stream_amount.isdigit()) or len(max_stream_amount) > 78:
+            raise InvalidArgument("max_stream_amount must be an integer string of atomic units (at most 78 digits), "
+                                  f"got {max_stream_amount[:40]!r}")
+        stream_cap = int(max_stream_amount)
+    return PayInput(url, m, checked, body, base, stream_cap)
+
+
+class StreamVouchers(Protocol):
+    """What Pay needs of the Sign service to pay a metered stream (``Payments``)."""
+
+    def session_offer(self, req: SignInput) -> Offer | None: ...
+
+    def stream_voucher(self, caller: Caller, offer: Offer, req: SignInput, channel_id: str, total: int,
+                       stream_cap: int | None, stream_paid: int) -> tuple[str, str, int]: ...
+
+
+def _paid_channel(signed: SignResult) -> tuple[bytes, int] | None:
+    """The channel and total of the session credential Teller sent (its own, so
+    well-formed): the channel a metered stream may ask vouchers on."""
+    try:
+        payload = b64url_json(signed.header_value.split(" ", 1)[1], "credential")["payload"]
+        return bytes.fromhex(payload["channelId"][2:]), int(payload["cumulativeAmount"])
+    except (InvalidArgument, IndexError, KeyError, TypeError, ValueError):
+        return None
 
 
 #: Each protocol's receipt decoder (x402, then MPP).
@@ -150,7 +189,7 @@ def _naming(err: TellerError, payment_id: str) -> TellerError:
 class Payer:
     def __init__(self, sign: Callable[[Caller, SignInput], Awaitable[SignResult]], lifecycle: Lifecycle,
                  fetcher: Fetcher, run: Run, max_challenge_bytes: int, deadline_s: float = 60.0,
-                 keep_bytes: int = 0) -> None:
+                 keep_bytes: int = 0, vouchers: StreamVouchers | None = None) -> None:
         self.sign = sign  # Sign's own path: the same batches, limits, idempotency and audit
         self.lifecycle = lifecycle
         self.fetcher = fetcher
@@ -158,6 +197,7 @@ class Payer:
         self.max_challenge_bytes = max_challenge_bytes
         self.deadline_s = deadline_s
         self.keep_bytes = keep_bytes
+        self.vouchers = vouchers  # pays a metered stream's in-band voucher requests; None: relayed only
 
     def _late(self, what: str) -> Unavailable:
         return Unavailable(f"{what} took longer than the call's deadline of {self.deadline_s:g} s "
@@ -188,12 +228,14 @@ class Payer:
                     yield chunk
                 return
             final_url, challenge_headers = first.url, tuple(first.headers)
-        signed = await self.sign(caller, replace(
-            req.sign, status=402, headers=challenge_headers, body=challenge_body, url=final_url))
+        sign_req = replace(req.sign, status=402, headers=challenge_headers, body=challenge_body, url=final_url)
+        signed = await self.sign(caller, sign_req)
+        if self.vouchers is not None and signed.scheme == SchemeId.TEMPO_SESSION:
+            req = replace(req, sign=sign_req, session=self.vouchers.session_offer(sign_req))  # pure: no I/O
         if not signed.payment_id:
             # An MPP session voucher: no payment of its own to look up or record (its
             # channel's open is one; the voucher is recorded on the channel).
-            async for part in self._voucher_paid(req, signed, final_url, deadline):
+            async for part in self._voucher_paid(caller, req, signed, final_url, deadline):
                 yield part
             return
         if key:
@@ -243,7 +285,8 @@ class Payer:
                 yield PayHead(second.status, second.headers, payment,
                            decode_receipt(second.status, second.headers, self.max_challenge_bytes),
                            signed.header_name)
-                async for chunk in self._keeping(second, signed.payment_id):
+                async for chunk in self._keeping(second, signed.payment_id,
+                                                 self._body(caller, req, signed, second, url)):
                     yield chunk
         except asyncio.CancelledError:
             # The caller went away (or its own deadline passed) while the server held the proof.
@@ -258,7 +301,7 @@ class Payer:
                 why = (lc.REDIRECT_REFUSED if isinstance(err, PermissionDenied) and "redirected_from" in err.metadata
                        else lc.ANSWER_LOST)
                 await self._note(signed, caller, why, err.message)
-            elif err.reason != "payment_refused":
+            elif err.reason != "payment_refused" and "stream_voucher" not in err.metadata:
                 await self._note(signed, caller, lc.ANSWER_LOST, f"body cut off: {err.message}")
             raise _naming(err, signed.payment_id) from None
 
@@ -275,7 +318,7 @@ class Payer:
             raise self._late(f"the paid request to {url}") from None
         return second, refusal
 
-    async def _voucher_paid(self, req: PayInput, signed: SignResult, url: str,
+    async def _voucher_paid(self, caller: Caller, req: PayInput, signed: SignResult, url: str,
                             deadline: float) -> AsyncIterator[PayHead | bytes]:
         """The retry with a session voucher: the server's answer, streamed."""
         async with contextlib.AsyncExitStack() as stack:
@@ -286,13 +329,75 @@ class Payer:
                                          reason="payment_refused", metadata={"server_reason": reason[:200]})
             yield PayHead(second.status, second.headers, None,
                           decode_receipt(second.status, second.headers, self.max_challenge_bytes), signed.header_name)
-            async for chunk in second.stream():
+            async for chunk in self._body(caller, req, signed, second, url):
                 yield chunk
 
-    async def _keeping(self, response: Response, payment_id: str) -> AsyncIterator[bytes]:
+    # -- metered streams (MPP sessions) ------------------------------------------------------------------------
+
+    async def _body(self, caller: Caller, req: PayInput, signed: SignResult, response: Response,
+                    url: str) -> AsyncIterator[bytes]:
+        """The paid body, relayed byte for byte as it arrives. When it is a metered
+        session stream (``text/event-stream`` paid with a session credential), its
+        ``payment-need-voucher`` events are answered as they pass: the next voucher
+        is signed and POSTed to ``url``, as mppx's client does, while the stream
+        waits for it. The payment events go on to the caller like every other byte."""
+        offer, paid = req.session, None
+        if offer is not None and response.status < 300 and sse.is_event_stream(response.headers):
+            paid = _paid_channel(signed)
+        if offer is None or paid is None:
+            async for chunk in response.stream():
+                yield chunk
+            return
+        meter = metered.Meter(paid[0], paid[1], req.max_stream_amount, self.max_challenge_bytes)
+        reader = sse.SseReader(self.max_challenge_bytes)
+        async for chunk in response.stream():
+            yield chunk
+            for event in reader.feed(chunk):
+                try:
+                    need = meter.on_event(event)
+                    if need is not None:
+                        await self._stream_voucher(caller, req, offer, meter, need.required_cumulative, url)
+                except TellerError as err:
+                    err.metadata["stream_voucher"] = str(meter.vouchers + 1)
+                    err.metadata.setdefault("stream_paid", str(meter.paid))
+                    raise
+
+    async def _stream_voucher(self, caller: Caller, req: PayInput, offer: Offer, meter: metered.Meter, total: int,
+                              url: str) -> None:
+        """Sign the voucher for ``total`` and POST it (bodiless, ``Authorization``
+        only, as mppx's client does). A 402 answer with a fresh challenge (the
+        first one expired during the stream) gets the same voucher once more,
+        wrapped in the new challenge: nothing new is signed for it."""
+        assert self.vouchers is not None
+        channel = "0x" + meter.channel_id.hex()
+        name, value, increment = await self.run(self.vouchers.stream_voucher, caller, offer, req.sign, channel,
+                                                total, meter.cap, meter.paid)
+        meter.signed(increment)
+        status, headers, body = await self._post_voucher(url, name, value)
+        if status == 402:
+            fresh = await self.run(self.vouchers.session_offer, replace(req.sign, headers=tuple(headers), body=body))
+            if fresh is not None:
+                name, value, again = await self.run(self.vouchers.stream_voucher, caller, fresh, req.sign, channel,
+                                                    total, meter.cap, meter.paid)
+                meter.signed(again)  # zero: the channel already reached ``total``
+                status, headers, body = await self._post_voucher(url, name, value)
+        if not 200 <= status < 300:
+            reason = refusal_mod.reason(headers, body) or f"HTTP {status}"
+            raise FailedPrecondition(f"the server answered the stream's voucher for {total} with {status}: {reason}",
+                                     reason="payment_refused", metadata={"server_reason": reason[:200]})
+
+    async def _post_voucher(self, url: str, name: str, value: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                async with self.fetcher.open("POST", url, [(name, value)], b"") as answer:
+                    return answer.status, answer.headers, await answer.read(self.max_challenge_bytes)
+        except TimeoutError:
+            raise self._late(f"the stream's voucher POST to {url}") from None
+
+    async def _keeping(self, response: Response, payment_id: str, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The paid body, kept as it passes when the operator asked for it and it fits."""
         kept: bytearray | None = bytearray() if self.keep_bytes > 0 and response.status < 400 else None
-        async for chunk in response.stream():
+        async for chunk in body:
             if kept is not None:
                 kept += chunk
                 if len(kept) > self.keep_bytes:
@@ -314,4 +419,4 @@ class Payer:
                            caller.actor)
 
 
-__all__ = ["PayHead", "PayInput", "Payer", "caller_headers", "decode_receipt", "pay_input"]
+__all__ = ["PayHead", "PayInput", "Payer", "StreamVouchers", "caller_headers", "decode_receipt", "pay_input"]

@@ -131,10 +131,13 @@ def dry_run(
     networks: Mapping[str, int] | None = None,
     max_bytes: int = 256 * 1024,
     now: datetime,
+    open_channels: int | None = None,
 ) -> DryRun:
     """Evaluate ``saved`` as Sign would. ``used`` is what each scope's budgets
     already hold (``{"tenant": {"day": 1000}, "wallet": {...}}``, common units);
-    ``frozen`` says which scopes are frozen."""
+    ``frozen`` says which scopes are frozen; ``open_channels`` how many MPP
+    session channels the tenant holds that are not closed (for a session's open:
+    ``max_open_channels``; None: not judged)."""
     used = used or {}
     frozen = frozen or {}
     tenant = parse(tenant_doc) if tenant_doc is not None else DEFAULT
@@ -147,7 +150,7 @@ def dry_run(
     skipped = tuple(sorted({o.scheme.protocol for o in collected.offers} - set(tenant.protocols)))
     considered = []
     for offer in ordered:
-        decision = _evaluate(scopes, offer, saved.url, max_amount)
+        decision = _evaluate(scopes, offer, saved.url, max_amount, open_channels)
         considered.append(Considered(offer, decision))
         if decision.allowed:
             return DryRun(tuple(considered), considered[-1], "ok", "", skipped)
@@ -156,20 +159,22 @@ def dry_run(
                       f"the server offers {', '.join(skipped)}; the policy pays only {', '.join(tenant.protocols)}",
                       skipped)
     first = considered[0]
-    message = first.decision.error(_facts(first.offer, saved.url)).message
+    message = first.decision.error(_facts(first.offer, saved.url, open_channels=open_channels)).message
     return DryRun(tuple(considered), None, first.decision.reason, message, skipped)
 
 
-def _facts(offer: Offer[Any], url: str, payee: str | None = None) -> Charge:
-    return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url)
+def _facts(offer: Offer[Any], url: str, payee: str | None = None, open_channels: int | None = None) -> Charge:
+    # A session's open carries its deposit (max_channel_deposit) and the channel count, as in Sign.
+    return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, deposit=offer.deposit,
+                  open_channels=open_channels if offer.deposit is not None else None)
 
 
 def _evaluate(scopes: Sequence[Scope], offer: Offer[Any], url: str,
-              max_amount: int | None) -> Decision:
+              max_amount: int | None, open_channels: int | None = None) -> Decision:
     # As Sign does: split recipients must pass the payee lists too.
-    decision = evaluate(scopes, _facts(offer, url), max_amount)
+    decision = evaluate(scopes, _facts(offer, url, open_channels=open_channels), max_amount)
     for payee in offer.other_payees if decision.allowed else ():
-        split = evaluate(scopes, _facts(offer, url, payee), max_amount)
+        split = evaluate(scopes, _facts(offer, url, payee, open_channels), max_amount)
         if not split.allowed:
             return split
     return decision

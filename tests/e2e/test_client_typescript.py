@@ -110,3 +110,41 @@ def test_typescript_client_reads_channels(tmp_path):
         assert "pass 3" in out.stdout, out.stdout  # the spec reporter's summary: all three ran
     finally:
         running.stop()
+
+
+def test_typescript_client_streams_a_metered_session(tmp_path):
+    """payStream through Pay against mppx's metered SSE route (vouchers paid in-band,
+    maxStreamAmount), then closeChannel, from Node (clients/typescript/test/sessions.test.ts)."""
+    import secrets
+
+    from eth_utils import to_checksum_address
+
+    from teller_client import Asset
+    from testbed.chain import FACILITATOR_KEY
+    from testbed.escrow_proxy import escrow_proxy
+    from testbed.tempo import TEMPO_CHAIN_ID
+    from tests.support.mpp_live import MPPX_CHAIN_ARGS
+    from tests.support.mppx_session import mppx_session_server
+
+    build()
+    payee = to_checksum_address("0x" + secrets.token_hex(20))
+    with tempo_chain(*MPPX_CHAIN_ARGS) as chain, escrow_proxy(chain.rpc_url) as (proxy_url, proxy):
+        running = RunningTeller(make_settings(
+            f"sqlite:///{tmp_path / 't.db'}", tmp_path, rpc_urls={chain.network: proxy_url},
+            reconcile_interval_seconds=0, session_escrows={chain.network: proxy.escrow},
+            outbound_allow=("127.0.0.1",)))
+        try:
+            t = running.setup_tenant(policy=Policy(assets=(Asset(chain.network, PATH_USD, 6),)))
+            chain.fund(t.address, 1_000_000)
+            with mppx_session_server(proxy_url, TEMPO_CHAIN_ID, proxy.escrow, PATH_USD, FACILITATOR_KEY, payee,
+                                     "0.0001", suggested_deposit="0.2") as server:
+                env = {**os.environ, "TELLER_TARGET": running.target, "TELLER_TOKEN": t.token,
+                       "TELLER_WALLET_ID": t.wallet_id, "SESSION_URL": server.url, "PRICE": "100"}
+                out = subprocess.run(["node", "--test", "--test-reporter=spec", "--test-concurrency=1",
+                                      "dist/test/sessions.test.js"], cwd=PACKAGE, env=env,
+                                     capture_output=True, text=True, timeout=300)
+                log = server.log()
+            assert out.returncode == 0, out.stdout[-20000:] + out.stderr[-5000:] + log[-3000:]
+            assert "pass 3" in out.stdout, out.stdout
+        finally:
+            running.stop()

@@ -356,6 +356,11 @@ def test_the_policy_judges_each_unit_caps_the_deposit_and_still_holds_after_the_
         assert denied.value.reason == "payee_not_allowed"
     (channel,) = live.app.channels.of_tenant(t.tenant_id)
     assert channel.cumulative == 3 * PRICE
+    # Each refusal audited, the voucher's as the open's: payment.deny with its reason.
+    events, _ = admin.audit_events(tenant_id=t.tenant_id, action="payment.deny")
+    assert sorted(e.reason for e in events) == ["max_channel_deposit", "payee_not_allowed"]
+    voucher_denial = next(e for e in events if e.reason == "payee_not_allowed")
+    assert voucher_denial.payee.lower() == payee.lower() and json.loads(voucher_denial.details_json)["voucher"]
 
 
 def test_a_cooperative_close_leaves_counted_only_what_the_payee_got_and_the_fee(any_db, testbed):
@@ -423,3 +428,103 @@ def test_a_cooperative_close_leaves_counted_only_what_the_payee_got_and_the_fee(
     # Another pass finds nothing more to do.
     again = any_db.app.reconciler.run_once()
     assert "channel.closed" not in again.transitions and _day(client).spent == payee_got + payment.fee_paid
+
+
+def _sse(body: bytes) -> list[tuple[str, str]]:
+    """(event type, data) of each event of an SSE body, as mppx writes them (LF lines)."""
+    out = []
+    for block in body.decode().split("\n\n"):
+        if not block.strip():
+            continue
+        kind, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+        out.append((kind, "\n".join(data)))
+    return out
+
+
+def _stream_vouchers(server) -> list[tuple[dict, str]]:
+    """The vouchers POSTed to the stream (mppx's trace of each credential), with how mppx answered."""
+    lines = server.log().splitlines()
+    posted = [(json.loads(line.split("credential ", 1)[1]), lines[i + 1] if i + 1 < len(lines) else "")
+              for i, line in enumerate(lines) if "mppx-session: credential " in line and '"method":"POST"' in line]
+    return posted
+
+
+def test_pay_streams_a_metered_sse_response_and_pays_each_voucher_the_stream_asks_for(live, testbed):
+    """mppx's metered SSE route: one tick per event, a payment-need-voucher event
+    whenever the vouchers it holds run short. Pay relays the stream as it comes and
+    POSTs the next voucher each time; the caller gets every token, in order, and
+    the channel ends at exactly what the server charged."""
+    chain, proxy_url, proxy = testbed
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    tokens = 30
+    with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as server:
+        with client.pay_stream(server.url + f"/stream/{tokens}", wallet_id=t.wallet_id) as r:
+            assert r.response.status == 200, server.log()[-2000:]
+            assert dict(r.response.headers)["content-type"].startswith("text/event-stream")
+            assert r.response.payment is not None and r.response.payment.amount == DEPOSIT  # the open
+            body = b"".join(r.chunks)
+        posted = _stream_vouchers(server)
+    events = _sse(body)
+    assert [d for k, d in events if k == "message"] == [f"token {i}" for i in range(1, tokens + 1)]
+    asked = [json.loads(d) for k, d in events if k == "payment-need-voucher"]
+    (receipt,) = [json.loads(d) for k, d in events if k == "payment-receipt"]
+    assert len(asked) >= tokens - 1 and len(posted) == len(asked), (len(asked), len(posted))
+    # Every voucher went to the stream's channel, for exactly the total asked, and mppx took each.
+    (channel,) = live.app.channels.of_tenant(t.tenant_id)
+    assert all(p["channelId"] == channel.channel_id and p["action"] == "voucher" for p, _ in posted)
+    assert [int(p["cumulativeAmount"]) for p, _ in posted] == [int(a["requiredCumulative"]) for a in asked]
+    assert all("with 200" in answer or "with 204" in answer for _, answer in posted), posted[:3]
+    assert channel.cumulative == tokens * PRICE == int(receipt["spent"]) == int(receipt["acceptedCumulative"])
+    assert [total for total, _ in live.app.channels.vouchers(t.tenant_id, channel.id)] == \
+        [PRICE * n for n in range(1, tokens + 1)]
+
+
+def test_max_stream_amount_stops_the_stream_at_the_cap(live, testbed):
+    """The caller's per-stream cap: the stream runs until the next voucher would
+    pass it, then ends with stream_cap; no voucher above the cap is ever signed,
+    and the caller got every token paid for."""
+    chain, proxy_url, proxy = testbed
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    cap = 5 * PRICE
+    with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as server:
+        got = bytearray()
+        with pytest.raises(LimitExceeded, match="max_stream_amount") as stopped, \
+                client.pay_stream(server.url + "/stream/20", wallet_id=t.wallet_id, max_stream_amount=cap) as r:
+            for chunk in r.chunks:
+                got += chunk
+        posted = _stream_vouchers(server)
+    assert stopped.value.reason == "stream_cap"
+    (channel,) = live.app.channels.of_tenant(t.tenant_id)
+    # The open paid the first token; the stream's vouchers added exactly the cap.
+    assert channel.cumulative == PRICE + cap
+    assert max(total for total, _ in live.app.channels.vouchers(t.tenant_id, channel.id)) == PRICE + cap
+    assert [int(p["cumulativeAmount"]) for p, _ in posted] == [PRICE * n for n in range(2, 7)]
+    assert [d for k, d in _sse(bytes(got)) if k == "message"] == [f"token {i}" for i in range(1, 7)]
+
+
+def test_the_httpx_pay_transport_streams_a_metered_response_as_it_arrives(live, testbed):
+    """teller_client's TellerPayTransport: a plain httpx client streams mppx's metered
+    SSE route through Pay, token by token, Teller paying the vouchers under the
+    transport's max_stream_amount."""
+    from teller_client.integrations import TellerPayTransport
+
+    chain, proxy_url, proxy = testbed
+    t = _tenant(live, chain)
+    tokens = 8
+    transport = TellerPayTransport(live.client(t.token), t.wallet_id, max_stream_amount=tokens * PRICE)
+    with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as server, \
+            httpx.Client(transport=transport) as http, http.stream("GET", server.url + f"/stream/{tokens}") as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert r.extensions["teller_pay"].payment.amount == DEPOSIT  # the open
+        pieces = list(r.iter_bytes())
+    assert len(pieces) > tokens  # handed on as they came, not gathered
+    assert [d for k, d in _sse(b"".join(pieces)) if k == "message"] == [f"token {i}" for i in range(1, tokens + 1)]
+    (channel,) = live.app.channels.of_tenant(t.tenant_id)
+    assert channel.cumulative == tokens * PRICE

@@ -23,7 +23,7 @@ TOKEN = "0x20c0000000000000000000000000000000000000"
 
 def _charge(decimals: int, deposit: int, whole: int) -> tuple[Policy, Charge]:
     return (Policy(unit_decimals=6, assets=(Asset(NETWORK, TOKEN, decimals),)),
-            Charge(NETWORK, TOKEN, 1, "0x" + "ab" * 20, "https://api.test/x", 0, deposit, whole))
+            Charge(NETWORK, TOKEN, 1, "0x" + "ab" * 20, "https://api.test/x", 0, deposit, channel_deposit=whole))
 
 
 def test_no_cap_leaves_unbounded_room():
@@ -38,10 +38,10 @@ def test_the_room_is_the_most_the_cap_allows_once_converted(decimals, cap, depos
 
     def allowed(added: int) -> bool:
         charge = Charge(NETWORK, TOKEN, 1, "0x" + "ab" * 20, "https://api.test/x", 0, max(added, 1),
-                        deposit + added)
+                        channel_deposit=deposit + added)
         return evaluate_scope(policy, "tenant", charge, {}, False).allowed
 
-    room = channel_room(policy, Charge(NETWORK, TOKEN, 1, "0x" + "ab" * 20, "u", 0, 1, deposit), deposit)
+    room = channel_room(policy, Charge(NETWORK, TOKEN, 1, "0x" + "ab" * 20, "u", 0, 1, channel_deposit=deposit), deposit)
     assert room is not None and room >= 0
     if room > 0:
         assert allowed(room)

@@ -55,6 +55,27 @@ def test_dry_run_reasons_match_sign():
     assert policy_dryrun.dry_run(saved, base, max_amount=4999, now=NOW).reason == "caller_max_amount"
 
 
+def test_dry_run_judges_a_session_open_by_its_deposit_and_the_channels_held():
+    """A session challenge's open, as Sign judges it: max_channel_deposit sees the
+    deposit, max_open_channels the tenant's channels that are not closed."""
+    import base64
+
+    request = {"amount": "25", "currency": "0x20C0000000000000000000000000000000000000",
+               "recipient": "0x" + "11" * 20, "unitType": "request", "suggestedDeposit": "10000",
+               "methodDetails": {"chainId": 31337, "sessionProtocol": "v2"}}
+    encoded = base64.urlsafe_b64encode(json.dumps(request).encode()).decode().rstrip("=")
+    saved = policy_dryrun.load_challenge(json.dumps({"headers": {"WWW-Authenticate": (
+        f'Payment id="s1", realm="api.test", method="tempo", intent="session", request="{encoded}", '
+        'expires="2026-11-30T13:00:00Z"')}, "url": "https://api.test/m"}))
+    base = {"allow_unknown_assets": True, "max_open_channels": 2}
+    assert policy_dryrun.dry_run(saved, base, now=NOW).allowed  # no count given: not judged
+    assert policy_dryrun.dry_run(saved, base, now=NOW, open_channels=1).allowed
+    full = policy_dryrun.dry_run(saved, base, now=NOW, open_channels=2)
+    assert full.reason == "max_open_channels" and "max_open_channels 2" in full.message
+    assert policy_dryrun.dry_run(saved, {**base, "max_channel_deposit": "9999"}, now=NOW).reason == \
+        "max_channel_deposit"
+
+
 def test_spend_report_sums_per_calendar_window():
     day = 86_400_000
     start = spend_report.parse_time("2026-11-01", "--since")

@@ -212,5 +212,30 @@ def test_a_channel_open_is_judged_per_unit_and_held_at_its_deposit():
     assert to_document(parse(to_document(p)))["max_channel_deposit"] == "250000"
 
 
+def test_max_open_channels_caps_a_channels_open_and_nothing_else():
+    """``max_open_channels``: an open is refused once the tenant holds that many
+    channels not closed (counted by the batch); other payments never carry a count.
+    A whole number, written canonically as one; tenant policy only."""
+    p = parse(doc(max_open_channels="2"))
+    assert p.max_open_channels == 2 and to_document(p)["max_open_channels"] == 2
+    assert parse(to_document(p)) == p and parse(doc(max_open_channels=0)).max_open_channels == 0
+    opening = Charge("eip155:84532", USDC, 100, PAYEE, "https://api.example.com/x", deposit=1_000)
+    assert evaluate_scope(p, "tenant", Charge(**{**_fields(opening), "open_channels": 1}), {}, False).allowed
+    full = Charge(**{**_fields(opening), "open_channels": 2})
+    d = evaluate_scope(p, "tenant", full, {}, False)
+    assert (d.reason, d.limit, d.remaining) == ("max_open_channels", 2, 0)
+    err = d.error(full)
+    assert isinstance(err, LimitExceeded) and err.reason == "max_open_channels"
+    assert "max_open_channels 2" in err.message and err.metadata["open_channels"] == "2"
+    assert evaluate_scope(p, "tenant", Charge(**{**_fields(opening), "deposit": None, "open_channels": None}),
+                          {}, False).allowed
+    for bad in (-1, "1.5", "x", True, 1_000_001, "9" * 12, [1]):
+        with pytest.raises(InvalidArgument, match=r"policy\.max_open_channels: must be a whole number"):
+            parse(doc(max_open_channels=bad))
+    with pytest.raises(InvalidArgument, match="max_open_channels: can only be set on the tenant policy"):
+        parse({"max_open_channels": 1}, wallet=True)
+    assert "max_open_channels" not in to_document(parse(doc()))
+
+
 def _fields(charge: Charge) -> dict:
     return {f: getattr(charge, f) for f in Charge.__dataclass_fields__}

@@ -124,11 +124,13 @@ def outcome_request(payment_id: str, status: int, headers: HeadersLike, body: by
 
 
 def pay_request(*, url: str, method: str, headers: HeadersLike, body: bytes, wallet_id: str, max_amount: int | None,
-                idempotency_key: str | None, protocols: Iterable[str]) -> payment_pb2.PayRequest:
+                idempotency_key: str | None, protocols: Iterable[str],
+                max_stream_amount: int | None = None) -> payment_pb2.PayRequest:
     return payment_pb2.PayRequest(
         url=url, method=method, headers=_headers(headers), body=body, wallet_id=wallet_id,
         max_amount="" if max_amount is None else str(max_amount), idempotency_key=idempotency_key or "",
         protocols=list(protocols),
+        max_stream_amount="" if max_stream_amount is None else str(max_stream_amount),
     )
 
 

@@ -249,24 +249,30 @@ class TellerClient(_Sync):
     def pay(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (), body: bytes = b"",
             max_amount: int | None = None, idempotency_key: str | None = None,
             protocols: Sequence[str] = (), timeout: float | None = None,
-            stream_timeout: float | None = None) -> PaidResponse:
+            stream_timeout: float | None = None, max_stream_amount: int | None = None) -> PaidResponse:
         """Teller makes the request, pays a 402 within policy, retries once and
         returns the final response (body held in memory; see ``pay_stream``)."""
         with self.pay_stream(url, wallet_id=wallet_id, method=method, headers=headers, body=body,
                              max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols,
-                             timeout=timeout, stream_timeout=stream_timeout) as r:
+                             timeout=timeout, stream_timeout=stream_timeout,
+                             max_stream_amount=max_stream_amount) as r:
             return replace(r.response, body=b"".join(r.chunks))
 
     @contextlib.contextmanager
     def pay_stream(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (),
                    body: bytes = b"", max_amount: int | None = None, idempotency_key: str | None = None,
                    protocols: Sequence[str] = (), timeout: float | None = None,
-                   stream_timeout: float | None = None) -> Iterator[PaidStream]:
+                   stream_timeout: float | None = None,
+                   max_stream_amount: int | None = None) -> Iterator[PaidStream]:
         """Like ``pay``, but ``.chunks`` iterates the body as it arrives.
         ``timeout`` bounds the wait for the head (default ``pay_timeout``),
-        ``stream_timeout`` the whole call (default: none)."""
+        ``stream_timeout`` the whole call (default: none). ``max_stream_amount``
+        caps what the vouchers of a metered MPP session stream add in this call:
+        past it the stream ends with ``LimitExceeded`` (reason ``stream_cap``),
+        after every chunk paid for so far."""
         req = _codec.pay_request(url=url, method=method, headers=headers, body=body, wallet_id=wallet_id,
-                                 max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols)
+                                 max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols,
+                                 max_stream_amount=max_stream_amount)
         head_timeout = self._pay_timeout if timeout is None else timeout
         call = self._stub.Pay(req, metadata=self._metadata, timeout=stream_timeout, wait_for_ready=False)
         # A stream's deadline covers its whole body; the head has its own, enforced here.
@@ -365,21 +371,24 @@ class AsyncTellerClient(_Async):
     async def pay(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (),
                   body: bytes = b"", max_amount: int | None = None, idempotency_key: str | None = None,
                   protocols: Sequence[str] = (), timeout: float | None = None,
-                  stream_timeout: float | None = None) -> PaidResponse:
+                  stream_timeout: float | None = None, max_stream_amount: int | None = None) -> PaidResponse:
         """See ``TellerClient.pay``."""
         async with self.pay_stream(url, wallet_id=wallet_id, method=method, headers=headers, body=body,
                                    max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols,
-                                   timeout=timeout, stream_timeout=stream_timeout) as r:
+                                   timeout=timeout, stream_timeout=stream_timeout,
+                             max_stream_amount=max_stream_amount) as r:
             return replace(r.response, body=b"".join([c async for c in r.chunks]))
 
     @contextlib.asynccontextmanager
     async def pay_stream(self, url: str, *, wallet_id: str, method: str = "GET", headers: HeadersLike = (),
                          body: bytes = b"", max_amount: int | None = None, idempotency_key: str | None = None,
                          protocols: Sequence[str] = (), timeout: float | None = None,
-                         stream_timeout: float | None = None) -> AsyncIterator[AsyncPaidStream]:
+                         stream_timeout: float | None = None,
+                         max_stream_amount: int | None = None) -> AsyncIterator[AsyncPaidStream]:
         """See ``TellerClient.pay_stream``; ``.chunks`` is an async iterator."""
         req = _codec.pay_request(url=url, method=method, headers=headers, body=body, wallet_id=wallet_id,
-                                 max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols)
+                                 max_amount=max_amount, idempotency_key=idempotency_key, protocols=protocols,
+                                 max_stream_amount=max_stream_amount)
         head_timeout = self._pay_timeout if timeout is None else timeout
         call = self._stub.Pay(req, metadata=self._metadata, timeout=stream_timeout, wait_for_ready=False)
         try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import uuid
@@ -215,6 +216,80 @@ if _httpx_mod is not None:
             await self.inner.aclose()
 
 
+    def _pay_headers(request: _httpx_mod.Request) -> list[tuple[str, str]]:
+        # httpx's own framing headers are Teller's to set for its connection (Pay refuses them).
+        framing = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
+                   "upgrade", "proxy-connection", "accept-encoding"}
+        return [(k, v) for k, v in request.headers.multi_items() if k.lower() not in framing]
+
+    class _PayStream(_httpx_mod.SyncByteStream):
+        def __init__(self, chunks: Any, done: contextlib.ExitStack) -> None:
+            self.chunks, self.done = chunks, done
+
+        def __iter__(self) -> Any:
+            yield from self.chunks
+
+        def close(self) -> None:
+            self.done.close()
+
+    class _AsyncPayStream(_httpx_mod.AsyncByteStream):
+        def __init__(self, chunks: Any, done: contextlib.AsyncExitStack) -> None:
+            self.chunks, self.done = chunks, done
+
+        async def __aiter__(self) -> Any:
+            async for chunk in self.chunks:
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self.done.aclose()
+
+    class TellerPayTransport(_httpx_mod.BaseTransport):
+        """An httpx transport that sends each request through Teller's ``Pay``
+        (Teller makes the call, pays a 402, and pays a metered MPP session stream's
+        vouchers as it runs). The body streams to the caller as it arrives
+        (``client.stream(...)``, ``iter_bytes``); ``max_stream_amount`` caps what a
+        metered stream's vouchers add per request (past it the body ends with
+        ``LimitExceeded`` ``stream_cap``). The Pay head (payment, receipt) is in
+        ``response.extensions["teller_pay"]``."""
+
+        def __init__(self, teller: TellerClient, wallet_id: str, *, max_amount: int | None = None,
+                     max_stream_amount: int | None = None) -> None:
+            self.teller = teller
+            self.wallet_id = wallet_id
+            self.max_amount = max_amount
+            self.max_stream_amount = max_stream_amount
+
+        def handle_request(self, request: _httpx_mod.Request) -> _httpx_mod.Response:
+            done = contextlib.ExitStack()
+            paid = done.enter_context(self.teller.pay_stream(
+                str(request.url), wallet_id=self.wallet_id, method=request.method, headers=_pay_headers(request),
+                body=request.read(), max_amount=self.max_amount, idempotency_key=_httpx_key(request),
+                max_stream_amount=self.max_stream_amount))
+            head = paid.response
+            return _httpx_mod.Response(head.status, headers=head.headers, stream=_PayStream(paid.chunks, done),
+                                       extensions={"teller_pay": head}, request=request)
+
+    class AsyncTellerPayTransport(_httpx_mod.AsyncBaseTransport):
+        """The asyncio twin of ``TellerPayTransport``, over ``AsyncTellerClient``."""
+
+        def __init__(self, teller: AsyncTellerClient, wallet_id: str, *, max_amount: int | None = None,
+                     max_stream_amount: int | None = None) -> None:
+            self.teller = teller
+            self.wallet_id = wallet_id
+            self.max_amount = max_amount
+            self.max_stream_amount = max_stream_amount
+
+        async def handle_async_request(self, request: _httpx_mod.Request) -> _httpx_mod.Response:
+            done = contextlib.AsyncExitStack()
+            paid = await done.enter_async_context(self.teller.pay_stream(
+                str(request.url), wallet_id=self.wallet_id, method=request.method, headers=_pay_headers(request),
+                body=await request.aread(), max_amount=self.max_amount, idempotency_key=_httpx_key(request),
+                max_stream_amount=self.max_stream_amount))
+            head = paid.response
+            return _httpx_mod.Response(head.status, headers=head.headers, stream=_AsyncPayStream(paid.chunks, done),
+                                       extensions={"teller_pay": head}, request=request)
+
+
 try:
     from requests.adapters import HTTPAdapter as _HTTPAdapter
 except ImportError:  # pragma: no cover - requests is optional
@@ -256,7 +331,8 @@ if _HTTPAdapter is not None:
             return final
 
 
-_EXTRAS = {"TellerTransport": "httpx", "AsyncTellerTransport": "httpx", "TellerAdapter": "requests"}
+_EXTRAS = {"TellerTransport": "httpx", "AsyncTellerTransport": "httpx", "TellerPayTransport": "httpx",
+           "AsyncTellerPayTransport": "httpx", "TellerAdapter": "requests"}
 
 
 def __getattr__(name: str) -> Any:
@@ -268,4 +344,5 @@ def __getattr__(name: str) -> Any:
                       name=extra)
 
 
-__all__ = ["AsyncTellerTransport", "TellerAdapter", "TellerTransport", "decode_receipt", "payment_info"]
+__all__ = ["AsyncTellerPayTransport", "AsyncTellerTransport", "TellerAdapter", "TellerPayTransport", "TellerTransport",
+           "decode_receipt", "payment_info"]

@@ -243,6 +243,8 @@ class Policy:
     max_fee: int | None = None
     #: The largest deposit an MPP session channel may hold, common unit (the budgets hold it while it is out).
     max_channel_deposit: int | None = None
+    #: The most MPP session channels the tenant holds that are not closed (tenant policy only).
+    max_open_channels: int | None = None
     daily_budget: int | None = None  # shorthand for Budget(limit, "day")
     budgets: tuple[Budget, ...] = ()
     assets: tuple[Asset, ...] = ()
@@ -284,6 +286,8 @@ class Policy:
                 doc["mpp_mode"] = self.mpp_mode
             if self.unit_decimals is not None:
                 doc["unit_decimals"] = self.unit_decimals
+            if self.max_open_channels is not None:
+                doc["max_open_channels"] = self.max_open_channels
         return doc
 
 

@@ -7,7 +7,8 @@ import * as common from "./gen/teller/v1/common";
 import * as payment from "./gen/teller/v1/payment";
 import { DeadlineExceeded, Internal, TellerError, fromServiceError } from "./errors";
 import type {
-  Channel, ChannelPage, ChannelVouchers, HeaderList, PaidResponse, PaymentRecord, SignedPayment, Wallet, WindowSpend,
+  Channel, ChannelPage, ChannelVouchers, ClosedChannel, HeaderList, PaidResponse, PaidStream, PaymentRecord, SignedPayment,
+  Wallet, WindowSpend,
 } from "./types";
 
 export type HeadersInit = HeaderList | Record<string, string> | Iterable<[string, string]>;
@@ -88,6 +89,12 @@ export interface PayArgs extends CallOptions {
   maxAmount?: bigint | number;
   idempotencyKey?: string;
   protocols?: string[];
+  /**
+   * The most a metered MPP session stream's vouchers may add in this call (base
+   * units); past it the stream ends with LimitExceeded (reason stream_cap), after
+   * every chunk paid for so far.
+   */
+  maxStreamAmount?: bigint | number;
 }
 
 export function headerList(headers: HeadersInit | undefined): HeaderList {
@@ -245,42 +252,85 @@ export class TellerClient {
    * Never repeated by the client: a repeat would fetch the URL again.
    */
   async pay(url: string, args: PayArgs): Promise<PaidResponse> {
+    const paid = await this.payStream(url, args);
+    const chunks: Buffer[] = [];
+    for await (const chunk of paid.chunks) chunks.push(chunk);
+    return { ...paid.response, body: Buffer.concat(chunks) };
+  }
+
+  /**
+   * Like pay, but the body is handed on as it arrives (`chunks`): a large body, or a
+   * metered MPP session stream whose vouchers Teller pays as it runs (capped by
+   * `maxStreamAmount`). `timeoutMs` bounds the wait for the head only.
+   */
+  async payStream(url: string, args: PayArgs): Promise<PaidStream> {
     const req: payment.PayRequest = {
       url, method: args.method ?? "GET", headers: toHeaders(args.headers), body: bytes(args.body), walletId: args.walletId,
       maxAmount: args.maxAmount === undefined ? "" : String(args.maxAmount), idempotencyKey: args.idempotencyKey ?? "",
       protocols: args.protocols ?? [],
+      maxStreamAmount: args.maxStreamAmount === undefined ? "" : String(args.maxStreamAmount),
     };
     const headTimeout = args.timeoutMs ?? this.payTimeoutMs;
     const stream: ClientReadableStream<payment.PayResponse> = this.stub.pay(req, this.metadata);
-    return new Promise<PaidResponse>((resolve, reject) => {
-      let head: payment.PayHead | undefined;
-      const chunks: Buffer[] = [];
-      let timedOut = false;
-      const timer = setTimeout(() => {
-        timedOut = true;
-        stream.cancel();
-      }, headTimeout);
-      stream.on("data", (part: payment.PayResponse) => {
-        if (part.part?.$case === "head") {
-          head = part.part.value;
-          clearTimeout(timer);
-        } else if (part.part?.$case === "bodyChunk") chunks.push(part.part.value);
-      });
-      stream.on("error", (e: ServiceError) => {
-        clearTimeout(timer);
-        reject(timedOut ? new DeadlineExceeded(`pay: no answer from Teller within ${headTimeout} ms`, status.DEADLINE_EXCEEDED)
-          : fromServiceError(e));
-      });
-      stream.on("end", () => {
-        clearTimeout(timer);
-        if (head === undefined) return reject(new Internal("Pay ended without a response head", status.INTERNAL));
-        resolve({
-          status: head.status, headers: head.headers.map((h) => [h.name, h.value]), body: Buffer.concat(chunks),
-          payment: head.payment ? paymentRecord(head.payment) : undefined,
-          receipt: head.receiptJson ? (JSON.parse(head.receiptJson) as Record<string, unknown>) : undefined,
-          paymentHeader: head.paymentHeader,
-        });
-      });
-    });
+    const parts = stream[Symbol.asyncIterator]() as AsyncIterator<payment.PayResponse>;
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stream.cancel();
+    }, headTimeout);
+    let first: IteratorResult<payment.PayResponse>;
+    try {
+      first = await parts.next();
+    } catch (e) {
+      throw timedOut ? new DeadlineExceeded(`pay: no answer from Teller within ${headTimeout} ms`, status.DEADLINE_EXCEEDED)
+        : fromServiceError(e as ServiceError);
+    } finally {
+      clearTimeout(timer);
+    }
+    const head = first.done ? undefined : first.value.part?.$case === "head" ? first.value.part.value : undefined;
+    if (head === undefined) {
+      stream.cancel();
+      throw new Internal("Pay ended without a response head", status.INTERNAL);
+    }
+    async function* chunks(): AsyncGenerator<Buffer> {
+      try {
+        for (;;) {
+          const next = await parts.next();
+          if (next.done) return;
+          if (next.value.part?.$case === "bodyChunk") yield next.value.part.value;
+        }
+      } catch (e) {
+        throw fromServiceError(e as ServiceError);
+      }
+    }
+    return {
+      response: {
+        status: head.status, headers: head.headers.map((h) => [h.name, h.value]), body: Buffer.alloc(0),
+        payment: head.payment ? paymentRecord(head.payment) : undefined,
+        receipt: head.receiptJson ? (JSON.parse(head.receiptJson) as Record<string, unknown>) : undefined,
+        paymentHeader: head.paymentHeader,
+      },
+      chunks: chunks(),
+      cancel: () => stream.cancel(),
+    };
+  }
+
+  /**
+   * Close one of the tenant's MPP session channels cooperatively: Teller stops
+   * signing vouchers on it and sends the final voucher to `url` (the session's URL);
+   * the server's close pays the payee that total and refunds the rest. With
+   * `force` (and no `url`), the wallet asks the escrow itself (requestClose): no more
+   * vouchers, and after the grace period Teller's reconciler withdraws the rest. Not
+   * repeated by the client; `timeoutMs` defaults to payTimeoutMs.
+   */
+  async closeChannel(id: string, url: string, opts: CallOptions & { force?: boolean } = {}): Promise<ClosedChannel> {
+    const r = await this.call<payment.CloseChannelRequest, payment.CloseChannelResponse>(
+      "closeChannel", { id, url, force: opts.force ?? false }, { timeoutMs: opts.timeoutMs ?? this.payTimeoutMs },
+      false);
+    return {
+      id: r.id, cumulative: BigInt(r.cumulative || "0"), status: r.status,
+      receipt: r.receiptJson ? (JSON.parse(r.receiptJson) as Record<string, unknown>) : undefined,
+      txHash: r.txHash, paymentId: r.paymentId, graceEnd: Number(r.graceEnd || 0),
+    };
   }
 }

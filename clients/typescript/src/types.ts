@@ -117,6 +117,30 @@ export interface PaidResponse {
   paymentHeader: string;
 }
 
+/** payStream's result: the response head (body empty) and the body as it arrives. */
+export interface PaidStream {
+  response: PaidResponse;
+  /** The body's chunks as Teller relays them; throws the call's error (e.g. LimitExceeded stream_cap) where it ends. */
+  chunks: AsyncIterable<Buffer>;
+  /** Stop reading: cancels the Pay call (Teller stops paying the stream's vouchers). */
+  cancel(): void;
+}
+
+/** closeChannel's result: the final voucher's total (what the payee is paid; the rest
+ * of the deposit is refunded), the server's HTTP status and its session receipt
+ * (txHash: the close transaction), when it sent one. */
+export interface ClosedChannel {
+  id: string;
+  cumulative: bigint;
+  status: number;
+  receipt: Record<string, unknown> | undefined;
+  /** A forced close: the requestClose transaction, the payment holding its fee, and
+   * the chain time (unix seconds) from which the reconciler withdraws (0: not read yet). */
+  txHash: string;
+  paymentId: string;
+  graceEnd: number;
+}
+
 /** Attached by wrapFetch and the axios interceptor to a response whose 402 they paid. */
 export interface PaymentInfo {
   paymentId: string;

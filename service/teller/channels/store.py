@@ -370,6 +370,41 @@ class Channels:
         return TopUpWanted(handle, c.channel_id, c.descriptor, c.escrow, c.deposit, c.cumulative,
                            opened if opened is not None else c.deposit)
 
+    def sign_to(self, want: Wanted, total: int, *, max_increment: int | None = None, actor: str = "",
+                check: Callable[[Session, int], None] | None = None) -> SignedVoucher:
+        """A voucher for ``total`` on the channel ``want.channel_id`` names (a metered
+        stream's request for the next voucher), signed under the channel's lock: the
+        increment is what ``total`` adds to the channel's total as it stands under
+        the lock, judged by ``check(session, increment)`` before it is signed. A total
+        the channel already reached gets its highest voucher again, nothing new."""
+        check_amount(total, "total")
+        with self.db.transaction() as s:
+            handle = s.scalar(select(Channel.id).where(
+                Channel.tenant_id == want.tenant_id, Channel.wallet_id == want.wallet_id,
+                Channel.network == want.network, Channel.escrow == want.escrow, Channel.payee == want.payee,
+                Channel.token == want.token, Channel.channel_id == want.channel_id))
+            if handle is None:
+                raise FailedPrecondition(f"channel {want.channel_id} is not one of wallet {want.wallet_id}'s channels "
+                                         f"with escrow {want.escrow}, payee {want.payee} and token {want.token}",
+                                         reason="stream_channel_mismatch")
+            # Locked here first: the increment is what ``total`` adds to the total as it stands.
+            c = s.execute(select(Channel).where(Channel.id == handle).with_for_update()).scalar_one()
+            increment = total - c.cumulative
+            if increment <= 0:
+                # Already promised (another call on the channel went further): the same voucher again.
+                last = s.execute(select(Voucher.signature, Wallet.address).join(Wallet, Wallet.id == c.wallet_id)
+                                 .where(Voucher.channel == c.id, Voucher.cumulative == c.cumulative)).one_or_none()
+                if last is None:
+                    raise TellerError(f"channel {c.id}: its total {c.cumulative} has no voucher")
+                return SignedVoucher(c.id, c.channel_id, c.cumulative, 0, last[0], c.deposit, c.descriptor,
+                                     last[1], c.network, c.token, c.payee)
+            if check is not None:
+                check(s, increment)
+            out = self._sign_many(s, want.tenant_id, handle, [Ask(increment, max_increment)], actor)[0]
+            if isinstance(out, TellerError):
+                raise out
+            return out
+
     def _replay(self, s: Session, tenant_id: str, key: str) -> SignedVoucher | None:
         found = s.execute(select(Voucher, Channel, Wallet.address).join(Channel, Channel.id == Voucher.channel)
                           .join(Wallet, Wallet.id == Channel.wallet_id)

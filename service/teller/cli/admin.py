@@ -257,6 +257,16 @@ def _channel_show(admin: Any, ns: argparse.Namespace, fmt: str) -> None:
     output.rows(fmt, rows, ["cumulative", "created", "signature"], key="vouchers", next_page_token=token)
 
 
+def _open_channels(admin: Any, tenant_id: str) -> int:
+    """How many channels the tenant holds that are not closed (what max_open_channels counts)."""
+    count, token = 0, ""
+    while True:
+        page, token = admin.list_channels(tenant_id, page_size=500, page_token=token)
+        count += sum(1 for c in page if c.state != "closed")
+        if not token:
+            return count
+
+
 def _admin_policy_test(admin: Any, ns: argparse.Namespace) -> int:
     """The tenant's stored policy, freeze state and current spend against a saved 402."""
     from teller import policy_dryrun
@@ -273,7 +283,8 @@ def _admin_policy_test(admin: Any, ns: argparse.Namespace) -> int:
     result = policy_dryrun.dry_run(
         saved, tenant_doc, wallet_doc, used=used,
         frozen={"tenant": bool(tenant and tenant.frozen), "wallet": bool(wallet and wallet.frozen)},
-        max_amount=ns.max_amount, networks=config.load(_opt(ns, "config")).networks, now=datetime.now(UTC))
+        max_amount=ns.max_amount, networks=config.load(_opt(ns, "config")).networks, now=datetime.now(UTC),
+        open_channels=_open_channels(admin, ns.tenant_id))
     return print_dry_run(ns, result)
 
 

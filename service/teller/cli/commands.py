@@ -233,5 +233,6 @@ def cmd_policy_test(ns: argparse.Namespace) -> int:
     result = policy_dryrun.dry_run(
         saved, _read_document(ns.policy), _read_document(ns.wallet_policy) if ns.wallet_policy else None,
         used={"tenant": _used(ns.used, "--used"), "wallet": _used(ns.wallet_used, "--wallet-used")},
-        max_amount=ns.max_amount, networks=config.load(ns.config).networks, now=datetime.now(UTC))
+        max_amount=ns.max_amount, networks=config.load(ns.config).networks, now=datetime.now(UTC),
+        open_channels=ns.open_channels)
     return print_dry_run(ns, result)

@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     ptest.add_argument("--used", action="append", metavar="BUDGET=AMOUNT",
                        help="what a tenant budget already holds, in common units (repeatable)")
     ptest.add_argument("--wallet-used", action="append", metavar="BUDGET=AMOUNT", help="the same for wallet budgets")
+    ptest.add_argument("--open-channels", type=int, metavar="N",
+                       help="MPP session channels the tenant holds that are not closed (judges max_open_channels)")
     ptest.add_argument("--config", type=Path, help="TOML config (for extra x402 v1 network names)")
     _output_option(ptest)
     ptest.set_defaults(fn=cmd_policy_test)

@@ -29,7 +29,7 @@ from teller.rpc import convert
 from teller.rpc.batcher import ChannelBatchers, SignBatcher
 from teller.sign.call import Call, PushPending, Revisit, SignResult, Verdict
 from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
-from teller.sign.service import TOP_UP_ROUNDS
+from teller.sign.service import OPENING_PAUSE_S, TOP_UP_ROUNDS, channel_opening
 from teller.signing import SignInput
 from teller_client._proto.teller.v1 import (
     admin_pb2,
@@ -154,6 +154,14 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
             else:
                 raise payments.top_up_gave_out(call)
         verdict = await self.batcher.submit(call)
+        if channel is not None and channel_opening(verdict):
+            # Another call opened this payee's channel a moment ago: a voucher on it, not a second deposit.
+            await asyncio.sleep(OPENING_PAUSE_S)
+            voucher = await self.vouchers.submit((channel, caller.actor), call)
+            if isinstance(voucher, BaseException):
+                raise voucher
+            if voucher is not None:
+                return voucher
         if isinstance(verdict, PushPending):
             return await self.run(payments.finish, verdict)  # broadcasts: blocking
         return payments.finish(verdict)
@@ -162,10 +170,12 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         caller = await self._caller(context)
         req = pay_input(url=request.url, method=request.method, headers=[(h.name, h.value) for h in request.headers],
                         body=request.body, wallet_id=request.wallet_id, max_amount=request.max_amount,
-                        idempotency_key=request.idempotency_key, protocols=list(request.protocols))
+                        idempotency_key=request.idempotency_key, protocols=list(request.protocols),
+                        max_stream_amount=request.max_stream_amount)
         settings = self.app.settings
         payer = Payer(self._sign, self.app.lifecycle, self.app.fetcher, self.run, settings.max_challenge_bytes,
-                      deadline_s=settings.pay_deadline_seconds, keep_bytes=settings.keep_paid_response_bytes)
+                      deadline_s=settings.pay_deadline_seconds, keep_bytes=settings.keep_paid_response_bytes,
+                      vouchers=self.app.payments)
         async for part in payer.pay(caller, req):
             if isinstance(part, PayHead):
                 yield convert.pay_head_to_proto(part)

@@ -146,6 +146,25 @@ def voucher_credential(session: Session, descriptor_json: str, channel_id: str, 
     return mpp_session.credential(session.challenge, session.request, payload, payer)
 
 
+#: Which of a wallet's channels a session challenge pays on: (wallet, network,
+#: escrow, payee, token, operator), addresses in lower case.
+ChannelKey = tuple[str, str, str, str, str, str]
+
+
+def channel_key(offer: Offer[Session], wallet_id: str) -> ChannelKey:
+    """The key of the channel ``offer`` (a session challenge) is paid on."""
+    req = offer.terms.request
+    return (wallet_id, offer.network, req.escrow.lower(), req.recipient.lower(), req.currency.lower(),
+            req.operator.lower())
+
+
+def stored_channel_key(wallet_id: str, network: str, escrow: str, payee: str, token: str,
+                       descriptor: str) -> ChannelKey:
+    """The key of a channel as ``channels`` stores it (the operator is in its descriptor)."""
+    return (wallet_id, network, escrow.lower(), payee.lower(), token.lower(),
+            str(json.loads(descriptor)["operator"]).lower())
+
+
 class TempoSession:
     id = SchemeId.TEMPO_SESSION
     protocol = "mpp"
@@ -316,5 +335,6 @@ class TempoSession:
 
 TEMPO_SESSION = TempoSession()
 
-__all__ = ["TEMPO_SESSION", "TempoSession", "TopUp", "deposit", "top_up_amount", "top_up_offer",
+__all__ = ["TEMPO_SESSION", "ChannelKey", "TempoSession", "TopUp", "channel_key", "deposit", "stored_channel_key",
+           "top_up_amount", "top_up_offer",
            "voucher_credential"]

@@ -75,6 +75,23 @@ class PaymentRow(NamedTuple):
 
 
 class ChannelRow(NamedTuple):
+    """A session channel that is not closed (open or closing), read with its
+    tenant locked: what ``max_open_channels`` counts, and what tells a first
+    challenge that another call has just opened its channel."""
+
+    id: str
+    tenant_id: str
+    wallet_id: str
+    network: str
+    escrow: str
+    channel_id: str
+    payee: str
+    token: str
+    descriptor: str
+    state: str
+
+
+class TopUpChannel(NamedTuple):
     """A session channel as a top-up reads it, locked."""
 
     id: str
@@ -99,6 +116,8 @@ class Snapshot:
     claims: dict[tuple[str, str], PaymentRow]  # (tenant, idempotency key) -> its payment
     windows: Windows | None = None  # Read.measure's answer
     nonces: dict[tuple[str, str], PaymentRow] = field(default_factory=dict)  # (wallet, nonce) -> its payment
+    #: Per tenant of ``Read.channel_tenants``, its channels that are not closed.
+    channels: dict[str, list[ChannelRow]] = field(default_factory=dict)
 
 
 class Request(Generic[A]):
@@ -131,6 +150,10 @@ class Read(Request[Snapshot]):
     keys: Sequence[str]
     measure: Measure | None = None
     nonces: Sequence[tuple[str, str]] = ()
+    #: Tenants whose channels that are not closed to read (those with a session
+    #: challenge in the batch): read after the lock, so every open committed
+    #: before it is counted.
+    channel_tenants: Sequence[str] = ()
 
     def answer(self, driver: Driver) -> Snapshot:
         return driver.read(self)
@@ -179,7 +202,7 @@ class FindNonce(Request[PaymentRow | None]):
 
 
 @dataclass(frozen=True, slots=True)
-class LockChannel(Request[ChannelRow | None]):
+class LockChannel(Request[TopUpChannel | None]):
     """Lock a tenant's channel (a top-up is decided on it) and read it: a second
     top-up of the same channel waits here, then finds the deposit raised. Asked
     before ``Read``: a channel's lock comes before its tenant's audit chain head."""
@@ -187,10 +210,10 @@ class LockChannel(Request[ChannelRow | None]):
     tenant_id: str
     channel: str
 
-    def answer(self, driver: Driver) -> ChannelRow | None:
+    def answer(self, driver: Driver) -> TopUpChannel | None:
         return driver.lock_channel(self)
 
-    def answer_async(self, driver: AsyncDriver) -> Awaitable[ChannelRow | None]:
+    def answer_async(self, driver: AsyncDriver) -> Awaitable[TopUpChannel | None]:
         return driver.lock_channel(self)
 
 
@@ -237,7 +260,7 @@ class Driver(Protocol):
     def measure(self, request: Measure) -> Windows: ...
     def release_key(self, request: ReleaseKey) -> None: ...
     def find_nonce(self, request: FindNonce) -> PaymentRow | None: ...
-    def lock_channel(self, request: LockChannel) -> ChannelRow | None: ...
+    def lock_channel(self, request: LockChannel) -> TopUpChannel | None: ...
     def raise_deposit(self, request: RaiseDeposit) -> bool: ...
     def write(self, request: Write) -> None: ...
 
@@ -249,7 +272,7 @@ class AsyncDriver(Protocol):
     def measure(self, request: Measure) -> Awaitable[Windows]: ...
     def release_key(self, request: ReleaseKey) -> Awaitable[None]: ...
     def find_nonce(self, request: FindNonce) -> Awaitable[PaymentRow | None]: ...
-    def lock_channel(self, request: LockChannel) -> Awaitable[ChannelRow | None]: ...
+    def lock_channel(self, request: LockChannel) -> Awaitable[TopUpChannel | None]: ...
     def raise_deposit(self, request: RaiseDeposit) -> Awaitable[bool]: ...
     def write(self, request: Write) -> Awaitable[None]: ...
 
@@ -312,6 +335,7 @@ __all__ = [
     "Snapshot",
     "TenantRow",
     "TokenRow",
+    "TopUpChannel",
     "WalletRow",
     "Windows",
     "Write",

@@ -20,6 +20,7 @@ from typing import Any, TypeAlias, cast
 from teller import callers, observe, signing
 from teller import offers as offers_mod
 from teller.audit.chain import event as audit_event
+from teller.channels.rules import ChannelState
 from teller.clock import Clock, ms
 from teller.errors import (
     AlreadyExists,
@@ -31,6 +32,7 @@ from teller.errors import (
     Unavailable,
 )
 from teller.schemes import Offer
+from teller.schemes.mpp_session import TEMPO_SESSION, ChannelKey, channel_key, stored_channel_key
 from teller.schemes.proofs import Proofs
 from teller.sign import batch_io
 from teller.sign.call import Call, PushPending, Revisit, SignResult, Verdict, sign_result
@@ -41,6 +43,10 @@ from teller.spend.ledger import MINUTE_MS, bucket_delta
 from teller.spend.parse import Rules, rules_from
 from teller.spend.rules import DEFAULT, Budget, Charge, Policy, Scope, inherit
 from teller.states import PaymentState
+
+#: The reason of a session challenge's refusal when another call has just opened
+#: its channel: the Sign paths answer it with a voucher on that channel.
+CHANNEL_OPENING = "channel_opening"
 
 #: A payment a batch knows of: read from the database, or reserved by the batch itself.
 Recorded: TypeAlias = batch_io.PaymentRow | signing.NewPayment
@@ -66,8 +72,12 @@ class _Batch:
     nonces: dict[tuple[str, str], Recorded | None] = field(default_factory=dict)
     #: Per (tenant, scope name), the scope a signature of this batch counted against.
     signed_scopes: dict[tuple[str, str], Scope] = field(default_factory=dict)
+    #: Per tenant with a session challenge in the batch, its channels that are not
+    #: closed, as (key, state, handle, channel id): read under its lock, and each
+    #: channel this batch opens added as it is signed.
+    channels: dict[str, list[tuple[ChannelKey, str, str, str]]] = field(default_factory=dict)
     #: The channels the batch's top-ups are for, locked, as its top-ups leave them.
-    channels: dict[str, batch_io.ChannelRow | None] = field(default_factory=dict)
+    top_ups: dict[str, batch_io.TopUpChannel | None] = field(default_factory=dict)
 
     def audit(self, tenant_id: str, **fields: Any) -> None:
         row = audit_event(tenant_id=tenant_id, head=self.heads[tenant_id], at_ms=self.now_ms, **fields)
@@ -76,8 +86,14 @@ class _Batch:
 
     def reserve(self, row: signing.NewPayment, scopes: Sequence[Scope]) -> None:
         columns = dict(vars(row))
-        # Rows of other tables that exist with this payment (a channel and its first voucher; a top-up).
-        self.rows.extend(columns.pop("rows", ()))
+        # Rows of other tables that exist with this payment (a channel and its first voucher).
+        rows = columns.pop("rows", ())
+        self.rows.extend(rows)
+        for table, r in rows:
+            if table == "channels" and r["tenant_id"] in self.channels:
+                self.channels[r["tenant_id"]].append(
+                    (stored_channel_key(r["wallet_id"], r["network"], r["escrow"], r["payee"], r["token"],
+                                        r["descriptor"]), r["state"], r["id"], r["channel_id"]))
         columns.pop("raises", None)
         self.payments.append(columns)
         reserved, spent = bucket_delta(None, 0, row.state, row.amount_common)
@@ -128,15 +144,19 @@ class Planner:
                          if c.presigned is not None and c.presigned.nonce is not None})
         # Channels to top up are locked first: a voucher locks its channel, then the
         # tenant's audit chain head, and the batch takes that head with its tenant.
-        channels: dict[str, batch_io.ChannelRow | None] = {}
+        top_ups: dict[str, batch_io.TopUpChannel | None] = {}
         for tenant_id, handle in sorted({(c.caller.tenant_id, c.top_up.terms.channel) for c in calls
                                          if c.top_up is not None}, key=lambda tc: tc[1]):
-            channels[handle] = yield batch_io.LockChannel(tenant_id, handle)
+            top_ups[handle] = yield batch_io.LockChannel(tenant_id, handle)
+        # Tenants with a session challenge: their channels, to count (max_open_channels)
+        # and to find one another call has just opened for the same payee.
+        channel_tenants = sorted({c.caller.tenant_id for c in calls
+                                  if any(o.scheme is TEMPO_SESSION for o in c.collected.offers)})
         snap: batch_io.Snapshot = yield batch_io.Read(
             tenant_ids, sorted({c.req.wallet_id for c in calls}),
             sorted({c.caller.token_id for c in calls if c.secret is not None}),
             sorted({c.req.idempotency_key for c in calls if c.req.idempotency_key}),
-            batch_io.Measure(guess, now_ms) if guess else None, nonces)
+            batch_io.Measure(guess, now_ms) if guess else None, nonces, channel_tenants)
         locked: list[_Locked | TellerError] = []
         for call in calls:
             try:
@@ -152,7 +172,11 @@ class Planner:
             windows = yield batch_io.Measure(scopes, now_ms)
         batch = _Batch(now_ms, snap.heads, {key: {name: w.used for name, w in use.items()}
                                             for key, use in windows.items()},
-                       nonces={**dict.fromkeys(nonces), **snap.nonces}, channels=channels)
+                       nonces={**dict.fromkeys(nonces), **snap.nonces},
+                       channels={t: [(stored_channel_key(r.wallet_id, r.network, r.escrow, r.payee, r.token,
+                                                          r.descriptor), r.state, r.id, r.channel_id)
+                                     for r in rows] for t, rows in snap.channels.items()},
+                       top_ups=top_ups)
         out: list[Verdict] = []
         for call, lk in zip(calls, locked, strict=True):
             if isinstance(lk, TellerError):
@@ -248,17 +272,32 @@ class Planner:
             scopes.append(Scope("wallet", lk.wallet_rules, wallet.frozen, batch.usage[("wallet", wallet.id)]))
         preference = ([p for p in req.protocols if p in rules.tenant.protocols] if req.protocols
                       else list(rules.tenant.protocols))
+        ordered = offers_mod.by_preference(call.collected.offers, preference)
+        channels = batch.channels.get(caller.tenant_id)
+        if call.top_up is None and channels is not None and ordered and ordered[0].scheme is TEMPO_SESSION:
+            # Single flight (not a top-up: its channel is the one found): this call found no
+            # channel to pay on before the lock, and
+            # another call (in this batch, or a worker's that committed first) has
+            # opened one since. A second open would hold a second deposit.
+            wanted = channel_key(ordered[0], wallet.id)
+            for have, state, handle, cid in channels:
+                if have == wanted and state == ChannelState.OPEN:
+                    return Unavailable(f"channel {handle} ({cid}) for this payee was opened by another call a moment "
+                                       "ago: this call is answered with a voucher on it (retry if it was not)",
+                                       reason=CHANNEL_OPENING, metadata={"channel": handle, "channel_id": cid})
+        open_channels = None if channels is None else len(channels)
         chosen: tuple[Offer, Decision] | None = None
         first: tuple[Offer, Decision] | None = None
         short: tuple[Offer, FailedPrecondition] | None = None
-        candidates = offers_mod.by_preference(call.collected.offers, preference)
         if call.top_up is not None:
             top = self._top_up(call, scopes, batch)
             if not isinstance(top, Offer):
                 return top
-            candidates = [top]
-        for offer in candidates:
-            decision = _evaluate(scopes, offer, req, offer.scheme.max_fee(offer, call.prepared))
+            ordered = [top]
+        for offer in ordered:
+            # A top-up opens no channel: max_open_channels does not judge it.
+            decision = _evaluate(scopes, offer, req, offer.scheme.max_fee(offer, call.prepared),
+                                 open_channels if call.top_up is None else None)
             if decision.allowed and id(offer) in call.short:
                 # The policy allows it but the wallet cannot cover it: no budget is held
                 # for a proof that can only fail.
@@ -286,7 +325,8 @@ class Planner:
         if chosen is None:
             assert first is not None
             denied, decision = first
-            denial = decision.error(_facts(denied, req.url, fee=denied.scheme.max_fee(denied, call.prepared)))
+            denial = decision.error(_facts(denied, req.url, fee=denied.scheme.max_fee(denied, call.prepared),
+                                           open_channels=open_channels))
             batch.audit(caller.tenant_id, actor=caller.actor, action="payment.deny", outcome="denied",
                         reason=decision.reason, wallet_id=wallet.id, amount=denied.amount, asset=denied.asset,
                         network=denied.network, payee=denied.pay_to, resource_url=req.url,
@@ -312,7 +352,7 @@ class Planner:
         asked = call.top_up
         assert asked is not None
         top = asked.terms
-        row = batch.channels.get(top.channel)
+        row = batch.top_ups.get(top.channel)
         if row is None or row.state != "open" or row.deposit - row.cumulative >= top.increment:
             return Revisit()
         shortfall = row.cumulative + top.increment - row.deposit
@@ -356,9 +396,9 @@ class Planner:
             channel, before, after = raises
             if not (yield batch_io.RaiseDeposit(channel, before, after, batch.now_ms)):
                 raise TellerError(f"channel {channel}: its deposit moved while locked")
-            locked = batch.channels.get(channel)
+            locked = batch.top_ups.get(channel)
             if locked is not None:  # a later call of this batch sees the deposit raised
-                batch.channels[channel] = locked._replace(deposit=after)
+                batch.top_ups[channel] = locked._replace(deposit=after)
         if offer.scheme.deterministic and raw is None:
             # Some proofs are deterministic: an evm nonce is bound to its challenge, and a
             # Tempo transaction signed twice within one second is the same bit for bit.
@@ -402,17 +442,18 @@ def _scopes(locked: Sequence[_Locked | TellerError],
     return scopes
 
 
-def _facts(offer: Offer, url: str, payee: str | None = None, fee: int = 0) -> Charge:
+def _facts(offer: Offer, url: str, payee: str | None = None, fee: int = 0, open_channels: int | None = None) -> Charge:
     return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, fee, offer.deposit,
-                  offer.channel_deposit)
+                  open_channels if offer.deposit is not None else None, offer.channel_deposit)
 
 
-def _evaluate(scopes: Sequence[Scope], offer: Offer, req: SignInput, fee: int) -> Decision:
-    """The policy's decision, with the most the payment's fee can cost; split
-    recipients must pass the payee lists too."""
-    decision = evaluate(scopes, _facts(offer, req.url, fee=fee), req.max_amount)
+def _evaluate(scopes: Sequence[Scope], offer: Offer, req: SignInput, fee: int, open_channels: int | None) -> Decision:
+    """The policy's decision, with the most the payment's fee can cost (and, for a
+    channel's open, how many channels the tenant holds); split recipients must
+    pass the payee lists too."""
+    decision = evaluate(scopes, _facts(offer, req.url, fee=fee, open_channels=open_channels), req.max_amount)
     for payee in offer.other_payees if decision.allowed else ():
-        split = evaluate(scopes, _facts(offer, req.url, payee, fee), req.max_amount)
+        split = evaluate(scopes, _facts(offer, req.url, payee, fee, open_channels), req.max_amount)
         if not split.allowed:
             return split
     return decision
@@ -437,4 +478,4 @@ def _spent(row: Recorded, now_ms: int) -> bool:
         bool(row.valid_before) and row.valid_before * 1000 <= now_ms)
 
 
-__all__ = ["Planner"]
+__all__ = ["CHANNEL_OPENING", "Planner"]

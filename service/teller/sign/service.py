@@ -45,7 +45,7 @@ from teller.sign import batch_io
 from teller.sign.call import Call, PushPending, Revisit, SignResult, Verdict, sign_result
 from teller.sign.drivers.pg import AsyncPgBatchIO
 from teller.sign.drivers.sqla import SqlBatchIO
-from teller.sign.plan import Planner
+from teller.sign.plan import CHANNEL_OPENING, Planner
 from teller.signing import SignInput
 from teller.spend import store as spend_store
 from teller.spend.evaluate import evaluate_scope
@@ -58,6 +58,36 @@ log = logging.getLogger("teller.payments")
 #: How many times one Sign tops up a session's channel before it gives up (each
 #: time, other callers used the room it made before its own voucher).
 TOP_UP_ROUNDS = 3
+
+#: How long a session challenge whose channel another call has just opened waits
+#: before it takes a voucher on that channel: time for the open to reach the
+#: server, which refuses a voucher on a channel whose open it has not seen (mppx:
+#: "channel not found"). A voucher it refuses costs nothing: the next one covers it.
+OPENING_PAUSE_S = 0.25
+
+
+def channel_opening(verdict: Verdict) -> bool:
+    """Whether ``verdict`` says another call has just opened this call's channel
+    (the batch opened none for it): the caller is answered with a voucher on it."""
+    return isinstance(verdict, Unavailable) and verdict.reason == CHANNEL_OPENING
+
+
+def _check_policies(s: Session_, tenant_id: str, wallet_id: str, charge: Charge,
+                    denials: dict[int, str] | None = None) -> None:
+    """The tenant's and wallet's policies as they stand, budgets aside (a voucher
+    spends a deposit they already hold): the error of the first that refuses,
+    put in ``denials`` (id of the error -> the policy's reason) for the caller
+    to audit."""
+    tenant, wallets = spend_store.policies(s, tenant_id, [wallet_id])
+    for name, policy in (("tenant", tenant), ("wallet", wallets.get(wallet_id))):
+        if policy is None:
+            continue
+        decision = evaluate_scope(dataclasses.replace(policy, budgets=()), name, charge, {}, False)
+        if not decision.allowed:
+            error = decision.error(charge)
+            if denials is not None:
+                denials[id(error)] = decision.reason
+            raise error
 
 
 def _request_hash(req: SignInput, collected: offers_mod.Collected) -> str:
@@ -119,7 +149,11 @@ class Payments:
                     self.deliver_top_up(call.req.url, topped.header_name, topped.header_value)
             else:
                 raise self.top_up_gave_out(call)
-        return self.finish(self.commit([call])[0])
+        verdict = self.commit([call])[0]
+        if channel_opening(verdict):
+            time.sleep(OPENING_PAUSE_S)
+            return self.voucher(call) or self.finish(verdict)
+        return self.finish(verdict)
 
     # -- MPP sessions: the next voucher on an open channel, outside the batch ---------------------------------
 
@@ -165,12 +199,17 @@ class Payments:
             raise TellerError("vouchers of different channels or actors cannot be signed together")
         offers = [self._session_offer(c) for c in calls]
         asks = []
+        denials: dict[int, str] = {}  # id of a policy's refusal -> its reason
         for call, offer in zip(calls, offers, strict=True):
             assert offer is not None
             asks.append(Ask(offer.terms.request.amount, call.req.max_amount, call.req.idempotency_key,
-                            self._voucher_check(call, offer),
+                            self._voucher_check(call, offer, denials),
                             (call.caller.token_id, call.secret, call.req.url, offer.amount)))
         answers = self.channels.sign_next_many(want, asks, actor=actor)
+        refused = [(call, offer, denials[id(a)], a) for call, offer, a in zip(calls, offers, answers, strict=True)
+                   if isinstance(a, TellerError) and id(a) in denials and offer is not None]
+        if refused:
+            self._audit_voucher_denials(refused)
         out: list[SignResult | TellerError | None] = []
         for call, offer, signed in zip(calls, offers, answers, strict=True):
             if isinstance(signed, TopUpWanted):
@@ -194,6 +233,47 @@ class Payments:
                                       TEMPO_SESSION.protocol, call.caller.tenant_id, call.req.idempotency_key)))
         return out
 
+    # -- MPP sessions: a metered stream's vouchers (Pay) -----------------------------------------------------
+
+    def session_offer(self, req: SignInput) -> Offer | None:
+        """The session offer of the challenge ``req`` answers, read as Sign reads it
+        (pure: no I/O), when a session is what the call would pay; kept by Pay for
+        the vouchers the paid stream asks for."""
+        collected = offers_mod.collect(req.headers, req.body, networks=self.networks,
+                                       max_bytes=self.max_challenge_bytes,
+                                       now=datetime.fromtimestamp(self.clock(), UTC))
+        chosen = offers_mod.by_preference(self._trusted_escrows(collected).offers, req.protocols or PROTOCOLS)
+        return chosen[0] if chosen and chosen[0].scheme is TEMPO_SESSION else None
+
+    def stream_voucher(self, caller: Caller, offer: Offer, req: SignInput, channel_id: str, total: int,
+                       stream_cap: int | None, stream_paid: int) -> tuple[str, str, int]:
+        """A voucher for ``total`` on ``channel_id`` (a metered stream's in-band
+        request), as the header (name, value) that carries it, and what it adds to
+        the channel's total. Signed under the channel's lock; the increment is
+        judged as a voucher's is (the policy as it stands, ``per_payment_max``, the
+        caller's ``max_amount``) and against ``stream_cap``, the caller's
+        ``max_stream_amount``, of which the call's stream vouchers used ``stream_paid``."""
+        session: Session = offer.terms
+        sreq = session.request
+        want = Wanted(caller.tenant_id, req.wallet_id, offer.network, sreq.escrow, sreq.recipient, sreq.currency,
+                      sreq.operator, channel_id)
+
+        def check(s: Session_, increment: int) -> None:
+            if stream_cap is not None and stream_paid + increment > stream_cap:
+                raise LimitExceeded(
+                    f"the stream's next voucher would add {increment} to the {stream_paid} its vouchers added in "
+                    f"this call, past max_stream_amount {stream_cap}: the stream ends here, with everything paid "
+                    "for so far delivered", reason="stream_cap",
+                    metadata={"limit": str(stream_cap), "remaining": str(stream_cap - stream_paid),
+                              "amount": str(increment)})
+            _check_policies(s, caller.tenant_id, req.wallet_id,
+                            Charge(offer.network, offer.asset, increment, offer.pay_to, req.url))
+
+        signed = self.channels.sign_to(want, total, max_increment=req.max_amount, actor=caller.actor, check=check)
+        value = voucher_credential(session, signed.descriptor, signed.channel_id, signed.cumulative,
+                                   signed.signature, signed.payer)
+        return session.challenge.header, value, signed.increment
+
     def open_facts(self, call: Call) -> None:
         """What opening a channel for ``call``'s session needs from the chain (its
         gas), read when no open channel could answer it with a voucher; or, when
@@ -205,6 +285,23 @@ class Payments:
         elif offer is not None and known is not None:
             TEMPO_SESSION.open_facts(offer, call.prepared, self.chain, payer=known[0], clock=self.clock)
 
+    def _audit_voucher_denials(self, refused: Sequence[tuple[Call, Offer, str, TellerError]]) -> None:
+        """Vouchers the policy refused, each audited as the batch audits a payment
+        it refuses (``payment.deny``). In a transaction of their own, after the
+        vouchers': a refusal changes nothing to write it with."""
+        now_ms = ms(self.clock)
+        with self.db.transaction() as s:
+            for call, offer, reason, error in refused:
+                caller = call.caller
+                audit.record(s, at_ms=now_ms, actor=caller.actor, action="payment.deny", outcome="denied",
+                             reason=reason, tenant_id=caller.tenant_id, wallet_id=call.req.wallet_id,
+                             amount=offer.amount, asset=offer.asset, network=offer.network, payee=offer.pay_to,
+                             resource_url=call.req.url,
+                             details={"protocol": offer.scheme.protocol, "scheme": offer.scheme.id, "voucher": True,
+                                      **error.metadata})
+        for _, _, reason, _ in refused:
+            observe.child(observe.DENIALS, reason).inc()
+
     @staticmethod
     def top_up_gave_out(call: Call) -> LimitExceeded:
         """Topped up, yet other callers took the room each time before this one's voucher."""
@@ -212,12 +309,13 @@ class Payments:
                              "and other calls used the room each time: retry", reason="channel_deposit_exhausted")
 
     @staticmethod
-    def _voucher_check(call: Call, offer: Offer) -> Callable[[Session_], None]:
+    def _voucher_check(call: Call, offer: Offer, denials: dict[int, str]) -> Callable[[Session_], None]:
         """What the voucher's transaction checks first, as the batch does for a
         payment: the caller's token, and the tenant's and wallet's policies as
         they stand now (a payee denied since the channel opened gets no more;
         ``per_payment_max`` judges each voucher's increment). The budgets are not
-        asked: the deposit the voucher spends is already held."""
+        asked: the deposit the voucher spends is already held. A policy's refusal
+        is put in ``denials`` (the caller audits it) before it is raised."""
         caller, secret = call.caller, call.secret
         charge = Charge(offer.network, offer.asset, offer.amount, offer.pay_to, call.req.url)
 
@@ -226,13 +324,7 @@ class Payments:
                 row = s.execute(select(ApiToken.secret_hash, ApiToken.revoked_ms).where(
                     ApiToken.id == caller.token_id, ApiToken.tenant_id == caller.tenant_id)).one_or_none()
                 check_secret(None if row is None else row[0], None if row is None else row[1], secret)
-            tenant, wallets = spend_store.policies(s, caller.tenant_id, [call.req.wallet_id])
-            for name, policy in (("tenant", tenant), ("wallet", wallets.get(call.req.wallet_id))):
-                if policy is None:
-                    continue
-                decision = evaluate_scope(dataclasses.replace(policy, budgets=()), name, charge, {}, False)
-                if not decision.allowed:
-                    raise decision.error(charge)
+            _check_policies(s, caller.tenant_id, call.req.wallet_id, charge, denials)
         return check
 
     def _trusted_escrows(self, collected: offers_mod.Collected) -> offers_mod.Collected:
@@ -450,4 +542,4 @@ def _out_of_range(exc: BaseException) -> TellerError | None:
     return None
 
 
-__all__ = ["TOP_UP_ROUNDS", "Payments"]
+__all__ = ["OPENING_PAUSE_S", "TOP_UP_ROUNDS", "Payments", "channel_opening"]

@@ -26,6 +26,8 @@ class DenialReason(StrEnum):
     HOST_NOT_ALLOWED = "host_not_allowed"
     PER_PAYMENT_MAX = "per_payment_max"
     MAX_CHANNEL_DEPOSIT = "max_channel_deposit"
+    #: An MPP session's open when the tenant already holds that many channels not closed.
+    MAX_OPEN_CHANNELS = "max_open_channels"
     MAX_FEE = "max_fee"
     CALLER_MAX_AMOUNT = "caller_max_amount"
     #: Recorded with the budget's name: ``budget_exhausted:<name>`` (see ``budget_exhausted``).
@@ -43,7 +45,7 @@ ALLOWED = "ok"
 _BUDGET_PREFIX = f"{DenialReason.BUDGET_EXHAUSTED}:"
 #: Refusals that are a limit running out (RESOURCE_EXHAUSTED), not a rule (PERMISSION_DENIED).
 _LIMITS = frozenset((DenialReason.PER_PAYMENT_MAX, DenialReason.CALLER_MAX_AMOUNT, DenialReason.MAX_FEE,
-                     DenialReason.MAX_CHANNEL_DEPOSIT))
+                     DenialReason.MAX_CHANNEL_DEPOSIT, DenialReason.MAX_OPEN_CHANNELS))
 
 
 def budget_exhausted(name: str) -> str:
@@ -88,6 +90,12 @@ class Decision:
             text = (f"amount {charge.amount} is {self.amount_common} in the {where}policy's common unit, more "
                     f"than the ledger counts ({self.limit})")
             return FailedPrecondition(text, reason=self.reason, metadata=meta)
+        elif self.reason == DenialReason.MAX_OPEN_CHANNELS:
+            held = "" if charge.open_channels is None else f"{charge.open_channels} "
+            text = (f"opening another session channel would pass the {where}policy's max_open_channels "
+                    f"{self.limit}: {held}channels are open or closing; close one (CloseChannel) first")
+            if charge.open_channels is not None:
+                meta["open_channels"] = str(charge.open_channels)
         elif budget:
             cost = (f"amount {self.amount_common - self.fee_common} + fee up to {self.fee_common}"
                     if self.fee_common else f"amount {self.amount_common}")

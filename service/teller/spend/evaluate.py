@@ -89,6 +89,10 @@ def evaluate_scope(
         if p.max_channel_deposit is not None and whole > p.max_channel_deposit:
             return Decision(False, DenialReason.MAX_CHANNEL_DEPOSIT, scope, p.max_channel_deposit,
                             amount_common=whole)
+        if (p.max_open_channels is not None and charge.open_channels is not None
+                and charge.open_channels >= p.max_open_channels):
+            return Decision(False, DenialReason.MAX_OPEN_CHANNELS, scope, p.max_open_channels, 0,
+                            amount_common=amount)
     fee = common_amount(p, charge, charge.fee) or 0
     if p.max_fee is not None and fee > p.max_fee:
         return Decision(False, DenialReason.MAX_FEE, scope, p.max_fee, amount_common=amount + fee, fee_common=fee)

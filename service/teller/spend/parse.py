@@ -18,6 +18,7 @@ from teller import untrusted_json, values
 from teller.errors import FailedPrecondition, InvalidArgument
 from teller.spend.rules import (
     DEFAULT,
+    MAX_OPEN_CHANNELS,
     MPP_MODES,
     PROTOCOLS,
     TENANT_ONLY,
@@ -129,7 +130,18 @@ def parse_duration(text: str, path: str) -> int:
     return int(m.group(1)) * _DURATION_MS[m.group(2)]
 
 
-_TOP = {"unit_decimals", "per_payment_max", "max_fee", "max_channel_deposit", "budgets", "networks", "assets",
+def _count(doc: Mapping[str, Any], key: str, most: int) -> int | None:
+    """A count (an integer, or its decimal string as amounts are written), 0 to ``most``."""
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit() \
+            or len(str(value)) > 9 or int(value) > most:
+        raise _fail(key, f"must be a whole number from 0 to {most}")
+    return int(value)
+
+
+_TOP = {"unit_decimals", "per_payment_max", "max_fee", "max_channel_deposit", "max_open_channels", "budgets", "networks", "assets",
         "allow_unknown_assets", "deny_assets", "payees", "hosts", "protocols", "mpp_mode"}
 
 
@@ -152,6 +164,7 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
     per_payment = _amount(doc, "per_payment_max", "per_payment_max")
     max_fee = _amount(doc, "max_fee", "max_fee")
     max_deposit = _amount(doc, "max_channel_deposit", "max_channel_deposit")
+    max_channels = _count(doc, "max_open_channels", MAX_OPEN_CHANNELS)
 
     raw_budgets = doc.get("budgets", [])
     if not isinstance(raw_budgets, list) or len(raw_budgets) > 16:
@@ -228,6 +241,7 @@ def parse(doc: Any, *, wallet: bool = False) -> Policy:
         per_payment_max=per_payment,
         max_fee=max_fee,
         max_channel_deposit=max_deposit,
+        max_open_channels=max_channels,
         budgets=tuple(budgets),
         networks=_lists(doc, "networks", _network),
         assets=tuple(assets),
@@ -261,6 +275,8 @@ def to_document(p: Policy, *, wallet: bool = False) -> dict[str, Any]:
             doc["protocols"] = list(p.protocols)
         if p.mpp_mode != "pull":
             doc["mpp_mode"] = p.mpp_mode
+        if p.max_open_channels is not None:
+            doc["max_open_channels"] = p.max_open_channels
     doc["deny_assets"] = [{"network": n, "address": a} for n, a in sorted(p.denied_assets)]
     for key in ("networks", "payees", "hosts"):
         lists: Lists = getattr(p, key)

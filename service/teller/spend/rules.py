@@ -23,7 +23,9 @@ PROTOCOLS = ("x402", "mpp")
 #: MPP Tempo charges: "pull" (the server broadcasts) or "push" (Teller broadcasts).
 MPP_MODES = ("pull", "push")
 #: Fields only a tenant policy may set: wallets share their tenant's asset registry and unit.
-TENANT_ONLY = ("unit_decimals", "assets", "allow_unknown_assets", "protocols", "mpp_mode")
+TENANT_ONLY = ("unit_decimals", "assets", "allow_unknown_assets", "protocols", "mpp_mode", "max_open_channels")
+#: The most ``max_open_channels`` may say: a count, not an amount.
+MAX_OPEN_CHANNELS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,9 @@ class Policy:
     #: The largest deposit an MPP session channel may hold, in the common unit;
     #: None: no cap beyond the budgets (which hold every deposit while it is out).
     max_channel_deposit: int | None = None
+    #: The most MPP session channels the tenant may hold that are not closed (open
+    #: or closing); an open past it is refused. None: no cap. Tenant policy only.
+    max_open_channels: int | None = None
     budgets: tuple[Budget, ...] = ()
     networks: Lists = Lists()
     assets: tuple[Asset, ...] = ()
@@ -119,6 +124,9 @@ class Charge:
     #: ``max_channel_deposit`` caps), while ``amount`` is one unit's price, which
     #: ``per_payment_max`` and the caller's cap judge as they judge each voucher.
     deposit: int | None = None
+    #: An MPP session's open: how many channels the tenant holds that are not
+    #: closed, counted under its row lock (``max_open_channels`` caps it).
+    open_channels: int | None = None
     #: An MPP session's top-up: the channel's whole deposit once topped up (what
     #: ``max_channel_deposit`` caps), while ``deposit`` is what the top-up adds
     #: (what the budgets hold). None: the deposit is the channel's whole (an open).
@@ -133,5 +141,5 @@ class Scope:
     used: Mapping[str, int]
 
 
-__all__ = ["DEFAULT", "MPP_MODES", "PROTOCOLS", "TENANT_ONLY", "Asset", "Budget", "Charge", "Lists", "Policy",
+__all__ = ["DEFAULT", "MAX_OPEN_CHANNELS", "MPP_MODES", "PROTOCOLS", "TENANT_ONLY", "Asset", "Budget", "Charge", "Lists", "Policy",
            "Scope", "inherit"]

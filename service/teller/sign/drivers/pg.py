@@ -33,6 +33,7 @@ from teller.sign.batch_io import (
     Snapshot,
     TenantRow,
     TokenRow,
+    TopUpChannel,
     WalletRow,
     Windows,
     Write,
@@ -70,6 +71,10 @@ _PG_CLAIMS = (f"SELECT {_PAYMENT_SELECT} FROM payments p "  # noqa: S608 - the m
               "WHERE p.tenant_id = ANY(%s::text[]) AND p.idempotency_key = ANY(%s::text[])")
 _PG_NONCES = (f"SELECT {_PAYMENT_SELECT} FROM unnest(%s::text[], %s::text[]) AS k(wallet_id, nonce) "  # noqa: S608
               "JOIN payments p ON p.wallet_id = k.wallet_id AND p.nonce = k.nonce")
+
+#: A tenant's channels that are not closed (rare: batches with a session challenge).
+_PG_CHANNELS = (f"SELECT {', '.join(ChannelRow._fields)} FROM channels "  # noqa: S608 - the model's columns
+                "WHERE tenant_id = ANY(%s::text[]) AND state <> 'closed'")
 
 
 def _json_insert(table: str, columns: Sequence[str]) -> str:
@@ -331,11 +336,11 @@ class _PgBatch:
         row = await (await self._run(st)).fetchone()
         return PaymentRow(*row) if row is not None else None
 
-    async def lock_channel(self, request: LockChannel) -> ChannelRow | None:
+    async def lock_channel(self, request: LockChannel) -> TopUpChannel | None:
         st = self._statements()
         st.add_planned(_PG_LOCK_CHANNEL, request.channel, request.tenant_id)
         row = await (await self._run(st)).fetchone()
-        return ChannelRow(*row) if row is not None else None
+        return TopUpChannel(*row) if row is not None else None
 
     async def raise_deposit(self, request: RaiseDeposit) -> bool:
         st = self._statements()
@@ -355,6 +360,8 @@ class _PgBatch:
         if request.nonces:
             st.add_planned(_PG_NONCES, _text_array([w for w, _ in request.nonces]),
                    _text_array([n for _, n in request.nonces]))
+        if request.channel_tenants:
+            st.add_planned(_PG_CHANNELS, _text_array(request.channel_tenants))
         # After the lock: the windows are measured once the locks are granted, in the same round trip.
         names = _add_windows(st, request.measure) if request.measure is not None else None
         cur = await self._run(st)
@@ -377,6 +384,11 @@ class _PgBatch:
         if request.nonces:
             cur.nextset()
             nonces = {(p.wallet_id, p.nonce): PaymentRow(*p) for p in await cur.fetchall()}
+        channels: dict[str, list[ChannelRow]] = {t: [] for t in request.channel_tenants}
+        if request.channel_tenants:
+            cur.nextset()
+            for r in await cur.fetchall():
+                channels[r.tenant_id].append(ChannelRow(*r))
         windows = None
         if request.measure is not None and names is not None:
             rows: list[Any] = []
@@ -384,7 +396,7 @@ class _PgBatch:
                 cur.nextset()
                 rows = await cur.fetchall()
             windows = windows_from(names, request.measure.scopes, rows)
-        return Snapshot(tenants, heads, wallets, tokens, claims, windows, nonces)
+        return Snapshot(tenants, heads, wallets, tokens, claims, windows, nonces, channels)
 
 
 def _add_windows(st: _Statements, request: Measure) -> list[tuple[tuple[str, str], str]]:

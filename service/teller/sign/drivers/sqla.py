@@ -30,6 +30,7 @@ from teller.sign.batch_io import (
     Snapshot,
     TenantRow,
     TokenRow,
+    TopUpChannel,
     WalletRow,
     Windows,
     Write,
@@ -60,6 +61,9 @@ _PAYMENT_ROW = select(*(Payment.__table__.c[name] for name in PaymentRow._fields
 _CLAIMS = _PAYMENT_ROW.where(Payment.tenant_id.in_(bindparam("tenant_ids", expanding=True)),
                              Payment.idempotency_key.in_(bindparam("keys", expanding=True)))
 _NONCES = _PAYMENT_ROW.where(tuple_(Payment.wallet_id, Payment.nonce).in_(bindparam("pairs", expanding=True)))
+_CHANNELS = (select(*(Channel.__table__.c[name] for name in ChannelRow._fields))
+             .where(Channel.tenant_id.in_(bindparam("tenant_ids", expanding=True)),
+                    Channel.state != ChannelState.CLOSED.value))
 _NONCE = _PAYMENT_ROW.where(Payment.wallet_id == bindparam("wallet_id"), Payment.nonce == bindparam("nonce"))
 
 
@@ -88,9 +92,13 @@ class SqlBatchIO:
                   if keys else {})
         nonces = ({(p.wallet_id, p.nonce): PaymentRow(*p) for p in s.execute(_NONCES, {"pairs": list(request.nonces)})}
                   if request.nonces else {})
+        channels: dict[str, list[ChannelRow]] = {t: [] for t in request.channel_tenants}
+        if request.channel_tenants:
+            for c in s.execute(_CHANNELS, {"tenant_ids": list(request.channel_tenants)}):
+                channels[c.tenant_id].append(ChannelRow(*c))
         m = request.measure
         return Snapshot(tenants, heads, wallets, tokens, claims,
-                        measure_many(s, m.scopes, m.now_ms) if m is not None else None, nonces)
+                        measure_many(s, m.scopes, m.now_ms) if m is not None else None, nonces, channels)
 
     def measure(self, request: Measure) -> Windows:
         return measure_many(self.s, request.scopes, request.now_ms)
@@ -102,11 +110,11 @@ class SqlBatchIO:
         row = self.s.execute(_NONCE, {"wallet_id": request.wallet_id, "nonce": request.nonce}).first()
         return PaymentRow(*row) if row is not None else None
 
-    def lock_channel(self, request: LockChannel) -> ChannelRow | None:
+    def lock_channel(self, request: LockChannel) -> TopUpChannel | None:
         row = self.s.execute(select(Channel.id, Channel.wallet_id, Channel.state, Channel.deposit, Channel.cumulative)
                              .where(Channel.id == request.channel, Channel.tenant_id == request.tenant_id)
                              .with_for_update()).first()
-        return ChannelRow(*row) if row is not None else None
+        return TopUpChannel(*row) if row is not None else None
 
     def raise_deposit(self, request: RaiseDeposit) -> bool:
         moved = self.s.execute(update(Channel).where(Channel.id == request.channel,

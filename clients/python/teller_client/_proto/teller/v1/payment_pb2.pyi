@@ -118,7 +118,7 @@ class RecordOutcomeRequest(_message.Message):
     def __init__(self, payment_id: _Optional[str] = ..., status: _Optional[int] = ..., headers: _Optional[_Iterable[_Union[_common_pb2.Header, _Mapping]]] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class PayRequest(_message.Message):
-    __slots__ = ("url", "method", "headers", "body", "wallet_id", "max_amount", "idempotency_key", "protocols")
+    __slots__ = ("url", "method", "headers", "body", "wallet_id", "max_amount", "idempotency_key", "protocols", "max_stream_amount")
     URL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class PayRequest(_message.Message):
     MAX_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     PROTOCOLS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAM_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     url: str
     method: str
     headers: _containers.RepeatedCompositeFieldContainer[_common_pb2.Header]
@@ -135,7 +136,8 @@ class PayRequest(_message.Message):
     max_amount: str
     idempotency_key: str
     protocols: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, url: _Optional[str] = ..., method: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[_common_pb2.Header, _Mapping]]] = ..., body: _Optional[bytes] = ..., wallet_id: _Optional[str] = ..., max_amount: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., protocols: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_stream_amount: str
+    def __init__(self, url: _Optional[str] = ..., method: _Optional[str] = ..., headers: _Optional[_Iterable[_Union[_common_pb2.Header, _Mapping]]] = ..., body: _Optional[bytes] = ..., wallet_id: _Optional[str] = ..., max_amount: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., protocols: _Optional[_Iterable[str]] = ..., max_stream_amount: _Optional[str] = ...) -> None: ...
 
 class PayResponse(_message.Message):
     __slots__ = ("head", "body_chunk")

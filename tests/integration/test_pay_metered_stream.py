@@ -1,0 +1,306 @@
+"""Pay against a hostile metered stream: a fake session server (a fake is fine here;
+the proof against mppx's own server is tests/e2e/test_teller_sessions.py) whose
+SSE stream asks for vouchers it should not get. Each case ends the call with an
+error naming what the server did, and the channel shows no voucher past what an
+honest request would have earned. The stream's bytes reach the caller unchanged."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from eth_account import Account
+
+from teller.mpp.channel import ChannelDescriptor, channel_id
+from teller_client import Asset, FailedPrecondition, LimitExceeded, PermissionDenied, Policy
+from testbed.channels import CHAIN_ID, ESCROW, NETWORK, TOKEN
+from tests.support.harness import RunningTeller, make_settings
+
+PRICE = 100
+DEPOSIT = 10_000
+MAX_EVENT = 4096  # the Teller's max_challenge_bytes: the bound on a payment event
+
+
+def _b64(doc: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+
+def _need(channel: str, total: int) -> bytes:
+    doc = {"channelId": channel, "requiredCumulative": str(total), "acceptedCumulative": str(total - PRICE),
+           "deposit": str(DEPOSIT)}
+    return f"event: payment-need-voucher\ndata: {json.dumps(doc)}\n\n".encode()
+
+
+def _message(text: str) -> bytes:
+    return f"event: message\ndata: {text}\n\n".encode()
+
+
+class FakeSession:
+    """GET without a credential: a tempo session challenge for ``payee``; GET with one:
+    ``stream(self)`` as text/event-stream; POST: the voucher, recorded, answered
+    ``post_status``."""
+
+    def __init__(self, payee: str, channel: str, stream: Callable[[FakeSession], list[bytes]],
+                 post_status: int | list[int] = 200) -> None:
+        self.payee, self.channel, self.stream = payee, channel, stream
+        self.post_statuses = post_status if isinstance(post_status, list) else None
+        self.post_status = post_status if isinstance(post_status, int) else 200
+        self.posted: list[dict] = []
+        self.challenges: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def challenge(self) -> None:
+                request = {"amount": str(PRICE), "unitType": "token", "currency": TOKEN, "recipient": fake.payee,
+                           "suggestedDeposit": str(DEPOSIT),
+                           "methodDetails": {"chainId": CHAIN_ID, "sessionProtocol": "v2", "channelId": fake.channel}}
+                expires = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                fake.challenges.append(f"c{os.urandom(4).hex()}")
+                self.send_response(402)
+                self.send_header("WWW-Authenticate", f'Payment id="{fake.challenges[-1]}", realm="fake.test", '
+                                 f'method="tempo", intent="session", request="{_b64(request)}", expires="{expires}"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                if not self.headers.get("Authorization"):
+                    self.challenge()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for part in fake.stream(fake):
+                    self.wfile.write(part)
+                    self.wfile.flush()
+
+            def do_POST(self) -> None:
+                auth = self.headers.get("Authorization", "")
+                encoded = auth.split(" ", 1)[-1]
+                fake.posted.append(json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))))
+                status = fake.post_statuses.pop(0) if fake.post_statuses else fake.post_status
+                if status == 402:
+                    self.challenge()
+                    return
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def teller(tmp_path):
+    running = RunningTeller(make_settings(f"sqlite:///{tmp_path / 'teller.db'}", tmp_path,
+                                          outbound_allow=("127.0.0.1",), max_challenge_bytes=MAX_EVENT))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def channel(teller):
+    """A tenant whose wallet has an open channel (deposit 10,000) to a new payee."""
+    t = teller.setup_tenant(policy=Policy(assets=(Asset(NETWORK, TOKEN, 6),)))
+    payee = Account.create().address
+    descriptor = ChannelDescriptor(payer=t.address, payee=payee, operator="0x" + "00" * 20, token=TOKEN,
+                                   salt=os.urandom(32), authorized_signer=t.address,
+                                   expiring_nonce_hash=os.urandom(32))
+    cid = channel_id(descriptor, ESCROW, CHAIN_ID)
+    with teller.app.db.transaction() as s:
+        handle = teller.app.channels.record_open(s, tenant_id=t.tenant_id, wallet_id=t.wallet_id, network=NETWORK,
+                                                 escrow=ESCROW, channel_id=cid, descriptor=descriptor,
+                                                 deposit=DEPOSIT, now_ms=1)
+    return t, payee, "0x" + cid.hex(), handle
+
+
+def _run(teller, t, fake: FakeSession, **kw: object) -> tuple[bytes, BaseException | None]:
+    got = bytearray()
+    try:
+        with teller.client(t.token).pay_stream(fake.url, wallet_id=t.wallet_id, **kw) as r:
+            assert r.response.status == 200
+            for chunk in r.chunks:
+                got += chunk
+    except (FailedPrecondition, LimitExceeded, PermissionDenied) as exc:
+        return bytes(got), exc
+    finally:
+        fake.close()
+    return bytes(got), None
+
+
+def _total(teller, t, handle) -> int:
+    return teller.app.channels.get(t.tenant_id, handle).cumulative
+
+
+def test_an_honest_stream_is_relayed_byte_for_byte_with_its_payment_events(teller, channel):
+    t, payee, cid, handle = channel
+    big = "x" * (MAX_EVENT * 3)  # an application event past the payment-event bound passes untouched
+    sent = [b": a comment\r\n\r\n", _message("one"), _need(cid, 200), _message(big),
+            _need(cid, 300)[:30], _need(cid, 300)[30:], b"event: message\r\ndata: three\r\n\r\n",
+            b'event: payment-receipt\ndata: {"method":"tempo"}\n\n']
+    fake = FakeSession(payee, cid, lambda f: sent)
+    body, error = _run(teller, t, fake)
+    assert error is None and body == b"".join(sent)
+    assert [int(p["payload"]["cumulativeAmount"]) for p in fake.posted] == [200, 300]
+    assert {p["payload"]["action"] for p in fake.posted} == {"voucher"}
+    assert _total(teller, t, handle) == 300
+
+
+@pytest.mark.parametrize(("case", "reason", "total"), [
+    ("another channel", "stream_channel_mismatch", PRICE),
+    ("a smaller total", "stream_voucher_not_increasing", 2 * PRICE),
+    ("the same total again", "stream_voucher_not_increasing", 2 * PRICE),
+    ("past the deposit", "channel_deposit_exhausted", PRICE),
+    ("past uint96", "stream_event_invalid", PRICE),
+    ("a payment event too large", "stream_event_too_large", PRICE),
+    ("vouchers without data", "stream_voucher_loop", 9 * PRICE),
+])
+def test_a_hostile_stream_gets_a_clear_error_and_no_overpayment(teller, channel, case, reason, total):
+    t, payee, cid, handle = channel
+    other = "0x" + os.urandom(32).hex()
+    scripts = {
+        "another channel": [_message("one"), _need(other, 200)],
+        "a smaller total": [_message("one"), _need(cid, 200), _message("two"), _need(cid, 150)],
+        "the same total again": [_message("one"), _need(cid, 200), _message("two"), _need(cid, 200)],
+        "past the deposit": [_message("one"), _need(cid, DEPOSIT + 1)],
+        "past uint96": [_message("one"), _need(cid, 2**96)],
+        "a payment event too large": [_message("one"), b"event: payment-need-voucher\ndata: "
+                                      + b"1" * MAX_EVENT + b"\n\n"],
+        "vouchers without data": [_message("one"), *(_need(cid, PRICE * n) for n in range(2, 20))],
+    }
+    fake = FakeSession(payee, cid, lambda f: scripts[case])
+    body, error = _run(teller, t, fake)
+    assert error is not None and error.reason == reason, (case, error)
+    assert body.startswith(_message("one"))  # what came before the refusal reached the caller
+    assert _total(teller, t, handle) == total
+    assert max(t for t, _ in teller.app.channels.vouchers(t.tenant_id, handle)) == total
+
+
+def test_a_voucher_post_the_server_refuses_ends_the_stream(teller, channel):
+    t, payee, cid, handle = channel
+    fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, 200), _message("two"), _need(cid, 300)],
+                       post_status=500)
+    _, error = _run(teller, t, fake)
+    assert isinstance(error, FailedPrecondition) and error.reason == "payment_refused", error
+    assert "voucher for 200 with 500" in str(error)
+    assert len(fake.posted) == 1 and _total(teller, t, handle) == 200
+
+
+def test_the_per_voucher_cap_and_the_stream_cap_hold(teller, channel):
+    t, payee, cid, handle = channel
+    # max_amount bounds each voucher's increment: a request for three units at once is refused.
+    fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, 4 * PRICE)])
+    _, error = _run(teller, t, fake, max_amount=PRICE)
+    assert isinstance(error, LimitExceeded) and error.reason == "voucher_increment_cap"
+    assert _total(teller, t, handle) == PRICE
+    # max_stream_amount bounds the call's stream vouchers: two units, then the third is refused.
+    script = [m for n in range(2, 6) for m in (_message(f"t{n}"), _need(cid, PRICE * (n + 1)))]
+    fake = FakeSession(payee, cid, lambda f: script)
+    _, error = _run(teller, t, fake, max_stream_amount=2 * PRICE)
+    assert isinstance(error, LimitExceeded) and error.reason == "stream_cap", error
+    assert (error.metadata["limit"], error.metadata["remaining"]) == ("200", "0")
+    assert "past max_stream_amount 200" in str(error)
+    # This call's own voucher raised the total to 200; its stream added 300 and 400, then stopped.
+    assert _total(teller, t, handle) == 4 * PRICE
+
+
+def test_a_voucher_post_answered_with_a_fresh_challenge_resends_the_same_voucher_once(teller, channel):
+    """The stream's challenge expired (mppx's last five minutes): the server answers the
+    voucher's POST with 402 and a fresh challenge; Teller sends the same voucher (same
+    total, same signature) in the new challenge, and signs nothing more for it."""
+    t, payee, cid, handle = channel
+    fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, 200), _message("two")],
+                       post_status=[402, 200])
+    body, error = _run(teller, t, fake)
+    assert error is None and body.endswith(_message("two"))
+    first, again = fake.posted
+    assert first["payload"] == again["payload"] and first["payload"]["cumulativeAmount"] == "200"
+    assert (first["challenge"]["id"], again["challenge"]["id"]) == (fake.challenges[0], fake.challenges[1])
+    assert [total for total, _ in teller.app.channels.vouchers(t.tenant_id, handle)] == [PRICE, 200]
+
+
+def test_a_refused_fresh_challenge_ends_the_stream(teller, channel):
+    t, payee, cid, handle = channel
+    fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, 200)], post_status=[402, 402])
+    _, error = _run(teller, t, fake)
+    assert isinstance(error, FailedPrecondition) and error.reason == "payment_refused", error
+    assert len(fake.posted) == 2 and _total(teller, t, handle) == 200
+
+
+def test_each_stream_voucher_meets_the_policy_as_it_stands(teller, channel):
+    """per_payment_max judges each increment; a wallet frozen, or a payee denied, after
+    the stream began gets no more vouchers."""
+    t, payee, cid, handle = channel
+    admin = teller.admin()
+    admin.set_policy(t.tenant_id, Policy(assets=(Asset(NETWORK, TOKEN, 6),), per_payment_max=PRICE))
+    fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, 3 * PRICE)])
+    _, error = _run(teller, t, fake)
+    assert isinstance(error, LimitExceeded) and error.reason == "per_payment_max", error
+    assert _total(teller, t, handle) == PRICE
+
+    def freeze_then_ask(f: FakeSession) -> list[bytes]:
+        admin.set_frozen(t.tenant_id, True, wallet_id=t.wallet_id, reason="drill")
+        return [_message("one"), _need(cid, 3 * PRICE)]
+
+    _, error = _run(teller, t, FakeSession(payee, cid, freeze_then_ask))
+    assert isinstance(error, FailedPrecondition) and error.reason == "frozen", error
+    assert _total(teller, t, handle) == 2 * PRICE  # the request's own voucher, signed before the freeze
+    admin.set_frozen(t.tenant_id, False, wallet_id=t.wallet_id)
+
+    def deny_then_ask(f: FakeSession) -> list[bytes]:
+        admin.set_policy(t.tenant_id, Policy(assets=(Asset(NETWORK, TOKEN, 6),), payees_deny=(payee,)))
+        return [_message("one"), _need(cid, 4 * PRICE)]
+
+    _, error = _run(teller, t, FakeSession(payee, cid, deny_then_ask))
+    assert error is not None and "payee" in str(error).lower(), error
+    assert _total(teller, t, handle) == 3 * PRICE
+
+
+def test_the_async_httpx_pay_transport_streams_and_stops_at_the_cap(teller, channel):
+    """AsyncTellerPayTransport: httpx.AsyncClient through Pay, the body read as it comes,
+    the cap ending it with LimitExceeded after the chunks paid for."""
+    import asyncio
+
+    import httpx
+
+    from teller_client import AsyncTellerClient
+    from teller_client.integrations import AsyncTellerPayTransport
+
+    t, payee, cid, handle = channel
+    script = [m for n in range(2, 6) for m in (_message(f"t{n}"), _need(cid, PRICE * n))]
+    fake = FakeSession(payee, cid, lambda f: script)
+
+    async def scenario() -> tuple[list[bytes], BaseException | None]:
+        got: list[bytes] = []
+        async with AsyncTellerClient(teller.target, t.token) as client:
+            transport = AsyncTellerPayTransport(client, t.wallet_id, max_stream_amount=2 * PRICE)
+            async with httpx.AsyncClient(transport=transport) as http, http.stream("GET", fake.url) as r:
+                assert r.status_code == 200 and r.extensions["teller_pay"].payment is None  # a voucher paid it
+                try:
+                    async for chunk in r.aiter_raw():
+                        got.append(chunk)
+                except LimitExceeded as exc:
+                    return got, exc
+        return got, None
+
+    try:
+        got, error = asyncio.run(scenario())
+    finally:
+        fake.close()
+    assert isinstance(error, LimitExceeded) and error.reason == "stream_cap", error
+    assert b"".join(got).startswith(_message("t2") + _need(cid, 2 * PRICE) + _message("t3"))
+    assert _total(teller, t, handle) == 3 * PRICE  # its own voucher, then two for the stream
