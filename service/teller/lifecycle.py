@@ -129,6 +129,11 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
         # The open transaction will never be mined: no channel exists to sign vouchers on.
         # Its row is locked before the audit chain head, as a voucher locks them.
         Channels.open_failed(s, p.id, now_ms)
+        if change.release:
+            # A top-up never mined: the deposit it raised goes back down with its reservation.
+            lowered = Channels.top_up_failed(s, p.id, now_ms)
+            if lowered is not None:
+                details = {**(details or {}), "top_up": True, "channel_deposit": lowered}
     action = f"payment.{change.to}" if not (change.to == PaymentState.FAILED and change.release) else "payment.released"
     # The audit chain head is locked before the spend buckets, as in Sign: one lock order.
     audit.record(

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from teller.app import build
 from teller.channels.rules import ChannelState
-from teller.channels.store import Ask, Wanted
+from teller.channels.store import Ask, TopUpWanted, Wanted
 from teller.db.models import AuditEvent, Channel, Voucher
 from teller.errors import (
     AlreadyExists,
@@ -155,14 +155,14 @@ def _wanted(app, ch) -> Wanted:
     return Wanted(ch.tenant_id, ch.wallet_id, view.network, view.escrow, view.payee, view.token, "0x" + "00" * 20)
 
 
-def test_the_next_voucher_goes_on_the_open_channel_until_it_runs_out_then_the_caller_is_told(app):
+def test_the_next_voucher_goes_on_the_open_channel_until_it_runs_out_then_it_is_to_be_topped_up(app):
     ch = open_channel(app, deposit=25)
     want = _wanted(app, ch)
     assert [app.channels.sign_next(want, 10).cumulative for _ in range(2)] == [10, 20]
-    # Not a second channel beside it: the caller is told to close this one.
-    with pytest.raises(LimitExceeded, match=f"channel {ch.handle} .* has 5 left") as e:
-        app.channels.sign_next(want, 10)
-    assert e.value.reason == "channel_deposit_exhausted" and e.value.metadata["channel"] == ch.handle
+    # Not a second channel beside it: this one is to be topped up (the Sign batch does it).
+    wanted = app.channels.sign_next(want, 10)
+    assert isinstance(wanted, TopUpWanted)
+    assert (wanted.channel, wanted.deposit, wanted.cumulative, wanted.opened_with) == (ch.handle, 25, 20, 25)
     # Another payee, or another operator: no channel of theirs is open, so one is opened.
     assert app.channels.sign_next(dataclasses.replace(want, payee="0x" + "ab" * 20), 10) is None
     assert app.channels.sign_next(dataclasses.replace(want, operator="0x" + "cd" * 20), 10) is None
@@ -197,13 +197,13 @@ def test_a_batch_signs_each_ask_in_turn_under_one_lock_and_one_audit_event(app):
             Ask(20, check=check("ok"), check_key="ok"),  # the same check: run once per batch
             Ask(5, idempotency_key="a"),  # the same key as the first: the same voucher
             Ask(5, check=check("denied"), check_key="denied"),
-            Ask(80),  # past the deposit (30 signed, 70 left): refused alone
+            Ask(80),  # past the deposit (30 signed, 70 left): to be topped up, alone
             Ask(70)]
     out = app.channels.sign_next_many(want, asks, actor="t")
-    assert [o.cumulative if hasattr(o, "cumulative") else type(o).__name__ for o in out] == [
-        10, "LimitExceeded", 30, 10, "PermissionDenied", "LimitExceeded", 100]
+    assert [type(o).__name__ if isinstance(o, Exception | TopUpWanted) else o.cumulative for o in out] == [
+        10, "LimitExceeded", 30, 10, "PermissionDenied", "TopUpWanted", 100]
     assert out[0].signature == out[3].signature and checks == ["ok", "denied"]
-    assert out[1].reason == "voucher_increment_cap" and out[5].reason == "channel_deposit_exhausted"
+    assert out[1].reason == "voucher_increment_cap" and (out[5].channel, out[5].deposit) == (ch.handle, 100)
     assert [t for t, _ in app.channels.vouchers(ch.tenant_id, ch.handle)] == [10, 30, 100]
     assert {_signer(ch.channel_id, t, sig) for t, sig in app.channels.vouchers(ch.tenant_id, ch.handle)} == {
         ch.address}

@@ -37,9 +37,10 @@ SIGNATURES = {
     "CloseRequested": "CloseRequested(bytes32,address,address,uint256)",
     "CloseRequestCancelled": "CloseRequestCancelled(bytes32,address,address)",
     "ChannelClosed": "ChannelClosed(bytes32,address,address,uint96,uint96)",
+    "TopUp": "TopUp(bytes32,address,address,uint96,uint96)",
 }
 DATA_TYPES = {"Settled": ["uint96"] * 3, "CloseRequested": ["uint256"], "CloseRequestCancelled": [],
-              "ChannelClosed": ["uint96"] * 2}
+              "ChannelClosed": ["uint96"] * 2, "TopUp": ["uint96"] * 2}
 
 
 def _topic(name: str) -> bytes:
@@ -57,7 +58,7 @@ def _log(name: str, *values: int, channel: bytes = CHANNEL, payer: str = PAYER, 
 
 def test_the_topics_are_the_event_signatures():
     assert {ce.SETTLED_TOPIC, ce.CLOSE_REQUESTED_TOPIC, ce.CLOSE_REQUEST_CANCELLED_TOPIC,
-            ce.CHANNEL_CLOSED_TOPIC} == {_topic(n) for n in SIGNATURES} == set(ce.TOPICS)
+            ce.CHANNEL_CLOSED_TOPIC, ce.TOP_UP_TOPIC} == {_topic(n) for n in SIGNATURES} == set(ce.TOPICS)
 
 
 def test_each_event_decodes_with_where_it_was():
@@ -67,6 +68,7 @@ def test_each_event_decodes_with_where_it_was():
     assert decode(**_log("Settled", 100, 40, 100)) == Settled(closed.log, 100, 40, 100)
     assert decode(**_log("CloseRequested", 1_800_000_900)) == CloseRequested(closed.log, 1_800_000_900)
     assert decode(**_log("CloseRequestCancelled")) == CloseRequestCancelled(closed.log)
+    assert decode(**_log("TopUp", 500, 1_500)) == ce.TopUp(closed.log, additional_deposit=500, new_deposit=1_500)
 
 
 @given(st.sampled_from(sorted(SIGNATURES)), st.binary(min_size=32, max_size=32),

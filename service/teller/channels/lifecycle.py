@@ -7,6 +7,7 @@ in one transaction with its audit row.
     closing --CloseRequestCancelled-> open
     open|closing --ChannelClosed----> closed    (the refunded part of the deposit stops counting)
     Settled: audited only (the payee took what a voucher promised; the deposit counted it already)
+    TopUp: audited, confirming the top-up payment of that transaction (its receipt settles it)
 
 A channel's open payment counts its whole deposit (and its fee) from the Sign
 that opened it; once the chain shows the channel closed, the part of the
@@ -34,7 +35,7 @@ from sqlalchemy.orm import Session
 from teller.audit import events as audit
 from teller.chain import Mined
 from teller.channels.rules import ChannelState, counted_after_close
-from teller.db.models import Channel, Payment
+from teller.db.models import Channel, ChannelTopUp, Payment
 from teller.lifecycle import LIVE, Change, advance, mined_change
 from teller.mpp.channel_events import (
     ChannelClosed,
@@ -42,6 +43,7 @@ from teller.mpp.channel_events import (
     CloseRequestCancelled,
     CloseRequested,
     Settled,
+    TopUp,
 )
 from teller.spend.store import move_buckets
 from teller.states import PaymentState
@@ -84,7 +86,8 @@ def open_to_settle(s: Session, network: str, event: ChannelEvent) -> str | None:
 
 #: The audit action of each event applied.
 ACTIONS: dict[type, str] = {Settled: "channel.settled", CloseRequested: "channel.close_requested",
-                            CloseRequestCancelled: "channel.close_cancelled", ChannelClosed: "channel.closed"}
+                            CloseRequestCancelled: "channel.close_cancelled", ChannelClosed: "channel.closed",
+                            TopUp: "channel.topped_up"}
 
 
 def apply(s: Session, network: str, event: ChannelEvent, *, now_ms: int, actor: str,
@@ -95,12 +98,19 @@ def apply(s: Session, network: str, event: ChannelEvent, *, now_ms: int, actor: 
     this event or a later one. ``open_mined``: the receipt of the channel's open
     transaction, when ``open_to_settle`` named it."""
     payment: Payment | None = None
+    top_ups: list[Payment] = []
     if isinstance(event, ChannelClosed):
-        # The payment's row before the channel's: the lifecycle's transitions lock a
-        # payment, then (an open that failed) its channel; one order for both.
-        opened_by = s.scalar(select(Channel.open_payment_id).where(_where(network, event)))
-        if opened_by is not None:
-            payment = s.execute(select(Payment).where(Payment.id == opened_by).with_for_update()).scalar_one_or_none()
+        # The payments' rows before the channel's: the lifecycle's transitions lock a
+        # payment, then (an open or top-up that failed) its channel; one order for all.
+        found = s.execute(select(Channel.id, Channel.open_payment_id).where(_where(network, event))).first()
+        if found is not None:
+            handle, opened_by = found
+            if opened_by is not None:
+                payment = s.execute(select(Payment).where(Payment.id == opened_by)
+                                    .with_for_update()).scalar_one_or_none()
+            top_ups = list(s.scalars(select(Payment).join(ChannelTopUp, ChannelTopUp.payment_id == Payment.id)
+                                     .where(ChannelTopUp.channel == handle)
+                                     .order_by(Payment.created_ms, Payment.id).with_for_update(of=Payment)))
     c = s.execute(select(Channel).where(_where(network, event)).with_for_update()).scalar_one_or_none()
     if c is None or c.state not in FOLLOWED:
         return None
@@ -119,6 +129,17 @@ def apply(s: Session, network: str, event: ChannelEvent, *, now_ms: int, actor: 
                      details={**details, "cumulative_amount": str(event.cumulative_amount),
                               "delta_paid": str(event.delta_paid), "new_settled": str(event.new_settled)},
                      **fields)
+    elif isinstance(event, TopUp):
+        # Teller's own top-up is the payment whose transaction emitted it; the chain's
+        # deposit is what the escrow now holds (Teller's may still count a top-up pending).
+        ours = s.execute(select(Payment.id, ChannelTopUp.added).join(ChannelTopUp, ChannelTopUp.payment_id == Payment.id)
+                         .where(ChannelTopUp.channel == c.id, Payment.nonce == event.log.tx_hash)).first()
+        audit.record(s, at_ms=now_ms, actor=actor, action=action, amount=str(event.additional_deposit),
+                     details={**details, "added": str(event.additional_deposit),
+                              "deposit_on_chain": str(event.new_deposit), "deposit": str(c.deposit),
+                              "top_up_payment": None if ours is None else ours[0],
+                              "confirmed": ours is not None and ours[1] == event.additional_deposit},
+                     **{**fields, "payment_id": "" if ours is None else ours[0]})
     elif isinstance(event, CloseRequested):
         if c.state == ChannelState.OPEN:
             c.state = ChannelState.CLOSING.value
@@ -136,45 +157,62 @@ def apply(s: Session, network: str, event: ChannelEvent, *, now_ms: int, actor: 
                      details={**details, "to": c.state}, **fields)
     else:
         c.state = ChannelState.CLOSED.value
-        _closed(s, c, payment, event, now_ms=now_ms, actor=actor, open_mined=open_mined, details=details,
-                fields=fields)
+        _closed(s, c, payment, top_ups, event, now_ms=now_ms, actor=actor, open_mined=open_mined,
+                details=details, fields=fields)
     s.flush()
     return action
 
 
-def _closed(s: Session, c: Channel, p: Payment | None, event: ChannelClosed, *, now_ms: int, actor: str,
-            open_mined: Mined | None, details: dict[str, object], fields: dict[str, Any]) -> None:
-    """The channel is closed on chain: settle its open payment if it was not yet,
-    then count only the part of the deposit that did not come back."""
-    if p is not None and p.released_ms is None and p.state in LIVE:
-        change = Change(PaymentState.SETTLED, release=False, reason="channel_closed_on_chain")
-        if open_mined is not None and open_mined.succeeded and open_mined.tx_hash == p.nonce.lower():
-            change = mined_change(open_mined)
-        advance(s, p, change, from_states=LIVE, now_ms=now_ms, actor=actor,
-                details={"channel": c.id, "seen": "ChannelClosed", "block": event.log.block})
-        s.refresh(p)
-    counted = p if p is not None and p.released_ms is None and p.state == PaymentState.SETTLED else None
-    before = after = 0
-    if counted is not None:
-        before = counted.amount_common
-        after = counted_after_close(amount_common=counted.amount_common, fee_common=counted.fee_common,
-                                    deposit=counted.amount, refunded=event.refunded_to_payer)
+def _closed(s: Session, c: Channel, p: Payment | None, top_ups: list[Payment], event: ChannelClosed, *,
+            now_ms: int, actor: str, open_mined: Mined | None, details: dict[str, object],
+            fields: dict[str, Any]) -> None:
+    """The channel is closed on chain: settle its open payment (and any top-up)
+    if it was not yet, then count only the part of the deposit that did not
+    come back. The deposit is held by several payments once topped up: the
+    refund releases the newest first (a top-up's whole amount before the one
+    before it, the open's last), so together they count exactly what the
+    payee got, and each its own fee."""
+    holders: list[Payment] = []
+    for q in ([p] if p is not None else []) + top_ups:
+        if q.released_ms is None and q.state in LIVE:
+            change = Change(PaymentState.SETTLED, release=False, reason="channel_closed_on_chain")
+            if q is p and open_mined is not None and open_mined.succeeded and open_mined.tx_hash == q.nonce.lower():
+                change = mined_change(open_mined)
+            advance(s, q, change, from_states=LIVE, now_ms=now_ms, actor=actor,
+                    details={"channel": c.id, "seen": "ChannelClosed", "block": event.log.block})
+            s.refresh(q)
+        if q.released_ms is None and q.state == PaymentState.SETTLED:
+            holders.append(q)
+    counts: list[tuple[Payment, int, int]] = []
+    left = max(event.refunded_to_payer, 0)
+    for q in reversed(holders):
+        back = min(left, q.amount)
+        left -= back
+        counts.append((q, q.amount_common, counted_after_close(amount_common=q.amount_common,
+                                                               fee_common=q.fee_common, deposit=q.amount,
+                                                               refunded=back)))
+    counts.reverse()
     refunded = min(event.refunded_to_payer, c.deposit)
+    before = sum(b for _, b, _ in counts)
+    after = sum(a for _, _, a in counts)
     # The audit chain head before the spend buckets, as everywhere.
     audit.record(s, at_ms=now_ms, actor=actor, action=ACTIONS[ChannelClosed], amount=str(c.deposit - refunded),
                  details={**details, "to": c.state, "settled_to_payee": str(event.settled_to_payee),
                           "refunded_to_payer": str(event.refunded_to_payer),
-                          **({"counted_before": before, "counted_after": after} if counted is not None else {})},
+                          **({"counted_before": before, "counted_after": after} if counts else {}),
+                          **({"top_ups": len(top_ups)} if top_ups else {})},
                  **fields)
-    if counted is not None and after != before:
-        moved = s.execute(update(Payment).where(Payment.id == counted.id, Payment.state == PaymentState.SETTLED,
-                                                Payment.released_ms.is_(None), Payment.amount_common == before)
-                          .values(amount_common=after, updated_ms=now_ms)
+    for q, was, now in counts:
+        if now == was:
+            continue
+        moved = s.execute(update(Payment).where(Payment.id == q.id, Payment.state == PaymentState.SETTLED,
+                                                Payment.released_ms.is_(None), Payment.amount_common == was)
+                          .values(amount_common=now, updated_ms=now_ms)
                           .execution_options(synchronize_session=False))
         if moved.rowcount == 1:  # type: ignore[attr-defined]
-            # The row object still reads as it was (settled, counting ``before``):
+            # The row object still reads as it was (settled, counting ``was``):
             # the buckets move by the difference.
-            move_buckets(s, counted, PaymentState.SETTLED, after)
+            move_buckets(s, q, PaymentState.SETTLED, now)
 
 
 __all__ = ["ACTIONS", "FOLLOWED", "Followed", "apply", "followed", "open_to_settle"]

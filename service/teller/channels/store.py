@@ -28,7 +28,7 @@ from teller.audit import events as audit
 from teller.channels.rules import ChannelState, check_amount, next_cumulative
 from teller.clock import Clock, ms, system_clock
 from teller.db.engine import Database
-from teller.db.models import Channel, Payment, Tenant, Voucher, Wallet
+from teller.db.models import Channel, ChannelTopUp, Payment, Tenant, Voucher, Wallet
 from teller.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -82,6 +82,20 @@ class SignedVoucher:
 
 
 @dataclass(frozen=True, slots=True)
+class TopUpWanted:
+    """No open channel has the unit left: the one to top up, as it stood when
+    read (the batch that tops it up reads it again under its lock)."""
+
+    channel: str  # Teller's handle
+    channel_id: str
+    descriptor: str  # as stored (JSON)
+    escrow: str
+    deposit: int
+    cumulative: int
+    opened_with: int  # the deposit it was opened with
+
+
+@dataclass(frozen=True, slots=True)
 class Ask:
     """One caller's request for the next voucher."""
 
@@ -100,8 +114,9 @@ class _Unset:
 
 _UNSET = _Unset()
 #: What each ask of a batch gets: its voucher, None (no channel open: the caller
-#: opens one), or the error that refused it alone.
-Answer = SignedVoucher | TellerError | None
+#: opens one), the channel to top up (none has the unit left), or the error that
+#: refused it alone.
+Answer = SignedVoucher | TellerError | TopUpWanted | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +181,23 @@ class Channels:
                   .values(state=ChannelState.CLOSED.value, updated_ms=now_ms)
                   .execution_options(synchronize_session=False))
 
+    @staticmethod
+    def top_up_failed(s: Session, payment_id: str, now_ms: int) -> int | None:
+        """A top-up's transaction will never be mined: the channel's deposit goes
+        back down by what it added, inside the transaction that releases the
+        payment's reservation. Vouchers already signed into it stay signed (the
+        escrow pays none past the real deposit); the deposit goes no lower than
+        them, and the channel then takes no more. Returns the deposit now, or
+        None when the payment is no top-up."""
+        top = s.get(ChannelTopUp, payment_id)
+        if top is None:
+            return None
+        c = s.execute(select(Channel).where(Channel.id == top.channel).with_for_update()).scalar_one()
+        c.deposit = max(c.deposit - top.added, c.cumulative)
+        c.updated_ms = now_ms
+        s.flush()
+        return c.deposit
+
     # -- vouchers --------------------------------------------------------------------------------------------
 
     def sign_voucher(self, tenant_id: str, channel: str, increment: int, *, max_increment: int | None = None,
@@ -189,10 +221,11 @@ class Channels:
 
     def sign_next(self, want: Wanted, increment: int, *, max_increment: int | None = None, actor: str = "",
                   idempotency_key: str | None = None,
-                  check: Callable[[Session], None] | None = None) -> SignedVoucher | None:
+                  check: Callable[[Session], None] | None = None) -> SignedVoucher | TopUpWanted | None:
         """The next voucher on the wallet's open channel that ``want`` names and
-        that has ``increment`` left, or None when there is none (the caller opens
-        one). ``check`` runs first in the transaction (the caller's token)."""
+        that has ``increment`` left; None when there is none (the caller opens
+        one); the channel to top up when one is open but none has the unit left.
+        ``check`` runs first in the transaction (the caller's token)."""
         out = self.sign_next_many(want, [Ask(increment, max_increment, idempotency_key, check)], actor=actor)[0]
         if isinstance(out, TellerError):
             raise out
@@ -211,7 +244,7 @@ class Channels:
             checked: dict[Hashable, TellerError | None] = {}
             by_key: dict[str, int] = {}  # an idempotency key's first ask in this batch
             pending: list[int] = []
-            replays = self._replays(s, want, [a.idempotency_key for a in asks if a.idempotency_key])
+            replays, topped = self._replays(s, want, [a.idempotency_key for a in asks if a.idempotency_key])
             for i, ask in enumerate(asks):
                 try:
                     self._check(s, ask, checked)
@@ -221,6 +254,12 @@ class Channels:
                         by_key[ask.idempotency_key] = i
                         if ask.idempotency_key in replays:
                             out[i] = replays[ask.idempotency_key]
+                            continue
+                        if ask.idempotency_key in topped:
+                            # The key's top-up is made: the voucher it was made for, on its channel
+                            # (no second top-up: out of room there, it is refused).
+                            out[i] = self._sign_many(s, want.tenant_id, topped[ask.idempotency_key], [ask],
+                                                     actor)[0]
                             continue
                     pending.append(i)
                 except TellerError as exc:
@@ -252,14 +291,26 @@ class Channels:
         if ask.check_key is not None:
             checked[ask.check_key] = None
 
-    def _replays(self, s: Session, want: Wanted, keys: list[str]) -> dict[str, Answer]:
+    def _replays(self, s: Session, want: Wanted, keys: list[str]) -> tuple[dict[str, Answer], dict[str, str]]:
         """What keys already used answer, in two queries for a whole batch: None
-        for a key that names a payment (a retry of the open: its own answer), else
-        the voucher it signed. Keys never used are not in the result."""
+        for a key that names the open's payment (a retry of the open: its own
+        answer), else the voucher it signed. Keys never used are not in the
+        result. Second, the keys that name a top-up whose voucher is not signed
+        yet, with its channel."""
         if not keys:
-            return {}
-        found: dict[str, Answer] = dict.fromkeys(s.scalars(select(Payment.idempotency_key).where(
-            Payment.tenant_id == want.tenant_id, Payment.idempotency_key.in_(keys))))
+            return {}, {}
+        found: dict[str, Answer] = {}
+        topped: dict[str, str] = {}
+        for key, top_up_of in s.execute(select(Payment.idempotency_key, ChannelTopUp.channel)
+                                        .outerjoin(ChannelTopUp, ChannelTopUp.payment_id == Payment.id)
+                                        .where(Payment.tenant_id == want.tenant_id,
+                                               Payment.idempotency_key.in_(keys))):
+            if key is None:
+                continue
+            if top_up_of is None:
+                found[key] = None
+            else:
+                topped[key] = top_up_of
         used = s.scalars(select(Voucher.idempotency_key).where(
             Voucher.tenant_id == want.tenant_id, Voucher.idempotency_key.in_([k for k in keys if k not in found])))
         for key in used:
@@ -271,7 +322,8 @@ class Channels:
                 found[key] = AlreadyExists(f"idempotency_key {key!r} was already used for a different request")
             else:
                 found[key] = replay
-        return found
+            topped.pop(key, None)
+        return found, topped
 
     def _sign_pending(self, s: Session, want: Wanted, asks: Sequence[Ask], pending: list[int],
                       out: list[Answer | _Unset], actor: str) -> None:
@@ -291,19 +343,32 @@ class Channels:
         roomy = [(handle, cid) for handle, cid, left in mine if left >= first]
         if not roomy:
             # Not another channel beside it: each would hold a deposit of its own until
-            # closed, and callers racing at the end of one would open one each.
-            handle, cid, left = mine[0]
+            # closed, and callers racing at the end of one would open one each. It is
+            # topped up (by the Sign batch, once however many callers ask at once).
+            ours = [m for m in mine if m[1] == want.channel_id]
+            wanted = self._top_up_wanted(s, (ours[0] if ours else mine[0])[0])
             for i in pending:
-                out[i] = LimitExceeded(
-                    f"channel {handle} ({cid}) has {left} left of its deposit, less than the {asks[i].increment} "
-                    "asked: close it (CloseChannel) and the next challenge opens a new one",
-                    reason="channel_deposit_exhausted", metadata={"channel": handle, "remaining": str(left)})
+                out[i] = wanted
             return
         named = [handle for handle, cid in roomy if cid == want.channel_id]
         handle = named[0] if named else roomy[0][0]
-        for i, answer in zip(pending, self._sign_many(s, want.tenant_id, handle, [asks[i] for i in pending], actor),
-                             strict=True):
-            out[i] = answer
+        answers = self._sign_many(s, want.tenant_id, handle, [asks[i] for i in pending], actor)
+        wanted_later: TopUpWanted | None = None
+        for i, answer in zip(pending, answers, strict=True):
+            if isinstance(answer, LimitExceeded) and answer.reason == "channel_deposit_exhausted":
+                # The ones before it in this batch used the room up: it is topped up too.
+                wanted_later = wanted_later or self._top_up_wanted(s, handle)
+                out[i] = wanted_later
+            else:
+                out[i] = answer
+
+    @staticmethod
+    def _top_up_wanted(s: Session, handle: str) -> TopUpWanted:
+        c = s.execute(select(Channel.channel_id, Channel.descriptor, Channel.escrow, Channel.deposit,
+                             Channel.cumulative, Channel.open_payment_id).where(Channel.id == handle)).one()
+        opened = s.scalar(select(Payment.amount).where(Payment.id == c.open_payment_id))
+        return TopUpWanted(handle, c.channel_id, c.descriptor, c.escrow, c.deposit, c.cumulative,
+                           opened if opened is not None else c.deposit)
 
     def sign_to(self, want: Wanted, total: int, *, max_increment: int | None = None, actor: str = "",
                 check: Callable[[Session, int], None] | None = None) -> SignedVoucher:

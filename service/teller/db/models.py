@@ -312,6 +312,19 @@ class Voucher(Base):
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class ChannelTopUp(Base):
+    """A payment that raised a channel's deposit by ``added`` (a ``topUp`` on the
+    escrow). Its transaction never mined, the deposit goes back down."""
+
+    __tablename__ = "channel_top_ups"
+    __table_args__ = (CheckConstraint("added > 0", name="ck_channel_top_ups_positive"),)
+    payment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    channel: Mapped[str] = mapped_column(ForeignKey("channels.id"))
+    added: Mapped[int] = mapped_column(BigInteger)
+    deposit_before: Mapped[int] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class SchemaRevision(Base):
     """Each migration step applied, and whether it declared itself expand-only:
     an older release reads this to know it may serve on a schema one step ahead

@@ -2,7 +2,8 @@
 
 What the reconciler follows once a channel is open: the payee settling a
 voucher (``Settled``), the payer asking for a forced close and withdrawing it
-(``CloseRequested``, ``CloseRequestCancelled``), and the channel closing,
+(``CloseRequested``, ``CloseRequestCancelled``), the payer's top-ups
+(``TopUp``: confirms Teller's own), and the channel closing,
 cooperatively or by ``withdraw`` (``ChannelClosed``, with what went to each
 side). The open itself is followed through its transaction's receipt.
 
@@ -38,6 +39,7 @@ SETTLED_TOPIC = _topic("Settled(bytes32,address,address,uint96,uint96,uint96)")
 CLOSE_REQUESTED_TOPIC = _topic("CloseRequested(bytes32,address,address,uint256)")
 CLOSE_REQUEST_CANCELLED_TOPIC = _topic("CloseRequestCancelled(bytes32,address,address)")
 CHANNEL_CLOSED_TOPIC = _topic("ChannelClosed(bytes32,address,address,uint96,uint96)")
+TOP_UP_TOPIC = _topic("TopUp(bytes32,address,address,uint96,uint96)")
 
 
 class MalformedEvent(Unavailable):
@@ -102,7 +104,16 @@ class ChannelClosed:
     refunded_to_payer: int
 
 
-ChannelEvent = Settled | CloseRequested | CloseRequestCancelled | ChannelClosed
+@dataclass(frozen=True, slots=True)
+class TopUp:
+    """The payer added ``additional_deposit``; the channel now holds ``new_deposit``."""
+
+    log: EventLog
+    additional_deposit: int
+    new_deposit: int
+
+
+ChannelEvent = Settled | CloseRequested | CloseRequestCancelled | ChannelClosed | TopUp
 
 #: Per event: its data's words (uint96 words are bounded to uint96).
 _DATA_WORDS: dict[bytes, tuple[str, ...]] = {
@@ -110,10 +121,12 @@ _DATA_WORDS: dict[bytes, tuple[str, ...]] = {
     CLOSE_REQUESTED_TOPIC: ("uint256",),
     CLOSE_REQUEST_CANCELLED_TOPIC: (),
     CHANNEL_CLOSED_TOPIC: ("uint96", "uint96"),
+    TOP_UP_TOPIC: ("uint96", "uint96"),
 }
 TOPICS: tuple[bytes, ...] = tuple(_DATA_WORDS)
 _NAMES = {SETTLED_TOPIC: "Settled", CLOSE_REQUESTED_TOPIC: "CloseRequested",
-          CLOSE_REQUEST_CANCELLED_TOPIC: "CloseRequestCancelled", CHANNEL_CLOSED_TOPIC: "ChannelClosed"}
+          CLOSE_REQUEST_CANCELLED_TOPIC: "CloseRequestCancelled", CHANNEL_CLOSED_TOPIC: "ChannelClosed",
+          TOP_UP_TOPIC: "TopUp"}
 
 
 def _bytes(value: object) -> bytes | None:
@@ -180,11 +193,25 @@ def decode(*, address: str, topics: Sequence[bytes], data: bytes, tx_hash: bytes
         return CloseRequested(log, amounts[0])
     if kind == CLOSE_REQUEST_CANCELLED_TOPIC:
         return CloseRequestCancelled(log)
+    if kind == TOP_UP_TOPIC:
+        return TopUp(log, *amounts)
     return ChannelClosed(log, *amounts)
 
 
 __all__ = [
-    "CHANNEL_CLOSED_TOPIC", "CLOSE_REQUESTED_TOPIC", "CLOSE_REQUEST_CANCELLED_TOPIC", "SETTLED_TOPIC", "TOPICS",
-    "ChannelClosed", "ChannelEvent", "CloseRequestCancelled", "CloseRequested", "EventLog", "MalformedEvent",
-    "Settled", "decode",
+    "CHANNEL_CLOSED_TOPIC",
+    "CLOSE_REQUESTED_TOPIC",
+    "CLOSE_REQUEST_CANCELLED_TOPIC",
+    "SETTLED_TOPIC",
+    "TOPICS",
+    "TOP_UP_TOPIC",
+    "ChannelClosed",
+    "ChannelEvent",
+    "CloseRequestCancelled",
+    "CloseRequested",
+    "EventLog",
+    "MalformedEvent",
+    "Settled",
+    "TopUp",
+    "decode",
 ]

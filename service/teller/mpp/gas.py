@@ -69,8 +69,9 @@ def _to_fresh(call: TempoCall) -> TempoCall:
 
 def requests(tx: TempoTransaction, sender: str, *, fresh: bool = True) -> Requests:
     """``fresh=False`` for calls whose first argument is not a recipient (an
-    escrow's ``requestClose(descriptor)`` names the payer there, and any other
-    payer reverts): each call is then estimated only as it is."""
+    escrow's ``requestClose(descriptor)`` or ``topUp(descriptor, amount)`` names
+    the payer there, and any other payer reverts): each call is then estimated
+    only as it is."""
     base = _base(tx, sender)
     whole = dict(base, calls=[{"to": "0x" + c.to.hex(), "value": "0x0", "data": "0x" + c.data.hex()}
                               for c in tx.calls])

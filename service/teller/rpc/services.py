@@ -19,6 +19,7 @@ from teller.audit import events as audit_log
 from teller.callers import Caller
 from teller.chain import NotCached
 from teller.channels import reads as channel_reads
+from teller.channels import top_up
 from teller.channels.close import Closer
 from teller.channels.forced import ForcedClose
 from teller.db.models import Operator
@@ -26,9 +27,9 @@ from teller.errors import InvalidArgument, PermissionDenied, TellerError
 from teller.pay import Payer, PayHead, pay_input
 from teller.rpc import convert
 from teller.rpc.batcher import ChannelBatchers, SignBatcher
-from teller.sign.call import Call, PushPending, SignResult, Verdict
+from teller.sign.call import Call, PushPending, Revisit, SignResult, Verdict
 from teller.sign.drivers.pg import AsyncPgBatchIO, conninfo
-from teller.sign.service import OPENING_PAUSE_S, channel_opening
+from teller.sign.service import OPENING_PAUSE_S, TOP_UP_ROUNDS, channel_opening
 from teller.signing import SignInput
 from teller_client._proto.teller.v1 import (
     admin_pb2,
@@ -127,14 +128,31 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
             call = await self.run(payments.prepare, caller, sign_in, secret)
         channel = payments.voucher_channel(call)
         if channel is not None:
-            # An MPP session on a channel the wallet has open: a voucher, under the channel's lock,
-            # in one transaction with the other vouchers asked of that channel meanwhile.
-            voucher = await self.vouchers.submit((channel, caller.actor), call)
-            if isinstance(voucher, BaseException):
-                raise voucher
-            if voucher is not None:
-                return voucher
-            await self.run(payments.open_facts, call)  # none open: the batch opens one
+            for _ in range(TOP_UP_ROUNDS):
+                # An MPP session on a channel the wallet has open: a voucher, under the channel's lock,
+                # in one transaction with the other vouchers asked of that channel meanwhile.
+                voucher = await self.vouchers.submit((channel, caller.actor), call)
+                if isinstance(voucher, BaseException):
+                    raise voucher
+                if voucher is not None:
+                    return voucher
+                await self.run(payments.open_facts, call)  # none open: the batch opens one
+                if call.top_up is None:
+                    break
+                # The channel has no room: the batch tops it up, the server takes the top-up,
+                # and the next voucher (the caller's answer) fits the raised deposit. Nothing is
+                # reserved for a top-up Teller may not deliver (outbound_allow).
+                await self.app.fetcher.check(call.req.url)
+                try:
+                    topped = payments.finish(await self.batcher.submit(call))
+                except Revisit:
+                    continue
+                finally:
+                    call.top_up = None
+                await top_up.deliver(self.app.fetcher, call.req.url, topped.header_name, topped.header_value,
+                                     self.app.settings.max_challenge_bytes)
+            else:
+                raise payments.top_up_gave_out(call)
         verdict = await self.batcher.submit(call)
         if channel is not None and channel_opening(verdict):
             # Another call opened this payee's channel a moment ago: a voucher on it, not a second deposit.

@@ -73,6 +73,9 @@ class Offer(Generic[P]):
     other_payees: tuple[str, ...] = ()  # MPP split recipients
     #: An MPP session's open: the channel's deposit (``amount`` is then one unit's price).
     deposit: int | None = None
+    #: An MPP session's top-up: the channel's whole deposit once topped up
+    #: (``deposit`` is then what the top-up adds).
+    channel_deposit: int | None = None
 
     @property
     def moves(self) -> int:

@@ -16,11 +16,14 @@ The protocol code is ``teller.mpp.session`` (the wire) and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from teller.channels.rules import ChannelState
 from teller.errors import FailedPrecondition, InvalidArgument
@@ -29,7 +32,13 @@ from teller.mpp import gas as tempo_gas
 from teller.mpp import receipt as mpp_receipt
 from teller.mpp import session as mpp_session
 from teller.mpp.challenge import MppChallenge
-from teller.mpp.channel import OpenedChannel, open_channel, voucher_typed_data
+from teller.mpp.channel import (
+    OpenedChannel,
+    channel_transaction,
+    open_channel,
+    top_up_call,
+    voucher_typed_data,
+)
 from teller.mpp.session import Session
 from teller.schemes import mpp_common
 from teller.schemes.base import Follow, Offer, SchemeId, new_payment
@@ -38,6 +47,7 @@ from teller.schemes.mpp_tempo import gas_limit, max_fee, read_gas_price, signed_
 if TYPE_CHECKING:
     from teller.chain import ChainReader
     from teller.clock import Clock
+    from teller.mpp.tempo_tx import TempoTransaction
     from teller.signing import Context, NewPayment, Prepared, Presigned
     from teller.vault.signer import WalletSigner
 
@@ -61,6 +71,70 @@ def _build_open(session: Session, payer: str, *, salt: bytes, gas_limit: int, ga
                         escrow=req.escrow, chain_id=req.chain_id, gas_limit=gas_limit, gas_price=gas_price,
                         valid_before=mpp_charge.valid_before(session.challenge, now_s, max_valid_for_s),
                         operator=req.operator, fee_token=req.fee_token)
+
+
+@dataclass(frozen=True, slots=True)
+class TopUp:
+    """A session challenge answered by topping up the wallet's open channel (none
+    had the unit left): the terms of the top-up offer, in place of the open's.
+    ``deposit`` and ``cumulative`` are the channel's as read, ``amount`` what the
+    top-up adds; the Sign batch reads the channel again under its lock and fixes
+    the amount (``at``) before it is signed."""
+
+    session: Session
+    channel: str  # Teller's handle
+    channel_id: str
+    descriptor: str  # as stored (JSON)
+    escrow: str
+    deposit: int
+    cumulative: int
+    amount: int
+    #: What the voucher after it adds: the top-up must leave at least this much room.
+    increment: int
+
+    @property
+    def shortfall(self) -> int:
+        return max(self.cumulative + self.increment - self.deposit, 0)
+
+    def at(self, deposit: int, cumulative: int, amount: int) -> TopUp:
+        return dataclasses.replace(self, deposit=deposit, cumulative=cumulative, amount=amount)
+
+
+def top_up_amount(req: mpp_session.SessionRequest, opened_with: int) -> int:
+    """What a top-up adds, before the policy's cap bounds it: the server's
+    suggested deposit, else what the channel was opened with (as mppx's client
+    prefers the suggestion over the bare shortfall)."""
+    return max(req.suggested_deposit if req.suggested_deposit is not None else opened_with, req.amount)
+
+
+def top_up_offer(offer: Offer[Session], channel: str, channel_id: str, descriptor: str, escrow: str, deposit: int,
+                 cumulative: int, opened_with: int) -> Offer[Any]:
+    """The offer that tops up ``channel`` for ``offer``'s session: one unit's price
+    as its amount (the policy judges it as it judges a voucher), what it adds as
+    its deposit (the budgets hold it)."""
+    req = offer.terms.request
+    top = TopUp(offer.terms, channel, channel_id, descriptor, escrow, deposit, cumulative, 0, req.amount)
+    amount = max(top_up_amount(req, opened_with), top.shortfall)
+    return dataclasses.replace(cast("Offer[Any]", offer), terms=top.at(deposit, cumulative, amount),
+                               deposit=amount, channel_deposit=deposit + amount)
+
+
+def _build_top_up(top: TopUp, *, gas_limit: int, gas_price: int, now_s: int, valid_after: int,
+                  max_valid_for_s: int = mpp_charge.MAX_VALID_FOR_S) -> TempoTransaction:
+    """The top-up transaction: exactly one ``topUp`` call (what mppx's server
+    verifies), fees in the channel's token unless the server names another."""
+    req = top.session.request
+    descriptor = mpp_session.parse_descriptor(json.loads(top.descriptor), "stored channel")
+    return channel_transaction(top_up_call(top.escrow, descriptor, top.amount), chain_id=req.chain_id,
+                               fee_token=req.fee_token or descriptor.token, gas_limit=gas_limit, gas_price=gas_price,
+                               valid_before=mpp_charge.valid_before(top.session.challenge, now_s, max_valid_for_s),
+                               valid_after=valid_after)
+
+
+def _valid_after(now_s: int) -> int:
+    """A random second at least a minute past, as mppx's client picks: two top-ups
+    of one amount signed in one second must still be two transactions."""
+    return secrets.randbelow(now_s - 60) if now_s > 60 else 0
 
 
 def voucher_credential(session: Session, descriptor_json: str, channel_id: str, cumulative: int,
@@ -144,6 +218,22 @@ class TempoSession:
         except (FailedPrecondition, InvalidArgument) as exc:
             prepared.gas_limits[id(offer)] = exc
 
+    def top_up_facts(self, offer: Offer[Any], prepared: Prepared, chain: ChainReader, *, payer: str,
+                     clock: Clock) -> None:
+        """Add the top-up transaction's gas limit to ``prepared``, as ``open_facts``
+        does the open's."""
+        top: TopUp = offer.terms
+        network, gas = offer.network, prepared.gas_price
+        if network not in gas or top.session.request.fee_payer:
+            return
+        now_s = int(clock())
+        build = lambda: _build_top_up(top, gas_limit=1, gas_price=gas[network], now_s=now_s,  # noqa: E731
+                                      valid_after=_valid_after(now_s))
+        try:
+            prepared.gas_limits[id(offer)] = chain.tempo_gas_limit(network, payer, None, build, fresh=False)
+        except (FailedPrecondition, InvalidArgument) as exc:
+            prepared.gas_limits[id(offer)] = exc
+
     def max_fee(self, offer: Offer[Session], prepared: Prepared) -> int:
         return max_fee(offer, prepared)
 
@@ -153,6 +243,8 @@ class TempoSession:
 
     def sign(self, offer: Offer[Session], signer: WalletSigner, ctx: Context, prepared: Prepared, *,
              max_valid_for_s: int) -> tuple[NewPayment, dict[str, Any], bytes | None]:
+        if isinstance(offer.terms, TopUp):
+            return self._sign_top_up(offer, signer, ctx, prepared, max_valid_for_s=max_valid_for_s)
         ch, req = offer.terms.challenge, offer.terms.request
         if req.fee_payer:
             raise FailedPrecondition(f"Payment challenge {ch.id[:40]!r} asks for a sponsored (fee payer) channel "
@@ -198,11 +290,51 @@ class TempoSession:
                                    "max_fee_per_gas": opened.tx.gas_price, "fee_max": fee_max}
         return row, details, None
 
+    def _sign_top_up(self, offer: Offer[Any], signer: WalletSigner, ctx: Context, prepared: Prepared, *,
+                     max_valid_for_s: int) -> tuple[NewPayment, dict[str, Any], bytes | None]:
+        """The top-up: its transaction and credential, and the payment that holds
+        what it adds. The batch raises the channel's deposit in the transaction
+        that reserves it (``raises``), and records the top-up (``channel_top_ups``):
+        a top-up never mined lowers the deposit again."""
+        top: TopUp = offer.terms
+        ch, req = top.session.challenge, top.session.request
+        if req.fee_payer:
+            raise FailedPrecondition(f"Payment challenge {ch.id[:40]!r} asks for a sponsored (fee payer) top-up, "
+                                     "which Teller does not sign", reason="fee_payer_unsupported")
+        price = prepared.gas_price.get(offer.network)
+        if price is None:
+            raise FailedPrecondition(f"no RPC endpoint configured for {offer.network}: topping up a channel needs "
+                                     "the chain's gas price (set rpc_urls)")
+        now_s = ctx.now_ms // 1000
+        tx = _build_top_up(top, gas_limit=gas_limit(prepared, offer), gas_price=price, now_s=now_s,
+                           valid_after=_valid_after(now_s), max_valid_for_s=max_valid_for_s)
+        raw = signed_transaction(tx, signer)
+        descriptor = mpp_session.parse_descriptor(json.loads(top.descriptor), "stored channel")
+        payload = mpp_session.top_up_payload(descriptor, bytes.fromhex(top.channel_id[2:]), raw, top.amount)
+        value = mpp_session.credential(ch, req, payload, signer.address)
+        nonce = tx_hash(raw)
+        fee_max = tempo_gas.max_fee(tx.gas_limit, tx.gas_price)
+        row = new_payment(offer, ctx, version=1, nonce=nonce, valid_before=int(tx.valid_before or 0),
+                          header_name=ch.header, header_value=value)
+        row.amount = top.amount  # what leaves the wallet for the escrow (the budgets hold it)
+        row.fee_max, row.fee_common = fee_max, ctx.decision.fee_common
+        new_deposit = top.deposit + top.amount
+        row.raises = (top.channel, top.deposit, new_deposit)
+        row.rows = (("channel_top_ups", {"payment_id": row.id, "channel": top.channel, "added": top.amount,
+                                         "deposit_before": top.deposit, "created_ms": ctx.now_ms}),)
+        details: dict[str, Any] = {"method": ch.method, "intent": ch.intent, "challenge_id": ch.id,
+                                   "realm": ch.realm, "tx_hash": nonce, "action": "topUp", "channel": top.channel,
+                                   "channel_id": top.channel_id, "escrow": top.escrow, "added": top.amount,
+                                   "deposit_before": top.deposit, "deposit": new_deposit,
+                                   "gas_limit": tx.gas_limit, "max_fee_per_gas": tx.gas_price, "fee_max": fee_max}
+        return row, details, None
+
     def pushed(self, offer: Offer[Session], tx_hash: str, payer: str) -> str:
         return mpp_common.not_pushed(offer, tx_hash, payer)
 
 
 TEMPO_SESSION = TempoSession()
 
-__all__ = ["TEMPO_SESSION", "ChannelKey", "TempoSession", "channel_key", "deposit", "stored_channel_key",
+__all__ = ["TEMPO_SESSION", "ChannelKey", "TempoSession", "TopUp", "channel_key", "deposit", "stored_channel_key",
+           "top_up_amount", "top_up_offer",
            "voucher_credential"]

@@ -91,6 +91,16 @@ class ChannelRow(NamedTuple):
     state: str
 
 
+class TopUpChannel(NamedTuple):
+    """A session channel as a top-up reads it, locked."""
+
+    id: str
+    wallet_id: str
+    state: str
+    deposit: int
+    cumulative: int
+
+
 #: Per (scope, id) measured, each budget's use of its window.
 Windows: TypeAlias = dict[tuple[str, str], dict[str, WindowUse]]
 
@@ -192,6 +202,39 @@ class FindNonce(Request[PaymentRow | None]):
 
 
 @dataclass(frozen=True, slots=True)
+class LockChannel(Request[TopUpChannel | None]):
+    """Lock a tenant's channel (a top-up is decided on it) and read it: a second
+    top-up of the same channel waits here, then finds the deposit raised. Asked
+    before ``Read``: a channel's lock comes before its tenant's audit chain head."""
+
+    tenant_id: str
+    channel: str
+
+    def answer(self, driver: Driver) -> TopUpChannel | None:
+        return driver.lock_channel(self)
+
+    def answer_async(self, driver: AsyncDriver) -> Awaitable[TopUpChannel | None]:
+        return driver.lock_channel(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseDeposit(Request[bool]):
+    """Raise an open channel's deposit from ``before`` to ``after`` (compare-and-set:
+    True when it was still ``before``), in the transaction that reserves the top-up."""
+
+    channel: str
+    before: int
+    after: int
+    now_ms: int
+
+    def answer(self, driver: Driver) -> bool:
+        return driver.raise_deposit(self)
+
+    def answer_async(self, driver: AsyncDriver) -> Awaitable[bool]:
+        return driver.raise_deposit(self)
+
+
+@dataclass(frozen=True, slots=True)
 class Write(Request[None]):
     """The batch's rows, written at its end (the last request; it commits)."""
 
@@ -217,6 +260,8 @@ class Driver(Protocol):
     def measure(self, request: Measure) -> Windows: ...
     def release_key(self, request: ReleaseKey) -> None: ...
     def find_nonce(self, request: FindNonce) -> PaymentRow | None: ...
+    def lock_channel(self, request: LockChannel) -> TopUpChannel | None: ...
+    def raise_deposit(self, request: RaiseDeposit) -> bool: ...
     def write(self, request: Write) -> None: ...
 
 
@@ -227,6 +272,8 @@ class AsyncDriver(Protocol):
     def measure(self, request: Measure) -> Awaitable[Windows]: ...
     def release_key(self, request: ReleaseKey) -> Awaitable[None]: ...
     def find_nonce(self, request: FindNonce) -> Awaitable[PaymentRow | None]: ...
+    def lock_channel(self, request: LockChannel) -> Awaitable[TopUpChannel | None]: ...
+    def raise_deposit(self, request: RaiseDeposit) -> Awaitable[bool]: ...
     def write(self, request: Write) -> Awaitable[None]: ...
 
 
@@ -271,6 +318,27 @@ async def drive_async(plan: Plan[T], driver: AsyncDriver) -> T:
     return cast(T, value)
 
 
-__all__ = ["AsyncDriver", "ChannelRow", "Contended", "Driver", "FindNonce", "Measure", "PaymentRow",
-           "Plan", "Read", "ReleaseKey", "Request", "Snapshot", "TenantRow", "TokenRow", "WalletRow", "Windows",
-           "Write", "drive", "drive_async"]
+__all__ = [
+    "AsyncDriver",
+    "ChannelRow",
+    "Contended",
+    "Driver",
+    "FindNonce",
+    "LockChannel",
+    "Measure",
+    "PaymentRow",
+    "Plan",
+    "RaiseDeposit",
+    "Read",
+    "ReleaseKey",
+    "Request",
+    "Snapshot",
+    "TenantRow",
+    "TokenRow",
+    "TopUpChannel",
+    "WalletRow",
+    "Windows",
+    "Write",
+    "drive",
+    "drive_async",
+]

@@ -80,6 +80,9 @@ class Call:
     presigned: signing.Presigned | None
     #: Offers the wallet cannot cover (by ``id``), with their refusal: skipped when deciding.
     short: Mapping[int, FailedPrecondition] = field(default_factory=dict)
+    #: An MPP session whose open channel has no room left: the offer that tops it
+    #: up (``teller.schemes.mpp_session.top_up_offer``), which the batch pays instead.
+    top_up: Offer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,11 @@ class PushPending:
     offer: Offer
 
 
+class Revisit(Exception):
+    """The batch found the channel it was to top up changed (topped up by another
+    call, or no longer open): nothing was signed; ask for the voucher again."""
+
+
 Verdict = SignResult | PushPending | BaseException
 
 
@@ -102,4 +110,4 @@ def sign_result(p: Any) -> SignResult:
                       idempotency.retry_headers(p.protocol, p.tenant_id, p.idempotency_key))
 
 
-__all__ = ["MAX_CAP_DIGITS", "Call", "PushPending", "SignResult", "Verdict", "sign_input", "sign_result"]
+__all__ = ["MAX_CAP_DIGITS", "Call", "PushPending", "Revisit", "SignResult", "Verdict", "sign_input", "sign_result"]

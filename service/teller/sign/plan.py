@@ -12,6 +12,7 @@ in one batch or in two workers, can both spend the last of a budget.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
@@ -24,6 +25,7 @@ from teller.clock import Clock, ms
 from teller.errors import (
     AlreadyExists,
     FailedPrecondition,
+    LimitExceeded,
     NotFound,
     PermissionDenied,
     TellerError,
@@ -33,10 +35,10 @@ from teller.schemes import Offer
 from teller.schemes.mpp_session import TEMPO_SESSION, ChannelKey, channel_key, stored_channel_key
 from teller.schemes.proofs import Proofs
 from teller.sign import batch_io
-from teller.sign.call import Call, PushPending, SignResult, Verdict, sign_result
+from teller.sign.call import Call, PushPending, Revisit, SignResult, Verdict, sign_result
 from teller.signing import SignInput
 from teller.spend.decision import Decision, DenialReason
-from teller.spend.evaluate import evaluate
+from teller.spend.evaluate import channel_room, evaluate
 from teller.spend.ledger import MINUTE_MS, bucket_delta
 from teller.spend.parse import Rules, rules_from
 from teller.spend.rules import DEFAULT, Budget, Charge, Policy, Scope, inherit
@@ -74,6 +76,8 @@ class _Batch:
     #: closed, as (key, state, handle, channel id): read under its lock, and each
     #: channel this batch opens added as it is signed.
     channels: dict[str, list[tuple[ChannelKey, str, str, str]]] = field(default_factory=dict)
+    #: The channels the batch's top-ups are for, locked, as its top-ups leave them.
+    top_ups: dict[str, batch_io.TopUpChannel | None] = field(default_factory=dict)
 
     def audit(self, tenant_id: str, **fields: Any) -> None:
         row = audit_event(tenant_id=tenant_id, head=self.heads[tenant_id], at_ms=self.now_ms, **fields)
@@ -90,6 +94,7 @@ class _Batch:
                 self.channels[r["tenant_id"]].append(
                     (stored_channel_key(r["wallet_id"], r["network"], r["escrow"], r["payee"], r["token"],
                                         r["descriptor"]), r["state"], r["id"], r["channel_id"]))
+        columns.pop("raises", None)
         self.payments.append(columns)
         reserved, spent = bucket_delta(None, 0, row.state, row.amount_common)
         minute = row.created_ms // MINUTE_MS
@@ -137,6 +142,12 @@ class Planner:
         # is read with the lock (else one round trip each, holding it).
         nonces = sorted({(c.presigned.wallet_id, c.presigned.nonce) for c in calls
                          if c.presigned is not None and c.presigned.nonce is not None})
+        # Channels to top up are locked first: a voucher locks its channel, then the
+        # tenant's audit chain head, and the batch takes that head with its tenant.
+        top_ups: dict[str, batch_io.TopUpChannel | None] = {}
+        for tenant_id, handle in sorted({(c.caller.tenant_id, c.top_up.terms.channel) for c in calls
+                                         if c.top_up is not None}, key=lambda tc: tc[1]):
+            top_ups[handle] = yield batch_io.LockChannel(tenant_id, handle)
         # Tenants with a session challenge: their channels, to count (max_open_channels)
         # and to find one another call has just opened for the same payee.
         channel_tenants = sorted({c.caller.tenant_id for c in calls
@@ -164,7 +175,8 @@ class Planner:
                        nonces={**dict.fromkeys(nonces), **snap.nonces},
                        channels={t: [(stored_channel_key(r.wallet_id, r.network, r.escrow, r.payee, r.token,
                                                           r.descriptor), r.state, r.id, r.channel_id)
-                                     for r in rows] for t, rows in snap.channels.items()})
+                                     for r in rows] for t, rows in snap.channels.items()},
+                       top_ups=top_ups)
         out: list[Verdict] = []
         for call, lk in zip(calls, locked, strict=True):
             if isinstance(lk, TellerError):
@@ -242,7 +254,7 @@ class Planner:
         return row
 
     def _decide(self, call: Call, lk: _Locked, batch: _Batch, claims: Mapping[tuple[str, str], batch_io.PaymentRow],
-                ) -> batch_io.Plan[SignResult | PushPending | TellerError]:
+                ) -> batch_io.Plan[SignResult | PushPending | TellerError | Revisit]:
         """One call, in batch order: its idempotency claim, the policy against the
         windows as the calls before it left them, then sign and reserve (or audit
         the denial). Raises a TellerError before anything of it is recorded."""
@@ -262,8 +274,9 @@ class Planner:
                       else list(rules.tenant.protocols))
         ordered = offers_mod.by_preference(call.collected.offers, preference)
         channels = batch.channels.get(caller.tenant_id)
-        if channels is not None and ordered and ordered[0].scheme is TEMPO_SESSION:
-            # Single flight: this call found no channel to pay on before the lock, and
+        if call.top_up is None and channels is not None and ordered and ordered[0].scheme is TEMPO_SESSION:
+            # Single flight (not a top-up: its channel is the one found): this call found no
+            # channel to pay on before the lock, and
             # another call (in this batch, or a worker's that committed first) has
             # opened one since. A second open would hold a second deposit.
             wanted = channel_key(ordered[0], wallet.id)
@@ -276,8 +289,15 @@ class Planner:
         chosen: tuple[Offer, Decision] | None = None
         first: tuple[Offer, Decision] | None = None
         short: tuple[Offer, FailedPrecondition] | None = None
+        if call.top_up is not None:
+            top = self._top_up(call, scopes, batch)
+            if not isinstance(top, Offer):
+                return top
+            ordered = [top]
         for offer in ordered:
-            decision = _evaluate(scopes, offer, req, offer.scheme.max_fee(offer, call.prepared), open_channels)
+            # A top-up opens no channel: max_open_channels does not judge it.
+            decision = _evaluate(scopes, offer, req, offer.scheme.max_fee(offer, call.prepared),
+                                 open_channels if call.top_up is None else None)
             if decision.allowed and id(offer) in call.short:
                 # The policy allows it but the wallet cannot cover it: no budget is held
                 # for a proof that can only fail.
@@ -322,12 +342,63 @@ class Planner:
         # A push payment (``raw``) is always the row just reserved, never one found.
         return sign_result(payment) if raw is None else PushPending(caller, cast(signing.NewPayment, payment), raw, offer)
 
+    @staticmethod
+    def _top_up(call: Call, scopes: Sequence[Scope], batch: _Batch) -> Offer | TellerError | Revisit:
+        """The top-up ``call`` asks for, decided on its channel as it stands under
+        the channel's lock: Revisit when another call topped it up (or it closed)
+        since it was read; the refusal when the policy's ``max_channel_deposit``
+        leaves too little room for the next voucher; else the top-up offer, for
+        as much as the cap allows of what it asked."""
+        asked = call.top_up
+        assert asked is not None
+        top = asked.terms
+        row = batch.top_ups.get(top.channel)
+        if row is None or row.state != "open" or row.deposit - row.cumulative >= top.increment:
+            return Revisit()
+        shortfall = row.cumulative + top.increment - row.deposit
+        amount = max(top.amount, shortfall)
+        charge = _facts(asked, call.req.url)
+        for scope in scopes:
+            room = channel_room(scope.policy, charge, row.deposit)
+            if room is not None:
+                amount = min(amount, room)
+        if amount < shortfall:
+            left = row.deposit - row.cumulative
+            refusal = LimitExceeded(
+                f"channel {top.channel} ({top.channel_id}) has {left} left of its deposit of {row.deposit}, less "
+                f"than the {top.increment} asked, and max_channel_deposit leaves no room to top it up: close it "
+                "(CloseChannel) and the next challenge opens a new one", reason="channel_deposit_exhausted",
+                metadata={"channel": top.channel, "remaining": str(left), "deposit": str(row.deposit)})
+            batch.audit(call.caller.tenant_id, actor=call.caller.actor, action="payment.deny", outcome="denied",
+                        reason="channel_deposit_exhausted", wallet_id=call.req.wallet_id, amount=shortfall,
+                        asset=asked.asset, network=asked.network, payee=asked.pay_to, resource_url=call.req.url,
+                        details={"protocol": asked.scheme.protocol, "scheme": asked.scheme.id, "action": "topUp",
+                                 **refusal.metadata})
+            return refusal
+        offer = dataclasses.replace(asked, terms=top.at(row.deposit, row.cumulative, amount), deposit=amount,
+                                    channel_deposit=row.deposit + amount)
+        # Its gas was estimated for the offer as asked (the amount changes no gas but calldata's).
+        gas = call.prepared.gas_limits.get(id(asked))
+        if gas is not None:
+            call.prepared.gas_limits[id(offer)] = gas
+        return offer
+
     def _sign_and_record(self, offer: Offer, ctx: signing.Context, prepared: signing.Prepared, batch: _Batch,
                          scopes: Sequence[Scope]) -> batch_io.Plan[tuple[Recorded, bytes | None]]:
         """Sign the chosen offer and add its payment row and audit event to the
         batch. Returns the row and, for a push payment, the transaction still to
         broadcast."""
         row, details, raw = self.proofs.sign(offer, ctx, prepared)
+        raises = getattr(row, "raises", None)
+        if raises is not None:
+            # A top-up: the channel's deposit goes up in the transaction that reserves it
+            # (the channel is locked since ``_top_up``; the compare-and-set is the backstop).
+            channel, before, after = raises
+            if not (yield batch_io.RaiseDeposit(channel, before, after, batch.now_ms)):
+                raise TellerError(f"channel {channel}: its deposit moved while locked")
+            locked = batch.top_ups.get(channel)
+            if locked is not None:  # a later call of this batch sees the deposit raised
+                batch.top_ups[channel] = locked._replace(deposit=after)
         if offer.scheme.deterministic and raw is None:
             # Some proofs are deterministic: an evm nonce is bound to its challenge, and a
             # Tempo transaction signed twice within one second is the same bit for bit.
@@ -373,7 +444,7 @@ def _scopes(locked: Sequence[_Locked | TellerError],
 
 def _facts(offer: Offer, url: str, payee: str | None = None, fee: int = 0, open_channels: int | None = None) -> Charge:
     return Charge(offer.network, offer.asset, offer.amount, payee or offer.pay_to, url, fee, offer.deposit,
-                  open_channels if offer.deposit is not None else None)
+                  open_channels if offer.deposit is not None else None, offer.channel_deposit)
 
 
 def _evaluate(scopes: Sequence[Scope], offer: Offer, req: SignInput, fee: int, open_channels: int | None) -> Decision:

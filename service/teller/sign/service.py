@@ -24,7 +24,7 @@ from teller import offers as offers_mod
 from teller.audit import events as audit
 from teller.callers import Caller, check_secret
 from teller.chain import ChainReader, NotCached
-from teller.channels.store import Ask, Channels, Wanted
+from teller.channels.store import Ask, Channels, TopUpWanted, Wanted
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
 from teller.db.models import ApiToken, Payment, Wallet
@@ -39,10 +39,10 @@ from teller.errors import (
 from teller.mpp.channel import ESCROW_PRECOMPILE
 from teller.mpp.session import Session
 from teller.schemes import Offer
-from teller.schemes.mpp_session import TEMPO_SESSION, voucher_credential
+from teller.schemes.mpp_session import TEMPO_SESSION, top_up_offer, voucher_credential
 from teller.schemes.proofs import Proofs
 from teller.sign import batch_io
-from teller.sign.call import Call, PushPending, SignResult, Verdict, sign_result
+from teller.sign.call import Call, PushPending, Revisit, SignResult, Verdict, sign_result
 from teller.sign.drivers.pg import AsyncPgBatchIO
 from teller.sign.drivers.sqla import SqlBatchIO
 from teller.sign.plan import CHANNEL_OPENING, Planner
@@ -54,6 +54,10 @@ from teller.states import PaymentState
 from teller.vault import SealedKey, Vault
 
 log = logging.getLogger("teller.payments")
+
+#: How many times one Sign tops up a session's channel before it gives up (each
+#: time, other callers used the room it made before its own voucher).
+TOP_UP_ROUNDS = 3
 
 #: How long a session challenge whose channel another call has just opened waits
 #: before it takes a voucher on that channel: time for the open to reach the
@@ -116,17 +120,35 @@ class Payments:
         self.channels = channels or Channels(db, vault, clock)
         #: Per network, the escrows a session's deposit may go to: Tempo's precompile, and the configured one.
         self.session_escrows = {n: e.lower() for n, e in (session_escrows or {}).items()}
+        #: How ``sign`` hands a session's top-up credential to the server (url, header, value)
+        #: before the voucher that needs it; None: not handed (the caller's concern).
+        self.deliver_top_up: Callable[[str, str, str], None] | None = None
 
     def sign(self, caller: Caller, req: SignInput, token_secret: str | None = None) -> SignResult:
         """Sign a payment for ``req``. With ``token_secret`` the caller's token is
         verified inside the locking transaction (the RPC path); without it the
-        caller is taken as already authenticated."""
+        caller is taken as already authenticated. A session channel topped up on
+        the way is delivered through ``deliver_top_up`` (the RPC path delivers
+        it itself, asynchronously)."""
         call = self.prepare(caller, req, token_secret)
         if self.wants_voucher(call):
-            voucher = self.voucher(call)
-            if voucher is not None:
-                return voucher
-            self.open_facts(call)
+            for _ in range(TOP_UP_ROUNDS):
+                voucher = self.voucher(call)
+                if voucher is not None:
+                    return voucher
+                self.open_facts(call)
+                if call.top_up is None:
+                    break  # none open: the batch opens one
+                try:
+                    topped = self.finish(self.commit([call])[0])
+                except Revisit:
+                    continue  # another call topped it up: the voucher now fits
+                finally:
+                    call.top_up = None
+                if self.deliver_top_up is not None:
+                    self.deliver_top_up(call.req.url, topped.header_name, topped.header_value)
+            else:
+                raise self.top_up_gave_out(call)
         verdict = self.commit([call])[0]
         if channel_opening(verdict):
             time.sleep(OPENING_PAUSE_S)
@@ -190,6 +212,13 @@ class Payments:
             self._audit_voucher_denials(refused)
         out: list[SignResult | TellerError | None] = []
         for call, offer, signed in zip(calls, offers, answers, strict=True):
+            if isinstance(signed, TopUpWanted):
+                # The channel has less than the unit left: the batch tops it up (``call.top_up``).
+                assert offer is not None
+                call.top_up = top_up_offer(offer, signed.channel, signed.channel_id, signed.descriptor,
+                                           signed.escrow, signed.deposit, signed.cumulative, signed.opened_with)
+                out.append(None)
+                continue
             if signed is None or isinstance(signed, TellerError):
                 out.append(signed)
                 continue
@@ -247,10 +276,13 @@ class Payments:
 
     def open_facts(self, call: Call) -> None:
         """What opening a channel for ``call``'s session needs from the chain (its
-        gas), read when no open channel could answer it with a voucher."""
+        gas), read when no open channel could answer it with a voucher; or, when
+        ``voucher`` asked for a top-up, what the top-up needs."""
         offer = self._session_offer(call)
         known = self._wallet_info(call.caller.tenant_id, call.req.wallet_id)
-        if offer is not None and known is not None:
+        if call.top_up is not None and known is not None:
+            TEMPO_SESSION.top_up_facts(call.top_up, call.prepared, self.chain, payer=known[0], clock=self.clock)
+        elif offer is not None and known is not None:
             TEMPO_SESSION.open_facts(offer, call.prepared, self.chain, payer=known[0], clock=self.clock)
 
     def _audit_voucher_denials(self, refused: Sequence[tuple[Call, Offer, str, TellerError]]) -> None:
@@ -269,6 +301,12 @@ class Payments:
                                       **error.metadata})
         for _, _, reason, _ in refused:
             observe.child(observe.DENIALS, reason).inc()
+
+    @staticmethod
+    def top_up_gave_out(call: Call) -> LimitExceeded:
+        """Topped up, yet other callers took the room each time before this one's voucher."""
+        return LimitExceeded(f"the session channel for {call.req.url[:200]} was topped up {TOP_UP_ROUNDS} times "
+                             "and other calls used the room each time: retry", reason="channel_deposit_exhausted")
 
     @staticmethod
     def _voucher_check(call: Call, offer: Offer, denials: dict[int, str]) -> Callable[[Session_], None]:
@@ -504,4 +542,4 @@ def _out_of_range(exc: BaseException) -> TellerError | None:
     return None
 
 
-__all__ = ["OPENING_PAUSE_S", "Payments", "channel_opening"]
+__all__ = ["OPENING_PAUSE_S", "TOP_UP_ROUNDS", "Payments", "channel_opening"]

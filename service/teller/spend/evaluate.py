@@ -85,9 +85,10 @@ def evaluate_scope(
         amount = common_amount(p, charge, charge.deposit) or 0
         if amount > MAX_AMOUNT or charge.deposit > MAX_AMOUNT:
             return Decision(False, DenialReason.AMOUNT_OUT_OF_RANGE, scope, MAX_AMOUNT, amount_common=amount)
-        if p.max_channel_deposit is not None and amount > p.max_channel_deposit:
+        whole = amount if charge.channel_deposit is None else common_amount(p, charge, charge.channel_deposit) or 0
+        if p.max_channel_deposit is not None and whole > p.max_channel_deposit:
             return Decision(False, DenialReason.MAX_CHANNEL_DEPOSIT, scope, p.max_channel_deposit,
-                            amount_common=amount)
+                            amount_common=whole)
         if (p.max_open_channels is not None and charge.open_channels is not None
                 and charge.open_channels >= p.max_open_channels):
             return Decision(False, DenialReason.MAX_OPEN_CHANNELS, scope, p.max_open_channels, 0,
@@ -104,6 +105,18 @@ def evaluate_scope(
     return Decision(True, "ok", scope, amount_common=total, fee_common=fee)
 
 
+def channel_room(p: Policy, charge: Charge, deposit: int) -> int | None:
+    """How many of the charge's token units ``max_channel_deposit`` lets a channel
+    holding ``deposit`` add (None: no cap). The inverse of ``common_amount``'s
+    rounding up, so the whole deposit never passes the cap once converted."""
+    if p.max_channel_deposit is None:
+        return None
+    asset = p.asset(charge.network, charge.asset)
+    shift = p.unit_decimals - (p.unit_decimals if asset is None else asset.decimals)
+    most = p.max_channel_deposit // 10**shift if shift >= 0 else p.max_channel_deposit * 10**-shift
+    return max(most - deposit, 0)
+
+
 def evaluate(scopes: Sequence[Scope], charge: Charge, caller_cap: int | None = None) -> Decision:
     """Every scope must allow the charge (the stricter wins). The amount recorded
     against budgets is the tenant scope's common amount."""
@@ -118,4 +131,4 @@ def evaluate(scopes: Sequence[Scope], charge: Charge, caller_cap: int | None = N
     return allowed or Decision(True)
 
 
-__all__ = ["common_amount", "evaluate", "evaluate_scope", "host_matches", "url_host"]
+__all__ = ["channel_room", "common_amount", "evaluate", "evaluate_scope", "host_matches", "url_host"]

@@ -127,6 +127,10 @@ class Charge:
     #: An MPP session's open: how many channels the tenant holds that are not
     #: closed, counted under its row lock (``max_open_channels`` caps it).
     open_channels: int | None = None
+    #: An MPP session's top-up: the channel's whole deposit once topped up (what
+    #: ``max_channel_deposit`` caps), while ``deposit`` is what the top-up adds
+    #: (what the budgets hold). None: the deposit is the channel's whole (an open).
+    channel_deposit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

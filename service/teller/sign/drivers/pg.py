@@ -23,14 +23,17 @@ from teller.sign.batch_io import (
     ChannelRow,
     Contended,
     FindNonce,
+    LockChannel,
     Measure,
     PaymentRow,
     Plan,
+    RaiseDeposit,
     Read,
     ReleaseKey,
     Snapshot,
     TenantRow,
     TokenRow,
+    TopUpChannel,
     WalletRow,
     Windows,
     Write,
@@ -84,7 +87,12 @@ def _json_insert(table: str, columns: Sequence[str]) -> str:
 
 #: The tables a payment may bring rows of (``Write.rows``): their names and columns
 #: go into SQL text, so only the schemes' own (a session's channel and voucher).
-_ROW_TABLES = frozenset({"channels", "vouchers"})
+_ROW_TABLES = frozenset({"channels", "vouchers", "channel_top_ups"})
+# A top-up's channel (rare: planned where they run).
+_PG_LOCK_CHANNEL = ("SELECT id, wallet_id, state, deposit, cumulative FROM channels "
+                    "WHERE id = %s AND tenant_id = %s FOR UPDATE")
+_PG_RAISE_DEPOSIT = ("UPDATE channels SET deposit = %s::bigint, updated_ms = %s::bigint "
+                     "WHERE id = %s AND deposit = %s::bigint AND state = 'open'")
 _EVENT_COLUMNS = tuple(c.key for c in AuditEvent.__table__.columns if c.key != "id")
 _BUCKET_COLUMNS = ("scope", "scope_id", "minute", "reserved", "spent")
 #: Every write of a batch in one statement (data-modifying CTEs): payments,
@@ -327,6 +335,18 @@ class _PgBatch:
         st.add_planned(_PG_NONCE, request.wallet_id, request.nonce)
         row = await (await self._run(st)).fetchone()
         return PaymentRow(*row) if row is not None else None
+
+    async def lock_channel(self, request: LockChannel) -> TopUpChannel | None:
+        st = self._statements()
+        st.add_planned(_PG_LOCK_CHANNEL, request.channel, request.tenant_id)
+        row = await (await self._run(st)).fetchone()
+        return TopUpChannel(*row) if row is not None else None
+
+    async def raise_deposit(self, request: RaiseDeposit) -> bool:
+        st = self._statements()
+        st.add_planned(_PG_RAISE_DEPOSIT, str(request.after), str(request.now_ms), request.channel,
+                       str(request.before))
+        return (await self._run(st)).rowcount == 1
 
     async def read(self, request: Read) -> Snapshot:
         st = self._statements()

@@ -21,13 +21,16 @@ from teller.db.models import (
 from teller.sign.batch_io import (
     ChannelRow,
     FindNonce,
+    LockChannel,
     Measure,
     PaymentRow,
+    RaiseDeposit,
     Read,
     ReleaseKey,
     Snapshot,
     TenantRow,
     TokenRow,
+    TopUpChannel,
     WalletRow,
     Windows,
     Write,
@@ -106,6 +109,20 @@ class SqlBatchIO:
     def find_nonce(self, request: FindNonce) -> PaymentRow | None:
         row = self.s.execute(_NONCE, {"wallet_id": request.wallet_id, "nonce": request.nonce}).first()
         return PaymentRow(*row) if row is not None else None
+
+    def lock_channel(self, request: LockChannel) -> TopUpChannel | None:
+        row = self.s.execute(select(Channel.id, Channel.wallet_id, Channel.state, Channel.deposit, Channel.cumulative)
+                             .where(Channel.id == request.channel, Channel.tenant_id == request.tenant_id)
+                             .with_for_update()).first()
+        return TopUpChannel(*row) if row is not None else None
+
+    def raise_deposit(self, request: RaiseDeposit) -> bool:
+        moved = self.s.execute(update(Channel).where(Channel.id == request.channel,
+                                                     Channel.deposit == request.before,
+                                                     Channel.state == ChannelState.OPEN.value)
+                               .values(deposit=request.after, updated_ms=request.now_ms)
+                               .execution_options(synchronize_session=False))
+        return moved.rowcount == 1  # type: ignore[attr-defined]
 
     def write(self, request: Write) -> None:
         s = self.s
