@@ -165,6 +165,19 @@ def stored_channel_key(wallet_id: str, network: str, escrow: str, payee: str, to
             str(json.loads(descriptor)["operator"]).lower())
 
 
+def _gas_price_to_sign(offer: Offer[Any], session: Session, prepared: Prepared, what: str, doing: str) -> int:
+    """The gas price a channel transaction (open, top-up) the wallet pays for is
+    signed with; a sponsored one is refused (Teller signs no fee-payer form)."""
+    if session.request.fee_payer:
+        raise FailedPrecondition(f"Payment challenge {session.challenge.id[:40]!r} asks for a sponsored (fee payer) "
+                                 f"{what}, which Teller does not sign", reason="fee_payer_unsupported")
+    price = prepared.gas_price.get(offer.network)
+    if price is None:
+        raise FailedPrecondition(f"no RPC endpoint configured for {offer.network}: {doing} needs the chain's gas "
+                                 "price (set rpc_urls)")
+    return price
+
+
 class TempoSession:
     id = SchemeId.TEMPO_SESSION
     protocol = "mpp"
@@ -246,13 +259,7 @@ class TempoSession:
         if isinstance(offer.terms, TopUp):
             return self._sign_top_up(offer, signer, ctx, prepared, max_valid_for_s=max_valid_for_s)
         ch, req = offer.terms.challenge, offer.terms.request
-        if req.fee_payer:
-            raise FailedPrecondition(f"Payment challenge {ch.id[:40]!r} asks for a sponsored (fee payer) channel "
-                                     "open, which Teller does not sign", reason="fee_payer_unsupported")
-        price = prepared.gas_price.get(offer.network)
-        if price is None:
-            raise FailedPrecondition(f"no RPC endpoint configured for {offer.network}: opening a channel needs "
-                                     "the chain's gas price (set rpc_urls)")
+        price = _gas_price_to_sign(offer, offer.terms, prepared, "channel open", "opening a channel")
         opened = _build_open(offer.terms, signer.address, salt=os.urandom(32),
                              gas_limit=gas_limit(prepared, offer), gas_price=price, now_s=ctx.now_ms // 1000,
                              max_valid_for_s=max_valid_for_s)
@@ -298,13 +305,7 @@ class TempoSession:
         a top-up never mined lowers the deposit again."""
         top: TopUp = offer.terms
         ch, req = top.session.challenge, top.session.request
-        if req.fee_payer:
-            raise FailedPrecondition(f"Payment challenge {ch.id[:40]!r} asks for a sponsored (fee payer) top-up, "
-                                     "which Teller does not sign", reason="fee_payer_unsupported")
-        price = prepared.gas_price.get(offer.network)
-        if price is None:
-            raise FailedPrecondition(f"no RPC endpoint configured for {offer.network}: topping up a channel needs "
-                                     "the chain's gas price (set rpc_urls)")
+        price = _gas_price_to_sign(offer, top.session, prepared, "top-up", "topping up a channel")
         now_s = ctx.now_ms // 1000
         tx = _build_top_up(top, gas_limit=gas_limit(prepared, offer), gas_price=price, now_s=now_s,
                            valid_after=_valid_after(now_s), max_valid_for_s=max_valid_for_s)
