@@ -188,11 +188,14 @@ class Reconciler:
     def _apply_channel_event(self, network: str, event: ChannelEvent, result: PassResult) -> None:
         with self.db.read() as s:
             open_tx = channel_lifecycle.open_to_settle(s, network, event)
-        # A close seen before the open's receipt was: the open is settled first, from its receipt.
+            top_up_txs = channel_lifecycle.top_ups_to_settle(s, network, event)
+        # A close seen before the open's receipt was: the open is settled first, from its receipt;
+        # a top-up counts only if its receipt shows it mined.
         mined = self.chain.mined(network, open_tx) if open_tx is not None else None
+        top_ups_mined = {tx.lower(): self.chain.mined(network, tx) for tx in top_up_txs}
         with self.db.transaction() as s:
             action = channel_lifecycle.apply(s, network, event, now_ms=ms(self.clock), actor=ACTOR,
-                                             open_mined=mined)
+                                             open_mined=mined, top_ups_mined=top_ups_mined)
         if action is not None:
             result.transitions[action] += 1
 

@@ -287,3 +287,38 @@ def test_a_close_counts_exactly_what_the_payee_got_across_the_open_and_its_top_u
     assert counted == {o.payment_id: 1_000 + fees[o.payment_id], tops[0][0]: 300 + fees[tops[0][0]],
                        tops[1][0]: fees[tops[1][0]]}
     assert (day.reserved, day.spent) == (0, 1_300 + sum(fees.values()))
+
+
+def test_a_top_up_not_mined_by_the_close_holds_none_of_the_deposit(app):
+    """The channel closes on chain while a top-up of it was never mined (its POST
+    failed): the close counts what the payee got and the open's fee, and the
+    top-up stays reserved, not spent, until it can no longer be mined. With its
+    receipt (mined), it holds its share like any other."""
+    from teller.chain import Mined
+    from teller.channels import lifecycle as channel_lifecycle
+    from teller.mpp.channel_events import ChannelClosed, EventLog
+    from teller.spend.rules import Budget
+    from teller.spend.store import measure
+    from tests.support.channels import open_with_payment
+
+    t0 = 1_795_000_000_000
+    o = open_with_payment(app, 1_000, fee_max=50, fee_common=50, created_ms=t0)
+    top, top_tx = _top_up_payment(app, o, 1_000, 40, t0 + 1_000)
+    with app.db.transaction() as s:
+        assert lifecycle.advance(s, s.get(Payment, o.payment_id), lifecycle.mined_change(
+            Mined(o.open_tx, True, 3, 2_000_000, 2 * 10**7)), from_states=lifecycle.LIVE, now_ms=t0 + 2_000,
+            actor="test")
+        assert channel_lifecycle.top_ups_to_settle(s, NETWORK, ChannelClosed(
+            EventLog(ESCROW, o.channel.channel_id, o.channel.address, PAYEE, "0x" + "77" * 32, 10, 0), 300, 700)) \
+            == [top_tx]
+    log = EventLog(ESCROW, o.channel.channel_id, o.channel.address, PAYEE, "0x" + "77" * 32, 10, 0)
+    with app.db.transaction() as s:
+        assert channel_lifecycle.apply(s, NETWORK, ChannelClosed(log, 300, 700), now_ms=t0 + 4_000, actor="test",
+                                       top_ups_mined={top_tx.lower(): None}) == "channel.closed"
+    with app.db.read() as s:
+        opened, topped = s.get(Payment, o.payment_id), s.get(Payment, top)
+        day = measure(s, "tenant", o.channel.tenant_id, [Budget("day", 10**15, calendar="day")], t0 + 4_000)["day"]
+    # The open counts the payee's 300 and its fee; the top-up is still only reserved.
+    assert opened.amount_common == 300 + opened.fee_common
+    assert (topped.state, topped.released_ms) == ("signed", None)
+    assert (day.spent, day.reserved) == (opened.amount_common, topped.amount_common)

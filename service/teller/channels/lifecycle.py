@@ -26,6 +26,7 @@ newer event with an older one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,20 @@ def open_to_settle(s: Session, network: str, event: ChannelEvent) -> str | None:
     return None if row is None else str(row[0])
 
 
+def top_ups_to_settle(s: Session, network: str, event: ChannelEvent) -> list[str]:
+    """The hashes of the top-up transactions of ``event``'s channel whose
+    payments are still live, when the event closes the channel: the reconciler
+    reads their receipts before ``apply``. A top-up not mined by the close never
+    added to what the chain refunded or paid, so it is no holder of the deposit."""
+    if not isinstance(event, ChannelClosed):
+        return []
+    rows = s.scalars(select(Payment.nonce).join(ChannelTopUp, ChannelTopUp.payment_id == Payment.id)
+                     .join(Channel, Channel.id == ChannelTopUp.channel)
+                     .where(_where(network, event), Channel.state.in_(FOLLOWED), Payment.state.in_(LIVE),
+                            Payment.released_ms.is_(None)))
+    return [str(n) for n in rows]
+
+
 #: The audit action of each event applied.
 ACTIONS: dict[type, str] = {Settled: "channel.settled", CloseRequested: "channel.close_requested",
                             CloseRequestCancelled: "channel.close_cancelled", ChannelClosed: "channel.closed",
@@ -91,12 +106,13 @@ ACTIONS: dict[type, str] = {Settled: "channel.settled", CloseRequested: "channel
 
 
 def apply(s: Session, network: str, event: ChannelEvent, *, now_ms: int, actor: str,
-          open_mined: Mined | None = None) -> str | None:
+          open_mined: Mined | None = None, top_ups_mined: Mapping[str, Mined | None] | None = None) -> str | None:
     """Apply one escrow event to the channel it names, in the caller's
     transaction; returns the audit action recorded. Returns None, having written
     nothing, when the channel is not Teller's, is closed already, or has seen
     this event or a later one. ``open_mined``: the receipt of the channel's open
-    transaction, when ``open_to_settle`` named it."""
+    transaction, when ``open_to_settle`` named it; ``top_ups_mined``: the
+    receipts (None: not mined) of the live top-ups ``top_ups_to_settle`` named."""
     payment: Payment | None = None
     top_ups: list[Payment] = []
     if isinstance(event, ChannelClosed):
@@ -158,26 +174,35 @@ def apply(s: Session, network: str, event: ChannelEvent, *, now_ms: int, actor: 
     else:
         c.state = ChannelState.CLOSED.value
         _closed(s, c, payment, top_ups, event, now_ms=now_ms, actor=actor, open_mined=open_mined,
-                details=details, fields=fields)
+                top_ups_mined=top_ups_mined or {}, details=details, fields=fields)
     s.flush()
     return action
 
 
 def _closed(s: Session, c: Channel, p: Payment | None, top_ups: list[Payment], event: ChannelClosed, *,
-            now_ms: int, actor: str, open_mined: Mined | None, details: dict[str, object],
-            fields: dict[str, Any]) -> None:
+            now_ms: int, actor: str, open_mined: Mined | None, top_ups_mined: Mapping[str, Mined | None],
+            details: dict[str, object], fields: dict[str, Any]) -> None:
     """The channel is closed on chain: settle its open payment (and any top-up)
     if it was not yet, then count only the part of the deposit that did not
     come back. The deposit is held by several payments once topped up: the
     refund releases the newest first (a top-up's whole amount before the one
     before it, the open's last), so together they count exactly what the
-    payee got, and each its own fee."""
+    payee got, and each its own fee. A top-up whose transaction the chain shows
+    no receipt of never reached the escrow: it holds none of the deposit and
+    stays as it is, released when it can no longer be mined (and a later mined
+    one reverts on the closed channel)."""
     holders: list[Payment] = []
     for q in ([p] if p is not None else []) + top_ups:
         if q.released_ms is None and q.state in LIVE:
+            # The close proves the open was mined; a top-up only its receipt proves.
             change = Change(PaymentState.SETTLED, release=False, reason="channel_closed_on_chain")
             if q is p and open_mined is not None and open_mined.succeeded and open_mined.tx_hash == q.nonce.lower():
                 change = mined_change(open_mined)
+            elif q is not p:
+                receipt = top_ups_mined.get(q.nonce.lower())
+                if receipt is None:
+                    continue
+                change = mined_change(receipt)
             advance(s, q, change, from_states=LIVE, now_ms=now_ms, actor=actor,
                     details={"channel": c.id, "seen": "ChannelClosed", "block": event.log.block})
             s.refresh(q)
