@@ -322,3 +322,32 @@ def test_a_top_up_not_mined_by_the_close_holds_none_of_the_deposit(app):
     assert opened.amount_common == 300 + opened.fee_common
     assert (topped.state, topped.released_ms) == ("signed", None)
     assert (day.spent, day.reserved) == (opened.amount_common, topped.amount_common)
+
+
+def test_a_top_up_key_sent_with_another_request_is_refused_not_a_voucher_on_its_channel(app):
+    """A key that made a top-up of one channel, sent again for another payee or
+    wallet, gets ALREADY_EXISTS: never a voucher on the topped-up channel for a
+    request that did not ask for it (that wallet's policy never judged it)."""
+    import dataclasses
+
+    from sqlalchemy import update
+
+    from teller.channels.store import Ask, Wanted
+    from teller.errors import AlreadyExists
+    from tests.support.channels import open_with_payment
+
+    o = open_with_payment(app, 1_000, fee_max=50, fee_common=50, created_ms=1_795_000_000_000)
+    top, _ = _top_up_payment(app, o, 1_000, 40, 1_795_000_001_000)
+    with app.db.transaction() as s:
+        s.execute(update(Payment).where(Payment.id == top).values(idempotency_key="K"))
+    view = app.channels.get(o.channel.tenant_id, o.channel.handle)
+    want = Wanted(o.channel.tenant_id, o.channel.wallet_id, view.network, view.escrow, view.payee, view.token,
+                  "0x" + "00" * 20)
+    before = [t for t, _ in app.channels.vouchers(o.channel.tenant_id, o.channel.handle)]
+    for other in (dataclasses.replace(want, payee="0x" + "ab" * 20), dataclasses.replace(want, wallet_id="w-2")):
+        (answer,) = app.channels.sign_next_many(other, [Ask(7, idempotency_key="K")])
+        assert isinstance(answer, AlreadyExists), answer
+    assert [t for t, _ in app.channels.vouchers(o.channel.tenant_id, o.channel.handle)] == before
+    # The request it was made for gets the voucher the top-up was for.
+    (answer,) = app.channels.sign_next_many(want, [Ask(7, idempotency_key="K")])
+    assert answer.channel == o.channel.handle and answer.increment == 7

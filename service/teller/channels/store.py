@@ -301,25 +301,36 @@ class Channels:
             return {}, {}
         found: dict[str, Answer] = {}
         topped: dict[str, str] = {}
-        for key, top_up_of in s.execute(select(Payment.idempotency_key, ChannelTopUp.channel)
-                                        .outerjoin(ChannelTopUp, ChannelTopUp.payment_id == Payment.id)
-                                        .where(Payment.tenant_id == want.tenant_id,
-                                               Payment.idempotency_key.in_(keys))):
+        ours = (want.wallet_id, want.network, want.escrow.lower(), want.payee, want.token)
+
+        def other(key: str) -> AlreadyExists:
+            return AlreadyExists(f"idempotency_key {key!r} was already used for a different request")
+
+        for key, top_up_of, *theirs in s.execute(
+                select(Payment.idempotency_key, ChannelTopUp.channel, Channel.wallet_id, Channel.network,
+                       Channel.escrow, Channel.payee, Channel.token)
+                .outerjoin(ChannelTopUp, ChannelTopUp.payment_id == Payment.id)
+                .outerjoin(Channel, Channel.id == ChannelTopUp.channel)
+                .where(Payment.tenant_id == want.tenant_id, Payment.idempotency_key.in_(keys))):
             if key is None:
                 continue
             if top_up_of is None:
                 found[key] = None
+            elif (theirs[0], theirs[1], theirs[2].lower(), theirs[3], theirs[4]) != ours:
+                # A top-up of another channel (wallet, payee, ...): never a voucher on it for this request.
+                found[key] = other(key)
             else:
                 topped[key] = top_up_of
-        used = s.scalars(select(Voucher.idempotency_key).where(
-            Voucher.tenant_id == want.tenant_id, Voucher.idempotency_key.in_([k for k in keys if k not in found])))
-        for key in used:
+        used = s.execute(select(Voucher.idempotency_key, Channel.wallet_id, Channel.escrow)
+                         .join(Channel, Channel.id == Voucher.channel)
+                         .where(Voucher.tenant_id == want.tenant_id,
+                                Voucher.idempotency_key.in_([k for k in keys if k not in found])))
+        for key, wallet_id, escrow in used:
             if key is None:
                 continue
             replay = self._replay(s, want.tenant_id, key)
-            if replay is not None and (replay.network, replay.payee, replay.token) != (want.network, want.payee,
-                                                                                       want.token):
-                found[key] = AlreadyExists(f"idempotency_key {key!r} was already used for a different request")
+            if replay is not None and (wallet_id, replay.network, escrow.lower(), replay.payee, replay.token) != ours:
+                found[key] = other(key)
             else:
                 found[key] = replay
             topped.pop(key, None)
