@@ -220,3 +220,41 @@ def test_a_batch_with_no_open_channel_answers_each_ask_none(app):
     ch = open_channel(app, deposit=10)
     want = dataclasses.replace(_wanted(app, ch), payee="0x" + "ab" * 20)
     assert app.channels.sign_next_many(want, [Ask(1), Ask(2)]) == [None, None]
+
+
+def test_a_key_used_elsewhere_while_a_batch_ran_fails_no_other_ask_of_the_batch(app, monkeypatch):
+    """Another worker commits a voucher under key K between this batch's key
+    look-up and its insert: the vouchers' unique key refuses the batch, and each
+    ask is answered alone, K's caller with K's voucher, the others with theirs."""
+    from teller.channels.store import Channels
+
+    ch = open_channel(app, deposit=100)
+    want = _wanted(app, ch)
+    real = Channels._replays
+    raced: list[bool] = []
+
+    def racing(self, s, w, keys):
+        found = real(self, s, w, keys)
+        if not raced:  # the first look-up only: the other worker commits K just after it
+            raced.append(True)
+            app.channels.sign_next(want, 10, idempotency_key="K")
+        return found
+
+    if app.db.is_postgres:
+        monkeypatch.setattr(Channels, "_replays", racing)
+        out = app.channels.sign_next_many(want, [Ask(5, idempotency_key="K"), Ask(7), Ask(3)])
+    else:
+        # SQLite's single writer cannot commit inside the batch's transaction: the
+        # look-up is made to miss K instead, which the insert then meets.
+        app.channels.sign_next(want, 10, idempotency_key="K")
+
+        def missing(self, s, w, keys):
+            if not raced:
+                raced.append(True)
+                return {}, {}
+            return real(self, s, w, keys)
+
+        monkeypatch.setattr(Channels, "_replays", missing)
+        out = app.channels.sign_next_many(want, [Ask(5, idempotency_key="K"), Ask(7), Ask(3)])
+    assert [o.cumulative for o in out] == [10, 17, 20]
+    assert [t for t, _ in app.channels.vouchers(ch.tenant_id, ch.handle)] == [10, 17, 20]

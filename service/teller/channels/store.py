@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from teller.audit import events as audit
@@ -36,6 +37,7 @@ from teller.errors import (
     LimitExceeded,
     NotFound,
     TellerError,
+    Unavailable,
 )
 from teller.mpp.channel import ChannelDescriptor, voucher_typed_data
 from teller.vault import SealedKey, Vault
@@ -236,7 +238,26 @@ class Channels:
         transaction: the channel is locked once, each ask gets the next total in
         turn, and the vouchers are written and audited together. Each ask gets
         its own answer (a voucher, None to open a channel, or the error that
-        refused it alone); an error of the database fails them all."""
+        refused it alone); an error of the database fails them all, but one: a
+        key that another worker used between this batch's look-up and its insert
+        (the vouchers' unique key refuses it). Then each ask is answered in a
+        transaction of its own, so that key's caller gets its replay and the
+        others their vouchers."""
+        try:
+            return self._sign_batch(want, asks, actor)
+        except IntegrityError:
+            if len(asks) == 1:
+                raise
+        answers: list[Answer] = []
+        for ask in asks:
+            try:
+                answers.extend(self._sign_batch(want, [ask], actor))
+            except IntegrityError:
+                answers.append(Unavailable(f"idempotency_key {ask.idempotency_key!r} is being used by another call "
+                                           "at the same time: retry"))
+        return answers
+
+    def _sign_batch(self, want: Wanted, asks: Sequence[Ask], actor: str) -> list[Answer]:
         for ask in asks:
             check_amount(ask.increment, "increment")
         out: list[Answer | _Unset] = [_UNSET] * len(asks)
