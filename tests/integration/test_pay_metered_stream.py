@@ -268,6 +268,16 @@ def test_each_stream_voucher_meets_the_policy_as_it_stands(teller, channel):
     _, error = _run(teller, t, FakeSession(payee, cid, deny_then_ask))
     assert error is not None and "payee" in str(error).lower(), error
     assert _total(teller, t, handle) == 3 * PRICE
+    # Each voucher the policy refused is audited as a payment it refuses (a freeze is no policy's).
+    from sqlalchemy import select
+
+    from teller.db.models import AuditEvent
+    with teller.app.db.read() as s:
+        denied = s.execute(select(AuditEvent.reason, AuditEvent.amount, AuditEvent.details).where(
+            AuditEvent.tenant_id == t.tenant_id, AuditEvent.action == "payment.deny")
+            .order_by(AuditEvent.seq)).all()
+    assert [(r, a) for r, a, _ in denied] == [("per_payment_max", str(2 * PRICE)), (denied[1][0], str(PRICE))]
+    assert "payee" in denied[1][0] and all(json.loads(d)["voucher"] for _, _, d in denied)
 
 
 def test_the_async_httpx_pay_transport_streams_and_stops_at_the_cap(teller, channel):

@@ -12,11 +12,13 @@ import pytest
 from sqlalchemy import select
 
 from teller.db.models import AuditEvent
-from teller_client import LimitExceeded
+from teller_client import LimitExceeded, Policy
 from tests.support.channels import CHAIN_ID, ESCROW, open_channel
 from tests.support.harness import RunningTeller, make_settings
 
 UNIT = 25
+#: Loopback and allowed: a top-up would be POSTed here (nothing listens; none is made).
+URL = "http://127.0.0.1:9/m"
 CALLERS = 32
 
 
@@ -35,13 +37,14 @@ def _payload(value: str) -> dict:
 
 @pytest.fixture
 def teller(db_url, tmp_path):
-    running = RunningTeller(make_settings(db_url, tmp_path))
+    running = RunningTeller(make_settings(db_url, tmp_path, outbound_allow=("127.0.0.1",)))
     yield running
     running.stop()
 
 
 def test_concurrent_vouchers_of_one_channel_share_transactions(teller):
-    t = teller.setup_tenant()
+    # The deposit is all the policy allows a channel: spent, it is not topped up.
+    t = teller.setup_tenant(policy=Policy(allow_unknown_assets=True, max_channel_deposit=UNIT * CALLERS))
     ch = open_channel(teller.app, deposit=UNIT * CALLERS, tenant_id=t.tenant_id)
     view = teller.app.channels.get(ch.tenant_id, ch.handle)
     header = [("WWW-Authenticate", _challenge(view.payee, view.token))]
@@ -51,7 +54,7 @@ def test_concurrent_vouchers_of_one_channel_share_transactions(teller):
     def caller() -> None:
         start.wait()
         try:
-            signed = client.sign(status=402, headers=header, body=b"", url="http://api.test/m",
+            signed = client.sign(status=402, headers=header, body=b"", url=URL,
                                  wallet_id=ch.wallet_id)
             payload = _payload(signed.header_value)
             assert payload["action"] == "voucher" and payload["channelId"] == ch.channel_id
@@ -74,9 +77,9 @@ def test_concurrent_vouchers_of_one_channel_share_transactions(teller):
     # Every voucher in exactly one audited batch, and batches there were.
     assert sum(d["vouchers"] for d in details) == CALLERS
     assert len(details) < CALLERS, len(details)
-    # The deposit is spent: the next caller is told so, by name.
-    with pytest.raises(LimitExceeded, match="0 left of its deposit"):
-        client.sign(status=402, headers=header, body=b"", url="http://api.test/m", wallet_id=ch.wallet_id)
+    # The deposit is spent and the cap leaves no room for a top-up: the next caller is told so, by name.
+    with pytest.raises(LimitExceeded, match="channel_deposit_exhausted|0 left"):
+        client.sign(status=402, headers=header, body=b"", url=URL, wallet_id=ch.wallet_id)
 
 
 def test_a_caller_refused_by_policy_does_not_hold_up_its_batch(teller):
@@ -91,7 +94,7 @@ def test_a_caller_refused_by_policy_does_not_hold_up_its_batch(teller):
     def caller(i: int) -> None:
         start.wait()
         try:
-            signed = client.sign(status=402, headers=ok, body=b"", url="http://api.test/m", wallet_id=ch.wallet_id,
+            signed = client.sign(status=402, headers=ok, body=b"", url=URL, wallet_id=ch.wallet_id,
                                  max_amount=UNIT - 1 if i % 2 else None)
             results.append(int(_payload(signed.header_value)["cumulativeAmount"]))
         except Exception as exc:

@@ -206,7 +206,8 @@ class Payments:
                             self._voucher_check(call, offer, denials),
                             (call.caller.token_id, call.secret, call.req.url, offer.amount)))
         answers = self.channels.sign_next_many(want, asks, actor=actor)
-        refused = [(call, offer, denials[id(a)], a) for call, offer, a in zip(calls, offers, answers, strict=True)
+        refused = [(call.caller, call.req, offer, offer.amount, denials[id(a)], a)
+                   for call, offer, a in zip(calls, offers, answers, strict=True)
                    if isinstance(a, TellerError) and id(a) in denials and offer is not None]
         if refused:
             self._audit_voucher_denials(refused)
@@ -266,10 +267,19 @@ class Payments:
                     "for so far delivered", reason="stream_cap",
                     metadata={"limit": str(stream_cap), "remaining": str(stream_cap - stream_paid),
                               "amount": str(increment)})
+            asked.append(increment)
             _check_policies(s, caller.tenant_id, req.wallet_id,
-                            Charge(offer.network, offer.asset, increment, offer.pay_to, req.url))
+                            Charge(offer.network, offer.asset, increment, offer.pay_to, req.url), denials)
 
-        signed = self.channels.sign_to(want, total, max_increment=req.max_amount, actor=caller.actor, check=check)
+        denials: dict[int, str] = {}
+        asked: list[int] = []
+        try:
+            signed = self.channels.sign_to(want, total, max_increment=req.max_amount, actor=caller.actor,
+                                           check=check)
+        except TellerError as exc:
+            if id(exc) in denials:
+                self._audit_voucher_denials([(caller, req, offer, asked[-1], denials[id(exc)], exc)])
+            raise
         value = voucher_credential(session, signed.descriptor, signed.channel_id, signed.cumulative,
                                    signed.signature, signed.payer)
         return session.challenge.header, value, signed.increment
@@ -285,21 +295,29 @@ class Payments:
         elif offer is not None and known is not None:
             TEMPO_SESSION.open_facts(offer, call.prepared, self.chain, payer=known[0], clock=self.clock)
 
-    def _audit_voucher_denials(self, refused: Sequence[tuple[Call, Offer, str, TellerError]]) -> None:
-        """Vouchers the policy refused, each audited as the batch audits a payment
-        it refuses (``payment.deny``). In a transaction of their own, after the
-        vouchers': a refusal changes nothing to write it with."""
+    def _audit_voucher_denials(self, refused: Sequence[tuple[Caller, SignInput, Offer, int, str, TellerError]],
+                               ) -> None:
+        """Vouchers the policy refused (caller, request, offer, increment, reason,
+        error), each audited as the batch audits a payment it refuses
+        (``payment.deny``). In a transaction of their own, after the vouchers'
+        (the channel's lock is taken before the audit chain's, never after): a
+        refusal changes nothing to write it with. An audit that cannot be written
+        is logged, and the callers keep their answers: vouchers signed beside a
+        refusal are signed already, and must not be answered with an error."""
         now_ms = ms(self.clock)
-        with self.db.transaction() as s:
-            for call, offer, reason, error in refused:
-                caller = call.caller
-                audit.record(s, at_ms=now_ms, actor=caller.actor, action="payment.deny", outcome="denied",
-                             reason=reason, tenant_id=caller.tenant_id, wallet_id=call.req.wallet_id,
-                             amount=offer.amount, asset=offer.asset, network=offer.network, payee=offer.pay_to,
-                             resource_url=call.req.url,
-                             details={"protocol": offer.scheme.protocol, "scheme": offer.scheme.id, "voucher": True,
-                                      **error.metadata})
-        for _, _, reason, _ in refused:
+        try:
+            with self.db.transaction() as s:
+                for caller, req, offer, amount, reason, error in refused:
+                    audit.record(s, at_ms=now_ms, actor=caller.actor, action="payment.deny", outcome="denied",
+                                 reason=reason, tenant_id=caller.tenant_id, wallet_id=req.wallet_id,
+                                 amount=amount, asset=offer.asset, network=offer.network, payee=offer.pay_to,
+                                 resource_url=req.url,
+                                 details={"protocol": offer.scheme.protocol, "scheme": offer.scheme.id,
+                                          "voucher": True, **error.metadata})
+        except Exception:  # logged: the refusals themselves still reach their callers
+            log.exception("could not audit %d voucher refusals by policy", len(refused))
+            return
+        for *_, reason, _ in refused:
             observe.child(observe.DENIALS, reason).inc()
 
     @staticmethod
