@@ -35,6 +35,9 @@ def test_the_same_events_wherever_the_bytes_are_split(cuts):
     points = sorted({min(c, len(body)) for c in cuts})
     chunks = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
     assert _events(chunks, 64) == _events([body], 64)
+    # An empty read between any two (a transport may hand one on) changes nothing: a CR
+    # at the end of one chunk still pairs with the LF that starts the next.
+    assert _events([x for c in chunks for x in (c, b"")], 64) == _events([body], 64)
 
 
 def test_an_event_past_the_bound_is_reported_oversized_not_kept():
@@ -80,3 +83,8 @@ def test_the_meter_stops_requests_that_bring_no_data():
     for n in range(1, 50):  # a message between each: an ordinary stream
         m.on_event(sse.Event("message", "t"))
         m.on_event(_need(n))
+
+
+def test_an_empty_read_between_cr_and_lf_ends_one_line_not_two():
+    assert _events([b"event: payment-need-voucher\r", b"", b"\ndata: {}\n\n"]) == [
+        sse.Event("payment-need-voucher", "{}")]

@@ -47,6 +47,8 @@ class SseReader:
 
     def feed(self, chunk: bytes) -> list[Event]:
         out: list[Event] = []
+        if not chunk:
+            return out  # nothing read: a CR just before still waits for its LF
         i = 0
         if self._after_cr and chunk[:1] == b"\n":
             i = 1
