@@ -131,7 +131,7 @@ class Payments:
         the way is delivered through ``deliver_top_up`` (the RPC path delivers
         it itself, asynchronously)."""
         call = self.prepare(caller, req, token_secret)
-        if self.wants_voucher(call):
+        if self.voucher_channel(call) is not None:
             for _ in range(TOP_UP_ROUNDS):
                 voucher = self.voucher(call)
                 if voucher is not None:
@@ -161,11 +161,6 @@ class Payments:
     def _session_offer(call: Call) -> Offer | None:
         chosen = offers_mod.by_preference(call.collected.offers, call.req.protocols or PROTOCOLS)
         return chosen[0] if chosen and chosen[0].scheme is TEMPO_SESSION else None
-
-    def wants_voucher(self, call: Call) -> bool:
-        """Whether ``call`` is an MPP session challenge (pure: no I/O), which a
-        channel the wallet has open may answer with a voucher."""
-        return self._session_offer(call) is not None
 
     def voucher(self, call: Call) -> SignResult | None:
         """The next voucher for ``call``'s session on the wallet's open channel
