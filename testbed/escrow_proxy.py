@@ -13,7 +13,8 @@ else (every other request passes through untouched):
    ``keccak256(encodeForSigning(tx) ++ sender)``, which no contract can compute. Before
    forwarding an open transaction the proxy computes it and primes the escrow with it
    (``primeOpen(payer, salt, hash)``, callable only by the registrar); ``open`` emits it
-   in ``ChannelOpened``. Gas estimates of an open are primed with a placeholder.
+   in ``ChannelOpened``. Gas estimates of an open are primed with a placeholder, and
+   run on the pending block with the grant in the pool, not waited for.
 
 Every deviation from a real Tempo node is listed in testbed/README.md. Loopback only;
 the keys are anvil's public development keys.
@@ -128,18 +129,21 @@ class EscrowProxy:
             raise RuntimeError(f"{method}: {body['error']}")
         return body["result"]
 
-    async def _as(self, client: httpx.AsyncClient, sender: str, to: str, data: bytes) -> None:
-        """A transaction from ``sender`` through anvil's impersonation, waited for."""
+    async def _as(self, client: httpx.AsyncClient, sender: str, to: str, data: bytes) -> str:
+        """A transaction from ``sender`` through anvil's impersonation, sent to the
+        pool (not waited for); its hash."""
         # anvil's impersonated send checks the sender's native balance, which a wallet
         # that only ever paid Tempo fees in a TIP-20 token does not have: give it some.
         if int(await self._rpc(client, "eth_getBalance", [sender, "latest"]), 16) == 0:
             await self._rpc(client, "anvil_setBalance", [sender, hex(10**18)])
         await self._rpc(client, "anvil_impersonateAccount", [sender])
         try:
-            tx_hash = await self._rpc(client, "eth_sendTransaction",
-                                      [{"from": sender, "to": to, "data": "0x" + data.hex()}])
+            return str(await self._rpc(client, "eth_sendTransaction",
+                                       [{"from": sender, "to": to, "data": "0x" + data.hex()}]))
         finally:
             await self._rpc(client, "anvil_stopImpersonatingAccount", [sender])
+
+    async def _mined(self, client: httpx.AsyncClient, tx_hash: str) -> None:
         for _ in range(200):
             receipt = await self._rpc(client, "eth_getTransactionReceipt", [tx_hash])
             if receipt is not None:
@@ -149,13 +153,21 @@ class EscrowProxy:
             await asyncio.sleep(0.05)
         raise RuntimeError(f"emulated precompile step {tx_hash} was not mined")
 
-    async def _grant(self, client: httpx.AsyncClient, payer: str, call: EscrowCall, nonce_hash: bytes) -> None:
+    async def _grant(self, client: httpx.AsyncClient, payer: str, call: EscrowCall, nonce_hash: bytes, *,
+                     wait: bool = True) -> None:
+        """Approve (and, for an open, prime) from two senders at once; with ``wait``
+        both are mined (in one block, mostly) before the transaction they serve is
+        forwarded, else they are only pending."""
         approve = _APPROVE + self.escrow_word() + call.amount.to_bytes(32, "big")
-        await self._as(client, payer, call.token, approve)
+        sent = [await self._as(client, payer, call.token, approve)]
         if call.kind == "open":
             prime = _PRIME + bytes(12) + bytes.fromhex(payer[2:]) + call.salt + nonce_hash
-            await self._as(client, self.registrar, self.escrow, prime)
-            self.primed.append((payer, "0x" + nonce_hash.hex()))
+            sent.append(await self._as(client, self.registrar, self.escrow, prime))
+        if wait:
+            for tx_hash in sent:
+                await self._mined(client, tx_hash)
+            if call.kind == "open":
+                self.primed.append((payer, "0x" + nonce_hash.hex()))
 
     def escrow_word(self) -> bytes:
         return bytes(12) + bytes.fromhex(self.escrow[2:])
@@ -177,7 +189,19 @@ class EscrowProxy:
                 data = last.get("data") or last.get("input") or "0x"
                 call = escrow_call(last.get("to"), bytes.fromhex(data[2:]), self.escrow)
                 if call is not None:
-                    await self._grant(client, to_checksum_address(req["from"]), call, ESTIMATE_NONCE_HASH)
+                    # Not waited for: the estimate runs on the pending block, which anvil
+                    # builds from the pool, where the grant is. Waiting for two blocks per
+                    # estimate (an open takes three) made every open cost seconds. The
+                    # payer's account nonce stays as mined: the pending approve from it
+                    # would make it 1 and drop the new-account charge a node prices a
+                    # wallet at nonce 0 with, which a server simulating the open at
+                    # "latest" a moment later still applies.
+                    payer = to_checksum_address(req["from"])
+                    nonce = await self._rpc(client, "eth_getTransactionCount", [payer, "latest"])
+                    await self._grant(client, payer, call, ESTIMATE_NONCE_HASH, wait=False)
+                    overrides = dict(params[2]) if len(params) > 2 and isinstance(params[2], dict) else {}
+                    overrides[payer] = {**overrides.get(payer, {}), "nonce": nonce}
+                    request["params"] = [req, "pending", overrides, *params[3:]]
 
     async def _handle(self, request: Request) -> Response:
         payload = json.loads(await request.body())

@@ -129,10 +129,22 @@ def test_concurrent_first_challenges_open_one_channel_and_the_others_get_voucher
     a, b = workers
     t = _tenant(a, chain)
     clients = [a.client(t.token), b.client(t.token)]
-    n = 5  # each open estimates its gas through the escrow proxy, one at a time: slow
+    n = 8
+    presented: list[httpx.Response] = []
+
+    def present_an_open(sign):
+        # The caller that gets the open presents it at once, as a client does: an open is
+        # valid for seconds (Tempo's expiring nonce), and the race may end later than that.
+        def job():
+            signed = sign()
+            if _decode(signed.header_value)["payload"]["action"] == "open":
+                presented.append(HTTP.get(url, headers=signed.retry_headers()))
+            return signed
+        return job
+
     with _server(proxy_url, proxy) as server:
         url = server.url + "/metered"
-        got = _race([_signer(clients[i % 2], t, url) for i in range(n)])
+        got = _race([present_an_open(_signer(clients[i % 2], t, url)) for i in range(n)])
         assert not [g for g in got if isinstance(g, Exception)], got
         payloads = [_decode(g.header_value)["payload"] for g in got]
         opens = [p for p in payloads if p["action"] == "open"]
@@ -147,8 +159,7 @@ def test_concurrent_first_challenges_open_one_channel_and_the_others_get_voucher
         (channel,) = a.app.channels.of_tenant(t.tenant_id)
         assert channel.cumulative == PRICE * n
         # mppx takes the open, then every voucher in order.
-        opener = got[payloads.index(opens[0])]
-        assert HTTP.get(url, headers=opener.retry_headers()).status_code == 200, server.log()[-2000:]
+        assert [r.status_code for r in presented] == [200], server.log()[-2000:]
         by_total = {int(_decode(g.header_value)["payload"]["cumulativeAmount"]): g for g in got}
         for total in totals:
             paid = HTTP.get(url, headers=by_total[total].retry_headers())
