@@ -509,6 +509,67 @@ def test_max_stream_amount_stops_the_stream_at_the_cap(live, testbed):
     assert [d for k, d in _sse(bytes(got)) if k == "message"] == [f"token {i}" for i in range(1, 7)]
 
 
+def test_a_stream_that_outgrows_its_deposit_is_topped_up_mid_stream(live, testbed):
+    """A deposit of ten units (the server's suggestion) and a stream of thirty tokens:
+    each time the stream asks past the deposit, Pay signs a top-up through the Sign
+    batch (reserved with its fee), POSTs it to mppx, which broadcasts it, then POSTs
+    the voucher; every token arrives. The chain's deposit is Teller's, and once the
+    reconciler has seen them mined Teller counts what the wallet paid, to the unit."""
+    from sqlalchemy import select
+
+    from teller.db.models import Channel, ChannelTopUp
+
+    chain, proxy_url, proxy = testbed
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    funded = chain.balance(t.address)
+    small, tokens = 10 * PRICE, 30
+    with mppx_session_server(proxy_url, TEMPO_CHAIN_ID, proxy.escrow, PATH_USD, FACILITATOR_KEY,
+                             to_checksum_address("0x" + secrets.token_hex(20)), "0.0001",
+                             suggested_deposit="0.001") as server:
+        with client.pay_stream(server.url + f"/stream/{tokens}", wallet_id=t.wallet_id) as r:
+            assert r.response.status == 200, server.log()[-2000:]
+            assert r.response.payment is not None and r.response.payment.amount == small  # the open
+            body = b"".join(r.chunks)
+        posted = _stream_vouchers(server)
+    events = _sse(body)
+    assert [d for k, d in events if k == "message"] == [f"token {i}" for i in range(1, tokens + 1)]
+    asked = [json.loads(d) for k, d in events if k == "payment-need-voucher"]
+    (receipt,) = [json.loads(d) for k, d in events if k == "payment-receipt"]
+    # mppx took every credential: the top-ups (broadcast, 204) and the vouchers.
+    assert all("with 200" in answer or "with 204" in answer for _, answer in posted), posted
+    top_ups = [p for p, _ in posted if p["action"] == "topUp"]
+    vouchers = [int(p["cumulativeAmount"]) for p, _ in posted if p["action"] == "voucher"]
+    assert vouchers == [int(a["requiredCumulative"]) for a in asked]
+    assert len(top_ups) == 2 and {int(p["additionalDeposit"]) for p in top_ups} == {small}
+    (channel,) = live.app.channels.of_tenant(t.tenant_id)
+    assert channel.cumulative == tokens * PRICE == int(receipt["spent"])
+    assert channel.deposit == 3 * small
+    on_chain = chain.w3.eth.contract(address=proxy.escrow, abi=escrow_abi()).functions.getChannelState(
+        bytes.fromhex(channel.channel_id[2:])).call()
+    assert on_chain[1] == channel.deposit
+    assert [e["newDeposit"] for e in _events(chain.w3, proxy.escrow, "TopUp", channel.channel_id)] == \
+        [2 * small, 3 * small]
+    # Reserved while in flight: the open's and each top-up's deposit, and each one's most expensive fee.
+    with live.app.db.read() as s:
+        ids = [str(s.scalar(select(Channel.open_payment_id).where(Channel.id == channel.id))),
+               *s.scalars(select(ChannelTopUp.payment_id).where(ChannelTopUp.channel == channel.id)
+                          .order_by(ChannelTopUp.deposit_before))]
+    held = [live.app.lifecycle.get(p, t.tenant_id) for p in ids]
+    assert [p.amount for p in held] == [small, small, small]
+    assert _day(client).reserved == sum(p.amount + p.fee_max for p in held)
+    signed = [json.loads(e.details_json) for e in client.audit_events(action="payment.sign")[0]]
+    assert sorted(d["deposit"] for d in signed if d.get("action") == "topUp") == [2 * small, 3 * small]
+    result = live.app.reconciler.run_once()
+    assert not result.errors, result.errors
+    settled = [live.app.lifecycle.get(p, t.tenant_id) for p in ids]
+    assert all(p.state == "settled" and p.fee_paid for p in settled), settled
+    wallet_paid = funded - chain.balance(t.address) - _emulation_fees(chain.w3, t.address)
+    assert wallet_paid == channel.deposit + sum(p.fee_paid for p in settled)
+    day = _day(client)
+    assert (day.reserved, day.spent) == (0, wallet_paid)
+
+
 def test_the_httpx_pay_transport_streams_a_metered_response_as_it_arrives(live, testbed):
     """teller_client's TellerPayTransport: a plain httpx client streams mppx's metered
     SSE route through Pay, token by token, Teller paying the vouchers under the
