@@ -454,6 +454,21 @@ def _stream_vouchers(server) -> list[tuple[dict, str]]:
     return posted
 
 
+def _paid_stream(client, t, server, tokens: int, deposit: int) -> tuple[list[tuple[dict, str]], list[dict], dict]:
+    """Pay streams ``/stream/<tokens>`` (its request paid by an open of ``deposit``) and every token
+    arrives, in order: what was POSTed to the stream (``_stream_vouchers``), the stream's voucher
+    requests and its receipt."""
+    with client.pay_stream(server.url + f"/stream/{tokens}", wallet_id=t.wallet_id) as r:
+        assert r.response.status == 200, server.log()[-2000:]
+        assert dict(r.response.headers)["content-type"].startswith("text/event-stream")
+        assert r.response.payment is not None and r.response.payment.amount == deposit  # the open
+        body = b"".join(r.chunks)
+    events = _sse(body)
+    assert [d for k, d in events if k == "message"] == [f"token {i}" for i in range(1, tokens + 1)]
+    (receipt,) = [json.loads(d) for k, d in events if k == "payment-receipt"]
+    return _stream_vouchers(server), [json.loads(d) for k, d in events if k == "payment-need-voucher"], receipt
+
+
 def test_pay_streams_a_metered_sse_response_and_pays_each_voucher_the_stream_asks_for(live, testbed):
     """mppx's metered SSE route: one tick per event, a payment-need-voucher event
     whenever the vouchers it holds run short. Pay relays the stream as it comes and
@@ -464,16 +479,7 @@ def test_pay_streams_a_metered_sse_response_and_pays_each_voucher_the_stream_ask
     client = live.client(t.token)
     tokens = 30
     with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as server:
-        with client.pay_stream(server.url + f"/stream/{tokens}", wallet_id=t.wallet_id) as r:
-            assert r.response.status == 200, server.log()[-2000:]
-            assert dict(r.response.headers)["content-type"].startswith("text/event-stream")
-            assert r.response.payment is not None and r.response.payment.amount == DEPOSIT  # the open
-            body = b"".join(r.chunks)
-        posted = _stream_vouchers(server)
-    events = _sse(body)
-    assert [d for k, d in events if k == "message"] == [f"token {i}" for i in range(1, tokens + 1)]
-    asked = [json.loads(d) for k, d in events if k == "payment-need-voucher"]
-    (receipt,) = [json.loads(d) for k, d in events if k == "payment-receipt"]
+        posted, asked, receipt = _paid_stream(client, t, server, tokens, DEPOSIT)
     assert len(asked) >= tokens - 1 and len(posted) == len(asked), (len(asked), len(posted))
     # Every voucher went to the stream's channel, for exactly the total asked, and mppx took each.
     (channel,) = live.app.channels.of_tenant(t.tenant_id)
@@ -527,15 +533,7 @@ def test_a_stream_that_outgrows_its_deposit_is_topped_up_mid_stream(live, testbe
     with mppx_session_server(proxy_url, TEMPO_CHAIN_ID, proxy.escrow, PATH_USD, FACILITATOR_KEY,
                              to_checksum_address("0x" + secrets.token_hex(20)), "0.0001",
                              suggested_deposit="0.001") as server:
-        with client.pay_stream(server.url + f"/stream/{tokens}", wallet_id=t.wallet_id) as r:
-            assert r.response.status == 200, server.log()[-2000:]
-            assert r.response.payment is not None and r.response.payment.amount == small  # the open
-            body = b"".join(r.chunks)
-        posted = _stream_vouchers(server)
-    events = _sse(body)
-    assert [d for k, d in events if k == "message"] == [f"token {i}" for i in range(1, tokens + 1)]
-    asked = [json.loads(d) for k, d in events if k == "payment-need-voucher"]
-    (receipt,) = [json.loads(d) for k, d in events if k == "payment-receipt"]
+        posted, asked, receipt = _paid_stream(client, t, server, tokens, small)
     # mppx took every credential: the top-ups (broadcast, 204) and the vouchers.
     assert all("with 200" in answer or "with 204" in answer for _, answer in posted), posted
     top_ups = [p for p, _ in posted if p["action"] == "topUp"]
