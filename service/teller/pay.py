@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -403,7 +402,8 @@ class Payer:
         ``deposit``. A top-up adds deposit, not a voucher: it does not count
         against ``max_stream_amount``, which the voucher is judged by before it."""
         assert self.vouchers is not None and self.top_up is not None
-        for rounds in itertools.count():
+        rounds = 0
+        while True:
             got = await self.run(self.vouchers.stream_voucher, caller, offer, req.sign, channel, total, meter.cap,
                                  meter.paid)
             if not isinstance(got, Call):
@@ -411,7 +411,7 @@ class Payer:
             if rounds == TOP_UP_ROUNDS:  # each time, other callers used the room before this voucher
                 raise self.vouchers.top_up_gave_out(got)
             await self.top_up(got)
-        raise AssertionError("unreachable")
+            rounds += 1
 
     async def _post_voucher(self, url: str, name: str, value: str) -> tuple[int, list[tuple[str, str]], bytes]:
         try:

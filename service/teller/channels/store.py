@@ -85,8 +85,9 @@ class SignedVoucher:
 
 @dataclass(frozen=True, slots=True)
 class TopUpWanted:
-    """No open channel has the unit left: the one to top up, as it stood when
-    read (the batch that tops it up reads it again under its lock)."""
+    """No open channel has the unit left (or a metered stream's total is past its
+    channel's deposit): the one to top up, as it stood when read (the batch that
+    tops it up reads it again under its lock)."""
 
     channel: str  # Teller's handle
     channel_id: str
