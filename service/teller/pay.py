@@ -17,7 +17,8 @@ answered from what Teller kept, never paid or sent again.
 A metered MPP session stream (an event stream paid with a session credential)
 is relayed byte for byte while each ``payment-need-voucher`` event it carries
 gets the next voucher, POSTed as mppx's client does (``_body``; the rules are
-``teller.mpp.metered``, the cap the caller's ``max_stream_amount``).
+``teller.mpp.metered``, the cap the caller's ``max_stream_amount``). A voucher
+past the channel's deposit waits for a top-up, made as Sign makes one.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ from teller.mpp import metered, sse
 from teller.mpp.challenge import b64url_json
 from teller.schemes import REGISTRY, Offer
 from teller.schemes.base import SchemeId
-from teller.sign.call import SignResult, sign_input
+from teller.sign.call import Call, SignResult, sign_input
+from teller.sign.service import TOP_UP_ROUNDS
 from teller.signing import SignInput
 from teller.states import PaymentState
 
@@ -141,7 +143,10 @@ class StreamVouchers(Protocol):
     def session_offer(self, req: SignInput) -> Offer | None: ...
 
     def stream_voucher(self, caller: Caller, offer: Offer, req: SignInput, channel_id: str, total: int,
-                       stream_cap: int | None, stream_paid: int) -> tuple[str, str, int]: ...
+                       stream_cap: int | None, stream_paid: int) -> tuple[str, str, int] | Call: ...
+
+    @staticmethod
+    def top_up_gave_out(call: Call) -> TellerError: ...
 
 
 def _paid_channel(signed: SignResult) -> tuple[bytes, int] | None:
@@ -189,7 +194,8 @@ def _naming(err: TellerError, payment_id: str) -> TellerError:
 class Payer:
     def __init__(self, sign: Callable[[Caller, SignInput], Awaitable[SignResult]], lifecycle: Lifecycle,
                  fetcher: Fetcher, run: Run, max_challenge_bytes: int, deadline_s: float = 60.0,
-                 keep_bytes: int = 0, vouchers: StreamVouchers | None = None) -> None:
+                 keep_bytes: int = 0, vouchers: StreamVouchers | None = None,
+                 top_up: Callable[[Call], Awaitable[None]] | None = None) -> None:
         self.sign = sign  # Sign's own path: the same batches, limits, idempotency and audit
         self.lifecycle = lifecycle
         self.fetcher = fetcher
@@ -198,6 +204,7 @@ class Payer:
         self.deadline_s = deadline_s
         self.keep_bytes = keep_bytes
         self.vouchers = vouchers  # pays a metered stream's in-band voucher requests; None: relayed only
+        self.top_up = top_up  # Sign's top-up step: a stream's voucher past the deposit waits for it
 
     def _late(self, what: str) -> Unavailable:
         return Unavailable(f"{what} took longer than the call's deadline of {self.deadline_s:g} s "
@@ -370,21 +377,41 @@ class Payer:
         wrapped in the new challenge: nothing new is signed for it."""
         assert self.vouchers is not None
         channel = "0x" + meter.channel_id.hex()
-        name, value, increment = await self.run(self.vouchers.stream_voucher, caller, offer, req.sign, channel,
-                                                total, meter.cap, meter.paid)
+        name, value, increment = await self._voucher_in_room(caller, req, offer, meter, channel, total)
         meter.signed(increment)
         status, headers, body = await self._post_voucher(url, name, value)
         if status == 402:
             fresh = await self.run(self.vouchers.session_offer, replace(req.sign, headers=tuple(headers), body=body))
             if fresh is not None:
-                name, value, again = await self.run(self.vouchers.stream_voucher, caller, fresh, req.sign, channel,
-                                                    total, meter.cap, meter.paid)
+                name, value, again = await self._voucher_in_room(caller, req, fresh, meter, channel, total)
                 meter.signed(again)  # zero: the channel already reached ``total``
                 status, headers, body = await self._post_voucher(url, name, value)
         if not 200 <= status < 300:
             reason = refusal_mod.reason(headers, body) or f"HTTP {status}"
             raise FailedPrecondition(f"the server answered the stream's voucher for {total} with {status}: {reason}",
                                      reason="payment_refused", metadata={"server_reason": reason[:200]})
+
+    async def _voucher_in_room(self, caller: Caller, req: PayInput, offer: Offer, meter: metered.Meter,
+                               channel: str, total: int) -> tuple[str, str, int]:
+        """The voucher for ``total`` (header name, value, increment). When the channel's
+        deposit does not reach it (and the caps and the policy allow it), the
+        channel is topped up first, through the Sign path's own step (the same
+        batch, reservation, audit, policy and ``max_channel_deposit``; one top-up
+        however many callers ask), as mppx's client tops up before it answers: its
+        size is Teller's to decide from its own records, never the event's
+        ``deposit``. A top-up adds deposit, not a voucher: it does not count
+        against ``max_stream_amount``, which the voucher is judged by before it."""
+        assert self.vouchers is not None and self.top_up is not None
+        rounds = 0
+        while True:
+            got = await self.run(self.vouchers.stream_voucher, caller, offer, req.sign, channel, total, meter.cap,
+                                 meter.paid)
+            if not isinstance(got, Call):
+                return got
+            if rounds == TOP_UP_ROUNDS:  # each time, other callers used the room before this voucher
+                raise self.vouchers.top_up_gave_out(got)
+            await self.top_up(got)
+            rounds += 1
 
     async def _post_voucher(self, url: str, name: str, value: str) -> tuple[int, list[tuple[str, str]], bytes]:
         try:

@@ -454,6 +454,21 @@ def _stream_vouchers(server) -> list[tuple[dict, str]]:
     return posted
 
 
+def _paid_stream(client, t, server, tokens: int, deposit: int) -> tuple[list[tuple[dict, str]], list[dict], dict]:
+    """Pay streams ``/stream/<tokens>`` (its request paid by an open of ``deposit``) and every token
+    arrives, in order: what was POSTed to the stream (``_stream_vouchers``), the stream's voucher
+    requests and its receipt."""
+    with client.pay_stream(server.url + f"/stream/{tokens}", wallet_id=t.wallet_id) as r:
+        assert r.response.status == 200, server.log()[-2000:]
+        assert dict(r.response.headers)["content-type"].startswith("text/event-stream")
+        assert r.response.payment is not None and r.response.payment.amount == deposit  # the open
+        body = b"".join(r.chunks)
+    events = _sse(body)
+    assert [d for k, d in events if k == "message"] == [f"token {i}" for i in range(1, tokens + 1)]
+    (receipt,) = [json.loads(d) for k, d in events if k == "payment-receipt"]
+    return _stream_vouchers(server), [json.loads(d) for k, d in events if k == "payment-need-voucher"], receipt
+
+
 def test_pay_streams_a_metered_sse_response_and_pays_each_voucher_the_stream_asks_for(live, testbed):
     """mppx's metered SSE route: one tick per event, a payment-need-voucher event
     whenever the vouchers it holds run short. Pay relays the stream as it comes and
@@ -464,16 +479,7 @@ def test_pay_streams_a_metered_sse_response_and_pays_each_voucher_the_stream_ask
     client = live.client(t.token)
     tokens = 30
     with _server(proxy_url, proxy, to_checksum_address("0x" + secrets.token_hex(20))) as server:
-        with client.pay_stream(server.url + f"/stream/{tokens}", wallet_id=t.wallet_id) as r:
-            assert r.response.status == 200, server.log()[-2000:]
-            assert dict(r.response.headers)["content-type"].startswith("text/event-stream")
-            assert r.response.payment is not None and r.response.payment.amount == DEPOSIT  # the open
-            body = b"".join(r.chunks)
-        posted = _stream_vouchers(server)
-    events = _sse(body)
-    assert [d for k, d in events if k == "message"] == [f"token {i}" for i in range(1, tokens + 1)]
-    asked = [json.loads(d) for k, d in events if k == "payment-need-voucher"]
-    (receipt,) = [json.loads(d) for k, d in events if k == "payment-receipt"]
+        posted, asked, receipt = _paid_stream(client, t, server, tokens, DEPOSIT)
     assert len(asked) >= tokens - 1 and len(posted) == len(asked), (len(asked), len(posted))
     # Every voucher went to the stream's channel, for exactly the total asked, and mppx took each.
     (channel,) = live.app.channels.of_tenant(t.tenant_id)
@@ -507,6 +513,59 @@ def test_max_stream_amount_stops_the_stream_at_the_cap(live, testbed):
     assert max(total for total, _ in live.app.channels.vouchers(t.tenant_id, channel.id)) == PRICE + cap
     assert [int(p["cumulativeAmount"]) for p, _ in posted] == [PRICE * n for n in range(2, 7)]
     assert [d for k, d in _sse(bytes(got)) if k == "message"] == [f"token {i}" for i in range(1, 7)]
+
+
+def test_a_stream_that_outgrows_its_deposit_is_topped_up_mid_stream(live, testbed):
+    """A deposit of ten units (the server's suggestion) and a stream of thirty tokens:
+    each time the stream asks past the deposit, Pay signs a top-up through the Sign
+    batch (reserved with its fee), POSTs it to mppx, which broadcasts it, then POSTs
+    the voucher; every token arrives. The chain's deposit is Teller's, and once the
+    reconciler has seen them mined Teller counts what the wallet paid, to the unit."""
+    from sqlalchemy import select
+
+    from teller.db.models import Channel, ChannelTopUp
+
+    chain, proxy_url, proxy = testbed
+    t = _tenant(live, chain)
+    client = live.client(t.token)
+    funded = chain.balance(t.address)
+    small, tokens = 10 * PRICE, 30
+    with mppx_session_server(proxy_url, TEMPO_CHAIN_ID, proxy.escrow, PATH_USD, FACILITATOR_KEY,
+                             to_checksum_address("0x" + secrets.token_hex(20)), "0.0001",
+                             suggested_deposit="0.001") as server:
+        posted, asked, receipt = _paid_stream(client, t, server, tokens, small)
+    # mppx took every credential: the top-ups (broadcast, 204) and the vouchers.
+    assert all("with 200" in answer or "with 204" in answer for _, answer in posted), posted
+    top_ups = [p for p, _ in posted if p["action"] == "topUp"]
+    vouchers = [int(p["cumulativeAmount"]) for p, _ in posted if p["action"] == "voucher"]
+    assert vouchers == [int(a["requiredCumulative"]) for a in asked]
+    assert len(top_ups) == 2 and {int(p["additionalDeposit"]) for p in top_ups} == {small}
+    (channel,) = live.app.channels.of_tenant(t.tenant_id)
+    assert channel.cumulative == tokens * PRICE == int(receipt["spent"])
+    assert channel.deposit == 3 * small
+    on_chain = chain.w3.eth.contract(address=proxy.escrow, abi=escrow_abi()).functions.getChannelState(
+        bytes.fromhex(channel.channel_id[2:])).call()
+    assert on_chain[1] == channel.deposit
+    assert [e["newDeposit"] for e in _events(chain.w3, proxy.escrow, "TopUp", channel.channel_id)] == \
+        [2 * small, 3 * small]
+    # Reserved while in flight: the open's and each top-up's deposit, and each one's most expensive fee.
+    with live.app.db.read() as s:
+        ids = [str(s.scalar(select(Channel.open_payment_id).where(Channel.id == channel.id))),
+               *s.scalars(select(ChannelTopUp.payment_id).where(ChannelTopUp.channel == channel.id)
+                          .order_by(ChannelTopUp.deposit_before))]
+    held = [live.app.lifecycle.get(p, t.tenant_id) for p in ids]
+    assert [p.amount for p in held] == [small, small, small]
+    assert _day(client).reserved == sum(p.amount + p.fee_max for p in held)
+    signed = [json.loads(e.details_json) for e in client.audit_events(action="payment.sign")[0]]
+    assert sorted(d["deposit"] for d in signed if d.get("action") == "topUp") == [2 * small, 3 * small]
+    result = live.app.reconciler.run_once()
+    assert not result.errors, result.errors
+    settled = [live.app.lifecycle.get(p, t.tenant_id) for p in ids]
+    assert all(p.state == "settled" and p.fee_paid for p in settled), settled
+    wallet_paid = funded - chain.balance(t.address) - _emulation_fees(chain.w3, t.address)
+    assert wallet_paid == channel.deposit + sum(p.fee_paid for p in settled)
+    day = _day(client)
+    assert (day.reserved, day.spent) == (0, wallet_paid)
 
 
 def test_the_httpx_pay_transport_streams_a_metered_response_as_it_arrives(live, testbed):

@@ -16,9 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from eth_account import Account
+from sqlalchemy import select
 
+from teller.db.models import ChannelTopUp
 from teller.mpp.channel import ChannelDescriptor, channel_id
-from teller_client import Asset, FailedPrecondition, LimitExceeded, PermissionDenied, Policy
+from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, PermissionDenied, Policy
 from testbed.channels import CHAIN_ID, ESCROW, NETWORK, TOKEN
 from tests.support.harness import RunningTeller, make_settings
 
@@ -31,9 +33,9 @@ def _b64(doc: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
 
 
-def _need(channel: str, total: int) -> bytes:
+def _need(channel: str, total: int, deposit: int = DEPOSIT) -> bytes:
     doc = {"channelId": channel, "requiredCumulative": str(total), "acceptedCumulative": str(total - PRICE),
-           "deposit": str(DEPOSIT)}
+           "deposit": str(deposit)}
     return f"event: payment-need-voucher\ndata: {json.dumps(doc)}\n\n".encode()
 
 
@@ -164,7 +166,6 @@ def test_an_honest_stream_is_relayed_byte_for_byte_with_its_payment_events(telle
     ("another channel", "stream_channel_mismatch", PRICE),
     ("a smaller total", "stream_voucher_not_increasing", 2 * PRICE),
     ("the same total again", "stream_voucher_not_increasing", 2 * PRICE),
-    ("past the deposit", "channel_deposit_exhausted", PRICE),
     ("past uint96", "stream_event_invalid", PRICE),
     ("a payment event too large", "stream_event_too_large", PRICE),
     ("vouchers without data", "stream_voucher_loop", 9 * PRICE),
@@ -176,7 +177,6 @@ def test_a_hostile_stream_gets_a_clear_error_and_no_overpayment(teller, channel,
         "another channel": [_message("one"), _need(other, 200)],
         "a smaller total": [_message("one"), _need(cid, 200), _message("two"), _need(cid, 150)],
         "the same total again": [_message("one"), _need(cid, 200), _message("two"), _need(cid, 200)],
-        "past the deposit": [_message("one"), _need(cid, DEPOSIT + 1)],
         "past uint96": [_message("one"), _need(cid, 2**96)],
         "a payment event too large": [_message("one"), b"event: payment-need-voucher\ndata: "
                                       + b"1" * MAX_EVENT + b"\n\n"],
@@ -314,3 +314,124 @@ def test_the_async_httpx_pay_transport_streams_and_stops_at_the_cap(teller, chan
     assert isinstance(error, LimitExceeded) and error.reason == "stream_cap", error
     assert b"".join(got).startswith(_message("t2") + _need(cid, 2 * PRICE) + _message("t3"))
     assert _total(teller, t, handle) == 3 * PRICE  # its own voucher, then two for the stream
+
+
+# -- top-ups mid-stream: the chain's part (gas price, estimate) stubbed, as in test_channel_top_ups --------------
+
+GAS, GAS_PRICE = 900_000, 20_000_000_000
+FEE_MAX = -(-GAS * GAS_PRICE // 10**12)  # the top-up's most expensive fee, in the token's units
+
+
+@pytest.fixture
+def topping(teller, channel):
+    """``channel``, on a Teller whose chain reader answers a top-up's gas, under a day's budget."""
+    chain = teller.app.payments.chain
+    chain.gas_price = lambda network, cached_only=False: GAS_PRICE
+    chain.tempo_gas_limit = lambda *a, **k: GAS
+    t = channel[0]
+    teller.admin().set_policy(t.tenant_id, Policy(assets=(Asset(NETWORK, TOKEN, 6),),
+                                                  budgets=(Budget(10**9, "day", name="day"),)))
+    return channel
+
+
+def _top_ups(teller, handle) -> list[tuple[int, int]]:
+    with teller.app.db.read() as s:
+        return [tuple(r) for r in s.execute(select(ChannelTopUp.deposit_before, ChannelTopUp.added)
+                                            .where(ChannelTopUp.channel == handle)
+                                            .order_by(ChannelTopUp.deposit_before))]
+
+
+def _reserved(teller, t) -> int:
+    return next(w.reserved for w in teller.app.admin.spend(t.tenant_id) if w.name == "day")
+
+
+def test_a_stream_past_the_deposit_tops_the_channel_up_by_what_teller_knows_not_what_the_server_claims(
+        teller, topping):
+    """The stream asks past the deposit: Teller POSTs a top-up (the suggested deposit, reserved with its
+    fee against the budget) and then the voucher, and the stream goes on. The events' ``deposit`` is the
+    server's word: claiming the channel empty gets no top-up while the deposit covers the total, and
+    claiming it huge does not stop one when it does not."""
+    t, payee, cid, handle = topping
+    script = [_message("one"), _need(cid, 2 * PRICE, deposit=0), _message("two"),
+              _need(cid, DEPOSIT + PRICE, deposit=10**15), _message("three")]
+    fake = FakeSession(payee, cid, lambda f: script)
+    body, error = _run(teller, t, fake)
+    assert error is None and body == b"".join(script), error
+    assert [(p["payload"]["action"], p["payload"].get("cumulativeAmount"), p["payload"].get("additionalDeposit"))
+            for p in fake.posted] == [("voucher", str(2 * PRICE), None), ("topUp", None, str(DEPOSIT)),
+                                      ("voucher", str(DEPOSIT + PRICE), None)]
+    assert _top_ups(teller, handle) == [(DEPOSIT, DEPOSIT)]
+    c = teller.app.channels.get(t.tenant_id, handle)
+    assert (c.deposit, c.cumulative) == (2 * DEPOSIT, DEPOSIT + PRICE)
+    assert _reserved(teller, t) == DEPOSIT + FEE_MAX  # what the top-up adds and its fee (the open was recorded by hand)
+    signed = [json.loads(e.details_json) for e in teller.client(t.token).audit_events(action="payment.sign")[0]]
+    assert [(d["action"], d["channel"], d["added"], d["deposit"]) for d in signed] == \
+        [("topUp", handle, DEPOSIT, 2 * DEPOSIT)]
+
+
+def test_max_channel_deposit_bounds_a_stream_top_up_and_refuses_one_with_no_room(teller, topping):
+    t, payee, cid, handle = topping
+    admin = teller.admin()
+    admin.set_policy(t.tenant_id, Policy(assets=(Asset(NETWORK, TOKEN, 6),), max_channel_deposit=DEPOSIT + 500,
+                                         budgets=(Budget(10**9, "day", name="day"),)))
+    script = [_message("one"), _need(cid, DEPOSIT + PRICE), _message("two"), _need(cid, DEPOSIT + 600),
+              _message("three")]
+    fake = FakeSession(payee, cid, lambda f: script)
+    body, error = _run(teller, t, fake)
+    # Cut to the cap's room (500, not the 10,000 suggested); the next total finds no room left.
+    assert isinstance(error, LimitExceeded) and error.reason == "channel_deposit_exhausted", error
+    assert "max_channel_deposit" in str(error) and error.metadata["stream_voucher"] == "2"
+    assert body.startswith(b"".join(script[:4]))  # every byte before the refusal reached the caller
+    assert _top_ups(teller, handle) == [(DEPOSIT, 500)]
+    c = teller.app.channels.get(t.tenant_id, handle)
+    assert (c.deposit, c.cumulative) == (DEPOSIT + 500, DEPOSIT + PRICE)
+    assert _reserved(teller, t) == 500 + FEE_MAX  # the one top-up made; the refused one holds nothing
+    assert [p["payload"]["action"] for p in fake.posted] == ["topUp", "voucher"]
+
+
+def test_a_top_up_the_budget_refuses_ends_the_stream_with_nothing_reserved(teller, topping):
+    t, payee, cid, handle = topping
+    teller.admin().set_policy(t.tenant_id, Policy(assets=(Asset(NETWORK, TOKEN, 6),),
+                                                  budgets=(Budget(DEPOSIT, "day", name="day"),)))
+    fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, DEPOSIT + PRICE), _message("two")])
+    body, error = _run(teller, t, fake)
+    assert isinstance(error, LimitExceeded) and error.reason == "budget_exhausted:day", error
+    assert body.startswith(_message("one") + _need(cid, DEPOSIT + PRICE))
+    assert _top_ups(teller, handle) == [] and _reserved(teller, t) == 0
+    assert teller.app.channels.get(t.tenant_id, handle).deposit == DEPOSIT
+    assert fake.posted == []
+
+
+def test_a_top_up_the_server_refuses_ends_the_stream_with_its_reason(teller, topping):
+    t, payee, cid, handle = topping
+    fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, DEPOSIT + PRICE), _message("two")],
+                       post_status=409)
+    _, error = _run(teller, t, fake)
+    assert isinstance(error, FailedPrecondition) and error.reason == "top_up_refused", error
+    assert error.metadata["server_reason"] == "HTTP 409"
+    # Signed and reserved, it stays held until its transaction can no longer be mined; no voucher used it.
+    assert _top_ups(teller, handle) == [(DEPOSIT, DEPOSIT)]
+    assert teller.app.channels.get(t.tenant_id, handle).cumulative == PRICE
+    assert [p["payload"]["action"] for p in fake.posted] == ["topUp"]
+
+
+def test_a_capped_stream_refuses_the_voucher_before_it_tops_up(teller, topping):
+    """The next total is past the deposit, but the caller's caps would refuse its voucher: nothing is
+    topped up (no deposit locked for a voucher that will not be signed)."""
+    t, payee, cid, handle = topping
+    # max_amount, per voucher: a request for three units past the deposit at once.
+    fake = FakeSession(payee, cid, lambda f: [_message("one"), _need(cid, DEPOSIT + 3 * PRICE)])
+    _, error = _run(teller, t, fake, max_amount=PRICE)
+    assert isinstance(error, LimitExceeded) and error.reason == "voucher_increment_cap", error
+    assert fake.posted == [] and _top_ups(teller, handle) == [] and _reserved(teller, t) == 0
+    # max_stream_amount, per call: the channel one unit short of the stream's second total.
+    teller.app.channels.sign_voucher(t.tenant_id, handle, DEPOSIT - 3 * PRICE)  # earlier use of the channel
+    script = [_message("one"), _need(cid, DEPOSIT), _message("two"), _need(cid, DEPOSIT + PRICE)]
+    fake = FakeSession(payee, cid, lambda f: script)
+    body, error = _run(teller, t, fake, max_stream_amount=PRICE)
+    assert isinstance(error, LimitExceeded) and error.reason == "stream_cap", error
+    assert body == b"".join(script)
+    assert [p["payload"]["action"] for p in fake.posted] == ["voucher"]
+    assert _top_ups(teller, handle) == [] and _reserved(teller, t) == 0
+    c = teller.app.channels.get(t.tenant_id, handle)
+    assert (c.deposit, c.cumulative) == (DEPOSIT, DEPOSIT)

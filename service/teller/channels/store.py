@@ -85,8 +85,9 @@ class SignedVoucher:
 
 @dataclass(frozen=True, slots=True)
 class TopUpWanted:
-    """No open channel has the unit left: the one to top up, as it stood when
-    read (the batch that tops it up reads it again under its lock)."""
+    """No open channel has the unit left (or a metered stream's total is past its
+    channel's deposit): the one to top up, as it stood when read (the batch that
+    tops it up reads it again under its lock)."""
 
     channel: str  # Teller's handle
     channel_id: str
@@ -95,6 +96,8 @@ class TopUpWanted:
     deposit: int
     cumulative: int
     opened_with: int  # the deposit it was opened with
+    #: The total of the voucher waiting for it, when fixed (a metered stream's request, ``sign_to``).
+    total: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,20 +398,23 @@ class Channels:
                 out[i] = answer
 
     @staticmethod
-    def _top_up_wanted(s: Session, handle: str) -> TopUpWanted:
+    def _top_up_wanted(s: Session, handle: str, total: int | None = None) -> TopUpWanted:
         c = s.execute(select(Channel.channel_id, Channel.descriptor, Channel.escrow, Channel.deposit,
                              Channel.cumulative, Channel.open_payment_id).where(Channel.id == handle)).one()
         opened = s.scalar(select(Payment.amount).where(Payment.id == c.open_payment_id))
         return TopUpWanted(handle, c.channel_id, c.descriptor, c.escrow, c.deposit, c.cumulative,
-                           opened if opened is not None else c.deposit)
+                           opened if opened is not None else c.deposit, total)
 
     def sign_to(self, want: Wanted, total: int, *, max_increment: int | None = None, actor: str = "",
-                check: Callable[[Session, int], None] | None = None) -> SignedVoucher:
+                check: Callable[[Session, int], None] | None = None) -> SignedVoucher | TopUpWanted:
         """A voucher for ``total`` on the channel ``want.channel_id`` names (a metered
         stream's request for the next voucher), signed under the channel's lock: the
         increment is what ``total`` adds to the channel's total as it stands under
         the lock, judged by ``check(session, increment)`` before it is signed. A total
-        the channel already reached gets its highest voucher again, nothing new."""
+        the channel already reached gets its highest voucher again, nothing new. A
+        total past the deposit that everything else allows gets the channel to top
+        up (nothing signed): judged first, so no deposit is added for a voucher the
+        caps or the policy would refuse."""
         check_amount(total, "total")
         with self.db.transaction() as s:
             handle = s.scalar(select(Channel.id).where(
@@ -432,6 +438,9 @@ class Channels:
                                      last[1], c.network, c.token, c.payee)
             if check is not None:
                 check(s, increment)
+            if (total > c.deposit and c.state == ChannelState.OPEN
+                    and (max_increment is None or increment <= max_increment)):
+                return self._top_up_wanted(s, handle, total)
             out = self._sign_many(s, want.tenant_id, handle, [Ask(increment, max_increment)], actor)[0]
             if isinstance(out, TellerError):
                 raise out

@@ -136,21 +136,11 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
                     raise voucher
                 if voucher is not None:
                     return voucher
-                await self.run(payments.open_facts, call)  # none open: the batch opens one
                 if call.top_up is None:
+                    await self.run(payments.open_facts, call)  # none open: the batch opens one
                     break
-                # The channel has no room: the batch tops it up, the server takes the top-up,
-                # and the next voucher (the caller's answer) fits the raised deposit. Nothing is
-                # reserved for a top-up Teller may not deliver (outbound_allow).
-                await self.app.fetcher.check(call.req.url)
-                try:
-                    topped = payments.finish(await self.batcher.submit(call))
-                except Revisit:
-                    continue
-                finally:
-                    call.top_up = None
-                await top_up.deliver(self.app.fetcher, call.req.url, topped.header_name, topped.header_value,
-                                     self.app.settings.max_challenge_bytes)
+                # The channel has no room: topped up, the next voucher (the caller's answer) fits.
+                await self._top_up(call)
             else:
                 raise payments.top_up_gave_out(call)
         verdict = await self.batcher.submit(call)
@@ -166,6 +156,25 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
             return await self.run(payments.finish, verdict)  # broadcasts: blocking
         return payments.finish(verdict)
 
+    async def _top_up(self, call: Call) -> None:
+        """Top up the channel ``call.top_up`` names (a Sign call's, or a metered
+        stream's in Pay): the Sign batch decides the top-up on the channel under its
+        lock (once however many callers ask: the others find the room made, Revisit),
+        signs and reserves it; then the server takes it, and the caller asks for its
+        voucher again. Nothing is reserved for a top-up Teller may not deliver
+        (outbound_allow is asked first)."""
+        payments = self.app.payments
+        await self.run(payments.open_facts, call)
+        await self.app.fetcher.check(call.req.url)
+        try:
+            topped = payments.finish(await self.batcher.submit(call))
+        except Revisit:
+            return
+        finally:
+            call.top_up = None
+        await top_up.deliver(self.app.fetcher, call.req.url, topped.header_name, topped.header_value,
+                             self.app.settings.max_challenge_bytes)
+
     async def Pay(self, request: payment_pb2.PayRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[payment_pb2.PayResponse]:
         caller = await self._caller(context)
         req = pay_input(url=request.url, method=request.method, headers=[(h.name, h.value) for h in request.headers],
@@ -175,7 +184,7 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         settings = self.app.settings
         payer = Payer(self._sign, self.app.lifecycle, self.app.fetcher, self.run, settings.max_challenge_bytes,
                       deadline_s=settings.pay_deadline_seconds, keep_bytes=settings.keep_paid_response_bytes,
-                      vouchers=self.app.payments)
+                      vouchers=self.app.payments, top_up=self._top_up)
         async for part in payer.pay(caller, req):
             if isinstance(part, PayHead):
                 yield convert.pay_head_to_proto(part)

@@ -91,10 +91,17 @@ class TopUp:
     amount: int
     #: What the voucher after it adds: the top-up must leave at least this much room.
     increment: int
+    #: The total of the voucher it is for, when that is fixed (a metered stream asks for a
+    #: total); None: the next unit on the channel's total as it stands when locked.
+    total: int | None = None
+
+    def lacks(self, deposit: int, cumulative: int) -> int:
+        """What a channel with this deposit and total lacks for the voucher (0: it fits)."""
+        return max((cumulative + self.increment if self.total is None else self.total) - deposit, 0)
 
     @property
     def shortfall(self) -> int:
-        return max(self.cumulative + self.increment - self.deposit, 0)
+        return self.lacks(self.deposit, self.cumulative)
 
     def at(self, deposit: int, cumulative: int, amount: int) -> TopUp:
         return dataclasses.replace(self, deposit=deposit, cumulative=cumulative, amount=amount)
@@ -108,12 +115,14 @@ def top_up_amount(req: mpp_session.SessionRequest, opened_with: int) -> int:
 
 
 def top_up_offer(offer: Offer[Session], channel: str, channel_id: str, descriptor: str, escrow: str, deposit: int,
-                 cumulative: int, opened_with: int) -> Offer[Any]:
+                 cumulative: int, opened_with: int, total: int | None = None) -> Offer[Any]:
     """The offer that tops up ``channel`` for ``offer``'s session: one unit's price
     as its amount (the policy judges it as it judges a voucher), what it adds as
-    its deposit (the budgets hold it)."""
+    its deposit (the budgets hold it). With ``total`` it makes room for a voucher
+    of that total (a metered stream's request), else for the next unit."""
     req = offer.terms.request
-    top = TopUp(offer.terms, channel, channel_id, descriptor, escrow, deposit, cumulative, 0, req.amount)
+    increment = req.amount if total is None else total - cumulative
+    top = TopUp(offer.terms, channel, channel_id, descriptor, escrow, deposit, cumulative, 0, increment, total)
     amount = max(top_up_amount(req, opened_with), top.shortfall)
     return dataclasses.replace(cast("Offer[Any]", offer), terms=top.at(deposit, cumulative, amount),
                                deposit=amount, channel_deposit=deposit + amount)

@@ -353,9 +353,9 @@ class Planner:
         assert asked is not None
         top = asked.terms
         row = batch.top_ups.get(top.channel)
-        if row is None or row.state != "open" or row.deposit - row.cumulative >= top.increment:
+        shortfall = 0 if row is None else top.lacks(row.deposit, row.cumulative)
+        if row is None or row.state != "open" or shortfall == 0:
             return Revisit()
-        shortfall = row.cumulative + top.increment - row.deposit
         amount = max(top.amount, shortfall)
         charge = _facts(asked, call.req.url)
         for scope in scopes:
@@ -365,8 +365,8 @@ class Planner:
         if amount < shortfall:
             left = row.deposit - row.cumulative
             refusal = LimitExceeded(
-                f"channel {top.channel} ({top.channel_id}) has {left} left of its deposit of {row.deposit}, less "
-                f"than the {top.increment} asked, and max_channel_deposit leaves no room to top it up: close it "
+                f"channel {top.channel} ({top.channel_id}) has {left} left of its deposit of {row.deposit}, "
+                f"{shortfall} short of the voucher asked, and max_channel_deposit leaves no room to top it up: close it "
                 "(CloseChannel) and the next challenge opens a new one", reason="channel_deposit_exhausted",
                 metadata={"channel": top.channel, "remaining": str(left), "deposit": str(row.deposit)})
             batch.audit(call.caller.tenant_id, actor=call.caller.actor, action="payment.deny", outcome="denied",

@@ -242,13 +242,16 @@ class Payments:
         return chosen[0] if chosen and chosen[0].scheme is TEMPO_SESSION else None
 
     def stream_voucher(self, caller: Caller, offer: Offer, req: SignInput, channel_id: str, total: int,
-                       stream_cap: int | None, stream_paid: int) -> tuple[str, str, int]:
+                       stream_cap: int | None, stream_paid: int) -> tuple[str, str, int] | Call:
         """A voucher for ``total`` on ``channel_id`` (a metered stream's in-band
         request), as the header (name, value) that carries it, and what it adds to
         the channel's total. Signed under the channel's lock; the increment is
         judged as a voucher's is (the policy as it stands, ``per_payment_max``, the
         caller's ``max_amount``) and against ``stream_cap``, the caller's
-        ``max_stream_amount``, of which the call's stream vouchers used ``stream_paid``."""
+        ``max_stream_amount``, of which the call's stream vouchers used ``stream_paid``.
+        A total past the deposit that all of these allow is not signed: the answer
+        is the Sign call that tops the channel up for it (``call.top_up``), which the
+        caller puts through the Sign batch as a Sign top-up is, then asks again."""
         session: Session = offer.terms
         sreq = session.request
         want = Wanted(caller.tenant_id, req.wallet_id, offer.network, sreq.escrow, sreq.recipient, sreq.currency,
@@ -275,9 +278,25 @@ class Payments:
             if id(exc) in denials:
                 self._audit_voucher_denials([(caller, req, offer, asked[-1], denials[id(exc)], exc)])
             raise
+        if isinstance(signed, TopUpWanted):
+            return self._stream_top_up(caller, offer, req, signed)
         value = voucher_credential(session, signed.descriptor, signed.channel_id, signed.cumulative,
                                    signed.signature, signed.payer)
         return session.challenge.header, value, signed.increment
+
+    def _stream_top_up(self, caller: Caller, offer: Offer, req: SignInput, wanted: TopUpWanted) -> Call:
+        """The Sign call that tops up a metered stream's channel for the total it
+        asked: the stream's offer as Pay kept it (its challenge may have been read
+        minutes ago), without the call's idempotency key (that key names the open or
+        voucher that paid the request, and a top-up under it would replay that)."""
+        req = dataclasses.replace(req, idempotency_key=None)
+        collected = offers_mod.Collected((offer,), None, (offer.terms.challenge,))
+        known = self._wallet_info(caller.tenant_id, req.wallet_id)
+        prepared = self.proofs.chain_facts(collected.offers, payer=known[0] if known else None)
+        call = Call(caller, req, None, collected, _request_hash(req, collected), prepared, None)
+        call.top_up = top_up_offer(offer, wanted.channel, wanted.channel_id, wanted.descriptor, wanted.escrow,
+                                   wanted.deposit, wanted.cumulative, wanted.opened_with, wanted.total)
+        return call
 
     def open_facts(self, call: Call) -> None:
         """What opening a channel for ``call``'s session needs from the chain (its
