@@ -20,7 +20,15 @@ from sqlalchemy import select
 
 from teller.db.models import ChannelTopUp
 from teller.mpp.channel import ChannelDescriptor, channel_id
-from teller_client import Asset, Budget, FailedPrecondition, LimitExceeded, PermissionDenied, Policy
+from teller_client import (
+    Asset,
+    Budget,
+    FailedPrecondition,
+    LimitExceeded,
+    PermissionDenied,
+    Policy,
+    Unauthenticated,
+)
 from testbed.channels import CHAIN_ID, ESCROW, NETWORK, TOKEN
 from tests.support.harness import RunningTeller, make_settings
 
@@ -137,7 +145,7 @@ def _run(teller, t, fake: FakeSession, **kw: object) -> tuple[bytes, BaseExcepti
             assert r.response.status == 200
             for chunk in r.chunks:
                 got += chunk
-    except (FailedPrecondition, LimitExceeded, PermissionDenied) as exc:
+    except (FailedPrecondition, LimitExceeded, PermissionDenied, Unauthenticated) as exc:
         return bytes(got), exc
     finally:
         fake.close()
@@ -435,3 +443,21 @@ def test_a_capped_stream_refuses_the_voucher_before_it_tops_up(teller, topping):
     assert _top_ups(teller, handle) == [] and _reserved(teller, t) == 0
     c = teller.app.channels.get(t.tenant_id, handle)
     assert (c.deposit, c.cumulative) == (DEPOSIT, DEPOSIT)
+
+
+def test_a_token_revoked_mid_stream_signs_no_more_vouchers_and_tops_nothing_up(teller, topping):
+    """Sign checks the token in the voucher's own transaction; a stream outlives the moment Pay
+    authenticated its caller, so a token revoked while it runs must stop its vouchers and, above
+    all, its top-ups (a leaked token's stream would lock more of the wallet's funds)."""
+    t, payee, cid, handle = topping
+
+    def stream(f):
+        teller.admin().revoke_token(t.token_id)
+        return [_message("one"), _need(cid, DEPOSIT + PRICE), _message("two")]
+
+    fake = FakeSession(payee, cid, stream)
+    _, error = _run(teller, t, fake)
+    assert isinstance(error, Unauthenticated), error
+    assert fake.posted == [] and _top_ups(teller, handle) == [] and _reserved(teller, t) == 0
+    assert _total(teller, t, handle) == PRICE  # the request's own voucher, signed before the revocation
+

@@ -34,6 +34,7 @@ from teller.errors import (
     LimitExceeded,
     PermissionDenied,
     TellerError,
+    Unauthenticated,
     Unavailable,
 )
 from teller.mpp.channel import ESCROW_PRECOMPILE
@@ -248,8 +249,9 @@ class Payments:
         the channel's total. Signed under the channel's lock; the increment is
         judged as a voucher's is (the policy as it stands, ``per_payment_max``, the
         caller's ``max_amount``) and against ``stream_cap``, the caller's
-        ``max_stream_amount``, of which the call's stream vouchers used ``stream_paid``.
-        A total past the deposit that all of these allow is not signed: the answer
+        ``max_stream_amount``, of which the call's stream vouchers used ``stream_paid``;
+        the caller's token must still stand (a stream outlives the moment Pay
+        authenticated it, and a revoked token pays nothing more). A total past the deposit that all of these allow is not signed: the answer
         is the Sign call that tops the channel up for it (``call.top_up``), which the
         caller puts through the Sign batch as a Sign top-up is, then asks again."""
         session: Session = offer.terms
@@ -258,6 +260,10 @@ class Payments:
                       sreq.operator, channel_id)
 
         def check(s: Session_, increment: int) -> None:
+            revoked = s.execute(select(ApiToken.revoked_ms).where(
+                ApiToken.id == caller.token_id, ApiToken.tenant_id == caller.tenant_id)).one_or_none()
+            if revoked is None or revoked[0] is not None:
+                raise Unauthenticated("token revoked")
             if stream_cap is not None and stream_paid + increment > stream_cap:
                 raise LimitExceeded(
                     f"the stream's next voucher would add {increment} to the {stream_paid} its vouchers added in "
