@@ -118,9 +118,16 @@ class FakeSession:
 
 
 @pytest.fixture
-def teller(tmp_path):
+def later() -> list[float]:
+    """Seconds the Teller's clock runs ahead of the fake's (a test moves it mid-stream)."""
+    return [0.0]
+
+
+@pytest.fixture
+def teller(tmp_path, later):
     running = RunningTeller(make_settings(f"sqlite:///{tmp_path / 'teller.db'}", tmp_path,
-                                          outbound_allow=("127.0.0.1",), max_challenge_bytes=MAX_EVENT))
+                                          outbound_allow=("127.0.0.1",), max_challenge_bytes=MAX_EVENT),
+                            lambda: time.time() + later[0])
     yield running
     running.stop()
 
@@ -497,3 +504,21 @@ def test_a_second_stream_waits_for_the_top_up_another_is_delivering(teller, topp
         th.join()
     assert _top_ups(teller, handle) == [(DEPOSIT, DEPOSIT)]  # one top-up for both
     assert [error for _, error in out] == [None, None]
+
+
+def test_a_top_up_after_the_streams_challenge_expired_is_the_servers_doing_not_an_invalid_argument(
+        teller, topping, later):
+    """The top-up is signed in the challenge that paid the stream's request; once that has expired
+    (a long stream), the call ends naming it as a precondition the server's stream left unmet, not
+    as the caller's INVALID_ARGUMENT, and nothing is signed or reserved."""
+    t, payee, cid, handle = topping
+
+    def stream(f: FakeSession) -> list[bytes]:
+        later[0] = 600.0  # the fake's challenge expires in 5 minutes
+        return [_message("one"), _need(cid, DEPOSIT + PRICE), _message("two")]
+
+    fake = FakeSession(payee, cid, stream)
+    _, error = _run(teller, t, fake)
+    assert isinstance(error, FailedPrecondition) and error.reason == "stream_challenge_expired", error
+    assert "expires at" in str(error)
+    assert fake.posted == [] and _top_ups(teller, handle) == [] and _reserved(teller, t) == 0

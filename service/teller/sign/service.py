@@ -37,6 +37,7 @@ from teller.errors import (
     Unauthenticated,
     Unavailable,
 )
+from teller.mpp import charge as mpp_charge
 from teller.mpp.channel import ESCROW_PRECOMPILE
 from teller.mpp.session import Session
 from teller.schemes import Offer
@@ -294,7 +295,15 @@ class Payments:
         """The Sign call that tops up a metered stream's channel for the total it
         asked: the stream's offer as Pay kept it (its challenge may have been read
         minutes ago), without the call's idempotency key (that key names the open or
-        voucher that paid the request, and a top-up under it would replay that)."""
+        voucher that paid the request, and a top-up under it would replay that). A
+        challenge that expired during the stream is the server's doing, not the
+        caller's argument: ``stream_challenge_expired``, nothing signed."""
+        try:
+            mpp_charge.valid_before(offer.terms.challenge, int(self.clock()))
+        except InvalidArgument as exc:
+            raise FailedPrecondition(f"the stream's channel needs a top-up, which is signed in the challenge that "
+                                     f"paid the stream's request: {exc.message}", reason="stream_challenge_expired",
+                                     metadata={"expires": offer.terms.challenge.expires or ""}) from None
         req = dataclasses.replace(req, idempotency_key=None)
         collected = offers_mod.Collected((offer,), None, (offer.terms.challenge,))
         known = self._wallet_info(caller.tenant_id, req.wallet_id)
