@@ -125,6 +125,9 @@ def advance(s: Session, p: Payment, change: Change, *, from_states: tuple[str, .
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
+    if p.scheme == SchemeId.TEMPO_SESSION and change.to == PaymentState.SETTLED:
+        # A top-up mined: the server reads the chain, so it knows the deposit it added.
+        Channels.mark_delivered(s, p.id, now_ms)
     if p.scheme == SchemeId.TEMPO_SESSION and change.to != PaymentState.SETTLED:
         # The open transaction will never be mined: no channel exists to sign vouchers on.
         # Its row is locked before the audit chain head, as a voucher locks them.

@@ -33,6 +33,7 @@ from typing import Any, Protocol, TypeVar
 from teller import lifecycle as lc
 from teller import refusal as refusal_mod
 from teller.callers import Caller
+from teller.channels import top_up as top_up_mod
 from teller.db.models import Payment
 from teller.errors import (
     FailedPrecondition,
@@ -147,6 +148,10 @@ class StreamVouchers(Protocol):
 
     @staticmethod
     def top_up_gave_out(call: Call) -> TellerError: ...
+
+    def top_up_in_flight(self, payment_id: str) -> bool: ...
+
+    top_up_wait_s: float
 
 
 def _paid_channel(signed: SignResult) -> tuple[bytes, int] | None:
@@ -400,12 +405,22 @@ class Payer:
         however many callers ask), as mppx's client tops up before it answers: its
         size is Teller's to decide from its own records, never the event's
         ``deposit``. A top-up adds deposit, not a voucher: it does not count
-        against ``max_stream_amount``, which the voucher is judged by before it."""
+        against ``max_stream_amount``, which the voucher is judged by before it. A
+        total that needs the deposit of a top-up still on its way to the server
+        (another call's) waits for it to arrive, as a Sign call's voucher does."""
         assert self.vouchers is not None and self.top_up is not None
+        vouchers = self.vouchers
+
+        async def ask() -> tuple[str, str, int] | Call:
+            return await self.run(vouchers.stream_voucher, caller, offer, req.sign, channel, total, meter.cap,
+                                  meter.paid)
+
+        async def in_flight(payment_id: str) -> bool:
+            return await self.run(vouchers.top_up_in_flight, payment_id)
+
         rounds = 0
         while True:
-            got = await self.run(self.vouchers.stream_voucher, caller, offer, req.sign, channel, total, meter.cap,
-                                 meter.paid)
+            got = await top_up_mod.waiting(ask, in_flight, vouchers.top_up_wait_s)
             if not isinstance(got, Call):
                 return got
             if rounds == TOP_UP_ROUNDS:  # each time, other callers used the room before this voucher

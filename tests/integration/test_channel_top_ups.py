@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 
 import pytest
 from sqlalchemy import select
@@ -18,7 +19,7 @@ from teller import lifecycle
 from teller.app import build
 from teller.callers import Caller
 from teller.db.models import AuditEvent, ChannelTopUp, Payment
-from teller.errors import LimitExceeded
+from teller.errors import FailedPrecondition, LimitExceeded, Unavailable
 from teller.sign.call import sign_input
 from teller.states import PaymentState
 from testbed.channels import CHAIN_ID, ESCROW, NETWORK, TOKEN
@@ -207,12 +208,18 @@ def test_a_retry_under_the_key_is_the_same_top_up_and_the_same_voucher(app):
     assert app.payments.voucher(call) is None and call.top_up is not None
     app.payments.open_facts(call)
     first = app.payments.finish(app.payments.commit([call])[0])
-    # The same top-up again from the batch (a retry racing into it) ...
+    # A retry racing into it while the top-up is on its way to the server: no voucher yet ...
     again = t.call("retry-1")
-    app.payments.voucher(again)
+    with pytest.raises(Unavailable) as waiting:
+        app.payments.voucher(again)
+    assert waiting.value.reason == "top_up_in_flight"
+    assert waiting.value.metadata["top_up_payment"] == first.payment_id
+    assert t.channel().cumulative == DEPOSIT
+    # ... the same top-up again from the batch ...
     app.payments.open_facts(again)
     assert app.payments.finish(app.payments.commit([again])[0]).payment_id == first.payment_id
-    # ... and the Sign retry gets the voucher the top-up was for, and no second top-up.
+    app.channels.top_up_delivered(first.payment_id)  # its caller handed it to the server
+    # ... and, delivered, the Sign retry gets the voucher the top-up was for, and no second top-up.
     voucher = t.sign("retry-1")
     replay = t.sign("retry-1")
     assert _payload(voucher)["cumulativeAmount"] == str(DEPOSIT + PRICE)
@@ -351,3 +358,96 @@ def test_a_top_up_key_sent_with_another_request_is_refused_not_a_voucher_on_its_
     # The request it was made for gets the voucher the top-up was for.
     (answer,) = app.channels.sign_next_many(want, [Ask(7, idempotency_key="K")])
     assert answer.channel == o.channel.handle and answer.increment == 7
+
+
+def _cumulatives(app, t) -> list[int]:
+    return [total for total, _ in app.channels.vouchers(t.tenant_id, t.channel().id)]
+
+
+def test_a_second_call_waits_for_the_top_up_another_is_delivering(app):
+    """Two calls find the channel exhausted at once: one tops it up; the other finds the
+    room made (Revisit) but the server does not know it until the top-up is delivered, so
+    its voucher is signed only once the top-up is recorded as delivered."""
+    t = Tenant(app)
+    t.exhaust()
+    during: list[list[int]] = []
+    b_done: list[tuple[float, object]] = []
+
+    def b() -> None:
+        try:
+            got: object = t.sign()
+        except Exception as exc:  # asserted below
+            got = exc
+        b_done.append((time.monotonic(), got))
+
+    second = threading.Thread(target=b)
+
+    def deliver(url: str, name: str, value: str) -> None:
+        app.delivered.append(value)
+        second.start()  # the other call, now that the top-up is committed (its deposit recorded)
+        time.sleep(0.6)  # the server broadcasts it and reads the deposit back
+        during.append(_cumulatives(app, t))
+        handed.append(time.monotonic())  # recorded as delivered once this returns
+
+    handed: list[float] = []
+    app.payments.deliver_top_up = deliver
+    a = t.sign()
+    second.join()
+    assert during == [[PRICE * i for i in range(1, 11)]]  # nothing signed past the old deposit meanwhile
+    ((b_at, b_result),) = b_done
+    assert not isinstance(b_result, BaseException), b_result
+    assert b_at > handed[0]  # it waited for the delivery
+    totals = sorted(int(_payload(r)["cumulativeAmount"]) for r in (a, b_result))
+    assert totals == [DEPOSIT + PRICE, DEPOSIT + 2 * PRICE]
+    assert len(t.top_ups()) == 1 and len(app.delivered) == 1
+
+
+def test_a_top_up_the_server_never_took_holds_vouchers_until_it_expires(app):
+    """Its delivery failed: the deposit it added is Teller's record only. Later vouchers that
+    need it are UNAVAILABLE top_up_in_flight, nothing signed, until it expires and the
+    deposit goes back down; then the next call tops up again."""
+    t = Tenant(app)
+    t.exhaust()
+
+    def refused(url: str, name: str, value: str) -> None:
+        raise FailedPrecondition("the server did not take the channel's top-up: HTTP 409", reason="top_up_refused")
+
+    app.payments.deliver_top_up = refused
+    with pytest.raises(FailedPrecondition) as failed:
+        t.sign()
+    assert failed.value.reason == "top_up_refused"
+    ((payment_id, _, _),) = t.top_ups()
+    app.payments.deliver_top_up = lambda url, name, value: app.delivered.append(value)
+    app.payments.top_up_wait_s = 0.3
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as waiting:
+        t.sign()
+    assert time.monotonic() - started >= 0.3  # it waited for the delivery first
+    assert waiting.value.reason == "top_up_in_flight"
+    assert (waiting.value.metadata["channel"], waiting.value.metadata["top_up_payment"]) == (t.channel().id,
+                                                                                            payment_id)
+    assert (t.channel().deposit, t.channel().cumulative) == (2 * DEPOSIT, DEPOSIT)
+    assert len(t.top_ups()) == 1 and app.delivered == []
+    with app.db.transaction() as s:
+        p = s.get(Payment, payment_id)
+        assert lifecycle.advance(s, p, lifecycle.Change(PaymentState.EXPIRED, release=True, reason="expired"),
+                                 from_states=lifecycle.LIVE, now_ms=1, actor="test")
+    assert t.channel().deposit == DEPOSIT
+    assert _payload(t.sign())["cumulativeAmount"] == str(DEPOSIT + PRICE)
+    assert len(t.top_ups()) == 2 and len(app.delivered) == 1
+
+
+def test_a_top_up_seen_mined_counts_as_delivered(app):
+    t = Tenant(app)
+    t.exhaust()
+    call = t.call()
+    assert app.payments.voucher(call) is None and call.top_up is not None
+    app.payments.open_facts(call)
+    topped = app.payments.finish(app.payments.commit([call])[0])
+    assert app.payments.top_up_in_flight(topped.payment_id)
+    with app.db.transaction() as s:
+        p = s.get(Payment, topped.payment_id)
+        assert lifecycle.advance(s, p, lifecycle.Change(PaymentState.SETTLED, release=False, reason=""),
+                                 from_states=lifecycle.LIVE, now_ms=1, actor="test")
+    assert not app.payments.top_up_in_flight(topped.payment_id)
+    assert _payload(t.sign())["cumulativeAmount"] == str(DEPOSIT + PRICE)

@@ -70,3 +70,27 @@ def test_0003_downgrade_keeps_held_payments_counted(db_url):
     engine.dispose()
     # 0002 counts signed and settled: the held one counts, the released ones do not.
     assert states == {"p1": "signed", "p2": "failed", "p3": "expired"}
+
+
+def test_0015_counts_the_top_ups_made_before_it_as_delivered(db_url):
+    """Top-ups recorded before delivery was (0014) were handed to the server by the release that
+    made them: none may hold a voucher back after the upgrade."""
+    from sqlalchemy import text
+
+    upgrade(db_url, "0014")
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO tenants (id, name, state, created_ms) VALUES ('t1', 'old', 'active', 1)"))
+        conn.execute(text("INSERT INTO wallets (id, tenant_id, label, address, state, kek_version, wrapped_data_key, "
+                          "key_ciphertext, created_ms) VALUES ('w1', 't1', '', '0x1', 'active', 'k', :b, :b, 1)"),
+                     {"b": b"x"})
+        conn.execute(text("INSERT INTO channels (id, tenant_id, wallet_id, network, escrow, channel_id, token, payee, "
+                          "descriptor, deposit, cumulative, state, created_ms, updated_ms) VALUES ('c1', 't1', 'w1', "
+                          "'eip155:1', '0xe', '0x01', '0xa', '0xb', '{}', 20, 0, 'open', 1, 1)"))
+        conn.execute(text("INSERT INTO channel_top_ups (payment_id, channel, added, deposit_before, created_ms) "
+                          "VALUES ('p1', 'c1', 10, 10, 7)"))
+    upgrade(db_url)
+    with engine.connect() as conn:
+        delivered = conn.execute(text("SELECT delivered_ms FROM channel_top_ups WHERE payment_id = 'p1'")).scalar_one()
+    engine.dispose()
+    assert delivered == 7

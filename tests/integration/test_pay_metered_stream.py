@@ -472,9 +472,6 @@ def test_a_token_revoked_mid_stream_signs_no_more_vouchers_and_tops_nothing_up(t
     assert _total(teller, t, handle) == PRICE  # the request's own voucher, signed before the revocation
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: the Sign batch raises the channel's deposit when it signs a "
-                   "top-up, before the server has taken it; a voucher signed meanwhile on the channel (another "
-                   "stream's, or a Sign call's after Revisit) is sent into a deposit the server does not know yet")
 def test_a_second_stream_waits_for_the_top_up_another_is_delivering(teller, topping):
     """Stream A tops the channel up; while the server is still taking it, stream B asks for a total the
     raised deposit covers. B's voucher must not reach the server before A's top-up has: the server

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from teller.audit import events as audit
 from teller.chain import Mined
 from teller.channels.rules import ChannelState, counted_after_close
+from teller.channels.store import Channels
 from teller.db.models import Channel, ChannelTopUp, Payment
 from teller.lifecycle import LIVE, Change, advance, mined_change
 from teller.mpp.channel_events import (
@@ -150,6 +151,8 @@ def apply(s: Session, network: str, event: ChannelEvent, *, now_ms: int, actor: 
         # deposit is what the escrow now holds (Teller's may still count a top-up pending).
         ours = s.execute(select(Payment.id, ChannelTopUp.added).join(ChannelTopUp, ChannelTopUp.payment_id == Payment.id)
                          .where(ChannelTopUp.channel == c.id, Payment.nonce == event.log.tx_hash)).first()
+        if ours is not None:
+            Channels.mark_delivered(s, ours[0], now_ms)  # on chain: the server knows its deposit
         audit.record(s, at_ms=now_ms, actor=actor, action=action, amount=str(event.additional_deposit),
                      details={**details, "added": str(event.additional_deposit),
                               "deposit_on_chain": str(event.new_deposit), "deposit": str(c.deposit),

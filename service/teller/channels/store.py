@@ -9,6 +9,13 @@ the vouchers' primary key (one voucher per total), the total's
 compare-and-set update (only upwards), and the table's check (never past the
 deposit).
 
+A voucher uses only the deposit the server knows: the channel's, less what
+its top-ups still on their way to the server add (signed, not yet taken by
+the server nor mined, nor released). A voucher that needs that part is not
+signed: its caller is answered ``Unavailable`` ``top_up_in_flight`` and waits
+for the delivery (``teller.channels.top_up``). The sum is a subquery of the
+statement that locks the channel, so it costs no round trip.
+
 On PostgreSQL the lock is ``SELECT ... FOR UPDATE`` on the channel's row, so
 vouchers of different channels are signed in parallel; SQLite's writers take
 the database's write lock at ``BEGIN IMMEDIATE`` (``teller.db.engine``).
@@ -21,7 +28,7 @@ import uuid
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -40,7 +47,27 @@ from teller.errors import (
     Unavailable,
 )
 from teller.mpp.channel import ChannelDescriptor, voucher_typed_data
+from teller.states import PaymentState
 from teller.vault import SealedKey, Vault
+
+#: The reason of a voucher that needs the deposit of a top-up not yet delivered.
+TOP_UP_IN_FLIGHT = "top_up_in_flight"
+#: A top-up payment in these states, not released, may still be mined.
+_UNMINED = (PaymentState.SIGNED.value, PaymentState.FAILED.value)
+
+
+def _undelivered(channel: object) -> ColumnElement[bool]:
+    """The condition on ``ChannelTopUp`` (joined to its ``Payment``) of ``channel``'s
+    top-ups the server may not know of: not delivered, not mined, not released."""
+    return and_(ChannelTopUp.channel == channel, ChannelTopUp.delivered_ms.is_(None),
+                Payment.state.in_(_UNMINED), Payment.released_ms.is_(None))
+
+
+def _in_flight_sum() -> ScalarSelect[int]:
+    """What ``Channel``'s undelivered top-ups add, as a scalar subquery of the statement that locks it."""
+    return (select(func.coalesce(func.sum(ChannelTopUp.added), 0))
+            .join(Payment, Payment.id == ChannelTopUp.payment_id)
+            .where(_undelivered(Channel.id)).scalar_subquery())
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +229,42 @@ class Channels:
         c.updated_ms = now_ms
         s.flush()
         return c.deposit
+
+    # -- top-ups on their way to the server ------------------------------------------------------------------
+
+    @staticmethod
+    def mark_delivered(s: Session, payment_id: str, now_ms: int) -> None:
+        """The server knows top-up ``payment_id``'s deposit (it took the credential,
+        or the transaction is mined): vouchers may use it. In the caller's transaction."""
+        s.execute(update(ChannelTopUp).where(ChannelTopUp.payment_id == payment_id,
+                                             ChannelTopUp.delivered_ms.is_(None))
+                  .values(delivered_ms=now_ms).execution_options(synchronize_session=False))
+
+    def top_up_delivered(self, payment_id: str) -> None:
+        """The server took top-up ``payment_id`` (it answered its POST with 2xx)."""
+        with self.db.transaction() as s:
+            self.mark_delivered(s, payment_id, ms(self.clock))
+
+    def top_up_in_flight(self, payment_id: str) -> bool:
+        """Whether top-up ``payment_id`` is still on its way: neither delivered, mined nor released."""
+        with self.db.read() as s:
+            top = s.get(ChannelTopUp, payment_id)
+            return top is not None and s.scalar(
+                select(ChannelTopUp.payment_id).join(Payment, Payment.id == ChannelTopUp.payment_id)
+                .where(ChannelTopUp.payment_id == payment_id, _undelivered(top.channel))) is not None
+
+    @staticmethod
+    def _in_flight(s: Session, c: Channel, known: int) -> Unavailable:
+        """The refusal of a voucher past ``known``, the deposit the server knows of ``c``."""
+        first = s.execute(select(ChannelTopUp.payment_id, ChannelTopUp.added)
+                          .join(Payment, Payment.id == ChannelTopUp.payment_id)
+                          .where(_undelivered(c.id)).order_by(ChannelTopUp.created_ms, ChannelTopUp.payment_id)
+                          .limit(1)).one()
+        return Unavailable(f"channel {c.id} ({c.channel_id}): the voucher needs the deposit its top-up {first[0]} "
+                           f"(+{first[1]}) adds, which is still on its way to the server (it knows {known} of "
+                           f"{c.deposit}): retry once it is delivered", reason=TOP_UP_IN_FLIGHT,
+                           metadata={"channel": c.id, "top_up_payment": first[0], "deposit": str(c.deposit),
+                                     "deposit_delivered": str(known)})
 
     # -- vouchers --------------------------------------------------------------------------------------------
 
@@ -465,13 +528,15 @@ class Channels:
         rules refuse gets its error and moves nothing). The vouchers are inserted
         together, the total moved once (compare-and-set) and the batch audited as
         one event."""
-        row = s.execute(select(Channel, Wallet, Tenant).join(Wallet, Wallet.id == Channel.wallet_id)
+        row = s.execute(select(Channel, Wallet, Tenant, _in_flight_sum())
+                        .join(Wallet, Wallet.id == Channel.wallet_id)
                         .join(Tenant, Tenant.id == Channel.tenant_id)
                         .where(Channel.id == channel, Channel.tenant_id == tenant_id)
                         .with_for_update(of=Channel)).one_or_none()
         if row is None:
             raise NotFound(f"channel {channel!r} not found")
-        c, wallet, tenant = row
+        c, wallet, tenant, in_flight = row
+        known = c.deposit - int(in_flight)  # what the server knows of the deposit
         for what, holder in ((f"tenant {tenant.id}", tenant), (f"wallet {wallet.id}", wallet)):
             if holder.frozen or holder.state != "active":
                 raise FailedPrecondition(f"{what} is {'frozen' if holder.frozen else holder.state}: "
@@ -489,6 +554,10 @@ class Channels:
                                       max_increment=ask.max_increment)
             except TellerError as exc:
                 answers.append(exc)
+                continue
+            if nxt > known:
+                # Within the deposit Teller recorded, past the one the server knows: it would refuse it.
+                answers.append(self._in_flight(s, c, known))
                 continue
             typed = voucher_typed_data(bytes.fromhex(c.channel_id[2:]), nxt, escrow=c.escrow, chain_id=chain_id)
             signature = "0x" + signer.sign_typed_data(typed).hex()

@@ -7,6 +7,13 @@ for it. So, as mppx's client does, Teller POSTs the top-up credential to the
 session's URL itself, then answers the caller's challenge with the next
 voucher, which the raised deposit now covers.
 
+Until the server has taken it (a 2xx answer, recorded as ``delivered_ms``;
+or its transaction mined), no voucher uses the deposit it adds: the server
+would refuse it. A caller whose voucher needs that deposit waits for the
+delivery (``waiting``, ``waiting_sync``), polling the database, so a top-up
+delivered by another worker counts too; after ``wait_s`` it is answered
+``Unavailable`` ``top_up_in_flight``, nothing signed.
+
 If the server does not take it, the top-up's reservation stays held until
 its transaction can no longer be mined; then the reconciler releases it and
 lowers the channel's deposit again (``Channels.top_up_failed``).
@@ -14,9 +21,63 @@ lowers the channel's deposit again (``Channels.top_up_failed``).
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from teller import refusal
-from teller.errors import FailedPrecondition
+from teller.channels.store import TOP_UP_IN_FLIGHT
+from teller.errors import FailedPrecondition, Unavailable
 from teller.fetch import Fetcher
+
+T = TypeVar("T")
+
+#: How long a voucher waits for another call's top-up to reach the server: the
+#: server broadcasts it and reads the raised deposit back first (about a block).
+WAIT_S = 5.0
+#: How often the waiting caller reads whether the top-up is delivered.
+POLL_S = 0.05
+
+
+def awaited(exc: Unavailable) -> str | None:
+    """The top-up payment a voucher's refusal waits for, if it is ``top_up_in_flight``."""
+    return exc.metadata.get("top_up_payment") if exc.reason == TOP_UP_IN_FLIGHT else None
+
+
+async def waiting(ask: Callable[[], Awaitable[T]], in_flight: Callable[[str], Awaitable[bool]],
+                  wait_s: float = WAIT_S) -> T:
+    """``ask`` for a voucher; while it is refused for a top-up still on its way,
+    wait until ``in_flight(payment_id)`` says it arrived (or ``wait_s`` passed)
+    and ask again. The last refusal is raised when the wait runs out."""
+    deadline: float | None = None
+    while True:
+        try:
+            return await ask()
+        except Unavailable as exc:
+            payment_id = awaited(exc)
+            now = time.monotonic()
+            deadline = now + wait_s if deadline is None else deadline
+            if payment_id is None or now >= deadline:
+                raise
+            while time.monotonic() < deadline and await in_flight(payment_id):
+                await asyncio.sleep(POLL_S)
+
+
+def waiting_sync(ask: Callable[[], T], in_flight: Callable[[str], bool], wait_s: float = WAIT_S) -> T:
+    """``waiting`` for a caller without an event loop."""
+    deadline: float | None = None
+    while True:
+        try:
+            return ask()
+        except Unavailable as exc:
+            payment_id = awaited(exc)
+            now = time.monotonic()
+            deadline = now + wait_s if deadline is None else deadline
+            if payment_id is None or now >= deadline:
+                raise
+            while time.monotonic() < deadline and in_flight(payment_id):
+                time.sleep(POLL_S)
 
 
 async def deliver(fetcher: Fetcher, url: str, header_name: str, header_value: str, max_bytes: int) -> None:
@@ -30,4 +91,4 @@ async def deliver(fetcher: Fetcher, url: str, header_name: str, header_value: st
                              metadata={"server_reason": why[:200]})
 
 
-__all__ = ["deliver"]
+__all__ = ["POLL_S", "WAIT_S", "awaited", "deliver", "waiting", "waiting_sync"]

@@ -314,15 +314,19 @@ class Voucher(Base):
 
 class ChannelTopUp(Base):
     """A payment that raised a channel's deposit by ``added`` (a ``topUp`` on the
-    escrow). Its transaction never mined, the deposit goes back down."""
+    escrow). Its transaction never mined, the deposit goes back down. Until the
+    server took it (``delivered_ms``, or its transaction mined), the server does
+    not know the deposit it adds, and no voucher may use it."""
 
     __tablename__ = "channel_top_ups"
-    __table_args__ = (CheckConstraint("added > 0", name="ck_channel_top_ups_positive"),)
+    __table_args__ = (CheckConstraint("added > 0", name="ck_channel_top_ups_positive"),
+                      Index("ix_channel_top_ups_channel", "channel", "delivered_ms"))
     payment_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     channel: Mapped[str] = mapped_column(ForeignKey("channels.id"))
     added: Mapped[int] = mapped_column(BigInteger)
     deposit_before: Mapped[int] = mapped_column(BigInteger)
     created_ms: Mapped[int] = mapped_column(BigInteger)
+    delivered_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True, default=None)
 
 
 class SchemaRevision(Base):

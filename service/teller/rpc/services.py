@@ -22,6 +22,7 @@ from teller.channels import reads as channel_reads
 from teller.channels import top_up
 from teller.channels.close import Closer
 from teller.channels.forced import ForcedClose
+from teller.channels.store import Wanted
 from teller.db.models import Operator
 from teller.errors import InvalidArgument, PermissionDenied, TellerError
 from teller.pay import Payer, PayHead, pay_input
@@ -131,9 +132,7 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
             for _ in range(TOP_UP_ROUNDS):
                 # An MPP session on a channel the wallet has open: a voucher, under the channel's lock,
                 # in one transaction with the other vouchers asked of that channel meanwhile.
-                voucher = await self.vouchers.submit((channel, caller.actor), call)
-                if isinstance(voucher, BaseException):
-                    raise voucher
+                voucher = await self._voucher(channel, call)
                 if voucher is not None:
                     return voucher
                 if call.top_up is None:
@@ -147,14 +146,28 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         if channel is not None and channel_opening(verdict):
             # Another call opened this payee's channel a moment ago: a voucher on it, not a second deposit.
             await asyncio.sleep(OPENING_PAUSE_S)
-            voucher = await self.vouchers.submit((channel, caller.actor), call)
-            if isinstance(voucher, BaseException):
-                raise voucher
+            voucher = await self._voucher(channel, call)
             if voucher is not None:
                 return voucher
         if isinstance(verdict, PushPending):
             return await self.run(payments.finish, verdict)  # broadcasts: blocking
         return payments.finish(verdict)
+
+    async def _voucher(self, channel: Wanted, call: Call) -> SignResult | None:
+        """The next voucher on ``channel`` for ``call`` (None: open or top up first), in
+        one transaction with the others asked of it meanwhile; one that needs the
+        deposit of a top-up still on its way to the server waits for it (polling,
+        bounded: then ``top_up_in_flight``)."""
+        async def ask() -> SignResult | None:
+            voucher = await self.vouchers.submit((channel, call.caller.actor), call)
+            if isinstance(voucher, BaseException):
+                raise voucher
+            return voucher
+
+        async def in_flight(payment_id: str) -> bool:
+            return await self.run(self.app.payments.top_up_in_flight, payment_id)
+
+        return await top_up.waiting(ask, in_flight, self.app.payments.top_up_wait_s)
 
     async def _top_up(self, call: Call) -> None:
         """Top up the channel ``call.top_up`` names (a Sign call's, or a metered
@@ -174,6 +187,8 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
             call.top_up = None
         await top_up.deliver(self.app.fetcher, call.req.url, topped.header_name, topped.header_value,
                              self.app.settings.max_challenge_bytes)
+        # Taken: vouchers may use its deposit (callers waiting for it, on any worker, go on).
+        await self.run(self.app.channels.top_up_delivered, topped.payment_id)
 
     async def Pay(self, request: payment_pb2.PayRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[payment_pb2.PayResponse]:
         caller = await self._caller(context)

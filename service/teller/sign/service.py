@@ -24,6 +24,7 @@ from teller import offers as offers_mod
 from teller.audit import events as audit
 from teller.callers import Caller, check_secret
 from teller.chain import ChainReader, NotCached
+from teller.channels import top_up
 from teller.channels.store import Ask, Channels, TopUpWanted, Wanted
 from teller.clock import Clock, ms, system_clock
 from teller.db import Database
@@ -123,8 +124,11 @@ class Payments:
         #: Per network, the escrows a session's deposit may go to: Tempo's precompile, and the configured one.
         self.session_escrows = {n: e.lower() for n, e in (session_escrows or {}).items()}
         #: How ``sign`` hands a session's top-up credential to the server (url, header, value)
-        #: before the voucher that needs it; None: not handed (the caller's concern).
+        #: before the voucher that needs it; None: not handed (the caller's concern: it is
+        #: recorded as delivered when signed).
         self.deliver_top_up: Callable[[str, str, str], None] | None = None
+        #: How long a voucher waits for another call's top-up of its channel to reach the server.
+        self.top_up_wait_s = top_up.WAIT_S
 
     def sign(self, caller: Caller, req: SignInput, token_secret: str | None = None) -> SignResult:
         """Sign a payment for ``req``. With ``token_secret`` the caller's token is
@@ -135,7 +139,8 @@ class Payments:
         call = self.prepare(caller, req, token_secret)
         if self.voucher_channel(call) is not None:
             for _ in range(TOP_UP_ROUNDS):
-                voucher = self.voucher(call)
+                voucher = top_up.waiting_sync(lambda: self.voucher(call), self.top_up_in_flight,
+                                              self.top_up_wait_s)
                 if voucher is not None:
                     return voucher
                 self.open_facts(call)
@@ -149,12 +154,14 @@ class Payments:
                     call.top_up = None
                 if self.deliver_top_up is not None:
                     self.deliver_top_up(call.req.url, topped.header_name, topped.header_value)
+                self.channels.top_up_delivered(topped.payment_id)
             else:
                 raise self.top_up_gave_out(call)
         verdict = self.commit([call])[0]
         if channel_opening(verdict):
             time.sleep(OPENING_PAUSE_S)
-            return self.voucher(call) or self.finish(verdict)
+            return top_up.waiting_sync(lambda: self.voucher(call), self.top_up_in_flight,
+                                       self.top_up_wait_s) or self.finish(verdict)
         return self.finish(verdict)
 
     # -- MPP sessions: the next voucher on an open channel, outside the batch ---------------------------------
@@ -174,6 +181,10 @@ class Payments:
         if isinstance(answer, TellerError):
             raise answer
         return answer
+
+    def top_up_in_flight(self, payment_id: str) -> bool:
+        """Whether top-up ``payment_id`` is still on its way to the server (a voucher waits for it)."""
+        return self.channels.top_up_in_flight(payment_id)
 
     def voucher_channel(self, call: Call) -> Wanted | None:
         """The channel ``call``'s session asks a voucher on (pure): calls with the
