@@ -451,3 +451,47 @@ def test_a_top_up_seen_mined_counts_as_delivered(app):
                                  from_states=lifecycle.LIVE, now_ms=1, actor="test")
     assert not app.payments.top_up_in_flight(topped.payment_id)
     assert _payload(t.sign())["cumulativeAmount"] == str(DEPOSIT + PRICE)
+
+
+def test_a_voucher_waiting_on_the_lock_of_the_batch_that_tops_up_sees_the_top_up_in_flight(app):
+    """A voucher whose locking statement waits while the Sign batch tops the channel up
+    (its lock held, the deposit raised and the top-up's row written in one commit): on
+    PostgreSQL the lock returns the channel's row as committed, but a subquery of that
+    statement reads the snapshot taken before it waited. The top-up must count as on its
+    way all the same: nothing signed past the deposit the server knows."""
+    from sqlalchemy import delete, update
+
+    from teller.db.models import Channel
+
+    t = Tenant(app)
+    t.exhaust()
+    call = t.call()
+    assert app.payments.voucher(call) is None and call.top_up is not None
+    app.payments.open_facts(call)
+    topped = app.payments.finish(app.payments.commit([call])[0])
+    c = t.channel()
+    with app.db.transaction() as s:  # as it stood before the batch: no top-up, the old deposit
+        top = s.get(ChannelTopUp, topped.payment_id)
+        row = {k: getattr(top, k) for k in ("payment_id", "channel", "added", "deposit_before", "created_ms")}
+        s.execute(delete(ChannelTopUp).where(ChannelTopUp.payment_id == topped.payment_id))
+        s.execute(update(Channel).where(Channel.id == c.id).values(deposit=DEPOSIT))
+    got: list[object] = []
+
+    def voucher() -> None:
+        try:
+            got.append(app.channels.sign_voucher(t.tenant_id, c.id, PRICE))
+        except Exception as exc:  # asserted below
+            got.append(exc)
+
+    other = threading.Thread(target=voucher)
+    with app.db.transaction() as s:  # the batch: the channel locked, topped up, committed
+        s.execute(select(Channel).where(Channel.id == c.id).with_for_update())
+        other.start()
+        time.sleep(0.5)  # the voucher's statement waits for the lock (PostgreSQL; SQLite: for BEGIN)
+        s.add(ChannelTopUp(**row))
+        s.execute(update(Channel).where(Channel.id == c.id).values(deposit=2 * DEPOSIT))
+    other.join()
+    (answer,) = got
+    assert isinstance(answer, Unavailable) and answer.reason == "top_up_in_flight", answer
+    assert t.channel().cumulative == DEPOSIT
+

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, ScalarSelect, and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from teller.audit import events as audit
 from teller.channels.rules import ChannelState, check_amount, next_cumulative
@@ -68,6 +68,16 @@ def _in_flight_sum() -> ScalarSelect[int]:
     return (select(func.coalesce(func.sum(ChannelTopUp.added), 0))
             .join(Payment, Payment.id == ChannelTopUp.payment_id)
             .where(_undelivered(Channel.id)).scalar_subquery())
+
+
+def _deposit_seen() -> ScalarSelect[int]:
+    """``Channel``'s deposit as the locking statement's snapshot has it. On
+    PostgreSQL a ``FOR UPDATE`` that waited returns the row as the transaction it
+    waited for committed it, but its subqueries still read the snapshot taken
+    before the wait: when the two deposits differ (that transaction topped the
+    channel up, or let a top-up go), the in-flight sum is read again."""
+    seen = aliased(Channel)
+    return select(seen.deposit).where(seen.id == Channel.id).scalar_subquery()
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,12 +264,17 @@ class Channels:
                 .where(ChannelTopUp.payment_id == payment_id, _undelivered(top.channel))) is not None
 
     @staticmethod
-    def _in_flight(s: Session, c: Channel, known: int) -> Unavailable:
-        """The refusal of a voucher past ``known``, the deposit the server knows of ``c``."""
-        first = s.execute(select(ChannelTopUp.payment_id, ChannelTopUp.added)
-                          .join(Payment, Payment.id == ChannelTopUp.payment_id)
-                          .where(_undelivered(c.id)).order_by(ChannelTopUp.created_ms, ChannelTopUp.payment_id)
-                          .limit(1)).one()
+    def _undelivered_now(s: Session, channel: str) -> list[tuple[str, int]]:
+        """``channel``'s top-ups on their way (payment, added), oldest first, read by a
+        statement of their own: under the channel's lock, as committed now."""
+        return [(p, a) for p, a in s.execute(
+            select(ChannelTopUp.payment_id, ChannelTopUp.added).join(Payment, Payment.id == ChannelTopUp.payment_id)
+            .where(_undelivered(channel)).order_by(ChannelTopUp.created_ms, ChannelTopUp.payment_id))]
+
+    @staticmethod
+    def _in_flight(c: Channel, known: int, first: tuple[str, int]) -> Unavailable:
+        """The refusal of a voucher past ``known``, the deposit the server knows of ``c``
+        (``first``: its oldest top-up on its way)."""
         return Unavailable(f"channel {c.id} ({c.channel_id}): the voucher needs the deposit its top-up {first[0]} "
                            f"(+{first[1]}) adds, which is still on its way to the server (it knows {known} of "
                            f"{c.deposit}): retry once it is delivered", reason=TOP_UP_IN_FLIGHT,
@@ -528,15 +543,18 @@ class Channels:
         rules refuse gets its error and moves nothing). The vouchers are inserted
         together, the total moved once (compare-and-set) and the batch audited as
         one event."""
-        row = s.execute(select(Channel, Wallet, Tenant, _in_flight_sum())
+        row = s.execute(select(Channel, Wallet, Tenant, _in_flight_sum(), _deposit_seen())
                         .join(Wallet, Wallet.id == Channel.wallet_id)
                         .join(Tenant, Tenant.id == Channel.tenant_id)
                         .where(Channel.id == channel, Channel.tenant_id == tenant_id)
                         .with_for_update(of=Channel)).one_or_none()
         if row is None:
             raise NotFound(f"channel {channel!r} not found")
-        c, wallet, tenant, in_flight = row
-        known = c.deposit - int(in_flight)  # what the server knows of the deposit
+        c, wallet, tenant, in_flight, seen = row
+        # The statement's subqueries read its snapshot: if its lock waited for a transaction that
+        # moved the deposit (a top-up), the top-ups as committed now, read again under the lock.
+        fresh = self._undelivered_now(s, c.id) if seen != c.deposit else None
+        known = c.deposit - (int(in_flight) if fresh is None else sum(a for _, a in fresh))  # the server's
         for what, holder in ((f"tenant {tenant.id}", tenant), (f"wallet {wallet.id}", wallet)):
             if holder.frozen or holder.state != "active":
                 raise FailedPrecondition(f"{what} is {'frozen' if holder.frozen else holder.state}: "
@@ -557,7 +575,7 @@ class Channels:
                 continue
             if nxt > known:
                 # Within the deposit Teller recorded, past the one the server knows: it would refuse it.
-                answers.append(self._in_flight(s, c, known))
+                answers.append(self._in_flight(c, known, (fresh or self._undelivered_now(s, c.id))[0]))
                 continue
             typed = voucher_typed_data(bytes.fromhex(c.channel_id[2:]), nxt, escrow=c.escrow, chain_id=chain_id)
             signature = "0x" + signer.sign_typed_data(typed).hex()
