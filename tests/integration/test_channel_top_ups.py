@@ -495,3 +495,38 @@ def test_a_voucher_waiting_on_the_lock_of_the_batch_that_tops_up_sees_the_top_up
     assert isinstance(answer, Unavailable) and answer.reason == "top_up_in_flight", answer
     assert t.channel().cumulative == DEPOSIT
 
+
+def test_a_top_up_delivered_while_a_voucher_waits_for_the_lock_lets_it_through(app):
+    """A voucher's locking statement waits for the channel's lock while the top-up it needs is
+    delivered (recorded without that lock). On PostgreSQL its subquery still counts the top-up as
+    on its way (the snapshot from before the wait): the voucher must be judged on the top-ups as
+    they stand under the lock, not fail reading a refusal whose top-up is no longer on its way."""
+    from teller.db.models import Channel
+
+    if "postgresql" not in app.db.engine.url.drivername:
+        pytest.skip("SQLite's writers wait at BEGIN, before any snapshot: the delivery would wait for the lock too")
+    t = Tenant(app)
+    t.exhaust()
+    call = t.call()
+    assert app.payments.voucher(call) is None and call.top_up is not None
+    app.payments.open_facts(call)
+    topped = app.payments.finish(app.payments.commit([call])[0])
+    c = t.channel()
+    got: list[object] = []
+
+    def voucher() -> None:
+        try:
+            got.append(app.channels.sign_voucher(t.tenant_id, c.id, PRICE))
+        except Exception as exc:  # asserted below
+            got.append(exc)
+
+    other = threading.Thread(target=voucher)
+    with app.db.transaction() as s:  # another batch holds the channel's lock meanwhile
+        s.execute(select(Channel).where(Channel.id == c.id).with_for_update())
+        other.start()
+        time.sleep(0.5)  # the voucher's statement waits for the lock
+        app.channels.top_up_delivered(topped.payment_id)  # the server took it
+    other.join()
+    (answer,) = got
+    assert not isinstance(answer, BaseException), answer
+    assert answer.cumulative == DEPOSIT + PRICE

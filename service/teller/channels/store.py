@@ -573,9 +573,14 @@ class Channels:
             except TellerError as exc:
                 answers.append(exc)
                 continue
+            if nxt > known and fresh is None:
+                # The snapshot may count a top-up delivered while the lock waited: as committed now.
+                fresh = self._undelivered_now(s, c.id)
+                known = c.deposit - sum(a for _, a in fresh)
             if nxt > known:
                 # Within the deposit Teller recorded, past the one the server knows: it would refuse it.
-                answers.append(self._in_flight(c, known, (fresh or self._undelivered_now(s, c.id))[0]))
+                assert fresh  # known < deposit: a top-up is on its way
+                answers.append(self._in_flight(c, known, fresh[0]))
                 continue
             typed = voucher_typed_data(bytes.fromhex(c.channel_id[2:]), nxt, escrow=c.escrow, chain_id=chain_id)
             signature = "0x" + signer.sign_typed_data(typed).hex()
