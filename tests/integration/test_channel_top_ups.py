@@ -530,3 +530,26 @@ def test_a_top_up_delivered_while_a_voucher_waits_for_the_lock_lets_it_through(a
     (answer,) = got
     assert not isinstance(answer, BaseException), answer
     assert answer.cumulative == DEPOSIT + PRICE
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed: a retry under the key whose top-up never reached the server waits "
+                   "for that top-up, which only its own call would deliver: UNAVAILABLE top_up_in_flight until it "
+                   "expires (then, by reading, channel_deposit_exhausted for that key: no second top-up); it "
+                   "could hand the stored credential (payments.header_value) to the server again")
+def test_a_retry_under_the_key_of_a_top_up_the_server_did_not_take_delivers_it_again(app):
+    """The first call's top-up POST failed (the server down a moment): its caller retries under
+    the same key. Nobody else will deliver that top-up; the retry is the one to hand it over."""
+    t = Tenant(app)
+    t.exhaust()
+
+    def down(url: str, name: str, value: str) -> None:
+        raise Unavailable("the server did not answer the top-up's POST")
+
+    app.payments.deliver_top_up = down
+    with pytest.raises(Unavailable):
+        t.sign("K")
+    app.payments.deliver_top_up = lambda url, name, value: app.delivered.append(value)
+    app.payments.top_up_wait_s = 0.3
+    voucher = t.sign("K")
+    assert _payload(voucher)["cumulativeAmount"] == str(DEPOSIT + PRICE)
+    assert len(app.delivered) == 1 and len(t.top_ups()) == 1
