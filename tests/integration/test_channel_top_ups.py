@@ -496,6 +496,9 @@ def test_a_voucher_waiting_on_the_lock_of_the_batch_that_tops_up_sees_the_top_up
     assert t.channel().cumulative == DEPOSIT
 
 
+# PostgreSQL only: SQLite's writers wait at BEGIN, before any snapshot, so there the
+# delivery waits for the lock too and the race cannot happen.
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
 def test_a_top_up_delivered_while_a_voucher_waits_for_the_lock_lets_it_through(app):
     """A voucher's locking statement waits for the channel's lock while the top-up it needs is
     delivered (recorded without that lock). On PostgreSQL its subquery still counts the top-up as
@@ -503,8 +506,7 @@ def test_a_top_up_delivered_while_a_voucher_waits_for_the_lock_lets_it_through(a
     they stand under the lock, not fail reading a refusal whose top-up is no longer on its way."""
     from teller.db.models import Channel
 
-    if "postgresql" not in app.db.engine.url.drivername:
-        pytest.skip("SQLite's writers wait at BEGIN, before any snapshot: the delivery would wait for the lock too")
+    assert "postgresql" in app.db.engine.url.drivername
     t = Tenant(app)
     t.exhaust()
     call = t.call()
@@ -532,17 +534,16 @@ def test_a_top_up_delivered_while_a_voucher_waits_for_the_lock_lets_it_through(a
     assert answer.cumulative == DEPOSIT + PRICE
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: a retry under the key whose top-up never reached the server waits "
-                   "for that top-up, which only its own call would deliver: UNAVAILABLE top_up_in_flight until it "
-                   "expires (then, by reading, channel_deposit_exhausted for that key: no second top-up); it "
-                   "could hand the stored credential (payments.header_value) to the server again")
 def test_a_retry_under_the_key_of_a_top_up_the_server_did_not_take_delivers_it_again(app):
     """The first call's top-up POST failed (the server down a moment): its caller retries under
     the same key. Nobody else will deliver that top-up; the retry is the one to hand it over."""
     t = Tenant(app)
     t.exhaust()
 
+    sent: list[str] = []
+
     def down(url: str, name: str, value: str) -> None:
+        sent.append(value)
         raise Unavailable("the server did not answer the top-up's POST")
 
     app.payments.deliver_top_up = down
@@ -550,6 +551,13 @@ def test_a_retry_under_the_key_of_a_top_up_the_server_did_not_take_delivers_it_a
         t.sign("K")
     app.payments.deliver_top_up = lambda url, name, value: app.delivered.append(value)
     app.payments.top_up_wait_s = 0.3
+    # Another key's call does not hand over a top-up it did not make: it waits, then is told.
+    with pytest.raises(Unavailable) as waited:
+        t.sign("other")
+    assert waited.value.reason == "top_up_in_flight" and app.delivered == []
     voucher = t.sign("K")
     assert _payload(voucher)["cumulativeAmount"] == str(DEPOSIT + PRICE)
-    assert len(app.delivered) == 1 and len(t.top_ups()) == 1
+    # The same credential (the same signed transaction) handed over again: nothing new signed or reserved.
+    assert app.delivered == sent and len(sent) == 1 and len(t.top_ups()) == 1
+    assert _payload(t.sign("K")) == _payload(voucher)  # and the key's retry after that is the same voucher
+    assert _payload(t.sign("other"))["cumulativeAmount"] == str(DEPOSIT + 2 * PRICE)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from eth_account import Account
 from sqlalchemy import select
@@ -28,6 +29,7 @@ from teller_client import (
     LimitExceeded,
     PermissionDenied,
     Policy,
+    SignedPayment,
     Unauthenticated,
 )
 from testbed.channels import CHAIN_ID, ESCROW, NETWORK, TOKEN
@@ -519,3 +521,33 @@ def test_a_top_up_after_the_streams_challenge_expired_is_the_servers_doing_not_a
     assert isinstance(error, FailedPrecondition) and error.reason == "stream_challenge_expired", error
     assert "expires at" in str(error)
     assert fake.posted == [] and _top_ups(teller, handle) == [] and _reserved(teller, t) == 0
+
+
+def test_a_sign_retried_under_the_key_of_a_top_up_the_server_missed_hands_it_over_again(teller, topping):
+    """Through gRPC: a Sign call tops the exhausted channel up, and the server fails the
+    top-up's POST (503). The caller retries under the same key: Teller POSTs the same
+    top-up credential again (nobody else has it to send), then answers with the voucher
+    the raised deposit covers. One top-up signed and reserved, not two."""
+    t, payee, cid, handle = topping
+    teller.app.channels.sign_voucher(t.tenant_id, handle, DEPOSIT)  # the channel used up
+    fake = FakeSession(payee, cid, lambda f: [], post_status=[503, 204])
+    try:
+        client = teller.client(t.token)
+        unpaid = httpx.get(fake.url)
+
+        def sign() -> SignedPayment:
+            return client.sign(status=402, headers=list(unpaid.headers.items()), body=unpaid.content, url=fake.url,
+                               wallet_id=t.wallet_id, idempotency_key="K")
+
+        with pytest.raises(FailedPrecondition) as missed:
+            sign()
+        assert missed.value.reason == "top_up_refused"
+        paid = sign()
+    finally:
+        fake.close()
+    assert [p["payload"]["action"] for p in fake.posted] == ["topUp", "topUp"]
+    assert fake.posted[0] == fake.posted[1]  # the same signed transaction, handed over twice
+    encoded = paid.header_value.split(" ", 1)[1]
+    voucher = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))["payload"]
+    assert (voucher["action"], voucher["cumulativeAmount"]) == ("voucher", str(DEPOSIT + PRICE))
+    assert _top_ups(teller, handle) == [(DEPOSIT, DEPOSIT)]

@@ -263,6 +263,20 @@ class Channels:
                 select(ChannelTopUp.payment_id).join(Payment, Payment.id == ChannelTopUp.payment_id)
                 .where(ChannelTopUp.payment_id == payment_id, _undelivered(top.channel))) is not None
 
+    def own_top_up(self, tenant_id: str, payment_id: str, key: str | None) -> tuple[str, str] | None:
+        """The credential (header name, value) of top-up ``payment_id`` when a call
+        under ``key`` made it and it is still on its way: that call's delivery
+        failed, and a retry under its key is the one to hand it over again (no other
+        caller has its credential to send). None otherwise."""
+        if not key:
+            return None
+        with self.db.read() as s:
+            row = s.execute(select(Payment.header_name, Payment.header_value)
+                            .join(ChannelTopUp, ChannelTopUp.payment_id == Payment.id)
+                            .where(Payment.id == payment_id, Payment.tenant_id == tenant_id,
+                                   Payment.idempotency_key == key, _undelivered(ChannelTopUp.channel))).one_or_none()
+        return None if row is None else (row[0], row[1])
+
     @staticmethod
     def _undelivered_now(s: Session, channel: str) -> list[tuple[str, int]]:
         """``channel``'s top-ups on their way (payment, added), oldest first, read by a
@@ -547,7 +561,10 @@ class Channels:
                         .join(Wallet, Wallet.id == Channel.wallet_id)
                         .join(Tenant, Tenant.id == Channel.tenant_id)
                         .where(Channel.id == channel, Channel.tenant_id == tenant_id)
-                        .with_for_update(of=Channel)).one_or_none()
+                        .with_for_update(of=Channel)
+                        # The row as locked, even when this session already holds the channel
+                        # (a replay read it before the lock): never an older deposit or total.
+                        .execution_options(populate_existing=True)).one_or_none()
         if row is None:
             raise NotFound(f"channel {channel!r} not found")
         c, wallet, tenant, in_flight, seen = row

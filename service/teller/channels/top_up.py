@@ -16,7 +16,9 @@ delivered by another worker counts too; after ``wait_s`` it is answered
 
 If the server does not take it, the top-up's reservation stays held until
 its transaction can no longer be mined; then the reconciler releases it and
-lowers the channel's deposit again (``Channels.top_up_failed``).
+lowers the channel's deposit again (``Channels.top_up_failed``). Meanwhile a
+retry under the key of the call that made it hands the same credential to the
+server again (``own`` in ``waiting``): nothing new is signed or reserved.
 """
 
 from __future__ import annotations
@@ -46,16 +48,24 @@ def awaited(exc: Unavailable) -> str | None:
 
 
 async def waiting(ask: Callable[[], Awaitable[T]], in_flight: Callable[[str], Awaitable[bool]],
-                  wait_s: float = WAIT_S) -> T:
+                  wait_s: float = WAIT_S, own: Callable[[str], Awaitable[bool]] | None = None) -> T:
     """``ask`` for a voucher; while it is refused for a top-up still on its way,
     wait until ``in_flight(payment_id)`` says it arrived (or ``wait_s`` passed)
-    and ask again. The last refusal is raised when the wait runs out."""
+    and ask again. The last refusal is raised when the wait runs out. A top-up
+    the caller made itself on an earlier attempt (its delivery failed) is handed
+    over again by ``own(payment_id)`` (True: it was the caller's, and the server
+    took it), once, instead of waited for: nobody else would deliver it."""
     deadline: float | None = None
+    handed = False
     while True:
         try:
             return await ask()
         except Unavailable as exc:
             payment_id = awaited(exc)
+            if payment_id is not None and own is not None and not handed:
+                handed = True
+                if await own(payment_id):
+                    continue
             now = time.monotonic()
             deadline = now + wait_s if deadline is None else deadline
             if payment_id is None or now >= deadline:
@@ -64,14 +74,20 @@ async def waiting(ask: Callable[[], Awaitable[T]], in_flight: Callable[[str], Aw
                 await asyncio.sleep(POLL_S)
 
 
-def waiting_sync(ask: Callable[[], T], in_flight: Callable[[str], bool], wait_s: float = WAIT_S) -> T:
+def waiting_sync(ask: Callable[[], T], in_flight: Callable[[str], bool], wait_s: float = WAIT_S,
+                 own: Callable[[str], bool] | None = None) -> T:
     """``waiting`` for a caller without an event loop."""
     deadline: float | None = None
+    handed = False
     while True:
         try:
             return ask()
         except Unavailable as exc:
             payment_id = awaited(exc)
+            if payment_id is not None and own is not None and not handed:
+                handed = True
+                if own(payment_id):
+                    continue
             now = time.monotonic()
             deadline = now + wait_s if deadline is None else deadline
             if payment_id is None or now >= deadline:

@@ -167,7 +167,18 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         async def in_flight(payment_id: str) -> bool:
             return await self.run(self.app.payments.top_up_in_flight, payment_id)
 
-        return await top_up.waiting(ask, in_flight, self.app.payments.top_up_wait_s)
+        async def own(payment_id: str) -> bool:
+            # A retry of the call whose top-up did not reach the server: hand it over again.
+            credential = await self.run(self.app.channels.own_top_up, call.caller.tenant_id, payment_id,
+                                        call.req.idempotency_key)
+            if credential is None:
+                return False
+            await self.app.fetcher.check(call.req.url)
+            await top_up.deliver(self.app.fetcher, call.req.url, *credential, self.app.settings.max_challenge_bytes)
+            await self.run(self.app.channels.top_up_delivered, payment_id)
+            return True
+
+        return await top_up.waiting(ask, in_flight, self.app.payments.top_up_wait_s, own)
 
     async def _top_up(self, call: Call) -> None:
         """Top up the channel ``call.top_up`` names (a Sign call's, or a metered

@@ -140,7 +140,7 @@ class Payments:
         if self.voucher_channel(call) is not None:
             for _ in range(TOP_UP_ROUNDS):
                 voucher = top_up.waiting_sync(lambda: self.voucher(call), self.top_up_in_flight,
-                                              self.top_up_wait_s)
+                                              self.top_up_wait_s, lambda p: self._hand_over_again(call, p))
                 if voucher is not None:
                     return voucher
                 self.open_facts(call)
@@ -160,8 +160,8 @@ class Payments:
         verdict = self.commit([call])[0]
         if channel_opening(verdict):
             time.sleep(OPENING_PAUSE_S)
-            return top_up.waiting_sync(lambda: self.voucher(call), self.top_up_in_flight,
-                                       self.top_up_wait_s) or self.finish(verdict)
+            return top_up.waiting_sync(lambda: self.voucher(call), self.top_up_in_flight, self.top_up_wait_s,
+                                       lambda p: self._hand_over_again(call, p)) or self.finish(verdict)
         return self.finish(verdict)
 
     # -- MPP sessions: the next voucher on an open channel, outside the batch ---------------------------------
@@ -181,6 +181,17 @@ class Payments:
         if isinstance(answer, TellerError):
             raise answer
         return answer
+
+    def _hand_over_again(self, call: Call, payment_id: str) -> bool:
+        """Top-up ``payment_id`` handed to the server again when ``call`` (a retry
+        under its key) made it and it never arrived; False when it is not the call's."""
+        credential = self.channels.own_top_up(call.caller.tenant_id, payment_id, call.req.idempotency_key)
+        if credential is None:
+            return False
+        if self.deliver_top_up is not None:
+            self.deliver_top_up(call.req.url, *credential)
+        self.channels.top_up_delivered(payment_id)
+        return True
 
     def top_up_in_flight(self, payment_id: str) -> bool:
         """Whether top-up ``payment_id`` is still on its way to the server (a voucher waits for it)."""
