@@ -11,9 +11,11 @@ import base64
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from teller import lifecycle
 from teller.app import build
@@ -453,6 +455,38 @@ def test_a_top_up_seen_mined_counts_as_delivered(app):
     assert _payload(t.sign())["cumulativeAmount"] == str(DEPOSIT + PRICE)
 
 
+def _top_up_signed(app, t: Tenant):
+    """The exhausted channel of ``t`` topped up by a Sign batch (signed, not yet delivered)."""
+    call = t.call()
+    assert app.payments.voucher(call) is None and call.top_up is not None
+    app.payments.open_facts(call)
+    return app.payments.finish(app.payments.commit([call])[0])
+
+
+def _voucher_behind_lock(app, t: Tenant, channel: str, holding: Callable[[Session], None]) -> object:
+    """A voucher of one unit asked while another transaction holds ``channel``'s lock
+    and runs ``holding`` in it once the voucher's statement is waiting: its answer."""
+    from teller.db.models import Channel
+
+    got: list[object] = []
+
+    def voucher() -> None:
+        try:
+            got.append(app.channels.sign_voucher(t.tenant_id, channel, PRICE))
+        except Exception as exc:  # the caller asserts on it
+            got.append(exc)
+
+    other = threading.Thread(target=voucher)
+    with app.db.transaction() as s:
+        s.execute(select(Channel).where(Channel.id == channel).with_for_update())
+        other.start()
+        time.sleep(0.5)  # the voucher's statement waits for the lock (PostgreSQL; SQLite: for BEGIN)
+        holding(s)
+    other.join()
+    (answer,) = got
+    return answer
+
+
 def test_a_voucher_waiting_on_the_lock_of_the_batch_that_tops_up_sees_the_top_up_in_flight(app):
     """A voucher whose locking statement waits while the Sign batch tops the channel up
     (its lock held, the deposit raised and the top-up's row written in one commit): on
@@ -465,33 +499,19 @@ def test_a_voucher_waiting_on_the_lock_of_the_batch_that_tops_up_sees_the_top_up
 
     t = Tenant(app)
     t.exhaust()
-    call = t.call()
-    assert app.payments.voucher(call) is None and call.top_up is not None
-    app.payments.open_facts(call)
-    topped = app.payments.finish(app.payments.commit([call])[0])
+    topped = _top_up_signed(app, t)
     c = t.channel()
     with app.db.transaction() as s:  # as it stood before the batch: no top-up, the old deposit
         top = s.get(ChannelTopUp, topped.payment_id)
         row = {k: getattr(top, k) for k in ("payment_id", "channel", "added", "deposit_before", "created_ms")}
         s.execute(delete(ChannelTopUp).where(ChannelTopUp.payment_id == topped.payment_id))
         s.execute(update(Channel).where(Channel.id == c.id).values(deposit=DEPOSIT))
-    got: list[object] = []
 
-    def voucher() -> None:
-        try:
-            got.append(app.channels.sign_voucher(t.tenant_id, c.id, PRICE))
-        except Exception as exc:  # asserted below
-            got.append(exc)
-
-    other = threading.Thread(target=voucher)
-    with app.db.transaction() as s:  # the batch: the channel locked, topped up, committed
-        s.execute(select(Channel).where(Channel.id == c.id).with_for_update())
-        other.start()
-        time.sleep(0.5)  # the voucher's statement waits for the lock (PostgreSQL; SQLite: for BEGIN)
+    def batch(s: Session) -> None:  # the batch: the channel locked, topped up, committed
         s.add(ChannelTopUp(**row))
         s.execute(update(Channel).where(Channel.id == c.id).values(deposit=2 * DEPOSIT))
-    other.join()
-    (answer,) = got
+
+    answer = _voucher_behind_lock(app, t, c.id, batch)
     assert isinstance(answer, Unavailable) and answer.reason == "top_up_in_flight", answer
     assert t.channel().cumulative == DEPOSIT
 
@@ -504,32 +524,12 @@ def test_a_top_up_delivered_while_a_voucher_waits_for_the_lock_lets_it_through(a
     delivered (recorded without that lock). On PostgreSQL its subquery still counts the top-up as
     on its way (the snapshot from before the wait): the voucher must be judged on the top-ups as
     they stand under the lock, not fail reading a refusal whose top-up is no longer on its way."""
-    from teller.db.models import Channel
-
     assert "postgresql" in app.db.engine.url.drivername
     t = Tenant(app)
     t.exhaust()
-    call = t.call()
-    assert app.payments.voucher(call) is None and call.top_up is not None
-    app.payments.open_facts(call)
-    topped = app.payments.finish(app.payments.commit([call])[0])
-    c = t.channel()
-    got: list[object] = []
-
-    def voucher() -> None:
-        try:
-            got.append(app.channels.sign_voucher(t.tenant_id, c.id, PRICE))
-        except Exception as exc:  # asserted below
-            got.append(exc)
-
-    other = threading.Thread(target=voucher)
-    with app.db.transaction() as s:  # another batch holds the channel's lock meanwhile
-        s.execute(select(Channel).where(Channel.id == c.id).with_for_update())
-        other.start()
-        time.sleep(0.5)  # the voucher's statement waits for the lock
-        app.channels.top_up_delivered(topped.payment_id)  # the server took it
-    other.join()
-    (answer,) = got
+    topped = _top_up_signed(app, t)
+    # Another batch holds the channel's lock meanwhile; the server takes the top-up.
+    answer = _voucher_behind_lock(app, t, t.channel().id, lambda s: app.channels.top_up_delivered(topped.payment_id))
     assert not isinstance(answer, BaseException), answer
     assert answer.cumulative == DEPOSIT + PRICE
 
