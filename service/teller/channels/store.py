@@ -257,11 +257,10 @@ class Channels:
 
     def top_up_in_flight(self, payment_id: str) -> bool:
         """Whether top-up ``payment_id`` is still on its way: neither delivered, mined nor released."""
-        with self.db.read() as s:
-            top = s.get(ChannelTopUp, payment_id)
-            return top is not None and s.scalar(
+        with self.db.read() as s:  # one statement: waiting callers ask this every POLL_S
+            return s.scalar(
                 select(ChannelTopUp.payment_id).join(Payment, Payment.id == ChannelTopUp.payment_id)
-                .where(ChannelTopUp.payment_id == payment_id, _undelivered(top.channel))) is not None
+                .where(ChannelTopUp.payment_id == payment_id, _undelivered(ChannelTopUp.channel))) is not None
 
     def own_top_up(self, tenant_id: str, payment_id: str, key: str | None) -> tuple[str, str] | None:
         """The credential (header name, value) of top-up ``payment_id`` when a call

@@ -274,9 +274,10 @@ class Payments:
         caller's ``max_amount``) and against ``stream_cap``, the caller's
         ``max_stream_amount``, of which the call's stream vouchers used ``stream_paid``;
         the caller's token must still stand (a stream outlives the moment Pay
-        authenticated it, and a revoked token pays nothing more). A total past the deposit that all of these allow is not signed: the answer
-        is the Sign call that tops the channel up for it (``call.top_up``), which the
-        caller puts through the Sign batch as a Sign top-up is, then asks again."""
+        authenticated it, and a revoked token pays nothing more). A total past the
+        deposit that all of these allow is not signed: the answer is the Sign call
+        that tops the channel up for it (``call.top_up``), which the caller puts
+        through the Sign batch as a Sign top-up is, then asks again."""
         session: Session = offer.terms
         sreq = session.request
         want = Wanted(caller.tenant_id, req.wallet_id, offer.network, sreq.escrow, sreq.recipient, sreq.currency,
