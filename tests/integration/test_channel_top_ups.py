@@ -561,3 +561,31 @@ def test_a_retry_under_the_key_of_a_top_up_the_server_did_not_take_delivers_it_a
     assert app.delivered == sent and len(sent) == 1 and len(t.top_ups()) == 1
     assert _payload(t.sign("K")) == _payload(voucher)  # and the key's retry after that is the same voucher
     assert _payload(t.sign("other"))["cumulativeAmount"] == str(DEPOSIT + 2 * PRICE)
+
+
+def test_a_retry_under_the_key_of_an_undelivered_top_up_with_another_url_is_refused_not_handed_over(app):
+    """The key of a top-up whose POST failed, sent again for another URL (the same
+    payee, wallet and challenge): ALREADY_EXISTS, as any key reused for a different
+    request is; the top-up's credential goes to no URL but its own request's."""
+    from teller.errors import AlreadyExists
+
+    t = Tenant(app)
+    t.exhaust()
+
+    def down(url: str, name: str, value: str) -> None:
+        raise Unavailable("the server did not answer the top-up's POST")
+
+    app.payments.deliver_top_up = down
+    with pytest.raises(Unavailable):
+        t.sign("K")
+    posted: list[str] = []
+    app.payments.deliver_top_up = lambda url, name, value: posted.append(url)
+    app.payments.top_up_wait_s = 0.3
+    req = sign_input(status=402, headers=_challenge(), body=b"", url="http://elsewhere.test/collect", method="GET",
+                     wallet_id=t.wallet_id, max_amount="", idempotency_key="K")
+    with pytest.raises(AlreadyExists):
+        app.payments.sign(Caller(t.tenant_id, "tok"), req)
+    assert posted == []
+    # The request it was made for still hands it over, to its own URL.
+    assert _payload(t.sign("K"))["cumulativeAmount"] == str(DEPOSIT + PRICE)
+    assert posted == [URL]

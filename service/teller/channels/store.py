@@ -262,19 +262,26 @@ class Channels:
                 select(ChannelTopUp.payment_id).join(Payment, Payment.id == ChannelTopUp.payment_id)
                 .where(ChannelTopUp.payment_id == payment_id, _undelivered(ChannelTopUp.channel))) is not None
 
-    def own_top_up(self, tenant_id: str, payment_id: str, key: str | None) -> tuple[str, str] | None:
+    def own_top_up(self, tenant_id: str, payment_id: str, key: str | None,
+                   request_hash: str) -> tuple[str, str] | None:
         """The credential (header name, value) of top-up ``payment_id`` when a call
         under ``key`` made it and it is still on its way: that call's delivery
         failed, and a retry under its key is the one to hand it over again (no other
-        caller has its credential to send). None otherwise."""
+        caller has its credential to send). None otherwise. The key sent with
+        another request (``request_hash``: another URL, say) is ALREADY_EXISTS:
+        the credential goes to no server but its own request's."""
         if not key:
             return None
         with self.db.read() as s:
-            row = s.execute(select(Payment.header_name, Payment.header_value)
+            row = s.execute(select(Payment.header_name, Payment.header_value, Payment.request_hash)
                             .join(ChannelTopUp, ChannelTopUp.payment_id == Payment.id)
                             .where(Payment.id == payment_id, Payment.tenant_id == tenant_id,
                                    Payment.idempotency_key == key, _undelivered(ChannelTopUp.channel))).one_or_none()
-        return None if row is None else (row[0], row[1])
+        if row is None:
+            return None
+        if row[2] != request_hash:
+            raise AlreadyExists(f"idempotency_key {key!r} was already used for a different request")
+        return row[0], row[1]
 
     @staticmethod
     def _undelivered_now(s: Session, channel: str) -> list[tuple[str, int]]:

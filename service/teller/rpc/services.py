@@ -170,7 +170,7 @@ class PaymentServicer(_Base, payment_pb2_grpc.PaymentServiceServicer):
         async def own(payment_id: str) -> bool:
             # A retry of the call whose top-up did not reach the server: hand it over again.
             credential = await self.run(self.app.channels.own_top_up, call.caller.tenant_id, payment_id,
-                                        call.req.idempotency_key)
+                                        call.req.idempotency_key, call.request_hash)
             if credential is None:
                 return False
             await self.app.fetcher.check(call.req.url)

@@ -185,7 +185,8 @@ class Payments:
     def _hand_over_again(self, call: Call, payment_id: str) -> bool:
         """Top-up ``payment_id`` handed to the server again when ``call`` (a retry
         under its key) made it and it never arrived; False when it is not the call's."""
-        credential = self.channels.own_top_up(call.caller.tenant_id, payment_id, call.req.idempotency_key)
+        credential = self.channels.own_top_up(call.caller.tenant_id, payment_id, call.req.idempotency_key,
+                                               call.request_hash)
         if credential is None:
             return False
         if self.deliver_top_up is not None:
